@@ -1,0 +1,111 @@
+// Shared device helpers for the mep kernels: the activation chain φ / φ′ (mirrors
+// src/nn/activation.rs), the label-smoothing target (mirrors src/backend/cpu.rs),
+// launch-shape-generic reductions and the grid-stride loop.
+//
+// Everything here compiles both with NVRTC (no standard headers: only built-ins) and
+// as host C++ after kernels/host_shim.h (see build.rs, feature `host-kernels`).
+#pragma once
+
+typedef unsigned int u32;
+typedef unsigned long long u64;
+
+// Element-wise 1-D grid-stride loop over [0, n).
+#define MEP_GRID_STRIDE(i, n)                                                        \
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < (u64)(n);             \
+         i += (u64)blockDim.x * gridDim.x)
+
+// Activation codes (Activation::code): 0 identity, 1 relu, 2 sigmoid, 3 tanh,
+// 4 hardsigmoid. A chain packs them 4 bits each, first applied in the low bits; a
+// non-zero code other than 1..3 is hardsigmoid, exactly like ActChain::activations.
+__device__ __forceinline__ float mep_act1(u32 code, float x) {
+    switch (code) {
+    case 1: return fmaxf(x, 0.0f);
+    case 2: return 1.0f / (1.0f + expf(-x));
+    case 3: return tanhf(x);
+    default: return fminf(fmaxf(x, 0.0f), 1.0f);
+    }
+}
+
+// Derivative of one activation; 0 at the kinks of relu and hardsigmoid.
+__device__ __forceinline__ float mep_act1_deriv(u32 code, float x) {
+    switch (code) {
+    case 1: return x > 0.0f ? 1.0f : 0.0f;
+    case 2: {
+        float s = 1.0f / (1.0f + expf(-x));
+        return s * (1.0f - s);
+    }
+    case 3: {
+        float t = tanhf(x);
+        return 1.0f - t * t;
+    }
+    default: return (x > 0.0f && x < 1.0f) ? 1.0f : 0.0f;
+    }
+}
+
+// φ(x) for a packed chain.
+__device__ __forceinline__ float mep_act(u32 chain, float x) {
+    for (; chain != 0; chain >>= 4) x = mep_act1(chain & 15u, x);
+    return x;
+}
+
+// φ′(x) for a packed chain, by the chain rule (ActChain::value_and_derivative).
+__device__ __forceinline__ float mep_act_deriv(u32 chain, float x) {
+    float d = 1.0f;
+    for (; chain != 0; chain >>= 4) {
+        u32 c = chain & 15u;
+        d = d * mep_act1_deriv(c, x);
+        x = mep_act1(c, x);
+    }
+    return d;
+}
+
+// Loss codes (Loss::code).
+#define MEP_LOSS_CE 0u
+#define MEP_LOSS_SE 1u
+
+// Label-smoothed target q_k for label y over `classes` classes (cpu.rs `target`).
+__device__ __forceinline__ float mep_target(u32 k, u32 y, float eps, u32 classes) {
+    float base = eps / (float)classes;
+    return k == y ? 1.0f - eps + base : base;
+}
+
+// -∞ without <cmath>.
+__device__ __forceinline__ float mep_neg_inf() { return __int_as_float(0xff800000); }
+
+// Reductions across the x-dimension of a "warp row": the blockDim.x (a power of two
+// ≤ 32) lanes that share threadIdx.y. On the GPU blockDim.x = 32 (a full warp); the
+// host shim launches these kernels with blockDim.x = 1, so no shuffle runs there.
+__device__ __forceinline__ float mep_lanes_max(float v) {
+    for (u32 off = blockDim.x / 2; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+    return v;
+}
+
+__device__ __forceinline__ float mep_lanes_sum(float v) {
+    for (u32 off = blockDim.x / 2; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+    return v;
+}
+
+// (max, first index of the max) across the lanes; ties go to the smaller index.
+__device__ __forceinline__ void mep_lanes_argmax(float* v, u32* idx) {
+    for (u32 off = blockDim.x / 2; off > 0; off >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffffu, *v, off);
+        u32 oi = __shfl_xor_sync(0xffffffffu, *idx, off);
+        if (ov > *v || (ov == *v && oi < *idx)) {
+            *v = ov;
+            *idx = oi;
+        }
+    }
+}
+
+// Sum of v over a 1-D block (blockDim.x a power of two, ≤ 1024); `sh` holds
+// blockDim.x floats. The result is valid in thread 0.
+__device__ __forceinline__ float mep_block_sum(float v, float* sh) {
+    u32 t = threadIdx.x;
+    sh[t] = v;
+    __syncthreads();
+    for (u32 s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (t < s) sh[t] += sh[t + s];
+        __syncthreads();
+    }
+    return sh[0];
+}

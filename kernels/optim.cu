@@ -1,0 +1,56 @@
+// Optimizer element-wise kernels. Scalars come as kernel arguments; norms are read
+// from device buffers (sumsq[0], written by sum_sq) so no step reads back to the host.
+// All are cooperation-free 1-D grid-stride kernels (256 threads per block).
+#include "common.cuh"
+
+// axpby: y ← α·x + β·y; with β = 0, y's old contents are ignored (even NaN).
+// Launch: 1-D grid-stride over n.
+extern "C" __global__ void axpby(u64 n, float alpha, const float* __restrict__ x, float beta,
+                                 float* __restrict__ y) {
+    if (beta == 0.0f) {
+        MEP_GRID_STRIDE(i, n) { y[i] = alpha * x[i]; }
+    } else {
+        MEP_GRID_STRIDE(i, n) { y[i] = alpha * x[i] + beta * y[i]; }
+    }
+}
+
+// fill: y ← value. Launch: 1-D grid-stride over n.
+extern "C" __global__ void fill(u64 n, float value, float* __restrict__ y) {
+    MEP_GRID_STRIDE(i, n) { y[i] = value; }
+}
+
+// scale_by_inv_norm: y ← x / (√sumsq[0] + eps). Launch: 1-D grid-stride over n.
+extern "C" __global__ void scale_by_inv_norm(u64 n, const float* __restrict__ x,
+                                             const float* __restrict__ sumsq, float eps,
+                                             float* __restrict__ y) {
+    float inv = 1.0f / (sqrtf(sumsq[0]) + eps);
+    MEP_GRID_STRIDE(i, n) { y[i] = x[i] * inv; }
+}
+
+// spectral_clamp: σ̂ = √sumsq[0]; if σ̂ > γ then w ← w·γ/σ̂ (else w is untouched).
+// Launch: 1-D grid-stride over n.
+extern "C" __global__ void spectral_clamp(u64 n, float* __restrict__ w,
+                                          const float* __restrict__ sumsq, float gamma) {
+    float sigma = sqrtf(sumsq[0]);
+    if (!(sigma > gamma)) return;
+    float f = gamma / sigma;
+    MEP_GRID_STRIDE(i, n) { w[i] = w[i] * f; }
+}
+
+// adam (decoupled weight decay): m ← β1 m + (1−β1) g; v ← β2 v + (1−β2) g²;
+// p ← p·decay − step·m / (√v·inv_sqrt_bc2 + eps), where the host computes
+// decay = 1 − lr·wd, step = lr / (1 − β1^t), inv_sqrt_bc2 = 1/√(1 − β2^t) in f64.
+// Launch: 1-D grid-stride over n.
+extern "C" __global__ void adam(u64 n, float* __restrict__ p, const float* __restrict__ g,
+                                float* __restrict__ m, float* __restrict__ v, float beta1,
+                                float beta2, float decay, float step, float inv_sqrt_bc2,
+                                float eps) {
+    MEP_GRID_STRIDE(i, n) {
+        float gi = g[i];
+        float mi = beta1 * m[i] + (1.0f - beta1) * gi;
+        float vi = beta2 * v[i] + (1.0f - beta2) * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        p[i] = p[i] * decay - step * mi / (sqrtf(vi) * inv_sqrt_bc2 + eps);
+    }
+}

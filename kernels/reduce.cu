@@ -1,0 +1,48 @@
+// Reductions: column sums (bias gradients) and the sum of squares (norms).
+#include "common.cuh"
+
+// Most threads per block the reductions use (sizes their shared memory).
+#define MEP_REDUCE_THREADS 256
+
+// col_sum: y[c] ← α·Σ_r x[r, c] + β·y[c] (x rows×cols row-major; β = 0 ignores y).
+// Launch: block (32, 8) — threadIdx.x picks a column of a 32-wide column tile
+// (coalesced reads), threadIdx.y strides over the rows; the 8 partial sums are
+// reduced in shared memory. Grid-stride over column tiles (gridDim.x tiles at a
+// time). blockDim.x·blockDim.y ≤ 256 and blockDim.y a power of two.
+extern "C" __global__ void col_sum(u64 rows, u32 cols, float alpha, const float* __restrict__ x,
+                                   float beta, float* __restrict__ y) {
+    __shared__ float sh[MEP_REDUCE_THREADS];
+    u32 tx = threadIdx.x, ty = threadIdx.y;
+    for (u64 c0 = (u64)blockIdx.x * blockDim.x; c0 < cols; c0 += (u64)gridDim.x * blockDim.x) {
+        u64 c = c0 + tx;
+        float s = 0.0f;
+        if (c < cols)
+            for (u64 r = ty; r < rows; r += blockDim.y) s += x[r * cols + c];
+        sh[ty * blockDim.x + tx] = s;
+        __syncthreads();
+        for (u32 h = blockDim.y / 2; h > 0; h >>= 1) {
+            if (ty < h) sh[ty * blockDim.x + tx] += sh[(ty + h) * blockDim.x + tx];
+            __syncthreads();
+        }
+        if (ty == 0 && c < cols) {
+            float t = sh[tx];
+            y[c] = beta == 0.0f ? alpha * t : alpha * t + beta * y[c];
+        }
+        __syncthreads();
+    }
+}
+
+// sum_sq: out[0] += Σ x² over the block's grid-stride share; the host zeroes out[0]
+// first (memset on the same stream), so out[0] = Σ x² afterwards.
+// Launch: 1-D blocks of 256 threads (a power of two ≤ 256), any grid; one
+// atomicAdd per block.
+extern "C" __global__ void sum_sq(u64 n, const float* __restrict__ x, float* __restrict__ out) {
+    __shared__ float sh[MEP_REDUCE_THREADS];
+    float s = 0.0f;
+    MEP_GRID_STRIDE(i, n) {
+        float v = x[i];
+        s += v * v;
+    }
+    s = mep_block_sum(s, sh);
+    if (threadIdx.x == 0) atomicAdd(out, s);
+}

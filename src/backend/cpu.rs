@@ -1,0 +1,524 @@
+//! The CPU reference backend: ndarray GEMMs (matrixmultiply) and rayon-parallel
+//! element-wise loops. Generic over the element type so tests can run the very
+//! same algorithm in f64.
+//!
+//! Every primitive here is the plain definition from [`super::Backend`]'s docs;
+//! the CUDA kernels are checked against these.
+
+use super::{Backend, Scalar};
+use crate::nn::activation::ActChain;
+use crate::{Loss, MepError, Result};
+use ndarray::linalg::general_mat_mul;
+use ndarray::{ArrayView2, ArrayViewMut2, ShapeBuilder};
+use rayon::prelude::*;
+use std::marker::PhantomData;
+
+/// Element-wise loops shorter than this run on one thread: below it, rayon's
+/// fork/join costs more than the loop (measured on the seed's 64×128 states).
+const PAR_MIN: usize = 1 << 15;
+
+/// The CPU backend, computing in `T` (f32 for training, f64 for reference tests).
+#[derive(Clone, Debug, Default)]
+pub struct Cpu<T: Scalar = f32> {
+    _t: PhantomData<T>,
+}
+
+impl<T: Scalar> Cpu<T> {
+    /// A CPU backend. Parallelism follows rayon's global pool (see
+    /// [`crate::set_cpu_threads`]).
+    pub fn new() -> Self {
+        Cpu { _t: PhantomData }
+    }
+}
+
+/// Runs `f(i, &mut y[i])` for all i, in parallel when the buffer is large.
+#[inline]
+fn map_indexed<T: Send, F: Fn(usize, &mut T) + Sync + Send>(y: &mut [T], f: F) {
+    if y.len() >= PAR_MIN {
+        y.par_iter_mut().enumerate().for_each(|(i, v)| f(i, v));
+    } else {
+        y.iter_mut().enumerate().for_each(|(i, v)| f(i, v));
+    }
+}
+
+/// Runs `f(r, row)` over the rows of a row-major matrix, in parallel when large.
+#[inline]
+fn map_rows<T: Send, F: Fn(usize, &mut [T]) + Sync + Send>(y: &mut [T], cols: usize, f: F) {
+    if y.len() >= PAR_MIN {
+        y.par_chunks_mut(cols).enumerate().for_each(|(r, row)| f(r, row));
+    } else {
+        y.chunks_mut(cols).enumerate().for_each(|(r, row)| f(r, row));
+    }
+}
+
+fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
+    if got < want {
+        return Err(MepError::Shape(format!(
+            "{what}: buffer has {got} elements, needs {want}"
+        )));
+    }
+    Ok(())
+}
+
+/// Numerically stable log-sum-exp of a row and its maximum's index.
+#[inline]
+fn row_lse_argmax<T: Scalar>(o: &[T]) -> (T, usize) {
+    let mut mx = o[0];
+    let mut arg = 0;
+    for (k, &v) in o.iter().enumerate() {
+        if v > mx {
+            mx = v;
+            arg = k;
+        }
+    }
+    let s: T = o.iter().map(|&v| (v - mx).exp()).sum();
+    (mx + s.ln(), arg)
+}
+
+/// Target distribution entry q_k for label y (label smoothing ε over K classes).
+#[inline]
+fn target<T: Scalar>(k: usize, y: usize, eps: T, classes: usize) -> T {
+    let base = eps / T::of(classes as f64);
+    if k == y {
+        T::one() - eps + base
+    } else {
+        base
+    }
+}
+
+impl<T: Scalar> Backend for Cpu<T> {
+    type Elem = T;
+    type Buf = Vec<T>;
+    type Labels = Vec<u32>;
+
+    fn name(&self) -> String {
+        format!(
+            "cpu ({} threads, {})",
+            rayon::current_num_threads(),
+            std::any::type_name::<T>()
+        )
+    }
+
+    fn zeros(&self, len: usize) -> Result<Vec<T>> {
+        Ok(vec![T::zero(); len])
+    }
+    fn upload(&self, host: &[T]) -> Result<Vec<T>> {
+        Ok(host.to_vec())
+    }
+    fn write(&self, dst: &mut Vec<T>, host: &[T]) -> Result<()> {
+        check_len("write", dst.len(), host.len())?;
+        dst[..host.len()].copy_from_slice(host);
+        Ok(())
+    }
+    fn download(&self, buf: &Vec<T>) -> Result<Vec<T>> {
+        Ok(buf.clone())
+    }
+    fn len(&self, buf: &Vec<T>) -> usize {
+        buf.len()
+    }
+    fn upload_labels(&self, host: &[u32]) -> Result<Vec<u32>> {
+        Ok(host.to_vec())
+    }
+    fn zeros_labels(&self, len: usize) -> Result<Vec<u32>> {
+        Ok(vec![0; len])
+    }
+    fn download_labels(&self, buf: &Vec<u32>) -> Result<Vec<u32>> {
+        Ok(buf.clone())
+    }
+    fn copy(&self, src: &Vec<T>, dst: &mut Vec<T>) -> Result<()> {
+        check_len("copy", dst.len(), src.len())?;
+        dst[..src.len()].copy_from_slice(src);
+        Ok(())
+    }
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn gather_rows(
+        &self,
+        src: &Vec<T>,
+        row_len: usize,
+        idx: &Vec<u32>,
+        start: usize,
+        count: usize,
+        dst: &mut Vec<T>,
+    ) -> Result<()> {
+        check_len("gather_rows idx", idx.len(), start + count)?;
+        check_len("gather_rows dst", dst.len(), count * row_len)?;
+        let rows = src.len() / row_len.max(1);
+        for (i, out) in dst.chunks_mut(row_len).take(count).enumerate() {
+            let r = idx[start + i] as usize;
+            if r >= rows {
+                return Err(MepError::Shape(format!("gather_rows: index {r} out of {rows} rows")));
+            }
+            out.copy_from_slice(&src[r * row_len..(r + 1) * row_len]);
+        }
+        Ok(())
+    }
+
+    fn gather_labels(
+        &self,
+        src: &Vec<u32>,
+        idx: &Vec<u32>,
+        start: usize,
+        count: usize,
+        dst: &mut Vec<u32>,
+    ) -> Result<()> {
+        check_len("gather_labels idx", idx.len(), start + count)?;
+        check_len("gather_labels dst", dst.len(), count)?;
+        for i in 0..count {
+            let r = idx[start + i] as usize;
+            dst[i] = *src
+                .get(r)
+                .ok_or_else(|| MepError::Shape(format!("gather_labels: index {r} out of {}", src.len())))?;
+        }
+        Ok(())
+    }
+
+    fn gemm(
+        &self,
+        ta: bool,
+        tb: bool,
+        m: usize,
+        n: usize,
+        k: usize,
+        alpha: f64,
+        a: &Vec<T>,
+        b: &Vec<T>,
+        beta: f64,
+        c: &mut Vec<T>,
+    ) -> Result<()> {
+        check_len("gemm A", a.len(), m * k)?;
+        check_len("gemm B", b.len(), k * n)?;
+        check_len("gemm C", c.len(), m * n)?;
+        // A stored k×m when transposed: view it with swapped strides instead of copying.
+        let av = if ta {
+            ArrayView2::from_shape((m, k).strides((1, m)), &a[..m * k])
+        } else {
+            ArrayView2::from_shape((m, k), &a[..m * k])
+        }
+        .map_err(|e| MepError::Shape(e.to_string()))?;
+        let bv = if tb {
+            ArrayView2::from_shape((k, n).strides((1, k)), &b[..k * n])
+        } else {
+            ArrayView2::from_shape((k, n), &b[..k * n])
+        }
+        .map_err(|e| MepError::Shape(e.to_string()))?;
+        let mut cv = ArrayViewMut2::from_shape((m, n), &mut c[..m * n]).map_err(|e| MepError::Shape(e.to_string()))?;
+        if beta == 0.0 {
+            // BLAS semantics: β = 0 ignores C entirely (even NaN garbage).
+            cv.fill(T::zero());
+        }
+        general_mat_mul(T::of(alpha), &av, &bv, T::of(beta), &mut cv);
+        Ok(())
+    }
+
+    fn axpby(&self, alpha: f64, x: &Vec<T>, beta: f64, y: &mut Vec<T>) -> Result<()> {
+        check_len("axpby", x.len(), y.len())?;
+        let (a, b) = (T::of(alpha), T::of(beta));
+        if beta == 0.0 {
+            map_indexed(y, |i, v| *v = a * x[i]);
+        } else {
+            map_indexed(y, |i, v| *v = a * x[i] + b * *v);
+        }
+        Ok(())
+    }
+
+    fn fill(&self, y: &mut Vec<T>, value: f64) -> Result<()> {
+        y.fill(T::of(value));
+        Ok(())
+    }
+
+    fn bias_act(
+        &self,
+        rows: usize,
+        cols: usize,
+        z: &mut Vec<T>,
+        bias: &Vec<T>,
+        act: ActChain,
+        a: &mut Vec<T>,
+    ) -> Result<()> {
+        check_len("bias_act z", z.len(), rows * cols)?;
+        check_len("bias_act a", a.len(), rows * cols)?;
+        check_len("bias_act bias", bias.len(), cols)?;
+        let zs = &mut z[..rows * cols];
+        map_rows(zs, cols, |_, row| {
+            for (v, &b) in row.iter_mut().zip(bias) {
+                *v = *v + b;
+            }
+        });
+        let zs = &z[..rows * cols];
+        map_indexed(&mut a[..rows * cols], |i, v| *v = act.apply(zs[i]));
+        Ok(())
+    }
+
+    fn layered_error(
+        &self,
+        rows: usize,
+        cols: usize,
+        s: &Vec<T>,
+        p: &Vec<T>,
+        bias: &Vec<T>,
+        e: &mut Vec<T>,
+    ) -> Result<()> {
+        let n = rows * cols;
+        check_len("layered_error s", s.len(), n)?;
+        check_len("layered_error p", p.len(), n)?;
+        check_len("layered_error e", e.len(), n)?;
+        check_len("layered_error bias", bias.len(), cols)?;
+        map_indexed(&mut e[..n], |i, v| *v = s[i] - p[i] - bias[i % cols]);
+        Ok(())
+    }
+
+    fn layered_settle(
+        &self,
+        rows: usize,
+        cols: usize,
+        e: &Vec<T>,
+        g: &Vec<T>,
+        c: f64,
+        eta: f64,
+        act: ActChain,
+        s: &mut Vec<T>,
+        a: &mut Vec<T>,
+    ) -> Result<()> {
+        let n = rows * cols;
+        for (what, len) in [("e", e.len()), ("g", g.len()), ("s", s.len()), ("a", a.len())] {
+            check_len(&format!("layered_settle {what}"), len, n)?;
+        }
+        let (c, eta) = (T::of(c), T::of(eta));
+        let a = &mut a[..n];
+        let s = &mut s[..n];
+        let body = |i: usize, (sv, av): (&mut T, &mut T)| {
+            let d = act.derivative(*sv);
+            let ns = *sv - eta * (e[i] + c * d * g[i]);
+            *sv = ns;
+            *av = act.apply(ns);
+        };
+        if n >= PAR_MIN {
+            s.par_iter_mut()
+                .zip(a.par_iter_mut())
+                .enumerate()
+                .for_each(|(i, p)| body(i, p));
+        } else {
+            s.iter_mut().zip(a.iter_mut()).enumerate().for_each(|(i, p)| body(i, p));
+        }
+        Ok(())
+    }
+
+    fn hopfield_settle(
+        &self,
+        rows: usize,
+        cols: usize,
+        drive: &Vec<T>,
+        bias: &Vec<T>,
+        nudge: Option<(&Vec<T>, f64)>,
+        act: ActChain,
+        s: &mut Vec<T>,
+    ) -> Result<()> {
+        let n = rows * cols;
+        check_len("hopfield_settle drive", drive.len(), n)?;
+        check_len("hopfield_settle s", s.len(), n)?;
+        check_len("hopfield_settle bias", bias.len(), cols)?;
+        match nudge {
+            Some((dc, beta)) => {
+                check_len("hopfield_settle dc", dc.len(), n)?;
+                let beta = T::of(beta);
+                map_indexed(&mut s[..n], |i, v| {
+                    *v = act.apply(drive[i] + bias[i % cols] - beta * dc[i])
+                });
+            }
+            None => map_indexed(&mut s[..n], |i, v| *v = act.apply(drive[i] + bias[i % cols])),
+        }
+        Ok(())
+    }
+
+    fn act_grad_mul(&self, rows: usize, cols: usize, z: &Vec<T>, act: ActChain, delta: &mut Vec<T>) -> Result<()> {
+        let n = rows * cols;
+        check_len("act_grad_mul z", z.len(), n)?;
+        check_len("act_grad_mul delta", delta.len(), n)?;
+        map_indexed(&mut delta[..n], |i, v| *v = *v * act.derivative(z[i]));
+        Ok(())
+    }
+
+    fn cost_grad(
+        &self,
+        rows: usize,
+        classes: usize,
+        o: &Vec<T>,
+        labels: &Vec<u32>,
+        loss: Loss,
+        g: &mut Vec<T>,
+    ) -> Result<()> {
+        let n = rows * classes;
+        check_len("cost_grad o", o.len(), n)?;
+        check_len("cost_grad g", g.len(), n)?;
+        check_len("cost_grad labels", labels.len(), rows)?;
+        let eps = T::of(loss.label_smoothing());
+        map_rows(&mut g[..n], classes, |r, gr| {
+            let orow = &o[r * classes..(r + 1) * classes];
+            let y = labels[r] as usize;
+            match loss {
+                Loss::CrossEntropy { .. } => {
+                    let (lse, _) = row_lse_argmax(orow);
+                    for k in 0..classes {
+                        gr[k] = (orow[k] - lse).exp() - target(k, y, eps, classes);
+                    }
+                }
+                Loss::SquaredError => {
+                    for k in 0..classes {
+                        gr[k] = orow[k] - if k == y { T::one() } else { T::zero() };
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn cost_stats(
+        &self,
+        rows: usize,
+        classes: usize,
+        o: &Vec<T>,
+        labels: &Vec<u32>,
+        loss: Loss,
+        stats: &mut Vec<T>,
+    ) -> Result<()> {
+        check_len("cost_stats o", o.len(), rows * classes)?;
+        check_len("cost_stats labels", labels.len(), rows)?;
+        check_len("cost_stats stats", stats.len(), 2)?;
+        let eps = T::of(loss.label_smoothing());
+        let mut total = T::zero();
+        let mut correct = 0usize;
+        for r in 0..rows {
+            let orow = &o[r * classes..(r + 1) * classes];
+            let y = labels[r] as usize;
+            let (lse, arg) = row_lse_argmax(orow);
+            if arg == y {
+                correct += 1;
+            }
+            total = total
+                + match loss {
+                    Loss::CrossEntropy { .. } => {
+                        (0..classes).map(|k| target(k, y, eps, classes) * (lse - orow[k])).sum()
+                    }
+                    Loss::SquaredError => {
+                        let half = T::of(0.5);
+                        (0..classes)
+                            .map(|k| {
+                                let d = orow[k] - if k == y { T::one() } else { T::zero() };
+                                half * d * d
+                            })
+                            .sum()
+                    }
+                };
+        }
+        stats[0] = stats[0] + total;
+        stats[1] = stats[1] + T::of(correct as f64);
+        Ok(())
+    }
+
+    fn argmax(&self, rows: usize, classes: usize, o: &Vec<T>, out: &mut Vec<u32>) -> Result<()> {
+        check_len("argmax o", o.len(), rows * classes)?;
+        check_len("argmax out", out.len(), rows)?;
+        for r in 0..rows {
+            out[r] = row_lse_argmax(&o[r * classes..(r + 1) * classes]).1 as u32;
+        }
+        Ok(())
+    }
+
+    fn col_sum(&self, rows: usize, cols: usize, alpha: f64, x: &Vec<T>, beta: f64, y: &mut Vec<T>) -> Result<()> {
+        check_len("col_sum x", x.len(), rows * cols)?;
+        check_len("col_sum y", y.len(), cols)?;
+        let (a, b) = (T::of(alpha), T::of(beta));
+        let mut acc = vec![T::zero(); cols];
+        for row in x[..rows * cols].chunks(cols) {
+            for (s, &v) in acc.iter_mut().zip(row) {
+                *s = *s + v;
+            }
+        }
+        for (yv, s) in y[..cols].iter_mut().zip(acc) {
+            *yv = if beta == 0.0 { a * s } else { a * s + b * *yv };
+        }
+        Ok(())
+    }
+
+    fn sum_sq(&self, x: &Vec<T>, out: &mut Vec<T>) -> Result<()> {
+        check_len("sum_sq out", out.len(), 1)?;
+        out[0] = if x.len() >= PAR_MIN {
+            x.par_iter().map(|&v| v * v).sum()
+        } else {
+            x.iter().map(|&v| v * v).sum()
+        };
+        Ok(())
+    }
+
+    fn scale_by_inv_norm(&self, x: &Vec<T>, sumsq: &Vec<T>, eps: f64, y: &mut Vec<T>) -> Result<()> {
+        check_len("scale_by_inv_norm y", y.len(), x.len())?;
+        let inv = T::one() / (sumsq[0].sqrt() + T::of(eps));
+        map_indexed(&mut y[..x.len()], |i, v| *v = x[i] * inv);
+        Ok(())
+    }
+
+    fn spectral_clamp(&self, w: &mut Vec<T>, sumsq: &Vec<T>, gamma: f64) -> Result<()> {
+        let sigma = sumsq[0].sqrt();
+        let g = T::of(gamma);
+        if sigma > g {
+            let f = g / sigma;
+            map_indexed(w, |_, v| *v = *v * f);
+        }
+        Ok(())
+    }
+
+    fn adam(
+        &self,
+        p: &mut Vec<T>,
+        g: &Vec<T>,
+        m: &mut Vec<T>,
+        v: &mut Vec<T>,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        weight_decay: f64,
+        t: u64,
+    ) -> Result<()> {
+        let n = p.len();
+        check_len("adam g", g.len(), n)?;
+        check_len("adam m", m.len(), n)?;
+        check_len("adam v", v.len(), n)?;
+        let bc1 = 1.0 - beta1.powi(t as i32);
+        let bc2 = 1.0 - beta2.powi(t as i32);
+        let (b1, b2) = (T::of(beta1), T::of(beta2));
+        let (one, decay) = (T::one(), T::of(1.0 - lr * weight_decay));
+        let step = T::of(lr / bc1);
+        let inv_sqrt_bc2 = T::of(1.0 / bc2.sqrt());
+        let e = T::of(eps);
+        for i in 0..n {
+            let gi = g[i];
+            m[i] = b1 * m[i] + (one - b1) * gi;
+            v[i] = b2 * v[i] + (one - b2) * gi * gi;
+            p[i] = p[i] * decay - step * m[i] / (v[i].sqrt() * inv_sqrt_bc2 + e);
+        }
+        Ok(())
+    }
+}
+
+/// Sets the CPU thread count: rayon's global pool and matrixmultiply's GEMM
+/// threads (which reads `MATMUL_NUM_THREADS` once, at its first GEMM).
+pub fn set_threads(n: usize) -> Result<()> {
+    if n == 0 {
+        return Err(MepError::invalid("threads", n, "must be at least 1"));
+    }
+    std::env::set_var("MATMUL_NUM_THREADS", n.to_string());
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+        .map_err(|e| {
+            MepError::invalid(
+                "threads",
+                n,
+                format!("the CPU thread pool was already started ({e}); set threads before any work"),
+            )
+        })
+}

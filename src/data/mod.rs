@@ -1,0 +1,21 @@
+//! Data: IDX file I/O, MNIST loading and normalisation, and seeded
+//! mini-batching.
+//!
+//! ```no_run
+//! use mep::data::{Mnist, Shuffle, DEFAULT_DATA_DIR};
+//! # fn main() -> mep::Result<()> {
+//! let mnist = Mnist::load(std::path::Path::new(DEFAULT_DATA_DIR))?;
+//! for batch in mnist.train.batches(64, Shuffle::Seeded(0))? {
+//!     assert_eq!(batch.x.len(), batch.len * 784);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod batches;
+pub mod idx;
+pub mod mnist;
+
+pub use batches::{epoch_permutation, Batch, Batches, Shuffle};
+pub use idx::{parse_idx, read_idx, write_idx, IdxArray};
+pub use mnist::{load_split, normalize_pixels, Dataset, Mnist, DEFAULT_DATA_DIR};

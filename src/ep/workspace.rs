@@ -1,0 +1,134 @@
+//! Buffers reused across steps: states, errors, GEMM outputs and gradients.
+
+use crate::backend::Backend;
+use crate::nn::Arch;
+use crate::Result;
+
+/// Per-batch scratch space on the backend, sized for up to `rows_cap` samples.
+/// Index `l` holds block l+1's buffers (`rows × n_{l+1}`).
+pub struct Workspace<B: Backend> {
+    pub(crate) backend: B,
+    pub(crate) arch: Arch,
+    /// Capacity in samples.
+    pub rows_cap: usize,
+    /// Input batch, `rows × n_0`.
+    pub x: B::Buf,
+    /// Labels of the batch.
+    pub y: B::Labels,
+    /// States: pre-activations (layered) or post-activations (Hopfield).
+    pub s: Vec<B::Buf>,
+    /// φ(s) for the layered energy (unused by Hopfield).
+    pub a: Vec<B::Buf>,
+    /// Free-phase copies of `s` (nudged phases restart from them).
+    pub s_free: Vec<B::Buf>,
+    /// Free-phase copies of `a`.
+    pub a_free: Vec<B::Buf>,
+    /// Layered errors e_l, or backprop deltas.
+    pub e: Vec<B::Buf>,
+    /// GEMM outputs W_l φ(s_{l−1}); `p[0]` = W_1 x is constant during a phase.
+    pub p: Vec<B::Buf>,
+    /// Scratch `rows × max_width` (feedback W_{l+1}ᵀ e_{l+1}, Hopfield drive).
+    pub f: B::Buf,
+    /// ∂C/∂o, `rows × n_L`.
+    pub dc: B::Buf,
+    /// Device-side running [loss sum, correct count] of free-phase outputs.
+    pub stats: B::Buf,
+}
+
+fn bufs<B: Backend>(b: &B, arch: &Arch, rows: usize) -> Result<Vec<B::Buf>> {
+    arch.blocks.iter().map(|blk| b.zeros(rows * blk.out)).collect()
+}
+
+impl<B: Backend> Workspace<B> {
+    /// Buffers for batches of up to `rows_cap` samples.
+    pub fn new(backend: &B, arch: &Arch, rows_cap: usize) -> Result<Self> {
+        let rows_cap = rows_cap.max(1);
+        let b = backend;
+        Ok(Workspace {
+            backend: b.clone(),
+            arch: arch.clone(),
+            rows_cap,
+            x: b.zeros(rows_cap * arch.inputs())?,
+            y: b.zeros_labels(rows_cap)?,
+            s: bufs(b, arch, rows_cap)?,
+            a: bufs(b, arch, rows_cap)?,
+            s_free: bufs(b, arch, rows_cap)?,
+            a_free: bufs(b, arch, rows_cap)?,
+            e: bufs(b, arch, rows_cap)?,
+            p: bufs(b, arch, rows_cap)?,
+            f: b.zeros(rows_cap * arch.max_width())?,
+            dc: b.zeros(rows_cap * arch.outputs())?,
+            stats: b.zeros(2)?,
+        })
+    }
+
+    /// Grows the buffers when a batch larger than the capacity arrives (keeps `stats`).
+    pub fn ensure_rows(&mut self, rows: usize) -> Result<()> {
+        if rows > self.rows_cap {
+            let stats = std::mem::replace(&mut self.stats, self.backend.zeros(2)?);
+            *self = Workspace::new(&self.backend, &self.arch, rows)?;
+            self.stats = stats;
+        }
+        Ok(())
+    }
+
+    /// Copies a host batch into `x` and `y`.
+    pub fn load_host_batch(&mut self, x: &[B::Elem], y: &[u32]) -> Result<usize> {
+        let rows = y.len();
+        self.ensure_rows(rows)?;
+        self.backend.write(&mut self.x, x)?;
+        let labels = self.backend.upload_labels(y)?;
+        self.y = if rows == self.rows_cap {
+            labels
+        } else {
+            let mut full = vec![0u32; self.rows_cap];
+            full[..rows].copy_from_slice(y);
+            self.backend.upload_labels(&full)?
+        };
+        Ok(rows)
+    }
+
+    /// Copies the free-phase states `s`, `a` into `s_free`, `a_free`.
+    pub(crate) fn save_free(&mut self) -> Result<()> {
+        for l in 0..self.s.len() {
+            self.backend.copy(&self.s[l], &mut self.s_free[l])?;
+            self.backend.copy(&self.a[l], &mut self.a_free[l])?;
+        }
+        Ok(())
+    }
+
+    /// Restores `s`, `a` from the free-phase copies.
+    pub(crate) fn restore_free(&mut self) -> Result<()> {
+        for l in 0..self.s.len() {
+            self.backend.copy(&self.s_free[l], &mut self.s[l])?;
+            self.backend.copy(&self.a_free[l], &mut self.a[l])?;
+        }
+        Ok(())
+    }
+}
+
+/// Gradient (estimate) buffers, one pair per block, shaped like the parameters.
+pub struct Grads<B: Backend> {
+    /// ∂/∂W_l, `out × in`.
+    pub w: Vec<B::Buf>,
+    /// ∂/∂b_l, `out`.
+    pub b: Vec<B::Buf>,
+}
+
+impl<B: Backend> Grads<B> {
+    /// Zero gradients for `arch`.
+    pub fn new(backend: &B, arch: &Arch) -> Result<Self> {
+        Ok(Grads {
+            w: arch
+                .blocks
+                .iter()
+                .map(|b| backend.zeros(b.out * b.inp))
+                .collect::<Result<_>>()?,
+            b: arch
+                .blocks
+                .iter()
+                .map(|b| backend.zeros(b.out))
+                .collect::<Result<_>>()?,
+        })
+    }
+}

@@ -1,0 +1,218 @@
+//! Element-wise activations and their composition.
+//!
+//! The same scalar definitions are used by the CPU backend and mirrored in
+//! `kernels/common.cuh`; a chain of up to [`ActChain::MAX`] activations is packed
+//! into one `u32` (4 bits per activation, first applied in the lowest bits) so a
+//! kernel can evaluate any composition φ and its derivative φ′ in one pass.
+
+use num_traits::Float;
+
+/// One element-wise activation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Activation {
+    /// max(0, x).
+    Relu,
+    /// 1 / (1 + e^−x).
+    Sigmoid,
+    /// tanh(x).
+    Tanh,
+    /// clamp(x, 0, 1).
+    HardSigmoid,
+    /// x.
+    Identity,
+}
+
+impl Activation {
+    /// The 4-bit code used in [`ActChain::code`] (and by the CUDA kernels).
+    pub const fn code(self) -> u32 {
+        match self {
+            Activation::Identity => 0,
+            Activation::Relu => 1,
+            Activation::Sigmoid => 2,
+            Activation::Tanh => 3,
+            Activation::HardSigmoid => 4,
+        }
+    }
+
+    /// Lower-case name (`relu`, `sigmoid`, `tanh`, `hardsigmoid`, `identity`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Activation::Identity => "identity",
+            Activation::Relu => "relu",
+            Activation::Sigmoid => "sigmoid",
+            Activation::Tanh => "tanh",
+            Activation::HardSigmoid => "hardsigmoid",
+        }
+    }
+
+    /// f(x).
+    #[inline]
+    pub fn apply<T: Float>(self, x: T) -> T {
+        let zero = T::zero();
+        let one = T::one();
+        match self {
+            Activation::Identity => x,
+            Activation::Relu => x.max(zero),
+            Activation::Sigmoid => one / (one + (-x).exp()),
+            Activation::Tanh => x.tanh(),
+            Activation::HardSigmoid => x.max(zero).min(one),
+        }
+    }
+
+    /// f′(x). At the kinks of ReLU and HardSigmoid the derivative is taken as 0
+    /// (the same convention as PyTorch's ReLU and the CUDA kernels).
+    #[inline]
+    pub fn derivative<T: Float>(self, x: T) -> T {
+        let zero = T::zero();
+        let one = T::one();
+        match self {
+            Activation::Identity => one,
+            Activation::Relu => {
+                if x > zero {
+                    one
+                } else {
+                    zero
+                }
+            }
+            Activation::Sigmoid => {
+                let s = one / (one + (-x).exp());
+                s * (one - s)
+            }
+            Activation::Tanh => {
+                let t = x.tanh();
+                one - t * t
+            }
+            Activation::HardSigmoid => {
+                if x > zero && x < one {
+                    one
+                } else {
+                    zero
+                }
+            }
+        }
+    }
+}
+
+impl std::str::FromStr for Activation {
+    type Err = crate::MepError;
+    fn from_str(s: &str) -> crate::Result<Self> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "relu" => Activation::Relu,
+            "sigmoid" => Activation::Sigmoid,
+            "tanh" => Activation::Tanh,
+            "hardsigmoid" | "hard_sigmoid" | "hard-sigmoid" => Activation::HardSigmoid,
+            "identity" | "none" | "linear" => Activation::Identity,
+            other => {
+                return Err(crate::MepError::invalid(
+                    "activation",
+                    other,
+                    "use relu, sigmoid, tanh, hardsigmoid or identity",
+                ))
+            }
+        })
+    }
+}
+
+/// The composition φ of the activations that follow one Linear layer, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ActChain {
+    code: u32,
+}
+
+impl ActChain {
+    /// Most activations one chain can hold.
+    pub const MAX: usize = 8;
+
+    /// The identity chain (no activation).
+    pub const IDENTITY: ActChain = ActChain { code: 0 };
+
+    /// A chain of one activation.
+    pub const fn single(a: Activation) -> Self {
+        ActChain { code: a.code() }
+    }
+
+    /// Appends `a` (applied after the existing ones). Identity is skipped.
+    /// Returns `None` when the chain is full.
+    pub fn then(self, a: Activation) -> Option<Self> {
+        if a == Activation::Identity {
+            return Some(self);
+        }
+        let n = self.len();
+        if n >= Self::MAX {
+            return None;
+        }
+        Some(ActChain {
+            code: self.code | (a.code() << (4 * n)),
+        })
+    }
+
+    /// Number of (non-identity) activations.
+    pub fn len(self) -> usize {
+        let mut n = 0;
+        let mut c = self.code;
+        while c != 0 {
+            n += 1;
+            c >>= 4;
+        }
+        n
+    }
+
+    /// True for the identity chain.
+    pub fn is_empty(self) -> bool {
+        self.code == 0
+    }
+
+    /// The packed code passed to kernels: 4 bits per activation, first in the low bits.
+    pub fn code(self) -> u32 {
+        self.code
+    }
+
+    fn activations(self) -> impl Iterator<Item = Activation> {
+        let mut c = self.code;
+        std::iter::from_fn(move || {
+            if c == 0 {
+                return None;
+            }
+            let a = match c & 15 {
+                1 => Activation::Relu,
+                2 => Activation::Sigmoid,
+                3 => Activation::Tanh,
+                _ => Activation::HardSigmoid,
+            };
+            c >>= 4;
+            Some(a)
+        })
+    }
+
+    /// φ(x).
+    #[inline]
+    pub fn apply<T: Float>(self, x: T) -> T {
+        self.activations().fold(x, |x, a| a.apply(x))
+    }
+
+    /// φ′(x) by the chain rule.
+    #[inline]
+    pub fn derivative<T: Float>(self, x: T) -> T {
+        self.value_and_derivative(x).1
+    }
+
+    /// (φ(x), φ′(x)) in one pass.
+    #[inline]
+    pub fn value_and_derivative<T: Float>(self, x: T) -> (T, T) {
+        let mut v = x;
+        let mut d = T::one();
+        for a in self.activations() {
+            d = d * a.derivative(v);
+            v = a.apply(v);
+        }
+        (v, d)
+    }
+
+    /// Human-readable, e.g. `relu` or `relu∘tanh` or `identity`.
+    pub fn describe(self) -> String {
+        if self.is_empty() {
+            return "identity".into();
+        }
+        self.activations().map(|a| a.name()).collect::<Vec<_>>().join(",")
+    }
+}

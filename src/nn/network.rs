@@ -1,0 +1,108 @@
+//! A network's parameters on a backend, its energy, and inference.
+
+use super::arch::Arch;
+use crate::backend::{Backend, Scalar};
+use crate::ep::Energy;
+use crate::rng::Rng;
+use crate::{MepError, Result};
+
+/// The parameters of one block on the backend.
+pub struct Params<B: Backend> {
+    /// Weights, `out × in` row-major.
+    pub w: B::Buf,
+    /// Bias, `out` (zeros, never trained, when the Linear has no bias).
+    pub b: B::Buf,
+}
+
+/// A network on backend `B`: architecture, energy (which defines the settling
+/// dynamics and inference) and parameters.
+pub struct Network<B: Backend> {
+    /// The executor.
+    pub backend: B,
+    /// Blocks and widths.
+    pub arch: Arch,
+    /// The energy the network is trained and evaluated with.
+    pub energy: Energy,
+    /// Per-block parameters.
+    pub params: Vec<Params<B>>,
+}
+
+impl<B: Backend> Network<B> {
+    /// PyTorch's default initialisation (weights and biases uniform in ±1/√in),
+    /// drawn from one seeded generator in block order, weights then bias: the
+    /// same seed gives the same model on every backend.
+    pub fn new(backend: B, arch: Arch, energy: Energy, seed: u64) -> Result<Self> {
+        energy.validate()?;
+        let mut rng = Rng::new(seed);
+        let mut params = Vec::with_capacity(arch.depth());
+        for blk in &arch.blocks {
+            let bound = 1.0 / (blk.inp as f64).sqrt();
+            let w: Vec<B::Elem> = (0..blk.out * blk.inp)
+                .map(|_| B::Elem::of(rng.uniform_range(-bound, bound)))
+                .collect();
+            let b: Vec<B::Elem> = (0..blk.out)
+                .map(|_| {
+                    B::Elem::of(if blk.bias {
+                        rng.uniform_range(-bound, bound)
+                    } else {
+                        0.0
+                    })
+                })
+                .collect();
+            params.push(Params {
+                w: backend.upload(&w)?,
+                b: backend.upload(&b)?,
+            });
+        }
+        Ok(Network {
+            backend,
+            arch,
+            energy,
+            params,
+        })
+    }
+
+    /// Host copies of every block's (weights, bias), as f64.
+    pub fn to_host(&self) -> Result<Vec<(Vec<f64>, Vec<f64>)>> {
+        self.params
+            .iter()
+            .map(|p| {
+                let w = self.backend.download(&p.w)?.into_iter().map(|v| v.f64()).collect();
+                let b = self.backend.download(&p.b)?.into_iter().map(|v| v.f64()).collect();
+                Ok((w, b))
+            })
+            .collect()
+    }
+
+    /// Replaces the parameters with host values (shapes checked, values must be finite).
+    pub fn set_from_host(&mut self, values: &[(Vec<f64>, Vec<f64>)]) -> Result<()> {
+        if values.len() != self.arch.depth() {
+            return Err(MepError::Shape(format!(
+                "{} parameter blocks given for a network of {} blocks",
+                values.len(),
+                self.arch.depth()
+            )));
+        }
+        for (l, ((w, b), blk)) in values.iter().zip(&self.arch.blocks).enumerate() {
+            if w.len() != blk.out * blk.inp || b.len() != blk.out {
+                return Err(MepError::Shape(format!(
+                    "block {}: expected weights {}×{} and bias {}, got {} and {} values",
+                    l + 1,
+                    blk.out,
+                    blk.inp,
+                    blk.out,
+                    w.len(),
+                    b.len()
+                )));
+            }
+            if let Some(bad) = w.iter().chain(b).find(|v| !v.is_finite()) {
+                return Err(MepError::NonFinite(format!("block {} parameters contain {bad}", l + 1)));
+            }
+            let wv: Vec<B::Elem> = w.iter().map(|&v| B::Elem::of(v)).collect();
+            let bv: Vec<B::Elem> = b.iter().map(|&v| B::Elem::of(v)).collect();
+            self.backend.write(&mut self.params[l].w, &wv)?;
+            self.backend.write(&mut self.params[l].b, &bv)?;
+        }
+        Ok(())
+    }
+}

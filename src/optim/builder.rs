@@ -1,0 +1,281 @@
+//! The user-facing optimizer: `smep(&model).lr(0.05)…build()`, then
+//! `opt.step(&mut model, &x, &y)`.
+
+use super::config::{MatrixRule, MuonScale, OptimConfig, SpectralLayers, VectorRule};
+use super::engine::{Engine, StepStats};
+use crate::backend::{Backend, Scalar};
+use crate::ep::{Mode, Nudging};
+use crate::model::{check_inputs, with_net, AnyNet, Model};
+use crate::nn::Network;
+use crate::{Loss, MepError, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Preset {
+    Smep,
+    Sgd,
+    Adam,
+}
+
+/// Builds an [`Optimizer`] for one model; every setter is validated by `build`, and
+/// an option that does not apply to the chosen optimizer is an error, not ignored.
+#[derive(Clone)]
+pub struct OptimizerBuilder<'m> {
+    model: &'m Model,
+    preset: Preset,
+    cfg: OptimConfig,
+    bias_lr_set: bool,
+    misapplied: Option<(&'static str, &'static str)>,
+}
+
+/// SMEP: spectral constraint + Muon + EP (the seed's optimizer), with the defaults
+/// of [`OptimConfig::smep`].
+pub fn smep(model: &Model) -> OptimizerBuilder<'_> {
+    OptimizerBuilder {
+        model,
+        preset: Preset::Smep,
+        cfg: OptimConfig::smep(),
+        bias_lr_set: false,
+        misapplied: None,
+    }
+}
+
+/// Momentum SGD (for comparison), EP mode by default.
+pub fn sgd(model: &Model) -> OptimizerBuilder<'_> {
+    OptimizerBuilder {
+        model,
+        preset: Preset::Sgd,
+        cfg: OptimConfig::sgd(),
+        bias_lr_set: false,
+        misapplied: None,
+    }
+}
+
+/// Adam (for comparison), EP mode by default.
+pub fn adam(model: &Model) -> OptimizerBuilder<'_> {
+    OptimizerBuilder {
+        model,
+        preset: Preset::Adam,
+        cfg: OptimConfig::adam(),
+        bias_lr_set: false,
+        misapplied: None,
+    }
+}
+
+impl<'m> OptimizerBuilder<'m> {
+    fn only(mut self, option: &'static str, presets: &[Preset], which: &'static str) -> Self {
+        if !presets.contains(&self.preset) && self.misapplied.is_none() {
+            self.misapplied = Some((option, which));
+        }
+        self
+    }
+
+    /// EP (default) or Backprop.
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.cfg.grad.mode = mode;
+        self
+    }
+    /// Learning rate of the weight matrices (for `sgd` also of the biases, unless
+    /// `bias_lr` is set).
+    pub fn lr(mut self, lr: f64) -> Self {
+        self.cfg.lr = lr;
+        self
+    }
+    /// Nudging strength β.
+    pub fn beta(mut self, beta: f64) -> Self {
+        self.cfg.grad.beta = beta;
+        self
+    }
+    /// Steps (layered) or sweeps (Hopfield) of each nudged phase.
+    pub fn settle_steps(mut self, n: usize) -> Self {
+        self.cfg.grad.settle_steps = n;
+        self
+    }
+    /// Step size η of the layered energy's nudged descent, in (0, 1].
+    pub fn settle_lr(mut self, eta: f64) -> Self {
+        self.cfg.grad.settle_lr = eta;
+        self
+    }
+    /// The cost.
+    pub fn loss(mut self, loss: Loss) -> Self {
+        self.cfg.grad.loss = loss;
+        self
+    }
+    /// One-sided (default) or symmetric nudging.
+    pub fn nudging(mut self, nudging: Nudging) -> Self {
+        self.cfg.grad.nudging = nudging;
+        self
+    }
+    /// Momentum μ (smep, sgd).
+    pub fn momentum(mut self, mu: f64) -> Self {
+        match &mut self.cfg.matrix {
+            MatrixRule::Muon { momentum, .. } | MatrixRule::Sgd { momentum, .. } => *momentum = mu,
+            MatrixRule::Adam { .. } => {}
+        }
+        if let VectorRule::Sgd { momentum, .. } = &mut self.cfg.vector {
+            *momentum = mu;
+        }
+        self.only("momentum", &[Preset::Smep, Preset::Sgd], "smep or sgd")
+    }
+    /// Nesterov momentum on or off (smep, sgd).
+    pub fn nesterov(mut self, on: bool) -> Self {
+        match &mut self.cfg.matrix {
+            MatrixRule::Muon { nesterov, .. } | MatrixRule::Sgd { nesterov, .. } => *nesterov = on,
+            MatrixRule::Adam { .. } => {}
+        }
+        if let VectorRule::Sgd { nesterov, .. } = &mut self.cfg.vector {
+            *nesterov = on;
+        }
+        self.only("nesterov", &[Preset::Smep, Preset::Sgd], "smep or sgd")
+    }
+    /// Newton–Schulz iterations (smep).
+    pub fn ns_steps(mut self, n: usize) -> Self {
+        if let MatrixRule::Muon { ns_steps, .. } = &mut self.cfg.matrix {
+            *ns_steps = n;
+        }
+        self.only("ns_steps", &[Preset::Smep], "smep")
+    }
+    /// Muon's update scale (smep).
+    pub fn muon_scale(mut self, s: MuonScale) -> Self {
+        if let MatrixRule::Muon { scale, .. } = &mut self.cfg.matrix {
+            *scale = s;
+        }
+        self.only("muon_scale", &[Preset::Smep], "smep")
+    }
+    /// Decoupled weight decay of the weight matrices.
+    pub fn weight_decay(mut self, wd: f64) -> Self {
+        self.cfg.weight_decay = wd;
+        self
+    }
+    /// Spectral bound γ (turns the constraint on for the output layer if it was off).
+    pub fn gamma(mut self, gamma: f64) -> Self {
+        self.cfg.spectral.gamma = gamma;
+        if self.cfg.spectral.layers == SpectralLayers::Off {
+            self.cfg.spectral.layers = SpectralLayers::Output;
+        }
+        self
+    }
+    /// Which matrices the spectral constraint covers.
+    pub fn spectral_layers(mut self, layers: SpectralLayers) -> Self {
+        self.cfg.spectral.layers = layers;
+        self
+    }
+    /// Power iterations per step for σ̂.
+    pub fn power_iters(mut self, n: usize) -> Self {
+        self.cfg.spectral.power_iters = n;
+        self
+    }
+    /// Learning rate of the biases.
+    pub fn bias_lr(mut self, lr: f64) -> Self {
+        match &mut self.cfg.vector {
+            VectorRule::Adam { lr: l, .. } | VectorRule::Sgd { lr: l, .. } => *l = lr,
+        }
+        self.bias_lr_set = true;
+        self
+    }
+    /// Read the loss back every `n` steps to detect divergence.
+    pub fn check_every(mut self, n: u64) -> Self {
+        self.cfg.check_every = n;
+        self
+    }
+
+    /// The configuration this builder would build (not yet validated).
+    pub fn config(&self) -> OptimConfig {
+        let mut cfg = self.cfg;
+        if !self.bias_lr_set {
+            // sgd and adam share one learning rate unless told otherwise.
+            match (&mut cfg.vector, self.preset) {
+                (VectorRule::Sgd { lr, .. }, Preset::Sgd) | (VectorRule::Adam { lr, .. }, Preset::Adam) => *lr = cfg.lr,
+                _ => {}
+            }
+        }
+        cfg
+    }
+
+    /// Validates everything and allocates the optimizer state on the model's device.
+    pub fn build(self) -> Result<Optimizer> {
+        if let Some((option, which)) = self.misapplied {
+            return Err(MepError::invalid(
+                option,
+                format!("{:?}", self.preset).to_lowercase(),
+                format!("`{option}` applies only to {which}"),
+            ));
+        }
+        let cfg = self.config();
+        let engine = with_net!(&self.model.net, n => AnyEngine::from(Engine::new(cfg, n, 64)?));
+        Ok(Optimizer { engine })
+    }
+}
+
+/// An engine on one of the backends.
+pub(crate) enum AnyEngine {
+    Cpu(Engine<crate::backend::cpu::Cpu<f32>>),
+}
+
+impl From<Engine<crate::backend::cpu::Cpu<f32>>> for AnyEngine {
+    fn from(e: Engine<crate::backend::cpu::Cpu<f32>>) -> Self {
+        AnyEngine::Cpu(e)
+    }
+}
+
+/// A built optimizer. One [`Optimizer::step`] runs the free phase, the nudged
+/// phase(s) and the update (or, in Backprop mode, forward, backward and update).
+pub struct Optimizer {
+    pub(crate) engine: AnyEngine,
+}
+
+fn host_step<B: Backend>(engine: &mut Engine<B>, net: &mut Network<B>, x: &[f32], y: &[u32]) -> Result<()> {
+    check_inputs(x, net.arch.inputs())?;
+    let rows = x.len() / net.arch.inputs();
+    if y.len() != rows {
+        return Err(MepError::Shape(format!("{rows} input rows but {} labels", y.len())));
+    }
+    let classes = net.arch.outputs();
+    if let Some(&bad) = y.iter().find(|&&c| c as usize >= classes) {
+        return Err(MepError::invalid(
+            "target",
+            bad,
+            format!("labels must be < {classes}, the network's outputs"),
+        ));
+    }
+    let xs: Vec<B::Elem> = x.iter().map(|&v| B::Elem::of(v as f64)).collect();
+    engine.ws.load_host_batch(&xs, y)?;
+    engine.step(net, rows)
+}
+
+impl Optimizer {
+    /// One training step on a host batch: `x` is `rows × inputs` (row-major,
+    /// normalised), `y` holds `rows` class labels.
+    pub fn step(&mut self, model: &mut Model, x: &[f32], y: &[u32]) -> Result<()> {
+        match (&mut self.engine, &mut model.net) {
+            (AnyEngine::Cpu(e), AnyNet::Cpu(n)) => host_step(e, n, x, y),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> OptimConfig {
+        match &self.engine {
+            AnyEngine::Cpu(e) => e.cfg,
+        }
+    }
+
+    /// Running loss and accuracy of the free-phase outputs since the last reset.
+    pub fn stats(&self) -> Result<StepStats> {
+        match &self.engine {
+            AnyEngine::Cpu(e) => e.stats(),
+        }
+    }
+
+    /// Resets the running statistics.
+    pub fn reset_stats(&mut self) -> Result<()> {
+        match &mut self.engine {
+            AnyEngine::Cpu(e) => e.reset_stats(),
+        }
+    }
+
+    /// Steps taken.
+    pub fn steps(&self) -> u64 {
+        match &self.engine {
+            AnyEngine::Cpu(e) => e.steps(),
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! Optimizer configuration: the update rules and their validated hyper-parameters.
+
+use crate::ep::{GradConfig, Mode, Nudging};
+use crate::{Loss, MepError, Result};
+
+/// How Muon's orthogonalised update is scaled (SPEC §3.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MuonScale {
+    /// √(fan_out / fan_in) (Bernstein & Yang's spectral condition). Default: at the
+    /// seed's lr = 0.05 it beats Keller Jordan's scale by 3–4 points (BENCHMARKS.md).
+    SpectralCondition,
+    /// √max(1, rows / cols) (Keller Jordan's Muon).
+    KellerJordan,
+}
+
+impl MuonScale {
+    /// The factor for an `rows × cols` (fan_out × fan_in) matrix.
+    pub fn factor(self, rows: usize, cols: usize) -> f64 {
+        match self {
+            MuonScale::SpectralCondition => (rows as f64 / cols as f64).sqrt(),
+            MuonScale::KellerJordan => (rows as f64 / cols as f64).max(1.0).sqrt(),
+        }
+    }
+}
+
+/// The rule for weight matrices.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum MatrixRule {
+    /// Momentum, then quintic Newton–Schulz orthogonalisation, then scaling.
+    Muon {
+        /// μ.
+        momentum: f64,
+        /// Nesterov: U = G + μM instead of U = M.
+        nesterov: bool,
+        /// Newton–Schulz iterations.
+        ns_steps: usize,
+        /// Update scale.
+        scale: MuonScale,
+    },
+    /// (Momentum) SGD.
+    Sgd {
+        /// μ (0 for plain SGD).
+        momentum: f64,
+        /// Nesterov momentum.
+        nesterov: bool,
+    },
+    /// Adam (decoupled weight decay).
+    Adam {
+        /// β1.
+        beta1: f64,
+        /// β2.
+        beta2: f64,
+        /// ε.
+        eps: f64,
+    },
+}
+
+/// The rule for vectors (biases), which are never orthogonalised.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum VectorRule {
+    /// Adam with its own learning rate.
+    Adam {
+        /// Learning rate.
+        lr: f64,
+        /// β1.
+        beta1: f64,
+        /// β2.
+        beta2: f64,
+        /// ε.
+        eps: f64,
+    },
+    /// Momentum SGD with its own learning rate.
+    Sgd {
+        /// Learning rate.
+        lr: f64,
+        /// μ.
+        momentum: f64,
+        /// Nesterov momentum.
+        nesterov: bool,
+    },
+}
+
+/// Which weight matrices the spectral constraint covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpectralLayers {
+    /// None.
+    Off,
+    /// The output layer only (default for `smep`: it is the coupling whose norm the
+    /// settling dynamics depend on; constraining the input layer too cost 2–3 points).
+    Output,
+    /// Every weight matrix.
+    All,
+}
+
+/// The spectral constraint's parameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Spectral {
+    /// γ: the bound on σ(W).
+    pub gamma: f64,
+    /// Which matrices.
+    pub layers: SpectralLayers,
+    /// Power iterations per step.
+    pub power_iters: usize,
+}
+
+/// A complete, validated optimizer configuration.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct OptimConfig {
+    /// How gradients are obtained (EP phases or Backprop).
+    pub grad: GradConfig,
+    /// Learning rate for weight matrices.
+    pub lr: f64,
+    /// Decoupled weight decay for weight matrices.
+    pub weight_decay: f64,
+    /// The rule for weight matrices.
+    pub matrix: MatrixRule,
+    /// The rule for biases.
+    pub vector: VectorRule,
+    /// The spectral constraint.
+    pub spectral: Spectral,
+    /// Read the device-side loss every this many steps to detect divergence.
+    pub check_every: u64,
+}
+
+fn positive(name: &'static str, v: f64) -> Result<()> {
+    if !(v.is_finite() && v > 0.0) {
+        return Err(MepError::invalid(name, v, "must be a finite number > 0"));
+    }
+    Ok(())
+}
+
+fn unit(name: &'static str, v: f64) -> Result<()> {
+    if !(v.is_finite() && (0.0..1.0).contains(&v)) {
+        return Err(MepError::invalid(name, v, "must be in [0, 1)"));
+    }
+    Ok(())
+}
+
+impl OptimConfig {
+    /// Checks every hyper-parameter; the error names the first bad one and its range.
+    pub fn validate(&self) -> Result<()> {
+        let g = &self.grad;
+        if g.mode == Mode::Ep {
+            positive("beta", g.beta)?;
+            if g.settle_steps == 0 {
+                return Err(MepError::invalid("settle_steps", 0, "EP needs at least 1 settle step"));
+            }
+            positive("settle_lr", g.settle_lr)?;
+            if g.settle_lr > 1.0 {
+                return Err(MepError::invalid(
+                    "settle_lr",
+                    g.settle_lr,
+                    "must be in (0, 1]: larger steps overshoot the ½‖e‖² curvature of 1",
+                ));
+            }
+        }
+        g.loss.validate()?;
+        positive("lr", self.lr)?;
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(MepError::invalid("weight_decay", self.weight_decay, "must be ≥ 0"));
+        }
+        if self.lr * self.weight_decay >= 1.0 {
+            return Err(MepError::invalid(
+                "weight_decay",
+                self.weight_decay,
+                format!("lr·weight_decay must be < 1 (lr = {})", self.lr),
+            ));
+        }
+        match self.matrix {
+            MatrixRule::Muon { momentum, ns_steps, .. } => {
+                unit("momentum", momentum)?;
+                if !(1..=20).contains(&ns_steps) {
+                    return Err(MepError::invalid(
+                        "ns_steps",
+                        ns_steps,
+                        "must be in 1..=20 (5 is Muon's default)",
+                    ));
+                }
+            }
+            MatrixRule::Sgd { momentum, .. } => unit("momentum", momentum)?,
+            MatrixRule::Adam { beta1, beta2, eps } => {
+                unit("adam_beta1", beta1)?;
+                unit("adam_beta2", beta2)?;
+                positive("adam_eps", eps)?;
+            }
+        }
+        match self.vector {
+            VectorRule::Adam { lr, beta1, beta2, eps } => {
+                positive("bias_lr", lr)?;
+                unit("adam_beta1", beta1)?;
+                unit("adam_beta2", beta2)?;
+                positive("adam_eps", eps)?;
+            }
+            VectorRule::Sgd { lr, momentum, .. } => {
+                positive("bias_lr", lr)?;
+                unit("momentum", momentum)?;
+            }
+        }
+        if self.spectral.layers != SpectralLayers::Off {
+            positive("gamma", self.spectral.gamma)?;
+            if self.spectral.power_iters == 0 {
+                return Err(MepError::invalid(
+                    "power_iters",
+                    0,
+                    "the spectral constraint needs at least 1 power iteration per step",
+                ));
+            }
+        }
+        if self.check_every == 0 {
+            return Err(MepError::invalid("check_every", 0, "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The `smep` preset (the seed's optimizer): Muon (Nesterov μ = 0.9, 5 quintic
+    /// steps, √(fan_out/fan_in) scale) at lr 0.05 on weights, Adam at 1e−3 on biases,
+    /// spectral constraint γ = 0.95 on the output layer, EP with β = 0.5, 15 settle
+    /// steps, cross-entropy. Each default is justified in BENCHMARKS.md.
+    pub fn smep() -> Self {
+        OptimConfig {
+            grad: GradConfig {
+                mode: Mode::Ep,
+                beta: 0.5,
+                settle_steps: 15,
+                settle_lr: DEFAULT_SETTLE_LR,
+                nudging: Nudging::OneSided,
+                loss: Loss::CrossEntropy { label_smoothing: 0.0 },
+            },
+            lr: 0.05,
+            weight_decay: 0.0,
+            matrix: MatrixRule::Muon {
+                momentum: 0.9,
+                nesterov: true,
+                ns_steps: 5,
+                scale: MuonScale::SpectralCondition,
+            },
+            vector: VectorRule::Adam {
+                lr: 1e-3,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+            },
+            spectral: Spectral {
+                gamma: 0.95,
+                layers: SpectralLayers::Output,
+                power_iters: 3,
+            },
+            check_every: 50,
+        }
+    }
+
+    /// Plain momentum SGD (μ = 0.9, lr 0.05 on weights and biases), no constraint.
+    pub fn sgd() -> Self {
+        OptimConfig {
+            matrix: MatrixRule::Sgd {
+                momentum: 0.9,
+                nesterov: false,
+            },
+            vector: VectorRule::Sgd {
+                lr: 0.05,
+                momentum: 0.9,
+                nesterov: false,
+            },
+            spectral: Spectral {
+                gamma: 1.0,
+                layers: SpectralLayers::Off,
+                power_iters: 3,
+            },
+            ..Self::smep()
+        }
+    }
+
+    /// Adam (lr 1e−3 on weights and biases), no constraint.
+    pub fn adam() -> Self {
+        OptimConfig {
+            lr: 1e-3,
+            matrix: MatrixRule::Adam {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+            },
+            vector: VectorRule::Adam {
+                lr: 1e-3,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+            },
+            spectral: Spectral {
+                gamma: 1.0,
+                layers: SpectralLayers::Off,
+                power_iters: 3,
+            },
+            ..Self::smep()
+        }
+    }
+}
+
+/// Default step size of the layered energy's nudged-phase descent (BENCHMARKS.md).
+pub const DEFAULT_SETTLE_LR: f64 = 0.5;

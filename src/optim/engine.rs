@@ -1,0 +1,256 @@
+//! The optimizer on one backend: gradients (EP or Backprop), then the update rule
+//! for each parameter, then the spectral constraint. Written once over
+//! [`Backend`] primitives.
+
+use super::config::{MatrixRule, OptimConfig, SpectralLayers, VectorRule};
+use super::newton_schulz::{orthogonalize, NsScratch};
+use super::spectral::PowerIter;
+use crate::backend::{Backend, Scalar};
+use crate::ep::{compute_gradients, Energy, Grads, Mode, Workspace};
+use crate::nn::Network;
+use crate::{MepError, Result};
+
+/// Per-block optimizer state.
+struct BlockState<B: Backend> {
+    /// Momentum (SGD, Muon) or Adam's first moment, for W.
+    m_w: B::Buf,
+    /// Adam's second moment for W (unused otherwise).
+    v_w: Option<B::Buf>,
+    /// Momentum / first moment for b.
+    m_b: B::Buf,
+    /// Adam's second moment for b.
+    v_b: Option<B::Buf>,
+    /// Muon: Nesterov direction U and Newton–Schulz scratch.
+    muon: Option<(B::Buf, NsScratch<B>)>,
+    /// Spectral-constraint power iteration, if this block is constrained.
+    power: Option<PowerIter<B>>,
+}
+
+/// Running statistics of the free-phase outputs since the last reset.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepStats {
+    /// Mean cost per sample.
+    pub loss: f64,
+    /// Fraction of samples whose argmax was the label.
+    pub accuracy: f64,
+    /// Samples counted.
+    pub samples: u64,
+}
+
+/// An optimizer bound to a network's shapes on backend `B`.
+pub struct Engine<B: Backend> {
+    /// The configuration (validated).
+    pub cfg: OptimConfig,
+    /// Scratch space for the phases.
+    pub ws: Workspace<B>,
+    /// The last gradient estimate.
+    pub grads: Grads<B>,
+    state: Vec<BlockState<B>>,
+    t: u64,
+    samples_since_reset: u64,
+}
+
+impl<B: Backend> Engine<B> {
+    /// Validates `cfg` against the network and allocates the state.
+    pub fn new(cfg: OptimConfig, net: &Network<B>, batch_hint: usize) -> Result<Self> {
+        cfg.validate()?;
+        if cfg.grad.mode == Mode::Backprop && net.energy != Energy::LayeredLeastSquares {
+            return Err(MepError::invalid(
+                "mode",
+                "backprop with the Hopfield energy",
+                "Backprop mode trains the forward pass, whose energy is the layered one: build the model with Energy::LayeredLeastSquares (--energy layered), or use Mode::Ep",
+            ));
+        }
+        let bk = &net.backend;
+        let last = net.arch.depth() - 1;
+        let mut state = Vec::new();
+        for (l, blk) in net.arch.blocks.iter().enumerate() {
+            let n = blk.out * blk.inp;
+            let adam_w = matches!(cfg.matrix, MatrixRule::Adam { .. });
+            let adam_b = matches!(cfg.vector, VectorRule::Adam { .. });
+            let muon = match cfg.matrix {
+                MatrixRule::Muon { .. } => Some((bk.zeros(n)?, NsScratch::new(bk, blk.out, blk.inp)?)),
+                _ => None,
+            };
+            let constrained = match cfg.spectral.layers {
+                SpectralLayers::Off => false,
+                SpectralLayers::Output => l == last,
+                SpectralLayers::All => true,
+            };
+            let power = if constrained {
+                Some(PowerIter::new(
+                    bk,
+                    &net.params[l].w,
+                    blk.out,
+                    blk.inp,
+                    0x5EC7 + l as u64,
+                )?)
+            } else {
+                None
+            };
+            state.push(BlockState {
+                m_w: bk.zeros(n)?,
+                v_w: if adam_w { Some(bk.zeros(n)?) } else { None },
+                m_b: bk.zeros(blk.out)?,
+                v_b: if adam_b { Some(bk.zeros(blk.out)?) } else { None },
+                muon,
+                power,
+            });
+        }
+        Ok(Engine {
+            cfg,
+            ws: Workspace::new(bk, &net.arch, batch_hint)?,
+            grads: Grads::new(bk, &net.arch)?,
+            state,
+            t: 0,
+            samples_since_reset: 0,
+        })
+    }
+
+    /// Steps taken so far.
+    pub fn steps(&self) -> u64 {
+        self.t
+    }
+
+    /// One optimizer step on the `rows` samples already in `self.ws.x` / `self.ws.y`:
+    /// gradients (free phase, nudged phase(s), estimate; or Backprop), then the update
+    /// of every parameter, then the spectral constraint. Every `check_every` steps the
+    /// device-side loss is read back and a non-finite value is reported as
+    /// [`MepError::Diverged`].
+    pub fn step(&mut self, net: &mut Network<B>, rows: usize) -> Result<()> {
+        if rows == 0 || rows > self.ws.rows_cap {
+            return Err(MepError::Shape(format!(
+                "batch of {rows} rows for a workspace of {}",
+                self.ws.rows_cap
+            )));
+        }
+        compute_gradients(net, &self.cfg.grad, &mut self.ws, rows, &mut self.grads)?;
+        self.t += 1;
+        self.samples_since_reset += rows as u64;
+        self.apply_update(net)?;
+        if self.t % self.cfg.check_every == 0 {
+            self.check_finite()?;
+        }
+        Ok(())
+    }
+
+    /// Applies the update rules to `net` using the gradients in `self.grads`.
+    pub fn apply_update(&mut self, net: &mut Network<B>) -> Result<()> {
+        let bk = net.backend.clone();
+        let cfg = self.cfg;
+        let t = self.t.max(1);
+        for (l, blk) in net.arch.blocks.iter().enumerate() {
+            let st = &mut self.state[l];
+            let p = &mut net.params[l];
+            let g = &self.grads.w[l];
+            let decay = 1.0 - cfg.lr * cfg.weight_decay;
+            match cfg.matrix {
+                MatrixRule::Muon {
+                    momentum,
+                    nesterov,
+                    ns_steps,
+                    scale,
+                } => {
+                    let (u, ns) = st.muon.as_mut().expect("Muon state allocated with the engine");
+                    bk.axpby(1.0, g, momentum, &mut st.m_w)?; // M = μM + G
+                    let dir = if nesterov {
+                        bk.copy(g, u)?;
+                        bk.axpby(momentum, &st.m_w, 1.0, u)?; // U = G + μM
+                        &*u
+                    } else {
+                        &st.m_w
+                    };
+                    orthogonalize(&bk, blk.out, blk.inp, ns_steps, dir, ns)?;
+                    bk.axpby(-cfg.lr * scale.factor(blk.out, blk.inp), &ns.x, decay, &mut p.w)?;
+                }
+                MatrixRule::Sgd { momentum, nesterov } => {
+                    sgd_update(&bk, &mut p.w, g, &mut st.m_w, cfg.lr, momentum, nesterov, decay)?
+                }
+                MatrixRule::Adam { beta1, beta2, eps } => {
+                    let v = st.v_w.as_mut().expect("Adam state allocated with the engine");
+                    bk.adam(
+                        &mut p.w,
+                        g,
+                        &mut st.m_w,
+                        v,
+                        cfg.lr,
+                        beta1,
+                        beta2,
+                        eps,
+                        cfg.weight_decay,
+                        t,
+                    )?;
+                }
+            }
+            if blk.bias {
+                let gb = &self.grads.b[l];
+                match cfg.vector {
+                    VectorRule::Adam { lr, beta1, beta2, eps } => {
+                        let v = st.v_b.as_mut().expect("Adam state allocated with the engine");
+                        bk.adam(&mut p.b, gb, &mut st.m_b, v, lr, beta1, beta2, eps, 0.0, t)?;
+                    }
+                    VectorRule::Sgd { lr, momentum, nesterov } => {
+                        sgd_update(&bk, &mut p.b, gb, &mut st.m_b, lr, momentum, nesterov, 1.0)?
+                    }
+                }
+            }
+            if let Some(power) = st.power.as_mut() {
+                power.constrain(&bk, &mut p.w, cfg.spectral.gamma, cfg.spectral.power_iters)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the running statistics (one small device-to-host copy).
+    pub fn stats(&self) -> Result<StepStats> {
+        let s = self.ws.backend.download(&self.ws.stats)?;
+        let n = self.samples_since_reset.max(1) as f64;
+        Ok(StepStats {
+            loss: s[0].f64() / n,
+            accuracy: s[1].f64() / n,
+            samples: self.samples_since_reset,
+        })
+    }
+
+    /// Resets the running statistics.
+    pub fn reset_stats(&mut self) -> Result<()> {
+        self.samples_since_reset = 0;
+        self.ws.backend.fill(&mut self.ws.stats, 0.0)
+    }
+
+    /// Reports [`MepError::Diverged`] if the running loss is not finite.
+    pub fn check_finite(&self) -> Result<()> {
+        let s = self.stats()?;
+        if !s.loss.is_finite() {
+            return Err(MepError::Diverged {
+                step: self.t,
+                loss: s.loss,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// p ← decay·p − lr·(M or G + μM) with M ← μM + G.
+#[allow(clippy::too_many_arguments)]
+fn sgd_update<B: Backend>(
+    bk: &B,
+    p: &mut B::Buf,
+    g: &B::Buf,
+    m: &mut B::Buf,
+    lr: f64,
+    momentum: f64,
+    nesterov: bool,
+    decay: f64,
+) -> Result<()> {
+    if momentum == 0.0 {
+        return bk.axpby(-lr, g, decay, p);
+    }
+    bk.axpby(1.0, g, momentum, m)?;
+    if nesterov {
+        bk.axpby(-lr, g, decay, p)?;
+        bk.axpby(-lr * momentum, m, 1.0, p)
+    } else {
+        bk.axpby(-lr, m, decay, p)
+    }
+}

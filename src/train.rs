@@ -1,0 +1,173 @@
+//! The training loop and evaluation, written once over the backend.
+//!
+//! The dataset is uploaded once ([`DeviceData`]); each epoch uploads one index
+//! permutation and every batch is gathered on the device, so a CUDA step does no
+//! host transfer. The running loss is read back only every `report_every` steps.
+
+use crate::backend::{Backend, Scalar};
+use crate::data::batches::{epoch_permutation, Shuffle};
+use crate::data::mnist::Dataset;
+use crate::ep::Workspace;
+use crate::nn::Network;
+use crate::optim::{Engine, StepStats};
+use crate::{Loss, MepError, Result};
+
+/// A dataset resident on the backend.
+pub struct DeviceData<B: Backend> {
+    /// `n × features` inputs.
+    pub x: B::Buf,
+    /// `n` labels.
+    pub y: B::Labels,
+    /// Samples.
+    pub n: usize,
+    /// Features per sample.
+    pub features: usize,
+    /// Classes.
+    pub classes: usize,
+    identity: B::Labels,
+}
+
+impl<B: Backend> DeviceData<B> {
+    /// Uploads `data` (validated by [`Dataset::new`]) to the backend.
+    pub fn upload(bk: &B, data: &Dataset) -> Result<Self> {
+        let x: Vec<B::Elem> = data.images.iter().map(|&v| B::Elem::of(v as f64)).collect();
+        let identity: Vec<u32> = (0..data.n as u32).collect();
+        Ok(DeviceData {
+            x: bk.upload(&x)?,
+            y: bk.upload_labels(&data.labels)?,
+            n: data.n,
+            features: data.features,
+            classes: data.classes,
+            identity: bk.upload_labels(&identity)?,
+        })
+    }
+}
+
+fn check_fits<B: Backend>(net: &Network<B>, data: &DeviceData<B>) -> Result<()> {
+    if data.features != net.arch.inputs() || data.classes > net.arch.outputs() {
+        return Err(MepError::Shape(format!(
+            "data has {} features and {} classes but the network is {} (inputs {}, outputs {})",
+            data.features,
+            data.classes,
+            net.arch.describe(),
+            net.arch.inputs(),
+            net.arch.outputs()
+        )));
+    }
+    Ok(())
+}
+
+/// Gathers rows `perm[start..start+rows]` of `data` into the workspace.
+fn load_batch<B: Backend>(
+    bk: &B,
+    ws: &mut Workspace<B>,
+    data: &DeviceData<B>,
+    perm: &B::Labels,
+    start: usize,
+    rows: usize,
+) -> Result<()> {
+    bk.gather_rows(&data.x, data.features, perm, start, rows, &mut ws.x)?;
+    bk.gather_labels(&data.y, perm, start, rows, &mut ws.y)
+}
+
+/// What one epoch measured.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EpochReport {
+    /// Running statistics of the free-phase outputs over the epoch.
+    pub train: StepStats,
+    /// Wall seconds of the training steps (data upload excluded).
+    pub seconds: f64,
+}
+
+/// Trains one epoch in batches of `batch_size`, shuffled by `shuffle` for `epoch`.
+/// `progress(step, steps, running)` is called every `report_every` steps and at the
+/// end with the running statistics (one scalar read-back each time).
+#[allow(clippy::too_many_arguments)]
+pub fn train_epoch<B: Backend>(
+    engine: &mut Engine<B>,
+    net: &mut Network<B>,
+    data: &DeviceData<B>,
+    batch_size: usize,
+    shuffle: Shuffle,
+    epoch: u64,
+    report_every: usize,
+    mut progress: impl FnMut(usize, usize, StepStats),
+) -> Result<EpochReport> {
+    if batch_size == 0 {
+        return Err(MepError::invalid("batch_size", 0, "must be at least 1"));
+    }
+    check_fits(net, data)?;
+    let bk = net.backend.clone();
+    let perm = bk.upload_labels(&epoch_permutation(data.n, shuffle, epoch))?;
+    engine.ws.ensure_rows(batch_size.min(data.n))?;
+    engine.reset_stats()?;
+    bk.synchronize()?;
+    let start = std::time::Instant::now();
+    let steps = data.n.div_ceil(batch_size);
+    for i in 0..steps {
+        let off = i * batch_size;
+        let rows = batch_size.min(data.n - off);
+        load_batch(&bk, &mut engine.ws, data, &perm, off, rows)?;
+        engine.step(net, rows)?;
+        if report_every > 0 && (i + 1) % report_every == 0 && i + 1 < steps {
+            let s = engine.stats()?;
+            if !s.loss.is_finite() {
+                return Err(MepError::Diverged {
+                    step: engine.steps(),
+                    loss: s.loss,
+                });
+            }
+            progress(i + 1, steps, s);
+        }
+    }
+    bk.synchronize()?;
+    let seconds = start.elapsed().as_secs_f64();
+    let train = engine.stats()?;
+    if !train.loss.is_finite() {
+        return Err(MepError::Diverged {
+            step: engine.steps(),
+            loss: train.loss,
+        });
+    }
+    progress(steps, steps, train);
+    Ok(EpochReport { train, seconds })
+}
+
+/// Mean cost and accuracy of inference (as the network's energy defines it).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Evaluation {
+    /// Mean cost per sample.
+    pub loss: f64,
+    /// Fraction correct.
+    pub accuracy: f64,
+}
+
+/// Evaluates `net` on all of `data` in chunks of `chunk` samples.
+pub fn evaluate<B: Backend>(net: &Network<B>, data: &DeviceData<B>, loss: Loss, chunk: usize) -> Result<Evaluation> {
+    check_fits(net, data)?;
+    let bk = net.backend.clone();
+    let chunk = chunk.clamp(1, data.n.max(1));
+    let mut ws = Workspace::new(&bk, &net.arch, chunk)?;
+    let mut stats = bk.zeros(2)?;
+    let mut off = 0;
+    while off < data.n {
+        let rows = chunk.min(data.n - off);
+        load_batch(&bk, &mut ws, data, &data.identity, off, rows)?;
+        crate::ep::inference(net, &mut ws, rows)?;
+        bk.cost_stats(
+            rows,
+            net.arch.outputs(),
+            crate::ep::output(net, &ws),
+            &ws.y,
+            loss,
+            &mut stats,
+        )?;
+        off += rows;
+    }
+    let s = bk.download(&stats)?;
+    let n = data.n.max(1) as f64;
+    Ok(Evaluation {
+        loss: s[0].f64() / n,
+        accuracy: s[1].f64() / n,
+    })
+}
