@@ -22,7 +22,7 @@ libdir="$(find_libdir || true)"
 if [ -z "$libdir" ]; then
     echo "install-nvrtc: installing nvidia-cuda-nvrtc 13.0 into $dir" >&2
     mkdir -p "$dir"
-    python3 -m pip install --quiet --disable-pip-version-check --no-deps \
+    PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check --no-deps \
         --target "$dir" 'nvidia-cuda-nvrtc==13.0.*' >&2
     libdir="$(find_libdir || true)"
 fi

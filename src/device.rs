@@ -15,7 +15,7 @@ impl Device {
     /// CUDA device 0 when the driver, NVRTC and cuBLAS are usable, else the CPU,
     /// with a one-line notice on stderr saying why.
     pub fn auto() -> Device {
-        match cuda_probe(0) {
+        match crate::backend::cuda::probe(0) {
             Ok(_) => Device::Cuda(0),
             Err(e) => {
                 eprintln!("mep: using the CPU backend ({e})");
@@ -28,7 +28,7 @@ impl Device {
     pub fn check(self) -> Result<()> {
         match self {
             Device::Cpu => Ok(()),
-            Device::Cuda(i) => cuda_probe(i).map(|_| ()),
+            Device::Cuda(i) => crate::backend::cuda::probe(i).map(|_| ()),
         }
     }
 }
@@ -60,9 +60,4 @@ impl std::str::FromStr for Device {
         }
         Err(crate::MepError::invalid("device", s, "use auto, cpu, cuda or cuda:N"))
     }
-}
-
-/// TEMP until the CUDA backend lands.
-fn cuda_probe(_i: usize) -> Result<String> {
-    Err(crate::MepError::CudaUnavailable("not built".into()))
 }

@@ -2,6 +2,7 @@
 //! saving and loading. Dispatches at run time to the backend the device names.
 
 use crate::backend::cpu::Cpu;
+use crate::backend::cuda::Cuda;
 use crate::backend::Backend;
 use crate::data::mnist::Dataset;
 use crate::device::Device;
@@ -14,6 +15,7 @@ use std::path::Path;
 /// A network on one of the backends.
 pub(crate) enum AnyNet {
     Cpu(Network<Cpu<f32>>),
+    Cuda(Network<Cuda>),
 }
 
 /// Runs `$body` with `$n` bound to the concrete network, whatever its backend.
@@ -21,6 +23,7 @@ macro_rules! with_net {
     ($any:expr, $n:ident => $body:expr) => {
         match $any {
             $crate::model::AnyNet::Cpu($n) => $body,
+            $crate::model::AnyNet::Cuda($n) => $body,
         }
     };
 }
@@ -114,10 +117,7 @@ impl Model {
     pub fn from_arch(device: &Device, arch: Arch, energy: Energy, seed: u64) -> Result<Model> {
         let net = match device {
             Device::Cpu => AnyNet::Cpu(Network::new(Cpu::new(), arch, energy, seed)?),
-            Device::Cuda(i) => {
-                Device::Cuda(*i).check()?;
-                return Err(MepError::CudaUnavailable("this build has no CUDA backend".into()));
-            }
+            Device::Cuda(i) => AnyNet::Cuda(Network::new(Cuda::new(*i)?, arch, energy, seed)?),
         };
         Ok(Model { net, device: *device })
     }
@@ -161,10 +161,7 @@ impl Model {
 
     /// Mean cross-entropy and accuracy of inference on `data`.
     pub fn evaluate(&self, data: &Dataset) -> Result<Evaluation> {
-        with_net!(&self.net, n => {
-            let dev = DeviceData::upload(&n.backend, data)?;
-            evaluate(n, &dev, Loss::CrossEntropy { label_smoothing: 0.0 }, 1000)
-        })
+        self.evaluate_on(&self.upload(data)?)
     }
 
     /// Fraction of `data` classified correctly.
@@ -188,6 +185,62 @@ impl Model {
         let values = crate::io::load(path.as_ref(), self.arch())?;
         with_net!(&mut self.net, n => n.set_from_host(&values))
     }
+}
+
+/// A dataset uploaded once to a model's device (see [`Model::upload`]).
+pub struct DeviceDataset {
+    pub(crate) inner: AnyData,
+}
+
+pub(crate) enum AnyData {
+    Cpu(DeviceData<Cpu<f32>>),
+    Cuda(DeviceData<Cuda>),
+}
+
+impl DeviceDataset {
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        match &self.inner {
+            AnyData::Cpu(d) => d.n,
+            AnyData::Cuda(d) => d.n,
+        }
+    }
+
+    /// True when there are no samples.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Model {
+    /// Uploads `data` to this model's device once, for [`crate::Optimizer::train_epoch`]
+    /// and [`Model::evaluate_on`].
+    pub fn upload(&self, data: &Dataset) -> Result<DeviceDataset> {
+        let inner = match &self.net {
+            AnyNet::Cpu(n) => AnyData::Cpu(DeviceData::upload(&n.backend, data)?),
+            AnyNet::Cuda(n) => AnyData::Cuda(DeviceData::upload(&n.backend, data)?),
+        };
+        Ok(DeviceDataset { inner })
+    }
+
+    /// Mean cross-entropy and accuracy of inference on an uploaded dataset.
+    pub fn evaluate_on(&self, data: &DeviceDataset) -> Result<Evaluation> {
+        let ce = Loss::CrossEntropy { label_smoothing: 0.0 };
+        match (&self.net, &data.inner) {
+            (AnyNet::Cpu(n), AnyData::Cpu(d)) => evaluate(n, d, ce, 1000),
+            (AnyNet::Cuda(n), AnyData::Cuda(d)) => evaluate(n, d, ce, 1000),
+            _ => Err(device_mismatch()),
+        }
+    }
+}
+
+/// The error for a model, optimizer or dataset from different devices.
+pub(crate) fn device_mismatch() -> MepError {
+    MepError::invalid(
+        "device",
+        "mixed devices",
+        "the model, its optimizer and uploaded data must come from the same Model (build the optimizer from this model, upload with model.upload)",
+    )
 }
 
 /// Checks a host input batch: a whole number of rows, all finite.

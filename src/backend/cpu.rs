@@ -9,13 +9,17 @@ use super::{Backend, Scalar};
 use crate::nn::activation::ActChain;
 use crate::{Loss, MepError, Result};
 use ndarray::linalg::general_mat_mul;
-use ndarray::{ArrayView2, ArrayViewMut2, ShapeBuilder};
+use ndarray::{ArrayView2, ArrayViewMut2, Axis, ShapeBuilder};
 use rayon::prelude::*;
 use std::marker::PhantomData;
 
 /// Element-wise loops shorter than this run on one thread: below it, rayon's
 /// fork/join costs more than the loop (measured on the seed's 64×128 states).
 const PAR_MIN: usize = 1 << 15;
+
+/// GEMMs below this many FLOPs run on one thread: splitting a ~4 MFLOP product
+/// (~20 µs) across threads costs more in fork/join than it saves.
+const GEMM_PAR_FLOPS: f64 = 4e6;
 
 /// The CPU backend, computing in `T` (f32 for training, f64 for reference tests).
 #[derive(Clone, Debug, Default)]
@@ -49,6 +53,42 @@ fn map_rows<T: Send, F: Fn(usize, &mut [T]) + Sync + Send>(y: &mut [T], cols: us
     } else {
         y.chunks_mut(cols).enumerate().for_each(|(r, row)| f(r, row));
     }
+}
+
+/// Expands `$body` with `$vd` bound to a closure `x -> (φ(x), φ′(x))` that is
+/// monomorphised for the common single activations (so the loops vectorise) and falls
+/// back to the generic chain otherwise.
+macro_rules! with_act {
+    ($T:ty, $act:expr, |$vd:ident| $body:expr) => {{
+        use crate::nn::activation::Activation as A;
+        let act: ActChain = $act;
+        let (zero, one) = (<$T>::zero(), <$T>::one());
+        if act.is_empty() {
+            let $vd = |x: $T| (x, one);
+            $body
+        } else {
+            match act.as_single() {
+                Some(A::Relu) => {
+                    let $vd = |x: $T| if x > zero { (x, one) } else { (zero, zero) };
+                    $body
+                }
+                Some(A::HardSigmoid) => {
+                    let $vd = |x: $T| {
+                        if x > zero && x < one {
+                            (x, one)
+                        } else {
+                            (x.max(zero).min(one), zero)
+                        }
+                    };
+                    $body
+                }
+                _ => {
+                    let $vd = |x: $T| act.value_and_derivative(x);
+                    $body
+                }
+            }
+        }
+    }};
 }
 
 fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
@@ -209,7 +249,33 @@ impl<T: Scalar> Backend for Cpu<T> {
             // BLAS semantics: β = 0 ignores C entirely (even NaN garbage).
             cv.fill(T::zero());
         }
-        general_mat_mul(T::of(alpha), &av, &bv, T::of(beta), &mut cv);
+        let (alpha, beta) = (T::of(alpha), T::of(beta));
+        let threads = rayon::current_num_threads();
+        if threads > 1 && 2.0 * (m * n * k) as f64 >= GEMM_PAR_FLOPS {
+            // Split C into one panel per thread along its longer side; each panel is an
+            // independent single-threaded GEMM (one thread pool: rayon's).
+            if m >= n {
+                let rows = m.div_ceil(threads);
+                let parts: Vec<_> = cv
+                    .axis_chunks_iter_mut(Axis(0), rows)
+                    .zip(av.axis_chunks_iter(Axis(0), rows))
+                    .collect();
+                parts
+                    .into_par_iter()
+                    .for_each(|(mut cp, ap)| general_mat_mul(alpha, &ap, &bv, beta, &mut cp));
+            } else {
+                let cols = n.div_ceil(threads);
+                let parts: Vec<_> = cv
+                    .axis_chunks_iter_mut(Axis(1), cols)
+                    .zip(bv.axis_chunks_iter(Axis(1), cols))
+                    .collect();
+                parts
+                    .into_par_iter()
+                    .for_each(|(mut cp, bp)| general_mat_mul(alpha, &av, &bp, beta, &mut cp));
+            }
+        } else {
+            general_mat_mul(alpha, &av, &bv, beta, &mut cv);
+        }
         Ok(())
     }
 
@@ -241,14 +307,24 @@ impl<T: Scalar> Backend for Cpu<T> {
         check_len("bias_act z", z.len(), rows * cols)?;
         check_len("bias_act a", a.len(), rows * cols)?;
         check_len("bias_act bias", bias.len(), cols)?;
-        let zs = &mut z[..rows * cols];
-        map_rows(zs, cols, |_, row| {
-            for (v, &b) in row.iter_mut().zip(bias) {
-                *v = *v + b;
+        let n = rows * cols;
+        let bias = &bias[..cols];
+        with_act!(T, act, |vd| {
+            let body = |(zr, ar): (&mut [T], &mut [T])| {
+                for ((zv, av), &b) in zr.iter_mut().zip(ar.iter_mut()).zip(bias) {
+                    *zv = *zv + b;
+                    *av = vd(*zv).0;
+                }
+            };
+            if n >= PAR_MIN {
+                z[..n]
+                    .par_chunks_mut(cols)
+                    .zip(a[..n].par_chunks_mut(cols))
+                    .for_each(body);
+            } else {
+                z[..n].chunks_mut(cols).zip(a[..n].chunks_mut(cols)).for_each(body);
             }
         });
-        let zs = &z[..rows * cols];
-        map_indexed(&mut a[..rows * cols], |i, v| *v = act.apply(zs[i]));
         Ok(())
     }
 
@@ -266,7 +342,13 @@ impl<T: Scalar> Backend for Cpu<T> {
         check_len("layered_error p", p.len(), n)?;
         check_len("layered_error e", e.len(), n)?;
         check_len("layered_error bias", bias.len(), cols)?;
-        map_indexed(&mut e[..n], |i, v| *v = s[i] - p[i] - bias[i % cols]);
+        let bias = &bias[..cols];
+        map_rows(&mut e[..n], cols, |r, er| {
+            let (sr, pr) = (&s[r * cols..(r + 1) * cols], &p[r * cols..(r + 1) * cols]);
+            for (((ev, &sv), &pv), &b) in er.iter_mut().zip(sr).zip(pr).zip(bias) {
+                *ev = sv - pv - b;
+            }
+        });
         Ok(())
     }
 
@@ -287,22 +369,32 @@ impl<T: Scalar> Backend for Cpu<T> {
             check_len(&format!("layered_settle {what}"), len, n)?;
         }
         let (c, eta) = (T::of(c), T::of(eta));
-        let a = &mut a[..n];
-        let s = &mut s[..n];
-        let body = |i: usize, (sv, av): (&mut T, &mut T)| {
-            let d = act.derivative(*sv);
-            let ns = *sv - eta * (e[i] + c * d * g[i]);
-            *sv = ns;
-            *av = act.apply(ns);
-        };
-        if n >= PAR_MIN {
-            s.par_iter_mut()
-                .zip(a.par_iter_mut())
-                .enumerate()
-                .for_each(|(i, p)| body(i, p));
-        } else {
-            s.iter_mut().zip(a.iter_mut()).enumerate().for_each(|(i, p)| body(i, p));
-        }
+        let (e, g) = (&e[..n], &g[..n]);
+        with_act!(T, act, |vd| {
+            let body = |(i, (sc, ac)): (usize, (&mut [T], &mut [T]))| {
+                let off = i * cols;
+                let (er, gr) = (&e[off..off + sc.len()], &g[off..off + sc.len()]);
+                for (((sv, av), &ev), &gv) in sc.iter_mut().zip(ac.iter_mut()).zip(er).zip(gr) {
+                    let d = vd(*sv).1;
+                    let ns = *sv - eta * (ev + c * d * gv);
+                    *sv = ns;
+                    *av = vd(ns).0;
+                }
+            };
+            if n >= PAR_MIN {
+                s[..n]
+                    .par_chunks_mut(cols)
+                    .zip(a[..n].par_chunks_mut(cols))
+                    .enumerate()
+                    .for_each(body);
+            } else {
+                s[..n]
+                    .chunks_mut(cols)
+                    .zip(a[..n].chunks_mut(cols))
+                    .enumerate()
+                    .for_each(body);
+            }
+        });
         Ok(())
     }
 
@@ -320,16 +412,32 @@ impl<T: Scalar> Backend for Cpu<T> {
         check_len("hopfield_settle drive", drive.len(), n)?;
         check_len("hopfield_settle s", s.len(), n)?;
         check_len("hopfield_settle bias", bias.len(), cols)?;
-        match nudge {
+        let bias = &bias[..cols];
+        let (dc, beta) = match nudge {
             Some((dc, beta)) => {
                 check_len("hopfield_settle dc", dc.len(), n)?;
-                let beta = T::of(beta);
-                map_indexed(&mut s[..n], |i, v| {
-                    *v = act.apply(drive[i] + bias[i % cols] - beta * dc[i])
-                });
+                (Some(dc), T::of(beta))
             }
-            None => map_indexed(&mut s[..n], |i, v| *v = act.apply(drive[i] + bias[i % cols])),
-        }
+            None => (None, T::zero()),
+        };
+        with_act!(T, act, |vd| {
+            map_rows(&mut s[..n], cols, |r, sr| {
+                let dr = &drive[r * cols..(r + 1) * cols];
+                match dc {
+                    Some(dc) => {
+                        let cr = &dc[r * cols..(r + 1) * cols];
+                        for (((sv, &d), &b), &cv) in sr.iter_mut().zip(dr).zip(bias).zip(cr) {
+                            *sv = vd(d + b - beta * cv).0;
+                        }
+                    }
+                    None => {
+                        for ((sv, &d), &b) in sr.iter_mut().zip(dr).zip(bias) {
+                            *sv = vd(d + b).0;
+                        }
+                    }
+                }
+            })
+        });
         Ok(())
     }
 
@@ -337,7 +445,7 @@ impl<T: Scalar> Backend for Cpu<T> {
         let n = rows * cols;
         check_len("act_grad_mul z", z.len(), n)?;
         check_len("act_grad_mul delta", delta.len(), n)?;
-        map_indexed(&mut delta[..n], |i, v| *v = *v * act.derivative(z[i]));
+        with_act!(T, act, |vd| map_indexed(&mut delta[..n], |i, v| *v = *v * vd(z[i]).1));
         Ok(())
     }
 
@@ -504,13 +612,11 @@ impl<T: Scalar> Backend for Cpu<T> {
     }
 }
 
-/// Sets the CPU thread count: rayon's global pool and matrixmultiply's GEMM
-/// threads (which reads `MATMUL_NUM_THREADS` once, at its first GEMM).
+/// Sets the CPU thread count (rayon's global pool, which runs the GEMM panels too).
 pub fn set_threads(n: usize) -> Result<()> {
     if n == 0 {
         return Err(MepError::invalid("threads", n, "must be at least 1"));
     }
-    std::env::set_var("MATMUL_NUM_THREADS", n.to_string());
     rayon::ThreadPoolBuilder::new()
         .num_threads(n)
         .build_global()

@@ -162,6 +162,15 @@ impl ActChain {
         self.code == 0
     }
 
+    /// The single activation of a one-element chain (`None` for identity or longer chains).
+    pub fn as_single(self) -> Option<Activation> {
+        if self.len() == 1 {
+            self.activations().next()
+        } else {
+            None
+        }
+    }
+
     /// The packed code passed to kernels: 4 bits per activation, first in the low bits.
     pub fn code(self) -> u32 {
         self.code

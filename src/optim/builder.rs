@@ -3,10 +3,14 @@
 
 use super::config::{MatrixRule, MuonScale, OptimConfig, SpectralLayers, VectorRule};
 use super::engine::{Engine, StepStats};
+use crate::backend::cpu::Cpu;
+use crate::backend::cuda::Cuda;
 use crate::backend::{Backend, Scalar};
 use crate::ep::{Mode, Nudging};
-use crate::model::{check_inputs, with_net, AnyNet, Model};
+use crate::model::{check_inputs, device_mismatch, with_net, AnyData, AnyNet, DeviceDataset, Model};
 use crate::nn::Network;
+use crate::train::{train_epoch, EpochReport};
+use crate::Shuffle;
 use crate::{Loss, MepError, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -208,13 +212,30 @@ impl<'m> OptimizerBuilder<'m> {
 
 /// An engine on one of the backends.
 pub(crate) enum AnyEngine {
-    Cpu(Engine<crate::backend::cpu::Cpu<f32>>),
+    Cpu(Engine<Cpu<f32>>),
+    Cuda(Engine<Cuda>),
 }
 
-impl From<Engine<crate::backend::cpu::Cpu<f32>>> for AnyEngine {
-    fn from(e: Engine<crate::backend::cpu::Cpu<f32>>) -> Self {
+impl From<Engine<Cpu<f32>>> for AnyEngine {
+    fn from(e: Engine<Cpu<f32>>) -> Self {
         AnyEngine::Cpu(e)
     }
+}
+
+impl From<Engine<Cuda>> for AnyEngine {
+    fn from(e: Engine<Cuda>) -> Self {
+        AnyEngine::Cuda(e)
+    }
+}
+
+/// Runs `$body` with `$e` bound to the concrete engine, whatever its backend.
+macro_rules! with_engine {
+    ($any:expr, $e:ident => $body:expr) => {
+        match $any {
+            AnyEngine::Cpu($e) => $body,
+            AnyEngine::Cuda($e) => $body,
+        }
+    };
 }
 
 /// A built optimizer. One [`Optimizer::step`] runs the free phase, the nudged
@@ -248,34 +269,53 @@ impl Optimizer {
     pub fn step(&mut self, model: &mut Model, x: &[f32], y: &[u32]) -> Result<()> {
         match (&mut self.engine, &mut model.net) {
             (AnyEngine::Cpu(e), AnyNet::Cpu(n)) => host_step(e, n, x, y),
+            (AnyEngine::Cuda(e), AnyNet::Cuda(n)) => host_step(e, n, x, y),
+            _ => Err(device_mismatch()),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    /// Trains one epoch on a dataset already on the model's device: shuffled by
+    /// `shuffle` for epoch number `epoch`, in batches of `batch_size`, calling
+    /// `progress(step, steps, running)` every `report_every` steps and at the end.
+    pub fn train_epoch(
+        &mut self,
+        model: &mut Model,
+        data: &DeviceDataset,
+        batch_size: usize,
+        shuffle: Shuffle,
+        epoch: u64,
+        report_every: usize,
+        progress: impl FnMut(usize, usize, StepStats),
+    ) -> Result<EpochReport> {
+        match (&mut self.engine, &mut model.net, &data.inner) {
+            (AnyEngine::Cpu(e), AnyNet::Cpu(n), AnyData::Cpu(d)) => {
+                train_epoch(e, n, d, batch_size, shuffle, epoch, report_every, progress)
+            }
+            (AnyEngine::Cuda(e), AnyNet::Cuda(n), AnyData::Cuda(d)) => {
+                train_epoch(e, n, d, batch_size, shuffle, epoch, report_every, progress)
+            }
+            _ => Err(device_mismatch()),
         }
     }
 
     /// The configuration.
     pub fn config(&self) -> OptimConfig {
-        match &self.engine {
-            AnyEngine::Cpu(e) => e.cfg,
-        }
+        with_engine!(&self.engine, e => e.cfg)
     }
 
     /// Running loss and accuracy of the free-phase outputs since the last reset.
     pub fn stats(&self) -> Result<StepStats> {
-        match &self.engine {
-            AnyEngine::Cpu(e) => e.stats(),
-        }
+        with_engine!(&self.engine, e => e.stats())
     }
 
     /// Resets the running statistics.
     pub fn reset_stats(&mut self) -> Result<()> {
-        match &mut self.engine {
-            AnyEngine::Cpu(e) => e.reset_stats(),
-        }
+        with_engine!(&mut self.engine, e => e.reset_stats())
     }
 
     /// Steps taken.
     pub fn steps(&self) -> u64 {
-        match &self.engine {
-            AnyEngine::Cpu(e) => e.steps(),
-        }
+        with_engine!(&self.engine, e => e.steps())
     }
 }

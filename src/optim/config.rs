@@ -212,7 +212,7 @@ impl OptimConfig {
         Ok(())
     }
 
-    /// The `smep` preset (the seed's optimizer): Muon (Nesterov μ = 0.9, 5 quintic
+    /// The `smep` preset (the seed's optimizer): Muon (Nesterov μ = 0.7, 5 quintic
     /// steps, √(fan_out/fan_in) scale) at lr 0.05 on weights, Adam at 1e−3 on biases,
     /// spectral constraint γ = 0.95 on the output layer, EP with β = 0.5, 15 settle
     /// steps, cross-entropy. Each default is justified in BENCHMARKS.md.
@@ -229,7 +229,7 @@ impl OptimConfig {
             lr: 0.05,
             weight_decay: 0.0,
             matrix: MatrixRule::Muon {
-                momentum: 0.9,
+                momentum: 0.7,
                 nesterov: true,
                 ns_steps: 5,
                 scale: MuonScale::SpectralCondition,

@@ -1,24 +1,35 @@
 //! The spectral constraint (SPEC §3.5): σ̂(W) by power iteration with a persistent
 //! vector per matrix; if σ̂ > γ, W ← W·γ/σ̂.
 //!
-//! Power iteration underestimates σ. The vector persists across steps (W moves
-//! little per step), is warmed up with [`WARMUP_ITERS`] iterations when the optimizer
-//! is built, and gets `iters` more every step, so the estimate tracks the true top
-//! singular value closely (tests check σ(W) ≤ 1.01 γ after every step).
+//! Muon's orthogonal updates flatten the top of W's spectrum, and plain power
+//! iteration converges as (σ₂/σ₁)^{2t}: with the top singular values within a few
+//! percent of each other it underestimates σ by more than the 1% the constraint
+//! allows (measured: 2–6% after 20 plain iterations, and still 1–2% on (WWᵀ)^8 and
+//! (WWᵀ)^32 when the top two singular values swap between steps). So the iteration
+//! runs on H = (WWᵀ)^1024, built by ten normalised squarings of the small k×k Gram
+//! matrix (k = min(rows, cols): 10 for the seed's constrained output layer), which
+//! resolves a 0.3% gap in one iteration; the persistent vector is
+//! warmed up with [`WARMUP_ITERS`] iterations when the optimizer is built, and σ̂² is
+//! the Rayleigh quotient uᵀWWᵀu = ‖Wᵀu‖². Every product is a GEMM and every norm is
+//! a device scalar: no host round trip.
 
 use crate::backend::{Backend, Scalar};
 use crate::rng::Rng;
 use crate::Result;
 
 /// Iterations run once, when the optimizer is built.
-pub const WARMUP_ITERS: usize = 30;
+pub const WARMUP_ITERS: usize = 10;
+
+/// Squarings of the Gram matrix: H = G^(2^SQUARINGS).
+const SQUARINGS: usize = 10;
 
 /// Persistent power-iteration state of one `rows × cols` matrix.
 pub struct PowerIter<B: Backend> {
     u: B::Buf,
-    v_raw: B::Buf,
-    v: B::Buf,
-    wv: B::Buf,
+    hu: B::Buf,
+    wu: B::Buf,
+    gram: B::Buf,
+    tmp: B::Buf,
     norm: B::Buf,
     rows: usize,
     cols: usize,
@@ -27,53 +38,61 @@ pub struct PowerIter<B: Backend> {
 impl<B: Backend> PowerIter<B> {
     /// A random unit start vector (seeded), then [`WARMUP_ITERS`] iterations on `w`.
     pub fn new(bk: &B, w: &B::Buf, rows: usize, cols: usize, seed: u64) -> Result<Self> {
+        let k = rows.min(cols);
         let mut rng = Rng::new(seed);
-        let mut u: Vec<f64> = (0..rows).map(|_| rng.normal()).collect();
+        let mut u: Vec<f64> = (0..k).map(|_| rng.normal()).collect();
         let n = u.iter().map(|x| x * x).sum::<f64>().sqrt();
         u.iter_mut().for_each(|x| *x /= n);
         let u: Vec<B::Elem> = u.into_iter().map(Scalar::of).collect();
         let mut p = PowerIter {
             u: bk.upload(&u)?,
-            v_raw: bk.zeros(cols)?,
-            v: bk.zeros(cols)?,
-            wv: bk.zeros(rows)?,
+            hu: bk.zeros(k)?,
+            wu: bk.zeros(if rows <= cols { cols } else { rows })?,
+            gram: bk.zeros(k * k)?,
+            tmp: bk.zeros(k * k)?,
             norm: bk.zeros(1)?,
             rows,
             cols,
         };
-        p.iterate(bk, w, WARMUP_ITERS)?;
+        p.estimate(bk, w, WARMUP_ITERS)?;
         Ok(p)
     }
 
-    /// `iters` power iterations; leaves σ̂² = ‖W v‖² in the device scalar `norm`.
-    fn iterate(&mut self, bk: &B, w: &B::Buf, iters: usize) -> Result<()> {
-        for _ in 0..iters.max(1) {
-            // v = Wᵀu / ‖Wᵀu‖, with u as a 1×rows row: Wᵀu = u W.
-            bk.gemm(
-                false,
-                false,
-                1,
-                self.cols,
-                self.rows,
-                1.0,
-                &self.u,
-                w,
-                0.0,
-                &mut self.v_raw,
-            )?;
-            bk.sum_sq(&self.v_raw, &mut self.norm)?;
-            bk.scale_by_inv_norm(&self.v_raw, &self.norm, 1e-30, &mut self.v)?;
-            // Wv, σ̂ = ‖Wv‖, u = Wv / σ̂.
-            bk.gemm(false, true, 1, self.rows, self.cols, 1.0, &self.v, w, 0.0, &mut self.wv)?;
-            bk.sum_sq(&self.wv, &mut self.norm)?;
-            bk.scale_by_inv_norm(&self.wv, &self.norm, 1e-30, &mut self.u)?;
+    /// Refines u with `iters` iterations on (WWᵀ)^8 and leaves σ̂² in `norm`.
+    fn estimate(&mut self, bk: &B, w: &B::Buf, iters: usize) -> Result<()> {
+        let (rows, cols) = (self.rows, self.cols);
+        let wide = rows <= cols;
+        let k = rows.min(cols);
+        // G = WWᵀ (wide) or WᵀW (tall), k×k.
+        if wide {
+            bk.gemm(false, true, k, k, cols, 1.0, w, w, 0.0, &mut self.gram)?;
+        } else {
+            bk.gemm(true, false, k, k, rows, 1.0, w, w, 0.0, &mut self.gram)?;
         }
-        Ok(())
+        // H = G^8, normalised after each squaring (only its direction matters).
+        for _ in 0..SQUARINGS {
+            bk.gemm(false, false, k, k, k, 1.0, &self.gram, &self.gram, 0.0, &mut self.tmp)?;
+            bk.sum_sq(&self.tmp, &mut self.norm)?;
+            bk.scale_by_inv_norm(&self.tmp, &self.norm, 1e-30, &mut self.gram)?;
+        }
+        for _ in 0..iters.max(1) {
+            // u ← Hu / ‖Hu‖ (H symmetric: Hu = uH as a row).
+            bk.gemm(false, false, 1, k, k, 1.0, &self.u, &self.gram, 0.0, &mut self.hu)?;
+            bk.sum_sq(&self.hu, &mut self.norm)?;
+            bk.scale_by_inv_norm(&self.hu, &self.norm, 1e-30, &mut self.u)?;
+        }
+        // σ̂² = ‖Wᵀu‖² (wide) or ‖Wu‖² (tall).
+        if wide {
+            bk.gemm(false, false, 1, cols, rows, 1.0, &self.u, w, 0.0, &mut self.wu)?;
+        } else {
+            bk.gemm(false, true, 1, rows, cols, 1.0, &self.u, w, 0.0, &mut self.wu)?;
+        }
+        bk.sum_sq(&self.wu, &mut self.norm)
     }
 
     /// Refines the estimate with `iters` iterations and rescales `w` if σ̂ > γ.
     pub fn constrain(&mut self, bk: &B, w: &mut B::Buf, gamma: f64, iters: usize) -> Result<()> {
-        self.iterate(bk, w, iters)?;
+        self.estimate(bk, w, iters)?;
         bk.spectral_clamp(w, &self.norm, gamma)
     }
 }

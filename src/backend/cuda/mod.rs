@@ -170,7 +170,13 @@ impl Cuda {
         let stream = ctx.default_stream();
         let blas = CudaBlas::new(stream.clone()).map_err(unavailable("creating the cuBLAS handle"))?;
         let mut kernels = HashMap::new();
-        for (module_name, ptx) in nvrtc::compile_all(&arch)? {
+        // An architecture this NVRTC cannot target (e.g. pre-Turing under CUDA 13) makes
+        // CUDA unusable rather than broken.
+        let modules = nvrtc::compile_all(&arch).map_err(|e| match e {
+            MepError::Cuda(m) => MepError::CudaUnavailable(m),
+            e => e,
+        })?;
+        for (module_name, ptx) in modules {
             let module = ctx.load_module(Ptx::from_src(ptx)).map_err(|e| {
                 MepError::CudaUnavailable(format!(
                     "loading the {module_name} kernels for {arch}: {e:?} (the driver may be older than NVRTC 13; update it to CUDA 13 or newer)"
@@ -415,6 +421,11 @@ impl Backend for Cuda {
             ldc: int("ldc", g.ldc)?,
         };
         let pick = |o: Operand| if o == Operand::A { a } else { b };
+        // cuBLAS (unlike cudarc's launches) uses whatever context is current on this thread.
+        self.inner
+            .ctx
+            .bind_to_thread()
+            .map_err(cuda_err("binding the CUDA context"))?;
         unsafe { self.inner.blas.gemm(cfg, pick(g.first), pick(g.second), c) }.map_err(cuda_err("cublasSgemm"))
     }
 

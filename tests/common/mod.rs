@@ -1,0 +1,189 @@
+//! Shared helpers for the integration tests: fresh random inputs, f64 linear
+//! algebra references, and small networks on the f64 CPU backend.
+#![allow(dead_code)]
+
+use mep::backend::cpu::Cpu;
+use mep::backend::Backend;
+use mep::ep::{compute_gradients, Energy, GradConfig, Grads, Workspace};
+use mep::nn::{Activation, Arch, Network};
+use mep::rng::Rng;
+use mep::Loss;
+
+/// A seed that differs between runs (printed so a failure can be replayed with
+/// `MEP_TEST_SEED`).
+pub fn fresh_seed(tag: &str) -> u64 {
+    let seed = std::env::var("MEP_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(7)
+        });
+    eprintln!("[{tag}] seed {seed} (replay with MEP_TEST_SEED={seed})");
+    seed
+}
+
+pub fn normals(rng: &mut Rng, n: usize, scale: f64) -> Vec<f64> {
+    (0..n).map(|_| scale * rng.normal()).collect()
+}
+
+pub fn labels(rng: &mut Rng, n: usize, classes: usize) -> Vec<u32> {
+    (0..n).map(|_| rng.below(classes as u64) as u32).collect()
+}
+
+pub fn rel_err(a: &[f64], b: &[f64]) -> f64 {
+    let num: f64 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt();
+    let den: f64 = b.iter().map(|y| y * y).sum::<f64>().sqrt();
+    num / den.max(1e-300)
+}
+
+pub fn cosine(a: &[f64], b: &[f64]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f64 = a.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| x * x).sum::<f64>().sqrt();
+    dot / (na * nb).max(1e-300)
+}
+
+/// Eigenvalues of a symmetric n×n matrix (cyclic Jacobi, f64).
+pub fn sym_eigenvalues(mut a: Vec<f64>, n: usize) -> Vec<f64> {
+    for _sweep in 0..100 {
+        let off: f64 = (0..n)
+            .flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j)))
+            .map(|(i, j)| a[i * n + j].powi(2))
+            .sum();
+        if off < 1e-26 {
+            break;
+        }
+        for p in 0..n {
+            for q in p + 1..n {
+                let apq = a[p * n + q];
+                if apq.abs() < 1e-300 {
+                    continue;
+                }
+                let theta = (a[q * n + q] - a[p * n + p]) / (2.0 * apq);
+                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
+                let t = if theta == 0.0 { 1.0 } else { t };
+                let c = 1.0 / (t * t + 1.0).sqrt();
+                let s = t * c;
+                for k in 0..n {
+                    let (akp, akq) = (a[k * n + p], a[k * n + q]);
+                    a[k * n + p] = c * akp - s * akq;
+                    a[k * n + q] = s * akp + c * akq;
+                }
+                for k in 0..n {
+                    let (apk, aqk) = (a[p * n + k], a[q * n + k]);
+                    a[p * n + k] = c * apk - s * aqk;
+                    a[q * n + k] = s * apk + c * aqk;
+                }
+            }
+        }
+    }
+    (0..n).map(|i| a[i * n + i]).collect()
+}
+
+/// Singular values of a rows×cols row-major matrix (via the smaller Gram matrix).
+pub fn singular_values(m: &[f64], rows: usize, cols: usize) -> Vec<f64> {
+    let (k, wide) = if rows <= cols { (rows, true) } else { (cols, false) };
+    let mut g = vec![0.0; k * k];
+    for i in 0..k {
+        for j in 0..k {
+            g[i * k + j] = if wide {
+                (0..cols).map(|t| m[i * cols + t] * m[j * cols + t]).sum()
+            } else {
+                (0..rows).map(|t| m[t * cols + i] * m[t * cols + j]).sum()
+            };
+        }
+    }
+    let mut s: Vec<f64> = sym_eigenvalues(g, k).into_iter().map(|e| e.max(0.0).sqrt()).collect();
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    s
+}
+
+/// A network on the f64 CPU backend.
+pub fn net64(sizes: &[usize], hidden: Activation, energy: Energy, seed: u64) -> Network<Cpu<f64>> {
+    Network::new(Cpu::<f64>::new(), Arch::mlp(sizes, hidden).unwrap(), energy, seed).unwrap()
+}
+
+/// Flattens all parameters (W then b per block).
+pub fn flat_params(net: &Network<Cpu<f64>>) -> Vec<f64> {
+    net.to_host()
+        .unwrap()
+        .into_iter()
+        .flat_map(|(w, b)| w.into_iter().chain(b))
+        .collect()
+}
+
+pub fn flat_grads(g: &Grads<Cpu<f64>>) -> Vec<f64> {
+    g.w.iter()
+        .zip(&g.b)
+        .flat_map(|(w, b)| w.iter().chain(b.iter()).copied())
+        .collect()
+}
+
+/// Sets parameters from a flat vector (inverse of `flat_params`).
+pub fn set_flat(net: &mut Network<Cpu<f64>>, flat: &[f64]) {
+    let mut off = 0;
+    let mut vals = Vec::new();
+    for blk in net.arch.blocks.clone() {
+        let w = flat[off..off + blk.out * blk.inp].to_vec();
+        off += blk.out * blk.inp;
+        let b = flat[off..off + blk.out].to_vec();
+        off += blk.out;
+        vals.push((w, b));
+    }
+    net.set_from_host(&vals).unwrap();
+}
+
+/// A workspace holding the batch (x, y).
+pub fn workspace(net: &Network<Cpu<f64>>, x: &[f64], y: &[u32]) -> Workspace<Cpu<f64>> {
+    let mut ws = Workspace::new(&net.backend, &net.arch, y.len()).unwrap();
+    ws.load_host_batch(x, y).unwrap();
+    ws
+}
+
+/// Mean cost of inference (forward pass or free equilibrium) on (x, y).
+pub fn mean_cost(net: &Network<Cpu<f64>>, x: &[f64], y: &[u32], loss: Loss) -> f64 {
+    let mut ws = workspace(net, x, y);
+    let rows = y.len();
+    mep::ep::inference(net, &mut ws, rows).unwrap();
+    let mut stats = vec![0.0; 2];
+    net.backend
+        .cost_stats(
+            rows,
+            net.arch.outputs(),
+            mep::ep::output(net, &ws),
+            &ws.y,
+            loss,
+            &mut stats,
+        )
+        .unwrap();
+    stats[0] / rows as f64
+}
+
+/// Central finite differences of `mean_cost` with respect to every parameter.
+pub fn finite_diff(net: &mut Network<Cpu<f64>>, x: &[f64], y: &[u32], loss: Loss, h: f64) -> Vec<f64> {
+    let p = flat_params(net);
+    let mut g = vec![0.0; p.len()];
+    for i in 0..p.len() {
+        let mut q = p.clone();
+        q[i] = p[i] + h;
+        set_flat(net, &q);
+        let up = mean_cost(net, x, y, loss);
+        q[i] = p[i] - h;
+        set_flat(net, &q);
+        let down = mean_cost(net, x, y, loss);
+        g[i] = (up - down) / (2.0 * h);
+    }
+    set_flat(net, &p);
+    g
+}
+
+/// The gradient (EP estimate or Backprop) for (x, y) under `cfg`.
+pub fn gradient(net: &Network<Cpu<f64>>, cfg: &GradConfig, x: &[f64], y: &[u32]) -> Vec<f64> {
+    let mut ws = workspace(net, x, y);
+    let mut grads = Grads::new(&net.backend, &net.arch).unwrap();
+    compute_gradients(net, cfg, &mut ws, y.len(), &mut grads).unwrap();
+    flat_grads(&grads)
+}

@@ -1,0 +1,346 @@
+//! The CUDA kernels, compiled for the host (feature `host-kernels`, see
+//! `kernels/host_shim.h`), against the CPU backend (`Cpu<f32>`) on fresh random inputs:
+//! every activation chain, both losses, ‖Δ‖/‖ref‖ ≤ 1e-5. Each test prints its seed
+//! on failure. Run: `cargo test --features host-kernels --test host_kernels`.
+#![cfg(feature = "host-kernels")]
+
+use mep::backend::cpu::Cpu;
+use mep::backend::cuda::host;
+use mep::backend::Backend;
+use mep::nn::activation::{ActChain, Activation};
+use mep::rng::Rng;
+use mep::Loss;
+
+const TOL: f64 = 1e-5;
+
+/// A time-derived seed (different every run) and its generator.
+fn rng() -> (u64, Rng) {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    (seed, Rng::new(seed))
+}
+
+fn randn(rng: &mut Rng, len: usize, scale: f64) -> Vec<f32> {
+    (0..len).map(|_| (rng.normal() * scale) as f32).collect()
+}
+
+fn shape(rng: &mut Rng) -> (usize, usize) {
+    (1 + rng.below(9) as usize, 1 + rng.below(40) as usize)
+}
+
+#[track_caller]
+fn close(what: &str, seed: u64, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what} (seed {seed}): lengths");
+    let d: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(g, w)| (*g as f64 - *w as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let r: f64 = want.iter().map(|w| (*w as f64).powi(2)).sum::<f64>().sqrt();
+    let e = if r == 0.0 { d } else { d / r };
+    assert!(
+        e <= TOL,
+        "{what} (seed {seed}): ‖Δ‖/‖ref‖ = {e:e} > {TOL:e}\n got  {got:?}\n want {want:?}"
+    );
+}
+
+/// Identity, every single activation, every ordered pair, and a few longer chains.
+fn chains() -> Vec<ActChain> {
+    use Activation::*;
+    let acts = [Relu, Sigmoid, Tanh, HardSigmoid];
+    let mut v = vec![ActChain::IDENTITY];
+    for a in acts {
+        v.push(ActChain::single(a));
+        for b in acts {
+            v.push(ActChain::single(a).then(b).unwrap());
+        }
+    }
+    v.push(ActChain::single(Tanh).then(Relu).unwrap().then(Sigmoid).unwrap());
+    let mut long = ActChain::IDENTITY;
+    for i in 0..ActChain::MAX {
+        long = long.then(acts[i % 4]).unwrap();
+    }
+    v.push(long);
+    v
+}
+
+fn losses() -> [Loss; 3] {
+    [
+        Loss::CrossEntropy { label_smoothing: 0.0 },
+        Loss::CrossEntropy { label_smoothing: 0.1 },
+        Loss::SquaredError,
+    ]
+}
+
+#[test]
+fn bias_act() {
+    let cpu = Cpu::<f32>::new();
+    for act in chains() {
+        let (seed, mut r) = rng();
+        let (rows, cols) = shape(&mut r);
+        let z0 = randn(&mut r, rows * cols, 2.0);
+        let bias = randn(&mut r, cols, 1.0);
+        let (mut zc, mut ac) = (z0.clone(), vec![0.0; rows * cols]);
+        cpu.bias_act(rows, cols, &mut zc, &bias, act, &mut ac).unwrap();
+        let (mut zh, mut ah) = (z0, vec![f32::NAN; rows * cols]);
+        host::bias_act(rows, cols, &mut zh, &bias, act, &mut ah).unwrap();
+        close(&format!("bias_act z {}", act.describe()), seed, &zh, &zc);
+        close(&format!("bias_act a {}", act.describe()), seed, &ah, &ac);
+    }
+}
+
+#[test]
+fn layered_error() {
+    let cpu = Cpu::<f32>::new();
+    let (seed, mut r) = rng();
+    let (rows, cols) = shape(&mut r);
+    let (s, p, bias) = (
+        randn(&mut r, rows * cols, 1.0),
+        randn(&mut r, rows * cols, 1.0),
+        randn(&mut r, cols, 1.0),
+    );
+    let mut ec = vec![0.0; rows * cols];
+    cpu.layered_error(rows, cols, &s, &p, &bias, &mut ec).unwrap();
+    let mut eh = vec![f32::NAN; rows * cols];
+    host::layered_error(rows, cols, &s, &p, &bias, &mut eh).unwrap();
+    close("layered_error", seed, &eh, &ec);
+}
+
+#[test]
+fn layered_settle() {
+    let cpu = Cpu::<f32>::new();
+    for act in chains() {
+        for c in [-1.0, 0.7] {
+            let (seed, mut r) = rng();
+            let (rows, cols) = shape(&mut r);
+            let n = rows * cols;
+            let (e, g, s0) = (randn(&mut r, n, 1.0), randn(&mut r, n, 1.0), randn(&mut r, n, 2.0));
+            let eta = r.uniform_range(0.05, 0.5);
+            let (mut sc, mut ac) = (s0.clone(), vec![0.0; n]);
+            cpu.layered_settle(rows, cols, &e, &g, c, eta, act, &mut sc, &mut ac)
+                .unwrap();
+            let (mut sh, mut ah) = (s0, vec![f32::NAN; n]);
+            host::layered_settle(rows, cols, &e, &g, c, eta, act, &mut sh, &mut ah).unwrap();
+            close(&format!("layered_settle s {} c={c}", act.describe()), seed, &sh, &sc);
+            close(&format!("layered_settle a {} c={c}", act.describe()), seed, &ah, &ac);
+        }
+    }
+}
+
+#[test]
+fn hopfield_settle() {
+    let cpu = Cpu::<f32>::new();
+    for act in chains() {
+        for nudged in [false, true] {
+            let (seed, mut r) = rng();
+            let (rows, cols) = shape(&mut r);
+            let n = rows * cols;
+            let (drive, bias, dc) = (randn(&mut r, n, 2.0), randn(&mut r, cols, 1.0), randn(&mut r, n, 1.0));
+            let beta = r.uniform_range(0.1, 1.0);
+            let mut sc = vec![0.0; n];
+            cpu.hopfield_settle(rows, cols, &drive, &bias, nudged.then_some((&dc, beta)), act, &mut sc)
+                .unwrap();
+            let mut sh = vec![f32::NAN; n];
+            host::hopfield_settle(
+                rows,
+                cols,
+                &drive,
+                &bias,
+                nudged.then_some((&dc[..], beta)),
+                act,
+                &mut sh,
+            )
+            .unwrap();
+            close(
+                &format!("hopfield_settle {} nudged={nudged}", act.describe()),
+                seed,
+                &sh,
+                &sc,
+            );
+        }
+    }
+}
+
+#[test]
+fn act_grad_mul() {
+    let cpu = Cpu::<f32>::new();
+    for act in chains() {
+        let (seed, mut r) = rng();
+        let (rows, cols) = shape(&mut r);
+        let n = rows * cols;
+        let (z, d0) = (randn(&mut r, n, 2.0), randn(&mut r, n, 1.0));
+        let mut dc = d0.clone();
+        cpu.act_grad_mul(rows, cols, &z, act, &mut dc).unwrap();
+        let mut dh = d0;
+        host::act_grad_mul(rows, cols, &z, act, &mut dh).unwrap();
+        close(&format!("act_grad_mul {}", act.describe()), seed, &dh, &dc);
+    }
+}
+
+fn cost_inputs(r: &mut Rng) -> (usize, usize, Vec<f32>, Vec<u32>) {
+    let rows = 1 + r.below(12) as usize;
+    let classes = [1, 2, 10, 33, 100][r.below(5) as usize];
+    let mut o = randn(r, rows * classes, 3.0);
+    if rows > 1 && classes > 1 {
+        o[classes + 1] = o[classes]; // a tie: argmax must pick the first
+    }
+    let labels = (0..rows).map(|_| r.below(classes as u64) as u32).collect();
+    (rows, classes, o, labels)
+}
+
+#[test]
+fn cost_grad() {
+    let cpu = Cpu::<f32>::new();
+    for loss in losses() {
+        for _ in 0..5 {
+            let (seed, mut r) = rng();
+            let (rows, classes, o, labels) = cost_inputs(&mut r);
+            let mut gc = vec![0.0; rows * classes];
+            cpu.cost_grad(rows, classes, &o, &labels, loss, &mut gc).unwrap();
+            let mut gh = vec![f32::NAN; rows * classes];
+            host::cost_grad(rows, classes, &o, &labels, loss, &mut gh).unwrap();
+            close(&format!("cost_grad {loss:?} {rows}×{classes}"), seed, &gh, &gc);
+        }
+    }
+}
+
+#[test]
+fn cost_stats_and_argmax() {
+    let cpu = Cpu::<f32>::new();
+    for loss in losses() {
+        for _ in 0..5 {
+            let (seed, mut r) = rng();
+            let (rows, classes, o, labels) = cost_inputs(&mut r);
+            let start = vec![1.5f32, 2.0]; // accumulates onto existing stats
+            let mut sc = start.clone();
+            cpu.cost_stats(rows, classes, &o, &labels, loss, &mut sc).unwrap();
+            let mut sh = start;
+            host::cost_stats(rows, classes, &o, &labels, loss, &mut sh).unwrap();
+            close(&format!("cost_stats {loss:?} {rows}×{classes}"), seed, &sh, &sc);
+            assert_eq!(sh[1], sc[1], "cost_stats correct count (seed {seed})");
+
+            let mut ac = vec![0; rows];
+            cpu.argmax(rows, classes, &o, &mut ac).unwrap();
+            let mut ah = vec![u32::MAX; rows];
+            host::argmax(rows, classes, &o, &mut ah).unwrap();
+            assert_eq!(ah, ac, "argmax {rows}×{classes} (seed {seed})");
+        }
+    }
+}
+
+#[test]
+fn col_sum() {
+    let cpu = Cpu::<f32>::new();
+    for beta in [0.0, 0.5] {
+        let (seed, mut r) = rng();
+        let (rows, cols) = shape(&mut r);
+        let x = randn(&mut r, rows * cols, 1.0);
+        let mut y0 = randn(&mut r, cols, 1.0);
+        if beta == 0.0 {
+            y0[0] = f32::NAN; // β = 0 ignores y
+        }
+        let alpha = r.uniform_range(-2.0, 2.0);
+        let mut yc = y0.clone();
+        cpu.col_sum(rows, cols, alpha, &x, beta, &mut yc).unwrap();
+        let mut yh = y0;
+        host::col_sum(rows, cols, alpha, &x, beta, &mut yh).unwrap();
+        close(&format!("col_sum β={beta}"), seed, &yh, &yc);
+    }
+}
+
+#[test]
+fn sum_sq_and_norm_scalings() {
+    let cpu = Cpu::<f32>::new();
+    let (seed, mut r) = rng();
+    let n = 1 + r.below(500) as usize;
+    let x = randn(&mut r, n, 1.0);
+    let (mut qc, mut qh) = (vec![0.0f32], vec![123.0f32]); // sum_sq writes, not accumulates
+    cpu.sum_sq(&x, &mut qc).unwrap();
+    host::sum_sq(&x, &mut qh).unwrap();
+    close("sum_sq", seed, &qh, &qc);
+
+    let mut yc = vec![0.0; n];
+    cpu.scale_by_inv_norm(&x, &qc, 1e-7, &mut yc).unwrap();
+    let mut yh = vec![f32::NAN; n];
+    host::scale_by_inv_norm(&x, &qc, 1e-7, &mut yh).unwrap();
+    close("scale_by_inv_norm", seed, &yh, &yc);
+
+    let sigma = (qc[0] as f64).sqrt();
+    for gamma in [sigma * 0.5, sigma * 2.0] {
+        let (mut wc, mut wh) = (x.clone(), x.clone());
+        cpu.spectral_clamp(&mut wc, &qc, gamma).unwrap();
+        host::spectral_clamp(&mut wh, &qc, gamma).unwrap();
+        close(&format!("spectral_clamp γ={gamma}"), seed, &wh, &wc);
+    }
+}
+
+#[test]
+fn axpby_fill_adam() {
+    let cpu = Cpu::<f32>::new();
+    let (seed, mut r) = rng();
+    let n = 1 + r.below(300) as usize;
+    let x = randn(&mut r, n, 1.0);
+    for beta in [0.0, -0.75] {
+        let mut y0 = randn(&mut r, n, 1.0);
+        if beta == 0.0 {
+            y0[0] = f32::NAN;
+        }
+        let (mut yc, mut yh) = (y0.clone(), y0);
+        cpu.axpby(1.25, &x, beta, &mut yc).unwrap();
+        host::axpby(1.25, &x, beta, &mut yh).unwrap();
+        close(&format!("axpby β={beta}"), seed, &yh, &yc);
+    }
+
+    let (mut fc, mut fh) = (vec![0.0; n], vec![0.0; n]);
+    cpu.fill(&mut fc, -3.5).unwrap();
+    host::fill(&mut fh, -3.5).unwrap();
+    close("fill", seed, &fh, &fc);
+
+    let p0 = randn(&mut r, n, 1.0);
+    let (mut pc, mut mc, mut vc) = (p0.clone(), vec![0.0; n], vec![0.0; n]);
+    let (mut ph, mut mh, mut vh) = (p0, vec![0.0; n], vec![0.0; n]);
+    for t in 1..=4 {
+        let g = randn(&mut r, n, 1.0);
+        cpu.adam(&mut pc, &g, &mut mc, &mut vc, 1e-3, 0.9, 0.999, 1e-8, 0.01, t)
+            .unwrap();
+        host::adam(&mut ph, &g, &mut mh, &mut vh, 1e-3, 0.9, 0.999, 1e-8, 0.01, t).unwrap();
+    }
+    close("adam p", seed, &ph, &pc);
+    close("adam m", seed, &mh, &mc);
+    close("adam v", seed, &vh, &vc);
+}
+
+#[test]
+fn gathers() {
+    let cpu = Cpu::<f32>::new();
+    let (seed, mut r) = rng();
+    let (rows, row_len) = (5 + r.below(20) as usize, 1 + r.below(30) as usize);
+    let src = randn(&mut r, rows * row_len, 1.0);
+    let labels: Vec<u32> = (0..rows as u32).map(|i| i * 7 + 1).collect();
+    let mut idx: Vec<u32> = (0..rows as u32).collect();
+    r.shuffle(&mut idx);
+    let (start, count) = (2, rows - 3);
+
+    let mut dc = vec![0.0; count * row_len];
+    cpu.gather_rows(&src, row_len, &idx, start, count, &mut dc).unwrap();
+    let mut dh = vec![f32::NAN; count * row_len];
+    host::gather_rows(&src, row_len, &idx, start, count, &mut dh).unwrap();
+    assert_eq!(dh, dc, "gather_rows (seed {seed})");
+
+    let mut lc = vec![0; count];
+    cpu.gather_labels(&labels, &idx, start, count, &mut lc).unwrap();
+    let mut lh = vec![u32::MAX; count];
+    host::gather_labels(&labels, &idx, start, count, &mut lh).unwrap();
+    assert_eq!(lh, lc, "gather_labels (seed {seed})");
+}
+
+#[test]
+fn short_buffers_are_shape_errors() {
+    let mut a = vec![0.0f32; 3];
+    assert!(host::bias_act(2, 2, &mut [0.0; 4], &[0.0; 2], ActChain::IDENTITY, &mut a).is_err());
+    assert!(host::cost_stats(2, 3, &[0.0; 6], &[0, 1], Loss::SquaredError, &mut [0.0]).is_err());
+    assert!(host::gather_rows(&[0.0; 4], 2, &[0, 1], 1, 2, &mut [0.0; 4]).is_err());
+}
