@@ -4,7 +4,7 @@
 
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use mep::optim::OptimizerBuilder;
+use mep::optim::{OptimizerBuilder, Schedule};
 use mep::{Activation, Device, Energy, Loss, Mnist, Mode, MuonScale, Nudging, Sequential, Shuffle, SpectralLayers};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -38,6 +38,12 @@ enum NudgingArg {
 enum ScaleArg {
     Spectral,
     KellerJordan,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ScheduleArg {
+    Constant,
+    Cosine,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -117,6 +123,9 @@ struct Args {
     /// Which matrices the spectral constraint covers.
     #[arg(long, value_enum)]
     spectral_layers: Option<SpectralArg>,
+    /// Learning-rate schedule: constant, or cosine decay to 0 over all epochs.
+    #[arg(long, value_enum, default_value = "constant")]
+    schedule: ScheduleArg,
     /// Seed (model initialisation and shuffling).
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -140,7 +149,11 @@ struct Args {
     json: bool,
 }
 
-fn configure<'m>(args: &Args, mut b: OptimizerBuilder<'m>) -> OptimizerBuilder<'m> {
+fn configure<'m>(args: &Args, train_len: usize, mut b: OptimizerBuilder<'m>) -> OptimizerBuilder<'m> {
+    if let ScheduleArg::Cosine = args.schedule {
+        let total_steps = args.epochs * train_len.div_ceil(args.batch_size.max(1)) as u64;
+        b = b.schedule(Schedule::Cosine { total_steps });
+    }
     b = b
         .mode(match args.mode {
             ModeArg::Ep => Mode::Ep,
@@ -242,7 +255,7 @@ fn run(args: Args) -> mep::Result<()> {
         OptName::Sgd => mep::sgd(&model),
         OptName::Adam => mep::adam(&model),
     };
-    let mut opt = configure(&args, preset).build()?;
+    let mut opt = configure(&args, mnist.train.n, preset).build()?;
 
     let train = model.upload(&mnist.train)?;
     let test = model.upload(&mnist.test)?;

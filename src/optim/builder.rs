@@ -1,7 +1,7 @@
 //! The user-facing optimizer: `smep(&model).lr(0.05)…build()`, then
 //! `opt.step(&mut model, &x, &y)`.
 
-use super::config::{MatrixRule, MuonScale, OptimConfig, SpectralLayers, VectorRule};
+use super::config::{MatrixRule, MuonScale, OptimConfig, Schedule, SpectralLayers, VectorRule};
 use super::engine::{Engine, StepStats};
 use crate::backend::cpu::Cpu;
 use crate::backend::cuda::Cuda;
@@ -174,6 +174,11 @@ impl<'m> OptimizerBuilder<'m> {
             VectorRule::Adam { lr: l, .. } | VectorRule::Sgd { lr: l, .. } => *l = lr,
         }
         self.bias_lr_set = true;
+        self
+    }
+    /// Learning-rate schedule (default: constant).
+    pub fn schedule(mut self, schedule: Schedule) -> Self {
+        self.cfg.schedule = schedule;
         self
     }
     /// Read the loss back every `n` steps to detect divergence.

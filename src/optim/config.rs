@@ -80,6 +80,31 @@ pub enum VectorRule {
     },
 }
 
+/// Learning-rate schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Schedule {
+    /// The same rate every step (the seed's).
+    Constant,
+    /// Cosine decay from the full rate to 0 over `total_steps` steps (then 0).
+    Cosine {
+        /// Steps over which the rate decays.
+        total_steps: u64,
+    },
+}
+
+impl Schedule {
+    /// The factor applied to every learning rate at step `t` (1-based).
+    pub fn factor(self, t: u64) -> f64 {
+        match self {
+            Schedule::Constant => 1.0,
+            Schedule::Cosine { total_steps } => {
+                let x = ((t.saturating_sub(1)) as f64 / total_steps as f64).min(1.0);
+                0.5 * (1.0 + (std::f64::consts::PI * x).cos())
+            }
+        }
+    }
+}
+
 /// Which weight matrices the spectral constraint covers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SpectralLayers {
@@ -120,6 +145,8 @@ pub struct OptimConfig {
     pub spectral: Spectral,
     /// Read the device-side loss every this many steps to detect divergence.
     pub check_every: u64,
+    /// Learning-rate schedule (scales every learning rate, weights and biases).
+    pub schedule: Schedule,
 }
 
 fn positive(name: &'static str, v: f64) -> Result<()> {
@@ -206,6 +233,15 @@ impl OptimConfig {
                 ));
             }
         }
+        if let Schedule::Cosine { total_steps } = self.schedule {
+            if total_steps == 0 {
+                return Err(MepError::invalid(
+                    "schedule",
+                    "cosine over 0 steps",
+                    "total_steps must be at least 1",
+                ));
+            }
+        }
         if self.check_every == 0 {
             return Err(MepError::invalid("check_every", 0, "must be at least 1"));
         }
@@ -246,6 +282,7 @@ impl OptimConfig {
                 power_iters: 3,
             },
             check_every: 50,
+            schedule: Schedule::Constant,
         }
     }
 

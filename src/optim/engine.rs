@@ -139,11 +139,13 @@ impl<B: Backend> Engine<B> {
         let bk = net.backend.clone();
         let cfg = self.cfg;
         let t = self.t.max(1);
+        let f = cfg.schedule.factor(t);
+        let lr = cfg.lr * f;
         for (l, blk) in net.arch.blocks.iter().enumerate() {
             let st = &mut self.state[l];
             let p = &mut net.params[l];
             let g = &self.grads.w[l];
-            let decay = 1.0 - cfg.lr * cfg.weight_decay;
+            let decay = 1.0 - lr * cfg.weight_decay;
             match cfg.matrix {
                 MatrixRule::Muon {
                     momentum,
@@ -161,37 +163,33 @@ impl<B: Backend> Engine<B> {
                         &st.m_w
                     };
                     orthogonalize(&bk, blk.out, blk.inp, ns_steps, dir, ns)?;
-                    bk.axpby(-cfg.lr * scale.factor(blk.out, blk.inp), &ns.x, decay, &mut p.w)?;
+                    bk.axpby(-lr * scale.factor(blk.out, blk.inp), &ns.x, decay, &mut p.w)?;
                 }
                 MatrixRule::Sgd { momentum, nesterov } => {
-                    sgd_update(&bk, &mut p.w, g, &mut st.m_w, cfg.lr, momentum, nesterov, decay)?
+                    sgd_update(&bk, &mut p.w, g, &mut st.m_w, lr, momentum, nesterov, decay)?
                 }
                 MatrixRule::Adam { beta1, beta2, eps } => {
                     let v = st.v_w.as_mut().expect("Adam state allocated with the engine");
-                    bk.adam(
-                        &mut p.w,
-                        g,
-                        &mut st.m_w,
-                        v,
-                        cfg.lr,
-                        beta1,
-                        beta2,
-                        eps,
-                        cfg.weight_decay,
-                        t,
-                    )?;
+                    bk.adam(&mut p.w, g, &mut st.m_w, v, lr, beta1, beta2, eps, cfg.weight_decay, t)?;
                 }
             }
             if blk.bias {
                 let gb = &self.grads.b[l];
                 match cfg.vector {
-                    VectorRule::Adam { lr, beta1, beta2, eps } => {
+                    VectorRule::Adam {
+                        lr: blr,
+                        beta1,
+                        beta2,
+                        eps,
+                    } => {
                         let v = st.v_b.as_mut().expect("Adam state allocated with the engine");
-                        bk.adam(&mut p.b, gb, &mut st.m_b, v, lr, beta1, beta2, eps, 0.0, t)?;
+                        bk.adam(&mut p.b, gb, &mut st.m_b, v, blr * f, beta1, beta2, eps, 0.0, t)?;
                     }
-                    VectorRule::Sgd { lr, momentum, nesterov } => {
-                        sgd_update(&bk, &mut p.b, gb, &mut st.m_b, lr, momentum, nesterov, 1.0)?
-                    }
+                    VectorRule::Sgd {
+                        lr: blr,
+                        momentum,
+                        nesterov,
+                    } => sgd_update(&bk, &mut p.b, gb, &mut st.m_b, blr * f, momentum, nesterov, 1.0)?,
                 }
             }
             if let Some(power) = st.power.as_mut() {

@@ -8,5 +8,7 @@ pub mod newton_schulz;
 pub mod spectral;
 
 pub use builder::{adam, sgd, smep, Optimizer, OptimizerBuilder};
-pub use config::{MatrixRule, MuonScale, OptimConfig, Spectral, SpectralLayers, VectorRule, DEFAULT_SETTLE_LR};
+pub use config::{
+    MatrixRule, MuonScale, OptimConfig, Schedule, Spectral, SpectralLayers, VectorRule, DEFAULT_SETTLE_LR,
+};
 pub use engine::{Engine, StepStats};
