@@ -15,13 +15,14 @@ extern "C" __global__ void bias_act(u64 n, u32 cols, float* __restrict__ z,
     }
 }
 
-// layered_error: e ← s − p − bias[col] (layered energy error, p = W φ(s_{l−1})).
-// Launch: 1-D grid-stride over n = rows·cols.
+// layered_error: e ← s − (p + bias[col]) (layered energy error, p = W φ(s_{l−1})).
+// p + bias is rounded exactly as the forward pass rounded s, so e is exactly 0 at
+// the free equilibrium. Launch: 1-D grid-stride over n = rows·cols.
 extern "C" __global__ void layered_error(u64 n, u32 cols, const float* __restrict__ s,
                                          const float* __restrict__ p,
                                          const float* __restrict__ bias,
                                          float* __restrict__ e) {
-    MEP_GRID_STRIDE(i, n) { e[i] = s[i] - p[i] - bias[i % cols]; }
+    MEP_GRID_STRIDE(i, n) { e[i] = s[i] - (p[i] + bias[i % cols]); }
 }
 
 // layered_settle: s ← s − η·(e + c·φ′(s)·g); a ← φ(s) (φ′ at the old s).

@@ -17,6 +17,9 @@ use std::marker::PhantomData;
 /// fork/join costs more than the loop (measured on the seed's 64×128 states).
 const PAR_MIN: usize = 1 << 15;
 
+/// Chunk of the reproducible parallel sum in `sum_sq`.
+const SUM_CHUNK: usize = 1 << 13;
+
 /// GEMMs below this many FLOPs run on one thread: splitting a ~4 MFLOP product
 /// (~20 µs) across threads costs more in fork/join than it saves.
 const GEMM_PAR_FLOPS: f64 = 4e6;
@@ -89,6 +92,14 @@ macro_rules! with_act {
             }
         }
     }};
+}
+
+/// Row-wise primitives need rows of at least one element.
+fn check_cols(what: &str, cols: usize) -> Result<()> {
+    if cols == 0 {
+        return Err(MepError::Shape(format!("{what}: rows of 0 elements")));
+    }
+    Ok(())
 }
 
 fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
@@ -183,6 +194,7 @@ impl<T: Scalar> Backend for Cpu<T> {
         count: usize,
         dst: &mut Vec<T>,
     ) -> Result<()> {
+        check_cols("gather_rows", row_len)?;
         check_len("gather_rows idx", idx.len(), start + count)?;
         check_len("gather_rows dst", dst.len(), count * row_len)?;
         let rows = src.len() / row_len.max(1);
@@ -304,6 +316,7 @@ impl<T: Scalar> Backend for Cpu<T> {
         act: ActChain,
         a: &mut Vec<T>,
     ) -> Result<()> {
+        check_cols("bias_act", cols)?;
         check_len("bias_act z", z.len(), rows * cols)?;
         check_len("bias_act a", a.len(), rows * cols)?;
         check_len("bias_act bias", bias.len(), cols)?;
@@ -337,6 +350,7 @@ impl<T: Scalar> Backend for Cpu<T> {
         bias: &Vec<T>,
         e: &mut Vec<T>,
     ) -> Result<()> {
+        check_cols("layered_error", cols)?;
         let n = rows * cols;
         check_len("layered_error s", s.len(), n)?;
         check_len("layered_error p", p.len(), n)?;
@@ -346,7 +360,8 @@ impl<T: Scalar> Backend for Cpu<T> {
         map_rows(&mut e[..n], cols, |r, er| {
             let (sr, pr) = (&s[r * cols..(r + 1) * cols], &p[r * cols..(r + 1) * cols]);
             for (((ev, &sv), &pv), &b) in er.iter_mut().zip(sr).zip(pr).zip(bias) {
-                *ev = sv - pv - b;
+                // p + b rounds exactly as the forward pass rounded s: e = 0 at the free state.
+                *ev = sv - (pv + b);
             }
         });
         Ok(())
@@ -364,9 +379,15 @@ impl<T: Scalar> Backend for Cpu<T> {
         s: &mut Vec<T>,
         a: &mut Vec<T>,
     ) -> Result<()> {
+        check_cols("layered_settle", cols)?;
         let n = rows * cols;
-        for (what, len) in [("e", e.len()), ("g", g.len()), ("s", s.len()), ("a", a.len())] {
-            check_len(&format!("layered_settle {what}"), len, n)?;
+        for (what, len) in [
+            ("layered_settle e", e.len()),
+            ("layered_settle g", g.len()),
+            ("layered_settle s", s.len()),
+            ("layered_settle a", a.len()),
+        ] {
+            check_len(what, len, n)?;
         }
         let (c, eta) = (T::of(c), T::of(eta));
         let (e, g) = (&e[..n], &g[..n]);
@@ -408,6 +429,7 @@ impl<T: Scalar> Backend for Cpu<T> {
         act: ActChain,
         s: &mut Vec<T>,
     ) -> Result<()> {
+        check_cols("hopfield_settle", cols)?;
         let n = rows * cols;
         check_len("hopfield_settle drive", drive.len(), n)?;
         check_len("hopfield_settle s", s.len(), n)?;
@@ -458,6 +480,7 @@ impl<T: Scalar> Backend for Cpu<T> {
         loss: Loss,
         g: &mut Vec<T>,
     ) -> Result<()> {
+        check_cols("cost_grad", classes)?;
         let n = rows * classes;
         check_len("cost_grad o", o.len(), n)?;
         check_len("cost_grad g", g.len(), n)?;
@@ -492,6 +515,7 @@ impl<T: Scalar> Backend for Cpu<T> {
         loss: Loss,
         stats: &mut Vec<T>,
     ) -> Result<()> {
+        check_cols("cost_stats", classes)?;
         check_len("cost_stats o", o.len(), rows * classes)?;
         check_len("cost_stats labels", labels.len(), rows)?;
         check_len("cost_stats stats", stats.len(), 2)?;
@@ -527,6 +551,7 @@ impl<T: Scalar> Backend for Cpu<T> {
     }
 
     fn argmax(&self, rows: usize, classes: usize, o: &Vec<T>, out: &mut Vec<u32>) -> Result<()> {
+        check_cols("argmax", classes)?;
         check_len("argmax o", o.len(), rows * classes)?;
         check_len("argmax out", out.len(), rows)?;
         for r in 0..rows {
@@ -536,6 +561,7 @@ impl<T: Scalar> Backend for Cpu<T> {
     }
 
     fn col_sum(&self, rows: usize, cols: usize, alpha: f64, x: &Vec<T>, beta: f64, y: &mut Vec<T>) -> Result<()> {
+        check_cols("col_sum", cols)?;
         check_len("col_sum x", x.len(), rows * cols)?;
         check_len("col_sum y", y.len(), cols)?;
         let (a, b) = (T::of(alpha), T::of(beta));
@@ -553,22 +579,30 @@ impl<T: Scalar> Backend for Cpu<T> {
 
     fn sum_sq(&self, x: &Vec<T>, out: &mut Vec<T>) -> Result<()> {
         check_len("sum_sq out", out.len(), 1)?;
+        // Fixed chunks, partial sums collected in order: the same result whatever the
+        // thread count or work stealing does (a plain parallel sum is not reproducible).
         out[0] = if x.len() >= PAR_MIN {
-            x.par_iter().map(|&v| v * v).sum()
+            let parts: Vec<T> = x
+                .par_chunks(SUM_CHUNK)
+                .map(|c| c.iter().map(|&v| v * v).sum())
+                .collect();
+            parts.into_iter().sum()
         } else {
-            x.iter().map(|&v| v * v).sum()
+            x.chunks(SUM_CHUNK).map(|c| c.iter().map(|&v| v * v).sum::<T>()).sum()
         };
         Ok(())
     }
 
     fn scale_by_inv_norm(&self, x: &Vec<T>, sumsq: &Vec<T>, eps: f64, y: &mut Vec<T>) -> Result<()> {
         check_len("scale_by_inv_norm y", y.len(), x.len())?;
+        check_len("scale_by_inv_norm sumsq", sumsq.len(), 1)?;
         let inv = T::one() / (sumsq[0].sqrt() + T::of(eps));
         map_indexed(&mut y[..x.len()], |i, v| *v = x[i] * inv);
         Ok(())
     }
 
     fn spectral_clamp(&self, w: &mut Vec<T>, sumsq: &Vec<T>, gamma: f64) -> Result<()> {
+        check_len("spectral_clamp sumsq", sumsq.len(), 1)?;
         let sigma = sumsq[0].sqrt();
         let g = T::of(gamma);
         if sigma > g {

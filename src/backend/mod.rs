@@ -152,7 +152,7 @@ pub trait Backend: Clone + Send + Sync + 'static {
         act: ActChain,
         a: &mut Self::Buf,
     ) -> Result<()>;
-    /// Layered-energy error: e ← s − p − bias (bias broadcast over rows), where p is
+    /// Layered-energy error: e ← s − (p + bias) (bias broadcast over rows), where p is
     /// the GEMM output W φ(s_{l−1}).
     fn layered_error(
         &self,

@@ -1,0 +1,242 @@
+#!/usr/bin/env bash
+# Runs the prebuilt GPU checks on a Linux machine with an NVIDIA GPU and no Rust
+# toolchain, and ends with a markdown table.
+#
+#   bash scripts/build-gpu-bundle.sh     # on the build machine: makes gpu-bundle/
+#   bash scripts/gpu-check.sh            # on the GPU machine, from the repo root
+#
+# What it does:
+#   1. finds NVRTC and cuBLAS for CUDA 13 (a PyTorch environment's site-packages
+#      nvidia/cu13/lib, or nvidia/cuda_nvrtc/lib + nvidia/cublas/lib, or the system
+#      linker's path) and exports LD_LIBRARY_PATH;
+#   2. prints the GPU (nvidia-smi);
+#   3. runs each test binary in gpu-bundle/bin with MEP_REQUIRE_GPU=1 (so a GPU
+#      that cannot be used is a failure, not a skip);
+#   4. runs the benchmark: the seed run on CUDA, a 784-4096-4096-10 run with batch
+#      1024 on CUDA, and the seed run on the CPU for comparison.
+# It keeps going when a check fails and exits 1 if any did; 2 when there is no GPU
+# (no nvidia-smi); 3 when the bundle is missing.
+#
+# Output goes to ${OUT:-gpu-out}/ in five files (few, so that a device call can bring
+# them all back): env.txt, tests.log, bench.log, bench.jsonl, summary.md.
+# Environment: GPU_BUNDLE (default gpu-bundle), CHECK_TIMEOUT (seconds per check,
+# default 300), CPU_THREADS (default min(16, nproc)).
+set -uo pipefail
+
+bundle="${GPU_BUNDLE:-gpu-bundle}"
+outdir="${OUT:-gpu-out}"
+check_timeout="${CHECK_TIMEOUT:-300}"
+tests=(cuda_primitives cuda_training api ground_truth)
+
+say() { echo "gpu-check: $*" >&2; }
+
+if [ ! -d "$bundle/bin" ]; then
+    say "no $bundle/bin here ($(pwd)): run scripts/build-gpu-bundle.sh on the build machine and bring gpu-bundle/ along"
+    exit 3
+fi
+mkdir -p "$outdir"
+env_txt="$outdir/env.txt"
+tests_log="$outdir/tests.log"
+bench_log="$outdir/bench.log"
+bench_jsonl="$outdir/bench.jsonl"
+summary="$outdir/summary.md"
+: >"$env_txt"
+: >"$tests_log"
+: >"$bench_log"
+: >"$bench_jsonl"
+
+if ! command -v nvidia-smi >/dev/null 2>&1; then
+    say "NO GPU: nvidia-smi is not installed on this machine, so there is no NVIDIA driver to test against."
+    say "Run this script on a machine with an NVIDIA GPU (driver for CUDA 13); nothing was run."
+    echo "no GPU: nvidia-smi not found" >>"$env_txt"
+    exit 2
+fi
+
+# ---- libraries ---------------------------------------------------------------------------
+
+# Directories that may hold libnvrtc.so.13 / libcublas.so.13, most likely first.
+candidate_dirs() {
+    local py
+    for py in python3 python; do
+        command -v "$py" >/dev/null 2>&1 || continue
+        "$py" - <<'EOF' 2>/dev/null
+import os, site, sys
+roots = []
+try:
+    roots += site.getsitepackages()
+except Exception:
+    pass
+try:
+    roots.append(site.getusersitepackages())
+except Exception:
+    pass
+roots += [p for p in sys.path if p.endswith(("site-packages", "dist-packages"))]
+seen = set()
+for r in roots:
+    for sub in ("nvidia/cu13/lib", "nvidia/cuda_nvrtc/lib", "nvidia/cublas/lib"):
+        d = os.path.join(r, sub)
+        if os.path.isdir(d) and d not in seen:
+            seen.add(d)
+            print(d)
+EOF
+    done
+}
+
+has_lib() { compgen -G "$1/$2*" >/dev/null; }
+
+nvrtc_dir=""
+cublas_dir=""
+pick_dirs() {
+    local d
+    while IFS= read -r d; do
+        [ -n "$d" ] || continue
+        if [ -z "$nvrtc_dir" ] && has_lib "$d" libnvrtc.so.13; then nvrtc_dir="$d"; fi
+        if [ -z "$cublas_dir" ] && has_lib "$d" libcublas.so.13; then cublas_dir="$d"; fi
+    done
+}
+pick_dirs < <(candidate_dirs)
+if [ -z "$nvrtc_dir" ] || [ -z "$cublas_dir" ]; then
+    say "searching / for nvidia/{cu13,cuda_nvrtc,cublas}/lib (python's site-packages did not have both libraries)"
+    pick_dirs < <(find / -maxdepth 8 \( -path /proc -o -path /sys -o -path /dev \) -prune -o -type d \
+        \( -path '*nvidia/cu13/lib' -o -path '*nvidia/cuda_nvrtc/lib' -o -path '*nvidia/cublas/lib' \) -print 2>/dev/null)
+fi
+# A system CUDA 13 found by the dynamic linker needs no LD_LIBRARY_PATH entry.
+if [ -z "$nvrtc_dir" ] && ldconfig -p 2>/dev/null | grep -q 'libnvrtc\.so\.13'; then nvrtc_dir="(system)"; fi
+if [ -z "$cublas_dir" ] && ldconfig -p 2>/dev/null | grep -q 'libcublas\.so\.13'; then cublas_dir="(system)"; fi
+
+# cudarc looks for the exact sonames (libnvrtc.so.13, libcublas.so.13, libcublasLt.so.13):
+# where a wheel ships only longer names, link them from a private directory.
+link_dir="$(mktemp -d /tmp/mep-gpu-libs.XXXXXX)"
+add_sonames() {
+    local dir="$1" so target
+    [ -d "$dir" ] || return 0
+    for so in libnvrtc.so.13 libcublas.so.13 libcublasLt.so.13; do
+        if [ ! -e "$dir/$so" ]; then
+            target="$(find "$dir" -maxdepth 1 -name "$so.*" ! -name '*builtins*' 2>/dev/null | sort | head -n 1)"
+            [ -n "$target" ] && ln -sf "$target" "$link_dir/$so"
+        fi
+    done
+}
+lib_path=""
+for d in "$nvrtc_dir" "$cublas_dir"; do
+    case "$d" in "" | "(system)") continue ;; esac
+    add_sonames "$d"
+    case ":$lib_path:" in *":$d:"*) ;; *) lib_path="${lib_path:+$lib_path:}$d" ;; esac
+done
+lib_path="$link_dir${lib_path:+:$lib_path}"
+export LD_LIBRARY_PATH="$lib_path${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+{
+    echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "host: $(uname -srm), $(nproc) CPUs"
+    echo "glibc: $(ldd --version 2>/dev/null | head -n 1)"
+    echo "nvrtc: ${nvrtc_dir:-NOT FOUND}"
+    echo "cublas: ${cublas_dir:-NOT FOUND}"
+    echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+    echo "bundle:"
+    sed 's/^/  /' "$bundle/MANIFEST" 2>/dev/null || echo "  (no MANIFEST)"
+    echo
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1
+} >>"$env_txt"
+cat "$env_txt" >&2
+[ -n "$nvrtc_dir" ] || say "WARNING: libnvrtc.so.13 not found (pip install nvidia-cuda-nvrtc==13.*); CUDA checks will fail"
+[ -n "$cublas_dir" ] || say "WARNING: libcublas.so.13 not found (pip install nvidia-cublas==13.*); CUDA checks will fail"
+
+# The binaries were linked against the build machine's glibc.
+need_glibc="$(objdump -T "$bundle/bin/mep-mnist" 2>/dev/null | grep -o 'GLIBC_[0-9.]*' | sort -Vu | tail -n 1)"
+[ -n "$need_glibc" ] && say "binaries need $need_glibc or newer; this machine has: $(ldd --version 2>/dev/null | head -n 1)"
+
+# The tests find MNIST through MEP_MNIST_DIR (set for each check below).
+
+# ---- checks ------------------------------------------------------------------------------
+
+rows=()   # "check|result|seconds|test_acc|epoch_seconds|samples_per_sec"
+failed=0
+
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
+
+for t in "${tests[@]}"; do
+    exe="$bundle/bin/$t"
+    if [ ! -x "$exe" ]; then
+        rows+=("test $t|MISSING|-|||")
+        failed=1
+        continue
+    fi
+    say "running test $t"
+    one_log="$link_dir/$t.log"
+    start="$(now)"
+    MEP_REQUIRE_GPU=1 MEP_MNIST_DIR="$bundle/mnist" timeout "$check_timeout" "$exe" >"$one_log" 2>&1
+    rc=$?
+    secs="$(elapsed "$start" "$(now)")"
+    {
+        echo "===== test $t ====="
+        cat "$one_log"
+        echo "===== test $t: exit $rc after ${secs}s ====="
+    } >>"$tests_log"
+    if [ "$rc" -eq 0 ]; then
+        result="pass"
+    elif [ "$rc" -eq 124 ]; then
+        result="FAIL (timeout ${check_timeout}s)"
+        failed=1
+    else
+        result="FAIL (exit $rc)"
+        failed=1
+    fi
+    summary_line="$(grep -E '^test result:' "$one_log" | tail -n 1 | sed 's/^test result: //; s/; finished.*//')"
+    rows+=("test $t|$result${summary_line:+ — $summary_line}|$secs|||")
+done
+
+threads="${CPU_THREADS:-$(($(nproc) < 16 ? $(nproc) : 16))}"
+benches=(
+    "mep-mnist cuda (seed)|--device cuda --data-dir $bundle/mnist --json"
+    "mep-mnist cuda 4096,4096 b1024|--device cuda --hidden 4096,4096 --batch-size 1024 --epochs 1 --data-dir $bundle/mnist --json"
+    "mep-mnist cpu ${threads} threads (seed)|--device cpu --threads $threads --data-dir $bundle/mnist --json"
+)
+for b in "${benches[@]}"; do
+    name="${b%%|*}"
+    args="${b#*|}"
+    say "running $name"
+    echo "===== $name: mep-mnist $args =====" >>"$bench_log"
+    start="$(now)"
+    # shellcheck disable=SC2086 # args is a flag list
+    out="$(timeout "$check_timeout" "$bundle/bin/mep-mnist" $args 2>>"$bench_log")"
+    rc=$?
+    secs="$(elapsed "$start" "$(now)")"
+    echo "$out" >>"$bench_log"
+    echo "===== $name: exit $rc after ${secs}s =====" >>"$bench_log"
+    json="$(printf '%s\n' "$out" | grep '^{' | tail -n 1)"
+    acc="" eps="" sps=""
+    if [ -n "$json" ]; then
+        printf '{"check": "%s", "json": %s}\n' "$name" "$json" >>"$bench_jsonl"
+        read -r acc eps sps < <(printf '%s' "$json" | python3 -c "import json, sys
+d = json.load(sys.stdin)
+print('%.4f %.2f %.0f' % (d['test_acc'], d['epoch_seconds'], d['samples_per_sec']))" 2>/dev/null)
+    fi
+    if [ "$rc" -eq 0 ] && [ -n "$json" ]; then
+        result="pass"
+    elif [ "$rc" -eq 124 ]; then
+        result="FAIL (timeout ${check_timeout}s)"
+        failed=1
+    else
+        result="FAIL (exit $rc$([ -z "$json" ] && echo ', no JSON'))"
+        failed=1
+    fi
+    rows+=("$name|$result|$secs|$acc|$eps|$sps")
+done
+
+{
+    echo "## GPU check: $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)"
+    echo
+    echo "| check | result | seconds | test_acc | epoch_seconds | samples_per_sec |"
+    echo "| --- | --- | ---: | ---: | ---: | ---: |"
+    for r in "${rows[@]}"; do
+        IFS='|' read -r c res s a e p <<<"$r"
+        echo "| $c | $res | $s | $a | $e | $p |"
+    done
+    echo
+    if [ "$failed" -eq 0 ]; then echo "All checks passed."; else echo "Some checks FAILED: see tests.log and bench.log."; fi
+} >"$summary"
+cat "$summary"
+rm -rf "$link_dir"
+exit "$failed"
