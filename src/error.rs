@@ -22,8 +22,8 @@ pub enum MepError {
     /// Non-finite values where finite ones are required (inputs, weights).
     #[error("non-finite value: {0}")]
     NonFinite(String),
-    /// Training diverged: the loss became NaN or infinite.
-    #[error("training diverged at step {step}: loss is {loss} (lower the learning rate `lr`, `beta` or `settle_lr`)")]
+    /// Training diverged: the running loss became NaN, infinite or absurdly large.
+    #[error("training diverged at step {step}: loss is {loss} (lower the learning rate `lr`, `beta` or `settle_lr`, or keep the spectral constraint on)")]
     Diverged {
         /// Optimizer step (1-based) at which the divergence was detected.
         step: u64,

@@ -111,7 +111,7 @@ pub fn train_epoch<B: Backend>(
         engine.step(net, rows)?;
         if report_every > 0 && (i + 1) % report_every == 0 && i + 1 < steps {
             let s = engine.stats()?;
-            if !s.loss.is_finite() {
+            if crate::optim::engine::diverged(s.loss) {
                 return Err(MepError::Diverged {
                     step: engine.steps(),
                     loss: s.loss,
@@ -123,7 +123,7 @@ pub fn train_epoch<B: Backend>(
     bk.synchronize()?;
     let seconds = start.elapsed().as_secs_f64();
     let train = engine.stats()?;
-    if !train.loss.is_finite() {
+    if crate::optim::engine::diverged(train.loss) {
         return Err(MepError::Diverged {
             step: engine.steps(),
             loss: train.loss,

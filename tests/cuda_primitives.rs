@@ -3,6 +3,9 @@
 //! with NaN garbage in C, and β ≠ 0), every activation chain, both losses.
 //! Skips with a message when no GPU is usable; fails then when `MEP_REQUIRE_GPU=1`.
 
+mod common;
+use common::gpu;
+
 use mep::backend::cpu::Cpu;
 use mep::backend::cuda::Cuda;
 use mep::backend::Backend;
@@ -11,23 +14,6 @@ use mep::rng::Rng;
 use mep::Loss;
 
 const TOL: f64 = 1e-5;
-
-/// The CUDA backend on device 0, or `None` (with a message) when there is none.
-fn gpu() -> Option<Cuda> {
-    match Cuda::new(0) {
-        Ok(c) => {
-            eprintln!("testing {}", c.name());
-            Some(c)
-        }
-        Err(e) if std::env::var("MEP_REQUIRE_GPU").as_deref() == Ok("1") => {
-            panic!("MEP_REQUIRE_GPU=1 but CUDA is not usable: {e}")
-        }
-        Err(e) => {
-            eprintln!("skipping: no usable GPU ({e}); set MEP_REQUIRE_GPU=1 to make this an error");
-            None
-        }
-    }
-}
 
 fn rng() -> (u64, Rng) {
     let seed = std::time::SystemTime::now()

@@ -29,10 +29,10 @@
 //!   (a rare, O(1/batch) change); replay a failure with the printed `MEP_TEST_SEED`.
 
 mod common;
+use common::gpu;
 
 use common::{fresh_seed, labels, normals, rel_err};
 use mep::backend::cpu::Cpu;
-use mep::backend::cuda::Cuda;
 use mep::backend::{Backend, Scalar};
 use mep::data::mnist::{Dataset, Mnist};
 use mep::ep::{Energy, Mode, Nudging};
@@ -51,23 +51,6 @@ const RUN_TOL: f64 = 1e-3;
 /// 50 steps: how many times `Cpu<f32>`'s own distance from `Cpu<f64>` the CUDA run
 /// may be from `Cpu<f32>`.
 const CHAOS_FACTOR: f64 = 10.0;
-
-/// The CUDA backend on device 0, or `None` (with a message) when there is none.
-fn gpu() -> Option<Cuda> {
-    match Cuda::new(0) {
-        Ok(c) => {
-            eprintln!("testing {}", c.name());
-            Some(c)
-        }
-        Err(e) if std::env::var("MEP_REQUIRE_GPU").as_deref() == Ok("1") => {
-            panic!("MEP_REQUIRE_GPU=1 but CUDA is not usable: {e}")
-        }
-        Err(e) => {
-            eprintln!("skipping: no usable GPU ({e}); set MEP_REQUIRE_GPU=1 to make this an error");
-            None
-        }
-    }
-}
 
 /// What one backend produced.
 struct Outcome {

@@ -286,15 +286,18 @@ impl OptimConfig {
         }
     }
 
-    /// Plain momentum SGD (μ = 0.9, lr 0.05 on weights and biases), no constraint.
+    /// Plain momentum SGD (μ = 0.9, lr 0.01 on weights and biases), no constraint.
+    /// Without the spectral constraint, EP's settling diverges once the output layer
+    /// grows (measured at lr ≥ 0.02); `.gamma(0.95)` adds the constraint.
     pub fn sgd() -> Self {
         OptimConfig {
+            lr: 0.01,
             matrix: MatrixRule::Sgd {
                 momentum: 0.9,
                 nesterov: false,
             },
             vector: VectorRule::Sgd {
-                lr: 0.05,
+                lr: 0.01,
                 momentum: 0.9,
                 nesterov: false,
             },

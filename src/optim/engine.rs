@@ -229,6 +229,16 @@ impl<B: Backend> Engine<B> {
     }
 }
 
+/// Mean costs above this are divergence, not training: cross-entropy starts at ln K
+/// (2.3 for 10 classes) and an unstable settle (EP + SGD without the spectral
+/// constraint at lr ≥ 0.02, measured) reaches 1e16 while staying finite.
+pub const DIVERGED_LOSS: f64 = 1e6;
+
+/// True when a running mean cost is NaN, infinite or above [`DIVERGED_LOSS`].
+pub fn diverged(loss: f64) -> bool {
+    !loss.is_finite() || loss > DIVERGED_LOSS
+}
+
 /// p ← decay·p − lr·(M or G + μM) with M ← μM + G.
 #[allow(clippy::too_many_arguments)]
 fn sgd_update<B: Backend>(

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use mep::backend::cpu::Cpu;
+use mep::backend::cuda::Cuda;
 use mep::backend::Backend;
 use mep::ep::{compute_gradients, Energy, GradConfig, Grads, Workspace};
 use mep::nn::{Activation, Arch, Network};
@@ -186,4 +187,22 @@ pub fn gradient(net: &Network<Cpu<f64>>, cfg: &GradConfig, x: &[f64], y: &[u32])
     let mut grads = Grads::new(&net.backend, &net.arch).unwrap();
     compute_gradients(net, cfg, &mut ws, y.len(), &mut grads).unwrap();
     flat_grads(&grads)
+}
+
+/// The CUDA backend on device 0, or `None` (with a message) when there is none;
+/// panics instead when `MEP_REQUIRE_GPU=1`.
+pub fn gpu() -> Option<Cuda> {
+    match Cuda::new(0) {
+        Ok(c) => {
+            eprintln!("testing {}", c.name());
+            Some(c)
+        }
+        Err(e) if std::env::var("MEP_REQUIRE_GPU").as_deref() == Ok("1") => {
+            panic!("MEP_REQUIRE_GPU=1 but CUDA is not usable: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipping: no usable GPU ({e}); set MEP_REQUIRE_GPU=1 to make this an error");
+            None
+        }
+    }
 }
