@@ -227,7 +227,7 @@ impl Model {
     pub fn evaluate_on(&self, data: &DeviceDataset) -> Result<Evaluation> {
         let ce = Loss::CrossEntropy { label_smoothing: 0.0 };
         match (&self.net, &data.inner) {
-            (AnyNet::Cpu(n), AnyData::Cpu(d)) => evaluate(n, d, ce, 1000),
+            (AnyNet::Cpu(n), AnyData::Cpu(d)) => crate::backend::cpu::on_pool(|| evaluate(n, d, ce, 1000)),
             (AnyNet::Cuda(n), AnyData::Cuda(d)) => evaluate(n, d, ce, 1000),
             _ => Err(device_mismatch()),
         }

@@ -172,6 +172,11 @@ impl<T: Scalar> Backend for Cpu<T> {
     fn upload_labels(&self, host: &[u32]) -> Result<Vec<u32>> {
         Ok(host.to_vec())
     }
+    fn write_labels(&self, dst: &mut Vec<u32>, host: &[u32]) -> Result<()> {
+        check_len("write_labels", dst.len(), host.len())?;
+        dst[..host.len()].copy_from_slice(host);
+        Ok(())
+    }
     fn zeros_labels(&self, len: usize) -> Result<Vec<u32>> {
         Ok(vec![0; len])
     }
@@ -643,6 +648,19 @@ impl<T: Scalar> Backend for Cpu<T> {
             p[i] = p[i] * decay - step * m[i] / (v[i].sqrt() * inv_sqrt_bc2 + e);
         }
         Ok(())
+    }
+}
+
+/// Runs `f` on a worker of rayon's pool (directly when already on one). The CPU
+/// backend forks parallel GEMM panels with rayon; forking from a thread outside the
+/// pool puts the caller to sleep and wakes it for every one of the ~20 parallel
+/// products of a step, which cost 1.1 s per seed epoch (BENCHMARKS.md). Entered
+/// once per step or epoch, the pool does the forking itself.
+pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        f()
+    } else {
+        rayon::scope(|_| f())
     }
 }
 

@@ -86,6 +86,8 @@ pub trait Backend: Clone + Send + Sync + 'static {
     fn len(&self, buf: &Self::Buf) -> usize;
     /// Copies host labels/indices into a new buffer.
     fn upload_labels(&self, host: &[u32]) -> Result<Self::Labels>;
+    /// Copies host labels/indices into the start of an existing buffer.
+    fn write_labels(&self, dst: &mut Self::Labels, host: &[u32]) -> Result<()>;
     /// A zero-filled label buffer of `len` entries.
     fn zeros_labels(&self, len: usize) -> Result<Self::Labels>;
     /// Copies a label buffer to the host.

@@ -77,14 +77,7 @@ impl<B: Backend> Workspace<B> {
         let rows = y.len();
         self.ensure_rows(rows)?;
         self.backend.write(&mut self.x, x)?;
-        let labels = self.backend.upload_labels(y)?;
-        self.y = if rows == self.rows_cap {
-            labels
-        } else {
-            let mut full = vec![0u32; self.rows_cap];
-            full[..rows].copy_from_slice(y);
-            self.backend.upload_labels(&full)?
-        };
+        self.backend.write_labels(&mut self.y, y)?;
         Ok(rows)
     }
 

@@ -3,7 +3,7 @@
 
 use super::config::{MatrixRule, MuonScale, OptimConfig, Schedule, SpectralLayers, VectorRule};
 use super::engine::{Engine, StepStats};
-use crate::backend::cpu::Cpu;
+use crate::backend::cpu::{on_pool, Cpu};
 use crate::backend::cuda::Cuda;
 use crate::backend::{Backend, Scalar};
 use crate::ep::{Mode, Nudging};
@@ -273,7 +273,7 @@ impl Optimizer {
     /// normalised), `y` holds `rows` class labels.
     pub fn step(&mut self, model: &mut Model, x: &[f32], y: &[u32]) -> Result<()> {
         match (&mut self.engine, &mut model.net) {
-            (AnyEngine::Cpu(e), AnyNet::Cpu(n)) => host_step(e, n, x, y),
+            (AnyEngine::Cpu(e), AnyNet::Cpu(n)) => on_pool(|| host_step(e, n, x, y)),
             (AnyEngine::Cuda(e), AnyNet::Cuda(n)) => host_step(e, n, x, y),
             _ => Err(device_mismatch()),
         }
@@ -291,11 +291,11 @@ impl Optimizer {
         shuffle: Shuffle,
         epoch: u64,
         report_every: usize,
-        progress: impl FnMut(usize, usize, StepStats),
+        progress: impl FnMut(usize, usize, StepStats) + Send,
     ) -> Result<EpochReport> {
         match (&mut self.engine, &mut model.net, &data.inner) {
             (AnyEngine::Cpu(e), AnyNet::Cpu(n), AnyData::Cpu(d)) => {
-                train_epoch(e, n, d, batch_size, shuffle, epoch, report_every, progress)
+                on_pool(|| train_epoch(e, n, d, batch_size, shuffle, epoch, report_every, progress))
             }
             (AnyEngine::Cuda(e), AnyNet::Cuda(n), AnyData::Cuda(d)) => {
                 train_epoch(e, n, d, batch_size, shuffle, epoch, report_every, progress)

@@ -302,6 +302,16 @@ impl Backend for Cuda {
     fn upload_labels(&self, host: &[u32]) -> Result<CudaSlice<u32>> {
         self.inner.stream.clone_htod(host).map_err(cuda_err("uploading labels"))
     }
+    fn write_labels(&self, dst: &mut CudaSlice<u32>, host: &[u32]) -> Result<()> {
+        check_len("write_labels", dst.len(), host.len())?;
+        if host.is_empty() {
+            return Ok(());
+        }
+        self.inner
+            .stream
+            .memcpy_htod(host, &mut dst.slice_mut(..host.len()))
+            .map_err(cuda_err("writing labels"))
+    }
     fn zeros_labels(&self, len: usize) -> Result<CudaSlice<u32>> {
         self.inner
             .stream
