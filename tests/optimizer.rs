@@ -60,7 +60,12 @@ fn newton_schulz_lands_in_the_quintic_band_and_matches_the_direct_form() {
     let seed = fresh_seed("newton_schulz");
     let mut rng = Rng::new(seed);
     for (rows, cols) in [(16, 40), (40, 16), (20, 30), (10, 128)] {
-        let u = normals(&mut rng, rows * cols, 1.0);
+        // Gaussian rows scaled from 0.2 to 1: far from orthogonal (condition number > 5),
+        // yet every singular value reaches the band within 5 steps.
+        let mut u = normals(&mut rng, rows * cols, 1.0);
+        for (i, v) in u.iter_mut().enumerate() {
+            *v *= 0.2 + 0.8 * (i / cols) as f64 / (rows - 1) as f64;
+        }
         // f64: Gram-space evaluation == direct iteration.
         let bk = Cpu::<f64>::new();
         let mut sc = NsScratch::new(&bk, rows, cols).unwrap();
@@ -79,7 +84,7 @@ fn newton_schulz_lands_in_the_quintic_band_and_matches_the_direct_form() {
         // Before: far from orthogonal.
         let sv_in = singular_values(&u, rows, cols);
         assert!(
-            sv_in[sv_in.len() - 1] / sv_in[0] > 1.5,
+            sv_in[sv_in.len() - 1] / sv_in[0] > 3.0,
             "input already nearly orthogonal"
         );
         // f32 agrees with the f64 reference to f32 accuracy.
