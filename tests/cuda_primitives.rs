@@ -4,56 +4,13 @@
 //! Skips with a message when no GPU is usable; fails then when `MEP_REQUIRE_GPU=1`.
 
 mod common;
-use common::gpu;
+use common::{chains, close, gpu, randn, rng};
 
 use mep::backend::cpu::Cpu;
 use mep::backend::cuda::Cuda;
 use mep::backend::Backend;
-use mep::nn::activation::{ActChain, Activation};
 use mep::rng::Rng;
 use mep::Loss;
-
-const TOL: f64 = 1e-5;
-
-fn rng() -> (u64, Rng) {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    (seed, Rng::new(seed))
-}
-
-fn randn(rng: &mut Rng, len: usize, scale: f64) -> Vec<f32> {
-    (0..len).map(|_| (rng.normal() * scale) as f32).collect()
-}
-
-#[track_caller]
-fn close(what: &str, seed: u64, got: &[f32], want: &[f32]) {
-    assert_eq!(got.len(), want.len(), "{what} (seed {seed}): lengths");
-    let d: f64 = got
-        .iter()
-        .zip(want)
-        .map(|(g, w)| (*g as f64 - *w as f64).powi(2))
-        .sum::<f64>()
-        .sqrt();
-    let r: f64 = want.iter().map(|w| (*w as f64).powi(2)).sum::<f64>().sqrt();
-    let e = if r == 0.0 { d } else { d / r };
-    assert!(e <= TOL, "{what} (seed {seed}): ‖Δ‖/‖ref‖ = {e:e} > {TOL:e}");
-}
-
-fn chains() -> Vec<ActChain> {
-    use Activation::*;
-    let acts = [Relu, Sigmoid, Tanh, HardSigmoid];
-    let mut v = vec![ActChain::IDENTITY];
-    for a in acts {
-        v.push(ActChain::single(a));
-        for b in acts {
-            v.push(ActChain::single(a).then(b).unwrap());
-        }
-    }
-    v.push(ActChain::single(Tanh).then(Relu).unwrap().then(Sigmoid).unwrap());
-    v
-}
 
 /// Shapes around the launch granularity (32-lane rows, 256-thread blocks, 8-row blocks).
 fn shape(r: &mut Rng) -> (usize, usize) {

@@ -7,64 +7,15 @@
 use mep::backend::cpu::Cpu;
 use mep::backend::cuda::host;
 use mep::backend::Backend;
-use mep::nn::activation::{ActChain, Activation};
+use mep::nn::activation::ActChain;
 use mep::rng::Rng;
 use mep::Loss;
 
-const TOL: f64 = 1e-5;
-
-/// A time-derived seed (different every run) and its generator.
-fn rng() -> (u64, Rng) {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    (seed, Rng::new(seed))
-}
-
-fn randn(rng: &mut Rng, len: usize, scale: f64) -> Vec<f32> {
-    (0..len).map(|_| (rng.normal() * scale) as f32).collect()
-}
+mod common;
+use common::{chains, close, randn, rng};
 
 fn shape(rng: &mut Rng) -> (usize, usize) {
     (1 + rng.below(9) as usize, 1 + rng.below(40) as usize)
-}
-
-#[track_caller]
-fn close(what: &str, seed: u64, got: &[f32], want: &[f32]) {
-    assert_eq!(got.len(), want.len(), "{what} (seed {seed}): lengths");
-    let d: f64 = got
-        .iter()
-        .zip(want)
-        .map(|(g, w)| (*g as f64 - *w as f64).powi(2))
-        .sum::<f64>()
-        .sqrt();
-    let r: f64 = want.iter().map(|w| (*w as f64).powi(2)).sum::<f64>().sqrt();
-    let e = if r == 0.0 { d } else { d / r };
-    assert!(
-        e <= TOL,
-        "{what} (seed {seed}): ‖Δ‖/‖ref‖ = {e:e} > {TOL:e}\n got  {got:?}\n want {want:?}"
-    );
-}
-
-/// Identity, every single activation, every ordered pair, and a few longer chains.
-fn chains() -> Vec<ActChain> {
-    use Activation::*;
-    let acts = [Relu, Sigmoid, Tanh, HardSigmoid];
-    let mut v = vec![ActChain::IDENTITY];
-    for a in acts {
-        v.push(ActChain::single(a));
-        for b in acts {
-            v.push(ActChain::single(a).then(b).unwrap());
-        }
-    }
-    v.push(ActChain::single(Tanh).then(Relu).unwrap().then(Sigmoid).unwrap());
-    let mut long = ActChain::IDENTITY;
-    for i in 0..ActChain::MAX {
-        long = long.then(acts[i % 4]).unwrap();
-    }
-    v.push(long);
-    v
 }
 
 fn losses() -> [Loss; 3] {

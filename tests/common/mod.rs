@@ -6,6 +6,7 @@ use mep::backend::cpu::Cpu;
 use mep::backend::cuda::Cuda;
 use mep::backend::Backend;
 use mep::ep::{compute_gradients, Energy, GradConfig, Grads, Workspace};
+use mep::nn::activation::ActChain;
 use mep::nn::{Activation, Arch, Network};
 use mep::rng::Rng;
 use mep::Loss;
@@ -205,4 +206,58 @@ pub fn gpu() -> Option<Cuda> {
             None
         }
     }
+}
+
+// ---- f32 kernel checks (host-compiled and CUDA kernels against the CPU backend) ----
+
+/// Relative tolerance of the f32 kernel-vs-CPU checks: ‖Δ‖/‖ref‖.
+pub const KERNEL_TOL: f64 = 1e-5;
+
+/// A seed that differs between runs (`fresh_seed`) and its generator.
+pub fn rng() -> (u64, Rng) {
+    let seed = fresh_seed("kernels");
+    (seed, Rng::new(seed))
+}
+
+/// `len` normals times `scale`, in f32.
+pub fn randn(rng: &mut Rng, len: usize, scale: f64) -> Vec<f32> {
+    (0..len).map(|_| (rng.normal() * scale) as f32).collect()
+}
+
+/// Asserts ‖got − want‖/‖want‖ ≤ [`KERNEL_TOL`] (‖Δ‖ when want is all zeros).
+#[track_caller]
+pub fn close(what: &str, seed: u64, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what} (seed {seed}): lengths");
+    let d: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(g, w)| (*g as f64 - *w as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let r: f64 = want.iter().map(|w| (*w as f64).powi(2)).sum::<f64>().sqrt();
+    let e = if r == 0.0 { d } else { d / r };
+    assert!(
+        e <= KERNEL_TOL,
+        "{what} (seed {seed}): ‖Δ‖/‖ref‖ = {e:e} > {KERNEL_TOL:e}\n got  {got:?}\n want {want:?}"
+    );
+}
+
+/// Identity, every single activation, every pair, and one triple.
+pub fn chains() -> Vec<ActChain> {
+    use Activation::*;
+    let acts = [Relu, Sigmoid, Tanh, HardSigmoid];
+    let mut v = vec![ActChain::IDENTITY];
+    for a in acts {
+        v.push(ActChain::single(a));
+        for b in acts {
+            v.push(ActChain::single(a).then(b).unwrap());
+        }
+    }
+    v.push(ActChain::single(Tanh).then(Relu).unwrap().then(Sigmoid).unwrap());
+    let mut long = ActChain::IDENTITY;
+    for i in 0..ActChain::MAX {
+        long = long.then(acts[i % 4]).unwrap();
+    }
+    v.push(long);
+    v
 }
