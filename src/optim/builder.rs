@@ -205,7 +205,7 @@ impl<'m> OptimizerBuilder<'m> {
         if let Some((option, which)) = self.misapplied {
             return Err(MepError::invalid(
                 option,
-                format!("{:?}", self.preset).to_lowercase(),
+                format!("set on {}", format!("{:?}", self.preset).to_lowercase()),
                 format!("`{option}` applies only to {which}"),
             ));
         }
