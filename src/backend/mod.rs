@@ -109,7 +109,7 @@ pub trait Backend: Clone + Send + Sync + 'static {
         count: usize,
         dst: &mut Self::Buf,
     ) -> Result<()>;
-    /// dst[i] = src[idx[start + i]] for i < count.
+    /// `dst[i] = src[idx[start + i]]` for i < count.
     fn gather_labels(
         &self,
         src: &Self::Labels,
@@ -211,7 +211,7 @@ pub trait Backend: Clone + Send + Sync + 'static {
         loss: Loss,
         g: &mut Self::Buf,
     ) -> Result<()>;
-    /// stats[0] += Σ_rows C(o, y); stats[1] += #rows whose argmax(o) == y.
+    /// `stats[0] += Σ_rows C(o, y)`; `stats[1] += #rows whose argmax(o) == y`.
     /// `stats` has length 2 and stays on the device.
     fn cost_stats(
         &self,
@@ -222,22 +222,22 @@ pub trait Backend: Clone + Send + Sync + 'static {
         loss: Loss,
         stats: &mut Self::Buf,
     ) -> Result<()>;
-    /// out[r] = argmax_k o[r, k] (first maximum).
+    /// `out[r] = argmax_k o[r, k]` (first maximum).
     fn argmax(&self, rows: usize, classes: usize, o: &Self::Buf, out: &mut Self::Labels) -> Result<()>;
 
     // ---- reductions --------------------------------------------------------------------
 
     /// y (cols) ← α·Σ_rows x (rows×cols) + β·y. Bias gradients.
     fn col_sum(&self, rows: usize, cols: usize, alpha: f64, x: &Self::Buf, beta: f64, y: &mut Self::Buf) -> Result<()>;
-    /// out[0] ← Σ x². `out` has length 1.
+    /// `out[0] ← Σ x²`. `out` has length 1.
     fn sum_sq(&self, x: &Self::Buf, out: &mut Self::Buf) -> Result<()>;
 
     // ---- optimizer element-wise ---------------------------------------------------------
 
-    /// y ← x / (√sumsq[0] + eps): Frobenius normalisation (Newton–Schulz input,
+    /// `y ← x / (√sumsq[0] + eps)`: Frobenius normalisation (Newton–Schulz input,
     /// power-iteration vectors) with the norm read on the device.
     fn scale_by_inv_norm(&self, x: &Self::Buf, sumsq: &Self::Buf, eps: f64, y: &mut Self::Buf) -> Result<()>;
-    /// Spectral constraint: with σ̂ = √sumsq[0], if σ̂ > γ then w ← w·γ/σ̂.
+    /// Spectral constraint: with `σ̂ = √sumsq[0]`, if σ̂ > γ then w ← w·γ/σ̂.
     fn spectral_clamp(&self, w: &mut Self::Buf, sumsq: &Self::Buf, gamma: f64) -> Result<()>;
     /// Adam with decoupled weight decay, bias-corrected for step `t` (1-based):
     /// m ← β1 m + (1−β1) g; v ← β2 v + (1−β2) g²;
