@@ -146,7 +146,7 @@ pub fn gradients<B: Backend>(
     let last = net.arch.depth() - 1;
     net.backend
         .cost_stats(rows, net.arch.outputs(), &ws.s[last], &ws.y, cfg.loss, &mut ws.stats)?;
-    ws.save_free()?;
+    ws.save_free(false)?;
     let b = rows as f64;
     match cfg.nudging {
         Nudging::OneSided => {
@@ -157,7 +157,7 @@ pub fn gradients<B: Backend>(
         Nudging::Symmetric => {
             settle(net, cfg.loss, Some(cfg.beta), ws, rows, cfg.settle_steps)?;
             accumulate_estimate(net, &ws.x, &ws.s, rows, -1.0 / (2.0 * cfg.beta * b), false, grads)?;
-            ws.restore_free()?;
+            ws.restore_free(false)?;
             settle(net, cfg.loss, Some(-cfg.beta), ws, rows, cfg.settle_steps)?;
             accumulate_estimate(net, &ws.x, &ws.s, rows, 1.0 / (2.0 * cfg.beta * b), true, grads)
         }

@@ -57,8 +57,8 @@ fn errors<B: Backend>(net: &Network<B>, ws: &mut Workspace<B>, rows: usize) -> R
     Ok(())
 }
 
-/// One nudged phase at signed strength `beta` from the saved free state; leaves the
-/// errors e_l of the final state in `ws.e`.
+/// One nudged phase at signed strength `beta`, starting from the state in `ws.s`,
+/// `ws.a` (the free state); leaves the errors e_l of the final state in `ws.e`.
 pub fn nudged_phase<B: Backend>(
     net: &Network<B>,
     cfg: &GradConfig,
@@ -69,7 +69,6 @@ pub fn nudged_phase<B: Backend>(
     let bk = &net.backend;
     let blocks = &net.arch.blocks;
     let last = blocks.len() - 1;
-    ws.restore_free()?;
     // p[0] = W_1 x still holds from the forward pass: the input is clamped.
     for _ in 0..cfg.settle_steps {
         errors(net, ws, rows)?;
@@ -161,16 +160,19 @@ pub fn gradients<B: Backend>(
     let last = net.arch.depth() - 1;
     net.backend
         .cost_stats(rows, net.arch.outputs(), &ws.a[last], &ws.y, cfg.loss, &mut ws.stats)?;
-    ws.save_free()?;
     let b = rows as f64;
+    // The first nudged phase starts from the forward pass's state as it stands; only a
+    // second (−β) phase needs the free state saved and restored.
     match cfg.nudging {
         Nudging::OneSided => {
             nudged_phase(net, cfg, cfg.beta, ws, rows)?;
             accumulate_estimate(net, ws, rows, -1.0 / (cfg.beta * b), false, grads)
         }
         Nudging::Symmetric => {
+            ws.save_free(true)?;
             nudged_phase(net, cfg, cfg.beta, ws, rows)?;
             accumulate_estimate(net, ws, rows, -1.0 / (2.0 * cfg.beta * b), false, grads)?;
+            ws.restore_free(true)?;
             nudged_phase(net, cfg, -cfg.beta, ws, rows)?;
             accumulate_estimate(net, ws, rows, 1.0 / (2.0 * cfg.beta * b), true, grads)
         }

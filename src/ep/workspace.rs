@@ -81,20 +81,25 @@ impl<B: Backend> Workspace<B> {
         Ok(rows)
     }
 
-    /// Copies the free-phase states `s`, `a` into `s_free`, `a_free`.
-    pub(crate) fn save_free(&mut self) -> Result<()> {
+    /// Copies the free-phase states `s` (and `a` when `with_a`: the layered energy
+    /// keeps φ(s) beside s; Hopfield states need no second copy) into the free copies.
+    pub(crate) fn save_free(&mut self, with_a: bool) -> Result<()> {
         for l in 0..self.s.len() {
             self.backend.copy(&self.s[l], &mut self.s_free[l])?;
-            self.backend.copy(&self.a[l], &mut self.a_free[l])?;
+            if with_a {
+                self.backend.copy(&self.a[l], &mut self.a_free[l])?;
+            }
         }
         Ok(())
     }
 
-    /// Restores `s`, `a` from the free-phase copies.
-    pub(crate) fn restore_free(&mut self) -> Result<()> {
+    /// Restores `s` (and `a` when `with_a`) from the free-phase copies.
+    pub(crate) fn restore_free(&mut self, with_a: bool) -> Result<()> {
         for l in 0..self.s.len() {
             self.backend.copy(&self.s_free[l], &mut self.s[l])?;
-            self.backend.copy(&self.a_free[l], &mut self.a[l])?;
+            if with_a {
+                self.backend.copy(&self.a_free[l], &mut self.a[l])?;
+            }
         }
         Ok(())
     }
