@@ -1,8 +1,9 @@
 //! Criterion benchmarks of the CPU backend's main primitives at the seed's shapes
 //! (batch 64, 784–128–10). FLOP counts for BENCHMARKS.md are printed with each name.
+//! GEMMs run on a rayon worker (`on_pool`), as in training.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use mep::backend::cpu::Cpu;
+use mep::backend::cpu::{on_pool, Cpu};
 use mep::backend::Backend;
 use mep::nn::ActChain;
 use mep::nn::Activation;
@@ -29,7 +30,7 @@ fn gemms(c: &mut Criterion) {
         let mut cc = bk.zeros(m * n).unwrap();
         g.throughput(Throughput::Elements((2 * m * n * k) as u64));
         g.bench_function(label, |bch| {
-            bch.iter(|| bk.gemm(ta, tb, m, n, k, 1.0, &a, &b, 0.0, &mut cc).unwrap())
+            bch.iter(|| on_pool(|| bk.gemm(ta, tb, m, n, k, 1.0, &a, &b, 0.0, &mut cc)).unwrap())
         });
     }
     g.finish();
@@ -45,7 +46,7 @@ fn newton_schulz(c: &mut Criterion) {
             mep::optim::newton_schulz::flops(rows, cols, 5) as u64
         ));
         g.bench_function(format!("{rows}x{cols} x5"), |b| {
-            b.iter(|| orthogonalize(&bk, rows, cols, 5, &u, &mut sc).unwrap())
+            b.iter(|| on_pool(|| orthogonalize(&bk, rows, cols, 5, &u, &mut sc)).unwrap())
         });
     }
     g.finish();
