@@ -13,8 +13,9 @@
 //!   ~1e-6; 1e-4 leaves another decade for the settle iterations.
 //!   Batches have at least 16 rows: with 1–6 rows, Adam (ε = 1e-8) turns ulp-level
 //!   noise in gradients that are 0 in exact arithmetic into O(lr) steps, and the
-//!   parameters after one step then differ by up to 5e-3 even between `Cpu<f32>` and
-//!   `Cpu<f64>` (see the layered-error note in `cpu_primitives.rs`).
+//!   parameters after one step then differed by up to 5e-3 even between `Cpu<f32>` and
+//!   `Cpu<f64>` (measured before layered errors became exactly 0 at the free state;
+//!   the floor of 16 rows is kept as a margin).
 //! - 50 steps: the discrepancy is fed back through 50 updates and the training
 //!   dynamics amplify it. Measured on the CPU, the seed run in f32 departs from the
 //!   same run in f64 by ~1e-7 at step 1, ~2e-3 (parameters) by step 5 and ~0.1
