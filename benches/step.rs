@@ -38,7 +38,7 @@ fn step(c: &mut Criterion) {
         g.bench_function(format!("{name}/full step"), |b| {
             b.iter(|| eng.step(&mut net, 64).unwrap())
         });
-        let cfg = eng.cfg.grad;
+        let cfg = eng.config().grad;
         g.bench_function(format!("{name}/gradients only"), |b| {
             b.iter(|| on_pool(|| compute_gradients(&net, &cfg, &mut eng.ws, 64, &mut eng.grads)).unwrap())
         });

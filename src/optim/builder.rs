@@ -306,7 +306,7 @@ impl Optimizer {
 
     /// The configuration.
     pub fn config(&self) -> OptimConfig {
-        with_engine!(&self.engine, e => e.cfg)
+        with_engine!(&self.engine, e => *e.config())
     }
 
     /// Running loss and accuracy of the free-phase outputs since the last reset.

@@ -39,8 +39,9 @@ pub struct StepStats {
 
 /// An optimizer bound to a network's shapes on backend `B`.
 pub struct Engine<B: Backend> {
-    /// The configuration (validated).
-    pub cfg: OptimConfig,
+    /// The configuration (validated; read it with [`Engine::config`]: the allocated
+    /// state depends on it, so it cannot change after construction).
+    cfg: OptimConfig,
     /// Scratch space for the phases.
     pub ws: Workspace<B>,
     /// The last gradient estimate.
@@ -105,6 +106,11 @@ impl<B: Backend> Engine<B> {
             t: 0,
             samples_since_reset: 0,
         })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &OptimConfig {
+        &self.cfg
     }
 
     /// Steps taken so far.
