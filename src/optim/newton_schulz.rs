@@ -22,7 +22,6 @@ pub struct NsScratch<B: Backend> {
     pub x: B::Buf,
     x0: B::Buf,
     gram: B::Buf,
-    gram2: B::Buf,
     poly: B::Buf,
     q: B::Buf,
     tmp: B::Buf,
@@ -42,7 +41,6 @@ impl<B: Backend> NsScratch<B> {
             x: bk.zeros(rows * cols)?,
             x0: bk.zeros(rows * cols)?,
             gram: bk.zeros(k * k)?,
-            gram2: bk.zeros(k * k)?,
             poly: bk.zeros(k * k)?,
             q: bk.zeros(k * k)?,
             tmp: bk.zeros(k * k)?,
@@ -75,22 +73,22 @@ pub fn orthogonalize<B: Backend>(
         return bk.copy(&sc.x0, &mut sc.x);
     }
     for i in 0..steps {
-        // P = aI + bA + cA²
-        bk.gemm(false, false, k, k, k, 1.0, &sc.gram, &sc.gram, 0.0, &mut sc.gram2)?;
-        bk.copy(&sc.gram2, &mut sc.poly)?;
-        bk.axpby(b, &sc.gram, c, &mut sc.poly)?;
-        bk.axpby(a, &sc.eye, 1.0, &mut sc.poly)?;
-        // Q ← P Q (Q₀ = I)
+        // P = aI + bA + cA²: (aI + bA) first, then the GEMM adds cA² (β = 1).
+        bk.copy(&sc.eye, &mut sc.poly)?;
+        bk.axpby(b, &sc.gram, a, &mut sc.poly)?;
+        bk.gemm(false, false, k, k, k, c, &sc.gram, &sc.gram, 1.0, &mut sc.poly)?;
+        // Q ← P Q; Q₀ = I, so Q₁ = P itself (swapped in, not copied).
         if i == 0 {
-            bk.copy(&sc.poly, &mut sc.q)?;
+            std::mem::swap(&mut sc.q, &mut sc.poly);
         } else {
             bk.gemm(false, false, k, k, k, 1.0, &sc.poly, &sc.q, 0.0, &mut sc.tmp)?;
             std::mem::swap(&mut sc.q, &mut sc.tmp);
         }
-        // A ← P A P (not needed after the last iteration)
+        // A ← P A P (not needed after the last iteration).
         if i + 1 < steps {
-            bk.gemm(false, false, k, k, k, 1.0, &sc.poly, &sc.gram, 0.0, &mut sc.tmp)?;
-            bk.gemm(false, false, k, k, k, 1.0, &sc.tmp, &sc.poly, 0.0, &mut sc.gram)?;
+            let p = if i == 0 { &sc.q } else { &sc.poly };
+            bk.gemm(false, false, k, k, k, 1.0, p, &sc.gram, 0.0, &mut sc.tmp)?;
+            bk.gemm(false, false, k, k, k, 1.0, &sc.tmp, p, 0.0, &mut sc.gram)?;
         }
     }
     if wide {

@@ -69,11 +69,17 @@ impl<B: Backend> PowerIter<B> {
         } else {
             bk.gemm(true, false, k, k, rows, 1.0, w, w, 0.0, &mut self.gram)?;
         }
-        // H = G^8, normalised after each squaring (only its direction matters).
-        for _ in 0..SQUARINGS {
+        // H = G^1024 by squaring, normalised after squarings 1, 3, 5, … and the last:
+        // between normalisations entries grow by at most λ² (from G) or stay ≤ 1
+        // (from a normalised H), and shrink by at most 1/k², all well inside f32.
+        for j in 0..SQUARINGS {
             bk.gemm(false, false, k, k, k, 1.0, &self.gram, &self.gram, 0.0, &mut self.tmp)?;
-            bk.sum_sq(&self.tmp, &mut self.norm)?;
-            bk.scale_by_inv_norm(&self.tmp, &self.norm, 1e-30, &mut self.gram)?;
+            if j % 2 == 0 || j + 1 == SQUARINGS {
+                bk.sum_sq(&self.tmp, &mut self.norm)?;
+                bk.scale_by_inv_norm(&self.tmp, &self.norm, 1e-30, &mut self.gram)?;
+            } else {
+                std::mem::swap(&mut self.gram, &mut self.tmp);
+            }
         }
         for _ in 0..iters.max(1) {
             // u ← Hu / ‖Hu‖ (H symmetric: Hu = uH as a row).
