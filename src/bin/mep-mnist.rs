@@ -67,7 +67,7 @@ struct Args {
     #[arg(long, value_enum, default_value = "layered")]
     energy: EnergyArg,
     /// Free-phase sweeps of the Hopfield energy.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = mep::ep::DEFAULT_FREE_STEPS)]
     free_steps: usize,
     /// One-sided or symmetric nudging.
     #[arg(long, value_enum, default_value = "one-sided")]

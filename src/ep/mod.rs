@@ -20,6 +20,11 @@ use crate::backend::Backend;
 use crate::nn::Network;
 use crate::{Loss, MepError, Result};
 
+/// Default free-phase sweeps of the Hopfield energy. The free phase contracts slowly
+/// (output coupling σ ≤ γ = 0.95): 20 sweeps failed to train on one seed of two and
+/// 30 trained (BENCHMARKS.md §3); 50 leaves a margin.
+pub const DEFAULT_FREE_STEPS: usize = 50;
+
 /// The energy that defines a network's settling dynamics and its inference.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Energy {
@@ -36,8 +41,10 @@ pub enum Energy {
 }
 
 impl Energy {
-    /// The default Hopfield energy (30 free sweeps: see BENCHMARKS.md).
-    pub const HOPFIELD: Energy = Energy::Hopfield { free_steps: 30 };
+    /// The default Hopfield energy ([`DEFAULT_FREE_STEPS`] free sweeps).
+    pub const HOPFIELD: Energy = Energy::Hopfield {
+        free_steps: DEFAULT_FREE_STEPS,
+    };
 
     /// Checks the energy's own parameters.
     pub fn validate(self) -> Result<()> {
