@@ -3,9 +3,12 @@
 //! Φ(s) = Σ_l s_lᵀ(W_l s_{l−1} + b_l). Settling sweeps the layers in order 1..L
 //! (forward Gauss–Seidel: each layer sees the newest state below it and the previous
 //! state above it), s_l ← φ_l(W_l s_{l−1} + b_l + W_{l+1}ᵀ s_{l+1} [− β ∂C/∂o at l = L]).
-//! Gauss–Seidel rather than synchronous updates: with one hidden layer it is exact
-//! block-coordinate ascent on Φ − ½‖s‖², which converges without the period-2
-//! oscillation synchronous updates show. The input drive W_1 x is computed once per phase.
+//! Gauss–Seidel rather than synchronous updates: when φ_l is a projection (ReLU,
+//! HardSigmoid, identity), each layer update maximises Φ − ½‖s‖² exactly over that
+//! layer given its neighbours, so a sweep never decreases it (block-coordinate
+//! ascent); simultaneous updates carry no such guarantee. The input drive W_1 x is
+//! computed once per phase. The free phase contracts at roughly σ(W_L)² per sweep,
+//! hence the default of 50 sweeps ([`super::DEFAULT_FREE_STEPS`]).
 
 use super::{GradConfig, Grads, Nudging, Workspace};
 use crate::backend::Backend;
