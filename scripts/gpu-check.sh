@@ -189,8 +189,8 @@ done
 
 threads="${CPU_THREADS:-$(($(nproc) < 16 ? $(nproc) : 16))}"
 benches=(
-    "mep-mnist cuda (seed)|--device cuda --data-dir $bundle/mnist --json"
-    "mep-mnist cuda 4096,4096 b1024|--device cuda --hidden 4096,4096 --batch-size 1024 --epochs 1 --data-dir $bundle/mnist --json"
+    "mep-mnist cuda (seed)|--device cuda --data-dir $bundle/mnist --json --gemm-rate"
+    "mep-mnist cuda 4096,4096 b1024|--device cuda --hidden 4096,4096 --batch-size 1024 --epochs 1 --data-dir $bundle/mnist --json --gemm-rate"
     "mep-mnist cpu ${threads} threads (seed)|--device cpu --threads $threads --data-dir $bundle/mnist --json"
 )
 for b in "${benches[@]}"; do
@@ -205,8 +205,14 @@ for b in "${benches[@]}"; do
     secs="$(elapsed "$start" "$(now)")"
     echo "$out" >>"$bench_log"
     echo "===== $name: exit $rc after ${secs}s =====" >>"$bench_log"
-    json="$(printf '%s\n' "$out" | grep '^{' | tail -n 1)"
-    acc="" eps="" sps=""
+    json="$(printf '%s\n' "$out" | grep '^{"epoch' | tail -n 1)"
+    rate_json="$(printf '%s\n' "$out" | grep '^{"fraction_of_gemm_rate' | tail -n 1)"
+    acc="" eps="" sps="" gf=""
+    if [ -n "$rate_json" ]; then
+        gf="$(printf '%s' "$rate_json" | python3 -c "import json, sys
+d = json.load(sys.stdin)
+print('%.0f GFLOP/s = %.0f%% of %.0f' % (d['train_gflop_per_sec'], 100 * d['fraction_of_gemm_rate'], d['gemm_rate_gflop_per_sec']))" 2>/dev/null)"
+    fi
     if [ -n "$json" ]; then
         printf '{"check": "%s", "json": %s}\n' "$name" "$json" >>"$bench_jsonl"
         read -r acc eps sps < <(printf '%s' "$json" | python3 -c "import json, sys
@@ -222,17 +228,17 @@ print('%.4f %.2f %.0f' % (d['test_acc'], d['epoch_seconds'], d['samples_per_sec'
         result="FAIL (exit $rc$([ -z "$json" ] && echo ', no JSON'))"
         failed=1
     fi
-    rows+=("$name|$result|$secs|$acc|$eps|$sps")
+    rows+=("$name|$result|$secs|$acc|$eps|$sps|$gf")
 done
 
 {
     echo "## GPU check: $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)"
     echo
-    echo "| check | result | seconds | test_acc | epoch_seconds | samples_per_sec |"
-    echo "| --- | --- | ---: | ---: | ---: | ---: |"
+    echo "| check | result | seconds | test_acc | epoch_seconds | samples_per_sec | training GEMM rate vs GEMMs alone |"
+    echo "| --- | --- | ---: | ---: | ---: | ---: | --- |"
     for r in "${rows[@]}"; do
-        IFS='|' read -r c res s a e p <<<"$r"
-        echo "| $c | $res | $s | $a | $e | $p |"
+        IFS='|' read -r c res s a e p g <<<"$r"
+        echo "| $c | $res | $s | $a | $e | $p | $g |"
     done
     echo
     if [ "$failed" -eq 0 ]; then echo "All checks passed."; else echo "Some checks FAILED: see tests.log and bench.log."; fi

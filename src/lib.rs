@@ -18,6 +18,7 @@ pub mod data;
 pub mod device;
 pub mod ep;
 pub mod error;
+pub mod flops;
 pub mod io;
 pub mod loss;
 pub mod model;

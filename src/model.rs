@@ -187,6 +187,17 @@ impl Model {
     }
 }
 
+impl Model {
+    /// FLOP/s at which this model's device runs `gemms` alone (see
+    /// [`crate::flops::gemm_rate`]).
+    pub fn gemm_rate(&self, gemms: &[crate::flops::GemmShape], reps: usize) -> Result<f64> {
+        match &self.net {
+            AnyNet::Cpu(n) => crate::backend::cpu::on_pool(|| crate::flops::gemm_rate(&n.backend, gemms, reps)),
+            AnyNet::Cuda(n) => crate::flops::gemm_rate(&n.backend, gemms, reps),
+        }
+    }
+}
+
 /// A dataset uploaded once to a model's device (see [`Model::upload`]).
 pub struct DeviceDataset {
     pub(crate) inner: AnyData,

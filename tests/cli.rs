@@ -142,3 +142,31 @@ fn bad_input_exits_non_zero_with_a_clear_message() {
     );
     fails_with(&["--device", "nonsense"], "device");
 }
+
+#[test]
+fn gemm_rate_reports_the_training_rate_against_the_gemms_alone() {
+    let Some(dir) = mnist_dir() else { return };
+    let out = bin()
+        .args([
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--json",
+            "--gemm-rate",
+            "--train-subset",
+            "1000",
+        ])
+        .arg("--data-dir")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let rate = last["gemm_rate_gflop_per_sec"].as_f64().unwrap();
+    let train = last["train_gflop_per_sec"].as_f64().unwrap();
+    let frac = last["fraction_of_gemm_rate"].as_f64().unwrap();
+    assert!(rate > 0.0 && train > 0.0, "{last}");
+    assert!((frac - train / rate).abs() < 1e-9 && frac > 0.0 && frac < 1.5, "{last}");
+}

@@ -6,12 +6,14 @@
 //! the CUDA kernels are checked against these.
 
 use super::{Backend, Scalar};
+use crate::flops::GemmShape;
 use crate::nn::activation::ActChain;
 use crate::{Loss, MepError, Result};
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2, Axis, ShapeBuilder};
 use rayon::prelude::*;
 use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
 
 /// Element-wise loops shorter than this run on one thread: these loops are memory
 /// bound, and waking the other worker costs more than it saves. Measured on the seed
@@ -30,13 +32,36 @@ const GEMM_PAR_FLOPS: f64 = 4e6;
 #[derive(Clone, Debug, Default)]
 pub struct Cpu<T: Scalar = f32> {
     _t: PhantomData<T>,
+    /// When set, every GEMM's shape is appended here (see [`Cpu::recording`]).
+    recorder: Option<Arc<Mutex<Vec<GemmShape>>>>,
 }
 
 impl<T: Scalar> Cpu<T> {
     /// A CPU backend. Parallelism follows rayon's global pool (see
     /// [`crate::set_cpu_threads`]).
     pub fn new() -> Self {
-        Cpu { _t: PhantomData }
+        Cpu {
+            _t: PhantomData,
+            recorder: None,
+        }
+    }
+
+    /// A CPU backend that records the shape of every GEMM it runs (clones share the
+    /// record). Used to check the analytic FLOP counts of [`crate::flops`].
+    pub fn recording() -> Self {
+        Cpu {
+            _t: PhantomData,
+            recorder: Some(Arc::new(Mutex::new(Vec::new()))),
+        }
+    }
+
+    /// The GEMMs recorded so far (empty unless built by [`Cpu::recording`]), and
+    /// clears the record.
+    pub fn take_recorded(&self) -> Vec<GemmShape> {
+        self.recorder
+            .as_ref()
+            .map(|r| std::mem::take(&mut *r.lock().unwrap_or_else(|e| e.into_inner())))
+            .unwrap_or_default()
     }
 }
 
@@ -247,6 +272,11 @@ impl<T: Scalar> Backend for Cpu<T> {
         beta: f64,
         c: &mut Vec<T>,
     ) -> Result<()> {
+        if let Some(r) = &self.recorder {
+            r.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(GemmShape { ta, tb, m, n, k });
+        }
         check_len("gemm A", a.len(), m * k)?;
         check_len("gemm B", b.len(), k * n)?;
         check_len("gemm C", c.len(), m * n)?;

@@ -144,6 +144,10 @@ struct Args {
     /// Save the trained weights (safetensors) here.
     #[arg(long)]
     save: Option<PathBuf>,
+    /// After training, time the step's GEMM shapes alone on the same device and report
+    /// the training's GEMM FLOP rate as a fraction of it.
+    #[arg(long)]
+    gemm_rate: bool,
     /// Print one JSON object per epoch instead of the progress display.
     #[arg(long)]
     json: bool,
@@ -254,6 +258,13 @@ fn run(args: Args) -> mep::Result<()> {
     };
     let mut opt = configure(&args, mnist.train.n, preset).build()?;
 
+    let epoch_flops = mep::flops::epoch_flops(
+        model.arch(),
+        model.energy(),
+        &opt.config(),
+        mnist.train.n,
+        args.batch_size.max(1),
+    );
     let train = model.upload(&mnist.train)?;
     let test = model.upload(&mnist.test)?;
     if !args.json {
@@ -269,6 +280,7 @@ fn run(args: Args) -> mep::Result<()> {
             test.len()
         );
     }
+    let mut last_rate = None;
     for epoch in 0..args.epochs {
         let steps = train.len().div_ceil(args.batch_size.max(1));
         let bar = if args.json {
@@ -300,6 +312,7 @@ fn run(args: Args) -> mep::Result<()> {
         let eval = model.evaluate_on(&test)?;
         let eval_s = t_eval.elapsed().as_secs_f64();
         let sps = report.train.samples as f64 / report.seconds;
+        last_rate = Some(epoch_flops / report.seconds);
         if args.json {
             println!(
                 "{}",
@@ -312,18 +325,42 @@ fn run(args: Args) -> mep::Result<()> {
                     "epoch_seconds": report.seconds,
                     "eval_seconds": eval_s,
                     "samples_per_sec": sps,
+                    "gflop_per_sec": epoch_flops / report.seconds / 1e9,
                 })
             );
         } else {
             println!(
-                "epoch {}: train loss {:.4} | train acc {:.2}% | test acc {:.2}% (10k) | {:.3} s training, {:.0} samples/s | eval {:.3} s",
+                "epoch {}: train loss {:.4} | train acc {:.2}% | test acc {:.2}% (10k) | {:.3} s training, {:.0} samples/s, {:.1} GFLOP/s | eval {:.3} s",
                 epoch + 1,
                 report.train.loss,
                 100.0 * report.train.accuracy,
                 100.0 * eval.accuracy,
                 report.seconds,
                 sps,
+                epoch_flops / report.seconds / 1e9,
                 eval_s
+            );
+        }
+    }
+    if args.gemm_rate {
+        let gemms = mep::flops::step_gemms(model.arch(), model.energy(), &opt.config(), args.batch_size.max(1));
+        let rate = model.gemm_rate(&gemms, 20)?;
+        let achieved = last_rate.unwrap_or(0.0);
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "gemm_rate_gflop_per_sec": rate / 1e9,
+                    "train_gflop_per_sec": achieved / 1e9,
+                    "fraction_of_gemm_rate": achieved / rate,
+                })
+            );
+        } else {
+            println!(
+                "GEMMs of one step alone: {:.1} GFLOP/s; training achieved {:.1} GFLOP/s = {:.0}% of it",
+                rate / 1e9,
+                achieved / 1e9,
+                100.0 * achieved / rate
             );
         }
     }

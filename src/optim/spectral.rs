@@ -21,7 +21,7 @@ use crate::Result;
 pub const WARMUP_ITERS: usize = 10;
 
 /// Squarings of the Gram matrix: H = G^(2^SQUARINGS).
-const SQUARINGS: usize = 10;
+pub(crate) const SQUARINGS: usize = 10;
 
 /// Persistent power-iteration state of one `rows × cols` matrix.
 pub struct PowerIter<B: Backend> {

@@ -1,0 +1,212 @@
+//! The GEMMs of one optimizer step, counted analytically from the configuration:
+//! the FLOP count behind BENCHMARKS.md's bounds and `mep-mnist`'s GFLOP/s, and the
+//! shape list `mep-gemm-rate` times on a device. `tests/flops.rs` checks the list
+//! against the GEMMs the CPU backend actually runs ([`crate::backend::cpu::Cpu::recording`]).
+//! Element-wise work is not counted (it is memory bound and small).
+
+use crate::ep::{Energy, Mode, Nudging};
+use crate::nn::Arch;
+use crate::optim::{MatrixRule, OptimConfig, SpectralLayers};
+
+/// One row-major GEMM call: C (m×n) = op(A) (m×k) · op(B) (k×n).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GemmShape {
+    /// A is transposed.
+    pub ta: bool,
+    /// B is transposed.
+    pub tb: bool,
+    /// Rows of C.
+    pub m: usize,
+    /// Columns of C.
+    pub n: usize,
+    /// Inner dimension.
+    pub k: usize,
+}
+
+impl GemmShape {
+    const fn new(ta: bool, tb: bool, m: usize, n: usize, k: usize) -> Self {
+        GemmShape { ta, tb, m, n, k }
+    }
+
+    /// 2·m·n·k.
+    pub fn flops(&self) -> f64 {
+        2.0 * self.m as f64 * self.n as f64 * self.k as f64
+    }
+}
+
+/// Every GEMM of one [`crate::optim::Engine::step`] on `rows` samples, in call order.
+pub fn step_gemms(arch: &Arch, energy: Energy, cfg: &OptimConfig, rows: usize) -> Vec<GemmShape> {
+    let mut g = Vec::new();
+    let b = &arch.blocks;
+    let last = b.len() - 1;
+    let forward = |g: &mut Vec<GemmShape>| {
+        for blk in b {
+            g.push(GemmShape::new(false, true, rows, blk.out, blk.inp));
+        }
+    };
+    let estimate = |g: &mut Vec<GemmShape>| {
+        for blk in b {
+            g.push(GemmShape::new(true, false, blk.out, blk.inp, rows));
+        }
+    };
+    let errors = |g: &mut Vec<GemmShape>| {
+        for blk in &b[1..] {
+            g.push(GemmShape::new(false, true, rows, blk.out, blk.inp));
+        }
+    };
+    let phases = match cfg.grad.nudging {
+        Nudging::OneSided => 1,
+        Nudging::Symmetric => 2,
+    };
+    match (cfg.grad.mode, energy) {
+        (Mode::Backprop, _) => {
+            forward(&mut g);
+            for l in (0..=last).rev() {
+                g.push(GemmShape::new(true, false, b[l].out, b[l].inp, rows));
+                if l > 0 {
+                    g.push(GemmShape::new(false, false, rows, b[l].inp, b[l].out));
+                }
+            }
+        }
+        (Mode::Ep, Energy::LayeredLeastSquares) => {
+            forward(&mut g);
+            for _ in 0..phases {
+                for _ in 0..cfg.grad.settle_steps {
+                    errors(&mut g);
+                    for l in 0..last {
+                        g.push(GemmShape::new(false, false, rows, b[l + 1].inp, b[l + 1].out));
+                    }
+                }
+                errors(&mut g);
+                estimate(&mut g);
+            }
+        }
+        (Mode::Ep, Energy::Hopfield { free_steps }) => {
+            let sweeps = |g: &mut Vec<GemmShape>, n: usize| {
+                for _ in 0..n {
+                    for l in 0..=last {
+                        if l > 0 {
+                            g.push(GemmShape::new(false, true, rows, b[l].out, b[l].inp));
+                        }
+                        if l < last {
+                            g.push(GemmShape::new(false, false, rows, b[l].out, b[l + 1].out));
+                        }
+                    }
+                }
+            };
+            g.push(GemmShape::new(false, true, rows, b[0].out, b[0].inp));
+            sweeps(&mut g, free_steps);
+            if phases == 1 {
+                estimate(&mut g);
+            }
+            for _ in 0..phases {
+                sweeps(&mut g, cfg.grad.settle_steps);
+                estimate(&mut g);
+            }
+        }
+    }
+    for (l, blk) in b.iter().enumerate() {
+        let (rows_w, cols_w) = (blk.out, blk.inp);
+        let wide = rows_w <= cols_w;
+        let k = rows_w.min(cols_w);
+        let gram = if wide {
+            GemmShape::new(false, true, k, k, cols_w)
+        } else {
+            GemmShape::new(true, false, k, k, rows_w)
+        };
+        if let MatrixRule::Muon { ns_steps, .. } = cfg.matrix {
+            g.push(gram);
+            for i in 0..ns_steps {
+                g.push(GemmShape::new(false, false, k, k, k));
+                if i > 0 {
+                    g.push(GemmShape::new(false, false, k, k, k));
+                }
+                if i + 1 < ns_steps {
+                    g.push(GemmShape::new(false, false, k, k, k));
+                    g.push(GemmShape::new(false, false, k, k, k));
+                }
+            }
+            if ns_steps > 0 {
+                g.push(GemmShape::new(false, false, rows_w, cols_w, k));
+            }
+        }
+        let constrained = match cfg.spectral.layers {
+            SpectralLayers::Off => false,
+            SpectralLayers::Output => l == last,
+            SpectralLayers::All => true,
+        };
+        if constrained {
+            g.push(gram);
+            for _ in 0..crate::optim::spectral::SQUARINGS {
+                g.push(GemmShape::new(false, false, k, k, k));
+            }
+            for _ in 0..cfg.spectral.power_iters.max(1) {
+                g.push(GemmShape::new(false, false, 1, k, k));
+            }
+            g.push(if wide {
+                GemmShape::new(false, false, 1, cols_w, rows_w)
+            } else {
+                GemmShape::new(false, true, 1, rows_w, cols_w)
+            });
+        }
+    }
+    g
+}
+
+/// GEMM FLOPs of one step on `rows` samples.
+pub fn step_flops(arch: &Arch, energy: Energy, cfg: &OptimConfig, rows: usize) -> f64 {
+    step_gemms(arch, energy, cfg, rows).iter().map(GemmShape::flops).sum()
+}
+
+/// GEMM FLOPs of one epoch of `n` samples in batches of `batch` (last batch partial).
+pub fn epoch_flops(arch: &Arch, energy: Energy, cfg: &OptimConfig, n: usize, batch: usize) -> f64 {
+    let full = n / batch;
+    let rest = n % batch;
+    let mut f = full as f64 * step_flops(arch, energy, cfg, batch);
+    if rest > 0 {
+        f += step_flops(arch, energy, cfg, rest);
+    }
+    f
+}
+
+/// Measures how fast backend `bk` runs the GEMM list `gemms` alone (FLOP/s): one
+/// buffer set per distinct shape, filled with small pseudo-random values, one warm-up
+/// pass, then `reps` timed passes over the whole list in call order. This is the
+/// "same GEMM shapes, same run" reference a training step's achieved rate is compared
+/// with (`mep-mnist --gemm-rate`).
+pub fn gemm_rate<B: crate::backend::Backend>(bk: &B, gemms: &[GemmShape], reps: usize) -> crate::Result<f64> {
+    use crate::backend::Scalar;
+    let mut distinct: Vec<GemmShape> = gemms.to_vec();
+    distinct.sort();
+    distinct.dedup();
+    let mut rng = crate::rng::Rng::new(7);
+    let mut fill = |n: usize| -> crate::Result<B::Buf> {
+        let v: Vec<B::Elem> = (0..n).map(|_| B::Elem::of(rng.uniform_range(-0.5, 0.5))).collect();
+        bk.upload(&v)
+    };
+    let mut bufs = Vec::with_capacity(distinct.len());
+    for g in &distinct {
+        bufs.push((fill(g.m * g.k)?, fill(g.k * g.n)?, bk.zeros(g.m * g.n)?));
+    }
+    let index: Vec<usize> = gemms
+        .iter()
+        .map(|g| distinct.binary_search(g).expect("shape listed"))
+        .collect();
+    let pass = |bufs: &mut Vec<(B::Buf, B::Buf, B::Buf)>| -> crate::Result<()> {
+        for (g, &i) in gemms.iter().zip(&index) {
+            let (a, b, c) = &mut bufs[i];
+            bk.gemm(g.ta, g.tb, g.m, g.n, g.k, 1.0, a, b, 0.0, c)?;
+        }
+        Ok(())
+    };
+    pass(&mut bufs)?;
+    bk.synchronize()?;
+    let start = std::time::Instant::now();
+    for _ in 0..reps.max(1) {
+        pass(&mut bufs)?;
+    }
+    bk.synchronize()?;
+    let seconds = start.elapsed().as_secs_f64();
+    let flops: f64 = gemms.iter().map(GemmShape::flops).sum::<f64>() * reps.max(1) as f64;
+    Ok(flops / seconds)
+}
