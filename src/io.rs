@@ -1,8 +1,70 @@
 //! Saving and loading weights in the safetensors format, written atomically.
 //!
 //! Layout: 8-byte little-endian header length, a JSON header mapping
-//! `layers.{l}.weight` (`[out, in]`) and `layers.{l}.bias` (`[out]`) to F32 byte
-//! ranges, then the little-endian data. `__metadata__` records the architecture.
+//! `layers.{l}.weight` (`[out, in]`) and `layers.{l}.bias` (`[out]`) to byte ranges
+//! of F32 (default), BF16 or F16 data (half-size checkpoints, through the `half`
+//! crate), then the little-endian data. `__metadata__` records the architecture.
+//! Loading accepts all three and widens to the model's precision.
+
+/// Element type of a saved tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dtype {
+    /// IEEE single precision (exact for f32 models).
+    F32,
+    /// bfloat16: f32's range, 8 significant bits (half the size).
+    BF16,
+    /// IEEE half precision: 11 significant bits, range ±65504 (half the size).
+    F16,
+}
+
+impl Dtype {
+    fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "F32",
+            Dtype::BF16 => "BF16",
+            Dtype::F16 => "F16",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Dtype> {
+        match name {
+            "F32" => Some(Dtype::F32),
+            "BF16" => Some(Dtype::BF16),
+            "F16" => Some(Dtype::F16),
+            _ => None,
+        }
+    }
+
+    fn size(self) -> usize {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::BF16 | Dtype::F16 => 2,
+        }
+    }
+
+    fn encode(self, v: f64, out: &mut Vec<u8>) {
+        match self {
+            Dtype::F32 => out.extend_from_slice(&(v as f32).to_le_bytes()),
+            Dtype::BF16 => out.extend_from_slice(&half::bf16::from_f64(v).to_le_bytes()),
+            Dtype::F16 => out.extend_from_slice(&half::f16::from_f64(v).to_le_bytes()),
+        }
+    }
+
+    fn decode(self, b: &[u8]) -> f64 {
+        match self {
+            Dtype::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64,
+            Dtype::BF16 => half::bf16::from_le_bytes([b[0], b[1]]).to_f64(),
+            Dtype::F16 => half::f16::from_le_bytes([b[0], b[1]]).to_f64(),
+        }
+    }
+}
+
+impl std::str::FromStr for Dtype {
+    type Err = MepError;
+    fn from_str(s: &str) -> Result<Self> {
+        Dtype::parse(&s.to_ascii_uppercase()).ok_or_else(|| MepError::invalid("dtype", s, "use f32, bf16 or f16"))
+    }
+}
 
 use crate::ep::Energy;
 use crate::nn::Arch;
@@ -11,8 +73,22 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
-/// Writes `values` (per block: weights, bias) to `path`, atomically.
-pub fn save(path: &Path, arch: &Arch, energy: Energy, values: &[(Vec<f64>, Vec<f64>)]) -> Result<()> {
+/// Writes `values` (per block: weights, bias) to `path` as `dtype`, atomically. F16
+/// cannot hold values beyond ±65504: those are an error, not silently infinite.
+pub fn save(path: &Path, arch: &Arch, energy: Energy, values: &[(Vec<f64>, Vec<f64>)], dtype: Dtype) -> Result<()> {
+    if dtype == Dtype::F16 {
+        if let Some(v) = values
+            .iter()
+            .flat_map(|(w, b)| w.iter().chain(b))
+            .find(|v| v.abs() > 65504.0)
+        {
+            return Err(MepError::invalid(
+                "dtype",
+                "f16",
+                format!("a parameter is {v}, beyond f16's ±65504: save as f32 or bf16"),
+            ));
+        }
+    }
     let mut header = serde_json::Map::new();
     let mut meta = serde_json::Map::new();
     meta.insert("arch".into(), arch.describe().into());
@@ -24,11 +100,11 @@ pub fn save(path: &Path, arch: &Arch, energy: Energy, values: &[(Vec<f64>, Vec<f
         for (name, shape, vals) in [("weight", vec![blk.out, blk.inp], w), ("bias", vec![blk.out], b)] {
             let start = data.len();
             for &v in vals {
-                data.extend_from_slice(&(v as f32).to_le_bytes());
+                dtype.encode(v, &mut data);
             }
             header.insert(
                 format!("layers.{l}.{name}"),
-                serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [start, data.len()]}),
+                serde_json::json!({"dtype": dtype.name(), "shape": shape, "data_offsets": [start, data.len()]}),
             );
         }
     }
@@ -84,9 +160,12 @@ pub fn load(path: &Path, arch: &Arch) -> Result<Vec<(Vec<f64>, Vec<f64>)>> {
                 arch.describe()
             ))
         })?;
-        if t["dtype"] != "F32" {
-            return Err(bad(format!("tensor `{name}` has dtype {}, expected F32", t["dtype"])));
-        }
+        let dtype = t["dtype"].as_str().and_then(Dtype::parse).ok_or_else(|| {
+            bad(format!(
+                "tensor `{name}` has dtype {}, expected F32, BF16 or F16",
+                t["dtype"]
+            ))
+        })?;
         let got: Vec<usize> = t["shape"]
             .as_array()
             .map(|a| a.iter().filter_map(|v| v.as_u64().map(|v| v as usize)).collect())
@@ -101,12 +180,12 @@ pub fn load(path: &Path, arch: &Arch) -> Result<Vec<(Vec<f64>, Vec<f64>)>> {
             .map(|a| a.iter().filter_map(|v| v.as_u64().map(|v| v as usize)).collect())
             .unwrap_or_default();
         let n: usize = shape.iter().product();
-        if off.len() != 2 || off[1] < off[0] || off[1] > data.len() || off[1] - off[0] != 4 * n {
+        if off.len() != 2 || off[1] < off[0] || off[1] > data.len() || off[1] - off[0] != dtype.size() * n {
             return Err(bad(format!("tensor `{name}` has bad data offsets {off:?}")));
         }
         Ok(data[off[0]..off[1]]
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")) as f64)
+            .chunks_exact(dtype.size())
+            .map(|c| dtype.decode(c))
             .collect())
     };
     arch.blocks

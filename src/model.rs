@@ -174,10 +174,16 @@ impl Model {
         with_net!(&self.net, n => n.to_host())
     }
 
-    /// Saves the weights as safetensors (`layers.{l}.weight`, `layers.{l}.bias`),
+    /// Saves the weights as f32 safetensors (`layers.{l}.weight`, `layers.{l}.bias`),
     /// atomically: a temporary file is written, synced and renamed.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        crate::io::save(path.as_ref(), self.arch(), self.energy(), &self.parameters()?)
+        self.save_as(path, crate::io::Dtype::F32)
+    }
+
+    /// Saves the weights as safetensors of element type `dtype` (BF16/F16 checkpoints
+    /// are half the size; loading widens them back), atomically.
+    pub fn save_as(&self, path: impl AsRef<Path>, dtype: crate::io::Dtype) -> Result<()> {
+        crate::io::save(path.as_ref(), self.arch(), self.energy(), &self.parameters()?, dtype)
     }
 
     /// Loads weights saved by [`Model::save`] into this model (shapes must match).

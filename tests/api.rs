@@ -266,3 +266,58 @@ fn short_training_run_beats_chance_by_a_wide_margin() {
         assert!(acc > floor, "{energy:?} {mode:?}: accuracy {acc} (chance is 0.1)");
     }
 }
+
+#[test]
+fn half_precision_checkpoints_round_trip_within_their_rounding() {
+    use mep::io::Dtype;
+    let dir = std::env::temp_dir().join(format!("mep-api-half-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let m = small_model(Energy::LayeredLeastSquares);
+    let exact: Vec<f64> = m
+        .parameters()
+        .unwrap()
+        .into_iter()
+        .flat_map(|(w, b)| w.into_iter().chain(b))
+        .collect();
+    let f32_path = dir.join("f32.safetensors");
+    m.save(&f32_path).unwrap();
+    // (dtype, relative rounding: 8 significant bits for bf16, 11 for f16)
+    for (dtype, rel) in [(Dtype::BF16, 2f64.powi(-8)), (Dtype::F16, 2f64.powi(-11))] {
+        let path = dir.join(format!("{dtype:?}.safetensors"));
+        m.save_as(&path, dtype).unwrap();
+        let full = std::fs::metadata(&f32_path).unwrap().len();
+        let small = std::fs::metadata(&path).unwrap().len();
+        assert!(
+            small * 10 < full * 6,
+            "{dtype:?}: {small} bytes is not about half of {full}"
+        );
+        let mut other = Sequential::new(&Device::Cpu)
+            .flatten()
+            .linear(20, 16)
+            .relu()
+            .linear(16, 4)
+            .build(99)
+            .unwrap();
+        other.load_weights(&path).unwrap();
+        let got: Vec<f64> = other
+            .parameters()
+            .unwrap()
+            .into_iter()
+            .flat_map(|(w, b)| w.into_iter().chain(b))
+            .collect();
+        for (g, e) in got.iter().zip(&exact) {
+            assert!((g - e).abs() <= rel * e.abs() + 1e-7, "{dtype:?}: {g} vs {e}");
+        }
+        assert!(got != exact, "{dtype:?} should round");
+    }
+    // f16 cannot hold large values: an error, not infinity.
+    let mut big = small_model(Energy::LayeredLeastSquares);
+    let mut vals = big.parameters().unwrap();
+    vals[0].0[0] = 1e6;
+    let path = dir.join("big.safetensors");
+    mep::io::save(&path, big.arch(), big.energy(), &vals, Dtype::F16).unwrap_err();
+    mep::io::save(&path, big.arch(), big.energy(), &vals, Dtype::BF16).unwrap();
+    big.load_weights(&path).unwrap();
+    assert!((big.parameters().unwrap()[0].0[0] - 1e6).abs() < 1e6 * 2f64.powi(-8));
+    std::fs::remove_dir_all(&dir).ok();
+}

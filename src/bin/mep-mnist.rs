@@ -144,6 +144,9 @@ struct Args {
     /// Save the trained weights (safetensors) here.
     #[arg(long)]
     save: Option<PathBuf>,
+    /// Element type of the saved weights: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    save_dtype: mep::io::Dtype,
     /// After training, time the step's GEMM shapes alone on the same device and report
     /// the training's GEMM FLOP rate as a fraction of it.
     #[arg(long)]
@@ -365,7 +368,7 @@ fn run(args: Args) -> mep::Result<()> {
         }
     }
     if let Some(path) = &args.save {
-        model.save(path)?;
+        model.save_as(path, args.save_dtype)?;
         if !args.json {
             println!("saved weights to {}", path.display());
         }
