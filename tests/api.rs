@@ -8,13 +8,18 @@ use mep::{adam, sgd, smep, Dataset, Device, Loss, MepError, Mnist, Mode, Nudging
 use std::path::Path;
 
 fn small_model(energy: Energy) -> mep::Model {
+    small_model_seeded(energy, 3)
+}
+
+/// 20–16(relu)–4 on the CPU, initialised from `seed`.
+fn small_model_seeded(energy: Energy, seed: u64) -> mep::Model {
     Sequential::new(&Device::Cpu)
         .flatten()
         .linear(20, 16)
         .relu()
         .linear(16, 4)
         .energy(energy)
-        .build(3)
+        .build(seed)
         .unwrap()
 }
 
@@ -180,13 +185,7 @@ fn save_and_load_round_trip_atomically() {
         .filter(|e| e.path() != path)
         .collect();
     assert!(leftovers.is_empty(), "temporary files left behind: {leftovers:?}");
-    let mut other = Sequential::new(&Device::Cpu)
-        .flatten()
-        .linear(20, 16)
-        .relu()
-        .linear(16, 4)
-        .build(99)
-        .unwrap();
+    let mut other = small_model_seeded(Energy::LayeredLeastSquares, 99);
     assert_ne!(other.parameters().unwrap(), m.parameters().unwrap());
     other.load_weights(&path).unwrap();
     assert_eq!(other.parameters().unwrap(), m.parameters().unwrap());
@@ -291,13 +290,7 @@ fn half_precision_checkpoints_round_trip_within_their_rounding() {
             small * 10 < full * 6,
             "{dtype:?}: {small} bytes is not about half of {full}"
         );
-        let mut other = Sequential::new(&Device::Cpu)
-            .flatten()
-            .linear(20, 16)
-            .relu()
-            .linear(16, 4)
-            .build(99)
-            .unwrap();
+        let mut other = small_model_seeded(Energy::LayeredLeastSquares, 99);
         other.load_weights(&path).unwrap();
         let got: Vec<f64> = other
             .parameters()

@@ -9,6 +9,23 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_mep-mnist"))
 }
 
+/// `mep-mnist --device cpu --threads 1 --json --data-dir DIR ARGS…`, which must succeed;
+/// returns its standard output.
+fn run_json(dir: &Path, args: &[&str]) -> String {
+    let out = bin()
+        .args(["--device", "cpu", "--threads", "1", "--json", "--data-dir"])
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 fn mnist_dir() -> Option<PathBuf> {
     let dir = std::env::var_os("MEP_MNIST_DIR")
         .map(PathBuf::from)
@@ -28,26 +45,8 @@ fn mnist_dir() -> Option<PathBuf> {
 fn json_output_has_one_object_per_epoch_with_the_documented_keys() {
     let Some(dir) = mnist_dir() else { return };
     let save = std::env::temp_dir().join(format!("mep-cli-{}.safetensors", std::process::id()));
-    let out = bin()
-        .args([
-            "--device",
-            "cpu",
-            "--threads",
-            "1",
-            "--json",
-            "--epochs",
-            "2",
-            "--train-subset",
-            "3000",
-        ])
-        .arg("--data-dir")
-        .arg(&dir)
-        .arg("--save")
-        .arg(&save)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
-    let stdout = String::from_utf8(out.stdout).unwrap();
+    let save_arg = save.to_str().unwrap();
+    let stdout = run_json(&dir, &["--epochs", "2", "--train-subset", "3000", "--save", save_arg]);
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 2, "expected one JSON line per epoch, got:\n{stdout}");
     for (i, line) in lines.iter().enumerate() {
@@ -146,23 +145,7 @@ fn bad_input_exits_non_zero_with_a_clear_message() {
 #[test]
 fn gemm_rate_reports_the_training_rate_against_the_gemms_alone() {
     let Some(dir) = mnist_dir() else { return };
-    let out = bin()
-        .args([
-            "--device",
-            "cpu",
-            "--threads",
-            "1",
-            "--json",
-            "--gemm-rate",
-            "--train-subset",
-            "1000",
-        ])
-        .arg("--data-dir")
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
-    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stdout = run_json(&dir, &["--gemm-rate", "--train-subset", "1000"]);
     let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     let rate = last["gemm_rate_gflop_per_sec"].as_f64().unwrap();
     let train = last["train_gflop_per_sec"].as_f64().unwrap();
