@@ -121,7 +121,7 @@ impl<B: Backend> Engine<B> {
     /// One optimizer step on the `rows` samples already in `self.ws.x` / `self.ws.y`:
     /// gradients (free phase, nudged phase(s), estimate; or Backprop), then the update
     /// of every parameter, then the spectral constraint. Every `check_every` steps the
-    /// device-side loss is read back and a non-finite value is reported as
+    /// device-side loss is read back and a NaN, infinite or absurd (> 1e6) value is reported as
     /// [`MepError::Diverged`].
     pub fn step(&mut self, net: &mut Network<B>, rows: usize) -> Result<()> {
         if rows == 0 || rows > self.ws.rows_cap {
@@ -135,7 +135,7 @@ impl<B: Backend> Engine<B> {
         self.samples_since_reset += rows as u64;
         self.apply_update(net)?;
         if self.t % self.cfg.check_every == 0 {
-            self.check_finite()?;
+            self.checked_stats()?;
         }
         Ok(())
     }
@@ -222,16 +222,18 @@ impl<B: Backend> Engine<B> {
         self.ws.backend.fill(&mut self.ws.stats, 0.0)
     }
 
-    /// Reports [`MepError::Diverged`] if the running loss is not finite.
-    pub fn check_finite(&self) -> Result<()> {
+    /// Reads the running statistics and reports [`MepError::Diverged`] when the loss
+    /// shows divergence (see [`diverged`]): the one divergence check, used every
+    /// `check_every` steps and by the training loop's progress reads.
+    pub fn checked_stats(&self) -> Result<StepStats> {
         let s = self.stats()?;
-        if !s.loss.is_finite() {
+        if diverged(s.loss) {
             return Err(MepError::Diverged {
                 step: self.t,
                 loss: s.loss,
             });
         }
-        Ok(())
+        Ok(s)
     }
 }
 
