@@ -30,8 +30,22 @@ enum EnergyArg {
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum NudgingArg {
+    /// PEP: +β.
+    #[value(alias = "positive")]
     OneSided,
+    /// NEP: −β.
+    Negative,
+    /// CEP: ±β.
+    #[value(alias = "centered")]
     Symmetric,
+    /// CL: the output clamped to the target (squared error).
+    Contrastive,
+    /// PCpL: the output clamped to o + β(y − o) (squared error).
+    CoupledPositive,
+    /// NCpL: the output clamped to o − β(y − o) (squared error).
+    CoupledNegative,
+    /// CCpL: both coupled phases (squared error).
+    CoupledCentered,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -50,7 +64,9 @@ enum ScheduleArg {
 enum SpectralArg {
     Off,
     Output,
+    Couplings,
     All,
+    Auto,
 }
 
 /// Train an MLP on MNIST with Equilibrium Propagation (defaults: the seed tutorial).
@@ -69,7 +85,7 @@ struct Args {
     /// Free-phase sweeps of the Hopfield energy.
     #[arg(long, default_value_t = mep::ep::DEFAULT_FREE_STEPS)]
     free_steps: usize,
-    /// One-sided or symmetric nudging.
+    /// The learning rule: one-sided (PEP), negative (NEP), symmetric (CEP), contrastive (CL), coupled-* (CpL).
     #[arg(long, value_enum, default_value = "one-sided")]
     nudging: NudgingArg,
     /// Hidden widths, comma-separated (any depth; empty for none).
@@ -171,6 +187,11 @@ fn configure<'m>(args: &Args, train_len: usize, mut b: OptimizerBuilder<'m>) -> 
         .nudging(match args.nudging {
             NudgingArg::OneSided => Nudging::OneSided,
             NudgingArg::Symmetric => Nudging::Symmetric,
+            NudgingArg::Negative => Nudging::Negative,
+            NudgingArg::Contrastive => Nudging::Contrastive,
+            NudgingArg::CoupledPositive => Nudging::CoupledPositive,
+            NudgingArg::CoupledNegative => Nudging::CoupledNegative,
+            NudgingArg::CoupledCentered => Nudging::CoupledCentered,
         })
         .loss(match args.loss {
             Loss::CrossEntropy { .. } => Loss::CrossEntropy {
@@ -210,6 +231,8 @@ fn configure<'m>(args: &Args, train_len: usize, mut b: OptimizerBuilder<'m>) -> 
             SpectralArg::Off => SpectralLayers::Off,
             SpectralArg::Output => SpectralLayers::Output,
             SpectralArg::All => SpectralLayers::All,
+            SpectralArg::Couplings => SpectralLayers::Couplings,
+            SpectralArg::Auto => SpectralLayers::Auto,
         });
     }
     b
@@ -329,6 +352,8 @@ fn run(args: Args) -> mep::Result<()> {
                     "eval_seconds": eval_s,
                     "samples_per_sec": sps,
                     "gflop_per_sec": epoch_flops / report.seconds / 1e9,
+                    "settle_residual": report.train.settle_residual,
+                    "free_residual": report.train.free_residual,
                 })
             );
         } else {

@@ -150,11 +150,11 @@ impl<'m> OptimizerBuilder<'m> {
         self.cfg.weight_decay = wd;
         self
     }
-    /// Spectral bound γ (turns the constraint on for the output layer if it was off).
+    /// Spectral bound γ (turns the constraint on, [`SpectralLayers::Auto`], if it was off).
     pub fn gamma(mut self, gamma: f64) -> Self {
         self.cfg.spectral.gamma = gamma;
         if self.cfg.spectral.layers == SpectralLayers::Off {
-            self.cfg.spectral.layers = SpectralLayers::Output;
+            self.cfg.spectral.layers = SpectralLayers::Auto;
         }
         self
     }
@@ -215,7 +215,9 @@ impl<'m> OptimizerBuilder<'m> {
     }
 }
 
-/// An engine on one of the backends.
+/// An engine on one of the backends (one per optimizer: the size difference between
+/// the variants does not matter).
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum AnyEngine {
     Cpu(Engine<Cpu<f32>>),
     Cuda(Engine<Cuda>),
