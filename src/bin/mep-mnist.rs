@@ -86,7 +86,7 @@ struct Args {
     #[arg(long, default_value_t = mep::ep::DEFAULT_FREE_STEPS)]
     free_steps: usize,
     /// The learning rule: one-sided (PEP), negative (NEP), symmetric (CEP), contrastive (CL), coupled-* (CpL).
-    #[arg(long, value_enum, default_value = "one-sided")]
+    #[arg(long, value_enum, default_value = "symmetric")]
     nudging: NudgingArg,
     /// Hidden widths, comma-separated (any depth; empty for none).
     #[arg(long, default_value = "128", value_delimiter = ',')]
@@ -112,7 +112,7 @@ struct Args {
     /// Nudged-phase settle steps.
     #[arg(long, default_value_t = 15)]
     settle_steps: usize,
-    /// Step size of the layered energy's nudged descent.
+    /// Relaxation ω in (0, 1] of the layered energy's nudged-phase sweeps [default: 0.5].
     #[arg(long)]
     settle_lr: Option<f64>,
     /// Loss: cross_entropy or squared_error.

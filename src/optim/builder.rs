@@ -94,7 +94,9 @@ impl<'m> OptimizerBuilder<'m> {
         self.cfg.grad.settle_steps = n;
         self
     }
-    /// Step size η of the layered energy's nudged descent, in (0, 1].
+    /// Relaxation ω of the layered energy's nudged-phase sweeps, in (0, 1]: each sweep
+    /// moves the states the fraction ω of the way to the block solution
+    /// ([`crate::ep::layered::nudged_phase`]).
     pub fn settle_lr(mut self, eta: f64) -> Self {
         self.cfg.grad.settle_lr = eta;
         self
