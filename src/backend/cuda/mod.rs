@@ -14,6 +14,7 @@ pub mod gemm_map;
 #[cfg(feature = "host-kernels")]
 pub mod host;
 pub mod nvrtc;
+pub mod shapes;
 
 /// The kernel sources, embedded by `build.rs` from `kernels/*.cu` with `common.cuh`
 /// inlined: one `<NAME>_CU` constant per file, [`sources::ALL`] and
@@ -35,10 +36,7 @@ use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// Threads per block of the 1-D kernels.
-const THREADS: u32 = 256;
-/// Block of the row-wise cost kernels and of `col_sum`: 32 lanes × 8 rows.
-const ROW_BLOCK: (u32, u32, u32) = (32, 8, 1);
+use self::shapes::{Shape, ROW_BLOCK};
 
 /// The CUDA backend (f32). Cloning is cheap: clones share the context, stream,
 /// cuBLAS handle and kernels.
@@ -238,25 +236,21 @@ impl Cuda {
 
     /// 1-D grid-stride launch shape for `n` elements.
     fn grid_1d(&self, n: usize) -> LaunchConfig {
-        let blocks = n.div_ceil(THREADS as usize).clamp(1, self.inner.max_blocks as usize) as u32;
-        LaunchConfig {
-            grid_dim: (blocks, 1, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        }
+        config(shapes::grid_1d(n, self.inner.max_blocks))
     }
 
     /// Launch shape of the row-wise kernels: `items` rows (or column tiles of 32)
     /// spread over blocks of `ROW_BLOCK`, `per_block` at a time.
     fn grid_rows(&self, items: usize, per_block: u32) -> LaunchConfig {
-        let blocks = items
-            .div_ceil(per_block as usize)
-            .clamp(1, self.inner.max_blocks as usize) as u32;
-        LaunchConfig {
-            grid_dim: (blocks, 1, 1),
-            block_dim: ROW_BLOCK,
-            shared_mem_bytes: 0,
-        }
+        config(shapes::grid_rows(items, per_block, self.inner.max_blocks))
+    }
+}
+
+fn config(s: Shape) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: s.grid,
+        block_dim: s.block,
+        shared_mem_bytes: 0,
     }
 }
 
