@@ -111,8 +111,9 @@ fn main() {
     }
 }
 
-/// (name, [(C type, size in bytes)]) of each `extern "C" __global__` kernel.
-type Signature = (String, Vec<(String, u8)>);
+/// (name, [(C type, kind)]) of each `extern "C" __global__` kernel; kinds: `P` a
+/// pointer, `L` u64, `I` u32, `F` float.
+type Signature = (String, Vec<(String, char)>);
 
 /// The kernels' parameter lists, parsed from the source (`u64`, `u32`, `float` and
 /// pointers are the only parameter types the kernels use; anything else fails the
@@ -139,13 +140,14 @@ fn kernel_signatures(src: &str) -> Vec<Signature> {
                     } else {
                         ty.to_string()
                     };
-                    let size = match ty.as_str() {
-                        t if t.ends_with('*') => 8,
-                        "u64" => 8,
-                        "u32" | "float" => 4,
+                    let kind = match ty.as_str() {
+                        t if t.ends_with('*') => 'P',
+                        "u64" => 'L',
+                        "u32" => 'I',
+                        "float" => 'F',
                         t => panic!("kernel {name}: parameter type `{t}` is not supported by build.rs"),
                     };
-                    (ty, size)
+                    (ty, kind)
                 })
                 .collect();
             (name, params)
@@ -156,32 +158,26 @@ fn kernel_signatures(src: &str) -> Vec<Signature> {
 /// One `void tramp(void** params)` per kernel (cuLaunchKernel's argument convention)
 /// and the table kernels/host_runner.cpp dispatches by name.
 fn trampolines(kernels: &[Signature]) -> String {
-    let mut s = String::from("\nstruct MepKernelInfo {\n    const char* name;\n    void (*tramp)(void**);\n    unsigned nparams;\n    const unsigned char* param_sizes;\n};\n");
+    let mut s = String::from("\nstruct MepKernelInfo {\n    const char* name;\n    void (*tramp)(void**);\n    unsigned nparams;\n    const char* kinds;\n};\n");
     for (name, params) in kernels {
         let args: Vec<String> = params
             .iter()
             .enumerate()
             .map(|(i, (t, _))| format!("*({t}*)p[{i}]"))
             .collect();
-        let sizes: Vec<String> = params.iter().map(|(_, n)| n.to_string()).collect();
         writeln!(
             s,
             "static void mep_tramp_{name}(void** p) {{ {name}({}); }}",
             args.join(", ")
         )
         .unwrap();
-        writeln!(
-            s,
-            "static const unsigned char mep_sizes_{name}[] = {{{}}};",
-            sizes.join(", ")
-        )
-        .unwrap();
     }
     s.push_str("extern \"C\" const MepKernelInfo mep_host_kernel_table[] = {\n");
     for (name, params) in kernels {
+        let kinds: String = params.iter().map(|(_, k)| *k).collect();
         writeln!(
             s,
-            "    {{\"{name}\", mep_tramp_{name}, {}, mep_sizes_{name}}},",
+            "    {{\"{name}\", mep_tramp_{name}, {}, \"{kinds}\"}},",
             params.len()
         )
         .unwrap();

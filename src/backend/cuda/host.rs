@@ -32,24 +32,33 @@ mod ffi {
             err: *mut c_char,
             errlen: usize,
         ) -> i32;
-        pub fn mep_host_kernel_params(name: *const c_char, sizes: *mut *const u8) -> i32;
+        pub fn mep_host_kernel_params(name: *const c_char, kinds: *mut *const c_char) -> i32;
     }
 }
 
 /// Most blocks of a host launch: small, so that grid-stride loops iterate.
 pub const HOST_MAX_BLOCKS: u32 = 2;
 
-/// The parameter sizes in bytes of host kernel `name` (from its signature), or `None`
-/// when no such kernel was compiled.
-pub fn kernel_params(name: &str) -> Option<Vec<u8>> {
+/// The parameter kinds of host kernel `name`, one letter per parameter (`P` a device
+/// pointer, `L` u64, `I` u32, `F` f32, as parsed from its signature by build.rs), or
+/// `None` when no such kernel was compiled.
+pub fn kernel_params(name: &str) -> Option<String> {
     let c = CString::new(name).ok()?;
-    let mut sizes: *const u8 = std::ptr::null();
-    // SAFETY: the table entry outlives the program; `n` entries are readable.
-    let n = unsafe { ffi::mep_host_kernel_params(c.as_ptr(), &mut sizes) };
+    let mut kinds: *const c_char = std::ptr::null();
+    // SAFETY: the table's strings are static and NUL-terminated.
+    let n = unsafe { ffi::mep_host_kernel_params(c.as_ptr(), &mut kinds) };
     if n < 0 {
         return None;
     }
-    Some(unsafe { std::slice::from_raw_parts(sizes, n as usize) }.to_vec())
+    Some(unsafe { CStr::from_ptr(kinds) }.to_string_lossy().into_owned())
+}
+
+/// Size in bytes of a parameter of kind `k` (see [`kernel_params`]).
+pub fn kind_size(k: char) -> usize {
+    match k {
+        'P' | 'L' => 8,
+        _ => 4,
+    }
 }
 
 /// The schedule seed of the next launch: `$MEP_SCHEDULE_SEED` (to replay a failure),
@@ -103,8 +112,9 @@ pub unsafe fn launch_raw(
 
 /// Checks the argument sizes against the kernel's signature, then launches.
 fn run(name: &str, shape: Shape, params: &mut [*mut c_void], sizes: &[usize]) -> Result<()> {
-    let want = kernel_params(name).ok_or_else(|| MepError::Cuda(format!("no host kernel `{name}`")))?;
-    if want.len() != sizes.len() || want.iter().zip(sizes).any(|(&w, &s)| w as usize != s) {
+    let kinds = kernel_params(name).ok_or_else(|| MepError::Cuda(format!("no host kernel `{name}`")))?;
+    let want: Vec<usize> = kinds.chars().map(kind_size).collect();
+    if want != sizes {
         return Err(MepError::Cuda(format!(
             "host kernel `{name}` takes parameters of {want:?} bytes, given {sizes:?}"
         )));
