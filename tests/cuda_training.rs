@@ -349,3 +349,87 @@ fn harness_runs_on_the_cpu() {
     compare_one_step(&cpu, &cpu, STEP_TOL, "harness_one_step");
     compare_tiny_epoch(&cpu, &cpu, "harness_train_epoch");
 }
+
+/// The emulated GPU's counters (`emu/`), when it is the driver this process loaded:
+/// (names, values). `None` on a real GPU or without one.
+fn emulator_counters() -> Option<Vec<(String, u64)>> {
+    use std::ffi::{c_char, c_int, c_void, CStr};
+    extern "C" {
+        fn dlopen(name: *const c_char, flags: c_int) -> *mut c_void;
+        fn dlsym(handle: *mut c_void, name: *const c_char) -> *mut c_void;
+    }
+    const RTLD_NOW: c_int = 2;
+    const RTLD_NOLOAD: c_int = 4;
+    // SAFETY: RTLD_NOLOAD only finds the already loaded driver; the symbols have the
+    // signatures emu/src/lib.rs exports.
+    unsafe {
+        let h = dlopen(c"libcuda.so".as_ptr(), RTLD_NOW | RTLD_NOLOAD);
+        if h.is_null() {
+            return None;
+        }
+        let read = dlsym(h, c"mep_emu_counters".as_ptr());
+        let names = dlsym(h, c"mep_emu_counter_names".as_ptr());
+        if read.is_null() || names.is_null() {
+            return None;
+        }
+        let read: unsafe extern "C" fn(*mut u64, usize) -> usize = std::mem::transmute(read);
+        let names: unsafe extern "C" fn() -> *const c_char = std::mem::transmute(names);
+        let mut v = [0u64; 32];
+        let n = read(v.as_mut_ptr(), v.len());
+        let names = CStr::from_ptr(names()).to_string_lossy().into_owned();
+        Some(names.split(',').map(String::from).zip(v[..n].iter().copied()).collect())
+    }
+}
+
+/// What one training step of the seed configuration (784–128–10, smep, batch 64)
+/// costs the host on the emulated GPU: the difference between a 15-step and a
+/// 5-step `train_epoch`, over 10 (so per-epoch costs cancel). Printed as one JSON
+/// line and written to `$MEP_EMU_STEP_COUNTS` when set (scripts/emulated-gpu.sh).
+/// Also requires that no emulator check fired during the run.
+#[test]
+fn host_costs_per_step_of_the_seed_configuration() {
+    let Some(gpu) = gpu() else { return };
+    let Some(before) = emulator_counters() else {
+        eprintln!("not on the emulated GPU: no per-step counts");
+        return;
+    };
+    let arch = Arch::mlp(&[784, 128, 10], Activation::Relu).unwrap();
+    let mut net = Network::new(gpu.clone(), arch, Energy::LayeredLeastSquares, 1).unwrap();
+    let mut engine = Engine::new(OptimConfig::smep(), &net, 64).unwrap();
+    let mut epoch = |steps: usize| {
+        let d = Dataset::synthetic(64 * steps, 784, 10, 3).unwrap();
+        let dd = DeviceData::upload(&gpu, &d).unwrap();
+        let c0 = emulator_counters().unwrap();
+        train_epoch(&mut engine, &mut net, &dd, 64, Shuffle::Seeded(5), 0, 0, |_, _, _| {}).unwrap();
+        let c1 = emulator_counters().unwrap();
+        c0.iter().zip(&c1).map(|((_, a), (_, b))| b - a).collect::<Vec<u64>>()
+    };
+    epoch(2); // warm-up: first-use allocations
+    let (short, long) = (epoch(5), epoch(15));
+    let names: Vec<String> = before.iter().map(|(n, _)| n.clone()).collect();
+    let per_step = |name: &str| {
+        let i = names.iter().position(|n| n == name).unwrap();
+        (long[i] as f64 - short[i] as f64) / 10.0
+    };
+    let json = format!(
+        "{{\"launches_per_step\":{},\"cublas_calls_per_step\":{},\"syncs_per_step\":{},\"copies_per_step\":{},\"memsets_per_step\":{},\"allocs_per_step\":{},\"graph_launches_per_step\":{}}}",
+        per_step("launches"),
+        per_step("cublas_calls"),
+        per_step("syncs"),
+        per_step("copies_htod") + per_step("copies_dtoh") + per_step("copies_dtod"),
+        per_step("memsets"),
+        per_step("allocs"),
+        per_step("graph_launches"),
+    );
+    println!("{json}");
+    if let Ok(path) = std::env::var("MEP_EMU_STEP_COUNTS") {
+        std::fs::write(path, format!("{json}\n")).unwrap();
+    }
+    let errors = |c: &[(String, u64)]| c.iter().find(|(n, _)| n == "errors").map(|(_, v)| *v).unwrap();
+    assert_eq!(
+        errors(&emulator_counters().unwrap()),
+        errors(&before),
+        "emulator checks fired during the seed-configuration epochs (see mep-emu: error lines)"
+    );
+    assert!(per_step("launches") > 0.0 && per_step("cublas_calls") > 0.0);
+}

@@ -14,6 +14,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
         "optim",
         &["axpby", "fill", "scale_by_inv_norm", "spectral_clamp", "adam"],
     ),
+    ("probe", &["probe_iota"]),
     ("reduce", &["col_sum", "sum_sq"]),
     (
         "settle",
@@ -93,4 +94,35 @@ fn bad_arch_is_an_error_not_a_panic() {
     if nvrtc::nvrtc_available() {
         assert!(nvrtc::compile("fill", sources::OPTIM_CU, "sm_1").is_err());
     }
+}
+
+#[test]
+fn a_damaged_cache_entry_is_recompiled_not_loaded() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("mep-ptx-cache-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let fresh = nvrtc::compile_cached("fill", sources::OPTIM_CU, "sm_90", Some(&dir)).unwrap();
+    let files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(files.len(), 1, "one cache entry, no temporary files left: {files:?}");
+    let file = &files[0];
+    assert_eq!(nvrtc::load_cached(file).as_deref(), Some(fresh.as_str()));
+    // Damage it two ways, keeping `.entry` in the text (what the old check looked
+    // for): truncated mid-file, and one byte of the PTX overwritten.
+    let full = std::fs::read_to_string(file).unwrap();
+    let cut = full.find(".entry").unwrap() + 40;
+    let damaged = [full[..cut].to_string(), full.replacen("fill", "fjll", 1)];
+    for text in damaged {
+        std::fs::write(file, &text).unwrap();
+        assert!(nvrtc::load_cached(file).is_none(), "a damaged entry was accepted");
+        let again = nvrtc::compile_cached("fill", sources::OPTIM_CU, "sm_90", Some(&dir)).unwrap();
+        assert_eq!(again, fresh, "the recompiled PTX differs");
+        assert_eq!(
+            nvrtc::load_cached(file).as_deref(),
+            Some(fresh.as_str()),
+            "the entry was not rewritten"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -93,29 +93,136 @@ pub fn probe(ordinal: usize) -> Result<String> {
     Cuda::probe(ordinal)
 }
 
-/// Checks that the driver, NVRTC and cuBLAS libraries can be loaded (never panics).
+/// The driver entry points the backend reaches through cudarc (cudarc resolves each
+/// on first use and panics when one is missing; checking them first keeps that panic,
+/// and its text on stderr, from ever happening).
+const DRIVER_SYMBOLS: &[&str] = &[
+    "cuInit",
+    "cuDriverGetVersion",
+    "cuDeviceGetCount",
+    "cuDeviceGet",
+    "cuDeviceGetName",
+    "cuDeviceGetAttribute",
+    "cuDevicePrimaryCtxRetain",
+    "cuDevicePrimaryCtxRelease_v2",
+    "cuCtxGetCurrent",
+    "cuCtxSetCurrent",
+    "cuStreamSynchronize",
+    "cuStreamWaitEvent",
+    "cuEventCreate",
+    "cuEventRecord",
+    "cuEventDestroy_v2",
+    "cuMemAlloc_v2",
+    "cuMemFree_v2",
+    "cuMemAllocAsync",
+    "cuMemFreeAsync",
+    "cuMemsetD8Async",
+    "cuMemcpyHtoDAsync_v2",
+    "cuMemcpyDtoHAsync_v2",
+    "cuMemcpyDtoDAsync_v2",
+    "cuModuleLoadData",
+    "cuModuleGetFunction",
+    "cuModuleUnload",
+    "cuLaunchKernel",
+    "cuGetErrorString",
+];
+/// The cuBLAS entry points the backend uses.
+const CUBLAS_SYMBOLS: &[&str] = &[
+    "cublasCreate_v2",
+    "cublasDestroy_v2",
+    "cublasSetStream_v2",
+    "cublasSgemm_v2",
+    "cublasGetVersion_v2",
+];
+/// The NVRTC entry points the backend uses.
+const NVRTC_SYMBOLS: &[&str] = &[
+    "nvrtcVersion",
+    "nvrtcCreateProgram",
+    "nvrtcCompileProgram",
+    "nvrtcGetPTXSize",
+    "nvrtcGetPTX",
+    "nvrtcGetProgramLogSize",
+    "nvrtcGetProgramLog",
+    "nvrtcDestroyProgram",
+];
+
+/// Checks that the driver, NVRTC and cuBLAS libraries can be loaded and export every
+/// entry point the backend calls (never panics, prints nothing).
 fn check_libraries() -> Result<()> {
     let present = |f: unsafe fn() -> bool| std::panic::catch_unwind(|| unsafe { f() }).unwrap_or(false);
-    let missing: Vec<&str> = [
+    let libs: [(&str, bool, &[&str]); 3] = [
         (
             "the NVIDIA driver (libcuda.so)",
             present(cudarc::driver::sys::is_culib_present),
+            DRIVER_SYMBOLS,
         ),
-        ("NVRTC (libnvrtc.so.13)", present(cudarc::nvrtc::sys::is_culib_present)),
+        (
+            "NVRTC (libnvrtc.so.13)",
+            present(cudarc::nvrtc::sys::is_culib_present),
+            NVRTC_SYMBOLS,
+        ),
         (
             "cuBLAS (libcublas.so.13)",
             present(cudarc::cublas::sys::is_culib_present),
+            CUBLAS_SYMBOLS,
         ),
-    ]
-    .into_iter()
-    .filter(|(_, ok)| !ok)
-    .map(|(name, _)| name)
-    .collect();
-    if missing.is_empty() {
+    ];
+    let missing: Vec<&str> = libs.iter().filter(|(_, ok, _)| !ok).map(|(name, _, _)| *name).collect();
+    if !missing.is_empty() {
+        return Err(MepError::CudaUnavailable(format!("cannot load {}", missing.join(", "))));
+    }
+    // SAFETY: each library is present (checked above), so culib() returns it; `get`
+    // only looks a symbol up.
+    let lacks = |lib: &'static str, syms: &[&str]| -> Vec<String> {
+        let l = unsafe {
+            match lib {
+                "driver" => cudarc::driver::sys::culib(),
+                "nvrtc" => cudarc::nvrtc::sys::culib(),
+                _ => cudarc::cublas::sys::culib(),
+            }
+        };
+        syms.iter()
+            .filter(|s| unsafe { l.get::<unsafe extern "C" fn()>(s.as_bytes()) }.is_err())
+            .map(|s| format!("{lib} lacks {s}"))
+            .collect()
+    };
+    let mut gaps = lacks("driver", DRIVER_SYMBOLS);
+    gaps.extend(lacks("nvrtc", NVRTC_SYMBOLS));
+    gaps.extend(lacks("cublas", CUBLAS_SYMBOLS));
+    if gaps.is_empty() {
         Ok(())
     } else {
-        Err(MepError::CudaUnavailable(format!("cannot load {}", missing.join(", "))))
+        Err(MepError::CudaUnavailable(format!(
+            "the CUDA libraries are incomplete or too old: {}",
+            gaps.join(", ")
+        )))
     }
+}
+
+/// "13.0"-style version of a `major·1000 + minor·10` number.
+fn cuda_version(v: i32) -> String {
+    format!("{}.{}", v / 1000, (v % 1000) / 10)
+}
+
+/// The versions actually loaded: (driver API, NVRTC, cuBLAS), e.g. ("13.0", "13.0",
+/// "13.0.0"). Unknown parts are "?".
+fn versions(blas: Option<&CudaBlas>) -> (String, String, String) {
+    let mut d = 0;
+    let driver = match unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut d) } {
+        cudarc::driver::sys::CUresult::CUDA_SUCCESS => cuda_version(d),
+        _ => "?".into(),
+    };
+    let nvrtc = nvrtc::nvrtc_version()
+        .map(|(a, b)| format!("{a}.{b}"))
+        .unwrap_or_else(|_| "?".into());
+    let mut v = 0;
+    let cublas = match blas.map(|b| unsafe { cudarc::cublas::sys::cublasGetVersion_v2(*b.handle(), &mut v) }) {
+        Some(cudarc::cublas::sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS) => {
+            format!("{}.{}.{}", v / 10000, (v % 10000) / 100, v % 100)
+        }
+        _ => "?".into(),
+    };
+    (driver, nvrtc, cublas)
 }
 
 /// Creates the context of device `ordinal`, checking the ordinal first.
@@ -192,7 +299,8 @@ impl Cuda {
                 kernels.insert(kname, f);
             }
         }
-        let name = format!("cuda:{ordinal} ({dev}, {arch})");
+        let (dv, nv, bv) = versions(Some(&blas));
+        let name = format!("cuda:{ordinal} ({dev}, {arch}; driver {dv}, NVRTC {nv}, cuBLAS {bv})");
         let max_blocks = (sms.max(1) as u32).saturating_mul(32);
         Ok(Cuda {
             inner: Arc::new(Inner {
@@ -206,14 +314,18 @@ impl Cuda {
         })
     }
 
-    /// Describes device `ordinal`, e.g. `cuda:0 (NVIDIA H200, sm_90)`, without
-    /// compiling anything. Never panics: missing libraries or devices are
-    /// [`MepError::CudaUnavailable`].
+    /// Describes device `ordinal`, e.g. `cuda:0 (NVIDIA H200, sm_90; driver 13.0,
+    /// NVRTC 13.0)`, after proving it usable: the probe kernel (`kernels/probe.cu`) is
+    /// compiled with NVRTC (through the PTX cache), loaded by the driver, launched and
+    /// its output checked. Never panics: missing libraries or devices, a module the
+    /// driver refuses or a wrong result are [`MepError::CudaUnavailable`].
     pub fn probe(ordinal: usize) -> Result<String> {
         no_panic("probing CUDA", || {
             let ctx = open_context(ordinal)?;
             let (dev, arch) = device_info(&ctx)?;
-            Ok(format!("cuda:{ordinal} ({dev}, {arch})"))
+            probe_kernel(&ctx, &arch)?;
+            let (dv, nv, _) = versions(None);
+            Ok(format!("cuda:{ordinal} ({dev}, {arch}; driver {dv}, NVRTC {nv})"))
         })
     }
 
@@ -252,6 +364,39 @@ fn config(s: Shape) -> LaunchConfig {
         block_dim: s.block,
         shared_mem_bytes: 0,
     }
+}
+
+/// Compiles, loads and runs `probe_iota` on 100 elements, checking every output.
+fn probe_kernel(ctx: &Arc<CudaContext>, arch: &str) -> Result<()> {
+    let ptx = nvrtc::compile("probe", sources::PROBE_CU, arch).map_err(|e| match e {
+        MepError::Cuda(m) => MepError::CudaUnavailable(m),
+        e => e,
+    })?;
+    let module = ctx.load_module(Ptx::from_src(ptx)).map_err(unavailable(
+        "the driver refused the probe kernel (is it older than NVRTC 13? update it to CUDA 13 or newer)",
+    ))?;
+    let f = module
+        .load_function("probe_iota")
+        .map_err(unavailable("loading the probe kernel"))?;
+    let stream = ctx.default_stream();
+    let n = 100usize;
+    let mut out = stream.alloc_zeros::<u32>(n).map_err(unavailable("allocating"))?;
+    let n64 = n as u64;
+    let mut b = stream.launch_builder(&f);
+    b.arg(&n64);
+    b.arg(&mut out);
+    // SAFETY: probe_iota(u64 n, u32* out) writes out[0..n); out has n elements.
+    unsafe { b.launch(config(shapes::grid_1d(n, 1))) }.map_err(unavailable("launching the probe kernel"))?;
+    let got = stream
+        .clone_dtoh(&out)
+        .map_err(unavailable("reading the probe's output"))?;
+    stream.synchronize().map_err(unavailable("running the probe kernel"))?;
+    if got.iter().enumerate().any(|(i, &v)| v != i as u32 + 1) {
+        return Err(MepError::CudaUnavailable(
+            "the probe kernel ran but computed wrong values".into(),
+        ));
+    }
+    Ok(())
 }
 
 impl std::fmt::Debug for Cuda {

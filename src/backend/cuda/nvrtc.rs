@@ -7,15 +7,19 @@
 //! rounding of the CPU backend).
 //!
 //! Cache: `$MEP_PTX_CACHE`, else `$XDG_CACHE_HOME/mep/ptx`, else `$HOME/.cache/mep/ptx`;
-//! one file per (source, arch, NVRTC version, options), named by a SHA-256 of those,
-//! written atomically (temporary file + rename). Cache failures only cost a recompile.
+//! one file per (source, arch, NVRTC version, options), named by a SHA-256 of those.
+//! Each file starts with a line holding the SHA-256 of the PTX after it, and is used
+//! only when that checksum matches (a file truncated by a full disk or overwritten by
+//! a concurrent writer is recompiled, never loaded); files are written to a unique
+//! temporary name and renamed into place. Cache failures only cost a recompile.
 
 use super::sources;
 use crate::{MepError, Result};
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
 use sha2::{Digest, Sha256};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Runs `f`, turning a panic (cudarc panics when a library or symbol is missing)
 /// into `MepError::CudaUnavailable`.
@@ -83,6 +87,11 @@ fn check_arch(arch: &str) -> Result<()> {
 
 /// Compiles one kernel source to PTX for `arch`, through the disk cache.
 pub fn compile(name: &str, src: &str, arch: &str) -> Result<String> {
+    compile_cached(name, src, arch, cache_dir().as_deref())
+}
+
+/// [`compile`] with an explicit cache directory (`None`: no cache).
+pub fn compile_cached(name: &str, src: &str, arch: &str, cache: Option<&Path>) -> Result<String> {
     check_arch(arch)?;
     let version = nvrtc_version()?;
     let opts = options(arch);
@@ -92,11 +101,9 @@ pub fn compile(name: &str, src: &str, arch: &str) -> Result<String> {
         h.update([0u8]);
     }
     let key: String = h.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect();
-    let file = cache_dir().map(|d| d.join(format!("{name}-{arch}-{key}.ptx")));
-    if let Some(ptx) = file.as_ref().and_then(|f| std::fs::read_to_string(f).ok()) {
-        if ptx.contains(".entry") {
-            return Ok(ptx);
-        }
+    let file = cache.map(|d| d.join(format!("{name}-{arch}-{key}.ptx")));
+    if let Some(ptx) = file.as_deref().and_then(load_cached) {
+        return Ok(ptx);
     }
     let ptx = no_panic("NVRTC", || {
         let opts = CompileOptions {
@@ -114,6 +121,24 @@ pub fn compile(name: &str, src: &str, arch: &str) -> Result<String> {
     Ok(ptx)
 }
 
+/// The first line of a cache file: this prefix, then the SHA-256 (hex) of the rest.
+const CHECKSUM_PREFIX: &str = "// mep-ptx-sha256 ";
+
+fn sha256_hex(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The PTX of a cache file whose checksum line matches its contents, else `None`.
+pub fn load_cached(file: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let (first, body) = text.split_once('\n')?;
+    let sum = first.strip_prefix(CHECKSUM_PREFIX)?;
+    (sum == sha256_hex(body) && body.contains(".entry")).then(|| body.to_string())
+}
+
 /// An NVRTC error with its compile log, readable.
 fn describe(e: &cudarc::nvrtc::CompileError) -> String {
     match e {
@@ -124,18 +149,22 @@ fn describe(e: &cudarc::nvrtc::CompileError) -> String {
     }
 }
 
-/// Writes a cache file atomically; errors are ignored (the cache is an optimisation).
-fn store(file: &std::path::Path, ptx: &str) {
+/// Writes a cache file (checksum line + PTX) atomically: a temporary name unique
+/// to this process and call, then a rename. Errors are ignored (the cache is an
+/// optimisation).
+fn store(file: &Path, ptx: &str) {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
     let Some(dir) = file.parent() else { return };
     if std::fs::create_dir_all(dir).is_err() {
         return;
     }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let tmp = file.with_extension(format!("tmp.{}.{nanos}", std::process::id()));
-    if std::fs::write(&tmp, ptx).is_ok() && std::fs::rename(&tmp, file).is_ok() {
+    let tmp = file.with_extension(format!(
+        "tmp.{}.{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let text = format!("{CHECKSUM_PREFIX}{}\n{ptx}", sha256_hex(ptx));
+    if std::fs::write(&tmp, text).is_ok() && std::fs::rename(&tmp, file).is_ok() {
         return;
     }
     let _ = std::fs::remove_file(&tmp);
