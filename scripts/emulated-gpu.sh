@@ -26,19 +26,11 @@ work="$(mktemp -d "${TMPDIR:-/tmp}/mep-emu.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 
 echo "emulated-gpu: building the emulator and mep-mnist" >&2
-cargo build --release --quiet -p mep-emu
-features=()
-[ "$broken" = 1 ] && features=(--features broken-gemm-lda)
+# host-kernels: the same build of the library as the test suite's, so nothing rebuilds.
+features=(--features host-kernels)
+[ "$broken" = 1 ] && features=(--features host-kernels,broken-gemm-lda)
 cargo build --release --quiet --bin mep-mnist "${features[@]}"
-
-# cudarc dlopens libcuda.so / libcublas.so (and versioned names) from LD_LIBRARY_PATH.
-libdir="$PWD/target/emu-lib"
-mkdir -p "$libdir"
-for n in libcuda.so libcuda.so.1 libcublas.so libcublas.so.13 libcublas.so.12; do
-    ln -sf ../release/libmep_emu.so "$libdir/$n"
-done
-nvrtc_dir="$(bash scripts/install-nvrtc.sh)"
-emu_path="$libdir:$nvrtc_dir"
+emu_path="$(bash scripts/emu-libdir.sh):$(bash scripts/install-nvrtc.sh)"
 run_args=(--json --train-subset "$subset" --data-dir "$data" --seed 0)
 
 echo "emulated-gpu: mep-mnist on the emulated GPU (train subset $subset)" >&2

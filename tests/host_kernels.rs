@@ -365,3 +365,24 @@ fn cooperative_kernels_are_exact_under_many_schedules() {
         close(&format!("col_sum {rows}×{classes}"), seed, &yh, &yc);
     }
 }
+
+#[test]
+fn reductions_repeat_bit_for_bit_under_different_schedules() {
+    // Each launch draws a fresh schedule (and block order); the two-pass reductions
+    // must not care.
+    let (seed, mut r) = rng();
+    let x = randn(&mut r, 20_000, 1.0);
+    let (rows, classes) = (300, 10);
+    let o = randn(&mut r, rows * classes, 2.0);
+    let labels: Vec<u32> = (0..rows).map(|_| r.below(classes as u64) as u32).collect();
+    let run = || {
+        let (mut q, mut st) = ([0.0f32], [0.0f32; 2]);
+        host::sum_sq(&x, &mut q).unwrap();
+        host::cost_stats(rows, classes, &o, &labels, Loss::SquaredError, &mut st).unwrap();
+        [q[0].to_bits(), st[0].to_bits(), st[1].to_bits()]
+    };
+    let first = run();
+    for _ in 0..5 {
+        assert_eq!(run(), first, "seed {seed}: a repeated reduction changed its bits");
+    }
+}

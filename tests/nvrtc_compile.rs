@@ -8,14 +8,14 @@ use mep::backend::cuda::{nvrtc, sources};
 /// The kernels each module must define (kept by hand: a kernel renamed or dropped in
 /// a `.cu` file must fail here, not only at `Cuda::new`).
 const EXPECTED: &[(&str, &[&str])] = &[
-    ("cost", &["cost_grad", "cost_stats", "argmax"]),
+    ("cost", &["cost_grad", "cost_stats_partial", "argmax"]),
     ("data", &["gather_rows", "gather_labels"]),
     (
         "optim",
         &["axpby", "fill", "scale_by_inv_norm", "spectral_clamp", "adam"],
     ),
     ("probe", &["probe_iota"]),
-    ("reduce", &["col_sum", "sum_sq"]),
+    ("reduce", &["col_sum", "sum_sq_partial", "reduce_partials"]),
     (
         "settle",
         &[

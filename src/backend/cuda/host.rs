@@ -261,14 +261,24 @@ pub fn cost_grad(rows: usize, classes: usize, o: &[f32], labels: &[u32], loss: L
     launch!("cost_grad", rows_shape(rows), [r64, k, op, lp, code, eps, gp])
 }
 
-/// [`crate::backend::Backend::cost_stats`] with the `cost_stats` kernel (accumulates).
+/// [`crate::backend::Backend::cost_stats`] with `cost_stats_partial` and
+/// `reduce_partials` (accumulates), as the CUDA backend runs them.
 pub fn cost_stats(rows: usize, classes: usize, o: &[f32], labels: &[u32], loss: Loss, stats: &mut [f32]) -> Result<()> {
     check_len("cost_stats o", o.len(), rows * classes)?;
     check_len("cost_stats labels", labels.len(), rows)?;
     check_len("cost_stats stats", stats.len(), 2)?;
     let (r64, k, code, eps) = (rows as u64, dim32(classes)?, loss.code(), loss.label_smoothing() as f32);
-    let (op, lp, sp) = (o.as_ptr(), labels.as_ptr(), stats.as_mut_ptr());
-    launch!("cost_stats", rows_shape(rows), [r64, k, op, lp, code, eps, sp])
+    let shape = rows_shape(rows);
+    let mut partials = vec![f32::NAN; 2 * shape.grid.0 as usize];
+    let (op, lp, pp) = (o.as_ptr(), labels.as_ptr(), partials.as_mut_ptr());
+    launch!("cost_stats_partial", shape, [r64, k, op, lp, code, eps, pp])?;
+    reduce_partials(shape.grid.0, 2, &partials, true, stats)
+}
+
+/// The second pass of the deterministic reductions (`reduce_partials`).
+fn reduce_partials(count: u32, width: u32, partials: &[f32], accumulate: bool, out: &mut [f32]) -> Result<()> {
+    let (acc, pp, op) = (u32::from(accumulate), partials.as_ptr(), out.as_mut_ptr());
+    launch!("reduce_partials", grid_1d(1, 1), [count, width, pp, acc, op])
 }
 
 /// [`crate::backend::Backend::argmax`] with the `argmax` kernel.
@@ -292,13 +302,14 @@ pub fn col_sum(rows: usize, cols: usize, alpha: f64, x: &[f32], beta: f64, y: &m
     )
 }
 
-/// [`crate::backend::Backend::sum_sq`] with the `sum_sq` kernel (zeroes `out[0]` first,
-/// as the CUDA backend's memset does).
+/// [`crate::backend::Backend::sum_sq`] with `sum_sq_partial` and `reduce_partials`.
 pub fn sum_sq(x: &[f32], out: &mut [f32]) -> Result<()> {
     check_len("sum_sq out", out.len(), 1)?;
-    out[0] = 0.0;
-    let (n64, xp, op) = (x.len() as u64, x.as_ptr(), out.as_mut_ptr());
-    launch!("sum_sq", g1(x.len()), [n64, xp, op])
+    let shape = g1(x.len());
+    let mut partials = vec![f32::NAN; shape.grid.0 as usize];
+    let (n64, xp, pp) = (x.len() as u64, x.as_ptr(), partials.as_mut_ptr());
+    launch!("sum_sq_partial", shape, [n64, xp, pp])?;
+    reduce_partials(shape.grid.0, 1, &partials, false, out)
 }
 
 /// [`crate::backend::Backend::axpby`] with the `axpby` kernel.

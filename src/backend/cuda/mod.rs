@@ -53,6 +53,9 @@ struct Inner {
     name: String,
     /// Most blocks a grid-stride launch uses (32 per multiprocessor).
     max_blocks: u32,
+    /// Per-block partial sums of the two-pass reductions (2 × `max_blocks` floats).
+    /// Every use is queued on the one stream, so clones sharing it never overlap.
+    partials: std::sync::Mutex<CudaSlice<f32>>,
 }
 
 /// A driver/cuBLAS error as [`MepError::Cuda`].
@@ -302,6 +305,9 @@ impl Cuda {
         let (dv, nv, bv) = versions(Some(&blas));
         let name = format!("cuda:{ordinal} ({dev}, {arch}; driver {dv}, NVRTC {nv}, cuBLAS {bv})");
         let max_blocks = (sms.max(1) as u32).saturating_mul(32);
+        let partials = stream
+            .alloc_zeros::<f32>(2 * max_blocks as usize)
+            .map_err(unavailable("allocating the reduction scratch"))?;
         Ok(Cuda {
             inner: Arc::new(Inner {
                 ctx,
@@ -310,6 +316,7 @@ impl Cuda {
                 kernels,
                 name,
                 max_blocks,
+                partials: std::sync::Mutex::new(partials),
             }),
         })
     }
@@ -344,6 +351,25 @@ impl Cuda {
             .kernels
             .get(name)
             .ok_or_else(|| MepError::Cuda(format!("kernel `{name}` was not loaded")))
+    }
+
+    /// Second pass of the deterministic reductions: `out[k] (+)= Σ_b partials[b·width + k]`
+    /// over `blocks` partials, in a fixed order (one block, `reduce_partials`).
+    fn reduce_partials(
+        &self,
+        blocks: u32,
+        width: u32,
+        partials: &CudaSlice<f32>,
+        accumulate: bool,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let acc = u32::from(accumulate);
+        launch!(
+            self,
+            "reduce_partials",
+            config(shapes::grid_1d(1, 1)),
+            [&blocks, &width, partials, &acc, out]
+        )
     }
 
     /// 1-D grid-stride launch shape for `n` elements.
@@ -569,6 +595,12 @@ impl Backend for Cuda {
             beta: beta as f32,
             ldc: int("ldc", g.ldc)?,
         };
+        // Test-only sabotage (feature `broken-gemm-lda`, see scripts/emulated-gpu.sh).
+        #[cfg(feature = "broken-gemm-lda")]
+        let cfg = GemmConfig {
+            lda: cfg.lda + 1,
+            ..cfg
+        };
         let pick = |o: Operand| if o == Operand::A { a } else { b };
         // cuBLAS (unlike cudarc's launches) uses whatever context is current on this thread.
         self.inner
@@ -769,12 +801,17 @@ impl Backend for Cuda {
             loss.code(),
             loss.label_smoothing() as f32,
         );
+        // Two passes, no atomics: bit-for-bit reproducible (kernels/cost.cu).
+        let shape = self.grid_rows(rows, ROW_BLOCK.1);
+        let blocks = shape.grid_dim.0;
+        let mut partials = self.inner.partials.lock().unwrap_or_else(|e| e.into_inner());
         launch!(
             self,
-            "cost_stats",
-            self.grid_rows(rows, ROW_BLOCK.1),
-            [&rows64, &k32, o, labels, &code, &eps, stats]
-        )
+            "cost_stats_partial",
+            shape,
+            [&rows64, &k32, o, labels, &code, &eps, &mut *partials]
+        )?;
+        self.reduce_partials(blocks, 2, &partials, true, stats)
     }
 
     fn argmax(&self, rows: usize, classes: usize, o: &CudaSlice<f32>, out: &mut CudaSlice<u32>) -> Result<()> {
@@ -817,16 +854,15 @@ impl Backend for Cuda {
 
     fn sum_sq(&self, x: &CudaSlice<f32>, out: &mut CudaSlice<f32>) -> Result<()> {
         check_len("sum_sq out", out.len(), 1)?;
-        self.inner
-            .stream
-            .memset_zeros(&mut out.slice_mut(..1))
-            .map_err(cuda_err("zeroing sum_sq's output"))?;
         let n = x.len();
-        if n == 0 {
-            return Ok(());
-        }
+        let shape = self.grid_1d(n);
+        let blocks = shape.grid_dim.0;
+        let mut partials = self.inner.partials.lock().unwrap_or_else(|e| e.into_inner());
+        // Two passes, no atomics: bit-for-bit reproducible (kernels/reduce.cu). With
+        // n = 0 every block writes a 0 partial.
         let n64 = n as u64;
-        launch!(self, "sum_sq", self.grid_1d(n), [&n64, x, out])
+        launch!(self, "sum_sq_partial", shape, [&n64, x, &mut *partials])?;
+        self.reduce_partials(blocks, 1, &partials, false, out)
     }
 
     fn scale_by_inv_norm(

@@ -1,5 +1,6 @@
 //! Launch shapes of the kernels, shared by the CUDA backend and the host runner
-//! ([`super::host`]) so the host tests run exactly the shapes the GPU gets.
+//! (`host.rs`, feature `host-kernels`) so the host tests run exactly the shapes the
+//! GPU gets.
 
 /// Threads per block of the 1-D kernels.
 pub const THREADS: u32 = 256;
