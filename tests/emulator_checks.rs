@@ -182,3 +182,12 @@ fn launch_on_freed_memory_fails() {
     );
     assert!(stderr.contains("use after free"), "no use-after-free report:\n{stderr}");
 }
+
+/// The emulator refuses cubins (it runs the host build of each PTX entry), as a
+/// driver refuses a cubin for another architecture: the backend then loads the PTX,
+/// and says so in its name.
+#[test]
+fn refused_cubins_fall_back_to_ptx() {
+    let Some(g) = emulated() else { return };
+    assert!(g.name().contains("sm_90 PTX;"), "{}", g.name());
+}

@@ -84,7 +84,8 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
         assert_eq!(again, ptx, "cached PTX differs for {arch}");
     }
     let cached = std::fs::read_dir(&cache).map(|d| d.count()).unwrap_or(0);
-    assert_eq!(cached, 2 * EXPECTED.len(), "PTX cache files in {}", cache.display());
+    // Per module and architecture: one .ptx and one .cubin.
+    assert_eq!(cached, 2 * 2 * EXPECTED.len(), "cache files in {}", cache.display());
     let _ = std::fs::remove_dir_all(&cache);
 }
 
@@ -105,8 +106,15 @@ fn a_damaged_cache_entry_is_recompiled_not_loaded() {
     let _ = std::fs::remove_dir_all(&dir);
     let fresh = nvrtc::compile_cached("fill", sources::OPTIM_CU, "sm_90", Some(&dir)).unwrap();
     let files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
-    assert_eq!(files.len(), 1, "one cache entry, no temporary files left: {files:?}");
-    let file = &files[0];
+    let ext = |f: &std::path::PathBuf| f.extension().unwrap().to_string_lossy().into_owned();
+    let mut exts: Vec<String> = files.iter().map(ext).collect();
+    exts.sort();
+    assert_eq!(
+        exts,
+        ["cubin", "ptx"],
+        "one PTX and one cubin entry, no temporary files left: {files:?}"
+    );
+    let file = files.iter().find(|f| ext(f) == "ptx").unwrap();
     assert_eq!(nvrtc::load_cached(file).as_deref(), Some(fresh.as_str()));
     // Damage it two ways, keeping `.entry` in the text (what the old check looked
     // for): truncated mid-file, and one byte of the PTX overwritten.
@@ -125,4 +133,17 @@ fn a_damaged_cache_entry_is_recompiled_not_loaded() {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn real_architectures_get_a_cubin_virtual_ones_only_ptx() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let real = nvrtc::compile_module("fill", sources::OPTIM_CU, "sm_90", None).unwrap();
+    let cubin = real.cubin.expect("no cubin for sm_90");
+    assert_eq!(&cubin[..4], b"\x7fELF", "the cubin is not an ELF image");
+    assert!(real.ptx.contains(".entry fill"));
+    let virt = nvrtc::compile_module("fill", sources::OPTIM_CU, "compute_90", None).unwrap();
+    assert!(virt.cubin.is_none(), "a virtual architecture has no machine code");
 }

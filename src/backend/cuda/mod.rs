@@ -147,6 +147,8 @@ const NVRTC_SYMBOLS: &[&str] = &[
     "nvrtcGetProgramLogSize",
     "nvrtcGetProgramLog",
     "nvrtcDestroyProgram",
+    "nvrtcGetCUBINSize",
+    "nvrtcGetCUBIN",
 ];
 
 /// Checks that the driver, NVRTC and cuBLAS libraries can be loaded and export every
@@ -280,16 +282,26 @@ impl Cuda {
         let mut kernels = HashMap::new();
         // An architecture this NVRTC cannot target (e.g. pre-Turing under CUDA 13) makes
         // CUDA unusable rather than broken.
-        let modules = nvrtc::compile_all(&arch).map_err(|e| match e {
+        let modules = nvrtc::compile_all_modules(&arch).map_err(|e| match e {
             MepError::Cuda(m) => MepError::CudaUnavailable(m),
             e => e,
         })?;
-        for (module_name, ptx) in modules {
-            let module = ctx.load_module(Ptx::from_src(ptx)).map_err(|e| {
-                MepError::CudaUnavailable(format!(
-                    "loading the {module_name} kernels for {arch}: {e:?} (the driver may be older than NVRTC 13; update it to CUDA 13 or newer)"
-                ))
-            })?;
+        // Cubin for this exact architecture first (no JIT, nothing left to the driver's
+        // PTX compiler); PTX where the driver refuses the cubin or NVRTC made none.
+        let mut code = "cubin";
+        for (module_name, compiled) in modules {
+            let from_cubin = compiled.cubin.and_then(|c| ctx.load_module(Ptx::from_binary(c)).ok());
+            let module = match from_cubin {
+                Some(m) => m,
+                None => {
+                    code = "PTX";
+                    ctx.load_module(Ptx::from_src(compiled.ptx)).map_err(|e| {
+                        MepError::CudaUnavailable(format!(
+                            "loading the {module_name} kernels for {arch}: {e:?} (the driver may be older than NVRTC 13; update it to CUDA 13 or newer)"
+                        ))
+                    })?
+                }
+            };
             let names = sources::ENTRIES
                 .iter()
                 .find(|(m, _)| *m == module_name)
@@ -303,7 +315,7 @@ impl Cuda {
             }
         }
         let (dv, nv, bv) = versions(Some(&blas));
-        let name = format!("cuda:{ordinal} ({dev}, {arch}; driver {dv}, NVRTC {nv}, cuBLAS {bv})");
+        let name = format!("cuda:{ordinal} ({dev}, {arch} {code}; driver {dv}, NVRTC {nv}, cuBLAS {bv})");
         let max_blocks = (sms.max(1) as u32).saturating_mul(32);
         let partials = stream
             .alloc_zeros::<f32>(2 * max_blocks as usize)
