@@ -84,7 +84,7 @@ except Exception:
 roots += [p for p in sys.path if p.endswith(("site-packages", "dist-packages"))]
 seen = set()
 for r in roots:
-    for sub in ("nvidia/cu13/lib", "nvidia/cuda_nvrtc/lib", "nvidia/cublas/lib"):
+    for sub in ("nvidia/cu13/lib", "nvidia/cu12/lib", "nvidia/cuda_nvrtc/lib", "nvidia/cublas/lib"):
         d = os.path.join(r, sub)
         if os.path.isdir(d) and d not in seen:
             seen.add(d)
@@ -101,19 +101,20 @@ pick_dirs() {
     local d
     while IFS= read -r d; do
         [ -n "$d" ] || continue
-        if [ -z "$nvrtc_dir" ] && has_lib "$d" libnvrtc.so.13; then nvrtc_dir="$d"; fi
-        if [ -z "$cublas_dir" ] && has_lib "$d" libcublas.so.13; then cublas_dir="$d"; fi
+        # CUDA 13 first; CUDA 12's user-space libraries work too (cudarc tries both names).
+        if [ -z "$nvrtc_dir" ] && { has_lib "$d" libnvrtc.so.13 || has_lib "$d" libnvrtc.so.12; }; then nvrtc_dir="$d"; fi
+        if [ -z "$cublas_dir" ] && { has_lib "$d" libcublas.so.13 || has_lib "$d" libcublas.so.12; }; then cublas_dir="$d"; fi
     done
 }
 pick_dirs < <(candidate_dirs)
 if [ -z "$nvrtc_dir" ] || [ -z "$cublas_dir" ]; then
     say "searching / for nvidia/{cu13,cuda_nvrtc,cublas}/lib (python's site-packages did not have both libraries)"
     pick_dirs < <(find / -maxdepth 8 \( -path /proc -o -path /sys -o -path /dev \) -prune -o -type d \
-        \( -path '*nvidia/cu13/lib' -o -path '*nvidia/cuda_nvrtc/lib' -o -path '*nvidia/cublas/lib' \) -print 2>/dev/null)
+        \( -path '*nvidia/cu13/lib' -o -path '*nvidia/cu12/lib' -o -path '*nvidia/cuda_nvrtc/lib' -o -path '*nvidia/cublas/lib' \) -print 2>/dev/null)
 fi
 # A system CUDA 13 found by the dynamic linker needs no LD_LIBRARY_PATH entry.
-if [ -z "$nvrtc_dir" ] && ldconfig -p 2>/dev/null | grep -q 'libnvrtc\.so\.13'; then nvrtc_dir="(system)"; fi
-if [ -z "$cublas_dir" ] && ldconfig -p 2>/dev/null | grep -q 'libcublas\.so\.13'; then cublas_dir="(system)"; fi
+if [ -z "$nvrtc_dir" ] && ldconfig -p 2>/dev/null | grep -q 'libnvrtc\.so\.1[23]'; then nvrtc_dir="(system)"; fi
+if [ -z "$cublas_dir" ] && ldconfig -p 2>/dev/null | grep -q 'libcublas\.so\.1[23]'; then cublas_dir="(system)"; fi
 
 # cudarc looks for the exact sonames (libnvrtc.so.13, libcublas.so.13, libcublasLt.so.13):
 # where a wheel ships only longer names, link them from a private directory.
@@ -121,7 +122,7 @@ link_dir="$(mktemp -d /tmp/mep-gpu-libs.XXXXXX)"
 add_sonames() {
     local dir="$1" so target
     [ -d "$dir" ] || return 0
-    for so in libnvrtc.so.13 libcublas.so.13 libcublasLt.so.13; do
+    for so in libnvrtc.so.13 libcublas.so.13 libcublasLt.so.13 libnvrtc.so.12 libcublas.so.12 libcublasLt.so.12; do
         if [ ! -e "$dir/$so" ]; then
             target="$(find "$dir" -maxdepth 1 -name "$so.*" ! -name '*builtins*' 2>/dev/null | sort | head -n 1)"
             [ -n "$target" ] && ln -sf "$target" "$link_dir/$so"

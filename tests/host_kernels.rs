@@ -16,8 +16,9 @@ use mep::Loss;
 mod common;
 use common::{chains, close, randn, rng};
 
+/// Up to 40×60: often beyond 3 blocks of 256, so the grid-stride loops iterate.
 fn shape(rng: &mut Rng) -> (usize, usize) {
-    (1 + rng.below(9) as usize, 1 + rng.below(40) as usize)
+    (1 + rng.below(40) as usize, 1 + rng.below(60) as usize)
 }
 
 fn losses() -> [Loss; 3] {
@@ -307,7 +308,7 @@ fn runner_catches_a_missing_syncthreads() {
     let x = vec![1.0f32; 256];
     for seed in 1..=5u64 {
         let mut out = [0.0f32];
-        host::selfcheck("broken_sum_nosync", 256, &x, &mut out, seed).unwrap();
+        host::selfcheck("broken_sum_nosync", 1, 256, &x, &mut out, seed).unwrap();
         assert_ne!(
             out[0], 256.0,
             "seed {seed}: the unsynchronised block sum came out right"
@@ -323,7 +324,7 @@ fn runner_catches_a_missing_syncthreads() {
 fn runner_rejects_a_wrong_shuffle_mask() {
     let x: Vec<f32> = (0..32).map(|i| i as f32).collect();
     for seed in 1..=3u64 {
-        let err = host::selfcheck("broken_shuffle_mask", 32, &x, &mut [0.0], seed).unwrap_err();
+        let err = host::selfcheck("broken_shuffle_mask", 1, 32, &x, &mut [0.0], seed).unwrap_err();
         assert!(err.contains("__shfl_xor_sync") && err.contains("mask"), "{err}");
     }
 }
@@ -332,7 +333,7 @@ fn runner_rejects_a_wrong_shuffle_mask() {
 fn runner_rejects_divergent_barriers_instead_of_hanging() {
     for name in ["broken_divergent_barrier", "broken_early_exit"] {
         for seed in 1..=3u64 {
-            let err = host::selfcheck(name, 64, &[], &mut [0.0; 8], seed).unwrap_err();
+            let err = host::selfcheck(name, 1, 64, &[], &mut [0.0; 8], seed).unwrap_err();
             assert!(err.contains("divergent __syncthreads"), "{name}: {err}");
             assert!(err.contains(&format!("seed {seed}")), "{name}: {err}");
         }
@@ -385,4 +386,24 @@ fn reductions_repeat_bit_for_bit_under_different_schedules() {
     for _ in 0..5 {
         assert_eq!(run(), first, "seed {seed}: a repeated reduction changed its bits");
     }
+}
+
+#[test]
+fn runner_exposes_order_dependent_float_atomics() {
+    // The old single-pass sum_sq (one atomicAdd per block): under the runner's random
+    // block order its bits change from schedule to schedule, which is what
+    // reductions_repeat_bit_for_bit_under_different_schedules would catch.
+    let (seed, mut r) = rng();
+    let x = randn(&mut r, 8 * 256 * 4, 1.0);
+    let bits: std::collections::HashSet<u32> = (1..=12u64)
+        .map(|s| {
+            let mut out = [0.0f32];
+            host::selfcheck("broken_sum_atomic", 8, 256, &x, &mut out, s).unwrap();
+            out[0].to_bits()
+        })
+        .collect();
+    assert!(
+        bits.len() > 1,
+        "seed {seed}: 12 block orders gave identical atomic sums"
+    );
 }

@@ -38,3 +38,14 @@ extern "C" __global__ void broken_early_exit(u64 n, float* __restrict__ y) {
     __syncthreads();
     MEP_GRID_STRIDE(i, n) { y[i] = 1.0f; }
 }
+
+// The pre-two-pass sum_sq: one float atomicAdd per block, so the sum depends on the
+// order the blocks finish in. out[0] += Σ x² (the caller zeroes out[0]).
+extern "C" __global__ void broken_sum_atomic(u64 n, const float* __restrict__ x,
+                                             float* __restrict__ out) {
+    __shared__ float sh[256];
+    float s = 0.0f;
+    MEP_GRID_STRIDE(i, n) { s += x[i] * x[i]; }
+    s = mep_block_sum(s, sh);
+    if (threadIdx.x == 0) atomicAdd(out, s);
+}

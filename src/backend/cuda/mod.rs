@@ -128,6 +128,9 @@ const DRIVER_SYMBOLS: &[&str] = &[
     "cuModuleUnload",
     "cuLaunchKernel",
     "cuGetErrorString",
+    // Not called by the backend but by NVRTC 13, which dlopens the driver and calls
+    // it; a libcuda without it makes NVRTC itself crash (found on the emulator).
+    "cuGetExportTable",
 ];
 /// The cuBLAS entry points the backend uses.
 const CUBLAS_SYMBOLS: &[&str] = &[
