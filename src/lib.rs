@@ -22,10 +22,12 @@ pub mod flops;
 pub mod inspect;
 pub mod io;
 pub mod loss;
+pub mod metrics;
 pub mod model;
 pub mod model64;
 pub mod nn;
 pub mod optim;
+pub mod plot;
 pub mod rng;
 pub mod train;
 
