@@ -333,3 +333,41 @@ fn gradients_of_different_models_do_not_compare() {
         Err(MepError::InvalidArgument { name: "target", .. })
     ));
 }
+
+/// The research API on CUDA agrees with the CPU reference (skipped without a GPU;
+/// `MEP_REQUIRE_GPU=1` makes that an error).
+#[test]
+fn cuda_outputs_and_gradients_match_the_cpu() {
+    let build = |device: &Device| {
+        Sequential::new(device)
+            .flatten()
+            .linear(6, 8)
+            .tanh()
+            .linear(8, 3)
+            .build(0)
+    };
+    let mut gpu = match build(&Device::Cuda(0)) {
+        Ok(m) => m,
+        Err(e) if std::env::var("MEP_REQUIRE_GPU").as_deref() == Ok("1") => {
+            panic!("MEP_REQUIRE_GPU=1 but CUDA is not usable: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipping: no usable GPU ({e})");
+            return;
+        }
+    };
+    let seed = fresh_seed("cuda_research");
+    let mut rng = Rng::new(seed);
+    let cpu = tanh_model(seed, Energy::LayeredLeastSquares);
+    gpu.set_parameters(&cpu.parameters().unwrap()).unwrap();
+    let (x, y) = batch(&mut rng, 16, 6, 3);
+    let oc: Vec<f64> = cpu.logits(&x).unwrap().into_iter().map(|v| v as f64).collect();
+    let og: Vec<f64> = gpu.logits(&x).unwrap().into_iter().map(|v| v as f64).collect();
+    assert!(rel_err(&og, &oc) < 1e-5, "logits: rel err {}", rel_err(&og, &oc));
+    for mode in [Mode::Backprop, Mode::Ep] {
+        let gc = smep(&cpu).mode(mode).build().unwrap().gradients(&cpu, &x, &y).unwrap();
+        let gg = smep(&gpu).mode(mode).build().unwrap().gradients(&gpu, &x, &y).unwrap();
+        let err = rel_err(&gg.flatten(), &gc.flatten());
+        assert!(err < 1e-4, "{mode:?} gradients: CUDA vs CPU rel err {err:.3e}");
+    }
+}
