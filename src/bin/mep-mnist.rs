@@ -372,10 +372,10 @@ fn run(args: Args) -> mep::Result<()> {
                 }
             },
         )?;
+        bar.finish_and_clear();
         if let Some(e) = log_err {
             return Err(e);
         }
-        bar.finish_and_clear();
         let t_eval = Instant::now();
         let eval = model.evaluate_on(&test)?;
         let eval_s = t_eval.elapsed().as_secs_f64();
