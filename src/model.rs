@@ -110,6 +110,10 @@ impl SequentialBuilder {
 pub struct Model {
     pub(crate) net: AnyNet,
     device: Device,
+    /// The cost [`Model::evaluate`] reports: the last optimizer built for or stepping
+    /// this model sets it (a mutex because building an optimizer borrows the model
+    /// immutably).
+    eval_loss: std::sync::Mutex<Loss>,
 }
 
 impl Model {
@@ -119,7 +123,11 @@ impl Model {
             Device::Cpu => AnyNet::Cpu(Network::new(Cpu::new(), arch, energy, seed)?),
             Device::Cuda(i) => AnyNet::Cuda(Network::new(Cuda::new(*i)?, arch, energy, seed)?),
         };
-        Ok(Model { net, device: *device })
+        Ok(Model {
+            net,
+            device: *device,
+            eval_loss: std::sync::Mutex::new(Loss::CrossEntropy { label_smoothing: 0.0 }),
+        })
     }
 
     /// The device the model lives on.
@@ -159,7 +167,9 @@ impl Model {
         })
     }
 
-    /// Mean cross-entropy and accuracy of inference on `data`.
+    /// Mean cost and accuracy of inference on `data`. The cost is the loss the model
+    /// is trained with ([`Model::loss`]: that of the last optimizer built for it or
+    /// stepping it; cross-entropy before any); [`Model::evaluate_with`] takes another.
     pub fn evaluate(&self, data: &Dataset) -> Result<Evaluation> {
         self.evaluate_on(&self.upload(data)?)
     }
@@ -240,12 +250,17 @@ impl Model {
         Ok(DeviceDataset { inner })
     }
 
-    /// Mean cross-entropy and accuracy of inference on an uploaded dataset.
+    /// Mean cost ([`Model::loss`]) and accuracy of inference on an uploaded dataset.
     pub fn evaluate_on(&self, data: &DeviceDataset) -> Result<Evaluation> {
-        let ce = Loss::CrossEntropy { label_smoothing: 0.0 };
+        self.evaluate_on_with(data, self.loss())
+    }
+
+    /// Mean `loss` and accuracy of inference on an uploaded dataset.
+    pub fn evaluate_on_with(&self, data: &DeviceDataset, loss: Loss) -> Result<Evaluation> {
+        loss.validate()?;
         match (&self.net, &data.inner) {
-            (AnyNet::Cpu(n), AnyData::Cpu(d)) => crate::backend::cpu::on_pool(|| evaluate(n, d, ce, 1000)),
-            (AnyNet::Cuda(n), AnyData::Cuda(d)) => evaluate(n, d, ce, 1000),
+            (AnyNet::Cpu(n), AnyData::Cpu(d)) => crate::backend::cpu::on_pool(|| evaluate(n, d, loss, 1000)),
+            (AnyNet::Cuda(n), AnyData::Cuda(d)) => evaluate(n, d, loss, 1000),
             _ => Err(device_mismatch()),
         }
     }
@@ -270,6 +285,131 @@ pub(crate) fn check_inputs(x: &[f32], inputs: usize) -> Result<()> {
     }
     if let Some(i) = x.iter().position(|v| !v.is_finite()) {
         return Err(MepError::NonFinite(format!("input value {} at index {i}", x[i])));
+    }
+    Ok(())
+}
+
+/// Research access: raw outputs, parameters in memory, the loss evaluation reports,
+/// and an f64 copy (the logic lives in [`crate::inspect`] and [`crate::model64`]).
+impl Model {
+    /// Inference outputs for `x` (`rows × inputs`, row-major), `rows × outputs`
+    /// row-major: the forward pass φ_L(s_L) for the layered energy, the free-phase
+    /// output state for the Hopfield energy. These are what the loss sees (before any
+    /// softmax) and what [`Model::predict`] takes the argmax of.
+    ///
+    /// ```
+    /// use mep::{Device, Sequential};
+    /// # fn main() -> mep::Result<()> {
+    /// let model = Sequential::new(&Device::Cpu).flatten().linear(2, 3).build(0)?;
+    /// let out = model.logits(&[1.0, 2.0, 3.0, 4.0])?; // two samples
+    /// assert_eq!(out.len(), 2 * 3);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn logits(&self, x: &[f32]) -> Result<Vec<f32>> {
+        match &self.net {
+            AnyNet::Cpu(n) => crate::backend::cpu::on_pool(|| crate::inspect::outputs(n, x)),
+            AnyNet::Cuda(n) => crate::inspect::outputs(n, x),
+        }
+    }
+
+    /// Replaces every parameter with host values shaped like [`Model::parameters`]
+    /// (per block: weights `out × in` row-major, then bias; the bias of a Linear
+    /// without bias must be zeros).
+    ///
+    /// Errors: [`MepError::Shape`] naming the block and the expected sizes;
+    /// [`MepError::NonFinite`] naming the block and index of a NaN or infinite
+    /// value; [`MepError::InvalidArgument`] for a non-zero bias where the Linear has
+    /// none. Nothing is changed on error.
+    ///
+    /// ```
+    /// use mep::{Device, Sequential};
+    /// # fn main() -> mep::Result<()> {
+    /// let a = Sequential::new(&Device::Cpu).flatten().linear(4, 2).build(1)?;
+    /// let mut b = Sequential::new(&Device::Cpu).flatten().linear(4, 2).build(2)?;
+    /// b.set_parameters(&a.parameters()?)?;
+    /// assert_eq!(a.parameters()?, b.parameters()?);
+    /// assert!(b.set_parameters(&[(vec![f64::NAN; 8], vec![0.0; 2])]).is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn set_parameters(&mut self, values: &[(Vec<f64>, Vec<f64>)]) -> Result<()> {
+        check_parameters(self.arch(), values)?;
+        with_net!(&mut self.net, n => n.set_from_host(values))
+    }
+
+    /// The cost [`Model::evaluate`] reports: the loss of the last optimizer built for
+    /// or stepping this model, cross-entropy before any.
+    pub fn loss(&self) -> Loss {
+        *self.eval_loss.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets the cost [`Model::evaluate`] reports (e.g. after loading weights trained
+    /// with the squared error).
+    pub fn set_loss(&self, loss: Loss) {
+        *self.eval_loss.lock().unwrap_or_else(|e| e.into_inner()) = loss;
+    }
+
+    /// Mean `loss` and accuracy of inference on `data`.
+    pub fn evaluate_with(&self, data: &Dataset, loss: Loss) -> Result<Evaluation> {
+        self.evaluate_on_with(&self.upload(data)?, loss)
+    }
+
+    /// A copy of this model in f64 on the CPU (same architecture, energy and
+    /// parameters, widened exactly), for reference computations; see
+    /// [`crate::Model64`].
+    pub fn to_f64(&self) -> Result<crate::Model64> {
+        let mut m = crate::Model64::new(self.arch().clone(), self.energy(), 0)?;
+        m.set_parameters(&self.parameters()?)?;
+        Ok(m)
+    }
+}
+
+/// Checks host parameters against `arch` before anything is written: block count,
+/// sizes, finiteness, and zero biases where a Linear has none.
+pub(crate) fn check_parameters(arch: &Arch, values: &[(Vec<f64>, Vec<f64>)]) -> Result<()> {
+    if values.len() != arch.depth() {
+        return Err(MepError::Shape(format!(
+            "{} parameter blocks given for a network of {} blocks ({}): pass one (weights, bias) pair per Linear",
+            values.len(),
+            arch.depth(),
+            arch.describe()
+        )));
+    }
+    for (l, ((w, b), blk)) in values.iter().zip(&arch.blocks).enumerate() {
+        if w.len() != blk.out * blk.inp || b.len() != blk.out {
+            return Err(MepError::Shape(format!(
+                "block {}: expected weights {}×{} ({} values) and bias {}, got {} and {} values",
+                l + 1,
+                blk.out,
+                blk.inp,
+                blk.out * blk.inp,
+                blk.out,
+                w.len(),
+                b.len()
+            )));
+        }
+        if let Some(i) = w.iter().position(|v| !v.is_finite()) {
+            return Err(MepError::NonFinite(format!(
+                "block {} weight {} at index {i}",
+                l + 1,
+                w[i]
+            )));
+        }
+        if let Some(i) = b.iter().position(|v| !v.is_finite()) {
+            return Err(MepError::NonFinite(format!(
+                "block {} bias {} at index {i}",
+                l + 1,
+                b[i]
+            )));
+        }
+        if !blk.bias && b.iter().any(|&v| v != 0.0) {
+            return Err(MepError::invalid(
+                "bias",
+                format!("non-zero values for block {}", l + 1),
+                "that Linear has no bias: pass zeros (as Model::parameters returns)",
+            ));
+        }
     }
     Ok(())
 }

@@ -170,6 +170,22 @@ struct Args {
     /// Print one JSON object per epoch instead of the progress display.
     #[arg(long)]
     json: bool,
+    /// Write metrics as CSV here: a `step` row every --report-every steps (mean over
+    /// the batches since the previous row) and an `epoch` row with the test evaluation.
+    #[arg(long)]
+    metrics: Option<PathBuf>,
+    /// Steps between progress updates and metrics rows.
+    #[arg(long, default_value_t = 50)]
+    report_every: usize,
+    /// Draw the training and test curves (loss and accuracy against samples seen) as a PNG here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Write training image N with its label as a PNG (see --sample-out) before training.
+    #[arg(long)]
+    show_sample: Option<usize>,
+    /// Where --show-sample writes (default: sample-N.png).
+    #[arg(long)]
+    sample_out: Option<PathBuf>,
 }
 
 fn configure<'m>(args: &Args, train_len: usize, mut b: OptimizerBuilder<'m>) -> OptimizerBuilder<'m> {
@@ -250,6 +266,20 @@ fn run(args: Args) -> mep::Result<()> {
         mnist.train = mnist.train.subset(n);
     }
     let load_s = t_load.elapsed().as_secs_f64();
+    if let Some(n) = args.show_sample {
+        let path = args
+            .sample_out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("sample-{n}.png")));
+        mep::plot::write_sample_png(&mnist.train, n, &path)?;
+        if !args.json {
+            println!(
+                "wrote training image {n} (label {}) to {}",
+                mnist.train.labels[n],
+                path.display()
+            );
+        }
+    }
 
     let mut hidden = Vec::new();
     for h in args.hidden.iter().filter(|h| !h.trim().is_empty()) {
@@ -307,7 +337,13 @@ fn run(args: Args) -> mep::Result<()> {
         );
     }
     let mut last_rate = None;
+    let mut log = match &args.metrics {
+        Some(path) => mep::metrics::MetricsLog::to_csv(path)?,
+        None => mep::metrics::MetricsLog::new(),
+    };
+    let mut samples_seen = 0u64;
     for epoch in 0..args.epochs {
+        let (steps_before, mut log_err) = (opt.steps(), None);
         let steps = train.len().div_ceil(args.batch_size.max(1));
         let bar = if args.json {
             ProgressBar::hidden()
@@ -327,16 +363,24 @@ fn run(args: Args) -> mep::Result<()> {
             args.batch_size,
             Shuffle::Seeded(args.seed),
             epoch,
-            50,
+            args.report_every,
             |step, _, s| {
                 bar.set_position(step as u64);
                 bar.set_message(format!("loss {:.4} acc {:.2}%", s.loss, 100.0 * s.accuracy));
+                if let Err(e) = log.record_progress(epoch, samples_seen, steps_before + step as u64, s) {
+                    log_err.get_or_insert(e);
+                }
             },
         )?;
         bar.finish_and_clear();
+        if let Some(e) = log_err {
+            return Err(e);
+        }
         let t_eval = Instant::now();
         let eval = model.evaluate_on(&test)?;
         let eval_s = t_eval.elapsed().as_secs_f64();
+        samples_seen += report.train.samples;
+        log.record_epoch(epoch, samples_seen, opt.steps(), report.train, eval)?;
         let sps = report.train.samples as f64 / report.seconds;
         last_rate = Some(epoch_flops / report.seconds);
         if args.json {
@@ -391,6 +435,25 @@ fn run(args: Args) -> mep::Result<()> {
                 achieved / 1e9,
                 100.0 * achieved / rate
             );
+        }
+    }
+    if let Some(path) = &args.plot {
+        let title = format!(
+            "mep-mnist: {}, {:?} {:?} {}, batch {}, seed {}",
+            model.arch().describe(),
+            args.optimizer,
+            args.mode,
+            model.energy().name(),
+            args.batch_size,
+            args.seed
+        );
+        let loss_name = match model.loss() {
+            Loss::CrossEntropy { .. } => "cross-entropy",
+            Loss::SquaredError => "squared error",
+        };
+        mep::plot::plot_curves(log.rows(), &title, loss_name, path)?;
+        if !args.json {
+            println!("wrote curves to {}", path.display());
         }
     }
     if let Some(path) = &args.save {

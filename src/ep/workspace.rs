@@ -35,8 +35,8 @@ pub struct Workspace<B: Backend> {
     pub stats: B::Buf,
     /// Per-layer scratch for the settle residuals (`rows × n_l`).
     pub r: Vec<B::Buf>,
-    /// Device-side running residuals: [0] Σ‖∇_s F‖² at the end of every nudged phase
-    /// (layered) or Σ‖Δs‖² of the last nudged sweep (Hopfield); [1] Σ‖Δs‖² of the
+    /// Device-side running residuals: `[0]` Σ‖∇_s F‖² at the end of every nudged phase
+    /// (layered) or Σ‖Δs‖² of the last nudged sweep (Hopfield); `[1]` Σ‖Δs‖² of the
     /// last free sweep (Hopfield). One buffer of length 1 each, so a 1×1 GEMM (a dot
     /// product) can accumulate into it.
     pub resid: [B::Buf; 2],

@@ -213,6 +213,7 @@ impl<'m> OptimizerBuilder<'m> {
         }
         let cfg = self.config();
         let engine = with_net!(&self.model.net, n => AnyEngine::from(Engine::new(cfg, n, 64)?));
+        self.model.set_loss(cfg.grad.loss);
         Ok(Optimizer { engine })
     }
 }
@@ -276,6 +277,7 @@ impl Optimizer {
     /// One training step on a host batch: `x` is `rows × inputs` (row-major,
     /// normalised), `y` holds `rows` class labels.
     pub fn step(&mut self, model: &mut Model, x: &[f32], y: &[u32]) -> Result<()> {
+        model.set_loss(self.config().grad.loss);
         match (&mut self.engine, &mut model.net) {
             (AnyEngine::Cpu(e), AnyNet::Cpu(n)) => on_pool(|| host_step(e, n, x, y)),
             (AnyEngine::Cuda(e), AnyNet::Cuda(n)) => host_step(e, n, x, y),
@@ -297,6 +299,7 @@ impl Optimizer {
         report_every: usize,
         progress: impl FnMut(usize, usize, StepStats) + Send,
     ) -> Result<EpochReport> {
+        model.set_loss(self.config().grad.loss);
         match (&mut self.engine, &mut model.net, &data.inner) {
             (AnyEngine::Cpu(e), AnyNet::Cpu(n), AnyData::Cpu(d)) => {
                 on_pool(|| train_epoch(e, n, d, batch_size, shuffle, epoch, report_every, progress))
@@ -326,5 +329,43 @@ impl Optimizer {
     /// Steps taken.
     pub fn steps(&self) -> u64 {
         with_engine!(&self.engine, e => e.steps())
+    }
+}
+
+/// Research access (see [`crate::inspect`]).
+impl Optimizer {
+    /// The gradient estimate this optimizer would apply for the batch `(x, y)`
+    /// (`rows × inputs` row-major, `rows` labels), per block on the host, without
+    /// applying it: the step counter, momentum and Adam moments, running statistics
+    /// and `model` are all unchanged. EP mode gives the estimate of its nudging rule,
+    /// Backprop mode the exact gradient of the mean cost of the forward pass, in the
+    /// same sign convention, so the two compare directly.
+    ///
+    /// Before its first step an optimizer with the spectral constraint projects the
+    /// weights; gradients taken before that see the unprojected weights.
+    ///
+    /// Errors: as [`Optimizer::step`] for the batch ([`MepError::Shape`],
+    /// [`MepError::NonFinite`], a label ≥ outputs), and a device mismatch.
+    ///
+    /// ```
+    /// use mep::{sgd, Device, Mode, Sequential};
+    /// # fn main() -> mep::Result<()> {
+    /// let mut model = Sequential::new(&Device::Cpu).flatten().linear(2, 4).tanh().linear(4, 2).build(0)?;
+    /// let mut opt = sgd(&model).mode(Mode::Backprop).build()?;
+    /// let (x, y) = ([0.3f32, -0.7], [1u32]);
+    /// let g = opt.gradients(&model, &x, &y)?;
+    /// assert_eq!((g.layers[0].out, g.layers[0].inp), (4, 2));
+    /// assert_eq!(opt.steps(), 0); // nothing was applied
+    /// opt.step(&mut model, &x, &y)?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn gradients(&self, model: &Model, x: &[f32], y: &[u32]) -> Result<crate::inspect::Gradients> {
+        let cfg = self.config().grad;
+        match (&self.engine, &model.net) {
+            (AnyEngine::Cpu(_), AnyNet::Cpu(n)) => on_pool(|| crate::inspect::gradients(n, &cfg, x, y)),
+            (AnyEngine::Cuda(_), AnyNet::Cuda(n)) => crate::inspect::gradients(n, &cfg, x, y),
+            _ => Err(device_mismatch()),
+        }
     }
 }

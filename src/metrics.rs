@@ -1,0 +1,268 @@
+//! Training metrics as rows: one every few steps (the progress cadence) and one per
+//! epoch, kept in memory for [`crate::plot`] and optionally streamed to a CSV file
+//! as they arrive, so a long run's curve can be read while it trains (and survives
+//! a crash up to the last row).
+//!
+//! ```
+//! use mep::metrics::MetricsLog;
+//! use mep::optim::StepStats;
+//! # fn main() -> mep::Result<()> {
+//! let path = std::env::temp_dir().join(format!("mep-doc-metrics-{}.csv", std::process::id()));
+//! let mut log = MetricsLog::to_csv(&path)?;
+//! // The running statistics the training loop reports after 10 and 20 samples:
+//! let running = |samples, loss, accuracy| StepStats { samples, loss, accuracy, ..Default::default() };
+//! log.record_progress(0, 0, 5, running(10, 2.0, 0.1))?;
+//! log.record_progress(0, 0, 10, running(20, 1.5, 0.3))?;
+//! // The second row covers samples 11–20 alone: loss (1.5·20 − 2·10)/10 = 1.
+//! assert!((log.rows()[1].train_loss - 1.0).abs() < 1e-12);
+//! assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 3); // header + 2 rows
+//! # std::fs::remove_file(&path).ok();
+//! # Ok(())
+//! # }
+//! ```
+
+use crate::optim::StepStats;
+use crate::train::Evaluation;
+use crate::{MepError, Result};
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What a row summarises.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowKind {
+    /// The training batches since the previous step row of the same epoch.
+    Step,
+    /// A whole epoch, with the test evaluation after it.
+    Epoch,
+}
+
+impl RowKind {
+    /// `step` or `epoch`, as in the CSV's `kind` column.
+    pub fn name(self) -> &'static str {
+        match self {
+            RowKind::Step => "step",
+            RowKind::Epoch => "epoch",
+        }
+    }
+}
+
+/// One row of metrics. Losses are mean costs per sample of the loss the model is
+/// trained with; accuracies are fractions in [0, 1].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MetricRow {
+    /// Step or epoch row.
+    pub kind: RowKind,
+    /// Epoch, 1-based.
+    pub epoch: u64,
+    /// Optimizer steps taken in the run so far.
+    pub step: u64,
+    /// Training samples seen in the run so far (the curves' x axis).
+    pub samples: u64,
+    /// Mean free-phase training loss: over the samples since the previous step row
+    /// (step rows), or over the epoch (epoch rows).
+    pub train_loss: f64,
+    /// Free-phase training accuracy over the same samples.
+    pub train_acc: f64,
+    /// Test loss after the epoch (epoch rows only).
+    pub test_loss: Option<f64>,
+    /// Test accuracy after the epoch (epoch rows only).
+    pub test_acc: Option<f64>,
+    /// Wall seconds since the log was created.
+    pub seconds: f64,
+}
+
+/// The CSV header, in column order.
+pub const CSV_HEADER: &str = "kind,epoch,step,samples,train_loss,train_acc,test_loss,test_acc,seconds";
+
+impl MetricRow {
+    /// The row as a CSV line (no newline); missing test values are empty fields.
+    pub fn to_csv(&self) -> String {
+        let opt = |v: Option<f64>| v.map(|v| format!("{v}")).unwrap_or_default();
+        format!(
+            "{},{},{},{},{},{},{},{},{:.3}",
+            self.kind.name(),
+            self.epoch,
+            self.step,
+            self.samples,
+            self.train_loss,
+            self.train_acc,
+            opt(self.test_loss),
+            opt(self.test_acc),
+            self.seconds
+        )
+    }
+}
+
+/// Rows of one training run, in memory and optionally in a CSV file.
+pub struct MetricsLog {
+    rows: Vec<MetricRow>,
+    csv: Option<(PathBuf, BufWriter<File>)>,
+    start: Instant,
+    /// The running statistics at the previous step row: (epoch, samples, loss sum,
+    /// correct count), from which a step row's own window is differenced.
+    last: (u64, u64, f64, f64),
+}
+
+impl Default for MetricsLog {
+    fn default() -> Self {
+        MetricsLog::new()
+    }
+}
+
+impl MetricsLog {
+    /// A log kept in memory only.
+    pub fn new() -> MetricsLog {
+        MetricsLog {
+            rows: Vec::new(),
+            csv: None,
+            start: Instant::now(),
+            last: (u64::MAX, 0, 0.0, 0.0),
+        }
+    }
+
+    /// A log that also writes every row to `path` (created or truncated; header
+    /// first), flushed after each row.
+    ///
+    /// Errors: [`MepError::Io`] naming the path when it cannot be created.
+    pub fn to_csv(path: impl AsRef<Path>) -> Result<MetricsLog> {
+        let path = path.as_ref().to_path_buf();
+        let file = File::create(&path).map_err(|e| MepError::io(&path, e))?;
+        let mut log = MetricsLog::new();
+        log.csv = Some((path, BufWriter::new(file)));
+        log.write_line(CSV_HEADER)?;
+        Ok(log)
+    }
+
+    /// The rows so far, in order.
+    pub fn rows(&self) -> &[MetricRow] {
+        &self.rows
+    }
+
+    fn write_line(&mut self, line: &str) -> Result<()> {
+        if let Some((path, w)) = &mut self.csv {
+            writeln!(w, "{line}")
+                .and_then(|_| w.flush())
+                .map_err(|e| MepError::io(path.clone(), e))?;
+        }
+        Ok(())
+    }
+
+    /// Appends a row (and writes it to the CSV file, if any).
+    pub fn push(&mut self, row: MetricRow) -> Result<()> {
+        self.write_line(&row.to_csv())?;
+        self.rows.push(row);
+        Ok(())
+    }
+
+    /// Records a progress report of epoch `epoch` (0-based) as a step row:
+    /// `running` is the training loop's running statistics since the epoch began
+    /// (what [`crate::Optimizer::train_epoch`] passes its progress callback),
+    /// `samples_before` the samples of the earlier epochs and `steps` the optimizer
+    /// steps of the run so far. The row covers only the samples since the previous
+    /// step row of this epoch (the difference of the running sums), so the curve
+    /// shows the current loss rather than the epoch's average so far. A report with
+    /// no new samples is skipped.
+    pub fn record_progress(&mut self, epoch: u64, samples_before: u64, steps: u64, running: StepStats) -> Result<()> {
+        let (loss_sum, correct) = (
+            running.loss * running.samples as f64,
+            running.accuracy * running.samples as f64,
+        );
+        let (e, n0, l0, c0) = if self.last.0 == epoch {
+            self.last
+        } else {
+            (epoch, 0, 0.0, 0.0)
+        };
+        self.last = (e, running.samples, loss_sum, correct);
+        let n = running.samples.saturating_sub(n0);
+        if n == 0 {
+            return Ok(());
+        }
+        self.push(MetricRow {
+            kind: RowKind::Step,
+            epoch: epoch + 1,
+            step: steps,
+            samples: samples_before + running.samples,
+            train_loss: (loss_sum - l0) / n as f64,
+            train_acc: (correct - c0) / n as f64,
+            test_loss: None,
+            test_acc: None,
+            seconds: self.start.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Records epoch `epoch` (0-based): its training statistics, the test evaluation
+    /// after it, the run's samples and steps so far.
+    pub fn record_epoch(
+        &mut self,
+        epoch: u64,
+        samples: u64,
+        steps: u64,
+        train: StepStats,
+        test: Evaluation,
+    ) -> Result<()> {
+        self.push(MetricRow {
+            kind: RowKind::Epoch,
+            epoch: epoch + 1,
+            step: steps,
+            samples,
+            train_loss: train.loss,
+            train_acc: train.accuracy,
+            test_loss: Some(test.loss),
+            test_acc: Some(test.accuracy),
+            seconds: self.start.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+/// Reads a CSV written by [`MetricsLog::to_csv`] back into rows.
+///
+/// Errors: [`MepError::Io`] when unreadable; [`MepError::CorruptData`] naming the
+/// line when the header or a field is not what [`MetricsLog`] writes.
+pub fn read_csv(path: impl AsRef<Path>) -> Result<Vec<MetricRow>> {
+    let path = path.as_ref();
+    let text = std::fs::read_to_string(path).map_err(|e| MepError::io(path, e))?;
+    let bad = |line: usize, why: String| MepError::CorruptData {
+        path: path.to_path_buf(),
+        reason: format!("line {line}: {why} (expected a metrics CSV written by mep-mnist --metrics)"),
+    };
+    let mut lines = text.lines();
+    if lines.next() != Some(CSV_HEADER) {
+        return Err(bad(1, format!("header is not `{CSV_HEADER}`")));
+    }
+    let mut rows = Vec::new();
+    for (i, line) in lines.enumerate() {
+        let n = i + 2;
+        let f: Vec<&str> = line.split(',').collect();
+        if f.len() != 9 {
+            return Err(bad(n, format!("{} fields instead of 9", f.len())));
+        }
+        let num = |k: usize| {
+            f[k].parse::<f64>()
+                .map_err(|_| bad(n, format!("field {} is `{}`", k + 1, f[k])))
+        };
+        let int = |k: usize| {
+            f[k].parse::<u64>()
+                .map_err(|_| bad(n, format!("field {} is `{}`", k + 1, f[k])))
+        };
+        let opt = |k: usize| if f[k].is_empty() { Ok(None) } else { num(k).map(Some) };
+        let kind = match f[0] {
+            "step" => RowKind::Step,
+            "epoch" => RowKind::Epoch,
+            other => return Err(bad(n, format!("kind `{other}` is neither step nor epoch"))),
+        };
+        rows.push(MetricRow {
+            kind,
+            epoch: int(1)?,
+            step: int(2)?,
+            samples: int(3)?,
+            train_loss: num(4)?,
+            train_acc: num(5)?,
+            test_loss: opt(6)?,
+            test_acc: opt(7)?,
+            seconds: num(8)?,
+        });
+    }
+    Ok(rows)
+}

@@ -1,0 +1,286 @@
+//! Pictures as PNG files: training curves from [`crate::metrics`] rows, and one
+//! training image with its label.
+//!
+//! Drawn with `plotters`' bitmap backend into memory and encoded with `png`; text
+//! uses DejaVu Sans compiled into the binary (the `dejavu` crate, Bitstream Vera
+//! licence) through ab_glyph, so no system font, fontconfig or X library is needed.
+//!
+//! ```
+//! use mep::metrics::{MetricRow, RowKind};
+//! # fn main() -> mep::Result<()> {
+//! let row = |kind, samples, loss: f64, acc: f64| MetricRow {
+//!     kind, epoch: 1, step: samples / 64, samples, train_loss: loss, train_acc: acc,
+//!     test_loss: (kind == RowKind::Epoch).then_some(loss), test_acc: (kind == RowKind::Epoch).then_some(acc),
+//!     seconds: 0.0,
+//! };
+//! let rows = [row(RowKind::Step, 3200, 1.2, 0.6), row(RowKind::Step, 6400, 0.5, 0.85), row(RowKind::Epoch, 6400, 0.4, 0.9)];
+//! let path = std::env::temp_dir().join(format!("mep-doc-curves-{}.png", std::process::id()));
+//! mep::plot::plot_curves(&rows, "demo", "cross_entropy", &path)?;
+//! # std::fs::remove_file(&path).ok();
+//! # Ok(())
+//! # }
+//! ```
+
+use crate::data::mnist::Dataset;
+use crate::metrics::{MetricRow, RowKind};
+use crate::{MepError, Result};
+use plotters::prelude::*;
+use std::path::Path;
+
+/// Width and height of [`plot_curves`]' picture, in pixels.
+pub const CURVES_SIZE: (u32, u32) = (1200, 480);
+/// Each pixel of a sample image becomes a square of this side in [`write_sample_png`].
+pub const SAMPLE_SCALE: u32 = 8;
+/// Height of the caption band above the sample image, in pixels.
+pub const SAMPLE_CAPTION: u32 = 36;
+
+/// The font family every text of this module is drawn in.
+const FONT: &str = "sans-serif";
+
+/// Registers the embedded font with plotters once per process.
+fn font() -> Result<()> {
+    static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let ok = *REGISTERED
+        .get_or_init(|| plotters::style::register_font(FONT, FontStyle::Normal, dejavu::sans::regular()).is_ok());
+    if ok {
+        Ok(())
+    } else {
+        Err(MepError::invalid(
+            "font",
+            "DejaVu Sans",
+            "the embedded font did not parse: rebuild mep (the `dejavu` crate's file is damaged)",
+        ))
+    }
+}
+
+/// A drawing error, reported as an I/O error on the file being drawn.
+fn draw_err(path: &Path, e: impl std::fmt::Display) -> MepError {
+    MepError::io(path, std::io::Error::other(format!("drawing failed: {e}")))
+}
+
+/// Encodes an RGB8 buffer of `w × h` pixels as a PNG file at `path`.
+fn write_png(path: &Path, rgb: &[u8], w: u32, h: u32) -> Result<()> {
+    let file = std::fs::File::create(path).map_err(|e| MepError::io(path, e))?;
+    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), w, h);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    let png_err = |e: png::EncodingError| MepError::io(path, std::io::Error::other(e.to_string()));
+    let mut writer = enc.write_header().map_err(png_err)?;
+    writer.write_image_data(rgb).map_err(png_err)?;
+    writer.finish().map_err(png_err)
+}
+
+/// `12000` → `12k`: short tick labels for sample counts.
+fn samples_label(v: f64) -> String {
+    if v.abs() >= 1e6 {
+        format!("{:.1}M", v / 1e6)
+    } else if v.abs() >= 1e3 {
+        format!("{}k", (v / 1e3).round())
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+/// Draws loss (left) and accuracy (right) against training samples seen, as a
+/// [`CURVES_SIZE`] PNG at `path`: the training curve from the step rows (each the
+/// mean over the batches since the previous row), the training mean of each epoch
+/// (hollow circles) and the test evaluation after each epoch (red, filled circles).
+/// `title` heads the picture; `loss_name` labels the loss axis.
+///
+/// Errors: [`MepError::InvalidArgument`] (`plot`) for no rows or a non-finite
+/// value; [`MepError::Io`] naming `path` when it cannot be written.
+pub fn plot_curves(rows: &[MetricRow], title: &str, loss_name: &str, path: impl AsRef<Path>) -> Result<()> {
+    let path = path.as_ref();
+    if rows.is_empty() {
+        return Err(MepError::invalid(
+            "plot",
+            "no metrics rows",
+            "train at least one epoch (--epochs ≥ 1) before plotting",
+        ));
+    }
+    if let Some(r) = rows
+        .iter()
+        .find(|r| !(r.train_loss.is_finite() && r.train_acc.is_finite()))
+    {
+        return Err(MepError::invalid(
+            "plot",
+            format!("train loss {} at {} samples", r.train_loss, r.samples),
+            "curves need finite values: lower the learning rate so training does not diverge",
+        ));
+    }
+    font()?;
+    let steps: Vec<&MetricRow> = rows.iter().filter(|r| r.kind == RowKind::Step).collect();
+    let epochs: Vec<&MetricRow> = rows.iter().filter(|r| r.kind == RowKind::Epoch).collect();
+    let x_max = rows.iter().map(|r| r.samples).max().unwrap_or(1).max(1) as f64;
+    let losses = rows
+        .iter()
+        .flat_map(|r| [Some(r.train_loss), r.test_loss])
+        .flatten()
+        .filter(|v| v.is_finite());
+    let loss_max = losses.fold(0.0f64, f64::max).max(1e-6) * 1.05;
+    let accs = rows
+        .iter()
+        .flat_map(|r| [Some(r.train_acc), r.test_acc])
+        .flatten()
+        .filter(|v| v.is_finite());
+    let acc_min = accs.fold(1.0f64, f64::min);
+    // Zoom on the range the accuracy covers, in whole 5 % steps, up to 100 %.
+    let acc_lo = ((acc_min * 100.0 - 2.0) / 5.0).floor().max(0.0) * 5.0;
+
+    let (w, h) = CURVES_SIZE;
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        let root = root.titled(title, (FONT, 22)).map_err(|e| draw_err(path, e))?;
+        let (left, right) = root.split_horizontally(w / 2);
+        let panels = [
+            (left, "loss", format!("mean {loss_name} per sample"), 0.0, loss_max, 1.0),
+            (right, "accuracy", "accuracy (%)".to_string(), acc_lo, 100.0, 100.0),
+        ];
+        for (area, caption, y_desc, y_lo, y_hi, scale) in panels {
+            let is_loss = caption == "loss";
+            let mut chart = ChartBuilder::on(&area)
+                .caption(caption, (FONT, 18))
+                .margin(12)
+                .x_label_area_size(44)
+                .y_label_area_size(64)
+                .build_cartesian_2d(0.0..x_max * 1.02, y_lo..y_hi)
+                .map_err(|e| draw_err(path, e))?;
+            chart
+                .configure_mesh()
+                .x_desc("training samples seen")
+                .y_desc(y_desc)
+                .x_label_formatter(&|v| samples_label(*v))
+                .y_label_formatter(&|v| if is_loss { format!("{v:.2}") } else { format!("{v:.0}") })
+                .label_style((FONT, 13))
+                .axis_desc_style((FONT, 15))
+                .draw()
+                .map_err(|e| draw_err(path, e))?;
+            let train = |r: &MetricRow| if is_loss { r.train_loss } else { r.train_acc * scale };
+            let test = |r: &MetricRow| {
+                if is_loss {
+                    r.test_loss
+                } else {
+                    r.test_acc.map(|a| a * scale)
+                }
+            };
+            let blue = RGBColor(31, 119, 180);
+            let red = RGBColor(214, 39, 40);
+            if !steps.is_empty() {
+                chart
+                    .draw_series(LineSeries::new(
+                        steps.iter().map(|r| (r.samples as f64, train(r))),
+                        blue.stroke_width(2),
+                    ))
+                    .map_err(|e| draw_err(path, e))?
+                    .label("train (recent batches)")
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], blue.stroke_width(2)));
+            }
+            chart
+                .draw_series(
+                    epochs
+                        .iter()
+                        .map(|r| Circle::new((r.samples as f64, train(r)), 6, blue.stroke_width(2))),
+                )
+                .map_err(|e| draw_err(path, e))?
+                .label("train (epoch mean)")
+                .legend(move |(x, y)| Circle::new((x + 10, y), 5, blue.stroke_width(2)));
+            let test_pts: Vec<(f64, f64)> = epochs
+                .iter()
+                .filter_map(|r| test(r).map(|v| (r.samples as f64, v)))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(test_pts.iter().copied(), red.stroke_width(2)))
+                .map_err(|e| draw_err(path, e))?;
+            chart
+                .draw_series(test_pts.iter().map(|&p| Circle::new(p, 5, red.filled())))
+                .map_err(|e| draw_err(path, e))?
+                .label("test (after each epoch)")
+                .legend(move |(x, y)| Circle::new((x + 10, y), 5, red.filled()));
+            chart
+                .configure_series_labels()
+                .position(if is_loss {
+                    SeriesLabelPosition::UpperRight
+                } else {
+                    SeriesLabelPosition::LowerRight
+                })
+                .label_font((FONT, 13))
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .draw()
+                .map_err(|e| draw_err(path, e))?;
+        }
+        root.present().map_err(|e| draw_err(path, e))?;
+    }
+    write_png(path, &buf, w, h)
+}
+
+/// Width and height of [`write_sample_png`]'s picture for `side × side` images.
+pub fn sample_png_size(side: usize) -> (u32, u32) {
+    let s = side as u32 * SAMPLE_SCALE;
+    (s.max(160), s + SAMPLE_CAPTION)
+}
+
+/// Writes training image `index` of `data` (square greyscale images, e.g. MNIST's
+/// 28 × 28) as a PNG at `path`: each pixel a [`SAMPLE_SCALE`]-pixel square, grey
+/// levels stretched from the image's own minimum (black) to maximum (white), under
+/// a caption with the index and label. Returns the picture's size
+/// ([`sample_png_size`]).
+///
+/// Errors: [`MepError::InvalidArgument`] (`show_sample`) for an index past the
+/// data set or non-square images; [`MepError::Io`] naming `path`.
+pub fn write_sample_png(data: &Dataset, index: usize, path: impl AsRef<Path>) -> Result<(u32, u32)> {
+    let path = path.as_ref();
+    if index >= data.n {
+        return Err(MepError::invalid(
+            "show_sample",
+            index,
+            format!("the training set has {} samples: pick an index below that", data.n),
+        ));
+    }
+    let side = (data.features as f64).sqrt().round() as usize;
+    if side * side != data.features {
+        return Err(MepError::invalid(
+            "show_sample",
+            index,
+            format!(
+                "only square greyscale images can be drawn; this data set has {} features per sample",
+                data.features
+            ),
+        ));
+    }
+    font()?;
+    let img = data.sample(index);
+    let lo = img.iter().cloned().fold(f32::INFINITY, f32::min);
+    let hi = img.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let span = if hi > lo { hi - lo } else { 1.0 };
+    let (w, h) = sample_png_size(side);
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        let caption = format!("#{index}: label {}", data.labels[index]);
+        let style = TextStyle::from((FONT, 20).into_font()).pos(plotters::style::text_anchor::Pos::new(
+            plotters::style::text_anchor::HPos::Center,
+            plotters::style::text_anchor::VPos::Center,
+        ));
+        root.draw_text(&caption, &style, (w as i32 / 2, SAMPLE_CAPTION as i32 / 2))
+            .map_err(|e| draw_err(path, e))?;
+        root.present().map_err(|e| draw_err(path, e))?;
+    }
+    // The image itself, centred below the caption, pixel by pixel.
+    let x0 = (w - side as u32 * SAMPLE_SCALE) / 2;
+    for (i, &v) in img.iter().enumerate() {
+        let g = (((v - lo) / span) * 255.0).round().clamp(0.0, 255.0) as u8;
+        let (r, c) = ((i / side) as u32, (i % side) as u32);
+        for dy in 0..SAMPLE_SCALE {
+            let y = SAMPLE_CAPTION + r * SAMPLE_SCALE + dy;
+            for dx in 0..SAMPLE_SCALE {
+                let x = x0 + c * SAMPLE_SCALE + dx;
+                let o = ((y * w + x) * 3) as usize;
+                buf[o..o + 3].fill(g);
+            }
+        }
+    }
+    write_png(path, &buf, w, h)?;
+    Ok((w, h))
+}

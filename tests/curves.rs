@@ -1,0 +1,302 @@
+//! Curves and pictures (issue 10, part 4): metrics rows against hand-computed
+//! window means, the CSV round trip, and PNG files decoded back and checked for
+//! their size and content, through the library and through `mep-mnist`.
+
+mod common;
+
+use common::fresh_seed;
+use mep::metrics::{read_csv, MetricRow, MetricsLog, RowKind, CSV_HEADER};
+use mep::optim::StepStats;
+use mep::plot::{plot_curves, sample_png_size, write_sample_png, CURVES_SIZE, SAMPLE_CAPTION, SAMPLE_SCALE};
+use mep::rng::Rng;
+use mep::train::Evaluation;
+use mep::{Dataset, MepError};
+use std::path::{Path, PathBuf};
+
+fn tmp(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("mep-curves-{}-{name}", std::process::id()))
+}
+
+/// Decodes a PNG: (width, height, RGB8 pixels).
+fn decode(path: &Path) -> (u32, u32, Vec<u8>) {
+    let file = std::io::BufReader::new(std::fs::File::open(path).unwrap());
+    let mut reader = png::Decoder::new(file).read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    assert_eq!(info.color_type, png::ColorType::Rgb, "{}", path.display());
+    assert_eq!(info.bit_depth, png::BitDepth::Eight, "{}", path.display());
+    buf.truncate(info.buffer_size());
+    (info.width, info.height, buf)
+}
+
+fn running(samples: u64, loss: f64, accuracy: f64) -> StepStats {
+    StepStats {
+        samples,
+        loss,
+        accuracy,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn step_rows_cover_only_their_own_batches() {
+    let seed = fresh_seed("metrics_windows");
+    let mut rng = Rng::new(seed);
+    let path = tmp("windows.csv");
+    let mut log = MetricsLog::to_csv(&path).unwrap();
+    // Per-sample losses and hits of two epochs of 4 windows; the loop reports running
+    // means since the epoch began, the rows must recover each window's own mean.
+    let mut want = Vec::new();
+    let mut before = 0u64;
+    for epoch in 0..2u64 {
+        let (mut n, mut sum, mut hits) = (0u64, 0.0, 0.0);
+        for w in 0..4u64 {
+            let k = 5 + rng.below(20);
+            let losses: Vec<f64> = (0..k).map(|_| rng.uniform_range(0.0, 3.0)).collect();
+            let h = rng.below(k + 1) as f64;
+            n += k;
+            sum += losses.iter().sum::<f64>();
+            hits += h;
+            want.push((losses.iter().sum::<f64>() / k as f64, h / k as f64, before + n));
+            log.record_progress(
+                epoch,
+                before,
+                epoch * 4 + w + 1,
+                running(n, sum / n as f64, hits / n as f64),
+            )
+            .unwrap();
+            // A repeated report (no new samples) adds no row.
+            log.record_progress(
+                epoch,
+                before,
+                epoch * 4 + w + 1,
+                running(n, sum / n as f64, hits / n as f64),
+            )
+            .unwrap();
+        }
+        before += n;
+        log.record_epoch(
+            epoch,
+            before,
+            epoch * 4 + 4,
+            running(n, sum / n as f64, hits / n as f64),
+            Evaluation {
+                loss: 0.5,
+                accuracy: 0.9,
+            },
+        )
+        .unwrap();
+    }
+    let steps: Vec<&MetricRow> = log.rows().iter().filter(|r| r.kind == RowKind::Step).collect();
+    assert_eq!(steps.len(), want.len());
+    for (r, (loss, acc, samples)) in steps.iter().zip(&want) {
+        assert!((r.train_loss - loss).abs() < 1e-9, "{r:?} vs loss {loss}");
+        assert!((r.train_acc - acc).abs() < 1e-9, "{r:?} vs acc {acc}");
+        assert_eq!(r.samples, *samples);
+    }
+    assert_eq!(log.rows().iter().filter(|r| r.kind == RowKind::Epoch).count(), 2);
+    // The CSV holds the same rows (test columns empty on step rows).
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(text.lines().next(), Some(CSV_HEADER));
+    let back = read_csv(&path).unwrap();
+    assert_eq!(back.len(), log.rows().len());
+    for (a, b) in back.iter().zip(log.rows()) {
+        assert_eq!(
+            (a.kind, a.epoch, a.step, a.samples),
+            (b.kind, b.epoch, b.step, b.samples)
+        );
+        assert_eq!(
+            (a.train_loss, a.train_acc, a.test_loss, a.test_acc),
+            (b.train_loss, b.train_acc, b.test_loss, b.test_acc)
+        );
+    }
+    std::fs::write(&path, "kind,epoch\nstep,1\n").unwrap();
+    assert!(matches!(read_csv(&path), Err(MepError::CorruptData { .. })));
+    std::fs::remove_file(&path).ok();
+}
+
+fn synthetic_rows(rng: &mut Rng, epochs: u64) -> Vec<MetricRow> {
+    let mut rows = Vec::new();
+    let mut samples = 0;
+    for e in 1..=epochs {
+        for _ in 0..10 {
+            samples += 640;
+            rows.push(MetricRow {
+                kind: RowKind::Step,
+                epoch: e,
+                step: samples / 64,
+                samples,
+                train_loss: 2.0 / (1.0 + samples as f64 / 2000.0) + 0.05 * rng.uniform_range(0.0, 1.0),
+                train_acc: 1.0 - 0.9 / (1.0 + samples as f64 / 2000.0),
+                test_loss: None,
+                test_acc: None,
+                seconds: 0.0,
+            });
+        }
+        rows.push(MetricRow {
+            kind: RowKind::Epoch,
+            test_loss: Some(0.3 / e as f64),
+            test_acc: Some(0.9 + 0.02 * e as f64),
+            ..rows[rows.len() - 1]
+        });
+    }
+    rows
+}
+
+#[test]
+fn curves_are_a_png_of_the_documented_size_with_both_series() {
+    let seed = fresh_seed("curves_png");
+    let mut rng = Rng::new(seed);
+    let path = tmp("curves.png");
+    plot_curves(&synthetic_rows(&mut rng, 3), "test curves", "cross-entropy", &path).unwrap();
+    let (w, h, px) = decode(&path);
+    assert_eq!((w, h), CURVES_SIZE);
+    let count = |pred: &dyn Fn(&[u8]) -> bool| px.chunks(3).filter(|p| pred(p)).count();
+    // Training curve (blue), test points (red) and dark text/axes are all there.
+    let blue = count(&|p| p[2] > 150 && p[0] < 80);
+    let red = count(&|p| p[0] > 180 && p[1] < 80 && p[2] < 80);
+    let dark = count(&|p| p[0] < 60 && p[1] < 60 && p[2] < 60);
+    assert!(blue > 500, "{blue} blue pixels");
+    assert!(red > 100, "{red} red pixels");
+    assert!(dark > 2000, "{dark} dark pixels (axes, labels)");
+    std::fs::remove_file(&path).ok();
+
+    assert!(matches!(
+        plot_curves(&[], "t", "loss", &path),
+        Err(MepError::InvalidArgument { name: "plot", .. })
+    ));
+    let mut nan = synthetic_rows(&mut rng, 1);
+    nan[3].train_loss = f64::NAN;
+    assert!(matches!(
+        plot_curves(&nan, "t", "loss", &path),
+        Err(MepError::InvalidArgument { name: "plot", .. })
+    ));
+    assert!(matches!(
+        plot_curves(
+            &synthetic_rows(&mut rng, 1),
+            "t",
+            "loss",
+            Path::new("/nonexistent-dir/x.png")
+        ),
+        Err(MepError::Io { .. })
+    ));
+}
+
+#[test]
+fn a_sample_png_shows_the_image_pixel_for_pixel() {
+    let seed = fresh_seed("sample_png");
+    let mut rng = Rng::new(seed);
+    let side = 6;
+    let n = 5;
+    let images: Vec<f32> = (0..n * side * side).map(|_| rng.normal() as f32).collect();
+    let labels: Vec<u32> = (0..n).map(|_| rng.below(10) as u32).collect();
+    let data = Dataset::new(images, labels, side * side, 10).unwrap();
+    let index = rng.below(n as u64) as usize;
+    let path = tmp("sample.png");
+    let size = write_sample_png(&data, index, &path).unwrap();
+    let (w, h, px) = decode(&path);
+    assert_eq!((w, h), size);
+    assert_eq!(size, sample_png_size(side));
+    // Each block's centre is the image's grey level, stretched min → 0, max → 255.
+    let img = data.sample(index);
+    let lo = img.iter().cloned().fold(f32::INFINITY, f32::min);
+    let hi = img.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let x0 = (w - side as u32 * SAMPLE_SCALE) / 2;
+    for (i, &v) in img.iter().enumerate() {
+        let want = ((v - lo) / (hi - lo) * 255.0).round() as i32;
+        let (r, c) = ((i / side) as u32, (i % side) as u32);
+        let (x, y) = (
+            x0 + c * SAMPLE_SCALE + SAMPLE_SCALE / 2,
+            SAMPLE_CAPTION + r * SAMPLE_SCALE + SAMPLE_SCALE / 2,
+        );
+        let o = ((y * w + x) * 3) as usize;
+        assert_eq!(&px[o..o + 3], &[want as u8; 3], "pixel {i} ({r}, {c})");
+    }
+    // The caption band has text in it (dark pixels).
+    let caption_dark = px[..(SAMPLE_CAPTION * w * 3) as usize]
+        .chunks(3)
+        .filter(|p| p[0] < 100)
+        .count();
+    assert!(caption_dark > 50, "caption has {caption_dark} dark pixels");
+    std::fs::remove_file(&path).ok();
+
+    assert!(matches!(
+        write_sample_png(&data, n, &path),
+        Err(MepError::InvalidArgument {
+            name: "show_sample",
+            ..
+        })
+    ));
+    let odd = Dataset::new(vec![0.0; 10], vec![0, 1], 5, 2).unwrap();
+    assert!(matches!(
+        write_sample_png(&odd, 0, &path),
+        Err(MepError::InvalidArgument {
+            name: "show_sample",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn mep_mnist_writes_metrics_curves_and_a_sample() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mnist");
+    if mep::Mnist::load(&dir).is_err() {
+        eprintln!(
+            "skipping: MNIST not found in {} (run scripts/fetch-mnist.sh)",
+            dir.display()
+        );
+        return;
+    }
+    let (csv, plot, sample) = (tmp("run.csv"), tmp("run.png"), tmp("digit.png"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mep-mnist"))
+        .args([
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--train-subset",
+            "640",
+            "--epochs",
+            "2",
+        ])
+        .args(["--report-every", "4", "--show-sample", "7", "--data-dir"])
+        .arg(&dir)
+        .arg("--metrics")
+        .arg(&csv)
+        .arg("--plot")
+        .arg(&plot)
+        .arg("--sample-out")
+        .arg(&sample)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let rows = read_csv(&csv).unwrap();
+    // 10 steps per epoch: rows after steps 4, 8 and the epoch's end (10), then the epoch row.
+    let kinds: Vec<(RowKind, u64)> = rows.iter().map(|r| (r.kind, r.step)).collect();
+    use RowKind::{Epoch, Step};
+    assert_eq!(
+        kinds,
+        [
+            (Step, 4),
+            (Step, 8),
+            (Step, 10),
+            (Epoch, 10),
+            (Step, 14),
+            (Step, 18),
+            (Step, 20),
+            (Epoch, 20)
+        ]
+    );
+    assert_eq!(rows.last().unwrap().samples, 1280);
+    assert!(rows
+        .iter()
+        .filter(|r| r.kind == Epoch)
+        .all(|r| r.test_acc.unwrap() > 0.5));
+    let (pw, ph, _) = decode(&plot);
+    assert_eq!((pw, ph), CURVES_SIZE);
+    let (w, h, _) = decode(&sample);
+    assert_eq!((w, h), sample_png_size(28));
+    for p in [csv, plot, sample] {
+        std::fs::remove_file(p).ok();
+    }
+}
