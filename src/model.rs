@@ -188,7 +188,7 @@ impl Model {
 
     /// Loads weights saved by [`Model::save`] into this model (shapes must match).
     pub fn load_weights(&mut self, path: impl AsRef<Path>) -> Result<()> {
-        let values = crate::io::load(path.as_ref(), self.arch())?;
+        let values = crate::io::load(path.as_ref(), self.arch(), self.energy())?;
         with_net!(&mut self.net, n => n.set_from_host(&values))
     }
 }

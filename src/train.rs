@@ -110,13 +110,13 @@ pub fn train_epoch<B: Backend>(
         load_batch(&bk, &mut engine.ws, data, &perm, off, rows)?;
         engine.step(net, rows)?;
         if report_every > 0 && (i + 1) % report_every == 0 && i + 1 < steps {
-            let s = engine.checked_stats()?;
+            let s = engine.checked_stats(net)?;
             progress(i + 1, steps, s);
         }
     }
     bk.synchronize()?;
     let seconds = start.elapsed().as_secs_f64();
-    let train = engine.checked_stats()?;
+    let train = engine.checked_stats(net)?;
     progress(steps, steps, train);
     Ok(EpochReport { train, seconds })
 }

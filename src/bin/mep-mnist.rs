@@ -239,7 +239,7 @@ fn run(args: Args) -> mep::Result<()> {
         })?);
     }
     let mut builder = Sequential::new(&device).flatten();
-    let mut width = mnist.train.features;
+    let mut width = mnist.train.features();
     for &h in &hidden {
         builder = builder.linear(width, h).activation(args.activation);
         width = h;
@@ -251,7 +251,7 @@ fn run(args: Args) -> mep::Result<()> {
         },
     };
     let mut model = builder
-        .linear(width, mnist.train.classes)
+        .linear(width, mnist.train.classes())
         .energy(energy)
         .build(args.seed)?;
     let preset = match args.optimizer {
@@ -259,13 +259,13 @@ fn run(args: Args) -> mep::Result<()> {
         OptName::Sgd => mep::sgd(&model),
         OptName::Adam => mep::adam(&model),
     };
-    let mut opt = configure(&args, mnist.train.n, preset).build()?;
+    let mut opt = configure(&args, mnist.train.len(), preset).build()?;
 
     let epoch_flops = mep::flops::epoch_flops(
         model.arch(),
         model.energy(),
         &opt.config(),
-        mnist.train.n,
+        mnist.train.len(),
         args.batch_size.max(1),
     );
     let train = model.upload(&mnist.train)?;

@@ -55,19 +55,24 @@ pub const SHA256: [(&str, &str); 4] = [
 ];
 
 /// A labelled classification data set held in memory.
+///
+/// Validated once by [`Dataset::new`] and kept valid: the fields are private (read
+/// them with [`Dataset::images`], [`Dataset::labels`], [`Dataset::len`],
+/// [`Dataset::features`], [`Dataset::classes`]), so labels stay `< classes`, inputs
+/// stay finite and the sizes stay consistent.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Dataset {
     /// `n × features` inputs, row-major (sample `i` is `images[i*features..(i+1)*features]`).
     /// For MNIST: pixels normalised as `(x/255 − 0.1307)/0.3081`.
-    pub images: Vec<f32>,
+    pub(crate) images: Vec<f32>,
     /// `n` class labels, each `< classes`.
-    pub labels: Vec<u32>,
+    pub(crate) labels: Vec<u32>,
     /// Number of samples.
-    pub n: usize,
+    pub(crate) n: usize,
     /// Inputs per sample (784 for MNIST).
-    pub features: usize,
+    pub(crate) features: usize,
     /// Number of classes (10 for MNIST).
-    pub classes: usize,
+    pub(crate) classes: usize,
 }
 
 impl Dataset {
@@ -114,6 +119,42 @@ impl Dataset {
             features,
             classes,
         })
+    }
+
+    /// `n × features` inputs, row-major (sample `i` is `images[i*features..(i+1)*features]`).
+    pub fn images(&self) -> &[f32] {
+        &self.images
+    }
+
+    /// The class labels, one per sample, each `< classes`.
+    pub fn labels(&self) -> &[u32] {
+        &self.labels
+    }
+
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    /// True when there are no samples.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// Inputs per sample (784 for MNIST).
+    pub fn features(&self) -> usize {
+        self.features
+    }
+
+    /// Number of classes (10 for MNIST).
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+
+    /// Takes the inputs and labels back (e.g. to modify them and build a new,
+    /// re-validated data set with [`Dataset::new`]).
+    pub fn into_parts(self) -> (Vec<f32>, Vec<u32>) {
+        (self.images, self.labels)
     }
 
     /// The first `min(n, self.n)` samples as a new data set.

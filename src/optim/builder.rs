@@ -210,8 +210,17 @@ impl<'m> OptimizerBuilder<'m> {
             ));
         }
         let cfg = self.config();
-        let engine = with_net!(&self.model.net, n => AnyEngine::from(Engine::new(cfg, n, 64)?));
-        Ok(Optimizer { engine })
+        let mut engine = with_net!(&self.model.net, n => AnyEngine::from(Engine::new(cfg, n, 64)?));
+        if let AnyEngine::Cuda(e) = &mut engine {
+            // A host read per step would synchronise the GPU: check when the host next
+            // reads (every `check_every` steps and at every statistics read) instead.
+            e.set_check_every_step(false);
+        }
+        Ok(Optimizer {
+            engine,
+            arch: self.model.arch().clone(),
+            energy: self.model.energy(),
+        })
     }
 }
 
@@ -247,6 +256,13 @@ macro_rules! with_engine {
 /// phase(s) and the update (or, in Backprop mode, forward, backward and update).
 pub struct Optimizer {
     pub(crate) engine: AnyEngine,
+    /// The structure of the model this optimizer was built for: its state (momentum,
+    /// Adam moments, power-iteration vectors, workspace) is shaped for it, so a step
+    /// on any other model is refused before anything is touched.
+    arch: crate::nn::Arch,
+    /// That model's energy (the gradient computation and a Backprop-mode check at
+    /// build depend on it).
+    energy: crate::ep::Energy,
 }
 
 fn host_step<B: Backend>(engine: &mut Engine<B>, net: &mut Network<B>, x: &[f32], y: &[u32]) -> Result<()> {
@@ -271,7 +287,11 @@ fn host_step<B: Backend>(engine: &mut Engine<B>, net: &mut Network<B>, x: &[f32]
 impl Optimizer {
     /// One training step on a host batch: `x` is `rows × inputs` (row-major,
     /// normalised), `y` holds `rows` class labels.
+    ///
+    /// Errors: [`MepError::Shape`] when `model` is not the model (architecture and
+    /// energy) this optimizer was built for; nothing is modified then.
     pub fn step(&mut self, model: &mut Model, x: &[f32], y: &[u32]) -> Result<()> {
+        self.check_model(model)?;
         match (&mut self.engine, &mut model.net) {
             (AnyEngine::Cpu(e), AnyNet::Cpu(n)) => on_pool(|| host_step(e, n, x, y)),
             (AnyEngine::Cuda(e), AnyNet::Cuda(n)) => host_step(e, n, x, y),
@@ -293,6 +313,7 @@ impl Optimizer {
         report_every: usize,
         progress: impl FnMut(usize, usize, StepStats) + Send,
     ) -> Result<EpochReport> {
+        self.check_model(model)?;
         match (&mut self.engine, &mut model.net, &data.inner) {
             (AnyEngine::Cpu(e), AnyNet::Cpu(n), AnyData::Cpu(d)) => {
                 on_pool(|| train_epoch(e, n, d, batch_size, shuffle, epoch, report_every, progress))
@@ -302,6 +323,26 @@ impl Optimizer {
             }
             _ => Err(device_mismatch()),
         }
+    }
+
+    /// Refuses a model whose structure differs from the one this optimizer was built
+    /// for, naming the difference.
+    fn check_model(&self, model: &Model) -> Result<()> {
+        if model.arch() != &self.arch {
+            return Err(MepError::Shape(format!(
+                "this optimizer was built for a {} model but is given a {} model; build one optimizer per model (e.g. smep(&model).build())",
+                self.arch.describe(),
+                model.arch().describe()
+            )));
+        }
+        if model.energy() != self.energy {
+            return Err(MepError::Shape(format!(
+                "this optimizer was built for a model with the {:?} energy but is given one with {:?}; build one optimizer per model",
+                self.energy,
+                model.energy()
+            )));
+        }
+        Ok(())
     }
 
     /// The configuration.

@@ -1,0 +1,262 @@
+//! Issue 9, "no panic, no lost work, no silent acceptance": one test per class of
+//! failure found by trying to break the crate. README.md's "Guarantees" section
+//! names these tests.
+
+use mep::ep::Energy;
+use mep::{sgd, smep, Dataset, Device, MepError, Sequential, Shuffle};
+use std::path::PathBuf;
+
+/// 20–16(relu)–4 on the CPU.
+fn small(seed: u64) -> mep::Model {
+    Sequential::new(&Device::Cpu)
+        .flatten()
+        .linear(20, 16)
+        .relu()
+        .linear(16, 4)
+        .build(seed)
+        .unwrap()
+}
+
+/// A fresh scratch directory for one test.
+fn scratch(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mep-rel-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn batch(n: usize, seed: u64) -> (Vec<f32>, Vec<u32>) {
+    let d = Dataset::synthetic(n, 20, 4, seed).unwrap();
+    (d.images().to_vec(), d.labels().to_vec())
+}
+
+#[test]
+fn an_optimizer_refuses_a_model_it_was_not_built_for_before_touching_it() {
+    let a = small(1);
+    let (x, y) = batch(8, 2);
+    let deeper = || {
+        Sequential::new(&Device::Cpu)
+            .flatten()
+            .linear(20, 16)
+            .relu()
+            .linear(16, 16)
+            .relu()
+            .linear(16, 4)
+            .build(5)
+            .unwrap()
+    };
+    let narrower = || {
+        Sequential::new(&Device::Cpu)
+            .flatten()
+            .linear(20, 8)
+            .relu()
+            .linear(8, 4)
+            .build(5)
+            .unwrap()
+    };
+    let hopfield = || {
+        Sequential::new(&Device::Cpu)
+            .flatten()
+            .linear(20, 16)
+            .relu()
+            .linear(16, 4)
+            .energy(Energy::HOPFIELD)
+            .build(5)
+            .unwrap()
+    };
+    for (name, mut opt) in [("smep", smep(&a).build().unwrap()), ("sgd", sgd(&a).build().unwrap())] {
+        for mut b in [deeper(), narrower(), small(9), hopfield()] {
+            let before = b.parameters().unwrap();
+            let r = opt.step(&mut b, &x, &y);
+            if b.arch() == a.arch() && b.energy() == a.energy() {
+                // Same structure: a legitimate second model of the same shape.
+                r.unwrap();
+                continue;
+            }
+            assert!(matches!(r, Err(MepError::Shape(_))), "{name}: {r:?}");
+            assert_eq!(b.parameters().unwrap(), before, "{name}: the other model was modified");
+            let data = b.upload(&Dataset::synthetic(16, 20, 4, 3).unwrap()).unwrap();
+            let r = opt.train_epoch(&mut b, &data, 8, Shuffle::Seeded(0), 0, 0, |_, _, _| {});
+            assert!(matches!(r, Err(MepError::Shape(_))), "{name} train_epoch: {r:?}");
+            assert_eq!(
+                b.parameters().unwrap(),
+                before,
+                "{name}: train_epoch modified the other model"
+            );
+        }
+    }
+}
+
+#[test]
+fn divergence_is_caught_at_the_step_with_the_parameters_restored() {
+    let mut m = small(3);
+    let mut opt = sgd(&m).lr(1e30).build().unwrap();
+    let data = Dataset::synthetic(640, 20, 4, 1).unwrap();
+    let mut last_good = m.parameters().unwrap();
+    let mut failed_at = None;
+    for (i, b) in data.batches(32, Shuffle::Seeded(0)).unwrap().enumerate() {
+        match opt.step(&mut m, &b.x, &b.y) {
+            Ok(()) => {
+                let p = m.parameters().unwrap();
+                assert!(
+                    p.iter().flat_map(|(w, b)| w.iter().chain(b)).all(|v| v.is_finite()),
+                    "step {} returned Ok with non-finite parameters",
+                    i + 1
+                );
+                last_good = p;
+            }
+            Err(e) => {
+                assert!(
+                    matches!(e, MepError::Diverged { step, .. } if step == i as u64 + 1),
+                    "{e}"
+                );
+                failed_at = Some(i);
+                break;
+            }
+        }
+    }
+    let i = failed_at.expect("lr 1e30 must diverge");
+    assert!(i < 5, "divergence reported only at step {}", i + 1);
+    assert_eq!(m.parameters().unwrap(), last_good, "parameters not restored");
+    // Later steps keep refusing; the restored model predicts and saves.
+    let (x, y) = batch(8, 2);
+    assert!(matches!(opt.step(&mut m, &x, &y), Err(MepError::Diverged { .. })));
+    assert_eq!(m.parameters().unwrap(), last_good);
+    m.predict(&x).unwrap();
+    let dir = scratch("diverge");
+    m.save(dir.join("m.safetensors")).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn save_refuses_non_finite_parameters() {
+    let m = small(1);
+    let dir = scratch("nonfinite");
+    let path = dir.join("m.safetensors");
+    let mut vals = m.parameters().unwrap();
+    vals[1].0[3] = f64::NAN;
+    let r = mep::io::save(&path, m.arch(), m.energy(), &vals, mep::io::Dtype::F32);
+    assert!(matches!(r, Err(MepError::NonFinite(_))), "{r:?}");
+    assert!(!path.exists());
+    vals[1].0[3] = f64::INFINITY;
+    assert!(mep::io::save(&path, m.arch(), m.energy(), &vals, mep::io::Dtype::BF16).is_err());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn sizes_that_overflow_or_cannot_be_allocated_are_typed_errors() {
+    let build = |inp: usize, out: usize| Sequential::new(&Device::Cpu).linear(inp, out).build(0);
+    for (inp, out) in [(1 << 63, 2), (usize::MAX, 3), (1 << 40, 1 << 40)] {
+        let r = build(inp, out);
+        assert!(
+            matches!(r, Err(MepError::InvalidArgument { name: "linear", .. })),
+            "Linear({inp}, {out}): {:?}",
+            r.err()
+        );
+    }
+    // Representable but far beyond any memory (2^56 f32 = 256 PiB): refused, not an abort.
+    let r = build(1 << 28, 1 << 28);
+    assert!(matches!(r, Err(MepError::OutOfMemory { .. })), "{:?}", r.err());
+}
+
+#[test]
+fn saves_use_unique_exclusive_temporaries_and_clean_up_stale_ones() {
+    let dir = scratch("tmp");
+    // Two saves in one process, same stem, different paths, concurrently: each file
+    // must hold its own model.
+    let (a, b) = (small(1), small(2));
+    let (pa, pb) = (dir.join("m.a"), dir.join("m.b"));
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..10 {
+                    a.save(&pa).unwrap();
+                }
+            });
+            s.spawn(|| {
+                for _ in 0..10 {
+                    b.save(&pb).unwrap();
+                }
+            });
+        }
+    });
+    let mut la = small(7);
+    la.load_weights(&pa).unwrap();
+    assert_eq!(la.parameters().unwrap(), a.parameters().unwrap());
+    la.load_weights(&pb).unwrap();
+    assert_eq!(la.parameters().unwrap(), b.parameters().unwrap());
+    // A killed save's temporary file (its process is gone) is removed by the next save.
+    let path = dir.join("model.safetensors");
+    let stale = dir.join(".model.safetensors.4000000000.0-0.mep-tmp");
+    std::fs::write(&stale, b"partial").unwrap();
+    a.save(&path).unwrap();
+    assert!(!stale.exists(), "stale temporary file left behind");
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".mep-tmp"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    // The destination is checked before any work.
+    assert!(mep::io::check_writable(&path).is_ok());
+    assert!(mep::io::check_writable(&dir.join("missing/m.safetensors")).is_err());
+    assert!(mep::io::check_writable(&dir).is_err());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn checkpoints_of_another_architecture_or_energy_are_refused_by_name() {
+    let dir = scratch("ckpt");
+    let path = dir.join("h.safetensors");
+    let hop = Sequential::new(&Device::Cpu)
+        .flatten()
+        .linear(20, 16)
+        .linear(16, 4)
+        .linear(4, 4)
+        .energy(Energy::HOPFIELD)
+        .build(0)
+        .unwrap();
+    hop.save(&path).unwrap();
+    let mut layered = small(0);
+    let e = layered.load_weights(&path).unwrap_err().to_string();
+    assert!(e.contains("arch") && e.contains("20-16-4-4"), "{e}");
+    // Same widths, other activation.
+    let mut plain = Sequential::new(&Device::Cpu)
+        .flatten()
+        .linear(20, 16)
+        .linear(16, 4)
+        .linear(4, 4)
+        .energy(Energy::HOPFIELD)
+        .build(0)
+        .unwrap();
+    plain.load_weights(&path).unwrap();
+    let relu = small(0);
+    relu.save(&path).unwrap();
+    let mut tanh = Sequential::new(&Device::Cpu)
+        .flatten()
+        .linear(20, 16)
+        .tanh()
+        .linear(16, 4)
+        .build(0)
+        .unwrap();
+    let e = tanh.load_weights(&path).unwrap_err().to_string();
+    assert!(e.contains("relu") && e.contains("tanh"), "{e}");
+    // Same structure, other energy.
+    let mut hop2 = Sequential::new(&Device::Cpu)
+        .flatten()
+        .linear(20, 16)
+        .relu()
+        .linear(16, 4)
+        .energy(Energy::HOPFIELD)
+        .build(0)
+        .unwrap();
+    let e = hop2.load_weights(&path).unwrap_err().to_string();
+    assert!(e.contains("energy") && e.contains("hopfield"), "{e}");
+    // Trailing bytes are refused.
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes.extend_from_slice(&[0; 8]);
+    std::fs::write(&path, &bytes).unwrap();
+    assert!(matches!(small(0).load_weights(&path), Err(MepError::ModelFile { .. })));
+    std::fs::remove_dir_all(&dir).ok();
+}
