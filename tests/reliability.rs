@@ -260,3 +260,217 @@ fn checkpoints_of_another_architecture_or_energy_are_refused_by_name() {
     assert!(matches!(small(0).load_weights(&path), Err(MepError::ModelFile { .. })));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+fn mep_mnist(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_mep-mnist"))
+        .args(["--device", "cpu", "--threads", "1"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn mnist_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("MEP_MNIST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mnist"));
+    if mep::Mnist::load(&dir).is_ok() {
+        Some(dir)
+    } else {
+        eprintln!("skipping the MNIST part: no MNIST in {}", dir.display());
+        None
+    }
+}
+
+#[test]
+fn options_that_would_be_ignored_are_errors_naming_the_conflict() {
+    // Checked before the data is read, so any data directory will do.
+    let none = "/nonexistent-mep-data";
+    for (args, name) in [
+        (
+            &["--loss", "squared_error", "--label-smoothing", "5"][..],
+            "label-smoothing",
+        ),
+        (&["--free-steps", "7"][..], "free-steps"),
+        (&["--mode", "backprop", "--nudging", "symmetric"][..], "nudging"),
+        (&["--mode", "backprop", "--beta", "0.3"][..], "beta"),
+        (&["--mode", "backprop", "--settle-steps", "3"][..], "settle-steps"),
+        (&["--mode", "backprop", "--settle-lr", "0.3"][..], "settle-lr"),
+        (&["--energy", "hopfield", "--settle-lr", "0.3"][..], "settle-lr"),
+        (&["--gamma", "0.5", "--spectral-layers", "off"][..], "gamma"),
+        (&["--epochs", "0"][..], "epochs"),
+        (&["--train-subset", "0"][..], "train-subset"),
+        (&["--hidden", "128,,64"][..], "hidden"),
+    ] {
+        let out = mep_mnist(&[&["--data-dir", none], args].concat());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(&format!("`{name}`")), "{args:?} must name `{name}`: {err}");
+    }
+    // Oversubscribed threads are applied but warned about.
+    let over = (std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) + 1).to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mep-mnist"))
+        .args(["--device", "cpu", "--data-dir", none, "--threads", &over])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("warning") && err.contains(&over), "{err}");
+    // A library option that would be ignored is an error too.
+    let m = small(0);
+    assert!(matches!(
+        sgd(&m).power_iters(0).build(),
+        Err(MepError::InvalidArgument {
+            name: "power_iters",
+            ..
+        })
+    ));
+    // Huge settle steps: the FLOP count is O(1) per repeated group, not a list entry per step.
+    let mut cfg = mep::optim::OptimConfig::smep();
+    cfg.grad.settle_steps = usize::MAX / 2;
+    let f = mep::flops::epoch_flops(m.arch(), m.energy(), &cfg, 1000, 10);
+    assert!(f.is_finite() && f > 1e18, "{f}");
+    assert!(matches!(
+        mep::flops::step_gemms(m.arch(), m.energy(), &cfg, 10),
+        Err(MepError::OutOfMemory { .. })
+    ));
+    let Some(dir) = mnist_dir() else { return };
+    let dir = dir.to_str().unwrap();
+    let out = mep_mnist(&[
+        "--data-dir",
+        dir,
+        "--epochs",
+        "9223372036854775808",
+        "--schedule",
+        "cosine",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("`epochs`"), "{err}");
+}
+
+#[test]
+fn a_bad_save_destination_fails_before_training() {
+    let dir = scratch("savedest");
+    let bad = dir.join("missing/m.safetensors");
+    let start = std::time::Instant::now();
+    // With a data directory that does not exist, only an early check can name the
+    // save path (training would fail on the data first).
+    let out = mep_mnist(&["--data-dir", "/nonexistent-mep-data", "--save", bad.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("missing"),
+        "the error must name the save destination: {err}"
+    );
+    assert!(start.elapsed().as_secs() < 30);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_closed_standard_output_ends_the_run_cleanly_after_the_save() {
+    let Some(data) = mnist_dir() else { return };
+    let dir = scratch("pipe");
+    let save = dir.join("m.safetensors");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mep-mnist"))
+        .args([
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--train-subset",
+            "640",
+            "--epochs",
+            "2",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .arg("--save")
+        .arg(&save)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // `| head -n 0`: the reader is gone before the first line
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "must exit with an error, not a panic: {err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.contains("standard output"), "{err}");
+    let mut m = Sequential::new(&Device::Cpu)
+        .flatten()
+        .linear(784, 128)
+        .relu()
+        .linear(128, 10)
+        .build(0)
+        .unwrap();
+    m.load_weights(&save)
+        .expect("the model must be saved despite the closed pipe");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Writes `make(name)` under each MNIST name in `dir` and returns the loader's reason.
+fn mnist_reason(dir: &std::path::Path, make: impl Fn(&str) -> Vec<u8>) -> String {
+    for (name, _) in mep::data::mnist::SHA256 {
+        std::fs::write(dir.join(name), make(name)).unwrap();
+    }
+    match mep::Mnist::load(dir) {
+        Err(MepError::CorruptData { reason, .. }) => reason,
+        other => panic!("expected CorruptData, got {other:?}"),
+    }
+}
+
+#[test]
+fn data_file_messages_tell_truncated_from_not_mnist() {
+    use mep::data::mnist;
+    let dir = scratch("mnistmsg");
+    // MNIST's headers, cut short: truncated, replace with --force.
+    let r = mnist_reason(&dir, |name| {
+        let n: u8 = if name.starts_with("train") { 0xea } else { 0x27 };
+        let m: u8 = if name.starts_with("train") { 0x60 } else { 0x10 };
+        let mut v = if name == mnist::TRAIN_IMAGES || name == mnist::TEST_IMAGES {
+            vec![0, 0, 8, 3, 0, 0, n, m, 0, 0, 0, 28, 0, 0, 0, 28]
+        } else {
+            vec![0, 0, 8, 1, 0, 0, n, m]
+        };
+        v.extend_from_slice(&[1; 100]);
+        v
+    });
+    assert!(r.contains("truncated") && r.contains("--force"), "{r}");
+    // Someone's own well-formed files under the MNIST names: not MNIST, left alone.
+    let r = mnist_reason(&dir, |name| {
+        if name == mnist::TRAIN_IMAGES || name == mnist::TEST_IMAGES {
+            mep::data::idx::encode_idx(&[1, 28, 28], &[0; 784]).unwrap()
+        } else {
+            mep::data::idx::encode_idx(&[1], &[0]).unwrap()
+        }
+    });
+    assert!(r.contains("not the MNIST file") && r.contains("load_split"), "{r}");
+    assert!(
+        !r.contains("--force"),
+        "must not suggest replacing the user's file: {r}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn gzip_decompression_is_capped_at_the_size_the_header_announces() {
+    use std::io::Write;
+    let dir = scratch("gzbomb");
+    let path = dir.join("bomb.gz");
+    // A 2-label header followed by 64 MiB of zeros: a few dozen KiB compressed.
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    enc.write_all(&[0, 0, 8, 1, 0, 0, 0, 2]).unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..64 {
+        enc.write_all(&zeros).unwrap();
+    }
+    std::fs::write(&path, enc.finish().unwrap()).unwrap();
+    let r = mep::data::idx::read_maybe_gz(&path);
+    match r {
+        Err(MepError::CorruptData { reason, .. }) => assert!(reason.contains("announces"), "{reason}"),
+        other => panic!("expected CorruptData, got {:?}", other.map(|v| v.len())),
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -279,6 +279,53 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     s
 }
 
+/// `(file name, size in bytes, IDX header)` of the four MNIST files: with the
+/// SHA-256 they tell a truncated download from a file that is not MNIST's at all.
+const MNIST_LAYOUT: [(&str, usize, &[u8]); 4] = [
+    (
+        TRAIN_IMAGES,
+        47_040_016,
+        &[0, 0, 8, 3, 0, 0, 0xea, 0x60, 0, 0, 0, 28, 0, 0, 0, 28],
+    ),
+    (TRAIN_LABELS, 60_008, &[0, 0, 8, 1, 0, 0, 0xea, 0x60]),
+    (
+        TEST_IMAGES,
+        7_840_016,
+        &[0, 0, 8, 3, 0, 0, 0x27, 0x10, 0, 0, 0, 28, 0, 0, 0, 28],
+    ),
+    (TEST_LABELS, 10_008, &[0, 0, 8, 1, 0, 0, 0x27, 0x10]),
+];
+
+/// Why `bytes` (found under the MNIST name `name`) fails the checksum: truncated or
+/// damaged (MNIST's header, fetch-mnist.sh --force replaces it) or not the MNIST file
+/// at all (the user's own data: left alone, loaded with [`load_split`]).
+fn mismatch_reason(name: &str, bytes: &[u8], expected: &str, actual: &str) -> String {
+    let dir_hint = "bash scripts/fetch-mnist.sh --force DIR";
+    let Some(&(_, size, header)) = MNIST_LAYOUT.iter().find(|(n, _, _)| *n == name) else {
+        return format!("SHA-256 mismatch: expected {expected}, found {actual}");
+    };
+    let mnist_header = bytes.len() >= header.len() && &bytes[..header.len()] == header;
+    if mnist_header && bytes.len() < size {
+        format!(
+            "truncated: {} of MNIST's {size} bytes (SHA-256 mismatch: expected {expected}, found {actual}); \
+             the download was cut short: re-run `{dir_hint}` to replace it",
+            bytes.len()
+        )
+    } else if mnist_header && bytes.len() == size {
+        format!(
+            "corrupted: MNIST's size and header but different content (SHA-256 mismatch: expected {expected}, \
+             found {actual}); re-run `{dir_hint}` to replace it"
+        )
+    } else {
+        format!(
+            "not the MNIST file {name} ({} bytes, MNIST's is {size}; SHA-256 mismatch: expected {expected}, \
+             found {actual}); if this is your own data, load it with mep::data::mnist::load_split (no checksum), \
+             or move it away and run `bash scripts/fetch-mnist.sh DIR` (which never replaces files it did not write)",
+            bytes.len()
+        )
+    }
+}
+
 /// Reads the MNIST file `name` found at `path` (raw or `.gz`), checks its
 /// SHA-256 against [`SHA256`] and parses it.
 fn read_verified(path: PathBuf, name: &str) -> Result<IdxArray> {
@@ -288,10 +335,7 @@ fn read_verified(path: PathBuf, name: &str) -> Result<IdxArray> {
         if actual != *expected {
             return Err(MepError::CorruptData {
                 path,
-                reason: format!(
-                    "SHA-256 mismatch: expected {expected}, found {actual}; \
-                     re-run `bash scripts/fetch-mnist.sh` to download a fresh copy"
-                ),
+                reason: mismatch_reason(name, &bytes, expected, &actual),
             });
         }
     }
