@@ -59,7 +59,12 @@ pub const SHA256: [(&str, &str); 4] = [
 /// Validated once by [`Dataset::new`] and kept valid: the fields are private (read
 /// them with [`Dataset::images`], [`Dataset::labels`], [`Dataset::len`],
 /// [`Dataset::features`], [`Dataset::classes`]), so labels stay `< classes`, inputs
-/// stay finite and the sizes stay consistent.
+/// stay finite and the sizes stay consistent:
+///
+/// ```compile_fail
+/// let mut d = mep::Dataset::synthetic(4, 2, 2, 0).unwrap();
+/// d.labels[0] = 99; // private field: labels cannot leave 0..classes
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct Dataset {
     /// `n × features` inputs, row-major (sample `i` is `images[i*features..(i+1)*features]`).

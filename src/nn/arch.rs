@@ -40,7 +40,11 @@ pub struct Block {
 /// Only [`Arch::from_layers`] and [`Arch::mlp`] build one, so every `Arch` is
 /// valid: at least one block, widths that chain, no zero width, and a parameter
 /// count whose f64 storage fits in memory's address space (read the blocks with
-/// [`Arch::blocks`]).
+/// [`Arch::blocks`]). An empty or broken `Arch` cannot be written by hand:
+///
+/// ```compile_fail
+/// let arch = mep::nn::Arch { blocks: Vec::new() }; // private field
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct Arch {
     /// Blocks 1..L (private so that an `Arch` cannot be made invalid after validation).
