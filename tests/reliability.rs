@@ -474,3 +474,44 @@ fn gzip_decompression_is_capped_at_the_size_the_header_announces() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn lazy_divergence_checks_cover_every_step_and_restore_the_last_verified_parameters() {
+    // The GPU's mode (no host read per step), exercised on the CPU backend: a
+    // divergence at step 2 is reported at the next check (step 10) with the
+    // parameters of the last verified point, and nothing in between is lost track of.
+    use mep::backend::cpu::Cpu;
+    use mep::nn::{Activation, Arch, Network};
+    use mep::optim::{Engine, OptimConfig};
+    let arch = Arch::mlp(&[20, 16, 4], Activation::Relu).unwrap();
+    let mut net = Network::new(Cpu::<f32>::new(), arch, Energy::LayeredLeastSquares, 3).unwrap();
+    let mut cfg = OptimConfig::sgd();
+    cfg.lr = 1e30;
+    cfg.vector = mep::optim::VectorRule::Sgd {
+        lr: 1e30,
+        momentum: 0.9,
+        nesterov: false,
+    };
+    cfg.check_every = 10;
+    let mut eng = Engine::new(cfg, &net, 32).unwrap();
+    eng.set_check_every_step(false);
+    let initial = net.to_host().unwrap();
+    let (x, y) = batch(32, 4);
+    let mut result = Ok(());
+    let mut steps = 0;
+    while result.is_ok() && steps < 10 {
+        eng.ws.load_host_batch(&x, &y).unwrap();
+        result = eng.step(&mut net, 32);
+        steps += 1;
+    }
+    assert_eq!(steps, 10, "lazy checks read only at step 10");
+    assert!(matches!(result, Err(MepError::Diverged { step: 10, .. })), "{result:?}");
+    assert_eq!(
+        net.to_host().unwrap(),
+        initial,
+        "restored to the last verified parameters"
+    );
+    eng.ws.load_host_batch(&x, &y).unwrap();
+    assert!(matches!(eng.step(&mut net, 32), Err(MepError::Diverged { .. })));
+    assert_eq!(net.to_host().unwrap(), initial);
+}
