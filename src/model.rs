@@ -207,6 +207,8 @@ impl Model {
 /// A dataset uploaded once to a model's device (see [`Model::upload`]).
 pub struct DeviceDataset {
     pub(crate) inner: AnyData,
+    /// The device it lives on: buffers of one GPU cannot be used by a model on another.
+    pub(crate) device: Device,
 }
 
 pub(crate) enum AnyData {
@@ -237,11 +239,17 @@ impl Model {
             AnyNet::Cpu(n) => AnyData::Cpu(DeviceData::upload(&n.backend, data)?),
             AnyNet::Cuda(n) => AnyData::Cuda(DeviceData::upload(&n.backend, data)?),
         };
-        Ok(DeviceDataset { inner })
+        Ok(DeviceDataset {
+            inner,
+            device: self.device,
+        })
     }
 
     /// Mean cross-entropy and accuracy of inference on an uploaded dataset.
     pub fn evaluate_on(&self, data: &DeviceDataset) -> Result<Evaluation> {
+        if data.device != self.device {
+            return Err(device_mismatch());
+        }
         let ce = Loss::CrossEntropy { label_smoothing: 0.0 };
         match (&self.net, &data.inner) {
             (AnyNet::Cpu(n), AnyData::Cpu(d)) => crate::backend::cpu::on_pool(|| evaluate(n, d, ce, 1000)),

@@ -218,6 +218,7 @@ impl<'m> OptimizerBuilder<'m> {
         }
         Ok(Optimizer {
             engine,
+            device: self.model.device(),
             arch: self.model.arch().clone(),
             energy: self.model.energy(),
         })
@@ -263,6 +264,8 @@ pub struct Optimizer {
     /// That model's energy (the gradient computation and a Backprop-mode check at
     /// build depend on it).
     energy: crate::ep::Energy,
+    /// That model's device (its state lives there).
+    device: crate::Device,
 }
 
 fn host_step<B: Backend>(engine: &mut Engine<B>, net: &mut Network<B>, x: &[f32], y: &[u32]) -> Result<()> {
@@ -314,6 +317,9 @@ impl Optimizer {
         progress: impl FnMut(usize, usize, StepStats) + Send,
     ) -> Result<EpochReport> {
         self.check_model(model)?;
+        if data.device != self.device {
+            return Err(device_mismatch());
+        }
         match (&mut self.engine, &mut model.net, &data.inner) {
             (AnyEngine::Cpu(e), AnyNet::Cpu(n), AnyData::Cpu(d)) => {
                 on_pool(|| train_epoch(e, n, d, batch_size, shuffle, epoch, report_every, progress))
@@ -328,6 +334,9 @@ impl Optimizer {
     /// Refuses a model whose structure differs from the one this optimizer was built
     /// for, naming the difference.
     fn check_model(&self, model: &Model) -> Result<()> {
+        if model.device() != self.device {
+            return Err(device_mismatch());
+        }
         if model.arch() != &self.arch {
             return Err(MepError::Shape(format!(
                 "this optimizer was built for a {} model but is given a {} model; build one optimizer per model (e.g. smep(&model).build())",
