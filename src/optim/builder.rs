@@ -29,6 +29,11 @@ pub struct OptimizerBuilder<'m> {
     cfg: OptimConfig,
     bias_lr_set: bool,
     misapplied: Option<(&'static str, &'static str)>,
+    /// The first EP-only option set (beta, settle_steps, settle_lr, nudging): an error
+    /// at build in Backprop mode, where it would be ignored.
+    ep_only: Option<&'static str>,
+    /// Whether `gamma` was set: an error at build if the constraint ends up off.
+    gamma_set: bool,
 }
 
 /// SMEP: spectral constraint + Muon + EP (the seed's optimizer), with the defaults
@@ -40,6 +45,8 @@ pub fn smep(model: &Model) -> OptimizerBuilder<'_> {
         cfg: OptimConfig::smep(),
         bias_lr_set: false,
         misapplied: None,
+        ep_only: None,
+        gamma_set: false,
     }
 }
 
@@ -51,6 +58,8 @@ pub fn sgd(model: &Model) -> OptimizerBuilder<'_> {
         cfg: OptimConfig::sgd(),
         bias_lr_set: false,
         misapplied: None,
+        ep_only: None,
+        gamma_set: false,
     }
 }
 
@@ -62,6 +71,8 @@ pub fn adam(model: &Model) -> OptimizerBuilder<'_> {
         cfg: OptimConfig::adam(),
         bias_lr_set: false,
         misapplied: None,
+        ep_only: None,
+        gamma_set: false,
     }
 }
 
@@ -87,16 +98,19 @@ impl<'m> OptimizerBuilder<'m> {
     /// Nudging strength β.
     pub fn beta(mut self, beta: f64) -> Self {
         self.cfg.grad.beta = beta;
+        self.ep_only.get_or_insert("beta");
         self
     }
     /// Steps (layered) or sweeps (Hopfield) of each nudged phase.
     pub fn settle_steps(mut self, n: usize) -> Self {
         self.cfg.grad.settle_steps = n;
+        self.ep_only.get_or_insert("settle_steps");
         self
     }
     /// Step size η of the layered energy's nudged descent, in (0, 1].
     pub fn settle_lr(mut self, eta: f64) -> Self {
         self.cfg.grad.settle_lr = eta;
+        self.ep_only.get_or_insert("settle_lr");
         self
     }
     /// The cost.
@@ -107,6 +121,7 @@ impl<'m> OptimizerBuilder<'m> {
     /// One-sided (default) or symmetric nudging.
     pub fn nudging(mut self, nudging: Nudging) -> Self {
         self.cfg.grad.nudging = nudging;
+        self.ep_only.get_or_insert("nudging");
         self
     }
     /// Momentum μ (smep, sgd).
@@ -153,6 +168,7 @@ impl<'m> OptimizerBuilder<'m> {
     /// Spectral bound γ (turns the constraint on for the output layer if it was off).
     pub fn gamma(mut self, gamma: f64) -> Self {
         self.cfg.spectral.gamma = gamma;
+        self.gamma_set = true;
         if self.cfg.spectral.layers == SpectralLayers::Off {
             self.cfg.spectral.layers = SpectralLayers::Output;
         }
@@ -207,6 +223,22 @@ impl<'m> OptimizerBuilder<'m> {
                 option,
                 format!("set on {}", format!("{:?}", self.preset).to_lowercase()),
                 format!("`{option}` applies only to {which}"),
+            ));
+        }
+        if let (Some(option), Mode::Backprop) = (self.ep_only, self.cfg.grad.mode) {
+            return Err(MepError::invalid(
+                option,
+                "set with mode Backprop",
+                format!(
+                    "`{option}` applies only to Mode::Ep (Backprop mode has no nudged phase): drop it or use Mode::Ep"
+                ),
+            ));
+        }
+        if self.gamma_set && self.cfg.spectral.layers == SpectralLayers::Off {
+            return Err(MepError::invalid(
+                "gamma",
+                self.cfg.spectral.gamma,
+                "the spectral bound has no effect with SpectralLayers::Off: drop one of the two",
             ));
         }
         let cfg = self.config();
