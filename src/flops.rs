@@ -4,9 +4,9 @@
 //! against the GEMMs the CPU backend actually runs ([`crate::backend::cpu::Cpu::recording`]).
 //! Element-wise work is not counted (it is memory bound and small).
 
-use crate::ep::{Energy, Mode, Nudging};
+use crate::ep::{Energy, Mode};
 use crate::nn::Arch;
-use crate::optim::{MatrixRule, OptimConfig, SpectralLayers};
+use crate::optim::{MatrixRule, OptimConfig};
 
 /// One row-major GEMM call: C (m×n) = op(A) (m×k) · op(B) (k×n).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -123,10 +123,9 @@ fn walk(arch: &Arch, energy: Energy, cfg: &OptimConfig, rows: usize, g: &mut Sin
             g.push(GemmShape::new(false, true, rows, blk.out, blk.inp));
         }
     };
-    let phases = match cfg.grad.nudging {
-        Nudging::OneSided => 1,
-        Nudging::Symmetric => 2,
-    };
+    let (free_coef, phase_list) = cfg.grad.nudging.phases(cfg.grad.beta);
+    let phases = phase_list.len();
+    let clamped = cfg.grad.nudging.clamps();
     match (cfg.grad.mode, energy) {
         (Mode::Backprop, _) => {
             forward(g);
@@ -140,20 +139,35 @@ fn walk(arch: &Arch, energy: Energy, cfg: &OptimConfig, rows: usize, g: &mut Sin
         (Mode::Ep, Energy::LayeredLeastSquares) => {
             forward(g);
             for _ in 0..phases {
+                if clamped && last > 0 {
+                    // The clamped phase recomputes the free W_L φ(s_{L−1}).
+                    g.push(GemmShape::new(false, true, rows, b[last].out, b[last].inp));
+                }
                 g.rep(cfg.grad.settle_steps, |g| {
-                    errors(g);
-                    for l in 0..last {
+                    // Backward sweep of the errors, then the forward sweep.
+                    for l in (0..last).rev() {
                         g.push(GemmShape::new(false, false, rows, b[l + 1].inp, b[l + 1].out));
                     }
+                    errors(g);
                 });
                 errors(g);
+                // The settle residual: its squared norm by 1×1 GEMMs, one feedback per layer.
+                if !clamped {
+                    g.push(GemmShape::new(false, true, 1, 1, rows * b[last].out));
+                }
+                for l in 0..last {
+                    g.push(GemmShape::new(false, false, rows, b[l + 1].inp, b[l + 1].out));
+                    g.push(GemmShape::new(false, true, 1, 1, rows * b[l].out));
+                }
                 estimate(g);
             }
         }
         (Mode::Ep, Energy::Hopfield { free_steps }) => {
-            let sweeps = |g: &mut Sink, n: usize| {
+            // `swept`: layers swept, from the bottom (the output is not swept while
+            // clamped); the last sweep's change is summed by one 1×1 GEMM per layer.
+            let sweeps = |g: &mut Sink, n: usize, swept: usize| {
                 g.rep(n, |g| {
-                    for l in 0..=last {
+                    for l in 0..swept {
                         if l > 0 {
                             g.push(GemmShape::new(false, true, rows, b[l].out, b[l].inp));
                         }
@@ -162,14 +176,20 @@ fn walk(arch: &Arch, energy: Energy, cfg: &OptimConfig, rows: usize, g: &mut Sin
                         }
                     }
                 });
+                if n > 0 {
+                    for blk in b {
+                        g.push(GemmShape::new(false, true, 1, 1, rows * blk.out));
+                    }
+                }
             };
             g.push(GemmShape::new(false, true, rows, b[0].out, b[0].inp));
-            sweeps(g, free_steps);
-            if phases == 1 {
+            sweeps(g, free_steps, b.len());
+            if free_coef != 0.0 {
                 estimate(g);
             }
+            let swept = if clamped { last } else { b.len() };
             for _ in 0..phases {
-                sweeps(g, cfg.grad.settle_steps);
+                sweeps(g, cfg.grad.settle_steps, swept);
                 estimate(g);
             }
         }
@@ -199,12 +219,13 @@ fn walk(arch: &Arch, energy: Energy, cfg: &OptimConfig, rows: usize, g: &mut Sin
                 g.push(GemmShape::new(false, false, rows_w, cols_w, k));
             }
         }
-        let constrained = match cfg.spectral.layers {
-            SpectralLayers::Off => false,
-            SpectralLayers::Output => l == last,
-            SpectralLayers::All => true,
-        };
-        if constrained {
+        let hopfield = matches!(energy, Energy::Hopfield { .. });
+        if cfg
+            .spectral
+            .layers
+            .bound(l, b.len(), hopfield, cfg.spectral.gamma)
+            .is_some()
+        {
             g.push(gram);
             for _ in 0..crate::optim::spectral::SQUARINGS {
                 g.push(GemmShape::new(false, false, k, k, k));

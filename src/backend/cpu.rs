@@ -88,22 +88,25 @@ fn map_rows<T: Send, F: Fn(usize, &mut [T]) + Sync + Send>(y: &mut [T], cols: us
 /// Expands `$body` with `$vd` bound to a closure `x -> (φ(x), φ′(x))` that is
 /// monomorphised for the common single activations (so the loops vectorise) and falls
 /// back to the generic chain otherwise.
+// The closures are `move`: they capture `zero`, `one` and `act` by value, which lets
+// LLVM vectorise the loops that call them (by reference it kept a scalar, branchy loop
+// on an Intel Xeon: ~40 µs per 64×128 ReLU settle call instead of ~10; issue 11).
 macro_rules! with_act {
     ($T:ty, $act:expr, |$vd:ident| $body:expr) => {{
         use crate::nn::activation::Activation as A;
         let act: ActChain = $act;
         let (zero, one) = (<$T>::zero(), <$T>::one());
         if act.is_empty() {
-            let $vd = |x: $T| (x, one);
+            let $vd = move |x: $T| (x, one);
             $body
         } else {
             match act.as_single() {
                 Some(A::Relu) => {
-                    let $vd = |x: $T| if x > zero { (x, one) } else { (zero, zero) };
+                    let $vd = move |x: $T| if x > zero { (x, one) } else { (zero, zero) };
                     $body
                 }
                 Some(A::HardSigmoid) => {
-                    let $vd = |x: $T| {
+                    let $vd = move |x: $T| {
                         if x > zero && x < one {
                             (x, one)
                         } else {
@@ -113,7 +116,7 @@ macro_rules! with_act {
                     $body
                 }
                 _ => {
-                    let $vd = |x: $T| act.value_and_derivative(x);
+                    let $vd = move |x: $T| act.value_and_derivative(x);
                     $body
                 }
             }

@@ -30,8 +30,22 @@ enum EnergyArg {
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum NudgingArg {
+    /// PEP: +β.
+    #[value(alias = "positive")]
     OneSided,
+    /// NEP: −β.
+    Negative,
+    /// CEP: ±β.
+    #[value(alias = "centered")]
     Symmetric,
+    /// CL: the output clamped to the target (squared error).
+    Contrastive,
+    /// PCpL: the output clamped to o + β(y − o) (squared error).
+    CoupledPositive,
+    /// NCpL: the output clamped to o − β(y − o) (squared error).
+    CoupledNegative,
+    /// CCpL: both coupled phases (squared error).
+    CoupledCentered,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -50,7 +64,9 @@ enum ScheduleArg {
 enum SpectralArg {
     Off,
     Output,
+    Couplings,
     All,
+    Auto,
 }
 
 /// Train an MLP on MNIST with Equilibrium Propagation (defaults: the seed tutorial).
@@ -69,7 +85,7 @@ struct Args {
     /// Free-phase sweeps of the Hopfield energy (default 50; Hopfield only).
     #[arg(long)]
     free_steps: Option<usize>,
-    /// One-sided (default) or symmetric nudging (EP mode only).
+    /// The learning rule (EP mode only): one-sided (PEP), negative (NEP), symmetric (CEP, default), contrastive (CL), coupled-* (CpL).
     #[arg(long, value_enum)]
     nudging: Option<NudgingArg>,
     /// Hidden widths, comma-separated (any depth; empty for none).
@@ -96,7 +112,7 @@ struct Args {
     /// Nudged-phase settle steps (default 15; EP mode only).
     #[arg(long)]
     settle_steps: Option<usize>,
-    /// Step size of the layered energy's nudged descent (EP mode, layered energy only).
+    /// Relaxation ω in (0, 1] of the layered energy's nudged-phase sweeps [default: 0.5] (EP mode, layered energy only).
     #[arg(long)]
     settle_lr: Option<f64>,
     /// Loss: cross_entropy or squared_error.
@@ -256,6 +272,11 @@ fn configure<'m>(args: &Args, train_len: usize, mut b: OptimizerBuilder<'m>) -> 
         b = b.nudging(match v {
             NudgingArg::OneSided => Nudging::OneSided,
             NudgingArg::Symmetric => Nudging::Symmetric,
+            NudgingArg::Negative => Nudging::Negative,
+            NudgingArg::Contrastive => Nudging::Contrastive,
+            NudgingArg::CoupledPositive => Nudging::CoupledPositive,
+            NudgingArg::CoupledNegative => Nudging::CoupledNegative,
+            NudgingArg::CoupledCentered => Nudging::CoupledCentered,
         });
     }
     b = b.loss(match args.loss {
@@ -296,6 +317,8 @@ fn configure<'m>(args: &Args, train_len: usize, mut b: OptimizerBuilder<'m>) -> 
             SpectralArg::Off => SpectralLayers::Off,
             SpectralArg::Output => SpectralLayers::Output,
             SpectralArg::All => SpectralLayers::All,
+            SpectralArg::Couplings => SpectralLayers::Couplings,
+            SpectralArg::Auto => SpectralLayers::Auto,
         });
     }
     Ok(b)
@@ -468,6 +491,8 @@ fn run(args: Args) -> mep::Result<()> {
                 "eval_seconds": eval_s,
                 "samples_per_sec": sps,
                 "gflop_per_sec": epoch_flops / report.seconds / 1e9,
+                "settle_residual": report.train.settle_residual,
+                "free_residual": report.train.free_residual,
             }));
         } else {
             out.line(format_args!(

@@ -10,25 +10,47 @@
 //! computed once per phase. The free phase contracts at roughly σ(W_L)² per sweep,
 //! hence the default of 50 sweeps ([`super::DEFAULT_FREE_STEPS`]).
 
-use super::{GradConfig, Grads, Nudging, Workspace};
+use super::{GradConfig, Grads, Phase, Workspace};
 use crate::backend::Backend;
 use crate::nn::Network;
-use crate::Result;
+use crate::{Loss, Result};
 
-/// `sweeps` settle sweeps from the current `ws.s`; `nudge = Some(β)` adds the output nudge.
+/// What drives the output layer during a settle.
+#[derive(Clone, Copy)]
+enum Output {
+    /// Free: no nudge.
+    Free,
+    /// Nudged: −β ∂C/∂o added to the output's drive.
+    Nudge(f64),
+    /// Clamped: the output state is fixed and not swept.
+    Clamped,
+}
+
+/// `sweeps` settle sweeps from the current `ws.s`. The last sweep's state change
+/// Σ‖Δs‖² is added to `ws.resid[slot]` (the fixed-point residual of the phase).
 fn settle<B: Backend>(
     net: &Network<B>,
     cfg_loss: crate::Loss,
-    nudge: Option<f64>,
+    output: Output,
     ws: &mut Workspace<B>,
     rows: usize,
     sweeps: usize,
+    slot: usize,
 ) -> Result<()> {
     let bk = &net.backend;
     let blocks = &net.arch.blocks;
     let last = blocks.len() - 1;
-    for _ in 0..sweeps {
+    for sweep in 0..sweeps {
+        let final_sweep = sweep + 1 == sweeps;
+        if final_sweep {
+            for l in 0..=last {
+                bk.copy(&ws.s[l], &mut ws.r[l])?;
+            }
+        }
         for (l, blk) in blocks.iter().enumerate() {
+            if l == last && matches!(output, Output::Clamped) {
+                break;
+            }
             if l == 0 {
                 bk.copy(&ws.p[0], &mut ws.f)?;
             } else {
@@ -60,8 +82,8 @@ fn settle<B: Backend>(
                     &mut ws.f,
                 )?;
             }
-            match nudge {
-                Some(beta) if l == last => {
+            match output {
+                Output::Nudge(beta) if l == last => {
                     bk.cost_grad(rows, blk.out, &ws.s[l], &ws.y, cfg_loss, &mut ws.dc)?;
                     bk.hopfield_settle(
                         rows,
@@ -75,6 +97,13 @@ fn settle<B: Backend>(
                 }
                 _ => bk.hopfield_settle(rows, blk.out, &ws.f, &net.params[l].b, None, blk.act, &mut ws.s[l])?,
             }
+        }
+        if final_sweep {
+            for (l, blk) in blocks.iter().enumerate() {
+                bk.axpby(1.0, &ws.s[l], -1.0, &mut ws.r[l])?;
+                Workspace::add_sq(bk, &ws.r[l], rows * blk.out, &mut ws.resid[slot])?;
+            }
+            ws.resid_rows[slot] += rows as u64;
         }
     }
     Ok(())
@@ -100,7 +129,7 @@ pub fn free_phase<B: Backend>(net: &Network<B>, ws: &mut Workspace<B>, rows: usi
     for s in ws.s.iter_mut() {
         bk.fill(s, 0.0)?;
     }
-    settle(net, crate::Loss::CrossEntropy, None, ws, rows, free_steps)
+    settle(net, crate::Loss::CrossEntropy, Output::Free, ws, rows, free_steps, 1)
 }
 
 /// Adds `coef · Σ_batch s_l s_{l−1}ᵀ` (and `coef · Σ s_l`) for the states in `states`.
@@ -134,9 +163,11 @@ fn accumulate_estimate<B: Backend>(
     Ok(())
 }
 
-/// The EP estimate. One-sided: Ĝ = −(1/(βB)) Σ (s^β s^βᵀ − s^0 s^0ᵀ). Symmetric:
-/// Ĝ = −(1/(2βB)) Σ (s^{+β} s^{+β}ᵀ − s^{−β} s^{−β}ᵀ); both nudged phases start from
-/// the free state.
+/// The estimate of the rule (see [`super::Nudging::phases`]), with
+/// ∂θE = −(1/B) Σ_batch s_l s_{l−1}ᵀ for W_l (−(1/B) Σ s_l for b_l), E = ½‖s‖² − Φ.
+/// One-sided: Ĝ = −(1/(βB)) Σ (s^β s^βᵀ − s^0 s^0ᵀ); symmetric:
+/// Ĝ = −(1/(2βB)) Σ (s^{+β} s^{+β}ᵀ − s^{−β} s^{−β}ᵀ). Every perturbed phase starts
+/// from the free state; a clamped one first sets the output state to o⋆ + t(y − o⋆).
 pub fn gradients<B: Backend>(
     net: &Network<B>,
     cfg: &GradConfig,
@@ -146,23 +177,36 @@ pub fn gradients<B: Backend>(
     grads: &mut Grads<B>,
 ) -> Result<()> {
     free_phase(net, ws, rows, free_steps)?;
+    let bk = &net.backend;
     let last = net.arch.depth() - 1;
-    net.backend
-        .cost_stats(rows, net.arch.outputs(), &ws.s[last], &ws.y, cfg.loss, &mut ws.stats)?;
-    ws.save_free(false)?;
+    let out = net.arch.outputs();
+    bk.cost_stats(rows, out, &ws.s[last], &ws.y, cfg.loss, &mut ws.stats)?;
     let b = rows as f64;
-    match cfg.nudging {
-        Nudging::OneSided => {
-            accumulate_estimate(net, &ws.x, &ws.s_free, rows, 1.0 / (cfg.beta * b), false, grads)?;
-            settle(net, cfg.loss, Some(cfg.beta), ws, rows, cfg.settle_steps)?;
-            accumulate_estimate(net, &ws.x, &ws.s, rows, -1.0 / (cfg.beta * b), true, grads)
-        }
-        Nudging::Symmetric => {
-            settle(net, cfg.loss, Some(cfg.beta), ws, rows, cfg.settle_steps)?;
-            accumulate_estimate(net, &ws.x, &ws.s, rows, -1.0 / (2.0 * cfg.beta * b), false, grads)?;
-            ws.restore_free(false)?;
-            settle(net, cfg.loss, Some(-cfg.beta), ws, rows, cfg.settle_steps)?;
-            accumulate_estimate(net, &ws.x, &ws.s, rows, 1.0 / (2.0 * cfg.beta * b), true, grads)
-        }
+    let (free_coef, phases) = cfg.nudging.phases(cfg.beta);
+    let mut written = false;
+    if free_coef != 0.0 {
+        accumulate_estimate(net, &ws.x, &ws.s, rows, -free_coef / b, false, grads)?;
+        written = true;
     }
+    if phases.len() > 1 {
+        ws.save_free(false)?;
+    }
+    for (i, &(phase, coef)) in phases.iter().enumerate() {
+        if i > 0 {
+            ws.restore_free(false)?;
+        }
+        let output = match phase {
+            Phase::Nudge(beta) => Output::Nudge(beta),
+            Phase::Clamp(t) => {
+                // dc = o⋆ − y (squared error's gradient), s_L ← s_L − t·dc.
+                bk.cost_grad(rows, out, &ws.s[last], &ws.y, Loss::SquaredError, &mut ws.dc)?;
+                bk.axpby(-t, &ws.dc, 1.0, &mut ws.s[last])?;
+                Output::Clamped
+            }
+        };
+        settle(net, cfg.loss, output, ws, rows, cfg.settle_steps, 0)?;
+        accumulate_estimate(net, &ws.x, &ws.s, rows, -coef / b, written, grads)?;
+        written = true;
+    }
+    Ok(())
 }

@@ -5,10 +5,10 @@
 //! nudged phase takes `settle_steps` synchronous gradient steps s ← s − η∇_s F from it:
 //! ∇_{s_l}F = e_l − φ′_l(s_l) ⊙ W_{l+1}ᵀe_{l+1} (l < L), ∇_{s_L}F = e_L + β φ′_L(s_L) ⊙ ∂C/∂o.
 
-use super::{GradConfig, Grads, Nudging, Workspace};
+use super::{GradConfig, Grads, Phase, Workspace};
 use crate::backend::Backend;
 use crate::nn::Network;
-use crate::Result;
+use crate::{Loss, Result};
 
 /// Forward pass: p_l = W_l a_{l−1}, s_l = p_l + b_l, a_l = φ_l(s_l), with a_0 = x.
 /// Leaves `p[0]` = W_1 x, which the nudged phase reuses (the input is clamped).
@@ -34,7 +34,183 @@ pub fn forward<B: Backend>(net: &Network<B>, ws: &mut Workspace<B>, rows: usize)
     Ok(())
 }
 
-/// e_l = s_l − W_l a_{l−1} − b_l for every block at the current state.
+/// One nudged phase at signed strength `beta`, starting from the state in `ws.s`,
+/// `ws.a` (the free state); leaves the errors e_l of the final state in `ws.e`.
+///
+/// Each of the `settle_steps` sweeps solves the stationarity conditions of
+/// F = E + βC by block substitution, then relaxes towards the solution by ω
+/// (`settle_lr`):
+///
+/// 1. backward, from the current state: e*_L = −β φ′_L(s_L) ⊙ ∂C/∂o, then
+///    e*_l = φ′_l(s_l) ⊙ W_{l+1}ᵀ e*_{l+1} down to l = 1;
+/// 2. forward, l = 1..L with the new lower states: s_l ← s_l + ω (e*_l − e_l), where
+///    e_l = s_l − W_l φ(s_{l−1}) − b_l; with ω = 1 that is s_l = W_l φ(s_{l−1}) + b_l + e*_l.
+///
+/// Why not gradient steps: ∇_s E = Dᵀe, where D (the Jacobian of s ↦ e) is unit block
+/// lower-triangular (I minus the couplings W_l φ′). Gradient descent must step below
+/// 2/λ_max(DᵀD) ≈ 2/(1 + σ(W_{l+1}))², while its slowest mode shrinks like σ_min(D)²,
+/// so a fixed step either overshoots or crawls once hidden weights grow (issue 8: the
+/// EP estimate's cosine with the gradient fell to 0.08 at depth 2). The sweep above is
+/// s ← s − ω (DᵀD)⁻¹ ∇F: the backward sweep applies D⁻ᵀ and the forward sweep D⁻¹
+/// exactly, whatever the weights. What it leaves out is the curvature of βC (the
+/// dependence of ∂C/∂o and φ′ on the state), so the iteration matrix has eigenvalues
+/// 1 − ω(1 + λ), λ ∈ [0, g], g = β·‖∂²C‖·‖Σ_l J_l J_lᵀ‖ (J_l = ∂o/∂s_l; ‖∂²C‖ ≤ ½ for
+/// cross-entropy): it contracts for ω < 2/(1 + g), at rate max(1 − ω, ω(1 + g) − 1).
+/// g is O(β): for small β one sweep gives e* = −β·(the backprop deltas of the free
+/// state), and the iteration converges at any depth. The default ω is chosen by
+/// measurement (BENCHMARKS.md §3).
+///
+/// A clamped phase ([`Phase::Clamp`]) fixes the output state at o⋆ + t(y − o⋆) first
+/// (the output layer has no activation, so its state is the output), and the sweeps
+/// then settle the layers below it: the output error e_L = s_L − W_L φ(s_{L−1}) − b_L is
+/// the current one instead of the nudge.
+pub fn nudged_phase<B: Backend>(
+    net: &Network<B>,
+    cfg: &GradConfig,
+    phase: Phase,
+    ws: &mut Workspace<B>,
+    rows: usize,
+) -> Result<()> {
+    let bk = &net.backend;
+    let last = net.arch.depth() - 1;
+    let out = net.arch.blocks[last].out;
+    let beta = match phase {
+        Phase::Nudge(beta) => Some(beta),
+        Phase::Clamp(t) => {
+            // dc = o⋆ − y (squared error's gradient), s_L ← s_L − t·dc.
+            bk.cost_grad(rows, out, &ws.a[last], &ws.y, Loss::SquaredError, &mut ws.dc)?;
+            bk.axpby(-t, &ws.dc, 1.0, &mut ws.s[last])?;
+            bk.copy(&ws.s[last], &mut ws.a[last])?;
+            if last > 0 {
+                // p_L of the free state (an earlier phase overwrote it).
+                let blk = &net.arch.blocks[last];
+                let (below, p) = (&ws.a[last - 1], &mut ws.p[last]);
+                bk.gemm(
+                    false,
+                    true,
+                    rows,
+                    blk.out,
+                    blk.inp,
+                    1.0,
+                    below,
+                    &net.params[last].w,
+                    0.0,
+                    p,
+                )?;
+            }
+            bk.layered_error(
+                rows,
+                out,
+                &ws.s[last],
+                &ws.p[last],
+                &net.params[last].b,
+                &mut ws.e[last],
+            )?;
+            None
+        }
+    };
+    for _ in 0..cfg.settle_steps {
+        backward_errors(net, cfg, beta, ws, rows)?;
+        relax_forward(net, cfg.settle_lr, beta, ws, rows)?;
+    }
+    errors(net, ws, rows)?;
+    residual(net, cfg, beta, ws, rows)
+}
+
+/// Backward sweep from the current state: `ws.dc` = ∂C/∂o, `ws.e[L]` = e*_L =
+/// −β φ′_L ⊙ ∂C/∂o (`beta = None`: a clamped output, whose current error `ws.e[L]`
+/// [`relax_forward`] left is kept), and for l < L the feedback u_l = W_{l+1}ᵀ e*_{l+1} into `ws.r[l]`
+/// and e*_l = φ′_l(s_l) ⊙ u_l into `ws.e[l]` (for l ≥ 1; the lowest layer's e* is only
+/// needed by [`relax_forward`], which applies φ′ itself).
+fn backward_errors<B: Backend>(
+    net: &Network<B>,
+    cfg: &GradConfig,
+    beta: Option<f64>,
+    ws: &mut Workspace<B>,
+    rows: usize,
+) -> Result<()> {
+    let bk = &net.backend;
+    let blocks = &net.arch.blocks;
+    let last = blocks.len() - 1;
+    if let Some(beta) = beta {
+        bk.cost_grad(rows, blocks[last].out, &ws.a[last], &ws.y, cfg.loss, &mut ws.dc)?;
+        bk.axpby(-beta, &ws.dc, 0.0, &mut ws.e[last])?;
+        bk.act_grad_mul(rows, blocks[last].out, &ws.s[last], blocks[last].act, &mut ws.e[last])?;
+    }
+    for l in (0..last).rev() {
+        let up = &blocks[l + 1];
+        bk.gemm(
+            false,
+            false,
+            rows,
+            up.inp,
+            up.out,
+            1.0,
+            &ws.e[l + 1],
+            &net.params[l + 1].w,
+            0.0,
+            &mut ws.r[l],
+        )?;
+        if l > 0 {
+            bk.copy(&ws.r[l], &mut ws.e[l])?;
+            bk.act_grad_mul(rows, blocks[l].out, &ws.s[l], blocks[l].act, &mut ws.e[l])?;
+        }
+    }
+    Ok(())
+}
+
+/// Forward sweep, l = 1..L: p_l = W_l φ(s_{l−1}) with the new lower state (p[0] = W_1 x
+/// is kept from the forward pass: the input is clamped), e_l = s_l − p_l − b_l, then
+/// s_l ← s_l − ω (e_l − e*_l) and a_l = φ_l(s_l), with e*_l = φ′_l(s_l) ⊙ u_l (hidden
+/// layers, c = −1) or −β φ′_L(s_L) ⊙ ∂C/∂o (output, c = β) formed inside the fused
+/// `layered_settle` at the layer's state before the update, as the backward sweep did.
+/// A clamped output (`beta = None`) keeps its state; its error is refreshed.
+fn relax_forward<B: Backend>(
+    net: &Network<B>,
+    omega: f64,
+    beta: Option<f64>,
+    ws: &mut Workspace<B>,
+    rows: usize,
+) -> Result<()> {
+    let bk = &net.backend;
+    let last = net.arch.depth() - 1;
+    for (l, blk) in net.arch.blocks.iter().enumerate() {
+        if l > 0 {
+            bk.gemm(
+                false,
+                true,
+                rows,
+                blk.out,
+                blk.inp,
+                1.0,
+                &ws.a[l - 1],
+                &net.params[l].w,
+                0.0,
+                &mut ws.p[l],
+            )?;
+        }
+        bk.layered_error(rows, blk.out, &ws.s[l], &ws.p[l], &net.params[l].b, &mut ws.e[l])?;
+        let (g, c) = match (l == last, beta) {
+            (true, Some(beta)) => (&ws.dc, beta),
+            (true, None) => break,
+            _ => (&ws.r[l], -1.0),
+        };
+        bk.layered_settle(
+            rows,
+            blk.out,
+            &ws.e[l],
+            g,
+            c,
+            omega,
+            blk.act,
+            &mut ws.s[l],
+            &mut ws.a[l],
+        )?;
+    }
+    Ok(())
+}
+
+/// e_l = s_l − W_l φ(s_{l−1}) − b_l for every block at the current state.
 fn errors<B: Backend>(net: &Network<B>, ws: &mut Workspace<B>, rows: usize) -> Result<()> {
     let bk = &net.backend;
     for (l, blk) in net.arch.blocks.iter().enumerate() {
@@ -57,62 +233,48 @@ fn errors<B: Backend>(net: &Network<B>, ws: &mut Workspace<B>, rows: usize) -> R
     Ok(())
 }
 
-/// One nudged phase at signed strength `beta`, starting from the state in `ws.s`,
-/// `ws.a` (the free state); leaves the errors e_l of the final state in `ws.e`.
-pub fn nudged_phase<B: Backend>(
+/// Adds Σ_batch Σ_l ‖∇_{s_l}F‖² at the current state to `ws.resid[0]`, where
+/// ∇_{s_l}F = e_l − φ′_l(s_l) ⊙ W_{l+1}ᵀe_{l+1} (l < L) and ∇_{s_L}F = e_L + β φ′_L(s_L) ⊙ ∂C/∂o,
+/// with `ws.e` holding the errors of the current state (as [`nudged_phase`] leaves them).
+/// A clamped output (`beta = None`) is not a variable: its term is left out.
+/// Reported as the settle residual: 0 at the nudged equilibrium.
+fn residual<B: Backend>(
     net: &Network<B>,
     cfg: &GradConfig,
-    beta: f64,
+    beta: Option<f64>,
     ws: &mut Workspace<B>,
     rows: usize,
 ) -> Result<()> {
     let bk = &net.backend;
     let blocks = &net.arch.blocks;
     let last = blocks.len() - 1;
-    // p[0] = W_1 x still holds from the forward pass: the input is clamped.
-    for _ in 0..cfg.settle_steps {
-        errors(net, ws, rows)?;
-        bk.cost_grad(rows, blocks[last].out, &ws.a[last], &ws.y, cfg.loss, &mut ws.dc)?;
-        for l in 0..last {
-            // Feedback W_{l+1}ᵀ e_{l+1}, from the errors of the current (old) state.
-            let up = &blocks[l + 1];
-            bk.gemm(
-                false,
-                false,
-                rows,
-                up.inp,
-                up.out,
-                1.0,
-                &ws.e[l + 1],
-                &net.params[l + 1].w,
-                0.0,
-                &mut ws.f,
-            )?;
-            bk.layered_settle(
-                rows,
-                blocks[l].out,
-                &ws.e[l],
-                &ws.f,
-                -1.0,
-                cfg.settle_lr,
-                blocks[l].act,
-                &mut ws.s[l],
-                &mut ws.a[l],
-            )?;
-        }
-        bk.layered_settle(
-            rows,
-            blocks[last].out,
-            &ws.e[last],
-            &ws.dc,
-            beta,
-            cfg.settle_lr,
-            blocks[last].act,
-            &mut ws.s[last],
-            &mut ws.a[last],
-        )?;
+    let out = blocks[last].out;
+    if let Some(beta) = beta {
+        bk.cost_grad(rows, out, &ws.a[last], &ws.y, cfg.loss, &mut ws.dc)?;
+        bk.act_grad_mul(rows, out, &ws.s[last], blocks[last].act, &mut ws.dc)?;
+        bk.axpby(1.0, &ws.e[last], beta, &mut ws.dc)?;
+        Workspace::add_sq(bk, &ws.dc, rows * out, &mut ws.resid[0])?;
     }
-    errors(net, ws, rows)
+    for l in 0..last {
+        let up = &blocks[l + 1];
+        bk.gemm(
+            false,
+            false,
+            rows,
+            up.inp,
+            up.out,
+            1.0,
+            &ws.e[l + 1],
+            &net.params[l + 1].w,
+            0.0,
+            &mut ws.r[l],
+        )?;
+        bk.act_grad_mul(rows, blocks[l].out, &ws.s[l], blocks[l].act, &mut ws.r[l])?;
+        bk.axpby(1.0, &ws.e[l], -1.0, &mut ws.r[l])?;
+        Workspace::add_sq(bk, &ws.r[l], rows * blocks[l].out, &mut ws.resid[0])?;
+    }
+    ws.resid_rows[0] += rows as u64;
+    Ok(())
 }
 
 /// Adds `coef · Σ_batch e_l a_{l−1}ᵀ` (and `coef · Σ e_l` for the bias) to the
@@ -146,9 +308,10 @@ fn accumulate_estimate<B: Backend>(
     Ok(())
 }
 
-/// The EP estimate: forward pass (free phase), nudged phase(s), contrast.
-/// One-sided: Ĝ = −(1/(βB)) Σ e φᵀ at the +β state. Symmetric:
-/// Ĝ = −(1/(2βB)) (Σ e φᵀ at +β − Σ e φᵀ at −β).
+/// The EP estimate: forward pass (free phase), the rule's perturbed phase(s), contrast.
+/// ∂θE = −(1/B) Σ_batch e_l φ(s_{l−1})ᵀ for W_l (−(1/B) Σ e_l for b_l), which is 0 at
+/// the free state (all e_l = 0), so only the perturbed phases enter: one-sided,
+/// Ĝ = −(1/(βB)) Σ e φᵀ at the +β state; symmetric, −(1/(2βB)) (Σ e φᵀ at +β − at −β).
 pub fn gradients<B: Backend>(
     net: &Network<B>,
     cfg: &GradConfig,
@@ -161,20 +324,18 @@ pub fn gradients<B: Backend>(
     net.backend
         .cost_stats(rows, net.arch.outputs(), &ws.a[last], &ws.y, cfg.loss, &mut ws.stats)?;
     let b = rows as f64;
-    // The first nudged phase starts from the forward pass's state as it stands; only a
-    // second (−β) phase needs the free state saved and restored.
-    match cfg.nudging {
-        Nudging::OneSided => {
-            nudged_phase(net, cfg, cfg.beta, ws, rows)?;
-            accumulate_estimate(net, ws, rows, -1.0 / (cfg.beta * b), false, grads)
-        }
-        Nudging::Symmetric => {
-            ws.save_free(true)?;
-            nudged_phase(net, cfg, cfg.beta, ws, rows)?;
-            accumulate_estimate(net, ws, rows, -1.0 / (2.0 * cfg.beta * b), false, grads)?;
-            ws.restore_free(true)?;
-            nudged_phase(net, cfg, -cfg.beta, ws, rows)?;
-            accumulate_estimate(net, ws, rows, 1.0 / (2.0 * cfg.beta * b), true, grads)
-        }
+    let (_, phases) = cfg.nudging.phases(cfg.beta);
+    // The first phase starts from the forward pass's state as it stands; only a
+    // second phase needs the free state saved and restored.
+    if phases.len() > 1 {
+        ws.save_free(true)?;
     }
+    for (i, &(phase, coef)) in phases.iter().enumerate() {
+        if i > 0 {
+            ws.restore_free(true)?;
+        }
+        nudged_phase(net, cfg, phase, ws, rows)?;
+        accumulate_estimate(net, ws, rows, -coef / b, i > 0, grads)?;
+    }
+    Ok(())
 }

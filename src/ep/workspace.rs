@@ -33,6 +33,15 @@ pub struct Workspace<B: Backend> {
     pub dc: B::Buf,
     /// Device-side running [loss sum, correct count] of free-phase outputs.
     pub stats: B::Buf,
+    /// Per-layer scratch for the settle residuals (`rows × n_l`).
+    pub r: Vec<B::Buf>,
+    /// Device-side running residuals: [0] Σ‖∇_s F‖² at the end of every nudged phase
+    /// (layered) or Σ‖Δs‖² of the last nudged sweep (Hopfield); [1] Σ‖Δs‖² of the
+    /// last free sweep (Hopfield). One buffer of length 1 each, so a 1×1 GEMM (a dot
+    /// product) can accumulate into it.
+    pub resid: [B::Buf; 2],
+    /// Rows counted into `resid[0]` and `resid[1]` (host side: no device read).
+    pub resid_rows: [u64; 2],
 }
 
 fn bufs<B: Backend>(b: &B, arch: &Arch, rows: usize) -> Result<Vec<B::Buf>> {
@@ -59,17 +68,51 @@ impl<B: Backend> Workspace<B> {
             f: b.zeros(rows_cap * arch.max_width())?,
             dc: b.zeros(rows_cap * arch.outputs())?,
             stats: b.zeros(2)?,
+            r: bufs(b, arch, rows_cap)?,
+            resid: [b.zeros(1)?, b.zeros(1)?],
+            resid_rows: [0, 0],
         })
     }
 
     /// Grows the buffers when a batch larger than the capacity arrives (keeps `stats`).
     pub fn ensure_rows(&mut self, rows: usize) -> Result<()> {
         if rows > self.rows_cap {
-            let stats = std::mem::replace(&mut self.stats, self.backend.zeros(2)?);
-            *self = Workspace::new(&self.backend, &self.arch, rows)?;
-            self.stats = stats;
+            let mut grown = Workspace::new(&self.backend, &self.arch, rows)?;
+            std::mem::swap(&mut grown.stats, &mut self.stats);
+            std::mem::swap(&mut grown.resid, &mut self.resid);
+            grown.resid_rows = self.resid_rows;
+            *self = grown;
         }
         Ok(())
+    }
+
+    /// Adds Σ of the squares of the first `n` entries of `v` to `resid[slot]`: a
+    /// 1×n by n×1 GEMM accumulating with β = 1 (a dot product that stays on the
+    /// device and reads only the batch's rows, not the stale rows past them).
+    pub(crate) fn add_sq(backend: &B, v: &B::Buf, n: usize, acc: &mut B::Buf) -> Result<()> {
+        backend.gemm(false, true, 1, 1, n, 1.0, v, v, 1.0, acc)
+    }
+
+    /// Zeroes the running residuals.
+    pub fn reset_residuals(&mut self) -> Result<()> {
+        self.resid_rows = [0, 0];
+        for r in self.resid.iter_mut() {
+            self.backend.fill(r, 0.0)?;
+        }
+        Ok(())
+    }
+
+    /// Root-mean-square per-sample residuals since the last reset, [nudged, free]
+    /// (0 where nothing was counted). Reads two device scalars.
+    pub fn residuals(&self) -> Result<[f64; 2]> {
+        let mut out = [0.0; 2];
+        for (i, o) in out.iter_mut().enumerate() {
+            if self.resid_rows[i] > 0 {
+                let v = self.backend.download(&self.resid[i])?[0];
+                *o = (crate::backend::Scalar::f64(v) / self.resid_rows[i] as f64).sqrt();
+            }
+        }
+        Ok(out)
     }
 
     /// Copies a host batch into `x` and `y`.

@@ -107,7 +107,9 @@ impl<'m> OptimizerBuilder<'m> {
         self.ep_only.get_or_insert("settle_steps");
         self
     }
-    /// Step size η of the layered energy's nudged descent, in (0, 1].
+    /// Relaxation ω of the layered energy's nudged-phase sweeps, in (0, 1]: each sweep
+    /// moves the states the fraction ω of the way to the block solution
+    /// ([`crate::ep::layered::nudged_phase`]).
     pub fn settle_lr(mut self, eta: f64) -> Self {
         self.cfg.grad.settle_lr = eta;
         self.ep_only.get_or_insert("settle_lr");
@@ -165,12 +167,12 @@ impl<'m> OptimizerBuilder<'m> {
         self.cfg.weight_decay = wd;
         self
     }
-    /// Spectral bound γ (turns the constraint on for the output layer if it was off).
+    /// Spectral bound γ (turns the constraint on, [`SpectralLayers::Auto`], if it was off).
     pub fn gamma(mut self, gamma: f64) -> Self {
         self.cfg.spectral.gamma = gamma;
         self.gamma_set = true;
         if self.cfg.spectral.layers == SpectralLayers::Off {
-            self.cfg.spectral.layers = SpectralLayers::Output;
+            self.cfg.spectral.layers = SpectralLayers::Auto;
         }
         self
     }
@@ -257,7 +259,9 @@ impl<'m> OptimizerBuilder<'m> {
     }
 }
 
-/// An engine on one of the backends.
+/// An engine on one of the backends (one per optimizer: the size difference between
+/// the variants does not matter).
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum AnyEngine {
     Cpu(Engine<Cpu<f32>>),
     Cuda(Engine<Cuda>),

@@ -6,18 +6,24 @@ use crate::{Loss, MepError, Result};
 /// How Muon's orthogonalised update is scaled (SPEC §3.3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MuonScale {
-    /// √(fan_out / fan_in) (Bernstein & Yang's spectral condition). Default: at the
-    /// seed's lr = 0.05 it beats Keller Jordan's scale by 3–4 points (BENCHMARKS.md).
+    /// √(fan_out / fan_in) (Bernstein & Yang's spectral condition), times 2/L for a
+    /// network of L weight layers. Default: at the seed's lr = 0.05 it beats Keller
+    /// Jordan's scale by 3–4 points (BENCHMARKS.md). The 2/L is the modular norm's
+    /// split of one step's budget over layers in series (each layer's relative change
+    /// moves the output, so L of them move it L times as far); it is 1 for the
+    /// seed's two layers, and without it lr 0.05 overshoots at depth (784–128–128–10
+    /// in Backprop mode: 96.9% at 0.05, 97.3% at 0.05·2/3; BENCHMARKS.md §4).
     SpectralCondition,
     /// √max(1, rows / cols) (Keller Jordan's Muon).
     KellerJordan,
 }
 
 impl MuonScale {
-    /// The factor for an `rows × cols` (fan_out × fan_in) matrix.
-    pub fn factor(self, rows: usize, cols: usize) -> f64 {
+    /// The factor for an `rows × cols` (fan_out × fan_in) matrix of a network of
+    /// `depth` weight layers.
+    pub fn factor(self, rows: usize, cols: usize, depth: usize) -> f64 {
         match self {
-            MuonScale::SpectralCondition => (rows as f64 / cols as f64).sqrt(),
+            MuonScale::SpectralCondition => (rows as f64 / cols as f64).sqrt() * 2.0 / depth.max(1) as f64,
             MuonScale::KellerJordan => (rows as f64 / cols as f64).max(1.0).sqrt(),
         }
     }
@@ -110,11 +116,58 @@ impl Schedule {
 pub enum SpectralLayers {
     /// None.
     Off,
-    /// The output layer only (default for `smep`: it is the coupling whose norm the
-    /// settling dynamics depend on; constraining the input layer too cost 2–3 points).
+    /// The output layer only: for the layered energy, the coupling whose norm its
+    /// settling depends on most; constraining the input layer too cost 2–3 points.
     Output,
-    /// Every weight matrix.
+    /// Every matrix that couples two settled layers, W_2 … W_L (W_1 only drives the
+    /// first layer from the clamped input). With the Hopfield energy each gets the
+    /// depth-aware bound of [`SpectralLayers::bound`].
+    Couplings,
+    /// Every weight matrix (the Hopfield couplings with the depth-aware bound).
     All,
+    /// `smep`'s default: [`SpectralLayers::Output`] for the layered energy,
+    /// [`SpectralLayers::Couplings`] for the Hopfield energy.
+    Auto,
+}
+
+impl SpectralLayers {
+    /// The bound on σ(W_l) for block `l` (0-based) of a `depth`-block network, or
+    /// `None` when the block is not constrained.
+    ///
+    /// The Hopfield free phase descends ½‖s‖² − Φ(s), which is strongly convex (so the
+    /// sweeps contract to a unique equilibrium) while the block-tridiagonal coupling
+    /// operator A over (s_1 … s_L), with off-diagonal blocks W_2 … W_L, has ‖A‖ < 1. A
+    /// block matrix's norm is at most the norm of the matrix of its blocks' norms, here
+    /// the L×L tridiagonal T with off-diagonals σ(W_2) … σ(W_L); with all of them
+    /// ≤ γ′, ‖T‖ ≤ 2γ′·cos(π/(L+1)) (the path graph's largest eigenvalue). So each
+    /// coupling is bounded by γ′ = γ / (2cos(π/(L+1))), which makes ‖A‖ ≤ γ at any
+    /// depth: γ itself for one hidden layer (L = 2), γ/√2 for two, γ/1.618 for three.
+    /// The input matrix W_1 does not enter A and keeps the plain bound γ.
+    pub fn bound(self, l: usize, depth: usize, hopfield: bool, gamma: f64) -> Option<f64> {
+        let last = depth - 1;
+        let covered = match self {
+            SpectralLayers::Off => false,
+            SpectralLayers::Output => l == last,
+            SpectralLayers::Couplings => l > 0,
+            SpectralLayers::All => true,
+            SpectralLayers::Auto => {
+                if hopfield {
+                    l > 0
+                } else {
+                    l == last
+                }
+            }
+        };
+        if !covered {
+            return None;
+        }
+        if hopfield && l > 0 {
+            let cos = (std::f64::consts::PI / (depth as f64 + 1.0)).cos();
+            Some(gamma / (2.0 * cos))
+        } else {
+            Some(gamma)
+        }
+    }
 }
 
 /// The spectral constraint's parameters.
@@ -177,11 +230,18 @@ impl OptimConfig {
                 return Err(MepError::invalid(
                     "settle_lr",
                     g.settle_lr,
-                    "must be in (0, 1]: larger steps overshoot the ½‖e‖² curvature of 1",
+                    "must be in (0, 1]: it is the fraction of the way to each sweep's block solution (relaxation ω)",
                 ));
             }
         }
         g.loss.validate()?;
+        if g.mode == Mode::Ep && g.nudging.clamps() && g.loss != Loss::SquaredError {
+            return Err(MepError::invalid(
+                "nudging",
+                g.nudging.name(),
+                "clamping the output needs a target in the output's own space: use the squared-error loss (Loss::SquaredError, --loss squared_error) with CL and the coupled rules",
+            ));
+        }
         positive("lr", self.lr)?;
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
             return Err(MepError::invalid("weight_decay", self.weight_decay, "must be ≥ 0"));
@@ -252,8 +312,11 @@ impl OptimConfig {
 
     /// The `smep` preset (the seed's optimizer): Muon (Nesterov μ = 0.7, 5 quintic
     /// steps, √(fan_out/fan_in) scale) at lr 0.05 on weights, Adam at 1e−3 on biases,
-    /// spectral constraint γ = 0.95 on the output layer, EP with β = 0.5, 15 settle
-    /// steps, cross-entropy. Each default is justified in BENCHMARKS.md.
+    /// spectral constraint γ = 0.95 ([`SpectralLayers::Auto`]: the output layer, or
+    /// every Hopfield coupling), EP with β = 0.5 and symmetric nudging (centered EP: its
+    /// bias is O(β²); one-sided EP lost 0.6–1.0 point at 784–256–256–128–10 and tied at
+    /// the seed's 784–128–10), 15 settle steps, cross-entropy. Each default is justified
+    /// in BENCHMARKS.md.
     pub fn smep() -> Self {
         OptimConfig {
             grad: GradConfig {
@@ -261,7 +324,7 @@ impl OptimConfig {
                 beta: 0.5,
                 settle_steps: 15,
                 settle_lr: DEFAULT_SETTLE_LR,
-                nudging: Nudging::OneSided,
+                nudging: Nudging::Symmetric,
                 loss: Loss::CrossEntropy { label_smoothing: 0.0 },
             },
             lr: 0.05,
@@ -280,7 +343,7 @@ impl OptimConfig {
             },
             spectral: Spectral {
                 gamma: 0.95,
-                layers: SpectralLayers::Output,
+                layers: SpectralLayers::Auto,
                 power_iters: 3,
             },
             check_every: 50,
@@ -337,5 +400,7 @@ impl OptimConfig {
     }
 }
 
-/// Default step size of the layered energy's nudged-phase descent (BENCHMARKS.md).
+/// Default relaxation ω of the layered energy's nudged-phase sweeps: 0.5 keeps the
+/// iteration contracting while the cost's curvature gain g = β‖∂²C‖‖ΣJJᵀ‖ stays below 3
+/// (ω < 2/(1 + g)), and measured better than 1.0 at depth (BENCHMARKS.md §5).
 pub const DEFAULT_SETTLE_LR: f64 = 0.5;

@@ -22,8 +22,8 @@ struct BlockState<B: Backend> {
     v_b: Option<B::Buf>,
     /// Muon: Nesterov direction U and Newton–Schulz scratch.
     muon: Option<(B::Buf, NsScratch<B>)>,
-    /// Spectral-constraint power iteration, if this block is constrained.
-    power: Option<PowerIter<B>>,
+    /// Spectral-constraint power iteration and this block's bound, if constrained.
+    power: Option<(PowerIter<B>, f64)>,
 }
 
 /// Running statistics of the free-phase outputs since the last reset.
@@ -35,6 +35,13 @@ pub struct StepStats {
     pub accuracy: f64,
     /// Samples counted.
     pub samples: u64,
+    /// Settle residual at the end of the nudged phase(s), root-mean-square per sample:
+    /// ‖∇_s F‖ for the layered energy, the state change of the last sweep ‖Δs‖ for
+    /// the Hopfield energy (0 at equilibrium; 0 in Backprop mode, which settles nothing).
+    pub settle_residual: f64,
+    /// The same for the Hopfield free phase (‖Δs‖ of its last sweep); 0 for the
+    /// layered energy, whose free phase is the exact forward pass.
+    pub free_residual: f64,
 }
 
 /// An optimizer bound to a network's shapes on backend `B`.
@@ -84,7 +91,32 @@ impl<B: Backend> Engine<B> {
             ));
         }
         let bk = &net.backend;
-        let last = net.arch.depth() - 1;
+        let depth = net.arch.depth();
+        if matches!(net.energy, Energy::Hopfield { .. }) && depth > 2 && cfg.spectral.layers == SpectralLayers::Output {
+            return Err(MepError::invalid(
+                "spectral_layers",
+                "output",
+                format!(
+                    "the Hopfield energy with {} hidden layers settles stably only when every coupling W_2 … W_L is bounded, not only the output layer: use SpectralLayers::Auto or Couplings (--spectral-layers auto|couplings)",
+                    depth - 1
+                ),
+            ));
+        }
+        let last_act = net.arch.blocks[depth - 1].act;
+        if cfg.grad.mode == Mode::Ep
+            && cfg.grad.nudging.clamps()
+            && net.energy == Energy::LayeredLeastSquares
+            && !last_act.is_empty()
+        {
+            return Err(MepError::invalid(
+                "nudging",
+                cfg.grad.nudging.name(),
+                format!(
+                    "the layered energy clamps the output layer's state, which is the output only without an output activation (this model ends with {}): remove it, or use a nudging rule (one-sided, negative, symmetric)",
+                    last_act.describe()
+                ),
+            ));
+        }
         let mut state = Vec::new();
         for (l, blk) in net.arch.blocks.iter().enumerate() {
             let n = blk.out * blk.inp;
@@ -94,21 +126,13 @@ impl<B: Backend> Engine<B> {
                 MatrixRule::Muon { .. } => Some((bk.zeros(n)?, NsScratch::new(bk, blk.out, blk.inp)?)),
                 _ => None,
             };
-            let constrained = match cfg.spectral.layers {
-                SpectralLayers::Off => false,
-                SpectralLayers::Output => l == last,
-                SpectralLayers::All => true,
-            };
-            let power = if constrained {
-                Some(PowerIter::new(
-                    bk,
-                    &net.params[l].w,
-                    blk.out,
-                    blk.inp,
-                    0x5EC7 + l as u64,
-                )?)
-            } else {
-                None
+            let hopfield = matches!(net.energy, Energy::Hopfield { .. });
+            let power = match cfg.spectral.layers.bound(l, depth, hopfield, cfg.spectral.gamma) {
+                Some(gamma) => Some((
+                    PowerIter::new(bk, &net.params[l].w, blk.out, blk.inp, 0x5EC7 + l as u64)?,
+                    gamma,
+                )),
+                None => None,
             };
             state.push(BlockState {
                 m_w: bk.zeros(n)?,
@@ -186,6 +210,12 @@ impl<B: Backend> Engine<B> {
                 self.ws.rows_cap
             )));
         }
+        if self.t == 0 {
+            // The initial weights may violate the bound (PyTorch's initialisation puts
+            // a 3-hidden-layer Hopfield net's coupling operator above 1): constrain
+            // before the first phases, so settling contracts from the first step.
+            self.apply_constraint(net)?;
+        }
         compute_gradients(net, &self.cfg.grad, &mut self.ws, rows, &mut self.grads)?;
         self.t += 1;
         self.samples_since_reset += rows as u64;
@@ -217,6 +247,18 @@ impl<B: Backend> Engine<B> {
             for buf in [&p.w, &p.b] {
                 bk.sum_sq(buf, &mut g.sq)?;
                 bk.axpby(1.0, &g.sq, 1.0, &mut g.health)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies the spectral constraint to every constrained matrix of `net` now (the
+    /// optimizer also does this before its first step and after every update).
+    pub fn apply_constraint(&mut self, net: &mut Network<B>) -> Result<()> {
+        let bk = net.backend.clone();
+        for (st, p) in self.state.iter_mut().zip(net.params.iter_mut()) {
+            if let Some((power, gamma)) = st.power.as_mut() {
+                power.constrain(&bk, &mut p.w, *gamma, self.cfg.spectral.power_iters)?;
             }
         }
         Ok(())
@@ -300,7 +342,12 @@ impl<B: Backend> Engine<B> {
                         &st.m_w
                     };
                     orthogonalize(&bk, blk.out, blk.inp, ns_steps, dir, ns)?;
-                    bk.axpby(-lr * scale.factor(blk.out, blk.inp), &ns.x, decay, &mut p.w)?;
+                    bk.axpby(
+                        -lr * scale.factor(blk.out, blk.inp, net.arch.depth()),
+                        &ns.x,
+                        decay,
+                        &mut p.w,
+                    )?;
                 }
                 MatrixRule::Sgd { momentum, nesterov } => {
                     sgd_update(&bk, &mut p.w, g, &mut st.m_w, lr, momentum, nesterov, decay)?
@@ -329,8 +376,8 @@ impl<B: Backend> Engine<B> {
                     } => sgd_update(&bk, &mut p.b, gb, &mut st.m_b, blr * f, momentum, nesterov, 1.0)?,
                 }
             }
-            if let Some(power) = st.power.as_mut() {
-                power.constrain(&bk, &mut p.w, cfg.spectral.gamma, cfg.spectral.power_iters)?;
+            if let Some((power, gamma)) = st.power.as_mut() {
+                power.constrain(&bk, &mut p.w, *gamma, cfg.spectral.power_iters)?;
             }
         }
         Ok(())
@@ -340,16 +387,20 @@ impl<B: Backend> Engine<B> {
     pub fn stats(&self) -> Result<StepStats> {
         let s = self.ws.backend.download(&self.ws.stats)?;
         let n = self.samples_since_reset.max(1) as f64;
+        let [settle_residual, free_residual] = self.ws.residuals()?;
         Ok(StepStats {
             loss: s[0].f64() / n,
             accuracy: s[1].f64() / n,
             samples: self.samples_since_reset,
+            settle_residual,
+            free_residual,
         })
     }
 
     /// Resets the running statistics.
     pub fn reset_stats(&mut self) -> Result<()> {
         self.samples_since_reset = 0;
+        self.ws.reset_residuals()?;
         self.ws.backend.fill(&mut self.ws.stats, 0.0)
     }
 
