@@ -57,13 +57,19 @@ extern "C" __global__ void cost_grad(u64 rows, u32 classes, const float* __restr
     }
 }
 
-// cost_stats: stats[0] += Σ_rows C(o, y); stats[1] += #rows with argmax(o) == y
-// (accumulated, never reset: the caller zeroes stats at the start of an epoch).
-//   cross-entropy: C = Σ_k q_k (lse − o_k); squared error: C = ½ Σ_k (o_k − onehot_k)².
-// Launch: block (32, 8), see the top of the file; one atomicAdd per row and stat.
-extern "C" __global__ void cost_stats(u64 rows, u32 classes, const float* __restrict__ o,
-                                      const u32* __restrict__ labels, u32 loss, float eps,
-                                      float* __restrict__ stats) {
+// cost_stats_partial: the block's share of the statistics, deterministically (no
+// atomics; reduce_partials of reduce.cu adds the blocks in a fixed order):
+//   partial[2b] = Σ C(o, y) and partial[2b + 1] = #(argmax(o) == y) over the rows of
+//   block b, where cross-entropy C = Σ_k q_k (lse − o_k), squared error
+//   C = ½ Σ_k (o_k − onehot_k)². Each warp row sums its rows in grid-stride order,
+//   then thread (0, 0) adds the warp rows in order.
+// Launch: block (32, 8), see the top of the file; blockDim.y ≤ 32.
+extern "C" __global__ void cost_stats_partial(u64 rows, u32 classes, const float* __restrict__ o,
+                                              const u32* __restrict__ labels, u32 loss, float eps,
+                                              float* __restrict__ partial) {
+    __shared__ float sh_cost[32];
+    __shared__ float sh_hits[32];
+    float cost = 0.0f, hits = 0.0f;
     MEP_ROW_LOOP(r, rows) {
         const float* orow = o + r * classes;
         u32 y = labels[r];
@@ -80,10 +86,22 @@ extern "C" __global__ void cost_stats(u64 rows, u32 classes, const float* __rest
         }
         c = mep_lanes_sum(c);
         u32 arg = mep_row_argmax(orow, classes);
-        if (threadIdx.x == 0) {
-            atomicAdd(&stats[0], c);
-            if (arg == y) atomicAdd(&stats[1], 1.0f);
+        cost += c;
+        hits += arg == y ? 1.0f : 0.0f;
+    }
+    if (threadIdx.x == 0) {
+        sh_cost[threadIdx.y] = cost;
+        sh_hits[threadIdx.y] = hits;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0 && threadIdx.y == 0) {
+        float tc = 0.0f, th = 0.0f;
+        for (u32 w = 0; w < blockDim.y; w++) {
+            tc += sh_cost[w];
+            th += sh_hits[w];
         }
+        partial[2 * (u64)blockIdx.x] = tc;
+        partial[2 * (u64)blockIdx.x + 1] = th;
     }
 }
 

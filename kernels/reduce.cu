@@ -32,11 +32,16 @@ extern "C" __global__ void col_sum(u64 rows, u32 cols, float alpha, const float*
     }
 }
 
-// sum_sq: out[0] += Σ x² over the block's grid-stride share; the host zeroes out[0]
-// first (memset on the same stream), so out[0] = Σ x² afterwards.
-// Launch: 1-D blocks of 256 threads (a power of two ≤ 256), any grid; one
-// atomicAdd per block.
-extern "C" __global__ void sum_sq(u64 n, const float* __restrict__ x, float* __restrict__ out) {
+// Deterministic reductions: two passes and no floating-point atomics, so a result is
+// the same bit for bit on every run (atomicAdd order depends on the schedule). The
+// first pass writes one partial per block (each thread sums its grid-stride share in
+// index order, then the block tree); `reduce_partials` then adds the partials in a
+// fixed order. Both depend only on the launch shape, which the host fixes.
+
+// sum_sq_partial: partial[blockIdx.x] ← Σ x² over the block's grid-stride share.
+// Launch: 1-D blocks of 256 threads (a power of two ≤ 256), any grid.
+extern "C" __global__ void sum_sq_partial(u64 n, const float* __restrict__ x,
+                                          float* __restrict__ partial) {
     __shared__ float sh[MEP_REDUCE_THREADS];
     float s = 0.0f;
     MEP_GRID_STRIDE(i, n) {
@@ -44,5 +49,20 @@ extern "C" __global__ void sum_sq(u64 n, const float* __restrict__ x, float* __r
         s += v * v;
     }
     s = mep_block_sum(s, sh);
-    if (threadIdx.x == 0) atomicAdd(out, s);
+    if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+
+// reduce_partials: for k < width, t_k = Σ_{b < count} partial[b·width + k], then
+// out[k] ← t_k, or out[k] ← out[k] + t_k when accumulate ≠ 0.
+// Launch: one block of 256 threads (a power of two ≤ 256).
+extern "C" __global__ void reduce_partials(u32 count, u32 width, const float* __restrict__ partial,
+                                           u32 accumulate, float* __restrict__ out) {
+    __shared__ float sh[MEP_REDUCE_THREADS];
+    for (u32 k = 0; k < width; k++) {
+        float s = 0.0f;
+        for (u32 b = threadIdx.x; b < count; b += blockDim.x) s += partial[(u64)b * width + k];
+        s = mep_block_sum(s, sh);
+        if (threadIdx.x == 0) out[k] = accumulate ? out[k] + s : s;
+        __syncthreads();  // sh is reused for the next k
+    }
 }

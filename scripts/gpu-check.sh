@@ -10,22 +10,33 @@
 #      nvidia/cu13/lib, or nvidia/cuda_nvrtc/lib + nvidia/cublas/lib, or the system
 #      linker's path) and exports LD_LIBRARY_PATH;
 #   2. prints the GPU (nvidia-smi);
-#   3. runs each test binary in gpu-bundle/bin with MEP_REQUIRE_GPU=1 (so a GPU
-#      that cannot be used is a failure, not a skip);
-#   4. runs the benchmark: the seed run on CUDA, a 784-4096-4096-10 run with batch
+#   3. a preflight of at most PREFLIGHT_TIMEOUT (60) seconds: cuda_primitives'
+#      `preflight` test (versions loaded, one kernel, one GEMM); if it fails, the
+#      verdict is written and nothing else runs (it would fail the same way);
+#   4. runs every test of each test binary in gpu-bundle/bin in its own process
+#      (`--exact NAME`), with MEP_REQUIRE_GPU=1 (so a GPU that cannot be used is a
+#      failure, not a skip), each under CHECK_TIMEOUT;
+#   5. runs the benchmark: the seed run on CUDA, a 784-4096-4096-10 run with batch
 #      1024 on CUDA, and the seed run on the CPU for comparison.
+# A check that would start after DEADLINE seconds (default 420, so that the whole
+# run ends inside 9 minutes) is skipped and marked so. The summary is rewritten after
+# every check, so a hang or a lost machine loses nothing already measured.
 # It keeps going when a check fails and exits 1 if any did; 2 when there is no GPU
 # (no nvidia-smi); 3 when the bundle is missing.
 #
 # Output goes to ${OUT:-gpu-out}/ in five files (few, so that a device call can bring
 # them all back): env.txt, tests.log, bench.log, bench.jsonl, summary.md.
 # Environment: GPU_BUNDLE (default gpu-bundle), CHECK_TIMEOUT (seconds per check,
-# default 300), CPU_THREADS (default min(16, nproc)).
+# default 90), PREFLIGHT_TIMEOUT (default 60), DEADLINE (default 420),
+# CPU_THREADS (default min(16, nproc)).
 set -uo pipefail
 
 bundle="${GPU_BUNDLE:-gpu-bundle}"
 outdir="${OUT:-gpu-out}"
-check_timeout="${CHECK_TIMEOUT:-300}"
+check_timeout="${CHECK_TIMEOUT:-90}"
+preflight_timeout="${PREFLIGHT_TIMEOUT:-60}"
+deadline="${DEADLINE:-420}"
+t0="$(date +%s)"
 tests=(cuda_primitives cuda_training api ground_truth)
 
 say() { echo "gpu-check: $*" >&2; }
@@ -73,7 +84,7 @@ except Exception:
 roots += [p for p in sys.path if p.endswith(("site-packages", "dist-packages"))]
 seen = set()
 for r in roots:
-    for sub in ("nvidia/cu13/lib", "nvidia/cuda_nvrtc/lib", "nvidia/cublas/lib"):
+    for sub in ("nvidia/cu13/lib", "nvidia/cu12/lib", "nvidia/cuda_nvrtc/lib", "nvidia/cublas/lib"):
         d = os.path.join(r, sub)
         if os.path.isdir(d) and d not in seen:
             seen.add(d)
@@ -90,19 +101,20 @@ pick_dirs() {
     local d
     while IFS= read -r d; do
         [ -n "$d" ] || continue
-        if [ -z "$nvrtc_dir" ] && has_lib "$d" libnvrtc.so.13; then nvrtc_dir="$d"; fi
-        if [ -z "$cublas_dir" ] && has_lib "$d" libcublas.so.13; then cublas_dir="$d"; fi
+        # CUDA 13 first; CUDA 12's user-space libraries work too (cudarc tries both names).
+        if [ -z "$nvrtc_dir" ] && { has_lib "$d" libnvrtc.so.13 || has_lib "$d" libnvrtc.so.12; }; then nvrtc_dir="$d"; fi
+        if [ -z "$cublas_dir" ] && { has_lib "$d" libcublas.so.13 || has_lib "$d" libcublas.so.12; }; then cublas_dir="$d"; fi
     done
 }
 pick_dirs < <(candidate_dirs)
 if [ -z "$nvrtc_dir" ] || [ -z "$cublas_dir" ]; then
     say "searching / for nvidia/{cu13,cuda_nvrtc,cublas}/lib (python's site-packages did not have both libraries)"
     pick_dirs < <(find / -maxdepth 8 \( -path /proc -o -path /sys -o -path /dev \) -prune -o -type d \
-        \( -path '*nvidia/cu13/lib' -o -path '*nvidia/cuda_nvrtc/lib' -o -path '*nvidia/cublas/lib' \) -print 2>/dev/null)
+        \( -path '*nvidia/cu13/lib' -o -path '*nvidia/cu12/lib' -o -path '*nvidia/cuda_nvrtc/lib' -o -path '*nvidia/cublas/lib' \) -print 2>/dev/null)
 fi
 # A system CUDA 13 found by the dynamic linker needs no LD_LIBRARY_PATH entry.
-if [ -z "$nvrtc_dir" ] && ldconfig -p 2>/dev/null | grep -q 'libnvrtc\.so\.13'; then nvrtc_dir="(system)"; fi
-if [ -z "$cublas_dir" ] && ldconfig -p 2>/dev/null | grep -q 'libcublas\.so\.13'; then cublas_dir="(system)"; fi
+if [ -z "$nvrtc_dir" ] && ldconfig -p 2>/dev/null | grep -q 'libnvrtc\.so\.1[23]'; then nvrtc_dir="(system)"; fi
+if [ -z "$cublas_dir" ] && ldconfig -p 2>/dev/null | grep -q 'libcublas\.so\.1[23]'; then cublas_dir="(system)"; fi
 
 # cudarc looks for the exact sonames (libnvrtc.so.13, libcublas.so.13, libcublasLt.so.13):
 # where a wheel ships only longer names, link them from a private directory.
@@ -110,7 +122,7 @@ link_dir="$(mktemp -d /tmp/mep-gpu-libs.XXXXXX)"
 add_sonames() {
     local dir="$1" so target
     [ -d "$dir" ] || return 0
-    for so in libnvrtc.so.13 libcublas.so.13 libcublasLt.so.13; do
+    for so in libnvrtc.so.13 libcublas.so.13 libcublasLt.so.13 libnvrtc.so.12 libcublas.so.12 libcublasLt.so.12; do
         if [ ! -e "$dir/$so" ]; then
             target="$(find "$dir" -maxdepth 1 -name "$so.*" ! -name '*builtins*' 2>/dev/null | sort | head -n 1)"
             [ -n "$target" ] && ln -sf "$target" "$link_dir/$so"
@@ -150,41 +162,89 @@ need_glibc="$(objdump -T "$bundle/bin/mep-mnist" 2>/dev/null | grep -o 'GLIBC_[0
 
 # ---- checks ------------------------------------------------------------------------------
 
-rows=()   # "check|result|seconds|test_acc|epoch_seconds|samples_per_sec"
+rows=()   # "check|result|seconds|test_acc|epoch_seconds|samples_per_sec|gemm rate"
 failed=0
 
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
+past_deadline() { [ $(($(date +%s) - t0)) -ge "$deadline" ]; }
+
+# The summary as it stands; rewritten after every check.
+write_summary() {
+    {
+        echo "## GPU check: $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)"
+        echo
+        echo "| check | result | seconds | test_acc | epoch_seconds | samples_per_sec | training GEMM rate vs GEMMs alone |"
+        echo "| --- | --- | ---: | ---: | ---: | ---: | --- |"
+        local r c res s a e p g
+        for r in "${rows[@]}"; do
+            IFS='|' read -r c res s a e p g <<<"$r"
+            echo "| $c | $res | $s | $a | $e | $p | $g |"
+        done
+        echo
+        if [ "${1:-}" != final ]; then
+            echo "(in progress: $(($(date +%s) - t0)) s so far)"
+        elif [ "$failed" -eq 0 ]; then
+            echo "All checks passed."
+        else
+            echo "Some checks FAILED: see tests.log and bench.log."
+        fi
+    } >"$summary.tmp" && mv "$summary.tmp" "$summary"
+}
+
+# run_test NAME EXE TEST TIMEOUT: one test of one binary in its own process.
+run_test() {
+    local name="$1" exe="$2" test="$3" limit="$4" one_log="$link_dir/one.log" start rc secs result
+    if past_deadline; then
+        rows+=("$name|SKIPPED (deadline ${deadline}s)|-||||")
+        failed=1
+        write_summary
+        return 1
+    fi
+    say "running $name"
+    start="$(now)"
+    MEP_REQUIRE_GPU=1 MEP_MNIST_DIR="$bundle/mnist" timeout "$limit" "$exe" "$test" --exact --nocapture >"$one_log" 2>&1
+    rc=$?
+    secs="$(elapsed "$start" "$(now)")"
+    {
+        echo "===== $name ====="
+        cat "$one_log"
+        echo "===== $name: exit $rc after ${secs}s ====="
+    } >>"$tests_log"
+    if [ "$rc" -eq 0 ] && grep -q '^test result: ok. 1 passed' "$one_log"; then
+        result="pass"
+    elif [ "$rc" -eq 124 ]; then
+        result="FAIL (timeout ${limit}s)"
+    else
+        result="FAIL (exit $rc)"
+    fi
+    rows+=("$name|$result|$secs||||")
+    write_summary
+    [ "$result" = pass ] || { failed=1; return 1; }
+}
+
+# Preflight: versions, one kernel, one GEMM. Without it passing nothing else can.
+if ! run_test "preflight (versions, one kernel, one GEMM)" "$bundle/bin/cuda_primitives" preflight "$preflight_timeout"; then
+    say "preflight failed: see $tests_log; no further checks"
+    write_summary final
+    cat "$summary"
+    rm -rf "$link_dir"
+    exit 1
+fi
+grep -h '^preflight:' "$tests_log" >>"$env_txt" || true
 
 for t in "${tests[@]}"; do
     exe="$bundle/bin/$t"
     if [ ! -x "$exe" ]; then
-        rows+=("test $t|MISSING|-|||")
+        rows+=("test $t|MISSING|-||||")
         failed=1
+        write_summary
         continue
     fi
-    say "running test $t"
-    one_log="$link_dir/$t.log"
-    start="$(now)"
-    MEP_REQUIRE_GPU=1 MEP_MNIST_DIR="$bundle/mnist" timeout "$check_timeout" "$exe" >"$one_log" 2>&1
-    rc=$?
-    secs="$(elapsed "$start" "$(now)")"
-    {
-        echo "===== test $t ====="
-        cat "$one_log"
-        echo "===== test $t: exit $rc after ${secs}s ====="
-    } >>"$tests_log"
-    if [ "$rc" -eq 0 ]; then
-        result="pass"
-    elif [ "$rc" -eq 124 ]; then
-        result="FAIL (timeout ${check_timeout}s)"
-        failed=1
-    else
-        result="FAIL (exit $rc)"
-        failed=1
-    fi
-    summary_line="$(grep -E '^test result:' "$one_log" | tail -n 1 | sed 's/^test result: //; s/; finished.*//')"
-    rows+=("test $t|$result${summary_line:+ — $summary_line}|$secs|||")
+    while IFS= read -r name; do
+        [ "$t" = cuda_primitives ] && [ "$name" = preflight ] && continue
+        run_test "test $t::$name" "$exe" "$name" "$check_timeout" || true
+    done < <("$exe" --list --format terse 2>/dev/null | sed -n 's/: test$//p')
 done
 
 threads="${CPU_THREADS:-$(($(nproc) < 16 ? $(nproc) : 16))}"
@@ -196,6 +256,12 @@ benches=(
 for b in "${benches[@]}"; do
     name="${b%%|*}"
     args="${b#*|}"
+    if past_deadline; then
+        rows+=("$name|SKIPPED (deadline ${deadline}s)|-||||")
+        failed=1
+        write_summary
+        continue
+    fi
     say "running $name"
     echo "===== $name: mep-mnist $args =====" >>"$bench_log"
     start="$(now)"
@@ -229,20 +295,10 @@ print('%.4f %.2f %.0f' % (d['test_acc'], d['epoch_seconds'], d['samples_per_sec'
         failed=1
     fi
     rows+=("$name|$result|$secs|$acc|$eps|$sps|$gf")
+    write_summary
 done
 
-{
-    echo "## GPU check: $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)"
-    echo
-    echo "| check | result | seconds | test_acc | epoch_seconds | samples_per_sec | training GEMM rate vs GEMMs alone |"
-    echo "| --- | --- | ---: | ---: | ---: | ---: | --- |"
-    for r in "${rows[@]}"; do
-        IFS='|' read -r c res s a e p g <<<"$r"
-        echo "| $c | $res | $s | $a | $e | $p | $g |"
-    done
-    echo
-    if [ "$failed" -eq 0 ]; then echo "All checks passed."; else echo "Some checks FAILED: see tests.log and bench.log."; fi
-} >"$summary"
+write_summary final
 cat "$summary"
 rm -rf "$link_dir"
 exit "$failed"

@@ -360,3 +360,56 @@ fn probe_never_panics() {
     }
     assert!(Cuda::probe(1_000_000).is_err());
 }
+
+/// The 60-second preflight of scripts/gpu-check.sh: the versions actually loaded
+/// (printed as a `preflight:` line, copied into env.txt), one kernel, one GEMM.
+#[test]
+fn preflight() {
+    let Some(g) = gpu() else { return };
+    println!("preflight: {}", g.name());
+    let mut y = g.zeros(1000).unwrap();
+    g.fill(&mut y, 2.5).unwrap();
+    assert!(g.download(&y).unwrap().iter().all(|&v| v == 2.5), "fill kernel");
+    let (m, n, k) = (3, 2, 4);
+    let a: Vec<f32> = (0..m * k).map(|i| i as f32).collect();
+    let b: Vec<f32> = (0..k * n).map(|i| 1.0 - i as f32).collect();
+    let (da, db) = (g.upload(&a).unwrap(), g.upload(&b).unwrap());
+    let mut dc = g.upload(&vec![f32::NAN; m * n]).unwrap();
+    g.gemm(false, false, m, n, k, 1.0, &da, &db, 0.0, &mut dc).unwrap();
+    let c = g.download(&dc).unwrap();
+    for i in 0..m {
+        for j in 0..n {
+            let want: f32 = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
+            assert_eq!(c[i * n + j], want, "gemm C[{i},{j}] (small integers: exact)");
+        }
+    }
+}
+
+/// `sum_sq` and `cost_stats` are reproducible bit for bit: two passes with a fixed
+/// order, no floating-point atomics (on the emulator the blocks also run in a
+/// different random order each time, so atomics would show).
+#[test]
+fn reductions_repeat_bit_for_bit() {
+    let Some(g) = gpu() else { return };
+    let (seed, mut r) = rng();
+    let x = g.upload(&randn(&mut r, 300_001, 1.0)).unwrap();
+    let (rows, classes) = (1000, 10);
+    let o = g.upload(&randn(&mut r, rows * classes, 2.0)).unwrap();
+    let labels: Vec<u32> = (0..rows).map(|_| r.below(classes as u64) as u32).collect();
+    let labels = g.upload_labels(&labels).unwrap();
+    let mut out = g.zeros(1).unwrap();
+    let mut stats = g.zeros(2).unwrap();
+    let mut first: Option<(Vec<u32>, Vec<u32>)> = None;
+    for _ in 0..4 {
+        g.sum_sq(&x, &mut out).unwrap();
+        g.fill(&mut stats, 0.0).unwrap();
+        let loss = Loss::CrossEntropy { label_smoothing: 0.1 };
+        g.cost_stats(rows, classes, &o, &labels, loss, &mut stats).unwrap();
+        let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<u32>>();
+        let now = (bits(g.download(&out).unwrap()), bits(g.download(&stats).unwrap()));
+        match &first {
+            None => first = Some(now),
+            Some(f) => assert_eq!(&now, f, "seed {seed}: a repeated reduction changed its bits"),
+        }
+    }
+}

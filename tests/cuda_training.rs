@@ -8,9 +8,11 @@
 //! Tolerances (‖Δ‖/‖ref‖). Both backends compute in fp32, but cuBLAS and the CPU's
 //! matrixmultiply sum the GEMM reductions in different orders (blocking, split-k,
 //! FMA), so each GEMM output differs by a few ulps relative to the sum of |terms|:
-//! - one step: gradients and parameters ≤ 1e-4. The EP estimates divide contrastive
-//!   differences by β (0.5), which costs about one decimal digit over a single GEMM's
-//!   ~1e-6; 1e-4 leaves another decade for the settle iterations.
+//! - one step: gradients, parameters and loss are judged against `Cpu<f64>`: within
+//!   2e-5 + 10× the f32 CPU backend's own distance from f64 (a fixed 1e-4 between the
+//!   two f32 backends failed ~2% of fresh seeds: the EP estimates divide contrastive
+//!   differences by β, and the settle iterations amplify rounding by seed-dependent
+//!   amounts).
 //!   Batches have at least 16 rows: with 1–6 rows, Adam (ε = 1e-8) turns ulp-level
 //!   noise in gradients that are 0 in exact arithmetic into O(lr) steps, and the
 //!   parameters after one step then differed by up to 5e-3 even between `Cpu<f32>` and
@@ -30,7 +32,7 @@
 //!   (a rare, O(1/batch) change); replay a failure with the printed `MEP_TEST_SEED`.
 
 mod common;
-use common::gpu;
+use common::{emulator_counters, gpu};
 
 use common::{fresh_seed, labels, normals, rel_err};
 use mep::backend::cpu::Cpu;
@@ -44,8 +46,12 @@ use mep::train::{evaluate, train_epoch, DeviceData};
 use mep::{Loss, Shuffle};
 use std::path::Path;
 
-/// One step: ‖Δ‖/‖ref‖ for gradients and parameters.
-const STEP_TOL: f64 = 1e-4;
+/// One step: the floor of the allowed ‖test − f64‖/‖f64‖ for gradients, parameters
+/// and loss (see `compare_one_step`).
+const STEP_TOL: f64 = 2e-5;
+/// One step: how many times the f32 CPU backend's own distance from f64 the test
+/// backend may be from f64, on top of [`STEP_TOL`].
+const JUDGE_FACTOR: f64 = 10.0;
 /// 50 steps: the floor of the allowed relative difference of the running loss at
 /// each step and of the final parameters (see the module docs for the rest).
 const RUN_TOL: f64 = 1e-3;
@@ -153,8 +159,13 @@ fn step_configs() -> Vec<(String, Energy, OptimConfig)> {
     out
 }
 
-/// ‖Δ‖/‖ref‖ of the gradient and the parameters after one step, for every configuration.
-fn compare_one_step<G: Backend, R: Backend>(test: &G, reference: &R, tol: f64, tag: &str) {
+/// One step, every configuration: the gradient, the parameters after the step and
+/// the loss of `test` are judged against `exact` (f64): their distance from it may be
+/// at most [`STEP_TOL`] plus [`JUDGE_FACTOR`] times the distance of `reference` (the
+/// f32 CPU backend) from it. f32 against f32 with a fixed bound failed about 2% of
+/// fresh seeds with nothing wrong: two correct f32 computations differ by their own
+/// rounding, which varies from seed to seed (ReLU kinks, EP's division by β).
+fn compare_one_step<G: Backend, R: Backend, X: Backend>(test: &G, reference: &R, exact: &X, tag: &str) {
     let seed = fresh_seed(tag);
     let mut r = Rng::new(seed);
     // Random widths, with an occasional two-hidden-layer network.
@@ -168,27 +179,27 @@ fn compare_one_step<G: Backend, R: Backend>(test: &G, reference: &R, tol: f64, t
     let rows = 16 + r.below(49) as usize;
     let batch = vec![random_batch(&mut r, rows, inputs, 10)];
     eprintln!("[{tag}] network {} batch {rows}", arch.describe());
-    let (mut worst_g, mut worst_p) = (0.0f64, 0.0f64);
+    let mut worst = 0.0f64;
     for (name, energy, cfg) in step_configs() {
         let t = run(test.clone(), &arch, energy, cfg, seed, &batch);
         let c = run(reference.clone(), &arch, energy, cfg, seed, &batch);
-        let (eg, ep) = (rel_err(&t.grads, &c.grads), rel_err(&t.params, &c.params));
-        worst_g = worst_g.max(eg);
-        worst_p = worst_p.max(ep);
-        assert!(eg <= tol, "{name} (seed {seed}): gradient ‖Δ‖/‖ref‖ = {eg:e} > {tol:e}");
-        assert!(
-            ep <= tol,
-            "{name} (seed {seed}): parameters after the step ‖Δ‖/‖ref‖ = {ep:e} > {tol:e}"
-        );
-        let dl = (t.losses[0] - c.losses[0]).abs() / c.losses[0].abs().max(1e-30);
-        assert!(
-            dl <= tol,
-            "{name} (seed {seed}): loss {} vs {}",
-            t.losses[0],
-            c.losses[0]
-        );
+        let x = run(exact.clone(), &arch, energy, cfg, seed, &batch);
+        let judge = |what: &str, t: &[f64], c: &[f64], x: &[f64]| {
+            let (d, own) = (rel_err(t, x), rel_err(c, x));
+            let bound = STEP_TOL + JUDGE_FACTOR * own;
+            assert!(
+                d <= bound,
+                "{name} (seed {seed}): {what} ‖test − f64‖/‖f64‖ = {d:e} > {bound:e} \
+                 (= {STEP_TOL:e} + {JUDGE_FACTOR} × {own:e}, the f32 reference's own distance)"
+            );
+            d / bound
+        };
+        worst = worst
+            .max(judge("gradient", &t.grads, &c.grads, &x.grads))
+            .max(judge("parameters after the step", &t.params, &c.params, &x.params))
+            .max(judge("loss", &t.losses[..1], &c.losses[..1], &x.losses[..1]));
     }
-    eprintln!("[{tag}] worst gradient ‖Δ‖/‖ref‖ {worst_g:e}, worst parameters {worst_p:e}");
+    eprintln!("[{tag}] worst distance from f64 as a fraction of its bound: {worst:.3}");
 }
 
 /// The seed's data: the first 3200 MNIST training samples if MNIST is on disk
@@ -326,7 +337,7 @@ fn compare_tiny_epoch<G: Backend, R: Backend>(test: &G, reference: &R, tag: &str
 #[test]
 fn one_step_every_mode_loss_and_optimizer() {
     let Some(gpu) = gpu() else { return };
-    compare_one_step(&gpu, &Cpu::<f32>::new(), STEP_TOL, "one_step");
+    compare_one_step(&gpu, &Cpu::<f32>::new(), &Cpu::<f64>::new(), "one_step");
 }
 
 #[test]
@@ -346,6 +357,79 @@ fn train_epoch_and_evaluate_agree() {
 #[test]
 fn harness_runs_on_the_cpu() {
     let cpu = Cpu::<f32>::new();
-    compare_one_step(&cpu, &cpu, STEP_TOL, "harness_one_step");
+    compare_one_step(&cpu, &cpu, &Cpu::<f64>::new(), "harness_one_step");
     compare_tiny_epoch(&cpu, &cpu, "harness_train_epoch");
+}
+
+/// What one training step of the seed configuration (784–128–10, smep, batch 64)
+/// costs the host on the emulated GPU: the difference between a 15-step and a
+/// 5-step `train_epoch`, over 10 (so per-epoch costs cancel), in a process of its
+/// own. Printed as one JSON line and written to `$MEP_EMU_STEP_COUNTS` when set
+/// (scripts/emulated-gpu.sh).
+/// Also requires that no emulator check fired during the run.
+#[test]
+fn host_costs_per_step_of_the_seed_configuration() {
+    // The counters are per process: measure in a child process of this test binary,
+    // so tests running in parallel threads do not add to them.
+    const CHILD: &str = "MEP_STEP_COUNT_CHILD";
+    if std::env::var_os(CHILD).is_none() {
+        if gpu().is_none() || emulator_counters().is_none() {
+            eprintln!("not on the emulated GPU: no per-step counts");
+            return;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "host_costs_per_step_of_the_seed_configuration",
+                "--exact",
+                "--nocapture",
+            ])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "the measuring child process failed");
+        return;
+    }
+    let gpu = gpu().unwrap();
+    let before = emulator_counters().unwrap();
+    let arch = Arch::mlp(&[784, 128, 10], Activation::Relu).unwrap();
+    let mut net = Network::new(gpu.clone(), arch, Energy::LayeredLeastSquares, 1).unwrap();
+    let mut engine = Engine::new(OptimConfig::smep(), &net, 64).unwrap();
+    let mut epoch = |steps: usize| {
+        let d = Dataset::synthetic(64 * steps, 784, 10, 3).unwrap();
+        let dd = DeviceData::upload(&gpu, &d).unwrap();
+        let c0 = emulator_counters().unwrap();
+        train_epoch(&mut engine, &mut net, &dd, 64, Shuffle::Seeded(5), 0, 0, |_, _, _| {}).unwrap();
+        let c1 = emulator_counters().unwrap();
+        c0.iter().zip(&c1).map(|((_, a), (_, b))| b - a).collect::<Vec<u64>>()
+    };
+    epoch(2); // warm-up: first-use allocations
+    let (short, long) = (epoch(5), epoch(15));
+    let names: Vec<String> = before.iter().map(|(n, _)| n.clone()).collect();
+    let per_step = |name: &str| {
+        let i = names.iter().position(|n| n == name).unwrap();
+        (long[i] as f64 - short[i] as f64) / 10.0
+    };
+    let json = format!(
+        "{{\"launches_per_step\":{},\"cublas_calls_per_step\":{},\"syncs_per_step\":{},\"copies_per_step\":{},\"memsets_per_step\":{},\"allocs_per_step\":{},\"graph_launches_per_step\":{}}}",
+        per_step("launches"),
+        per_step("cublas_calls"),
+        per_step("syncs"),
+        per_step("copies_htod") + per_step("copies_dtoh") + per_step("copies_dtod"),
+        per_step("memsets"),
+        per_step("allocs"),
+        per_step("graph_launches"),
+    );
+    println!("{json}");
+    if let Ok(path) = std::env::var("MEP_EMU_STEP_COUNTS") {
+        std::fs::write(path, format!("{json}\n")).unwrap();
+    }
+    let errors = |c: &[(String, u64)]| c.iter().find(|(n, _)| n == "errors").map(|(_, v)| *v).unwrap();
+    assert_eq!(
+        errors(&emulator_counters().unwrap()),
+        errors(&before),
+        "emulator checks fired during the seed-configuration epochs (see mep-emu: error lines)"
+    );
+    assert!(per_step("launches") > 0.0 && per_step("cublas_calls") > 0.0);
 }

@@ -1,5 +1,7 @@
 //! The CUDA kernels, compiled for the host (feature `host-kernels`, see
-//! `kernels/host_shim.h`), against the CPU backend (`Cpu<f32>`) on fresh random inputs:
+//! `kernels/host_shim.h`), run by `kernels/host_runner.cpp` (one fiber per CUDA thread,
+//! real barriers and shuffles, random schedule) with the backend's launch shapes,
+//! against the CPU backend (`Cpu<f32>`) on fresh random inputs:
 //! every activation chain, both losses, ‖Δ‖/‖ref‖ ≤ 1e-5. Each test prints its seed
 //! on failure. Run: `cargo test --features host-kernels --test host_kernels`.
 #![cfg(feature = "host-kernels")]
@@ -14,8 +16,9 @@ use mep::Loss;
 mod common;
 use common::{chains, close, randn, rng};
 
+/// Up to 40×60: often beyond 3 blocks of 256, so the grid-stride loops iterate.
 fn shape(rng: &mut Rng) -> (usize, usize) {
-    (1 + rng.below(9) as usize, 1 + rng.below(40) as usize)
+    (1 + rng.below(40) as usize, 1 + rng.below(60) as usize)
 }
 
 fn losses() -> [Loss; 3] {
@@ -294,4 +297,113 @@ fn short_buffers_are_shape_errors() {
     assert!(host::bias_act(2, 2, &mut [0.0; 4], &[0.0; 2], ActChain::IDENTITY, &mut a).is_err());
     assert!(host::cost_stats(2, 3, &[0.0; 6], &[0, 1], Loss::SquaredError, &mut [0.0]).is_err());
     assert!(host::gather_rows(&[0.0; 4], 2, &[0, 1], 1, 2, &mut [0.0; 4]).is_err());
+}
+
+// The runner can fail: each deliberately broken kernel of kernels/selfcheck/broken.cu
+// is reported, as a wrong result (a missing barrier) or as an error (bad shuffle
+// mask, divergent barriers). Fixed schedule seeds make these deterministic.
+
+#[test]
+fn runner_catches_a_missing_syncthreads() {
+    let x = vec![1.0f32; 256];
+    for seed in 1..=5u64 {
+        let mut out = [0.0f32];
+        host::selfcheck("broken_sum_nosync", 1, 256, &x, &mut out, seed).unwrap();
+        assert_ne!(
+            out[0], 256.0,
+            "seed {seed}: the unsynchronised block sum came out right"
+        );
+    }
+    // The same reduction with its barriers (the real sum_sq) is right.
+    let mut q = [f32::NAN];
+    host::sum_sq(&x, &mut q).unwrap();
+    assert_eq!(q[0], 256.0);
+}
+
+#[test]
+fn runner_rejects_a_wrong_shuffle_mask() {
+    let x: Vec<f32> = (0..32).map(|i| i as f32).collect();
+    for seed in 1..=3u64 {
+        let err = host::selfcheck("broken_shuffle_mask", 1, 32, &x, &mut [0.0], seed).unwrap_err();
+        assert!(err.contains("__shfl_xor_sync") && err.contains("mask"), "{err}");
+    }
+}
+
+#[test]
+fn runner_rejects_divergent_barriers_instead_of_hanging() {
+    for name in ["broken_divergent_barrier", "broken_early_exit"] {
+        for seed in 1..=3u64 {
+            let err = host::selfcheck(name, 1, 64, &[], &mut [0.0; 8], seed).unwrap_err();
+            assert!(err.contains("divergent __syncthreads"), "{name}: {err}");
+            assert!(err.contains(&format!("seed {seed}")), "{name}: {err}");
+        }
+    }
+}
+
+#[test]
+fn cooperative_kernels_are_exact_under_many_schedules() {
+    // Row kernels with full 32-lane shuffles and col_sum's shared-memory tree, over
+    // shapes that make the grid-stride loops iterate (HOST_MAX_BLOCKS blocks).
+    let cpu = Cpu::<f32>::new();
+    let (seed, mut r) = rng();
+    for _ in 0..4 {
+        let (rows, classes) = (1 + r.below(70) as usize, 1 + r.below(70) as usize);
+        let o = randn(&mut r, rows * classes, 3.0);
+        let labels: Vec<u32> = (0..rows).map(|_| r.below(classes as u64) as u32).collect();
+        let mut ac = vec![0u32; rows];
+        cpu.argmax(rows, classes, &o, &mut ac).unwrap();
+        let mut ah = vec![u32::MAX; rows];
+        host::argmax(rows, classes, &o, &mut ah).unwrap();
+        assert_eq!(ah, ac, "seed {seed}: argmax {rows}×{classes}");
+        let loss = Loss::CrossEntropy { label_smoothing: 0.1 };
+        let (mut gc, mut gh) = (vec![0.0; rows * classes], vec![f32::NAN; rows * classes]);
+        cpu.cost_grad(rows, classes, &o, &labels, loss, &mut gc).unwrap();
+        host::cost_grad(rows, classes, &o, &labels, loss, &mut gh).unwrap();
+        close(&format!("cost_grad {rows}×{classes}"), seed, &gh, &gc);
+        let (mut yc, mut yh) = (vec![0.0; classes], vec![f32::NAN; classes]);
+        cpu.col_sum(rows, classes, 1.0, &o, 0.0, &mut yc).unwrap();
+        host::col_sum(rows, classes, 1.0, &o, 0.0, &mut yh).unwrap();
+        close(&format!("col_sum {rows}×{classes}"), seed, &yh, &yc);
+    }
+}
+
+#[test]
+fn reductions_repeat_bit_for_bit_under_different_schedules() {
+    // Each launch draws a fresh schedule (and block order); the two-pass reductions
+    // must not care.
+    let (seed, mut r) = rng();
+    let x = randn(&mut r, 20_000, 1.0);
+    let (rows, classes) = (300, 10);
+    let o = randn(&mut r, rows * classes, 2.0);
+    let labels: Vec<u32> = (0..rows).map(|_| r.below(classes as u64) as u32).collect();
+    let run = || {
+        let (mut q, mut st) = ([0.0f32], [0.0f32; 2]);
+        host::sum_sq(&x, &mut q).unwrap();
+        host::cost_stats(rows, classes, &o, &labels, Loss::SquaredError, &mut st).unwrap();
+        [q[0].to_bits(), st[0].to_bits(), st[1].to_bits()]
+    };
+    let first = run();
+    for _ in 0..5 {
+        assert_eq!(run(), first, "seed {seed}: a repeated reduction changed its bits");
+    }
+}
+
+#[test]
+fn runner_exposes_order_dependent_float_atomics() {
+    // The old single-pass sum_sq (one atomicAdd per block): under the runner's random
+    // block order its bits change from schedule to schedule, which is what
+    // reductions_repeat_bit_for_bit_under_different_schedules would catch.
+    let (seed, mut r) = rng();
+    let x = randn(&mut r, 8 * 256 * 4, 1.0);
+    let bits: std::collections::HashSet<u32> = (1..=12u64)
+        .map(|s| {
+            let mut out = [0.0f32];
+            host::selfcheck("broken_sum_atomic", 8, 256, &x, &mut out, s).unwrap();
+            out[0].to_bits()
+        })
+        .collect();
+    assert!(
+        bits.len() > 1,
+        "seed {seed}: 12 block orders gave identical atomic sums"
+    );
 }

@@ -8,13 +8,14 @@ use mep::backend::cuda::{nvrtc, sources};
 /// The kernels each module must define (kept by hand: a kernel renamed or dropped in
 /// a `.cu` file must fail here, not only at `Cuda::new`).
 const EXPECTED: &[(&str, &[&str])] = &[
-    ("cost", &["cost_grad", "cost_stats", "argmax"]),
+    ("cost", &["cost_grad", "cost_stats_partial", "argmax"]),
     ("data", &["gather_rows", "gather_labels"]),
     (
         "optim",
         &["axpby", "fill", "scale_by_inv_norm", "spectral_clamp", "adam"],
     ),
-    ("reduce", &["col_sum", "sum_sq"]),
+    ("probe", &["probe_iota"]),
+    ("reduce", &["col_sum", "sum_sq_partial", "reduce_partials"]),
     (
         "settle",
         &[
@@ -83,7 +84,8 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
         assert_eq!(again, ptx, "cached PTX differs for {arch}");
     }
     let cached = std::fs::read_dir(&cache).map(|d| d.count()).unwrap_or(0);
-    assert_eq!(cached, 2 * EXPECTED.len(), "PTX cache files in {}", cache.display());
+    // Per module and architecture: one .ptx and one .cubin.
+    assert_eq!(cached, 2 * 2 * EXPECTED.len(), "cache files in {}", cache.display());
     let _ = std::fs::remove_dir_all(&cache);
 }
 
@@ -93,4 +95,55 @@ fn bad_arch_is_an_error_not_a_panic() {
     if nvrtc::nvrtc_available() {
         assert!(nvrtc::compile("fill", sources::OPTIM_CU, "sm_1").is_err());
     }
+}
+
+#[test]
+fn a_damaged_cache_entry_is_recompiled_not_loaded() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("mep-ptx-cache-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let fresh = nvrtc::compile_cached("fill", sources::OPTIM_CU, "sm_90", Some(&dir)).unwrap();
+    let files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let ext = |f: &std::path::PathBuf| f.extension().unwrap().to_string_lossy().into_owned();
+    let mut exts: Vec<String> = files.iter().map(ext).collect();
+    exts.sort();
+    assert_eq!(
+        exts,
+        ["cubin", "ptx"],
+        "one PTX and one cubin entry, no temporary files left: {files:?}"
+    );
+    let file = files.iter().find(|f| ext(f) == "ptx").unwrap();
+    assert_eq!(nvrtc::load_cached(file).as_deref(), Some(fresh.as_str()));
+    // Damage it two ways, keeping `.entry` in the text (what the old check looked
+    // for): truncated mid-file, and one byte of the PTX overwritten.
+    let full = std::fs::read_to_string(file).unwrap();
+    let cut = full.find(".entry").unwrap() + 40;
+    let damaged = [full[..cut].to_string(), full.replacen("fill", "fjll", 1)];
+    for text in damaged {
+        std::fs::write(file, &text).unwrap();
+        assert!(nvrtc::load_cached(file).is_none(), "a damaged entry was accepted");
+        let again = nvrtc::compile_cached("fill", sources::OPTIM_CU, "sm_90", Some(&dir)).unwrap();
+        assert_eq!(again, fresh, "the recompiled PTX differs");
+        assert_eq!(
+            nvrtc::load_cached(file).as_deref(),
+            Some(fresh.as_str()),
+            "the entry was not rewritten"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn real_architectures_get_a_cubin_virtual_ones_only_ptx() {
+    if !nvrtc_or_skip() {
+        return;
+    }
+    let real = nvrtc::compile_module("fill", sources::OPTIM_CU, "sm_90", None).unwrap();
+    let cubin = real.cubin.expect("no cubin for sm_90");
+    assert_eq!(&cubin[..4], b"\x7fELF", "the cubin is not an ELF image");
+    assert!(real.ptx.contains(".entry fill"));
+    let virt = nvrtc::compile_module("fill", sources::OPTIM_CU, "compute_90", None).unwrap();
+    assert!(virt.cubin.is_none(), "a virtual architecture has no machine code");
 }

@@ -483,6 +483,7 @@ fn run(args: Args) -> mep::Result<()> {
         if args.json {
             out.line(serde_json::json!({
                 "epoch": epoch + 1,
+                "backend": model.backend_name(),
                 "train_loss": report.train.loss,
                 "train_acc": report.train.accuracy,
                 "test_acc": eval.accuracy,

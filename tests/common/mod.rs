@@ -208,6 +208,37 @@ pub fn gpu() -> Option<Cuda> {
     }
 }
 
+/// The emulated GPU's counters (`emu/`), when it is the driver this process loaded:
+/// (names, values). `None` on a real GPU or without one.
+pub fn emulator_counters() -> Option<Vec<(String, u64)>> {
+    use std::ffi::{c_char, c_int, c_void, CStr};
+    extern "C" {
+        fn dlopen(name: *const c_char, flags: c_int) -> *mut c_void;
+        fn dlsym(handle: *mut c_void, name: *const c_char) -> *mut c_void;
+    }
+    const RTLD_NOW: c_int = 2;
+    const RTLD_NOLOAD: c_int = 4;
+    // SAFETY: RTLD_NOLOAD only finds the already loaded driver; the symbols have the
+    // signatures emu/src/lib.rs exports.
+    unsafe {
+        let h = dlopen(c"libcuda.so".as_ptr(), RTLD_NOW | RTLD_NOLOAD);
+        if h.is_null() {
+            return None;
+        }
+        let read = dlsym(h, c"mep_emu_counters".as_ptr());
+        let names = dlsym(h, c"mep_emu_counter_names".as_ptr());
+        if read.is_null() || names.is_null() {
+            return None;
+        }
+        let read: unsafe extern "C" fn(*mut u64, usize) -> usize = std::mem::transmute(read);
+        let names: unsafe extern "C" fn() -> *const c_char = std::mem::transmute(names);
+        let mut v = [0u64; 32];
+        let n = read(v.as_mut_ptr(), v.len());
+        let names = CStr::from_ptr(names()).to_string_lossy().into_owned();
+        Some(names.split(',').map(String::from).zip(v[..n].iter().copied()).collect())
+    }
+}
+
 // ---- f32 kernel checks (host-compiled and CUDA kernels against the CPU backend) ----
 
 /// Relative tolerance of the f32 kernel-vs-CPU checks: ‖Δ‖/‖ref‖.

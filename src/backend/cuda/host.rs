@@ -1,128 +1,182 @@
-//! The CUDA kernels compiled for the host (cargo feature `host-kernels`), so tests
-//! without a GPU can compare the kernel code itself with the CPU backend.
+//! The CUDA kernels compiled for the host (cargo feature `host-kernels`), run with
+//! CUDA's execution model, so tests without a GPU check the kernel code itself
+//! against the CPU backend, and the emulated driver (`emu/`) can execute launches.
 //!
-//! `build.rs` compiles `kernels/*.cu` as C++ after `kernels/host_shim.h`, which turns
-//! the CUDA built-ins into plain C++ (thread-local `threadIdx`/`blockIdx`/`blockDim`/
-//! `gridDim`). [`launch`] runs a grid sequentially, one thread index after another.
-//! That is exact for the cooperation-free kernels at any launch shape; the kernels
-//! that cooperate are launched so that each cooperating group is one thread (see
-//! `host_shim.h`): the row-wise cost kernels with one lane per row, `sum_sq` with
-//! one-thread blocks, `col_sum` with one row-thread per column.
+//! `build.rs` compiles `kernels/*.cu` as C++ after `kernels/host_shim.h`, with one
+//! trampoline per kernel taking cuLaunchKernel's `void** kernelParams`, and the runner
+//! `kernels/host_runner.cpp`: one fiber per CUDA thread, a real block barrier, warp
+//! shuffles with lane semantics, a random schedule from a seed, divergent barriers
+//! and bad shuffle masks reported as errors (see that file).
 //!
 //! The wrappers mirror [`crate::backend::Backend`]'s primitives on host slices (f32),
-//! with the same length checks as the CUDA backend.
+//! with the same length checks and the same launch shapes as the CUDA backend
+//! ([`super::shapes`]), except that grids are capped at [`HOST_MAX_BLOCKS`] blocks
+//! so the grid-stride loops run more than once on test sizes.
 
+use super::shapes::{grid_1d, grid_rows, Shape, ROW_BLOCK};
 use super::{check_len, AdamScalars};
 use crate::nn::activation::ActChain;
 use crate::{Loss, MepError, Result};
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-#[allow(missing_docs)]
 mod ffi {
+    use std::ffi::{c_char, c_void};
     extern "C" {
-        pub fn mep_host_set_dims(gx: u32, gy: u32, bx: u32, by: u32);
-        pub fn mep_host_set_index(bix: u32, biy: u32, tix: u32, tiy: u32);
-
-        pub fn bias_act(n: u64, cols: u32, z: *mut f32, bias: *const f32, chain: u32, a: *mut f32);
-        pub fn layered_error(n: u64, cols: u32, s: *const f32, p: *const f32, bias: *const f32, e: *mut f32);
-        pub fn layered_settle(
-            n: u64,
-            e: *const f32,
-            g: *const f32,
-            c: f32,
-            eta: f32,
-            chain: u32,
-            s: *mut f32,
-            a: *mut f32,
-        );
-        pub fn hopfield_settle(
-            n: u64,
-            cols: u32,
-            drive: *const f32,
-            bias: *const f32,
-            dc: *const f32,
-            beta: f32,
-            has_nudge: u32,
-            chain: u32,
-            s: *mut f32,
-        );
-        pub fn act_grad_mul(n: u64, z: *const f32, chain: u32, delta: *mut f32);
-
-        pub fn cost_grad(rows: u64, classes: u32, o: *const f32, labels: *const u32, loss: u32, eps: f32, g: *mut f32);
-        pub fn cost_stats(
-            rows: u64,
-            classes: u32,
-            o: *const f32,
-            labels: *const u32,
-            loss: u32,
-            eps: f32,
-            stats: *mut f32,
-        );
-        pub fn argmax(rows: u64, classes: u32, o: *const f32, out: *mut u32);
-
-        pub fn col_sum(rows: u64, cols: u32, alpha: f32, x: *const f32, beta: f32, y: *mut f32);
-        pub fn sum_sq(n: u64, x: *const f32, out: *mut f32);
-
-        pub fn axpby(n: u64, alpha: f32, x: *const f32, beta: f32, y: *mut f32);
-        pub fn fill(n: u64, value: f32, y: *mut f32);
-        pub fn scale_by_inv_norm(n: u64, x: *const f32, sumsq: *const f32, eps: f32, y: *mut f32);
-        pub fn spectral_clamp(n: u64, w: *mut f32, sumsq: *const f32, gamma: f32);
-        pub fn adam(
-            n: u64,
-            p: *mut f32,
-            g: *const f32,
-            m: *mut f32,
-            v: *mut f32,
-            beta1: f32,
-            beta2: f32,
-            decay: f32,
-            step: f32,
-            inv_sqrt_bc2: f32,
-            eps: f32,
-        );
-
-        pub fn gather_rows(
-            count: u64,
-            row_len: u64,
-            src: *const f32,
-            src_rows: u64,
-            idx: *const u32,
-            start: u64,
-            dst: *mut f32,
-        );
-        pub fn gather_labels(count: u64, src: *const u32, src_len: u64, idx: *const u32, start: u64, dst: *mut u32);
+        pub fn mep_host_launch(
+            name: *const c_char,
+            grid: *const u32,
+            block: *const u32,
+            params: *mut *mut c_void,
+            seed: u64,
+            err: *mut c_char,
+            errlen: usize,
+        ) -> i32;
+        pub fn mep_host_kernel_params(name: *const c_char, kinds: *mut *const c_char) -> i32;
     }
 }
 
-/// Runs `thread` once per thread index of a `grid` × `block` launch (x, y), in order,
-/// with the shim's `gridDim`/`blockDim`/`blockIdx`/`threadIdx` set for the call.
-pub fn launch(grid: (u32, u32), block: (u32, u32), mut thread: impl FnMut()) {
-    // SAFETY: the setters only write the calling thread's thread-local launch state.
-    unsafe { ffi::mep_host_set_dims(grid.0, grid.1, block.0, block.1) };
-    for by in 0..grid.1 {
-        for bx in 0..grid.0 {
-            for ty in 0..block.1 {
-                for tx in 0..block.0 {
-                    unsafe { ffi::mep_host_set_index(bx, by, tx, ty) };
-                    thread();
-                }
-            }
-        }
+/// Most blocks of a host launch: few, so that grid-stride loops iterate on test
+/// sizes (n > 768 for the 1-D kernels), and more than two, so that the random block
+/// order changes the order of any cross-block floating-point accumulation.
+pub const HOST_MAX_BLOCKS: u32 = 3;
+
+/// The parameter kinds of host kernel `name`, one letter per parameter (`P` a device
+/// pointer, `L` u64, `I` u32, `F` f32, as parsed from its signature by build.rs), or
+/// `None` when no such kernel was compiled.
+pub fn kernel_params(name: &str) -> Option<String> {
+    let c = CString::new(name).ok()?;
+    let mut kinds: *const c_char = std::ptr::null();
+    // SAFETY: the table's strings are static and NUL-terminated.
+    let n = unsafe { ffi::mep_host_kernel_params(c.as_ptr(), &mut kinds) };
+    if n < 0 {
+        return None;
+    }
+    Some(unsafe { CStr::from_ptr(kinds) }.to_string_lossy().into_owned())
+}
+
+/// Size in bytes of a parameter of kind `k` (see [`kernel_params`]).
+pub fn kind_size(k: char) -> usize {
+    match k {
+        'P' | 'L' => 8,
+        _ => 4,
     }
 }
 
-/// A small 1-D shape that still exercises the grid-stride loops: 3 blocks of 7.
-const GRID_1D: (u32, u32) = (3, 1);
-const BLOCK_1D: (u32, u32) = (7, 1);
-/// Row kernels: one lane per row, 3 rows per block, 2 blocks (grid-stride over rows).
-const GRID_ROWS: (u32, u32) = (2, 1);
-const BLOCK_ROWS: (u32, u32) = (1, 3);
+/// The schedule seed of the next launch: `$MEP_SCHEDULE_SEED` (to replay a failure),
+/// else a fresh one per launch.
+pub fn schedule_seed() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    if let Some(s) = std::env::var("MEP_SCHEDULE_SEED").ok().and_then(|s| s.parse().ok()) {
+        return s;
+    }
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    t ^ COUNTER
+        .fetch_add(1, Ordering::Relaxed)
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+/// Runs host kernel `name` on `shape` with cuLaunchKernel-style `params` (one pointer
+/// to each argument's value), on the calling thread, with schedule `seed`. The
+/// error text names the kernel, the failing block/thread and the seed.
+///
+/// # Safety
+/// `params` must point to values of the kernel's parameter types, and every pointer
+/// argument must be valid for what the kernel reads and writes.
+pub unsafe fn launch_raw(
+    name: &str,
+    shape: Shape,
+    params: &mut [*mut c_void],
+    seed: u64,
+) -> std::result::Result<(), String> {
+    let c = CString::new(name).map_err(|_| format!("kernel name {name:?}"))?;
+    let grid = [shape.grid.0, shape.grid.1, shape.grid.2];
+    let block = [shape.block.0, shape.block.1, shape.block.2];
+    let mut err = [0 as c_char; 512];
+    let r = ffi::mep_host_launch(
+        c.as_ptr(),
+        grid.as_ptr(),
+        block.as_ptr(),
+        params.as_mut_ptr(),
+        seed,
+        err.as_mut_ptr(),
+        err.len(),
+    );
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(CStr::from_ptr(err.as_ptr()).to_string_lossy().into_owned())
+    }
+}
+
+/// Checks the argument sizes against the kernel's signature, then launches.
+fn run(name: &str, shape: Shape, params: &mut [*mut c_void], sizes: &[usize]) -> Result<()> {
+    let kinds = kernel_params(name).ok_or_else(|| MepError::Cuda(format!("no host kernel `{name}`")))?;
+    let want: Vec<usize> = kinds.chars().map(kind_size).collect();
+    if want != sizes {
+        return Err(MepError::Cuda(format!(
+            "host kernel `{name}` takes parameters of {want:?} bytes, given {sizes:?}"
+        )));
+    }
+    // SAFETY: the sizes match the signature; the wrappers checked the buffer lengths.
+    unsafe { launch_raw(name, shape, params, schedule_seed()) }.map_err(MepError::Cuda)
+}
+
+/// Launches `$name` with local variables as arguments (each is passed by address,
+/// as cuLaunchKernel takes them, with its size checked against the signature).
+macro_rules! launch {
+    ($name:literal, $shape:expr, [$($arg:ident),* $(,)?]) => {{
+        let mut params: Vec<*mut c_void> = vec![$(&$arg as *const _ as *mut c_void),*];
+        let sizes = [$(std::mem::size_of_val(&$arg)),*];
+        run($name, $shape, &mut params, &sizes)
+    }};
+}
+
+/// Runs a deliberately broken kernel of `kernels/selfcheck/broken.cu` (used by the
+/// tests proving the runner can fail) on `x` with `blocks` blocks of `threads`
+/// threads; returns what it wrote to `out` or the runner's error.
+pub fn selfcheck(
+    name: &str,
+    blocks: u32,
+    threads: u32,
+    x: &[f32],
+    out: &mut [f32],
+    seed: u64,
+) -> std::result::Result<(), String> {
+    let shape = Shape {
+        grid: (blocks, 1, 1),
+        block: (threads, 1, 1),
+    };
+    let (n, m) = (x.len() as u64, out.len() as u64);
+    let (xp, op) = (x.as_ptr(), out.as_mut_ptr());
+    let arg = |p: *const c_void| p as *mut c_void;
+    // The two kernel families of broken.cu: (n, x, out) reductions and (n, y) fills.
+    let mut params = if name.starts_with("broken_sum") || name.starts_with("broken_shuffle") {
+        vec![
+            arg(&n as *const u64 as _),
+            arg(&xp as *const _ as _),
+            arg(&op as *const _ as _),
+        ]
+    } else {
+        vec![arg(&m as *const u64 as _), arg(&op as *const _ as _)]
+    };
+    // SAFETY: x and out are valid; the kernels index x below n and out below m.
+    unsafe { launch_raw(name, shape, &mut params, seed) }
+}
 
 fn dim32(v: usize) -> Result<u32> {
     u32::try_from(v).map_err(|_| MepError::Shape(format!("{v} exceeds 32 bits")))
 }
 
-fn elementwise(f: impl FnMut()) {
-    launch(GRID_1D, BLOCK_1D, f)
+fn g1(n: usize) -> Shape {
+    grid_1d(n, HOST_MAX_BLOCKS)
+}
+
+fn rows_shape(rows: usize) -> Shape {
+    grid_rows(rows, ROW_BLOCK.1, HOST_MAX_BLOCKS)
 }
 
 /// [`crate::backend::Backend::bias_act`] with the `bias_act` kernel.
@@ -131,18 +185,9 @@ pub fn bias_act(rows: usize, cols: usize, z: &mut [f32], bias: &[f32], act: ActC
     check_len("bias_act z", z.len(), n)?;
     check_len("bias_act a", a.len(), n)?;
     check_len("bias_act bias", bias.len(), cols)?;
-    let cols = dim32(cols)?;
-    elementwise(|| unsafe {
-        ffi::bias_act(
-            n as u64,
-            cols,
-            z.as_mut_ptr(),
-            bias.as_ptr(),
-            act.code(),
-            a.as_mut_ptr(),
-        )
-    });
-    Ok(())
+    let (n64, c, chain) = (n as u64, dim32(cols)?, act.code());
+    let (zp, bp, ap) = (z.as_mut_ptr(), bias.as_ptr(), a.as_mut_ptr());
+    launch!("bias_act", g1(n), [n64, c, zp, bp, chain, ap])
 }
 
 /// [`crate::backend::Backend::layered_error`] with the `layered_error` kernel.
@@ -152,11 +197,9 @@ pub fn layered_error(rows: usize, cols: usize, s: &[f32], p: &[f32], bias: &[f32
     check_len("layered_error p", p.len(), n)?;
     check_len("layered_error e", e.len(), n)?;
     check_len("layered_error bias", bias.len(), cols)?;
-    let cols = dim32(cols)?;
-    elementwise(|| unsafe {
-        ffi::layered_error(n as u64, cols, s.as_ptr(), p.as_ptr(), bias.as_ptr(), e.as_mut_ptr())
-    });
-    Ok(())
+    let (n64, c) = (n as u64, dim32(cols)?);
+    let (sp, pp, bp, ep) = (s.as_ptr(), p.as_ptr(), bias.as_ptr(), e.as_mut_ptr());
+    launch!("layered_error", g1(n), [n64, c, sp, pp, bp, ep])
 }
 
 /// [`crate::backend::Backend::layered_settle`] with the `layered_settle` kernel.
@@ -176,19 +219,9 @@ pub fn layered_settle(
     for (what, len) in [("e", e.len()), ("g", g.len()), ("s", s.len()), ("a", a.len())] {
         check_len(&format!("layered_settle {what}"), len, n)?;
     }
-    elementwise(|| unsafe {
-        ffi::layered_settle(
-            n as u64,
-            e.as_ptr(),
-            g.as_ptr(),
-            c as f32,
-            eta as f32,
-            act.code(),
-            s.as_mut_ptr(),
-            a.as_mut_ptr(),
-        )
-    });
-    Ok(())
+    let (n64, c32, eta32, chain) = (n as u64, c as f32, eta as f32, act.code());
+    let (ep, gp, sp, ap) = (e.as_ptr(), g.as_ptr(), s.as_mut_ptr(), a.as_mut_ptr());
+    launch!("layered_settle", g1(n), [n64, ep, gp, c32, eta32, chain, sp, ap])
 }
 
 /// [`crate::backend::Backend::hopfield_settle`] with the `hopfield_settle` kernel.
@@ -209,24 +242,12 @@ pub fn hopfield_settle(
         check_len("hopfield_settle dc", dc.len(), n)?;
     }
     let (dc, beta, has) = match nudge {
-        Some((dc, beta)) => (dc, beta as f32, 1),
-        None => (drive, 0.0, 0),
+        Some((dc, beta)) => (dc, beta as f32, 1u32),
+        None => (drive, 0.0f32, 0u32),
     };
-    let cols = dim32(cols)?;
-    elementwise(|| unsafe {
-        ffi::hopfield_settle(
-            n as u64,
-            cols,
-            drive.as_ptr(),
-            bias.as_ptr(),
-            dc.as_ptr(),
-            beta,
-            has,
-            act.code(),
-            s.as_mut_ptr(),
-        )
-    });
-    Ok(())
+    let (n64, c, chain) = (n as u64, dim32(cols)?, act.code());
+    let (dp, bp, cp, sp) = (drive.as_ptr(), bias.as_ptr(), dc.as_ptr(), s.as_mut_ptr());
+    launch!("hopfield_settle", g1(n), [n64, c, dp, bp, cp, beta, has, chain, sp])
 }
 
 /// [`crate::backend::Backend::act_grad_mul`] with the `act_grad_mul` kernel.
@@ -234,8 +255,8 @@ pub fn act_grad_mul(rows: usize, cols: usize, z: &[f32], act: ActChain, delta: &
     let n = rows * cols;
     check_len("act_grad_mul z", z.len(), n)?;
     check_len("act_grad_mul delta", delta.len(), n)?;
-    elementwise(|| unsafe { ffi::act_grad_mul(n as u64, z.as_ptr(), act.code(), delta.as_mut_ptr()) });
-    Ok(())
+    let (n64, chain, zp, dp) = (n as u64, act.code(), z.as_ptr(), delta.as_mut_ptr());
+    launch!("act_grad_mul", g1(n), [n64, zp, chain, dp])
 }
 
 /// [`crate::backend::Backend::cost_grad`] with the `cost_grad` kernel.
@@ -244,103 +265,88 @@ pub fn cost_grad(rows: usize, classes: usize, o: &[f32], labels: &[u32], loss: L
     check_len("cost_grad o", o.len(), n)?;
     check_len("cost_grad g", g.len(), n)?;
     check_len("cost_grad labels", labels.len(), rows)?;
-    let (k, eps) = (dim32(classes)?, loss.label_smoothing() as f32);
-    launch(GRID_ROWS, BLOCK_ROWS, || unsafe {
-        ffi::cost_grad(
-            rows as u64,
-            k,
-            o.as_ptr(),
-            labels.as_ptr(),
-            loss.code(),
-            eps,
-            g.as_mut_ptr(),
-        )
-    });
-    Ok(())
+    let (r64, k, code, eps) = (rows as u64, dim32(classes)?, loss.code(), loss.label_smoothing() as f32);
+    let (op, lp, gp) = (o.as_ptr(), labels.as_ptr(), g.as_mut_ptr());
+    launch!("cost_grad", rows_shape(rows), [r64, k, op, lp, code, eps, gp])
 }
 
-/// [`crate::backend::Backend::cost_stats`] with the `cost_stats` kernel (accumulates).
+/// [`crate::backend::Backend::cost_stats`] with `cost_stats_partial` and
+/// `reduce_partials` (accumulates), as the CUDA backend runs them.
 pub fn cost_stats(rows: usize, classes: usize, o: &[f32], labels: &[u32], loss: Loss, stats: &mut [f32]) -> Result<()> {
     check_len("cost_stats o", o.len(), rows * classes)?;
     check_len("cost_stats labels", labels.len(), rows)?;
     check_len("cost_stats stats", stats.len(), 2)?;
-    let (k, eps) = (dim32(classes)?, loss.label_smoothing() as f32);
-    launch(GRID_ROWS, BLOCK_ROWS, || unsafe {
-        ffi::cost_stats(
-            rows as u64,
-            k,
-            o.as_ptr(),
-            labels.as_ptr(),
-            loss.code(),
-            eps,
-            stats.as_mut_ptr(),
-        )
-    });
-    Ok(())
+    let (r64, k, code, eps) = (rows as u64, dim32(classes)?, loss.code(), loss.label_smoothing() as f32);
+    let shape = rows_shape(rows);
+    let mut partials = vec![f32::NAN; 2 * shape.grid.0 as usize];
+    let (op, lp, pp) = (o.as_ptr(), labels.as_ptr(), partials.as_mut_ptr());
+    launch!("cost_stats_partial", shape, [r64, k, op, lp, code, eps, pp])?;
+    reduce_partials(shape.grid.0, 2, &partials, true, stats)
+}
+
+/// The second pass of the deterministic reductions (`reduce_partials`).
+fn reduce_partials(count: u32, width: u32, partials: &[f32], accumulate: bool, out: &mut [f32]) -> Result<()> {
+    let (acc, pp, op) = (u32::from(accumulate), partials.as_ptr(), out.as_mut_ptr());
+    launch!("reduce_partials", grid_1d(1, 1), [count, width, pp, acc, op])
 }
 
 /// [`crate::backend::Backend::argmax`] with the `argmax` kernel.
 pub fn argmax(rows: usize, classes: usize, o: &[f32], out: &mut [u32]) -> Result<()> {
     check_len("argmax o", o.len(), rows * classes)?;
     check_len("argmax out", out.len(), rows)?;
-    let k = dim32(classes)?;
-    launch(GRID_ROWS, BLOCK_ROWS, || unsafe {
-        ffi::argmax(rows as u64, k, o.as_ptr(), out.as_mut_ptr())
-    });
-    Ok(())
+    let (r64, k, op, outp) = (rows as u64, dim32(classes)?, o.as_ptr(), out.as_mut_ptr());
+    launch!("argmax", rows_shape(rows), [r64, k, op, outp])
 }
 
-/// [`crate::backend::Backend::col_sum`] with the `col_sum` kernel (blocks of 4 columns
-/// × 1 row-thread, 2 blocks: grid-stride over column tiles).
+/// [`crate::backend::Backend::col_sum`] with the `col_sum` kernel.
 pub fn col_sum(rows: usize, cols: usize, alpha: f64, x: &[f32], beta: f64, y: &mut [f32]) -> Result<()> {
     check_len("col_sum x", x.len(), rows * cols)?;
     check_len("col_sum y", y.len(), cols)?;
-    let c = dim32(cols)?;
-    launch((2, 1), (4, 1), || unsafe {
-        ffi::col_sum(rows as u64, c, alpha as f32, x.as_ptr(), beta as f32, y.as_mut_ptr())
-    });
-    Ok(())
+    let (r64, c, a, b) = (rows as u64, dim32(cols)?, alpha as f32, beta as f32);
+    let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
+    launch!(
+        "col_sum",
+        grid_rows(cols, ROW_BLOCK.0, HOST_MAX_BLOCKS),
+        [r64, c, a, xp, b, yp]
+    )
 }
 
-/// [`crate::backend::Backend::sum_sq`] with the `sum_sq` kernel (zeroes `out[0]` first,
-/// as the CUDA backend's memset does).
+/// [`crate::backend::Backend::sum_sq`] with `sum_sq_partial` and `reduce_partials`.
 pub fn sum_sq(x: &[f32], out: &mut [f32]) -> Result<()> {
     check_len("sum_sq out", out.len(), 1)?;
-    out[0] = 0.0;
-    launch((3, 1), (1, 1), || unsafe {
-        ffi::sum_sq(x.len() as u64, x.as_ptr(), out.as_mut_ptr())
-    });
-    Ok(())
+    let shape = g1(x.len());
+    let mut partials = vec![f32::NAN; shape.grid.0 as usize];
+    let (n64, xp, pp) = (x.len() as u64, x.as_ptr(), partials.as_mut_ptr());
+    launch!("sum_sq_partial", shape, [n64, xp, pp])?;
+    reduce_partials(shape.grid.0, 1, &partials, false, out)
 }
 
 /// [`crate::backend::Backend::axpby`] with the `axpby` kernel.
 pub fn axpby(alpha: f64, x: &[f32], beta: f64, y: &mut [f32]) -> Result<()> {
     check_len("axpby", x.len(), y.len())?;
-    elementwise(|| unsafe { ffi::axpby(y.len() as u64, alpha as f32, x.as_ptr(), beta as f32, y.as_mut_ptr()) });
-    Ok(())
+    let (n64, a, b, xp, yp) = (y.len() as u64, alpha as f32, beta as f32, x.as_ptr(), y.as_mut_ptr());
+    launch!("axpby", g1(y.len()), [n64, a, xp, b, yp])
 }
 
 /// [`crate::backend::Backend::fill`] with the `fill` kernel.
 pub fn fill(y: &mut [f32], value: f64) -> Result<()> {
-    elementwise(|| unsafe { ffi::fill(y.len() as u64, value as f32, y.as_mut_ptr()) });
-    Ok(())
+    let (n64, v, yp) = (y.len() as u64, value as f32, y.as_mut_ptr());
+    launch!("fill", g1(y.len()), [n64, v, yp])
 }
 
 /// [`crate::backend::Backend::scale_by_inv_norm`] with the `scale_by_inv_norm` kernel.
 pub fn scale_by_inv_norm(x: &[f32], sumsq: &[f32], eps: f64, y: &mut [f32]) -> Result<()> {
     check_len("scale_by_inv_norm y", y.len(), x.len())?;
     check_len("scale_by_inv_norm sumsq", sumsq.len(), 1)?;
-    elementwise(|| unsafe {
-        ffi::scale_by_inv_norm(x.len() as u64, x.as_ptr(), sumsq.as_ptr(), eps as f32, y.as_mut_ptr())
-    });
-    Ok(())
+    let (n64, e, xp, qp, yp) = (x.len() as u64, eps as f32, x.as_ptr(), sumsq.as_ptr(), y.as_mut_ptr());
+    launch!("scale_by_inv_norm", g1(x.len()), [n64, xp, qp, e, yp])
 }
 
 /// [`crate::backend::Backend::spectral_clamp`] with the `spectral_clamp` kernel.
 pub fn spectral_clamp(w: &mut [f32], sumsq: &[f32], gamma: f64) -> Result<()> {
     check_len("spectral_clamp sumsq", sumsq.len(), 1)?;
-    elementwise(|| unsafe { ffi::spectral_clamp(w.len() as u64, w.as_mut_ptr(), sumsq.as_ptr(), gamma as f32) });
-    Ok(())
+    let (n64, g, wp, qp) = (w.len() as u64, gamma as f32, w.as_mut_ptr(), sumsq.as_ptr());
+    launch!("spectral_clamp", g1(w.len()), [n64, wp, qp, g])
 }
 
 /// [`crate::backend::Backend::adam`] with the `adam` kernel.
@@ -362,22 +368,9 @@ pub fn adam(
     check_len("adam m", m.len(), n)?;
     check_len("adam v", v.len(), n)?;
     let k = AdamScalars::new(lr, beta1, beta2, eps, weight_decay, t);
-    elementwise(|| unsafe {
-        ffi::adam(
-            n as u64,
-            p.as_mut_ptr(),
-            g.as_ptr(),
-            m.as_mut_ptr(),
-            v.as_mut_ptr(),
-            k.beta1,
-            k.beta2,
-            k.decay,
-            k.step,
-            k.inv_sqrt_bc2,
-            k.eps,
-        )
-    });
-    Ok(())
+    let (b1, b2, decay, step, ibc2, e) = (k.beta1, k.beta2, k.decay, k.step, k.inv_sqrt_bc2, k.eps);
+    let (n64, pp, gp, mp, vp) = (n as u64, p.as_mut_ptr(), g.as_ptr(), m.as_mut_ptr(), v.as_mut_ptr());
+    launch!("adam", g1(n), [n64, pp, gp, mp, vp, b1, b2, decay, step, ibc2, e])
 }
 
 /// [`crate::backend::Backend::gather_rows`] with the `gather_rows` kernel (an
@@ -393,33 +386,16 @@ pub fn gather_rows(
     check_len("gather_rows idx", idx.len(), start + count)?;
     check_len("gather_rows dst", dst.len(), count * row_len)?;
     let src_rows = (src.len() / row_len.max(1)) as u64;
-    elementwise(|| unsafe {
-        ffi::gather_rows(
-            count as u64,
-            row_len as u64,
-            src.as_ptr(),
-            src_rows,
-            idx.as_ptr(),
-            start as u64,
-            dst.as_mut_ptr(),
-        )
-    });
-    Ok(())
+    let (c64, rl, s64) = (count as u64, row_len as u64, start as u64);
+    let (sp, ip, dp) = (src.as_ptr(), idx.as_ptr(), dst.as_mut_ptr());
+    launch!("gather_rows", g1(count * row_len), [c64, rl, sp, src_rows, ip, s64, dp])
 }
 
 /// [`crate::backend::Backend::gather_labels`] with the `gather_labels` kernel.
 pub fn gather_labels(src: &[u32], idx: &[u32], start: usize, count: usize, dst: &mut [u32]) -> Result<()> {
     check_len("gather_labels idx", idx.len(), start + count)?;
     check_len("gather_labels dst", dst.len(), count)?;
-    elementwise(|| unsafe {
-        ffi::gather_labels(
-            count as u64,
-            src.as_ptr(),
-            src.len() as u64,
-            idx.as_ptr(),
-            start as u64,
-            dst.as_mut_ptr(),
-        )
-    });
-    Ok(())
+    let (c64, len, s64) = (count as u64, src.len() as u64, start as u64);
+    let (sp, ip, dp) = (src.as_ptr(), idx.as_ptr(), dst.as_mut_ptr());
+    launch!("gather_labels", g1(count), [c64, sp, len, ip, s64, dp])
 }

@@ -14,6 +14,7 @@ pub mod gemm_map;
 #[cfg(feature = "host-kernels")]
 pub mod host;
 pub mod nvrtc;
+pub mod shapes;
 
 /// The kernel sources, embedded by `build.rs` from `kernels/*.cu` with `common.cuh`
 /// inlined: one `<NAME>_CU` constant per file, [`sources::ALL`] and
@@ -35,10 +36,7 @@ use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// Threads per block of the 1-D kernels.
-const THREADS: u32 = 256;
-/// Block of the row-wise cost kernels and of `col_sum`: 32 lanes × 8 rows.
-const ROW_BLOCK: (u32, u32, u32) = (32, 8, 1);
+use self::shapes::{Shape, ROW_BLOCK};
 
 /// The CUDA backend (f32). Cloning is cheap: clones share the context, stream,
 /// cuBLAS handle and kernels.
@@ -55,6 +53,9 @@ struct Inner {
     name: String,
     /// Most blocks a grid-stride launch uses (32 per multiprocessor).
     max_blocks: u32,
+    /// Per-block partial sums of the two-pass reductions (2 × `max_blocks` floats).
+    /// Every use is queued on the one stream, so clones sharing it never overlap.
+    partials: std::sync::Mutex<CudaSlice<f32>>,
 }
 
 /// A driver/cuBLAS error as [`MepError::Cuda`].
@@ -95,29 +96,141 @@ pub fn probe(ordinal: usize) -> Result<String> {
     Cuda::probe(ordinal)
 }
 
-/// Checks that the driver, NVRTC and cuBLAS libraries can be loaded (never panics).
+/// The driver entry points the backend reaches through cudarc (cudarc resolves each
+/// on first use and panics when one is missing; checking them first keeps that panic,
+/// and its text on stderr, from ever happening).
+const DRIVER_SYMBOLS: &[&str] = &[
+    "cuInit",
+    "cuDriverGetVersion",
+    "cuDeviceGetCount",
+    "cuDeviceGet",
+    "cuDeviceGetName",
+    "cuDeviceGetAttribute",
+    "cuDevicePrimaryCtxRetain",
+    "cuDevicePrimaryCtxRelease_v2",
+    "cuCtxGetCurrent",
+    "cuCtxSetCurrent",
+    "cuStreamSynchronize",
+    "cuStreamWaitEvent",
+    "cuEventCreate",
+    "cuEventRecord",
+    "cuEventDestroy_v2",
+    "cuMemAlloc_v2",
+    "cuMemFree_v2",
+    "cuMemAllocAsync",
+    "cuMemFreeAsync",
+    "cuMemsetD8Async",
+    "cuMemcpyHtoDAsync_v2",
+    "cuMemcpyDtoHAsync_v2",
+    "cuMemcpyDtoDAsync_v2",
+    "cuModuleLoadData",
+    "cuModuleGetFunction",
+    "cuModuleUnload",
+    "cuLaunchKernel",
+    "cuGetErrorString",
+    // Not called by the backend but by NVRTC 13, which dlopens the driver and calls
+    // it; a libcuda without it makes NVRTC itself crash (found on the emulator).
+    "cuGetExportTable",
+];
+/// The cuBLAS entry points the backend uses.
+const CUBLAS_SYMBOLS: &[&str] = &[
+    "cublasCreate_v2",
+    "cublasDestroy_v2",
+    "cublasSetStream_v2",
+    "cublasSgemm_v2",
+    "cublasGetVersion_v2",
+];
+/// The NVRTC entry points the backend uses.
+const NVRTC_SYMBOLS: &[&str] = &[
+    "nvrtcVersion",
+    "nvrtcCreateProgram",
+    "nvrtcCompileProgram",
+    "nvrtcGetPTXSize",
+    "nvrtcGetPTX",
+    "nvrtcGetProgramLogSize",
+    "nvrtcGetProgramLog",
+    "nvrtcDestroyProgram",
+    "nvrtcGetCUBINSize",
+    "nvrtcGetCUBIN",
+];
+
+/// Checks that the driver, NVRTC and cuBLAS libraries can be loaded and export every
+/// entry point the backend calls (never panics, prints nothing).
 fn check_libraries() -> Result<()> {
     let present = |f: unsafe fn() -> bool| std::panic::catch_unwind(|| unsafe { f() }).unwrap_or(false);
-    let missing: Vec<&str> = [
+    let libs: [(&str, bool, &[&str]); 3] = [
         (
             "the NVIDIA driver (libcuda.so)",
             present(cudarc::driver::sys::is_culib_present),
+            DRIVER_SYMBOLS,
         ),
-        ("NVRTC (libnvrtc.so.13)", present(cudarc::nvrtc::sys::is_culib_present)),
+        (
+            "NVRTC (libnvrtc.so.13)",
+            present(cudarc::nvrtc::sys::is_culib_present),
+            NVRTC_SYMBOLS,
+        ),
         (
             "cuBLAS (libcublas.so.13)",
             present(cudarc::cublas::sys::is_culib_present),
+            CUBLAS_SYMBOLS,
         ),
-    ]
-    .into_iter()
-    .filter(|(_, ok)| !ok)
-    .map(|(name, _)| name)
-    .collect();
-    if missing.is_empty() {
+    ];
+    let missing: Vec<&str> = libs.iter().filter(|(_, ok, _)| !ok).map(|(name, _, _)| *name).collect();
+    if !missing.is_empty() {
+        return Err(MepError::CudaUnavailable(format!("cannot load {}", missing.join(", "))));
+    }
+    // SAFETY: each library is present (checked above), so culib() returns it; `get`
+    // only looks a symbol up.
+    let lacks = |lib: &'static str, syms: &[&str]| -> Vec<String> {
+        let l = unsafe {
+            match lib {
+                "driver" => cudarc::driver::sys::culib(),
+                "nvrtc" => cudarc::nvrtc::sys::culib(),
+                _ => cudarc::cublas::sys::culib(),
+            }
+        };
+        syms.iter()
+            .filter(|s| unsafe { l.get::<unsafe extern "C" fn()>(s.as_bytes()) }.is_err())
+            .map(|s| format!("{lib} lacks {s}"))
+            .collect()
+    };
+    let mut gaps = lacks("driver", DRIVER_SYMBOLS);
+    gaps.extend(lacks("nvrtc", NVRTC_SYMBOLS));
+    gaps.extend(lacks("cublas", CUBLAS_SYMBOLS));
+    if gaps.is_empty() {
         Ok(())
     } else {
-        Err(MepError::CudaUnavailable(format!("cannot load {}", missing.join(", "))))
+        Err(MepError::CudaUnavailable(format!(
+            "the CUDA libraries are incomplete or too old: {}",
+            gaps.join(", ")
+        )))
     }
+}
+
+/// "13.0"-style version of a `major·1000 + minor·10` number.
+fn cuda_version(v: i32) -> String {
+    format!("{}.{}", v / 1000, (v % 1000) / 10)
+}
+
+/// The versions actually loaded: (driver API, NVRTC, cuBLAS), e.g. ("13.0", "13.0",
+/// "13.0.0"). Unknown parts are "?".
+fn versions(blas: Option<&CudaBlas>) -> (String, String, String) {
+    let mut d = 0;
+    let driver = match unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut d) } {
+        cudarc::driver::sys::CUresult::CUDA_SUCCESS => cuda_version(d),
+        _ => "?".into(),
+    };
+    let nvrtc = nvrtc::nvrtc_version()
+        .map(|(a, b)| format!("{a}.{b}"))
+        .unwrap_or_else(|_| "?".into());
+    let mut v = 0;
+    let cublas = match blas.map(|b| unsafe { cudarc::cublas::sys::cublasGetVersion_v2(*b.handle(), &mut v) }) {
+        Some(cudarc::cublas::sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS) => {
+            format!("{}.{}.{}", v / 10000, (v % 10000) / 100, v % 100)
+        }
+        _ => "?".into(),
+    };
+    (driver, nvrtc, cublas)
 }
 
 /// Creates the context of device `ordinal`, checking the ordinal first.
@@ -172,16 +285,26 @@ impl Cuda {
         let mut kernels = HashMap::new();
         // An architecture this NVRTC cannot target (e.g. pre-Turing under CUDA 13) makes
         // CUDA unusable rather than broken.
-        let modules = nvrtc::compile_all(&arch).map_err(|e| match e {
+        let modules = nvrtc::compile_all_modules(&arch).map_err(|e| match e {
             MepError::Cuda(m) => MepError::CudaUnavailable(m),
             e => e,
         })?;
-        for (module_name, ptx) in modules {
-            let module = ctx.load_module(Ptx::from_src(ptx)).map_err(|e| {
-                MepError::CudaUnavailable(format!(
-                    "loading the {module_name} kernels for {arch}: {e:?} (the driver may be older than NVRTC 13; update it to CUDA 13 or newer)"
-                ))
-            })?;
+        // Cubin for this exact architecture first (no JIT, nothing left to the driver's
+        // PTX compiler); PTX where the driver refuses the cubin or NVRTC made none.
+        let mut code = "cubin";
+        for (module_name, compiled) in modules {
+            let from_cubin = compiled.cubin.and_then(|c| ctx.load_module(Ptx::from_binary(c)).ok());
+            let module = match from_cubin {
+                Some(m) => m,
+                None => {
+                    code = "PTX";
+                    ctx.load_module(Ptx::from_src(compiled.ptx)).map_err(|e| {
+                        MepError::CudaUnavailable(format!(
+                            "loading the {module_name} kernels for {arch}: {e:?} (the driver may be older than NVRTC 13; update it to CUDA 13 or newer)"
+                        ))
+                    })?
+                }
+            };
             let names = sources::ENTRIES
                 .iter()
                 .find(|(m, _)| *m == module_name)
@@ -194,8 +317,12 @@ impl Cuda {
                 kernels.insert(kname, f);
             }
         }
-        let name = format!("cuda:{ordinal} ({dev}, {arch})");
+        let (dv, nv, bv) = versions(Some(&blas));
+        let name = format!("cuda:{ordinal} ({dev}, {arch} {code}; driver {dv}, NVRTC {nv}, cuBLAS {bv})");
         let max_blocks = (sms.max(1) as u32).saturating_mul(32);
+        let partials = stream
+            .alloc_zeros::<f32>(2 * max_blocks as usize)
+            .map_err(unavailable("allocating the reduction scratch"))?;
         Ok(Cuda {
             inner: Arc::new(Inner {
                 ctx,
@@ -204,18 +331,23 @@ impl Cuda {
                 kernels,
                 name,
                 max_blocks,
+                partials: std::sync::Mutex::new(partials),
             }),
         })
     }
 
-    /// Describes device `ordinal`, e.g. `cuda:0 (NVIDIA H200, sm_90)`, without
-    /// compiling anything. Never panics: missing libraries or devices are
-    /// [`MepError::CudaUnavailable`].
+    /// Describes device `ordinal`, e.g. `cuda:0 (NVIDIA H200, sm_90; driver 13.0,
+    /// NVRTC 13.0)`, after proving it usable: the probe kernel (`kernels/probe.cu`) is
+    /// compiled with NVRTC (through the PTX cache), loaded by the driver, launched and
+    /// its output checked. Never panics: missing libraries or devices, a module the
+    /// driver refuses or a wrong result are [`MepError::CudaUnavailable`].
     pub fn probe(ordinal: usize) -> Result<String> {
         no_panic("probing CUDA", || {
             let ctx = open_context(ordinal)?;
             let (dev, arch) = device_info(&ctx)?;
-            Ok(format!("cuda:{ordinal} ({dev}, {arch})"))
+            probe_kernel(&ctx, &arch)?;
+            let (dv, nv, _) = versions(None);
+            Ok(format!("cuda:{ordinal} ({dev}, {arch}; driver {dv}, NVRTC {nv})"))
         })
     }
 
@@ -236,28 +368,76 @@ impl Cuda {
             .ok_or_else(|| MepError::Cuda(format!("kernel `{name}` was not loaded")))
     }
 
+    /// Second pass of the deterministic reductions: `out[k] (+)= Σ_b partials[b·width + k]`
+    /// over `blocks` partials, in a fixed order (one block, `reduce_partials`).
+    fn reduce_partials(
+        &self,
+        blocks: u32,
+        width: u32,
+        partials: &CudaSlice<f32>,
+        accumulate: bool,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let acc = u32::from(accumulate);
+        launch!(
+            self,
+            "reduce_partials",
+            config(shapes::grid_1d(1, 1)),
+            [&blocks, &width, partials, &acc, out]
+        )
+    }
+
     /// 1-D grid-stride launch shape for `n` elements.
     fn grid_1d(&self, n: usize) -> LaunchConfig {
-        let blocks = n.div_ceil(THREADS as usize).clamp(1, self.inner.max_blocks as usize) as u32;
-        LaunchConfig {
-            grid_dim: (blocks, 1, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        }
+        config(shapes::grid_1d(n, self.inner.max_blocks))
     }
 
     /// Launch shape of the row-wise kernels: `items` rows (or column tiles of 32)
     /// spread over blocks of `ROW_BLOCK`, `per_block` at a time.
     fn grid_rows(&self, items: usize, per_block: u32) -> LaunchConfig {
-        let blocks = items
-            .div_ceil(per_block as usize)
-            .clamp(1, self.inner.max_blocks as usize) as u32;
-        LaunchConfig {
-            grid_dim: (blocks, 1, 1),
-            block_dim: ROW_BLOCK,
-            shared_mem_bytes: 0,
-        }
+        config(shapes::grid_rows(items, per_block, self.inner.max_blocks))
     }
+}
+
+fn config(s: Shape) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: s.grid,
+        block_dim: s.block,
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Compiles, loads and runs `probe_iota` on 100 elements, checking every output.
+fn probe_kernel(ctx: &Arc<CudaContext>, arch: &str) -> Result<()> {
+    let ptx = nvrtc::compile("probe", sources::PROBE_CU, arch).map_err(|e| match e {
+        MepError::Cuda(m) => MepError::CudaUnavailable(m),
+        e => e,
+    })?;
+    let module = ctx.load_module(Ptx::from_src(ptx)).map_err(unavailable(
+        "the driver refused the probe kernel (is it older than NVRTC 13? update it to CUDA 13 or newer)",
+    ))?;
+    let f = module
+        .load_function("probe_iota")
+        .map_err(unavailable("loading the probe kernel"))?;
+    let stream = ctx.default_stream();
+    let n = 100usize;
+    let mut out = stream.alloc_zeros::<u32>(n).map_err(unavailable("allocating"))?;
+    let n64 = n as u64;
+    let mut b = stream.launch_builder(&f);
+    b.arg(&n64);
+    b.arg(&mut out);
+    // SAFETY: probe_iota(u64 n, u32* out) writes out[0..n); out has n elements.
+    unsafe { b.launch(config(shapes::grid_1d(n, 1))) }.map_err(unavailable("launching the probe kernel"))?;
+    let got = stream
+        .clone_dtoh(&out)
+        .map_err(unavailable("reading the probe's output"))?;
+    stream.synchronize().map_err(unavailable("running the probe kernel"))?;
+    if got.iter().enumerate().any(|(i, &v)| v != i as u32 + 1) {
+        return Err(MepError::CudaUnavailable(
+            "the probe kernel ran but computed wrong values".into(),
+        ));
+    }
+    Ok(())
 }
 
 impl std::fmt::Debug for Cuda {
@@ -429,6 +609,12 @@ impl Backend for Cuda {
             ldb: int("ldb", g.ldb)?,
             beta: beta as f32,
             ldc: int("ldc", g.ldc)?,
+        };
+        // Test-only sabotage (feature `broken-gemm-lda`, see scripts/emulated-gpu.sh).
+        #[cfg(feature = "broken-gemm-lda")]
+        let cfg = GemmConfig {
+            lda: cfg.lda + 1,
+            ..cfg
         };
         let pick = |o: Operand| if o == Operand::A { a } else { b };
         // cuBLAS (unlike cudarc's launches) uses whatever context is current on this thread.
@@ -630,12 +816,17 @@ impl Backend for Cuda {
             loss.code(),
             loss.label_smoothing() as f32,
         );
+        // Two passes, no atomics: bit-for-bit reproducible (kernels/cost.cu).
+        let shape = self.grid_rows(rows, ROW_BLOCK.1);
+        let blocks = shape.grid_dim.0;
+        let mut partials = self.inner.partials.lock().unwrap_or_else(|e| e.into_inner());
         launch!(
             self,
-            "cost_stats",
-            self.grid_rows(rows, ROW_BLOCK.1),
-            [&rows64, &k32, o, labels, &code, &eps, stats]
-        )
+            "cost_stats_partial",
+            shape,
+            [&rows64, &k32, o, labels, &code, &eps, &mut *partials]
+        )?;
+        self.reduce_partials(blocks, 2, &partials, true, stats)
     }
 
     fn argmax(&self, rows: usize, classes: usize, o: &CudaSlice<f32>, out: &mut CudaSlice<u32>) -> Result<()> {
@@ -678,16 +869,15 @@ impl Backend for Cuda {
 
     fn sum_sq(&self, x: &CudaSlice<f32>, out: &mut CudaSlice<f32>) -> Result<()> {
         check_len("sum_sq out", out.len(), 1)?;
-        self.inner
-            .stream
-            .memset_zeros(&mut out.slice_mut(..1))
-            .map_err(cuda_err("zeroing sum_sq's output"))?;
         let n = x.len();
-        if n == 0 {
-            return Ok(());
-        }
+        let shape = self.grid_1d(n);
+        let blocks = shape.grid_dim.0;
+        let mut partials = self.inner.partials.lock().unwrap_or_else(|e| e.into_inner());
+        // Two passes, no atomics: bit-for-bit reproducible (kernels/reduce.cu). With
+        // n = 0 every block writes a 0 partial.
         let n64 = n as u64;
-        launch!(self, "sum_sq", self.grid_1d(n), [&n64, x, out])
+        launch!(self, "sum_sq_partial", shape, [&n64, x, &mut *partials])?;
+        self.reduce_partials(blocks, 1, &partials, false, out)
     }
 
     fn scale_by_inv_norm(

@@ -1,5 +1,6 @@
 //! Run-time compilation of the kernels (`kernels/*.cu`, embedded by `build.rs`) with
-//! NVRTC, for one GPU architecture, with a PTX disk cache.
+//! NVRTC, for one GPU architecture, to PTX and (for a real architecture, `sm_XX`)
+//! cubin, with a disk cache.
 //!
 //! Only NVRTC is needed here — no GPU, no driver — so CI can compile every kernel.
 //! Options: `--gpu-architecture=<arch>` and `-default-device`; never
@@ -7,15 +8,20 @@
 //! rounding of the CPU backend).
 //!
 //! Cache: `$MEP_PTX_CACHE`, else `$XDG_CACHE_HOME/mep/ptx`, else `$HOME/.cache/mep/ptx`;
-//! one file per (source, arch, NVRTC version, options), named by a SHA-256 of those,
-//! written atomically (temporary file + rename). Cache failures only cost a recompile.
+//! one `.ptx` and one `.cubin` file per (source, arch, NVRTC version, options), named
+//! by a SHA-256 of those.
+//! Each file starts with a line holding the SHA-256 of the PTX after it, and is used
+//! only when that checksum matches (a file truncated by a full disk or overwritten by
+//! a concurrent writer is recompiled, never loaded); files are written to a unique
+//! temporary name and renamed into place. Cache failures only cost a recompile.
 
 use super::sources;
 use crate::{MepError, Result};
-use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
 use sha2::{Digest, Sha256};
+use std::ffi::{CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Runs `f`, turning a panic (cudarc panics when a library or symbol is missing)
 /// into `MepError::CudaUnavailable`.
@@ -81,8 +87,29 @@ fn check_arch(arch: &str) -> Result<()> {
     }
 }
 
+/// One kernel module compiled for one architecture: its PTX, and the cubin (machine
+/// code) NVRTC also produces for a real architecture (`sm_XX`), when it did.
+#[derive(Clone, Debug)]
+pub struct Compiled {
+    /// The PTX (loadable by any driver new enough for this NVRTC).
+    pub ptx: String,
+    /// The cubin for exactly this architecture (no JIT at load time).
+    pub cubin: Option<Vec<u8>>,
+}
+
 /// Compiles one kernel source to PTX for `arch`, through the disk cache.
 pub fn compile(name: &str, src: &str, arch: &str) -> Result<String> {
+    compile_module(name, src, arch, cache_dir().as_deref()).map(|c| c.ptx)
+}
+
+/// [`compile`] with an explicit cache directory (`None`: no cache).
+pub fn compile_cached(name: &str, src: &str, arch: &str, cache: Option<&Path>) -> Result<String> {
+    compile_module(name, src, arch, cache).map(|c| c.ptx)
+}
+
+/// Compiles one kernel source for `arch` to PTX and (for `sm_XX`) a cubin, through
+/// the cache directory `cache` (`None`: no cache).
+pub fn compile_module(name: &str, src: &str, arch: &str, cache: Option<&Path>) -> Result<Compiled> {
     check_arch(arch)?;
     let version = nvrtc_version()?;
     let opts = options(arch);
@@ -92,50 +119,105 @@ pub fn compile(name: &str, src: &str, arch: &str) -> Result<String> {
         h.update([0u8]);
     }
     let key: String = h.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect();
-    let file = cache_dir().map(|d| d.join(format!("{name}-{arch}-{key}.ptx")));
-    if let Some(ptx) = file.as_ref().and_then(|f| std::fs::read_to_string(f).ok()) {
-        if ptx.contains(".entry") {
-            return Ok(ptx);
+    let file = |ext: &str| cache.map(|d| d.join(format!("{name}-{arch}-{key}.{ext}")));
+    let (ptx_file, cubin_file) = (file("ptx"), file("cubin"));
+    if let Some(ptx) = ptx_file.as_deref().and_then(load_cached) {
+        let cubin = cubin_file.as_deref().and_then(load_cached_bytes);
+        // A real architecture's cubin belongs in the cache too; without it, recompile.
+        if cubin.is_some() || !arch.starts_with("sm_") {
+            return Ok(Compiled { ptx, cubin });
         }
     }
-    let ptx = no_panic("NVRTC", || {
-        let opts = CompileOptions {
-            options: opts,
-            name: Some(format!("{name}.cu")),
-            ..Default::default()
-        };
-        compile_ptx_with_opts(src, opts)
-            .map(|p| p.to_src())
-            .map_err(|e| MepError::Cuda(format!("NVRTC compiling {name}.cu for {arch}: {}", describe(&e))))
-    })?;
-    if let Some(file) = file {
-        store(&file, &ptx);
+    let compiled = no_panic("NVRTC", || run_nvrtc(name, src, arch, &opts))?;
+    if let Some(f) = ptx_file {
+        store(&f, compiled.ptx.as_bytes());
     }
-    Ok(ptx)
+    if let (Some(f), Some(c)) = (cubin_file, compiled.cubin.as_ref()) {
+        store(&f, c);
+    }
+    Ok(compiled)
 }
 
-/// An NVRTC error with its compile log, readable.
-fn describe(e: &cudarc::nvrtc::CompileError) -> String {
-    match e {
-        cudarc::nvrtc::CompileError::CompileError { nvrtc, options, log } => {
-            format!("{nvrtc:?} (options {options:?}):\n{}", log.to_string_lossy())
+/// One NVRTC compilation: PTX, the cubin when NVRTC made one, or the compile log as
+/// the error.
+fn run_nvrtc(name: &str, src: &str, arch: &str, opts: &[String]) -> Result<Compiled> {
+    use cudarc::nvrtc::{result, sys};
+    let err = |what: &str, e: &dyn std::fmt::Debug| MepError::Cuda(format!("NVRTC {what} {name}.cu for {arch}: {e:?}"));
+    let c_src = CString::new(src).map_err(|e| err("reading", &e))?;
+    let c_name = CString::new(format!("{name}.cu")).map_err(|e| err("naming", &e))?;
+    let prog = result::create_program(&c_src, Some(&c_name)).map_err(|e| err("creating a program for", &e))?;
+    // SAFETY: `prog` is live until destroy_program below; c_src/c_name outlive it.
+    let out = unsafe {
+        match result::compile_program(prog, opts) {
+            Err(e) => {
+                let log = result::get_program_log(prog)
+                    .map(|l| CStr::from_ptr(l.as_ptr()).to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                Err(MepError::Cuda(format!(
+                    "NVRTC compiling {name}.cu for {arch}: {e:?} (options {opts:?}):\n{log}"
+                )))
+            }
+            Ok(()) => result::get_ptx(prog)
+                .map_err(|e| err("reading the PTX of", &e))
+                .map(|p| CStr::from_ptr(p.as_ptr()).to_string_lossy().into_owned())
+                .map(|ptx| {
+                    let mut size = 0usize;
+                    let cubin = (sys::nvrtcGetCUBINSize(prog, &mut size) == sys::nvrtcResult::NVRTC_SUCCESS
+                        && size > 0)
+                        .then(|| {
+                            let mut buf = vec![0u8; size];
+                            (sys::nvrtcGetCUBIN(prog, buf.as_mut_ptr() as *mut std::ffi::c_char)
+                                == sys::nvrtcResult::NVRTC_SUCCESS)
+                                .then_some(buf)
+                        })
+                        .flatten();
+                    Compiled { ptx, cubin }
+                }),
         }
-        other => format!("{other:?}"),
-    }
+    };
+    let _ = unsafe { result::destroy_program(prog) };
+    out
 }
 
-/// Writes a cache file atomically; errors are ignored (the cache is an optimisation).
-fn store(file: &std::path::Path, ptx: &str) {
+/// The first line of a cache file: this prefix, then the SHA-256 (hex) of the rest.
+const CHECKSUM_PREFIX: &str = "// mep-ptx-sha256 ";
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The contents of a cache file whose checksum line matches them, else `None`.
+pub fn load_cached_bytes(file: &Path) -> Option<Vec<u8>> {
+    let data = std::fs::read(file).ok()?;
+    let nl = data.iter().position(|&b| b == b'\n')?;
+    let sum = std::str::from_utf8(&data[..nl]).ok()?.strip_prefix(CHECKSUM_PREFIX)?;
+    let body = &data[nl + 1..];
+    (sum == sha256_hex(body)).then(|| body.to_vec())
+}
+
+/// The PTX of a cache file whose checksum line matches its contents, else `None`.
+pub fn load_cached(file: &Path) -> Option<String> {
+    let ptx = String::from_utf8(load_cached_bytes(file)?).ok()?;
+    ptx.contains(".entry").then_some(ptx)
+}
+
+/// Writes a cache file (checksum line + contents) atomically: a temporary name
+/// unique to this process and call, then a rename. Errors are ignored (the cache is
+/// an optimisation).
+fn store(file: &Path, body: &[u8]) {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
     let Some(dir) = file.parent() else { return };
     if std::fs::create_dir_all(dir).is_err() {
         return;
     }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let tmp = file.with_extension(format!("tmp.{}.{nanos}", std::process::id()));
-    if std::fs::write(&tmp, ptx).is_ok() && std::fs::rename(&tmp, file).is_ok() {
+    let tmp = file.with_extension(format!(
+        "tmp.{}.{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let mut text = format!("{CHECKSUM_PREFIX}{}\n", sha256_hex(body)).into_bytes();
+    text.extend_from_slice(body);
+    if std::fs::write(&tmp, text).is_ok() && std::fs::rename(&tmp, file).is_ok() {
         return;
     }
     let _ = std::fs::remove_file(&tmp);
@@ -144,11 +226,21 @@ fn store(file: &std::path::Path, ptx: &str) {
 /// Compiles every kernel module (`sources::ALL`) for `arch` (e.g. `sm_90`), in
 /// parallel, returning (module name, PTX) in `sources::ALL` order. Needs NVRTC only.
 pub fn compile_all(arch: &str) -> Result<Vec<(String, String)>> {
+    Ok(compile_all_modules(arch)?
+        .into_iter()
+        .map(|(n, c)| (n, c.ptx))
+        .collect())
+}
+
+/// [`compile_all`] with the cubins: (module name, [`Compiled`]).
+pub fn compile_all_modules(arch: &str) -> Result<Vec<(String, Compiled)>> {
     nvrtc_version()?;
+    let cache = cache_dir();
+    let cache = cache.as_deref();
     std::thread::scope(|s| {
         let jobs: Vec<_> = sources::ALL
             .iter()
-            .map(|&(name, src)| s.spawn(move || compile(name, src, arch).map(|p| (name.to_string(), p))))
+            .map(|&(name, src)| s.spawn(move || compile_module(name, src, arch, cache).map(|p| (name.to_string(), p))))
             .collect();
         jobs.into_iter()
             .map(|j| {

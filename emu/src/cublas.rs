@@ -1,0 +1,290 @@
+//! The cuBLAS calls the backend makes, emulated: handle management and
+//! `cublasSgemm_v2`, validated as strictly as cuBLAS (and then some) and computed
+//! with f64 accumulation.
+//!
+//! SGEMM checks: a current context; a live handle whose stream exists and is the
+//! stream of the latest kernel launch (else the GEMM would race the kernels around
+//! it on a GPU); transposes N or T; m, n, k ≥ 0; lda/ldb/ldc at least the stored
+//! rows; α/β readable (host pointer mode); and that each operand's whole extent,
+//! (columns − 1)·ld + rows elements, lies in one live allocation. With β = 0 the
+//! whole of C's extent is first filled with NaN, so nothing can depend on its old
+//! contents (padding rows included).
+
+// The exported functions are the CUDA C API: their safety contract is NVIDIA's
+// documentation of each call (valid out-pointers, NUL-terminated names, ...).
+#![allow(clippy::missing_safety_doc)]
+
+use crate::driver::{current_context_set, faulted, launch_stream, stream_is_valid};
+use crate::{check_failed, count, memory, COUNTERS};
+use std::collections::HashMap;
+use std::ffi::{c_int, c_void};
+use std::sync::Mutex;
+
+pub type Status = c_int;
+const SUCCESS: Status = 0;
+const NOT_INITIALIZED: Status = 1;
+const INVALID_VALUE: Status = 7;
+const EXECUTION_FAILED: Status = 13;
+
+struct Handle {
+    stream: usize,
+    device_pointers: bool,
+}
+
+static HANDLES: Mutex<Option<HashMap<usize, Handle>>> = Mutex::new(None);
+static NEXT: Mutex<usize> = Mutex::new(0x7B1A_0000);
+
+fn with_handles<T>(f: impl FnOnce(&mut HashMap<usize, Handle>) -> T) -> T {
+    f(HANDLES.lock().unwrap().get_or_insert_with(HashMap::new))
+}
+
+fn fail(code: Status, msg: String) -> Status {
+    check_failed(&msg);
+    code
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cublasCreate_v2(h: *mut *mut c_void) -> Status {
+    if !current_context_set() {
+        return fail(NOT_INITIALIZED, "cublasCreate with no current CUDA context".into());
+    }
+    let id = {
+        let mut n = NEXT.lock().unwrap();
+        *n += 16;
+        *n
+    };
+    with_handles(|t| {
+        t.insert(
+            id,
+            Handle {
+                stream: 0,
+                device_pointers: false,
+            },
+        )
+    });
+    *h = id as *mut c_void;
+    SUCCESS
+}
+
+#[no_mangle]
+pub extern "C" fn cublasDestroy_v2(h: *mut c_void) -> Status {
+    if with_handles(|t| t.remove(&(h as usize))).is_none() {
+        return fail(
+            NOT_INITIALIZED,
+            format!("cublasDestroy of {:#x}, not a live handle", h as usize),
+        );
+    }
+    SUCCESS
+}
+
+#[no_mangle]
+pub extern "C" fn cublasSetStream_v2(h: *mut c_void, s: *mut c_void) -> Status {
+    if !stream_is_valid(s as usize) {
+        return fail(
+            INVALID_VALUE,
+            format!("cublasSetStream: stream {:#x} does not exist", s as usize),
+        );
+    }
+    match with_handles(|t| t.get_mut(&(h as usize)).map(|x| x.stream = s as usize)) {
+        Some(()) => SUCCESS,
+        None => fail(NOT_INITIALIZED, "cublasSetStream on a dead handle".into()),
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cublasGetStream_v2(h: *mut c_void, s: *mut *mut c_void) -> Status {
+    match with_handles(|t| t.get(&(h as usize)).map(|x| x.stream)) {
+        Some(v) => {
+            *s = v as *mut c_void;
+            SUCCESS
+        }
+        None => fail(NOT_INITIALIZED, "cublasGetStream on a dead handle".into()),
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn cublasSetPointerMode_v2(h: *mut c_void, mode: c_int) -> Status {
+    match with_handles(|t| t.get_mut(&(h as usize)).map(|x| x.device_pointers = mode == 1)) {
+        Some(()) => SUCCESS,
+        None => fail(NOT_INITIALIZED, "cublasSetPointerMode on a dead handle".into()),
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cublasGetVersion_v2(_h: *mut c_void, v: *mut c_int) -> Status {
+    *v = 130000;
+    SUCCESS
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cublasGetProperty(prop: c_int, v: *mut c_int) -> Status {
+    // MAJOR_VERSION, MINOR_VERSION, PATCH_LEVEL
+    *v = match prop {
+        0 => 13,
+        _ => 0,
+    };
+    SUCCESS
+}
+
+/// One operand: `rows × cols` stored column-major with leading dimension `ld`.
+struct Operand {
+    name: &'static str,
+    ptr: u64,
+    rows: i64,
+    cols: i64,
+    ld: i64,
+}
+
+impl Operand {
+    fn check(&self) -> Result<*mut f32, String> {
+        if self.ld < self.rows.max(1) {
+            return Err(format!(
+                "ld{} = {} is below the {} stored rows of {}",
+                self.name.to_lowercase(),
+                self.ld,
+                self.rows,
+                self.name
+            ));
+        }
+        if self.rows == 0 || self.cols == 0 {
+            return Ok(std::ptr::null_mut());
+        }
+        let elems = (self.cols - 1) * self.ld + self.rows;
+        memory::range(&format!("operand {}", self.name), self.ptr, elems as u64 * 4)
+            .map(|p| p as *mut f32)
+            .map_err(|m| format!("{m} ({}: {}×{}, ld {})", self.name, self.rows, self.cols, self.ld))
+    }
+}
+
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn cublasSgemm_v2(
+    h: *mut c_void,
+    ta: c_int,
+    tb: c_int,
+    m: c_int,
+    n: c_int,
+    k: c_int,
+    alpha: *const f32,
+    a: *const f32,
+    lda: c_int,
+    b: *const f32,
+    ldb: c_int,
+    beta: *const f32,
+    c: *mut f32,
+    ldc: c_int,
+) -> Status {
+    count(&COUNTERS.cublas_calls);
+    if faulted() {
+        return EXECUTION_FAILED;
+    }
+    match sgemm(h, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc) {
+        Ok(()) => SUCCESS,
+        Err((code, m)) => fail(code, format!("cublasSgemm: {m}")),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn sgemm(
+    h: *mut c_void,
+    ta: c_int,
+    tb: c_int,
+    m: c_int,
+    n: c_int,
+    k: c_int,
+    alpha: *const f32,
+    a: *const f32,
+    lda: c_int,
+    b: *const f32,
+    ldb: c_int,
+    beta: *const f32,
+    c: *mut f32,
+    ldc: c_int,
+) -> Result<(), (Status, String)> {
+    let bad = |m: String| (INVALID_VALUE, m);
+    if !current_context_set() {
+        return Err((EXECUTION_FAILED, "no current CUDA context on this thread".into()));
+    }
+    let Some((stream, device_ptrs)) = with_handles(|t| t.get(&(h as usize)).map(|x| (x.stream, x.device_pointers)))
+    else {
+        return Err((NOT_INITIALIZED, format!("{:#x} is not a live handle", h as usize)));
+    };
+    if !stream_is_valid(stream) {
+        return Err(bad(format!("the handle's stream {stream:#x} was destroyed")));
+    }
+    if let Some(ls) = launch_stream() {
+        if ls != stream {
+            return Err(bad(format!(
+                "the handle's stream {stream:#x} is not the kernels' stream {ls:#x}: the GEMM would race them"
+            )));
+        }
+    }
+    if device_ptrs {
+        return Err(bad(
+            "device pointer mode for α/β is not emulated (the backend passes host scalars)".into(),
+        ));
+    }
+    let op = |t: c_int, what: &str| match t {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(bad(format!("trans{what} = {t} (only N and T are valid for real data)"))),
+    };
+    let (ta, tb) = (op(ta, "a")?, op(tb, "b")?);
+    if m < 0 || n < 0 || k < 0 {
+        return Err(bad(format!("negative size m={m} n={n} k={k}")));
+    }
+    if alpha.is_null() || beta.is_null() {
+        return Err(bad("null α or β".into()));
+    }
+    let (m, n, k) = (m as i64, n as i64, k as i64);
+    let (al, be) = (*alpha as f64, *beta as f64);
+    let opa = Operand {
+        name: "A",
+        ptr: a as u64,
+        rows: if ta { k } else { m },
+        cols: if ta { m } else { k },
+        ld: lda as i64,
+    };
+    let opb = Operand {
+        name: "B",
+        ptr: b as u64,
+        rows: if tb { n } else { k },
+        cols: if tb { k } else { n },
+        ld: ldb as i64,
+    };
+    let opc = Operand {
+        name: "C",
+        ptr: c as u64,
+        rows: m,
+        cols: n,
+        ld: ldc as i64,
+    };
+    let pc = opc.check().map_err(bad)?;
+    let (pa, pb) = if k > 0 && m > 0 && n > 0 {
+        (opa.check().map_err(bad)?, opb.check().map_err(bad)?)
+    } else {
+        (std::ptr::null_mut(), std::ptr::null_mut())
+    };
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let ldc = ldc as i64;
+    if be == 0.0 {
+        let extent = ((n - 1) * ldc + m) as usize;
+        std::slice::from_raw_parts_mut(pc, extent).fill(f32::NAN);
+    }
+    let ea = |i: i64, p: i64| *pa.add((if ta { i * lda as i64 + p } else { p * lda as i64 + i }) as usize) as f64;
+    let eb = |p: i64, j: i64| *pb.add((if tb { p * ldb as i64 + j } else { j * ldb as i64 + p }) as usize) as f64;
+    for j in 0..n {
+        for i in 0..m {
+            let mut acc = 0.0f64;
+            for p in 0..k {
+                acc += ea(i, p) * eb(p, j);
+            }
+            let cij = pc.add((j * ldc + i) as usize);
+            let old = if be == 0.0 { 0.0 } else { *cij as f64 };
+            *cij = (al * acc + be * old) as f32;
+        }
+    }
+    Ok(())
+}

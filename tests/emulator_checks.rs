@@ -1,0 +1,193 @@
+//! The emulated GPU (`emu/`) fails where a real GPU would punish a bug: out-of-bounds
+//! and use-after-free accesses, double frees, GEMM operands that overrun their
+//! buffers, reads of uninitialised memory (NaN-filled). Each check must fire (return
+//! an error and count it). Runs only when the emulator is the loaded driver
+//! (`scripts/emu-libdir.sh` first on `LD_LIBRARY_PATH`); skips otherwise.
+
+mod common;
+use common::{emulator_counters, gpu};
+
+use cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_N;
+use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
+use cudarc::driver::{result, DevicePtr};
+use mep::backend::cuda::Cuda;
+use mep::backend::Backend;
+use std::process::Command;
+
+/// The CUDA backend on the emulator, or `None` (skip) on a real GPU or none.
+fn emulated() -> Option<Cuda> {
+    let g = gpu()?;
+    if emulator_counters().is_none() {
+        eprintln!("skipping: not the emulated GPU");
+        return None;
+    }
+    Some(g)
+}
+
+fn errors() -> u64 {
+    emulator_counters()
+        .unwrap()
+        .into_iter()
+        .find(|(n, _)| n == "errors")
+        .unwrap()
+        .1
+}
+
+/// Runs `f`, which must fail, and checks that the emulator counted one more error.
+fn must_fire<T, E: std::fmt::Debug>(what: &str, f: impl FnOnce() -> Result<T, E>) {
+    let before = errors();
+    assert!(f().is_err(), "{what}: the emulator accepted it");
+    assert!(
+        errors() > before,
+        "{what}: failed but was not counted as an emulator error"
+    );
+}
+
+#[test]
+fn out_of_bounds_copies_are_errors() {
+    let Some(g) = emulated() else { return };
+    let buf = g.zeros(10).unwrap();
+    let stream = g.stream().clone();
+    let (p, _sync) = buf.device_ptr(&stream);
+    must_fire("11 floats into 10", || unsafe {
+        result::memcpy_htod_async(p, &[0f32; 11], stream.cu_stream())
+    });
+    let mut host = [0f32; 11];
+    must_fire("11 floats out of 10", || unsafe {
+        result::memcpy_dtoh_async(&mut host, p, stream.cu_stream())
+    });
+    must_fire("a copy starting past the end", || unsafe {
+        result::memcpy_htod_async(p + 40, &[0f32; 1], stream.cu_stream())
+    });
+}
+
+#[test]
+fn double_free_is_an_error() {
+    let Some(g) = emulated() else { return };
+    g.context().bind_to_thread().unwrap();
+    let p = unsafe { result::malloc_sync(64) }.unwrap();
+    unsafe { result::free_sync(p) }.unwrap();
+    must_fire("double free", || unsafe { result::free_sync(p) });
+    must_fire("free of an interior address", || {
+        let q = unsafe { result::malloc_sync(64) }.unwrap();
+        let r = unsafe { result::free_sync(q + 4) };
+        unsafe { result::free_sync(q) }.unwrap();
+        r
+    });
+}
+
+#[test]
+fn fresh_allocations_read_as_nan() {
+    let Some(g) = emulated() else { return };
+    let fresh = unsafe { g.stream().alloc::<f32>(7) }.unwrap();
+    let v = g.download(&fresh).unwrap();
+    assert!(
+        v.iter().all(|x| x.is_nan()),
+        "uninitialised device memory read as {v:?}"
+    );
+}
+
+#[test]
+fn gemm_operands_are_validated() {
+    let Some(g) = emulated() else { return };
+    let blas = CudaBlas::new(g.stream().clone()).unwrap();
+    let (m, n, k) = (4, 3, 5);
+    let a = g.upload(&vec![1.0; m * k]).unwrap();
+    let b = g.upload(&vec![1.0; k * n]).unwrap();
+    let mut c = g.zeros(m * n).unwrap();
+    let cfg = GemmConfig {
+        transa: CUBLAS_OP_N,
+        transb: CUBLAS_OP_N,
+        m: m as i32,
+        n: n as i32,
+        k: k as i32,
+        alpha: 1.0f32,
+        lda: m as i32,
+        ldb: k as i32,
+        beta: 0.0f32,
+        ldc: m as i32,
+    };
+    g.context().bind_to_thread().unwrap();
+    unsafe { blas.gemm(cfg, &a, &b, &mut c) }.unwrap();
+    assert!(g.download(&c).unwrap().iter().all(|&x| x == k as f32));
+    for (what, bad) in [
+        (
+            "lda below the rows of A",
+            GemmConfig {
+                lda: m as i32 - 1,
+                ..cfg
+            },
+        ),
+        (
+            "lda one too large (A overruns)",
+            GemmConfig {
+                lda: m as i32 + 1,
+                ..cfg
+            },
+        ),
+        (
+            "ldc one too large (C overruns)",
+            GemmConfig {
+                ldc: m as i32 + 1,
+                ..cfg
+            },
+        ),
+        (
+            "k larger than B",
+            GemmConfig {
+                k: k as i32 + 1,
+                lda: m as i32,
+                ..cfg
+            },
+        ),
+    ] {
+        must_fire(what, || unsafe { blas.gemm(bad, &a, &b, &mut c) });
+    }
+}
+
+const CHILD: &str = "MEP_EMU_CHILD";
+
+/// A kernel launched on freed memory fails (and, like a fault on a GPU, leaves the
+/// context unusable, hence a child process).
+#[test]
+fn launch_on_freed_memory_fails() {
+    if std::env::var_os(CHILD).is_some() {
+        let g = emulated().unwrap();
+        let mut y = g.zeros(8).unwrap();
+        let (p, sync) = y.device_ptr(g.stream());
+        drop(sync);
+        unsafe { result::free_sync(p) }.unwrap();
+        match g.fill(&mut y, 1.0) {
+            Ok(()) => println!("FILL=ok"),
+            Err(e) => println!("FILL=error {e}"),
+        }
+        std::mem::forget(y); // its memory is gone already
+        return;
+    }
+    if emulated().is_none() {
+        return;
+    }
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["launch_on_freed_memory_fails", "--exact", "--nocapture"])
+        .env(CHILD, "1")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        stdout.contains("FILL=error"),
+        "the launch succeeded:\n{stdout}\n{stderr}"
+    );
+    assert!(stderr.contains("use after free"), "no use-after-free report:\n{stderr}");
+}
+
+/// The emulator refuses cubins (it runs the host build of each PTX entry), as a
+/// driver refuses a cubin for another architecture: the backend then loads the PTX,
+/// and says so in its name.
+#[test]
+fn refused_cubins_fall_back_to_ptx() {
+    let Some(g) = emulated() else { return };
+    assert!(g.name().contains("sm_90 PTX;"), "{}", g.name());
+}
