@@ -109,14 +109,15 @@ fn main() -> mep::Result<()> {
     let hidden = 128;
     println!(
         "layered energy, {}–{hidden}–{}: cosine(EP estimate, Backprop gradient) on the current batch",
-        data.features, data.classes
+        data.features(),
+        data.classes()
     );
     for rule in Nudging::ALL {
         let mut model = Sequential::new(&Device::Cpu)
             .flatten()
-            .linear(data.features, hidden)
+            .linear(data.features(), hidden)
             .relu()
-            .linear(hidden, data.classes)
+            .linear(hidden, data.classes())
             .build(0)?;
         let truth = |m: &Model, x: &[f32], y: &[u32]| {
             smep(m)

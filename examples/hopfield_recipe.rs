@@ -20,7 +20,7 @@ fn main() -> mep::Result<()> {
         .linear(128, 10)
         .energy(Energy::HOPFIELD)
         .build(0)?;
-    let steps_per_epoch = mnist.train.n.div_ceil(batch) as u64;
+    let steps_per_epoch = mnist.train.len().div_ceil(batch) as u64;
     let mut opt = smep(&model)
         .nudging(Nudging::Symmetric)
         .schedule(Schedule::Cosine {

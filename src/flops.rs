@@ -34,22 +34,91 @@ impl GemmShape {
     }
 }
 
+/// Receives the GEMMs of a step in call order. Repeated groups (settle steps,
+/// sweeps, power iterations) go through [`Sink::rep`], so counting them costs O(1)
+/// per group however large the repeat count: the FLOP count never materialises a
+/// list entry per settle step (a huge `settle_steps` would otherwise exhaust memory).
+struct Sink<'a> {
+    /// `Some`: the list of every GEMM (expanded); `None`: count only.
+    list: Option<&'a mut Vec<GemmShape>>,
+    /// How many times the current group runs (product of the enclosing repeats).
+    mult: f64,
+    /// Total FLOPs.
+    flops: f64,
+    /// Total GEMM calls (saturating).
+    calls: u128,
+}
+
+impl Sink<'_> {
+    fn push(&mut self, g: GemmShape) {
+        self.flops += self.mult * g.flops();
+        self.calls = self.calls.saturating_add(self.mult as u128);
+        if let Some(list) = self.list.as_deref_mut() {
+            list.push(g);
+        }
+    }
+
+    /// Runs `body` `n` times (listing) or once with the multiplier scaled (counting).
+    fn rep(&mut self, n: usize, mut body: impl FnMut(&mut Self)) {
+        if self.list.is_some() {
+            for _ in 0..n {
+                body(self);
+            }
+        } else {
+            let outer = self.mult;
+            self.mult *= n as f64;
+            body(self);
+            self.mult = outer;
+        }
+    }
+}
+
 /// Every GEMM of one [`crate::optim::Engine::step`] on `rows` samples, in call order.
-pub fn step_gemms(arch: &Arch, energy: Energy, cfg: &OptimConfig, rows: usize) -> Vec<GemmShape> {
-    let mut g = Vec::new();
+///
+/// Errors: [`crate::MepError::OutOfMemory`] when the list is too long to hold (e.g.
+/// `settle_steps` in the billions); [`step_flops`] counts such steps without a list.
+pub fn step_gemms(arch: &Arch, energy: Energy, cfg: &OptimConfig, rows: usize) -> crate::Result<Vec<GemmShape>> {
+    let mut count = Sink {
+        list: None,
+        mult: 1.0,
+        flops: 0.0,
+        calls: 0,
+    };
+    walk(arch, energy, cfg, rows, &mut count);
+    let calls = usize::try_from(count.calls).unwrap_or(usize::MAX);
+    let mut list = Vec::new();
+    list.try_reserve_exact(calls)
+        .map_err(|_| crate::error::oom::<GemmShape>(calls, "the list of a step's GEMMs"))?;
+    walk(
+        arch,
+        energy,
+        cfg,
+        rows,
+        &mut Sink {
+            list: Some(&mut list),
+            mult: 1.0,
+            flops: 0.0,
+            calls: 0,
+        },
+    );
+    Ok(list)
+}
+
+/// Feeds every GEMM of one step, in call order, to `g`.
+fn walk(arch: &Arch, energy: Energy, cfg: &OptimConfig, rows: usize, g: &mut Sink) {
     let b = &arch.blocks;
     let last = b.len() - 1;
-    let forward = |g: &mut Vec<GemmShape>| {
+    let forward = |g: &mut Sink| {
         for blk in b {
             g.push(GemmShape::new(false, true, rows, blk.out, blk.inp));
         }
     };
-    let estimate = |g: &mut Vec<GemmShape>| {
+    let estimate = |g: &mut Sink| {
         for blk in b {
             g.push(GemmShape::new(true, false, blk.out, blk.inp, rows));
         }
     };
-    let errors = |g: &mut Vec<GemmShape>| {
+    let errors = |g: &mut Sink| {
         for blk in &b[1..] {
             g.push(GemmShape::new(false, true, rows, blk.out, blk.inp));
         }
@@ -59,7 +128,7 @@ pub fn step_gemms(arch: &Arch, energy: Energy, cfg: &OptimConfig, rows: usize) -
     let clamped = cfg.grad.nudging.clamps();
     match (cfg.grad.mode, energy) {
         (Mode::Backprop, _) => {
-            forward(&mut g);
+            forward(g);
             for l in (0..=last).rev() {
                 g.push(GemmShape::new(true, false, b[l].out, b[l].inp, rows));
                 if l > 0 {
@@ -68,20 +137,20 @@ pub fn step_gemms(arch: &Arch, energy: Energy, cfg: &OptimConfig, rows: usize) -
             }
         }
         (Mode::Ep, Energy::LayeredLeastSquares) => {
-            forward(&mut g);
+            forward(g);
             for _ in 0..phases {
                 if clamped && last > 0 {
                     // The clamped phase recomputes the free W_L φ(s_{L−1}).
                     g.push(GemmShape::new(false, true, rows, b[last].out, b[last].inp));
                 }
-                for _ in 0..cfg.grad.settle_steps {
+                g.rep(cfg.grad.settle_steps, |g| {
                     // Backward sweep of the errors, then the forward sweep.
                     for l in (0..last).rev() {
                         g.push(GemmShape::new(false, false, rows, b[l + 1].inp, b[l + 1].out));
                     }
-                    errors(&mut g);
-                }
-                errors(&mut g);
+                    errors(g);
+                });
+                errors(g);
                 // The settle residual: its squared norm by 1×1 GEMMs, one feedback per layer.
                 if !clamped {
                     g.push(GemmShape::new(false, true, 1, 1, rows * b[last].out));
@@ -90,14 +159,14 @@ pub fn step_gemms(arch: &Arch, energy: Energy, cfg: &OptimConfig, rows: usize) -
                     g.push(GemmShape::new(false, false, rows, b[l + 1].inp, b[l + 1].out));
                     g.push(GemmShape::new(false, true, 1, 1, rows * b[l].out));
                 }
-                estimate(&mut g);
+                estimate(g);
             }
         }
         (Mode::Ep, Energy::Hopfield { free_steps }) => {
             // `swept`: layers swept, from the bottom (the output is not swept while
             // clamped); the last sweep's change is summed by one 1×1 GEMM per layer.
-            let sweeps = |g: &mut Vec<GemmShape>, n: usize, swept: usize| {
-                for _ in 0..n {
+            let sweeps = |g: &mut Sink, n: usize, swept: usize| {
+                g.rep(n, |g| {
                     for l in 0..swept {
                         if l > 0 {
                             g.push(GemmShape::new(false, true, rows, b[l].out, b[l].inp));
@@ -106,7 +175,7 @@ pub fn step_gemms(arch: &Arch, energy: Energy, cfg: &OptimConfig, rows: usize) -
                             g.push(GemmShape::new(false, false, rows, b[l].out, b[l + 1].out));
                         }
                     }
-                }
+                });
                 if n > 0 {
                     for blk in b {
                         g.push(GemmShape::new(false, true, 1, 1, rows * blk.out));
@@ -114,14 +183,14 @@ pub fn step_gemms(arch: &Arch, energy: Energy, cfg: &OptimConfig, rows: usize) -
                 }
             };
             g.push(GemmShape::new(false, true, rows, b[0].out, b[0].inp));
-            sweeps(&mut g, free_steps, b.len());
+            sweeps(g, free_steps, b.len());
             if free_coef != 0.0 {
-                estimate(&mut g);
+                estimate(g);
             }
             let swept = if clamped { last } else { b.len() };
             for _ in 0..phases {
-                sweeps(&mut g, cfg.grad.settle_steps, swept);
-                estimate(&mut g);
+                sweeps(g, cfg.grad.settle_steps, swept);
+                estimate(g);
             }
         }
     }
@@ -161,9 +230,9 @@ pub fn step_gemms(arch: &Arch, energy: Energy, cfg: &OptimConfig, rows: usize) -
             for _ in 0..crate::optim::spectral::SQUARINGS {
                 g.push(GemmShape::new(false, false, k, k, k));
             }
-            for _ in 0..cfg.spectral.power_iters.max(1) {
+            g.rep(cfg.spectral.power_iters.max(1), |g| {
                 g.push(GemmShape::new(false, false, 1, k, k));
-            }
+            });
             g.push(if wide {
                 GemmShape::new(false, false, 1, cols_w, rows_w)
             } else {
@@ -171,12 +240,19 @@ pub fn step_gemms(arch: &Arch, energy: Energy, cfg: &OptimConfig, rows: usize) -
             });
         }
     }
-    g
 }
 
-/// GEMM FLOPs of one step on `rows` samples.
+/// GEMM FLOPs of one step on `rows` samples (counted without listing the GEMMs, so
+/// any `settle_steps` is fine).
 pub fn step_flops(arch: &Arch, energy: Energy, cfg: &OptimConfig, rows: usize) -> f64 {
-    step_gemms(arch, energy, cfg, rows).iter().map(GemmShape::flops).sum()
+    let mut count = Sink {
+        list: None,
+        mult: 1.0,
+        flops: 0.0,
+        calls: 0,
+    };
+    walk(arch, energy, cfg, rows, &mut count);
+    count.flops
 }
 
 /// GEMM FLOPs of one epoch of `n` samples in batches of `batch` (last batch partial).

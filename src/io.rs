@@ -69,13 +69,180 @@ impl std::str::FromStr for Dtype {
 use crate::ep::Energy;
 use crate::nn::Arch;
 use crate::{MepError, Result};
-use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Writes `values` (per block: weights, bias) to `path` as `dtype`, atomically. F16
-/// cannot hold values beyond ±65504: those are an error, not silently infinite.
+/// Suffix of the temporary files a save writes next to its destination.
+const TMP_SUFFIX: &str = ".mep-tmp";
+
+/// Distinguishes concurrent saves of one process (with the pid and the clock, the
+/// temporary name is unique per call).
+static SAVE_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// The metadata entries a checkpoint records about its model.
+fn model_metadata(arch: &Arch, energy: Energy) -> [(&'static str, String); 3] {
+    [
+        ("arch", arch.describe()),
+        ("energy", energy_name(energy)),
+        ("bias", bias_pattern(arch)),
+    ]
+}
+
+/// `layered`, or `hopfield(free_steps=N)`: the energy with the parameter that
+/// changes the model's function.
+fn energy_name(energy: Energy) -> String {
+    match energy {
+        Energy::Hopfield { free_steps } => format!("hopfield(free_steps={free_steps})"),
+        other => other.name().to_string(),
+    }
+}
+
+/// One character per block: `b` with a bias, `-` without.
+fn bias_pattern(arch: &Arch) -> String {
+    arch.blocks().iter().map(|b| if b.bias { 'b' } else { '-' }).collect()
+}
+
+/// The temporary files of saves to `path`: `.{file name}.{pid}.{unique}.mep-tmp` in
+/// the same directory (same file system, so the final rename is atomic).
+fn tmp_prefix(path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!(".{name}.")
+}
+
+/// The directory a save to `path` writes in.
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Whether process `pid` is alive, where that can be known (Linux: `/proc`). `None`
+/// elsewhere, where stale temporary files are left alone rather than guessed at.
+fn process_alive(pid: u32) -> Option<bool> {
+    if !Path::new("/proc/self").exists() {
+        return None;
+    }
+    Some(Path::new(&format!("/proc/{pid}")).exists())
+}
+
+/// Removes the temporary files that earlier, killed saves to `path` left behind
+/// (their process no longer exists). Best effort: a failure here never fails a save.
+pub fn remove_stale_temporaries(path: &Path) {
+    let prefix = tmp_prefix(path);
+    let Ok(entries) = std::fs::read_dir(parent_dir(path)) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(&prefix).and_then(|r| r.strip_suffix(TMP_SUFFIX)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('.').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && process_alive(pid) == Some(false) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Checks, before any work is done, that a save to `path` can succeed: the directory
+/// exists and accepts a new file, and `path` is not a directory. `mep-mnist --save`
+/// calls it before training so that a bad destination does not lose a trained model.
+pub fn check_writable(path: &Path) -> Result<()> {
+    if path.is_dir() {
+        return Err(MepError::invalid(
+            "save",
+            path.display(),
+            "is a directory: give a file path such as model.safetensors",
+        ));
+    }
+    if path.file_name().is_none() {
+        return Err(MepError::invalid(
+            "save",
+            path.display(),
+            "give a file path such as model.safetensors",
+        ));
+    }
+    let (tmp, file) = create_temporary(path)?;
+    drop(file);
+    let _ = std::fs::remove_file(&tmp);
+    Ok(())
+}
+
+/// Creates a fresh temporary file next to `path`, exclusively (never reusing or
+/// truncating an existing file, so two saves can never share one).
+fn create_temporary(path: &Path) -> Result<(PathBuf, std::fs::File)> {
+    let dir = parent_dir(path);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    loop {
+        let n = SAVE_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!(
+            "{}{}.{n}-{nanos}{TMP_SUFFIX}",
+            tmp_prefix(path),
+            std::process::id()
+        ));
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp) {
+            Ok(f) => return Ok((tmp, f)),
+            // Another save took this name (only possible across processes sharing
+            // a pid namespace quirk); the counter gives the next one.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => {
+                return Err(MepError::io(
+                    &dir,
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("cannot create a file in this directory for {}: {e}", path.display()),
+                    ),
+                ))
+            }
+        }
+    }
+}
+
+/// Writes `values` (per block: weights, bias) to `path` as `dtype`, atomically: a
+/// uniquely named temporary file in the same directory is written, synced and renamed
+/// over `path`, so `path` holds either its old contents or the complete new ones.
+/// Temporary files of earlier saves whose process died are removed.
+///
+/// Errors: [`MepError::NonFinite`] if a parameter is NaN or infinite (such a file could
+/// not be loaded back); F16 cannot hold values beyond ±65504: those are an error, not
+/// silently infinite; [`MepError::Shape`] if `values` does not fit `arch`.
 pub fn save(path: &Path, arch: &Arch, energy: Energy, values: &[(Vec<f64>, Vec<f64>)], dtype: Dtype) -> Result<()> {
+    if values.len() != arch.depth() {
+        return Err(MepError::Shape(format!(
+            "{} parameter blocks for a network of {} blocks",
+            values.len(),
+            arch.depth()
+        )));
+    }
+    for (l, ((w, b), blk)) in values.iter().zip(arch.blocks()).enumerate() {
+        if Some(w.len()) != blk.out.checked_mul(blk.inp) || b.len() != blk.out {
+            return Err(MepError::Shape(format!(
+                "block {}: weights {}×{} and bias {} expected, {} and {} values given",
+                l + 1,
+                blk.out,
+                blk.inp,
+                blk.out,
+                w.len(),
+                b.len()
+            )));
+        }
+        if let Some(v) = w.iter().chain(b).find(|v| !v.is_finite()) {
+            return Err(MepError::NonFinite(format!(
+                "block {} has a parameter {v}: a checkpoint must hold finite values (the model diverged; reload the last good checkpoint)",
+                l + 1
+            )));
+        }
+    }
     if dtype == Dtype::F16 {
         if let Some(v) = values
             .iter()
@@ -91,12 +258,20 @@ pub fn save(path: &Path, arch: &Arch, energy: Energy, values: &[(Vec<f64>, Vec<f
     }
     let mut header = serde_json::Map::new();
     let mut meta = serde_json::Map::new();
-    meta.insert("arch".into(), arch.describe().into());
-    meta.insert("energy".into(), energy.name().into());
+    for (k, v) in model_metadata(arch, energy) {
+        meta.insert(k.into(), v.into());
+    }
     meta.insert("format".into(), "mep".into());
     header.insert("__metadata__".into(), meta.into());
+    let total: usize = values.iter().map(|(w, b)| w.len() + b.len()).sum();
     let mut data: Vec<u8> = Vec::new();
-    for (l, ((w, b), blk)) in values.iter().zip(&arch.blocks).enumerate() {
+    data.try_reserve_exact(total.saturating_mul(dtype.size()))
+        .map_err(|_| MepError::OutOfMemory {
+            what: format!("the checkpoint buffer for {total} parameters"),
+            bytes: total as u128 * dtype.size() as u128,
+            fix: "free memory, or save as bf16/f16 (half the size)".into(),
+        })?;
+    for (l, ((w, b), blk)) in values.iter().zip(arch.blocks()).enumerate() {
         for (name, shape, vals) in [("weight", vec![blk.out, blk.inp], w), ("bias", vec![blk.out], b)] {
             let start = data.len();
             for &v in vals {
@@ -115,9 +290,9 @@ pub fn save(path: &Path, arch: &Arch, energy: Energy, values: &[(Vec<f64>, Vec<f
     while h.len() % 8 != 0 {
         h.push(b' ');
     }
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
+    remove_stale_temporaries(path);
+    let (tmp, mut f) = create_temporary(path)?;
+    let mut write = || -> std::io::Result<()> {
         f.write_all(&(h.len() as u64).to_le_bytes())?;
         f.write_all(&h)?;
         f.write_all(&data)?;
@@ -130,65 +305,77 @@ pub fn save(path: &Path, arch: &Arch, energy: Energy, values: &[(Vec<f64>, Vec<f
     })
 }
 
-/// Reads weights for `arch` from `path`; every tensor's presence, dtype and shape is checked.
-pub fn load(path: &Path, arch: &Arch) -> Result<Vec<(Vec<f64>, Vec<f64>)>> {
+/// Reads weights for a model of architecture `arch` and energy `energy` from `path`.
+///
+/// The file is parsed by the `safetensors` crate (header, shapes, offsets: contiguous,
+/// non-overlapping, covering the data exactly, no trailing bytes). A checkpoint written
+/// by `mep` records its model's architecture (widths and activations), biases and
+/// energy; one that differs from `arch`/`energy` is refused, naming the difference.
+/// Then every tensor's presence, dtype and shape is checked.
+pub fn load(path: &Path, arch: &Arch, energy: Energy) -> Result<Vec<(Vec<f64>, Vec<f64>)>> {
     let bytes = std::fs::read(path).map_err(|e| MepError::io(path, e))?;
     let bad = |reason: String| MepError::ModelFile {
         path: path.into(),
         reason,
     };
-    if bytes.len() < 8 {
-        return Err(bad(format!(
-            "{} bytes is too short for a safetensors file",
-            bytes.len()
-        )));
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| bad(format!("not a valid safetensors file: {e:?}")))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| bad(format!("not a valid safetensors file: {e:?}")))?;
+    if let Some(meta) = meta.metadata() {
+        if meta.get("format").map(String::as_str) == Some("mep") {
+            for (key, ours) in model_metadata(arch, energy) {
+                // Older mep checkpoints lack `bias` and name the energy without its
+                // parameters: compare what is there.
+                let Some(theirs) = meta.get(key) else { continue };
+                let same = match key {
+                    "energy" => {
+                        *theirs == ours || (!theirs.contains('(') && ours.split('(').next() == Some(theirs.as_str()))
+                    }
+                    _ => *theirs == ours,
+                };
+                if !same {
+                    return Err(bad(format!(
+                        "the checkpoint's {key} is `{theirs}` but the model's is `{ours}`: build the model as it was saved"
+                    )));
+                }
+            }
+        }
     }
-    let hlen = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
-    if hlen > bytes.len() - 8 {
-        return Err(bad(format!(
-            "header length {hlen} exceeds the file size {}",
-            bytes.len()
-        )));
-    }
-    let header: BTreeMap<String, serde_json::Value> =
-        serde_json::from_slice(&bytes[8..8 + hlen]).map_err(|e| bad(format!("header is not valid JSON: {e}")))?;
-    let data = &bytes[8 + hlen..];
     let tensor = |name: &str, shape: &[usize]| -> Result<Vec<f64>> {
-        let t = header.get(name).ok_or_else(|| {
+        let t = st.tensor(name).map_err(|_| {
             bad(format!(
                 "tensor `{name}` is missing (is this a model of shape {}?)",
                 arch.describe()
             ))
         })?;
-        let dtype = t["dtype"].as_str().and_then(Dtype::parse).ok_or_else(|| {
-            bad(format!(
-                "tensor `{name}` has dtype {}, expected F32, BF16 or F16",
-                t["dtype"]
-            ))
-        })?;
-        let got: Vec<usize> = t["shape"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_u64().map(|v| v as usize)).collect())
-            .unwrap_or_default();
-        if got != shape {
+        let dtype = match t.dtype() {
+            safetensors::Dtype::F32 => Dtype::F32,
+            safetensors::Dtype::BF16 => Dtype::BF16,
+            safetensors::Dtype::F16 => Dtype::F16,
+            other => {
+                return Err(bad(format!(
+                    "tensor `{name}` has dtype {other:?}, expected F32, BF16 or F16"
+                )))
+            }
+        };
+        if t.shape() != shape {
             return Err(bad(format!(
-                "tensor `{name}` has shape {got:?}, the model needs {shape:?}"
+                "tensor `{name}` has shape {:?}, the model needs {shape:?}",
+                t.shape()
             )));
         }
-        let off: Vec<usize> = t["data_offsets"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_u64().map(|v| v as usize)).collect())
-            .unwrap_or_default();
-        let n: usize = shape.iter().product();
-        if off.len() != 2 || off[1] < off[0] || off[1] > data.len() || off[1] - off[0] != dtype.size() * n {
-            return Err(bad(format!("tensor `{name}` has bad data offsets {off:?}")));
-        }
-        Ok(data[off[0]..off[1]]
-            .chunks_exact(dtype.size())
-            .map(|c| dtype.decode(c))
-            .collect())
+        Ok(t.data().chunks_exact(dtype.size()).map(|c| dtype.decode(c)).collect())
     };
-    arch.blocks
+    let expected = 2 * arch.depth();
+    if st.len() != expected {
+        return Err(bad(format!(
+            "{} tensors, but a {} model has {expected} (a weight and a bias per block)",
+            st.len(),
+            arch.describe()
+        )));
+    }
+    arch.blocks()
         .iter()
         .enumerate()
         .map(|(l, blk)| {

@@ -198,7 +198,7 @@ impl Model {
 
     /// Loads weights saved by [`Model::save`] into this model (shapes must match).
     pub fn load_weights(&mut self, path: impl AsRef<Path>) -> Result<()> {
-        let values = crate::io::load(path.as_ref(), self.arch())?;
+        let values = crate::io::load(path.as_ref(), self.arch(), self.energy())?;
         with_net!(&mut self.net, n => n.set_from_host(&values))
     }
 }
@@ -217,6 +217,8 @@ impl Model {
 /// A dataset uploaded once to a model's device (see [`Model::upload`]).
 pub struct DeviceDataset {
     pub(crate) inner: AnyData,
+    /// The device it lives on: buffers of one GPU cannot be used by a model on another.
+    pub(crate) device: Device,
 }
 
 pub(crate) enum AnyData {
@@ -247,7 +249,10 @@ impl Model {
             AnyNet::Cpu(n) => AnyData::Cpu(DeviceData::upload(&n.backend, data)?),
             AnyNet::Cuda(n) => AnyData::Cuda(DeviceData::upload(&n.backend, data)?),
         };
-        Ok(DeviceDataset { inner })
+        Ok(DeviceDataset {
+            inner,
+            device: self.device,
+        })
     }
 
     /// Mean cost ([`Model::loss`]) and accuracy of inference on an uploaded dataset.
@@ -258,6 +263,9 @@ impl Model {
     /// Mean `loss` and accuracy of inference on an uploaded dataset.
     pub fn evaluate_on_with(&self, data: &DeviceDataset, loss: Loss) -> Result<Evaluation> {
         loss.validate()?;
+        if data.device != self.device {
+            return Err(device_mismatch());
+        }
         match (&self.net, &data.inner) {
             (AnyNet::Cpu(n), AnyData::Cpu(d)) => crate::backend::cpu::on_pool(|| evaluate(n, d, loss, 1000)),
             (AnyNet::Cuda(n), AnyData::Cuda(d)) => evaluate(n, d, loss, 1000),

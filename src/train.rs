@@ -30,8 +30,14 @@ pub struct DeviceData<B: Backend> {
 impl<B: Backend> DeviceData<B> {
     /// Uploads `data` (validated by [`Dataset::new`]) to the backend.
     pub fn upload(bk: &B, data: &Dataset) -> Result<Self> {
-        let x: Vec<B::Elem> = data.images.iter().map(|&v| B::Elem::of(v as f64)).collect();
-        let identity: Vec<u32> = (0..data.n as u32).collect();
+        // Fallible: a copy of a data set that does not fit is an error, not an abort.
+        let mut x: Vec<B::Elem> =
+            crate::error::try_filled(data.images.len(), B::Elem::of(0.0), "the data set's inputs")?;
+        x.iter_mut()
+            .zip(&data.images)
+            .for_each(|(d, &v)| *d = B::Elem::of(v as f64));
+        let mut identity: Vec<u32> = crate::error::try_filled(data.n, 0, "the data set's index")?;
+        identity.iter_mut().enumerate().for_each(|(i, d)| *d = i as u32);
         Ok(DeviceData {
             x: bk.upload(&x)?,
             y: bk.upload_labels(&data.labels)?,
@@ -110,13 +116,13 @@ pub fn train_epoch<B: Backend>(
         load_batch(&bk, &mut engine.ws, data, &perm, off, rows)?;
         engine.step(net, rows)?;
         if report_every > 0 && (i + 1) % report_every == 0 && i + 1 < steps {
-            let s = engine.checked_stats()?;
+            let s = engine.checked_stats(net)?;
             progress(i + 1, steps, s);
         }
     }
     bk.synchronize()?;
     let seconds = start.elapsed().as_secs_f64();
-    let train = engine.checked_stats()?;
+    let train = engine.checked_stats(net)?;
     progress(steps, steps, train);
     Ok(EpochReport { train, seconds })
 }

@@ -225,9 +225,9 @@ fn cuda_request_without_a_gpu_is_a_clear_error() {
 fn short_run(train: &Dataset, test: &Dataset, energy: Energy, mode: Mode) -> f64 {
     let mut m = Sequential::new(&Device::Cpu)
         .flatten()
-        .linear(train.features, 64)
+        .linear(train.features(), 64)
         .relu()
-        .linear(64, train.classes)
+        .linear(64, train.classes())
         .energy(energy)
         .build(0)
         .unwrap();
@@ -250,8 +250,8 @@ fn short_training_run_beats_chance_by_a_wide_margin() {
             eprintln!("MNIST not available ({e}); using a synthetic task");
             // One task (the class prototypes depend on the seed), split into train and test.
             let all = Dataset::synthetic(5000, 64, 10, 1).unwrap();
-            let f = all.features;
-            let test = Dataset::new(all.images[4000 * f..].to_vec(), all.labels[4000..].to_vec(), f, 10).unwrap();
+            let f = all.features();
+            let test = Dataset::new(all.images()[4000 * f..].to_vec(), all.labels()[4000..].to_vec(), f, 10).unwrap();
             (all.subset(4000), test, 0.75)
         }
     };

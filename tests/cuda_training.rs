@@ -223,8 +223,8 @@ fn seed_batches(r: &mut Rng) -> Vec<(Vec<f32>, Vec<u32>)> {
                 let d = m.train.subset(STEPS * BATCH);
                 return (0..STEPS)
                     .map(|i| {
-                        let x = d.images[i * BATCH * d.features..(i + 1) * BATCH * d.features].to_vec();
-                        let y = d.labels[i * BATCH..(i + 1) * BATCH].to_vec();
+                        let x = d.images()[i * BATCH * d.features()..(i + 1) * BATCH * d.features()].to_vec();
+                        let y = d.labels()[i * BATCH..(i + 1) * BATCH].to_vec();
                         (x, y)
                     })
                     .collect();
@@ -289,8 +289,8 @@ fn tiny_epoch<B: Backend>(bk: B, seed: u64) -> (f64, f64, usize) {
     let all = Dataset::synthetic(500, features, classes, seed).unwrap();
     let train = all.subset(300);
     let test = Dataset::new(
-        all.images[300 * features..].to_vec(),
-        all.labels[300..].to_vec(),
+        all.images()[300 * features..].to_vec(),
+        all.labels()[300..].to_vec(),
         features,
         classes,
     )
@@ -315,7 +315,7 @@ fn tiny_epoch<B: Backend>(bk: B, seed: u64) -> (f64, f64, usize) {
     )
     .unwrap();
     let eval = evaluate(&net, &dtest, cfg.grad.loss, 64).unwrap();
-    (eval.accuracy * test.n as f64, report.train.loss, test.n)
+    (eval.accuracy * test.len() as f64, report.train.loss, test.len())
 }
 
 fn compare_tiny_epoch<G: Backend, R: Backend>(test: &G, reference: &R, tag: &str) {

@@ -213,20 +213,24 @@ fn load_split_synthetic_files() {
     write_idx_gz(&ip, &[n, 28, 28], &pixels).unwrap();
     write_idx(&lp, &[n], &labels).unwrap();
     let d = load_split(&ip, &lp).unwrap();
-    assert_eq!((d.n, d.features, d.classes), (5, 784, 10));
-    assert_eq!(d.labels, vec![3, 0, 9, 1, 1]);
-    assert_eq!(d.images.len(), n * 784);
+    assert_eq!((d.len(), d.features(), d.classes()), (5, 784, 10));
+    assert_eq!(d.labels(), vec![3, 0, 9, 1, 1]);
+    assert_eq!(d.images().len(), n * 784);
     let close = |a: f32, b: f32| (a - b).abs() < 1e-5;
-    assert!(close(d.images[0], -0.1307 / 0.3081), "{}", d.images[0]); // ≈ −0.42421
-    assert!(close(d.images[1], (1.0 - 0.1307) / 0.3081), "{}", d.images[1]); // ≈ 2.82149
-    assert!(close(d.images[2], (128.0 / 255.0 - 0.1307) / 0.3081), "{}", d.images[2]);
-    assert!(close(d.images[0], -0.424_212_9));
-    assert!(close(d.images[1], 2.821_488));
-    for (i, (&p, &v)) in pixels.iter().zip(&d.images).enumerate() {
+    assert!(close(d.images()[0], -0.1307 / 0.3081), "{}", d.images()[0]); // ≈ −0.42421
+    assert!(close(d.images()[1], (1.0 - 0.1307) / 0.3081), "{}", d.images()[1]); // ≈ 2.82149
+    assert!(
+        close(d.images()[2], (128.0 / 255.0 - 0.1307) / 0.3081),
+        "{}",
+        d.images()[2]
+    );
+    assert!(close(d.images()[0], -0.424_212_9));
+    assert!(close(d.images()[1], 2.821_488));
+    for (i, (&p, &v)) in pixels.iter().zip(d.images()).enumerate() {
         assert!(close(v, (p as f32 / 255.0 - 0.1307) / 0.3081), "pixel {i}");
     }
     assert_eq!(d.label_counts(), vec![1, 2, 0, 1, 0, 0, 0, 0, 0, 1]);
-    assert_eq!(normalize_pixels(&[0, 255]), vec![d.images[0], d.images[1]]);
+    assert_eq!(normalize_pixels(&[0, 255]), vec![d.images()[0], d.images()[1]]);
 }
 
 #[test]
@@ -330,16 +334,16 @@ fn dataset_new_validates() {
 #[test]
 fn subset_and_synthetic() {
     let d = Dataset::synthetic(103, 5, 4, 7).unwrap();
-    assert_eq!((d.n, d.features, d.classes, d.images.len()), (103, 5, 4, 515));
+    assert_eq!((d.len(), d.features(), d.classes(), d.images().len()), (103, 5, 4, 515));
     assert_eq!(d, Dataset::synthetic(103, 5, 4, 7).unwrap(), "deterministic");
-    assert_ne!(d.images, Dataset::synthetic(103, 5, 4, 8).unwrap().images);
+    assert_ne!(d.images(), Dataset::synthetic(103, 5, 4, 8).unwrap().images());
     assert_eq!(d.label_counts(), vec![26, 26, 26, 25]);
 
     let s = d.subset(10);
-    assert_eq!(s.n, 10);
-    assert_eq!(s.images[..], d.images[..50]);
-    assert_eq!(s.labels[..], d.labels[..10]);
-    assert_eq!(d.subset(1000).n, 103);
+    assert_eq!(s.len(), 10);
+    assert_eq!(s.images()[..], d.images()[..50]);
+    assert_eq!(s.labels()[..], d.labels()[..10]);
+    assert_eq!(d.subset(1000).len(), 103);
 
     // Learnable: nearest class mean (estimated on the first half) classifies
     // the second half well above chance.
@@ -347,7 +351,7 @@ fn subset_and_synthetic() {
     let mut means = vec![0f32; 4 * 20];
     let mut counts = [0f32; 4];
     for i in 0..200 {
-        let l = big.labels[i] as usize;
+        let l = big.labels()[i] as usize;
         counts[l] += 1.0;
         for (m, &x) in means[l * 20..(l + 1) * 20].iter_mut().zip(big.sample(i)) {
             *m += x;
@@ -366,7 +370,7 @@ fn subset_and_synthetic() {
                     .sum()
             };
             let pred = (0..4).min_by(|&a, &b| dist(a).total_cmp(&dist(b))).unwrap();
-            pred == big.labels[i] as usize
+            pred == big.labels()[i] as usize
         })
         .count();
     assert!(correct > 180, "nearest-mean accuracy {correct}/200");
@@ -375,26 +379,26 @@ fn subset_and_synthetic() {
 // ------------------------------------------------------------------- batches
 
 fn check_epoch(d: &Dataset, bs: usize, shuffle: Shuffle, epoch: u64) -> Vec<u32> {
-    let perm = epoch_permutation(d.n, shuffle, epoch);
+    let perm = epoch_permutation(d.len(), shuffle, epoch);
     let it = d.epoch_batches(bs, shuffle, epoch).unwrap();
     assert_eq!(it.permutation(), &perm[..]);
-    let expected_batches = d.n.div_ceil(bs);
+    let expected_batches = d.len().div_ceil(bs);
     assert_eq!(it.num_batches(), expected_batches);
     assert_eq!(it.len(), expected_batches);
     let batches: Vec<_> = it.collect();
     assert_eq!(batches.len(), expected_batches);
-    let mut seen = vec![0usize; d.n];
+    let mut seen = vec![0usize; d.len()];
     let mut order = Vec::new();
     for (b, batch) in batches.iter().enumerate() {
-        let want_len = if b + 1 < expected_batches { bs } else { d.n - bs * b };
+        let want_len = if b + 1 < expected_batches { bs } else { d.len() - bs * b };
         assert_eq!(batch.len, want_len, "batch {b}");
         assert_eq!(batch.y.len(), want_len);
         assert_eq!(batch.indices.len(), want_len);
-        assert_eq!(batch.x.len(), want_len * d.features);
+        assert_eq!(batch.x.len(), want_len * d.features());
         for (k, &i) in batch.indices.iter().enumerate() {
             seen[i as usize] += 1;
-            assert_eq!(batch.y[k], d.labels[i as usize]);
-            assert_eq!(&batch.x[k * d.features..(k + 1) * d.features], d.sample(i as usize));
+            assert_eq!(batch.y[k], d.labels()[i as usize]);
+            assert_eq!(&batch.x[k * d.features()..(k + 1) * d.features()], d.sample(i as usize));
         }
         order.extend_from_slice(&batch.indices);
     }
@@ -468,23 +472,23 @@ fn batch_size_zero_rejected() {
 fn real_mnist_loads_with_expected_statistics() {
     let Some(dir) = real_data_dir() else { return };
     let m = Mnist::load(&dir).unwrap();
-    assert_eq!((m.train.n, m.test.n), (60_000, 10_000));
+    assert_eq!((m.train.len(), m.test.len()), (60_000, 10_000));
     for d in [&m.train, &m.test] {
-        assert_eq!((d.features, d.classes), (784, 10));
-        assert_eq!(d.images.len(), d.n * 784);
+        assert_eq!((d.features(), d.classes()), (784, 10));
+        assert_eq!(d.images().len(), d.len() * 784);
         let counts = d.label_counts();
-        assert_eq!(counts.iter().sum::<usize>(), d.n);
-        assert!(counts.iter().all(|&c| c > d.n / 20), "{counts:?}");
+        assert_eq!(counts.iter().sum::<usize>(), d.len());
+        assert!(counts.iter().all(|&c| c > d.len() / 20), "{counts:?}");
     }
     // Known class counts of MNIST.
     assert_eq!(m.train.label_counts()[0], 5923);
     assert_eq!(m.test.label_counts()[0], 980);
     let (mut sum, mut sq) = (0f64, 0f64);
-    for &v in &m.train.images {
+    for &v in m.train.images() {
         sum += v as f64;
         sq += (v as f64) * (v as f64);
     }
-    let cnt = m.train.images.len() as f64;
+    let cnt = m.train.images().len() as f64;
     let mean = sum / cnt;
     let std = (sq / cnt - mean * mean).sqrt();
     assert!(mean.abs() < 0.01, "mean {mean}");
@@ -529,5 +533,5 @@ fn real_mnist_corrupt_copy_fails_hash() {
     let gz = tmp.path(&format!("{}.gz", mnist::TEST_LABELS));
     write_idx_gz(&gz, &[10_000], &bytes[8..]).unwrap();
     let m = Mnist::load(&tmp.0).unwrap();
-    assert_eq!(m.test.n, 10_000);
+    assert_eq!(m.test.len(), 10_000);
 }

@@ -50,7 +50,7 @@ fn sigmas(net: &Network<Cpu<f64>>) -> Vec<f64> {
     net.to_host()
         .unwrap()
         .iter()
-        .zip(&net.arch.blocks)
+        .zip(net.arch.blocks())
         .map(|((w, _), blk)| *singular_values(w, blk.out, blk.inp).last().unwrap())
         .collect()
 }

@@ -63,7 +63,7 @@ fn analytic_gemm_list_matches_the_recorded_step() {
                     bk.take_recorded();
                     eng.step(&mut net, rows).unwrap();
                     let recorded = bk.take_recorded();
-                    let expected = step_gemms(&arch, energy, &cfg, rows);
+                    let expected = step_gemms(&arch, energy, &cfg, rows).unwrap();
                     assert_eq!(
                         recorded, expected,
                         "{mode:?} {energy:?} {nudging:?} {name} {layers:?}: recorded GEMMs differ from the analytic list"

@@ -125,7 +125,7 @@ fn spectral_bound_holds_after_every_step() {
         eng.ws.load_host_batch(&x, &y).unwrap();
         eng.step(&mut net, rows).unwrap();
         for (l, (w, _)) in net.to_host().unwrap().iter().enumerate() {
-            let blk = net.arch.blocks[l];
+            let blk = net.arch.blocks()[l];
             let sigma = *singular_values(w, blk.out, blk.inp).last().unwrap();
             assert!(
                 sigma <= 0.3 * 1.01,

@@ -180,11 +180,12 @@ impl<T: Scalar> Backend for Cpu<T> {
         )
     }
 
+    // Fallible allocation: a size the system refuses is an error, not an abort.
     fn zeros(&self, len: usize) -> Result<Vec<T>> {
-        Ok(vec![T::zero(); len])
+        crate::error::try_filled(len, T::zero(), "a CPU buffer")
     }
     fn upload(&self, host: &[T]) -> Result<Vec<T>> {
-        Ok(host.to_vec())
+        crate::error::try_copy(host, "a CPU buffer")
     }
     fn write(&self, dst: &mut Vec<T>, host: &[T]) -> Result<()> {
         check_len("write", dst.len(), host.len())?;
@@ -198,7 +199,7 @@ impl<T: Scalar> Backend for Cpu<T> {
         buf.len()
     }
     fn upload_labels(&self, host: &[u32]) -> Result<Vec<u32>> {
-        Ok(host.to_vec())
+        crate::error::try_copy(host, "a CPU label buffer")
     }
     fn write_labels(&self, dst: &mut Vec<u32>, host: &[u32]) -> Result<()> {
         check_len("write_labels", dst.len(), host.len())?;
@@ -206,7 +207,7 @@ impl<T: Scalar> Backend for Cpu<T> {
         Ok(())
     }
     fn zeros_labels(&self, len: usize) -> Result<Vec<u32>> {
-        Ok(vec![0; len])
+        crate::error::try_filled(len, 0, "a CPU label buffer")
     }
     fn download_labels(&self, buf: &Vec<u32>) -> Result<Vec<u32>> {
         Ok(buf.clone())

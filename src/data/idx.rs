@@ -55,18 +55,56 @@ pub fn read_maybe_gz_with_fix(path: &Path, fix: &str) -> Result<Vec<u8>> {
         Err(e) => return Err(MepError::io(path, e)),
     };
     if raw.len() >= 2 && raw[..2] == GZIP_MAGIC {
-        // Decompressed MNIST is ~3–4× the compressed size; reserve accordingly.
-        let mut out = Vec::with_capacity(raw.len().saturating_mul(4));
-        flate2::read::MultiGzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| MepError::CorruptData {
-                path: path.to_path_buf(),
-                reason: format!("invalid gzip stream: {e}"),
-            })?;
-        Ok(out)
+        gunzip_capped(&raw, path)
     } else {
         Ok(raw)
     }
+}
+
+/// Decompresses a gzip'd IDX file, reading no more than the size its IDX header
+/// announces (plus one byte, to detect excess): a small file that inflates to
+/// gigabytes is refused as corrupt instead of exhausting memory.
+fn gunzip_capped(raw: &[u8], path: &Path) -> Result<Vec<u8>> {
+    let corrupt = |reason: String| MepError::CorruptData {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let gz_err = |e: std::io::Error| corrupt(format!("invalid gzip stream: {e}"));
+    let mut dec = flate2::read::MultiGzDecoder::new(raw);
+    let mut out = Vec::new();
+    (&mut dec).take(4).read_to_end(&mut out).map_err(gz_err)?;
+    // Not an unsigned-byte IDX header: keep the few bytes read; the parser names the
+    // problem (wrong magic) without inflating anything more.
+    if out.len() < 4 || out[0] != 0 || out[1] != 0 || out[2] != TYPE_U8 || out[3] == 0 {
+        return Ok(out);
+    }
+    let ndim = out[3] as usize;
+    (&mut dec).take(4 * ndim as u64).read_to_end(&mut out).map_err(gz_err)?;
+    if out.len() < 4 + 4 * ndim {
+        return Ok(out); // truncated header: reported by the parser
+    }
+    let announced = out[4..]
+        .chunks_exact(4)
+        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as u64)
+        .try_fold(1u64, |acc, d| acc.checked_mul(d))
+        .and_then(|n| n.checked_add(out.len() as u64))
+        .ok_or_else(|| corrupt("the IDX header's dimensions overflow".into()))?;
+    (&mut dec)
+        .take(announced - out.len() as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::OutOfMemory {
+                corrupt(format!("cannot hold the {announced} bytes the IDX header announces"))
+            } else {
+                gz_err(e)
+            }
+        })?;
+    if out.len() as u64 > announced {
+        return Err(corrupt(format!(
+            "decompresses to more than the {announced} bytes its IDX header announces"
+        )));
+    }
+    Ok(out)
 }
 
 /// [`read_maybe_gz_with_fix`] with a generic remedy for a missing file.

@@ -55,19 +55,29 @@ pub const SHA256: [(&str, &str); 4] = [
 ];
 
 /// A labelled classification data set held in memory.
+///
+/// Validated once by [`Dataset::new`] and kept valid: the fields are private (read
+/// them with [`Dataset::images`], [`Dataset::labels`], [`Dataset::len`],
+/// [`Dataset::features`], [`Dataset::classes`]), so labels stay `< classes`, inputs
+/// stay finite and the sizes stay consistent:
+///
+/// ```compile_fail
+/// let mut d = mep::Dataset::synthetic(4, 2, 2, 0).unwrap();
+/// d.labels[0] = 99; // private field: labels cannot leave 0..classes
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct Dataset {
     /// `n × features` inputs, row-major (sample `i` is `images[i*features..(i+1)*features]`).
     /// For MNIST: pixels normalised as `(x/255 − 0.1307)/0.3081`.
-    pub images: Vec<f32>,
+    pub(crate) images: Vec<f32>,
     /// `n` class labels, each `< classes`.
-    pub labels: Vec<u32>,
+    pub(crate) labels: Vec<u32>,
     /// Number of samples.
-    pub n: usize,
+    pub(crate) n: usize,
     /// Inputs per sample (784 for MNIST).
-    pub features: usize,
+    pub(crate) features: usize,
     /// Number of classes (10 for MNIST).
-    pub classes: usize,
+    pub(crate) classes: usize,
 }
 
 impl Dataset {
@@ -114,6 +124,42 @@ impl Dataset {
             features,
             classes,
         })
+    }
+
+    /// `n × features` inputs, row-major (sample `i` is `images[i*features..(i+1)*features]`).
+    pub fn images(&self) -> &[f32] {
+        &self.images
+    }
+
+    /// The class labels, one per sample, each `< classes`.
+    pub fn labels(&self) -> &[u32] {
+        &self.labels
+    }
+
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    /// True when there are no samples.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// Inputs per sample (784 for MNIST).
+    pub fn features(&self) -> usize {
+        self.features
+    }
+
+    /// Number of classes (10 for MNIST).
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+
+    /// Takes the inputs and labels back (e.g. to modify them and build a new,
+    /// re-validated data set with [`Dataset::new`]).
+    pub fn into_parts(self) -> (Vec<f32>, Vec<u32>) {
+        (self.images, self.labels)
     }
 
     /// The first `min(n, self.n)` samples as a new data set.
@@ -238,6 +284,53 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     s
 }
 
+/// `(file name, size in bytes, IDX header)` of the four MNIST files: with the
+/// SHA-256 they tell a truncated download from a file that is not MNIST's at all.
+const MNIST_LAYOUT: [(&str, usize, &[u8]); 4] = [
+    (
+        TRAIN_IMAGES,
+        47_040_016,
+        &[0, 0, 8, 3, 0, 0, 0xea, 0x60, 0, 0, 0, 28, 0, 0, 0, 28],
+    ),
+    (TRAIN_LABELS, 60_008, &[0, 0, 8, 1, 0, 0, 0xea, 0x60]),
+    (
+        TEST_IMAGES,
+        7_840_016,
+        &[0, 0, 8, 3, 0, 0, 0x27, 0x10, 0, 0, 0, 28, 0, 0, 0, 28],
+    ),
+    (TEST_LABELS, 10_008, &[0, 0, 8, 1, 0, 0, 0x27, 0x10]),
+];
+
+/// Why `bytes` (found under the MNIST name `name`) fails the checksum: truncated or
+/// damaged (MNIST's header, fetch-mnist.sh --force replaces it) or not the MNIST file
+/// at all (the user's own data: left alone, loaded with [`load_split`]).
+fn mismatch_reason(name: &str, bytes: &[u8], expected: &str, actual: &str) -> String {
+    let dir_hint = "bash scripts/fetch-mnist.sh --force DIR";
+    let Some(&(_, size, header)) = MNIST_LAYOUT.iter().find(|(n, _, _)| *n == name) else {
+        return format!("SHA-256 mismatch: expected {expected}, found {actual}");
+    };
+    let mnist_header = bytes.len() >= header.len() && &bytes[..header.len()] == header;
+    if mnist_header && bytes.len() < size {
+        format!(
+            "truncated: {} of MNIST's {size} bytes (SHA-256 mismatch: expected {expected}, found {actual}); \
+             the download was cut short: re-run `{dir_hint}` to replace it",
+            bytes.len()
+        )
+    } else if mnist_header && bytes.len() == size {
+        format!(
+            "corrupted: MNIST's size and header but different content (SHA-256 mismatch: expected {expected}, \
+             found {actual}); re-run `{dir_hint}` to replace it"
+        )
+    } else {
+        format!(
+            "not the MNIST file {name} ({} bytes, MNIST's is {size}; SHA-256 mismatch: expected {expected}, \
+             found {actual}); if this is your own data, load it with mep::data::mnist::load_split (no checksum), \
+             or move it away and run `bash scripts/fetch-mnist.sh DIR` (which never replaces files it did not write)",
+            bytes.len()
+        )
+    }
+}
+
 /// Reads the MNIST file `name` found at `path` (raw or `.gz`), checks its
 /// SHA-256 against [`SHA256`] and parses it.
 fn read_verified(path: PathBuf, name: &str) -> Result<IdxArray> {
@@ -247,10 +340,7 @@ fn read_verified(path: PathBuf, name: &str) -> Result<IdxArray> {
         if actual != *expected {
             return Err(MepError::CorruptData {
                 path,
-                reason: format!(
-                    "SHA-256 mismatch: expected {expected}, found {actual}; \
-                     re-run `bash scripts/fetch-mnist.sh` to download a fresh copy"
-                ),
+                reason: mismatch_reason(name, &bytes, expected, &actual),
             });
         }
     }

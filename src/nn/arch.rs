@@ -36,11 +36,24 @@ pub struct Block {
 }
 
 /// The validated structure of a network: its blocks, in order.
+///
+/// Only [`Arch::from_layers`] and [`Arch::mlp`] build one, so every `Arch` is
+/// valid: at least one block, widths that chain, no zero width, and a parameter
+/// count whose f64 storage fits in memory's address space (read the blocks with
+/// [`Arch::blocks`]). An empty or broken `Arch` cannot be written by hand:
+///
+/// ```compile_fail
+/// let arch = mep::nn::Arch { blocks: Vec::new() }; // private field
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct Arch {
-    /// Blocks 1..L.
-    pub blocks: Vec<Block>,
+    /// Blocks 1..L (private so that an `Arch` cannot be made invalid after validation).
+    pub(crate) blocks: Vec<Block>,
 }
+
+/// The largest number of elements one buffer may hold: its f64 bytes must fit in
+/// `isize::MAX` (Rust's allocation limit), so sizes computed from it never overflow.
+pub const MAX_ELEMENTS: usize = isize::MAX as usize / 8;
 
 impl Arch {
     /// Groups a layer list into blocks, checking that widths chain, that the list
@@ -64,6 +77,15 @@ impl Arch {
                             "linear",
                             format!("Linear({inp}, {out}) at layer {i}"),
                             "in and out features must be at least 1",
+                        ));
+                    }
+                    // Overflow-safe: `out * inp` must not wrap (Linear(1 << 63, 2) would
+                    // otherwise have a 0-element weight buffer).
+                    if !matches!(out.checked_mul(inp), Some(n) if n <= MAX_ELEMENTS) {
+                        return Err(MepError::invalid(
+                            "linear",
+                            format!("Linear({inp}, {out}) at layer {i}"),
+                            format!("its {inp}×{out} weight matrix exceeds {MAX_ELEMENTS} elements, more than any memory can hold"),
                         ));
                     }
                     if let Some(prev) = blocks.last() {
@@ -106,6 +128,16 @@ impl Arch {
                 "add at least one .linear(in, out)",
             ));
         }
+        let total = blocks
+            .iter()
+            .try_fold(0usize, |acc, b| acc.checked_add(b.out * b.inp)?.checked_add(b.out));
+        if !matches!(total, Some(n) if n <= MAX_ELEMENTS) {
+            return Err(MepError::invalid(
+                "layers",
+                format!("{} blocks", blocks.len()),
+                format!("the parameters exceed {MAX_ELEMENTS} elements, more than any memory can hold"),
+            ));
+        }
         Ok(Arch { blocks })
     }
 
@@ -124,6 +156,11 @@ impl Arch {
             }
         }
         Arch::from_layers(&layers)
+    }
+
+    /// Blocks 1..L, in order.
+    pub fn blocks(&self) -> &[Block] {
+        &self.blocks
     }
 
     /// Number of blocks L.

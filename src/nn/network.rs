@@ -37,9 +37,10 @@ impl<B: Backend> Network<B> {
         let mut params = Vec::with_capacity(arch.depth());
         for blk in &arch.blocks {
             let bound = 1.0 / (blk.inp as f64).sqrt();
-            let w: Vec<B::Elem> = (0..blk.out * blk.inp)
-                .map(|_| B::Elem::of(rng.uniform_range(-bound, bound)))
-                .collect();
+            // Fallible: a layer too large for memory is an error naming its size.
+            let mut w: Vec<B::Elem> = crate::error::try_filled(blk.out * blk.inp, B::Elem::of(0.0), "a weight matrix")?;
+            w.iter_mut()
+                .for_each(|v| *v = B::Elem::of(rng.uniform_range(-bound, bound)));
             let b: Vec<B::Elem> = (0..blk.out)
                 .map(|_| {
                     B::Elem::of(if blk.bias {

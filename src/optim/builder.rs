@@ -29,6 +29,11 @@ pub struct OptimizerBuilder<'m> {
     cfg: OptimConfig,
     bias_lr_set: bool,
     misapplied: Option<(&'static str, &'static str)>,
+    /// The first EP-only option set (beta, settle_steps, settle_lr, nudging): an error
+    /// at build in Backprop mode, where it would be ignored.
+    ep_only: Option<&'static str>,
+    /// Whether `gamma` was set: an error at build if the constraint ends up off.
+    gamma_set: bool,
 }
 
 /// SMEP: spectral constraint + Muon + EP (the seed's optimizer), with the defaults
@@ -40,6 +45,8 @@ pub fn smep(model: &Model) -> OptimizerBuilder<'_> {
         cfg: OptimConfig::smep(),
         bias_lr_set: false,
         misapplied: None,
+        ep_only: None,
+        gamma_set: false,
     }
 }
 
@@ -51,6 +58,8 @@ pub fn sgd(model: &Model) -> OptimizerBuilder<'_> {
         cfg: OptimConfig::sgd(),
         bias_lr_set: false,
         misapplied: None,
+        ep_only: None,
+        gamma_set: false,
     }
 }
 
@@ -62,6 +71,8 @@ pub fn adam(model: &Model) -> OptimizerBuilder<'_> {
         cfg: OptimConfig::adam(),
         bias_lr_set: false,
         misapplied: None,
+        ep_only: None,
+        gamma_set: false,
     }
 }
 
@@ -87,11 +98,13 @@ impl<'m> OptimizerBuilder<'m> {
     /// Nudging strength β.
     pub fn beta(mut self, beta: f64) -> Self {
         self.cfg.grad.beta = beta;
+        self.ep_only.get_or_insert("beta");
         self
     }
     /// Steps (layered) or sweeps (Hopfield) of each nudged phase.
     pub fn settle_steps(mut self, n: usize) -> Self {
         self.cfg.grad.settle_steps = n;
+        self.ep_only.get_or_insert("settle_steps");
         self
     }
     /// Relaxation ω of the layered energy's nudged-phase sweeps, in (0, 1]: each sweep
@@ -99,6 +112,7 @@ impl<'m> OptimizerBuilder<'m> {
     /// ([`crate::ep::layered::nudged_phase`]).
     pub fn settle_lr(mut self, eta: f64) -> Self {
         self.cfg.grad.settle_lr = eta;
+        self.ep_only.get_or_insert("settle_lr");
         self
     }
     /// The cost.
@@ -109,6 +123,7 @@ impl<'m> OptimizerBuilder<'m> {
     /// One-sided (default) or symmetric nudging.
     pub fn nudging(mut self, nudging: Nudging) -> Self {
         self.cfg.grad.nudging = nudging;
+        self.ep_only.get_or_insert("nudging");
         self
     }
     /// Momentum μ (smep, sgd).
@@ -155,6 +170,7 @@ impl<'m> OptimizerBuilder<'m> {
     /// Spectral bound γ (turns the constraint on, [`SpectralLayers::Auto`], if it was off).
     pub fn gamma(mut self, gamma: f64) -> Self {
         self.cfg.spectral.gamma = gamma;
+        self.gamma_set = true;
         if self.cfg.spectral.layers == SpectralLayers::Off {
             self.cfg.spectral.layers = SpectralLayers::Auto;
         }
@@ -211,10 +227,36 @@ impl<'m> OptimizerBuilder<'m> {
                 format!("`{option}` applies only to {which}"),
             ));
         }
+        if let (Some(option), Mode::Backprop) = (self.ep_only, self.cfg.grad.mode) {
+            return Err(MepError::invalid(
+                option,
+                "set with mode Backprop",
+                format!(
+                    "`{option}` applies only to Mode::Ep (Backprop mode has no nudged phase): drop it or use Mode::Ep"
+                ),
+            ));
+        }
+        if self.gamma_set && self.cfg.spectral.layers == SpectralLayers::Off {
+            return Err(MepError::invalid(
+                "gamma",
+                self.cfg.spectral.gamma,
+                "the spectral bound has no effect with SpectralLayers::Off: drop one of the two",
+            ));
+        }
         let cfg = self.config();
-        let engine = with_net!(&self.model.net, n => AnyEngine::from(Engine::new(cfg, n, 64)?));
+        let mut engine = with_net!(&self.model.net, n => AnyEngine::from(Engine::new(cfg, n, 64)?));
+        if let AnyEngine::Cuda(e) = &mut engine {
+            // A host read per step would synchronise the GPU: check when the host next
+            // reads (every `check_every` steps and at every statistics read) instead.
+            e.set_check_every_step(false);
+        }
         self.model.set_loss(cfg.grad.loss);
-        Ok(Optimizer { engine })
+        Ok(Optimizer {
+            engine,
+            device: self.model.device(),
+            arch: self.model.arch().clone(),
+            energy: self.model.energy(),
+        })
     }
 }
 
@@ -252,6 +294,15 @@ macro_rules! with_engine {
 /// phase(s) and the update (or, in Backprop mode, forward, backward and update).
 pub struct Optimizer {
     pub(crate) engine: AnyEngine,
+    /// The structure of the model this optimizer was built for: its state (momentum,
+    /// Adam moments, power-iteration vectors, workspace) is shaped for it, so a step
+    /// on any other model is refused before anything is touched.
+    arch: crate::nn::Arch,
+    /// That model's energy (the gradient computation and a Backprop-mode check at
+    /// build depend on it).
+    energy: crate::ep::Energy,
+    /// That model's device (its state lives there).
+    device: crate::Device,
 }
 
 fn host_step<B: Backend>(engine: &mut Engine<B>, net: &mut Network<B>, x: &[f32], y: &[u32]) -> Result<()> {
@@ -276,7 +327,11 @@ fn host_step<B: Backend>(engine: &mut Engine<B>, net: &mut Network<B>, x: &[f32]
 impl Optimizer {
     /// One training step on a host batch: `x` is `rows × inputs` (row-major,
     /// normalised), `y` holds `rows` class labels.
+    ///
+    /// Errors: [`MepError::Shape`] when `model` is not the model (architecture and
+    /// energy) this optimizer was built for; nothing is modified then.
     pub fn step(&mut self, model: &mut Model, x: &[f32], y: &[u32]) -> Result<()> {
+        self.check_model(model)?;
         model.set_loss(self.config().grad.loss);
         match (&mut self.engine, &mut model.net) {
             (AnyEngine::Cpu(e), AnyNet::Cpu(n)) => on_pool(|| host_step(e, n, x, y)),
@@ -299,6 +354,10 @@ impl Optimizer {
         report_every: usize,
         progress: impl FnMut(usize, usize, StepStats) + Send,
     ) -> Result<EpochReport> {
+        self.check_model(model)?;
+        if data.device != self.device {
+            return Err(device_mismatch());
+        }
         model.set_loss(self.config().grad.loss);
         match (&mut self.engine, &mut model.net, &data.inner) {
             (AnyEngine::Cpu(e), AnyNet::Cpu(n), AnyData::Cpu(d)) => {
@@ -309,6 +368,29 @@ impl Optimizer {
             }
             _ => Err(device_mismatch()),
         }
+    }
+
+    /// Refuses a model whose structure differs from the one this optimizer was built
+    /// for, naming the difference.
+    fn check_model(&self, model: &Model) -> Result<()> {
+        if model.device() != self.device {
+            return Err(device_mismatch());
+        }
+        if model.arch() != &self.arch {
+            return Err(MepError::Shape(format!(
+                "this optimizer was built for a {} model but is given a {} model; build one optimizer per model (e.g. smep(&model).build())",
+                self.arch.describe(),
+                model.arch().describe()
+            )));
+        }
+        if model.energy() != self.energy {
+            return Err(MepError::Shape(format!(
+                "this optimizer was built for a model with the {:?} energy but is given one with {:?}; build one optimizer per model",
+                self.energy,
+                model.energy()
+            )));
+        }
+        Ok(())
     }
 
     /// The configuration.

@@ -285,13 +285,15 @@ impl OptimConfig {
         }
         if self.spectral.layers != SpectralLayers::Off {
             positive("gamma", self.spectral.gamma)?;
-            if self.spectral.power_iters == 0 {
-                return Err(MepError::invalid(
-                    "power_iters",
-                    0,
-                    "the spectral constraint needs at least 1 power iteration per step",
-                ));
-            }
+        }
+        // Checked even with the constraint off: a 0 would otherwise be accepted and
+        // silently run as 1 once the constraint is turned on.
+        if self.spectral.power_iters == 0 {
+            return Err(MepError::invalid(
+                "power_iters",
+                0,
+                "the spectral constraint needs at least 1 power iteration per step",
+            ));
         }
         if let Schedule::Cosine { total_steps } = self.schedule {
             if total_steps == 0 {

@@ -56,6 +56,27 @@ pub struct Engine<B: Backend> {
     state: Vec<BlockState<B>>,
     t: u64,
     samples_since_reset: u64,
+    /// Boxed: it holds device buffers, and keeping `Engine` small keeps the
+    /// backend enum `AnyEngine` balanced.
+    guard: Box<Guard<B>>,
+}
+
+/// Divergence detection at the step (see [`Engine::step`]).
+struct Guard<B: Backend> {
+    /// The parameters as they were before the last unverified step(s): restored when
+    /// a divergence is detected.
+    backup: Vec<(B::Buf, B::Buf)>,
+    /// Σ over unverified steps and parameters of ‖p‖²: a device scalar that turns
+    /// NaN or infinite (and stays so) as soon as one parameter does, so one read
+    /// tells whether any step since the last check produced a non-finite parameter.
+    health: B::Buf,
+    /// Scratch scalar for one `sum_sq`.
+    sq: B::Buf,
+    /// Read `health` after every step (CPU: the read is free) or only when the host
+    /// next reads anything (GPU: no host synchronisation per step).
+    every_step: bool,
+    /// The first divergence, reported again by every later step.
+    diverged: Option<(u64, f64, String)>,
 }
 
 impl<B: Backend> Engine<B> {
@@ -122,6 +143,20 @@ impl<B: Backend> Engine<B> {
                 power,
             });
         }
+        let mut backup = Vec::with_capacity(net.params.len());
+        for p in &net.params {
+            let (mut w, mut b) = (bk.zeros(bk.len(&p.w))?, bk.zeros(bk.len(&p.b))?);
+            bk.copy(&p.w, &mut w)?;
+            bk.copy(&p.b, &mut b)?;
+            backup.push((w, b));
+        }
+        let guard = Box::new(Guard {
+            backup,
+            health: bk.zeros(1)?,
+            sq: bk.zeros(1)?,
+            every_step: true,
+            diverged: None,
+        });
         Ok(Engine {
             cfg,
             ws: Workspace::new(bk, &net.arch, batch_hint)?,
@@ -129,7 +164,18 @@ impl<B: Backend> Engine<B> {
             state,
             t: 0,
             samples_since_reset: 0,
+            guard,
         })
+    }
+
+    /// Whether divergence is checked by a host read after every step (the default;
+    /// right for the CPU, where the read costs nothing) or only every `check_every`
+    /// steps and whenever the statistics are read (for the GPU: no host
+    /// synchronisation per step). Either way the device-side health scalar covers
+    /// every step, so no non-finite parameter goes unnoticed; with lazy checks the
+    /// parameters are restored to the last verified ones.
+    pub fn set_check_every_step(&mut self, on: bool) {
+        self.guard.every_step = on;
     }
 
     /// The configuration.
@@ -144,10 +190,20 @@ impl<B: Backend> Engine<B> {
 
     /// One optimizer step on the `rows` samples already in `self.ws.x` / `self.ws.y`:
     /// gradients (free phase, nudged phase(s), estimate; or Backprop), then the update
-    /// of every parameter, then the spectral constraint. Every `check_every` steps the
-    /// device-side loss is read back and a NaN, infinite or absurd (> 1e6) value is reported as
-    /// [`MepError::Diverged`].
+    /// of every parameter, then the spectral constraint.
+    ///
+    /// Divergence: after the update the parameters' squared norms are added to a
+    /// device-side health scalar. It is read after every step (the default, see
+    /// [`Engine::set_check_every_step`]), else every `check_every` steps and whenever
+    /// the statistics are read; the running loss is read at the same time. A non-finite
+    /// parameter or a NaN, infinite or absurd (> [`DIVERGED_LOSS`]) loss is reported as
+    /// [`MepError::Diverged`], the parameters are restored to their last verified
+    /// values (with per-step checks: those before this step), and every later step
+    /// returns the same error without touching the network.
     pub fn step(&mut self, net: &mut Network<B>, rows: usize) -> Result<()> {
+        if let Some(e) = self.diverged_error() {
+            return Err(e);
+        }
         if rows == 0 || rows > self.ws.rows_cap {
             return Err(MepError::Shape(format!(
                 "batch of {rows} rows for a workspace of {}",
@@ -164,8 +220,34 @@ impl<B: Backend> Engine<B> {
         self.t += 1;
         self.samples_since_reset += rows as u64;
         self.apply_update(net)?;
-        if self.t % self.cfg.check_every == 0 {
-            self.checked_stats()?;
+        self.accumulate_health(net)?;
+        if self.guard.every_step || self.t % self.cfg.check_every == 0 {
+            self.verify(net)?;
+        }
+        Ok(())
+    }
+
+    /// The sticky divergence error, if one was detected.
+    fn diverged_error(&self) -> Option<MepError> {
+        self.guard
+            .diverged
+            .as_ref()
+            .map(|(step, loss, cause)| MepError::Diverged {
+                step: *step,
+                loss: *loss,
+                cause: cause.clone(),
+            })
+    }
+
+    /// health += Σ_l ‖W_l‖² + ‖b_l‖², on the device.
+    fn accumulate_health(&mut self, net: &Network<B>) -> Result<()> {
+        let bk = &net.backend;
+        let g = &mut self.guard;
+        for p in &net.params {
+            for buf in [&p.w, &p.b] {
+                bk.sum_sq(buf, &mut g.sq)?;
+                bk.axpby(1.0, &g.sq, 1.0, &mut g.health)?;
+            }
         }
         Ok(())
     }
@@ -180,6 +262,55 @@ impl<B: Backend> Engine<B> {
             }
         }
         Ok(())
+    }
+
+    /// Reads the health scalar and the running loss (one small read each). On
+    /// divergence restores the backed-up parameters and records the error; otherwise
+    /// the current parameters become the new backup.
+    pub fn verify(&mut self, net: &mut Network<B>) -> Result<StepStats> {
+        if let Some(e) = self.diverged_error() {
+            return Err(e);
+        }
+        let bk = net.backend.clone();
+        let health = bk.download(&self.guard.health)?[0].f64();
+        let s = self.stats()?;
+        let cause = if !health.is_finite() {
+            let bad: Vec<String> = net
+                .params
+                .iter()
+                .enumerate()
+                .filter_map(|(l, p)| {
+                    let finite = |b: &B::Buf| bk.download(b).map(|v| v.iter().all(|x| x.f64().is_finite()));
+                    match (finite(&p.w), finite(&p.b)) {
+                        (Ok(true), Ok(true)) => None,
+                        _ => Some(format!("block {}", l + 1)),
+                    }
+                })
+                .collect();
+            Some(if bad.is_empty() {
+                format!("the parameters' squared norm overflowed ({health})")
+            } else {
+                format!("parameters of {} became NaN or infinite", bad.join(", "))
+            })
+        } else if diverged(s.loss) {
+            Some(format!("the running loss is {}", s.loss))
+        } else {
+            None
+        };
+        if let Some(cause) = cause {
+            for (p, (w, b)) in net.params.iter_mut().zip(&self.guard.backup) {
+                bk.copy(w, &mut p.w)?;
+                bk.copy(b, &mut p.b)?;
+            }
+            self.guard.diverged = Some((self.t, s.loss, cause));
+            return Err(self.diverged_error().expect("just recorded"));
+        }
+        for (p, (w, b)) in net.params.iter().zip(&mut self.guard.backup) {
+            bk.copy(&p.w, w)?;
+            bk.copy(&p.b, b)?;
+        }
+        bk.fill(&mut self.guard.health, 0.0)?;
+        Ok(s)
     }
 
     /// Applies the update rules to `net` using the gradients in `self.grads`.
@@ -273,18 +404,11 @@ impl<B: Backend> Engine<B> {
         self.ws.backend.fill(&mut self.ws.stats, 0.0)
     }
 
-    /// Reads the running statistics and reports [`MepError::Diverged`] when the loss
-    /// shows divergence (see [`diverged`]): the one divergence check, used every
-    /// `check_every` steps and by the training loop's progress reads.
-    pub fn checked_stats(&self) -> Result<StepStats> {
-        let s = self.stats()?;
-        if diverged(s.loss) {
-            return Err(MepError::Diverged {
-                step: self.t,
-                loss: s.loss,
-            });
-        }
-        Ok(s)
+    /// Reads the running statistics after checking for divergence ([`Engine::verify`]):
+    /// the training loop's progress reads go through it, so a lazy (GPU) check happens
+    /// whenever the host reads anything.
+    pub fn checked_stats(&mut self, net: &mut Network<B>) -> Result<StepStats> {
+        self.verify(net)
     }
 }
 

@@ -128,7 +128,7 @@ pub fn flat_grads(g: &Grads<Cpu<f64>>) -> Vec<f64> {
 pub fn set_flat(net: &mut Network<Cpu<f64>>, flat: &[f64]) {
     let mut off = 0;
     let mut vals = Vec::new();
-    for blk in net.arch.blocks.clone() {
+    for blk in net.arch.blocks().to_vec() {
         let w = flat[off..off + blk.out * blk.inp].to_vec();
         off += blk.out * blk.inp;
         let b = flat[off..off + blk.out].to_vec();
