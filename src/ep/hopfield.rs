@@ -54,33 +54,10 @@ fn settle<B: Backend>(
             if l == 0 {
                 bk.copy(&ws.p[0], &mut ws.f)?;
             } else {
-                bk.gemm(
-                    false,
-                    true,
-                    rows,
-                    blk.out,
-                    blk.inp,
-                    1.0,
-                    &ws.s[l - 1],
-                    &net.params[l].w,
-                    0.0,
-                    &mut ws.f,
-                )?;
+                super::drive(net, l, rows, &ws.s[l - 1], 0.0, &mut ws.f)?;
             }
             if l < last {
-                let up = &blocks[l + 1];
-                bk.gemm(
-                    false,
-                    false,
-                    rows,
-                    blk.out,
-                    up.out,
-                    1.0,
-                    &ws.s[l + 1],
-                    &net.params[l + 1].w,
-                    1.0,
-                    &mut ws.f,
-                )?;
+                super::feedback(net, l, rows, &ws.s[l + 1], 1.0, &mut ws.f)?;
             }
             match output {
                 Output::Nudge(beta) if l == last => {
@@ -113,19 +90,7 @@ fn settle<B: Backend>(
 /// equilibrium in `ws.s` (output in `ws.s[L−1]`).
 pub fn free_phase<B: Backend>(net: &Network<B>, ws: &mut Workspace<B>, rows: usize, free_steps: usize) -> Result<()> {
     let bk = &net.backend;
-    let first = &net.arch.blocks[0];
-    bk.gemm(
-        false,
-        true,
-        rows,
-        first.out,
-        first.inp,
-        1.0,
-        &ws.x,
-        &net.params[0].w,
-        0.0,
-        &mut ws.p[0],
-    )?;
+    super::drive(net, 0, rows, &ws.x, 0.0, &mut ws.p[0])?;
     for s in ws.s.iter_mut() {
         bk.fill(s, 0.0)?;
     }

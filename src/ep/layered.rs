@@ -16,18 +16,7 @@ pub fn forward<B: Backend>(net: &Network<B>, ws: &mut Workspace<B>, rows: usize)
     let bk = &net.backend;
     for (l, blk) in net.arch.blocks.iter().enumerate() {
         let input = if l == 0 { &ws.x } else { &ws.a[l - 1] };
-        bk.gemm(
-            false,
-            true,
-            rows,
-            blk.out,
-            blk.inp,
-            1.0,
-            input,
-            &net.params[l].w,
-            0.0,
-            &mut ws.p[l],
-        )?;
+        super::drive(net, l, rows, input, 0.0, &mut ws.p[l])?;
         bk.copy(&ws.p[l], &mut ws.s[l])?;
         bk.bias_act(rows, blk.out, &mut ws.s[l], &net.params[l].b, blk.act, &mut ws.a[l])?;
     }
@@ -81,31 +70,9 @@ pub fn nudged_phase<B: Backend>(
             bk.cost_grad(rows, out, &ws.a[last], &ws.y, Loss::SquaredError, &mut ws.dc)?;
             bk.axpby(-t, &ws.dc, 1.0, &mut ws.s[last])?;
             bk.copy(&ws.s[last], &mut ws.a[last])?;
-            if last > 0 {
-                // p_L of the free state (an earlier phase overwrote it).
-                let blk = &net.arch.blocks[last];
-                let (below, p) = (&ws.a[last - 1], &mut ws.p[last]);
-                bk.gemm(
-                    false,
-                    true,
-                    rows,
-                    blk.out,
-                    blk.inp,
-                    1.0,
-                    below,
-                    &net.params[last].w,
-                    0.0,
-                    p,
-                )?;
-            }
-            bk.layered_error(
-                rows,
-                out,
-                &ws.s[last],
-                &ws.p[last],
-                &net.params[last].b,
-                &mut ws.e[last],
-            )?;
+            // e_L at the clamped output, with p_L of the free state (an earlier phase
+            // overwrote it).
+            layer_error(net, ws, last, rows)?;
             None
         }
     };
@@ -138,19 +105,7 @@ fn backward_errors<B: Backend>(
         bk.act_grad_mul(rows, blocks[last].out, &ws.s[last], blocks[last].act, &mut ws.e[last])?;
     }
     for l in (0..last).rev() {
-        let up = &blocks[l + 1];
-        bk.gemm(
-            false,
-            false,
-            rows,
-            up.inp,
-            up.out,
-            1.0,
-            &ws.e[l + 1],
-            &net.params[l + 1].w,
-            0.0,
-            &mut ws.r[l],
-        )?;
+        super::feedback(net, l, rows, &ws.e[l + 1], 0.0, &mut ws.r[l])?;
         if l > 0 {
             bk.copy(&ws.r[l], &mut ws.e[l])?;
             bk.act_grad_mul(rows, blocks[l].out, &ws.s[l], blocks[l].act, &mut ws.e[l])?;
@@ -175,21 +130,7 @@ fn relax_forward<B: Backend>(
     let bk = &net.backend;
     let last = net.arch.depth() - 1;
     for (l, blk) in net.arch.blocks.iter().enumerate() {
-        if l > 0 {
-            bk.gemm(
-                false,
-                true,
-                rows,
-                blk.out,
-                blk.inp,
-                1.0,
-                &ws.a[l - 1],
-                &net.params[l].w,
-                0.0,
-                &mut ws.p[l],
-            )?;
-        }
-        bk.layered_error(rows, blk.out, &ws.s[l], &ws.p[l], &net.params[l].b, &mut ws.e[l])?;
+        layer_error(net, ws, l, rows)?;
         let (g, c) = match (l == last, beta) {
             (true, Some(beta)) => (&ws.dc, beta),
             (true, None) => break,
@@ -210,27 +151,20 @@ fn relax_forward<B: Backend>(
     Ok(())
 }
 
-/// e_l = s_l − W_l φ(s_{l−1}) − b_l for every block at the current state.
-fn errors<B: Backend>(net: &Network<B>, ws: &mut Workspace<B>, rows: usize) -> Result<()> {
-    let bk = &net.backend;
-    for (l, blk) in net.arch.blocks.iter().enumerate() {
-        if l > 0 {
-            bk.gemm(
-                false,
-                true,
-                rows,
-                blk.out,
-                blk.inp,
-                1.0,
-                &ws.a[l - 1],
-                &net.params[l].w,
-                0.0,
-                &mut ws.p[l],
-            )?;
-        }
-        bk.layered_error(rows, blk.out, &ws.s[l], &ws.p[l], &net.params[l].b, &mut ws.e[l])?;
+/// e_l = s_l − W_l φ(s_{l−1}) − b_l for block l at the current state, refreshing
+/// p_l = W_l φ(s_{l−1}) (p[0] = W_1 x is kept from the forward pass: the input is clamped).
+fn layer_error<B: Backend>(net: &Network<B>, ws: &mut Workspace<B>, l: usize, rows: usize) -> Result<()> {
+    if l > 0 {
+        super::drive(net, l, rows, &ws.a[l - 1], 0.0, &mut ws.p[l])?;
     }
-    Ok(())
+    let out = net.arch.blocks[l].out;
+    net.backend
+        .layered_error(rows, out, &ws.s[l], &ws.p[l], &net.params[l].b, &mut ws.e[l])
+}
+
+/// e_l for every block at the current state ([`layer_error`]).
+fn errors<B: Backend>(net: &Network<B>, ws: &mut Workspace<B>, rows: usize) -> Result<()> {
+    (0..net.arch.depth()).try_for_each(|l| layer_error(net, ws, l, rows))
 }
 
 /// Adds Σ_batch Σ_l ‖∇_{s_l}F‖² at the current state to `ws.resid[0]`, where
@@ -255,23 +189,11 @@ fn residual<B: Backend>(
         bk.axpby(1.0, &ws.e[last], beta, &mut ws.dc)?;
         Workspace::add_sq(bk, &ws.dc, rows * out, &mut ws.resid[0])?;
     }
-    for l in 0..last {
-        let up = &blocks[l + 1];
-        bk.gemm(
-            false,
-            false,
-            rows,
-            up.inp,
-            up.out,
-            1.0,
-            &ws.e[l + 1],
-            &net.params[l + 1].w,
-            0.0,
-            &mut ws.r[l],
-        )?;
-        bk.act_grad_mul(rows, blocks[l].out, &ws.s[l], blocks[l].act, &mut ws.r[l])?;
+    for (l, blk) in blocks[..last].iter().enumerate() {
+        super::feedback(net, l, rows, &ws.e[l + 1], 0.0, &mut ws.r[l])?;
+        bk.act_grad_mul(rows, blk.out, &ws.s[l], blk.act, &mut ws.r[l])?;
         bk.axpby(1.0, &ws.e[l], -1.0, &mut ws.r[l])?;
-        Workspace::add_sq(bk, &ws.r[l], rows * blocks[l].out, &mut ws.resid[0])?;
+        Workspace::add_sq(bk, &ws.r[l], rows * blk.out, &mut ws.resid[0])?;
     }
     ws.resid_rows[0] += rows as u64;
     Ok(())

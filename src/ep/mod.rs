@@ -211,6 +211,38 @@ pub struct GradConfig {
     pub loss: Loss,
 }
 
+/// out (`rows × n_l`) ← φ(s_{l−1}) W_lᵀ + β·out for the `rows × n_{l−1}` states `below`:
+/// block l's bottom-up drive (the forward pass's product), as one GEMM.
+pub(crate) fn drive<B: Backend>(
+    net: &Network<B>,
+    l: usize,
+    rows: usize,
+    below: &B::Buf,
+    beta: f64,
+    out: &mut B::Buf,
+) -> Result<()> {
+    let blk = &net.arch.blocks()[l];
+    let w = &net.params[l].w;
+    net.backend
+        .gemm(false, true, rows, blk.out, blk.inp, 1.0, below, w, beta, out)
+}
+
+/// out (`rows × n_l`) ← upper W_{l+1} + β·out for the `rows × n_{l+1}` vectors `upper`:
+/// the top-down feedback W_{l+1}ᵀ u into block l, as one GEMM.
+pub(crate) fn feedback<B: Backend>(
+    net: &Network<B>,
+    l: usize,
+    rows: usize,
+    upper: &B::Buf,
+    beta: f64,
+    out: &mut B::Buf,
+) -> Result<()> {
+    let up = &net.arch.blocks()[l + 1];
+    let w = &net.params[l + 1].w;
+    net.backend
+        .gemm(false, false, rows, up.inp, up.out, 1.0, upper, w, beta, out)
+}
+
 /// Computes the gradient estimate for the `rows` samples in `ws.x` / `ws.y` into
 /// `grads`, and adds the free-phase output's loss sum and correct count to `ws.stats`.
 pub fn compute_gradients<B: Backend>(
