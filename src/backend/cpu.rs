@@ -75,6 +75,29 @@ fn map_indexed<T: Send, F: Fn(usize, &mut T) + Sync + Send>(y: &mut [T], f: F) {
     }
 }
 
+/// Σ v² of one chunk with [`SUM_LANES`] independent accumulators, added in a fixed
+/// order at the end: a single running sum is one long dependent chain of additions
+/// (4 cycles each) that the compiler may not reorder, while independent lanes
+/// vectorise. The order is fixed, so the result is still reproducible.
+#[inline]
+fn chunk_sum_sq<T: Scalar>(c: &[T]) -> T {
+    let mut lanes = [T::zero(); SUM_LANES];
+    let mut it = c.chunks_exact(SUM_LANES);
+    for block in &mut it {
+        for (acc, &v) in lanes.iter_mut().zip(block) {
+            *acc = *acc + v * v;
+        }
+    }
+    let mut total = it.remainder().iter().fold(T::zero(), |s, &v| s + v * v);
+    for acc in lanes {
+        total = total + acc;
+    }
+    total
+}
+
+/// Independent accumulators of [`chunk_sum_sq`] (two AVX-512 registers of f32).
+const SUM_LANES: usize = 32;
+
 /// Runs `f(r, row)` over the rows of a row-major matrix, in parallel when large.
 #[inline]
 fn map_rows<T: Send, F: Fn(usize, &mut [T]) + Sync + Send>(y: &mut [T], cols: usize, f: F) {
@@ -621,13 +644,10 @@ impl<T: Scalar> Backend for Cpu<T> {
         // Fixed chunks, partial sums collected in order: the same result whatever the
         // thread count or work stealing does (a plain parallel sum is not reproducible).
         out[0] = if x.len() >= PAR_MIN {
-            let parts: Vec<T> = x
-                .par_chunks(SUM_CHUNK)
-                .map(|c| c.iter().map(|&v| v * v).sum())
-                .collect();
+            let parts: Vec<T> = x.par_chunks(SUM_CHUNK).map(chunk_sum_sq).collect();
             parts.into_iter().sum()
         } else {
-            x.chunks(SUM_CHUNK).map(|c| c.iter().map(|&v| v * v).sum::<T>()).sum()
+            x.chunks(SUM_CHUNK).map(chunk_sum_sq).sum()
         };
         Ok(())
     }

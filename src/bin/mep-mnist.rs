@@ -85,7 +85,7 @@ struct Args {
     /// Free-phase sweeps of the Hopfield energy (default 50; Hopfield only).
     #[arg(long)]
     free_steps: Option<usize>,
-    /// The learning rule (EP mode only): one-sided (PEP), negative (NEP), symmetric (CEP, default), contrastive (CL), coupled-* (CpL).
+    /// The learning rule (EP mode only): one-sided (PEP), negative (NEP), symmetric (CEP), contrastive (CL), coupled-* (CpL) [default: one-sided with one hidden layer, symmetric with more].
     #[arg(long, value_enum)]
     nudging: Option<NudgingArg>,
     /// Hidden widths, comma-separated (any depth; empty for none).

@@ -34,6 +34,8 @@ pub struct OptimizerBuilder<'m> {
     ep_only: Option<&'static str>,
     /// Whether `gamma` was set: an error at build if the constraint ends up off.
     gamma_set: bool,
+    /// Whether `nudging` was set; if not, [`Nudging::default_for_depth`] picks it.
+    nudging_set: bool,
 }
 
 /// SMEP: spectral constraint + Muon + EP (the seed's optimizer), with the defaults
@@ -47,6 +49,7 @@ pub fn smep(model: &Model) -> OptimizerBuilder<'_> {
         misapplied: None,
         ep_only: None,
         gamma_set: false,
+        nudging_set: false,
     }
 }
 
@@ -60,6 +63,7 @@ pub fn sgd(model: &Model) -> OptimizerBuilder<'_> {
         misapplied: None,
         ep_only: None,
         gamma_set: false,
+        nudging_set: false,
     }
 }
 
@@ -73,6 +77,7 @@ pub fn adam(model: &Model) -> OptimizerBuilder<'_> {
         misapplied: None,
         ep_only: None,
         gamma_set: false,
+        nudging_set: false,
     }
 }
 
@@ -120,9 +125,11 @@ impl<'m> OptimizerBuilder<'m> {
         self.cfg.grad.loss = loss;
         self
     }
-    /// One-sided (default) or symmetric nudging.
+    /// The learning rule (see [`Nudging`]). Default: [`Nudging::default_for_depth`] —
+    /// one-sided for one hidden layer, symmetric for deeper networks.
     pub fn nudging(mut self, nudging: Nudging) -> Self {
         self.cfg.grad.nudging = nudging;
+        self.nudging_set = true;
         self.ep_only.get_or_insert("nudging");
         self
     }
@@ -208,6 +215,9 @@ impl<'m> OptimizerBuilder<'m> {
     /// The configuration this builder would build (not yet validated).
     pub fn config(&self) -> OptimConfig {
         let mut cfg = self.cfg;
+        if !self.nudging_set {
+            cfg.grad.nudging = Nudging::default_for_depth(self.model.arch().depth());
+        }
         if !self.bias_lr_set {
             // sgd and adam share one learning rate unless told otherwise.
             match (&mut cfg.vector, self.preset) {

@@ -313,10 +313,10 @@ impl OptimConfig {
     /// The `smep` preset (the seed's optimizer): Muon (Nesterov μ = 0.7, 5 quintic
     /// steps, √(fan_out/fan_in) scale) at lr 0.05 on weights, Adam at 1e−3 on biases,
     /// spectral constraint γ = 0.95 ([`SpectralLayers::Auto`]: the output layer, or
-    /// every Hopfield coupling), EP with β = 0.5 and symmetric nudging (centered EP: its
-    /// bias is O(β²); one-sided EP lost 0.6–1.0 point at 784–256–256–128–10 and tied at
-    /// the seed's 784–128–10), 15 settle steps, cross-entropy. Each default is justified
-    /// in BENCHMARKS.md.
+    /// every Hopfield coupling), EP with β = 0.5 and one-sided nudging (the builders
+    /// `smep(&model)` etc. switch to symmetric for networks deeper than one hidden
+    /// layer unless told otherwise: [`Nudging::default_for_depth`]), 15 settle steps,
+    /// cross-entropy. Each default is justified in BENCHMARKS.md.
     pub fn smep() -> Self {
         OptimConfig {
             grad: GradConfig {
@@ -324,7 +324,7 @@ impl OptimConfig {
                 beta: 0.5,
                 settle_steps: 15,
                 settle_lr: DEFAULT_SETTLE_LR,
-                nudging: Nudging::Symmetric,
+                nudging: Nudging::OneSided,
                 loss: Loss::CrossEntropy { label_smoothing: 0.0 },
             },
             lr: 0.05,
