@@ -271,8 +271,8 @@ for b in "${benches[@]}"; do
     secs="$(elapsed "$start" "$(now)")"
     echo "$out" >>"$bench_log"
     echo "===== $name: exit $rc after ${secs}s =====" >>"$bench_log"
-    json="$(printf '%s\n' "$out" | grep '^{"epoch' | tail -n 1)"
-    rate_json="$(printf '%s\n' "$out" | grep '^{"fraction_of_gemm_rate' | tail -n 1)"
+    json="$(printf '%s\n' "$out" | grep '"epoch_seconds"' | tail -n 1)"
+    rate_json="$(printf '%s\n' "$out" | grep '"fraction_of_gemm_rate"' | tail -n 1)"
     acc="" eps="" sps="" gf=""
     if [ -n "$rate_json" ]; then
         gf="$(printf '%s' "$rate_json" | python3 -c "import json, sys
@@ -298,7 +298,53 @@ print('%.4f %.2f %.0f' % (d['test_acc'], d['epoch_seconds'], d['samples_per_sec'
     write_summary
 done
 
+# ---- sweep: epoch time against batch size and width (issue 7's table) ------------------
+# Runs while time is left before SWEEP_DEADLINE (default DEADLINE + 30 s); its rows go to
+# bench.jsonl (with "sweep": true) and to the summary's second table. A sweep row that
+# does not finish is recorded, not counted as a failure: the sweep is a measurement.
+sweep_deadline="${SWEEP_DEADLINE:-$((deadline + 30))}"
+sweep_rows=()
+write_sweep() {
+    {
+        echo
+        echo "### Epoch time against batch size and width (CUDA, layered EP, seed hyper-parameters, 1 epoch)"
+        echo
+        echo "| hidden | batch | steps | epoch_seconds | ms per step | samples_per_sec | GFLOP/s | test_acc |"
+        echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        local r
+        for r in "${sweep_rows[@]}"; do echo "$r"; done
+    } >>"$summary"
+}
+if [ "${SWEEP:-1}" = 1 ]; then
+    for hidden in 128 1024 4096; do
+        for batch in 64 256 1024 4096; do
+            if [ $(($(date +%s) - t0)) -ge "$sweep_deadline" ]; then
+                sweep_rows+=("| $hidden | $batch | | skipped (sweep deadline ${sweep_deadline}s) | | | | |")
+                continue
+            fi
+            say "sweep hidden=$hidden batch=$batch"
+            args="--device cuda --hidden $hidden --batch-size $batch --epochs 1 --data-dir $bundle/mnist --json"
+            echo "===== sweep: mep-mnist $args =====" >>"$bench_log"
+            # shellcheck disable=SC2086 # args is a flag list
+            out="$(timeout 60 "$bundle/bin/mep-mnist" $args 2>>"$bench_log")"
+            rc=$?
+            echo "$out" >>"$bench_log"
+            json="$(printf '%s\n' "$out" | grep '"epoch_seconds"' | tail -n 1)"
+            if [ "$rc" -eq 0 ] && [ -n "$json" ]; then
+                printf '{"check": "sweep", "sweep": true, "hidden": %s, "batch": %s, "json": %s}\n' "$hidden" "$batch" "$json" >>"$bench_jsonl"
+                sweep_rows+=("$(printf '%s' "$json" | python3 -c "import json, math, sys
+d = json.load(sys.stdin)
+steps = math.ceil(60000 / $batch)
+print('| $hidden | $batch | %d | %.3f | %.3f | %.0f | %.0f | %.4f |' % (steps, d['epoch_seconds'], 1e3 * d['epoch_seconds'] / steps, d['samples_per_sec'], d['gflop_per_sec'], d['test_acc']))" 2>/dev/null)")
+            else
+                sweep_rows+=("| $hidden | $batch | | FAIL (exit $rc) | | | | |")
+            fi
+        done
+    done
+fi
+
 write_summary final
+[ "${SWEEP:-1}" = 1 ] && write_sweep
 cat "$summary"
 rm -rf "$link_dir"
 exit "$failed"
