@@ -31,7 +31,10 @@ use crate::{Loss, MepError, Result};
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
 use cudarc::driver::sys::CUdevice_attribute;
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
+};
 use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -111,6 +114,14 @@ const DRIVER_SYMBOLS: &[&str] = &[
     "cuCtxGetCurrent",
     "cuCtxSetCurrent",
     "cuStreamSynchronize",
+    "cuStreamCreate",
+    "cuStreamDestroy_v2",
+    "cuStreamBeginCapture_v2",
+    "cuStreamEndCapture",
+    "cuGraphInstantiateWithFlags",
+    "cuGraphLaunch",
+    "cuGraphExecDestroy",
+    "cuGraphDestroy",
     "cuStreamWaitEvent",
     "cuEventCreate",
     "cuEventRecord",
@@ -280,7 +291,12 @@ impl Cuda {
         let sms = ctx
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .unwrap_or(16);
-        let stream = ctx.default_stream();
+        // Everything is queued on one stream, so cudarc's per-buffer events (which order
+        // work across streams) would only add a driver call to every launch; and graph
+        // capture needs a stream of its own (the legacy default stream cannot capture).
+        // SAFETY: no buffer of this context is ever used from a second stream.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(unavailable("creating a stream"))?;
         let blas = CudaBlas::new(stream.clone()).map_err(unavailable("creating the cuBLAS handle"))?;
         let mut kernels = HashMap::new();
         // An architecture this NVRTC cannot target (e.g. pre-Turing under CUDA 13) makes
@@ -450,6 +466,7 @@ impl Backend for Cuda {
     type Elem = f32;
     type Buf = CudaSlice<f32>;
     type Labels = CudaSlice<u32>;
+    type Graph = Graph;
 
     fn name(&self) -> String {
         self.inner.name.clone()
@@ -478,6 +495,17 @@ impl Backend for Cuda {
     }
     fn len(&self, buf: &CudaSlice<f32>) -> usize {
         buf.len()
+    }
+    fn labels_len(&self, buf: &CudaSlice<u32>) -> usize {
+        buf.len()
+    }
+    fn buf_id(&self, buf: &CudaSlice<f32>) -> usize {
+        let (ptr, _sync) = buf.device_ptr(&self.inner.stream);
+        ptr as usize
+    }
+    fn labels_id(&self, buf: &CudaSlice<u32>) -> usize {
+        let (ptr, _sync) = buf.device_ptr(&self.inner.stream);
+        ptr as usize
     }
     fn upload_labels(&self, host: &[u32]) -> Result<CudaSlice<u32>> {
         self.inner.stream.clone_htod(host).map_err(cuda_err("uploading labels"))
@@ -907,72 +935,101 @@ impl Backend for Cuda {
         launch!(self, "spectral_clamp", self.grid_1d(n), [&n64, w, sumsq, &g])
     }
 
+    fn axpby_ctl(
+        &self,
+        ctl: &CudaSlice<u32>,
+        alpha_slot: usize,
+        x: &CudaSlice<f32>,
+        beta_slot: usize,
+        y: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        check_len("axpby_ctl", x.len(), y.len())?;
+        check_len("axpby_ctl ctl", ctl.len(), 2 * alpha_slot.max(beta_slot) + 2)?;
+        let n = y.len();
+        if n == 0 {
+            return Ok(());
+        }
+        let (n64, a, b) = (
+            n as u64,
+            dim32("axpby_ctl alpha_slot", alpha_slot)?,
+            dim32("axpby_ctl beta_slot", beta_slot)?,
+        );
+        launch!(self, "axpby_ctl", self.grid_1d(n), [&n64, ctl, &a, x, &b, y])
+    }
+
     fn adam(
         &self,
         p: &mut CudaSlice<f32>,
         g: &CudaSlice<f32>,
         m: &mut CudaSlice<f32>,
         v: &mut CudaSlice<f32>,
-        lr: f64,
         beta1: f64,
         beta2: f64,
         eps: f64,
-        weight_decay: f64,
-        t: u64,
+        ctl: &CudaSlice<u32>,
+        slot: usize,
     ) -> Result<()> {
         let n = p.len();
         check_len("adam g", g.len(), n)?;
         check_len("adam m", m.len(), n)?;
         check_len("adam v", v.len(), n)?;
+        check_len("adam ctl", ctl.len(), 2 * slot + 6)?;
         if n == 0 {
             return Ok(());
         }
-        let k = AdamScalars::new(lr, beta1, beta2, eps, weight_decay, t);
-        let n64 = n as u64;
+        let (n64, b1, b2, e, slot32) = (
+            n as u64,
+            beta1 as f32,
+            beta2 as f32,
+            eps as f32,
+            dim32("adam slot", slot)?,
+        );
         launch!(
             self,
             "adam",
             self.grid_1d(n),
-            [
-                &n64,
-                p,
-                g,
-                m,
-                v,
-                &k.beta1,
-                &k.beta2,
-                &k.decay,
-                &k.step,
-                &k.inv_sqrt_bc2,
-                &k.eps
-            ]
+            [&n64, p, g, m, v, &b1, &b2, &e, ctl, &slot32]
         )
+    }
+
+    fn begin_capture(&self) -> Result<bool> {
+        self.inner
+            .stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(cuda_err("beginning a graph capture"))?;
+        Ok(true)
+    }
+
+    fn end_capture(&self) -> Result<Graph> {
+        let graph = self
+            .inner
+            .stream
+            .end_capture(CUgraphInstantiate_flags(0))
+            .map_err(cuda_err("ending a graph capture"))?
+            .ok_or_else(|| MepError::Cuda("the graph capture recorded nothing".into()))?;
+        Ok(Graph(std::sync::Mutex::new(SendGraph(graph))))
+    }
+
+    fn launch_graph(&self, graph: &Graph) -> Result<()> {
+        let g = graph.0.lock().unwrap_or_else(|e| e.into_inner());
+        g.0.launch().map_err(cuda_err("launching a graph"))
     }
 }
 
-/// The f32 scalars of the `adam` kernel, computed in f64 exactly as the CPU backend
-/// does.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct AdamScalars {
-    pub(crate) beta1: f32,
-    pub(crate) beta2: f32,
-    pub(crate) decay: f32,
-    pub(crate) step: f32,
-    pub(crate) inv_sqrt_bc2: f32,
-    pub(crate) eps: f32,
-}
+/// A captured CUDA graph ([`Backend::begin_capture`]), instantiated and ready to
+/// launch on the backend's stream.
+pub struct Graph(std::sync::Mutex<SendGraph>);
 
-impl AdamScalars {
-    pub(crate) fn new(lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, t: u64) -> Self {
-        let bc1 = 1.0 - beta1.powi(t as i32);
-        let bc2 = 1.0 - beta2.powi(t as i32);
-        AdamScalars {
-            beta1: beta1 as f32,
-            beta2: beta2 as f32,
-            decay: (1.0 - lr * weight_decay) as f32,
-            step: (lr / bc1) as f32,
-            inv_sqrt_bc2: (1.0 / bc2.sqrt()) as f32,
-            eps: eps as f32,
-        }
+/// cudarc's graph holds raw driver handles, so it is neither `Send` nor `Sync`.
+struct SendGraph(CudaGraph);
+
+// SAFETY: the driver's graph handles may be used from any thread as long as calls on
+// one graph are serialised (CUDA's graph thread-safety rules); `Graph` serialises
+// them with its mutex, and the handles stay valid until the `CudaGraph` is dropped.
+unsafe impl Send for SendGraph {}
+
+impl std::fmt::Debug for Graph {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("cuda::Graph")
     }
 }
