@@ -103,6 +103,24 @@ pub unsafe extern "C" fn cublasGetStream_v2(h: *mut c_void, s: *mut *mut c_void)
     }
 }
 
+/// Accepted when the workspace is live device memory of at least the size given
+/// (the emulated GEMM needs none).
+#[no_mangle]
+pub extern "C" fn cublasSetWorkspace_v2(h: *mut c_void, ws: *mut c_void, bytes: usize) -> Status {
+    if with_handles(|t| t.get(&(h as usize)).is_none()) {
+        return fail(
+            NOT_INITIALIZED,
+            format!("cublasSetWorkspace: {:#x} is not a live handle", h as usize),
+        );
+    }
+    if bytes > 0 {
+        if let Err(m) = memory::range("cublasSetWorkspace workspace", ws as u64, bytes as u64) {
+            return fail(INVALID_VALUE, m);
+        }
+    }
+    SUCCESS
+}
+
 #[no_mangle]
 pub extern "C" fn cublasSetPointerMode_v2(h: *mut c_void, mode: c_int) -> Status {
     match with_handles(|t| t.get_mut(&(h as usize)).map(|x| x.device_pointers = mode == 1)) {

@@ -59,7 +59,13 @@ struct Inner {
     /// Per-block partial sums of the two-pass reductions (2 × `max_blocks` floats).
     /// Every use is queued on the one stream, so clones sharing it never overlap.
     partials: std::sync::Mutex<CudaSlice<f32>>,
+    /// cuBLAS's workspace (`cublasSetWorkspace`): owned here so that it outlives
+    /// every GEMM queued with the handle.
+    _blas_workspace: CudaSlice<u8>,
 }
+
+/// Bytes of the cuBLAS workspace.
+const BLAS_WORKSPACE_BYTES: usize = 32 << 20;
 
 /// A driver/cuBLAS error as [`MepError::Cuda`].
 fn cuda_err<E: std::fmt::Debug>(what: &'static str) -> impl FnOnce(E) -> MepError {
@@ -150,6 +156,7 @@ const CUBLAS_SYMBOLS: &[&str] = &[
     "cublasSetStream_v2",
     "cublasSgemm_v2",
     "cublasGetVersion_v2",
+    "cublasSetWorkspace_v2",
 ];
 /// The NVRTC entry points the backend uses.
 const NVRTC_SYMBOLS: &[&str] = &[
@@ -298,6 +305,30 @@ impl Cuda {
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(unavailable("creating a stream"))?;
         let blas = CudaBlas::new(stream.clone()).map_err(unavailable("creating the cuBLAS handle"))?;
+        // cuBLAS's own workspace, given explicitly so that a GEMM never allocates: one
+        // captured into a graph must not (the capture would fail or bake in a
+        // temporary). 32 MiB is what NVIDIA recommends for Hopper.
+        let blas_workspace = stream
+            .alloc_zeros::<u8>(BLAS_WORKSPACE_BYTES)
+            .map_err(unavailable("allocating the cuBLAS workspace"))?;
+        {
+            let (ptr, _sync) = blas_workspace.device_ptr(&stream);
+            // SAFETY: the handle is live; the workspace is BLAS_WORKSPACE_BYTES of device
+            // memory (256-byte aligned, as every allocation), kept alive in `Inner`
+            // beside the handle.
+            let status = unsafe {
+                cudarc::cublas::sys::cublasSetWorkspace_v2(
+                    *blas.handle(),
+                    ptr as *mut std::ffi::c_void,
+                    BLAS_WORKSPACE_BYTES,
+                )
+            };
+            if status != cudarc::cublas::sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+                return Err(MepError::CudaUnavailable(format!(
+                    "setting the cuBLAS workspace: {status:?}"
+                )));
+            }
+        }
         let mut kernels = HashMap::new();
         // An architecture this NVRTC cannot target (e.g. pre-Turing under CUDA 13) makes
         // CUDA unusable rather than broken.
@@ -348,6 +379,7 @@ impl Cuda {
                 name,
                 max_blocks,
                 partials: std::sync::Mutex::new(partials),
+                _blas_workspace: blas_workspace,
             }),
         })
     }
