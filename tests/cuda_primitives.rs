@@ -425,3 +425,131 @@ fn reductions_repeat_bit_for_bit() {
         }
     }
 }
+
+/// The fused layered nudged phase (`kernels/fused.cu`) against the same sweeps run
+/// primitive by primitive on the CPU, and against the CUDA backend's own unfused
+/// path: random depths (1–4 blocks), widths, activations (the output's too), both
+/// losses (cross-entropy with label smoothing), ±β, relaxations, sweep counts and
+/// batch sizes. States, activations and final errors of every block must agree.
+#[test]
+fn fused_layered_phase_matches_the_sweeps() {
+    use mep::ep::{layered, Energy, GradConfig, Mode, Nudging, Phase, Workspace};
+    use mep::nn::{Activation, Arch, Layer, Network};
+    let Some(gpu) = gpu() else { return };
+    let cpu = Cpu::<f32>::new();
+    let (seed, mut r) = rng();
+    let acts = [
+        Activation::Relu,
+        Activation::Tanh,
+        Activation::Sigmoid,
+        Activation::HardSigmoid,
+    ];
+    for case in 0..12 {
+        let depth = 1 + r.below(4) as usize;
+        let mut widths = vec![3 + r.below(60) as usize];
+        for l in 0..depth {
+            widths.push(if l + 1 == depth {
+                2 + r.below(12) as usize
+            } else {
+                2 + r.below(70) as usize
+            });
+        }
+        let mut layers = vec![Layer::Flatten];
+        for l in 0..depth {
+            layers.push(Layer::Linear {
+                inp: widths[l],
+                out: widths[l + 1],
+                bias: r.below(4) != 0,
+            });
+            if l + 1 < depth || r.below(3) == 0 {
+                layers.push(Layer::Act(acts[r.below(4) as usize]));
+            }
+        }
+        let arch = Arch::from_layers(&layers).unwrap();
+        let rows = 1 + r.below(40) as usize;
+        let loss = if r.below(2) == 0 {
+            Loss::CrossEntropy {
+                label_smoothing: [0.0, 0.1][r.below(2) as usize],
+            }
+        } else {
+            Loss::SquaredError
+        };
+        let beta: f64 = [0.5, -0.5, 0.05, 1.0][r.below(4) as usize];
+        let cfg = GradConfig {
+            mode: Mode::Ep,
+            beta: beta.abs(),
+            settle_steps: r.below(7) as usize,
+            settle_lr: [0.5, 1.0, 0.3][r.below(3) as usize],
+            nudging: Nudging::OneSided,
+            loss,
+        };
+        let x = randn(&mut r, rows * widths[0], 1.0);
+        let y: Vec<u32> = (0..rows).map(|_| r.below(widths[depth] as u64) as u32).collect();
+        let what = format!(
+            "case {case}: {} batch {rows} {loss:?} β {beta} {cfg:?}",
+            arch.describe()
+        );
+        // Each backend: the forward pass, then one nudged phase; (s, a, e) per block.
+        fn run<B: Backend<Elem = f32>>(
+            bk: &B,
+            arch: &Arch,
+            seed: u64,
+            cfg: &GradConfig,
+            beta: f64,
+            x: &[f32],
+            y: &[u32],
+        ) -> Vec<[Vec<f32>; 3]> {
+            let net = Network::new(bk.clone(), arch.clone(), Energy::LayeredLeastSquares, seed).unwrap();
+            let mut ws = Workspace::new(bk, arch, y.len()).unwrap();
+            let rows = ws.load_host_batch(x, y).unwrap();
+            layered::forward(&net, &mut ws, rows).unwrap();
+            layered::nudged_phase(&net, cfg, Phase::Nudge(beta), &mut ws, rows).unwrap();
+            (0..arch.depth())
+                .map(|l| {
+                    let n = rows * arch.blocks()[l].out;
+                    let get = |b: &B::Buf| bk.download(b).unwrap()[..n].to_vec();
+                    [get(&ws.s[l]), get(&ws.a[l]), get(&ws.e[l])]
+                })
+                .collect()
+        }
+        let want = run(&cpu, &arch, seed, &cfg, beta, &x, &y);
+        gpu.set_fused(true);
+        let fused = run(&gpu, &arch, seed, &cfg, beta, &x, &y);
+        gpu.set_fused(false);
+        let unfused = run(&gpu, &arch, seed, &cfg, beta, &x, &y);
+        gpu.set_fused(true);
+        for l in 0..depth {
+            for (k, name) in ["s", "a", "e"].iter().enumerate() {
+                // The errors are differences of nearly equal states: compare them on
+                // the scale of the states.
+                let (got_f, got_u, w) = (&fused[l][k], &unfused[l][k], &want[l][k]);
+                let tol = |got: &[f32]| {
+                    let d = got
+                        .iter()
+                        .zip(w)
+                        .map(|(g, v)| (g - v) as f64 * (g - v) as f64)
+                        .sum::<f64>()
+                        .sqrt();
+                    let scale = want[l][0]
+                        .iter()
+                        .map(|v| (*v as f64).powi(2))
+                        .sum::<f64>()
+                        .sqrt()
+                        .max(1e-3);
+                    d / scale
+                };
+                let (ef, eu) = (tol(got_f), tol(got_u));
+                assert!(
+                    ef < 2e-5,
+                    "{what}: fused {name}_{} differs from the CPU by {ef:e} (seed {seed})",
+                    l + 1
+                );
+                assert!(
+                    eu < 2e-5,
+                    "{what}: unfused {name}_{} differs from the CPU by {eu:e} (seed {seed})",
+                    l + 1
+                );
+            }
+        }
+    }
+}

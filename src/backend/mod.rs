@@ -280,6 +280,19 @@ pub trait Backend: Clone + Send + Sync + 'static {
         slot: usize,
     ) -> Result<()>;
 
+    // ---- fused phases -----------------------------------------------------------------------
+
+    /// The layered energy's whole nudged phase in one fused operation, when the backend
+    /// has one for these shapes: exactly the sweeps [`crate::ep::layered::nudged_phase`]
+    /// issues primitive by primitive (and the final errors), done by one kernel.
+    /// `Ok(false)` (the default, and the CPU's answer) means it has none: the caller
+    /// runs the sweeps itself. Backends choose by shape (see the CUDA backend's
+    /// `fused` module for the limits and why).
+    fn layered_nudged_fused(&self, phase: LayeredPhase<'_, Self>) -> Result<bool> {
+        let _ = phase;
+        Ok(false)
+    }
+
     // ---- captured steps ------------------------------------------------------------------
 
     /// Starts capturing the work queued from now on (instead of running it) into a
@@ -305,4 +318,39 @@ pub trait Backend: Clone + Send + Sync + 'static {
             self.name()
         )))
     }
+}
+
+/// The operands of a fused layered nudged phase ([`Backend::layered_nudged_fused`]):
+/// `steps` sweeps at signed strength `beta` with relaxation `omega`, from the state in
+/// `s`, `a` (one buffer per block, `rows × widths[l]`), leaving the final state there
+/// and its errors e_l = s_l − W_l φ(s_{l−1}) − b_l in `e`.
+pub struct LayeredPhase<'a, B: Backend> {
+    /// Samples.
+    pub rows: usize,
+    /// Each block's width n_l (its output size).
+    pub widths: &'a [usize],
+    /// Each block's activation chain φ_l.
+    pub acts: &'a [ActChain],
+    /// Each block's weights W_l (`n_l × n_{l−1}`; W_1 is not read: see `p0`).
+    pub weights: &'a [&'a B::Buf],
+    /// Each block's bias b_l.
+    pub biases: &'a [&'a B::Buf],
+    /// W_1 x (`rows × n_1`): the clamped input's drive of the first block.
+    pub p0: &'a B::Buf,
+    /// The labels of the rows.
+    pub labels: &'a B::Labels,
+    /// The cost C.
+    pub loss: Loss,
+    /// Signed nudging strength β.
+    pub beta: f64,
+    /// Relaxation ω of each sweep.
+    pub omega: f64,
+    /// Sweeps.
+    pub steps: usize,
+    /// States s_l (read and written).
+    pub s: &'a mut [B::Buf],
+    /// Activations a_l = φ_l(s_l) (read and written).
+    pub a: &'a mut [B::Buf],
+    /// Errors of the final state (written).
+    pub e: &'a mut [B::Buf],
 }

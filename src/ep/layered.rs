@@ -6,7 +6,7 @@
 //! ∇_{s_l}F = e_l − φ′_l(s_l) ⊙ W_{l+1}ᵀe_{l+1} (l < L), ∇_{s_L}F = e_L + β φ′_L(s_L) ⊙ ∂C/∂o.
 
 use super::{GradConfig, Grads, Phase, Workspace};
-use crate::backend::Backend;
+use crate::backend::{Backend, LayeredPhase};
 use crate::nn::Network;
 use crate::{Loss, Result};
 
@@ -76,11 +76,40 @@ pub fn nudged_phase<B: Backend>(
             None
         }
     };
-    for _ in 0..cfg.settle_steps {
-        backward_errors(net, cfg, beta, ws, rows)?;
-        relax_forward(net, cfg.settle_lr, beta, ws, rows)?;
+    // The backend may run all the sweeps below (and the final errors) as one fused
+    // operation; it then reports so, and only the residual is left.
+    let fused = match beta {
+        Some(beta) => {
+            let weights: Vec<&B::Buf> = net.params.iter().map(|p| &p.w).collect();
+            let biases: Vec<&B::Buf> = net.params.iter().map(|p| &p.b).collect();
+            let widths: Vec<usize> = net.arch.blocks.iter().map(|b| b.out).collect();
+            let acts: Vec<_> = net.arch.blocks.iter().map(|b| b.act).collect();
+            bk.layered_nudged_fused(LayeredPhase {
+                rows,
+                widths: &widths,
+                acts: &acts,
+                weights: &weights,
+                biases: &biases,
+                p0: &ws.p[0],
+                labels: &ws.y,
+                loss: cfg.loss,
+                beta,
+                omega: cfg.settle_lr,
+                steps: cfg.settle_steps,
+                s: &mut ws.s,
+                a: &mut ws.a,
+                e: &mut ws.e,
+            })?
+        }
+        None => false,
+    };
+    if !fused {
+        for _ in 0..cfg.settle_steps {
+            backward_errors(net, cfg, beta, ws, rows)?;
+            relax_forward(net, cfg.settle_lr, beta, ws, rows)?;
+        }
+        errors(net, ws, rows)?;
     }
-    errors(net, ws, rows)?;
     residual(net, cfg, beta, ws, rows)
 }
 

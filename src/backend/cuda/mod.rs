@@ -10,6 +10,7 @@
 //! Every primitive only queues work on the stream — no host round trip — except the
 //! `download*` functions, which wait for the copy.
 
+pub mod fused;
 pub mod gemm_map;
 #[cfg(feature = "host-kernels")]
 pub mod host;
@@ -62,6 +63,8 @@ struct Inner {
     /// cuBLAS's workspace (`cublasSetWorkspace`): owned here so that it outlives
     /// every GEMM queued with the handle.
     _blas_workspace: CudaSlice<u8>,
+    /// Use the fused phase kernels where they fit ([`Cuda::set_fused`]).
+    fused: std::sync::atomic::AtomicBool,
 }
 
 /// Bytes of the cuBLAS workspace.
@@ -380,6 +383,9 @@ impl Cuda {
                 max_blocks,
                 partials: std::sync::Mutex::new(partials),
                 _blas_workspace: blas_workspace,
+                fused: std::sync::atomic::AtomicBool::new(
+                    std::env::var("MEP_CUDA_FUSED").map_or(true, |v| v.trim() != "0"),
+                ),
             }),
         })
     }
@@ -1022,6 +1028,10 @@ impl Backend for Cuda {
             self.grid_1d(n),
             [&n64, p, g, m, v, &b1, &b2, &e, ctl, &slot32]
         )
+    }
+
+    fn layered_nudged_fused(&self, phase: crate::backend::LayeredPhase<'_, Self>) -> Result<bool> {
+        self.layered_nudged_phase(phase)
     }
 
     fn begin_capture(&self) -> Result<bool> {
