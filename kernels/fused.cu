@@ -190,3 +190,110 @@ extern "C" __global__ void layered_nudged_phase(
         }
     }
 }
+
+// hopfield_settle_phase: `sweeps` Gauss–Seidel sweeps of the Hopfield energy for every
+// row, as src/ep/hopfield.rs's `settle` issues them: for l = 1 … L in order,
+//   f_l = W_{l+1}ᵀ s_{l+1} + W_l s_{l−1}  (p0 = W_1 x for l = 1; no feedback at l = L),
+//   s_l ← φ_l(f_l + b_l [− β·dc at l = L when nudged]), dc = ∂C/∂o at o = s_L;
+// the output is not swept when clamped != 0. rowres[row] gets the last sweep's
+// Σ_l ‖Δs_l‖² of the row (0 when sweeps = 0).
+//   depth, n1..n4, act1..act4, w2..w4, b1..b4, p0, labels, loss, eps as in
+//   layered_nudged_phase; nudge: 1 to add −β·dc at the output; s1..s4 (rows × n_l)
+//   read and written.
+// Launch: see the top of the file.
+extern "C" __global__ void hopfield_settle_phase(
+    u32 depth, u32 n1, u32 n2, u32 n3, u32 n4, u32 act1, u32 act2, u32 act3, u32 act4,
+    const float* __restrict__ w2, const float* __restrict__ w3, const float* __restrict__ w4,
+    const float* __restrict__ b1, const float* __restrict__ b2, const float* __restrict__ b3,
+    const float* __restrict__ b4, const float* __restrict__ p0, const u32* __restrict__ labels,
+    u32 loss, float eps, float beta, u32 nudge, u32 clamped, u32 sweeps,
+    float* __restrict__ s1, float* __restrict__ s2, float* __restrict__ s3,
+    float* __restrict__ s4, float* __restrict__ rowres) {
+    __shared__ float sh_s[MEP_FUSED_UNITS];
+    __shared__ float sh_old[MEP_FUSED_UNITS];
+    __shared__ float sh_q[MEP_FUSED_UNITS];
+    __shared__ float sh_dc[MEP_FUSED_UNITS];
+    __shared__ float sh_red[MEP_FUSED_THREADS];
+
+    const u64 row = blockIdx.x;
+    const u32 tid = threadIdx.x, nt = blockDim.x;
+    const u32 lane = tid & 31u, warp = tid >> 5, nwarps = nt >> 5;
+    const u32 L = depth;
+    u32 n[MEP_FUSED_MAX_DEPTH] = {n1, n2, n3, n4};
+    u32 act[MEP_FUSED_MAX_DEPTH] = {act1, act2, act3, act4};
+    const float* W[MEP_FUSED_MAX_DEPTH] = {p0, w2, w3, w4};  // W[0] is never read
+    const float* B[MEP_FUSED_MAX_DEPTH] = {b1, b2, b3, b4};
+    float* S[MEP_FUSED_MAX_DEPTH] = {s1, s2, s3, s4};
+    u32 off[MEP_FUSED_MAX_DEPTH + 1];
+    off[0] = 0;
+    for (u32 l = 0; l < MEP_FUSED_MAX_DEPTH; l++) off[l + 1] = off[l] + (l < L ? n[l] : 0u);
+    const u32 last = L - 1, nL = n[last];
+    const u32 y = labels[row];
+
+    for (u32 l = 0; l < L; l++)
+        for (u32 j = tid; j < n[l]; j += nt) sh_s[off[l] + j] = S[l][row * n[l] + j];
+    __syncthreads();
+
+    for (u32 sweep = 0; sweep < sweeps; sweep++) {
+        if (sweep + 1 == sweeps)
+            for (u32 i = tid; i < off[L]; i += nt) sh_old[i] = sh_s[i];
+        for (u32 l = 0; l < L; l++) {
+            if (l == last && clamped) break;
+            // The feedback from above (thread per unit; the columns of W_{l+1}).
+            if (l < last) {
+                const u32 nu = n[l + 1];
+                const float* w = W[l + 1];
+                const float* su = sh_s + off[l + 1];
+                for (u32 j = tid; j < n[l]; j += nt) {
+                    float acc = 0.0f;
+                    for (u32 k = 0; k < nu; k++) acc += w[(u64)k * n[l] + j] * su[k];
+                    sh_q[off[l] + j] = acc;
+                }
+            }
+            // The output's cost gradient at its current state.
+            if (l == last && nudge) {
+                const float* o = sh_s + off[last];
+                if (loss == MEP_LOSS_CE) {
+                    float mx = mep_neg_inf();
+                    for (u32 k = tid; k < nL; k += nt) mx = fmaxf(mx, o[k]);
+                    mx = mep_fused_max(mx, sh_red);
+                    float se = 0.0f;
+                    for (u32 k = tid; k < nL; k += nt) se += expf(o[k] - mx);
+                    float lse = mx + logf(mep_fused_sum(se, sh_red));
+                    for (u32 k = tid; k < nL; k += nt)
+                        sh_dc[k] = expf(o[k] - lse) - mep_target(k, y, eps, nL);
+                } else {
+                    for (u32 k = tid; k < nL; k += nt) sh_dc[k] = o[k] - (k == y ? 1.0f : 0.0f);
+                }
+            }
+            __syncthreads();
+            // The drive from below and the update (warp per unit above layer 1).
+            const bool by_warp = l > 0;
+            const u32 first = by_warp ? warp : tid, stride = by_warp ? nwarps : nt;
+            for (u32 j = first; j < n[l]; j += stride) {
+                float p;
+                if (by_warp) {
+                    p = mep_fused_dot(W[l] + (u64)j * n[l - 1], sh_s + off[l - 1], n[l - 1], lane);
+                    if (lane != 0) continue;
+                } else {
+                    p = p0[row * n[0] + j];
+                }
+                float f = l < last ? sh_q[off[l] + j] + p : p;
+                float v = f + B[l][j];
+                if (l == last && nudge) v = v - beta * sh_dc[j];
+                sh_s[off[l] + j] = mep_act(act[l], v);
+            }
+            __syncthreads();
+        }
+    }
+    float res = 0.0f;
+    if (sweeps > 0)
+        for (u32 i = tid; i < off[L]; i += nt) {
+            float d = sh_s[i] - sh_old[i];
+            res += d * d;
+        }
+    res = mep_fused_sum(res, sh_red);
+    if (tid == 0) rowres[row] = res;
+    for (u32 l = 0; l < L; l++)
+        for (u32 j = tid; j < n[l]; j += nt) S[l][row * n[l] + j] = sh_s[off[l] + j];
+}

@@ -553,3 +553,178 @@ fn fused_layered_phase_matches_the_sweeps() {
         }
     }
 }
+
+/// The fused Hopfield settle (`kernels/fused.cu`) against the sweeps run primitive by
+/// primitive on the CPU and by the CUDA backend's unfused path: whole EP gradient
+/// computations (free phase, then the rule's phases: nudged, symmetric, clamped) on
+/// random depths (1–4 blocks), widths and activations. The gradient estimates, the
+/// final states and both settle residuals must agree.
+#[test]
+fn fused_hopfield_settle_matches_the_sweeps() {
+    use mep::ep::{compute_gradients, Energy, GradConfig, Grads, Mode, Nudging, Workspace};
+    use mep::nn::{Activation, Arch, Layer, Network};
+    let Some(gpu) = gpu() else { return };
+    let cpu = Cpu::<f32>::new();
+    let (seed, mut r) = rng();
+    let acts = [
+        Activation::Relu,
+        Activation::Tanh,
+        Activation::Sigmoid,
+        Activation::HardSigmoid,
+    ];
+    for case in 0..10 {
+        let depth = 1 + r.below(4) as usize;
+        let mut widths = vec![3 + r.below(50) as usize];
+        for l in 0..depth {
+            widths.push(if l + 1 == depth {
+                2 + r.below(12) as usize
+            } else {
+                2 + r.below(60) as usize
+            });
+        }
+        let nudging = [
+            Nudging::OneSided,
+            Nudging::Symmetric,
+            Nudging::Contrastive,
+            Nudging::Negative,
+        ][r.below(4) as usize];
+        let mut layers = vec![Layer::Flatten];
+        for l in 0..depth {
+            layers.push(Layer::Linear {
+                inp: widths[l],
+                out: widths[l + 1],
+                bias: r.below(4) != 0,
+            });
+            layers.push(Layer::Act(acts[r.below(4) as usize]));
+        }
+        let arch = Arch::from_layers(&layers).unwrap();
+        let rows = 1 + r.below(40) as usize;
+        let loss = if nudging.clamps() || r.below(2) == 0 {
+            Loss::SquaredError
+        } else {
+            Loss::CrossEntropy { label_smoothing: 0.1 }
+        };
+        let cfg = GradConfig {
+            mode: Mode::Ep,
+            beta: [0.5, 0.1, 1.0][r.below(3) as usize],
+            // At least one sweep: with none the estimate is a difference of equal
+            // terms, pure rounding noise.
+            settle_steps: 1 + r.below(6) as usize,
+            settle_lr: 0.5,
+            nudging,
+            loss,
+        };
+        let energy = Energy::Hopfield {
+            free_steps: 1 + r.below(10) as usize,
+        };
+        let x = randn(&mut r, rows * widths[0], 1.0);
+        let y: Vec<u32> = (0..rows).map(|_| r.below(widths[depth] as u64) as u32).collect();
+        let what = format!("case {case}: {} batch {rows} {energy:?} {cfg:?}", arch.describe());
+        // Each backend: one gradient computation; (grads, states, residuals).
+        #[allow(clippy::type_complexity)]
+        fn run<B: Backend<Elem = f32>>(
+            bk: &B,
+            arch: &Arch,
+            energy: Energy,
+            seed: u64,
+            cfg: &GradConfig,
+            x: &[f32],
+            y: &[u32],
+        ) -> (Vec<Vec<f32>>, Vec<Vec<f32>>, [f64; 2]) {
+            let net = Network::new(bk.clone(), arch.clone(), energy, seed).unwrap();
+            let mut ws = Workspace::new(bk, arch, y.len()).unwrap();
+            let rows = ws.load_host_batch(x, y).unwrap();
+            let mut grads = Grads::new(bk, arch).unwrap();
+            compute_gradients(&net, cfg, &mut ws, rows, &mut grads).unwrap();
+            let g = grads
+                .w
+                .iter()
+                .chain(&grads.b)
+                .map(|b| bk.download(b).unwrap())
+                .collect();
+            let s = (0..arch.depth())
+                .map(|l| bk.download(&ws.s[l]).unwrap()[..rows * arch.blocks()[l].out].to_vec())
+                .collect();
+            (g, s, ws.residuals().unwrap())
+        }
+        let want = run(&cpu, &arch, energy, seed, &cfg, &x, &y);
+        gpu.set_fused(true);
+        let fused = run(&gpu, &arch, energy, seed, &cfg, &x, &y);
+        gpu.set_fused(false);
+        let unfused = run(&gpu, &arch, energy, seed, &cfg, &x, &y);
+        gpu.set_fused(true);
+        // An estimate is a difference of phase terms divided by β·rows: rounding in the
+        // terms, of size ‖s_l‖·‖s_{l−1}‖/(β·rows) (‖s_l‖·√rows/(β·rows) for a bias), is
+        // what it can carry beyond its own relative error.
+        let norm = |v: &[f32]| v.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
+        let xn = norm(&x);
+        let denom = cfg.beta * rows as f64;
+        let term_scale = |i: usize| {
+            if i < depth {
+                norm(&want.1[i]) * if i == 0 { xn } else { norm(&want.1[i - 1]) } / denom
+            } else {
+                norm(&want.1[i - depth]) * (rows as f64).sqrt() / denom
+            }
+        };
+        for (name, got) in [("fused", &fused), ("unfused", &unfused)] {
+            for (i, (g, w)) in got.0.iter().zip(&want.0).enumerate() {
+                let d = g
+                    .iter()
+                    .zip(w)
+                    .map(|(a, b)| ((a - b) as f64).powi(2))
+                    .sum::<f64>()
+                    .sqrt();
+                let tol = 1e-4 * norm(w) + 1e-5 * term_scale(i);
+                assert!(
+                    d <= tol,
+                    "{what}: {name} gradient {i} differs by {d:e} > {tol:e} (seed {seed})"
+                );
+            }
+            for (l, (g, w)) in got.1.iter().zip(&want.1).enumerate() {
+                close(&format!("{what}: {name} s_{}", l + 1), seed, g, w);
+            }
+            for k in 0..2 {
+                let (g, w) = (got.2[k], want.2[k]);
+                assert!(
+                    (g - w).abs() <= 1e-4 * w.abs().max(1e-3),
+                    "{what}: {name} residual {k}: {g} vs {w} (seed {seed})"
+                );
+            }
+        }
+    }
+}
+
+/// Two backends of one device, each on its own stream, used alternately from one
+/// thread (two models in one process): each computes what the CPU computes, and
+/// neither's cuBLAS calls are mistaken for the other's.
+#[test]
+fn two_backends_of_one_device_work_side_by_side() {
+    let Some(a) = gpu() else { return };
+    let b = Cuda::new(0).unwrap();
+    let (seed, mut r) = rng();
+    let (m, n, k) = (
+        1 + r.below(30) as usize,
+        1 + r.below(30) as usize,
+        1 + r.below(30) as usize,
+    );
+    let (x, w) = (randn(&mut r, m * k, 1.0), randn(&mut r, k * n, 1.0));
+    let cpu = Cpu::<f32>::new();
+    let mut want = vec![0.0; m * n];
+    cpu.gemm(false, false, m, n, k, 1.0, &x, &w, 0.0, &mut want).unwrap();
+    let want2: Vec<f32> = want.iter().map(|v| 2.0 * v).collect();
+    let (xa, wa, xb, wb) = (
+        a.upload(&x).unwrap(),
+        a.upload(&w).unwrap(),
+        b.upload(&x).unwrap(),
+        b.upload(&w).unwrap(),
+    );
+    let (mut ca, mut cb) = (a.zeros(m * n).unwrap(), b.zeros(m * n).unwrap());
+    for _ in 0..3 {
+        a.fill(&mut ca, 1.0).unwrap();
+        b.fill(&mut cb, 1.0).unwrap();
+        a.gemm(false, false, m, n, k, 1.0, &xa, &wa, 0.0, &mut ca).unwrap();
+        b.gemm(false, false, m, n, k, 2.0, &xb, &wb, 0.0, &mut cb).unwrap();
+    }
+    close("backend a", seed, &a.download(&ca).unwrap(), &want);
+    close("backend b", seed, &b.download(&cb).unwrap(), &want2);
+}

@@ -2,9 +2,9 @@
 //! `cublasSgemm_v2`, validated as strictly as cuBLAS (and then some) and computed
 //! with f64 accumulation.
 //!
-//! SGEMM checks: a current context; a live handle whose stream exists and is the
-//! stream of the latest kernel launch (else the GEMM would race the kernels around
-//! it on a GPU); transposes N or T; m, n, k ≥ 0; lda/ldb/ldc at least the stored
+//! SGEMM checks: a current context; a live handle whose stream exists and is one
+//! this thread has launched kernels on (else the GEMM would race the kernels around
+//! it on a GPU; several backends, each on its own stream, may alternate); transposes N or T; m, n, k ≥ 0; lda/ldb/ldc at least the stored
 //! rows; α/β readable (host pointer mode); and that each operand's whole extent,
 //! (columns − 1)·ld + rows elements, lies in one live allocation. With β = 0 the
 //! whole of C's extent is first filled with NaN, so nothing can depend on its old
@@ -14,7 +14,7 @@
 // documentation of each call (valid out-pointers, NUL-terminated names, ...).
 #![allow(clippy::missing_safety_doc)]
 
-use crate::driver::{current_context_set, faulted, launch_stream, stream_is_valid};
+use crate::driver::{current_context_set, faulted, launched_on, stream_is_valid};
 use crate::graph::{self, Op, Sgemm};
 use crate::{check_failed, count, memory, COUNTERS};
 use std::collections::HashMap;
@@ -256,12 +256,10 @@ unsafe fn sgemm(
     if !stream_is_valid(stream) {
         return Err(bad(format!("the handle's stream {stream:#x} was destroyed")));
     }
-    if let Some(ls) = launch_stream() {
-        if ls != stream {
-            return Err(bad(format!(
-                "the handle's stream {stream:#x} is not the kernels' stream {ls:#x}: the GEMM would race them"
-            )));
-        }
+    if launched_on(stream) == Some(false) {
+        return Err(bad(format!(
+            "the handle's stream {stream:#x} is not a stream the kernels run on: the GEMM would race them"
+        )));
     }
     if device_ptrs {
         return Err(bad(

@@ -67,8 +67,9 @@ static SMS: AtomicUsize = AtomicUsize::new(1);
 
 thread_local! {
     static CURRENT: Cell<usize> = const { Cell::new(0) };
-    /// The stream of this thread's latest launch (its cuBLAS calls must use the same).
-    static LAUNCH_STREAM: Cell<Option<usize>> = const { Cell::new(None) };
+    /// The streams this thread has launched kernels on (a cuBLAS handle must use one
+    /// of them: a GEMM on a stream no kernel uses would race the kernels).
+    static LAUNCH_STREAMS: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 fn with_state<T>(f: impl FnOnce(&mut State) -> T) -> T {
@@ -116,8 +117,16 @@ pub(crate) fn current_context_set() -> bool {
     CURRENT.with(|c| c.get()) == PRIMARY
 }
 
-pub(crate) fn launch_stream() -> Option<usize> {
-    LAUNCH_STREAM.with(|c| c.get())
+/// Whether this thread has launched kernels, and if so, whether on stream `s`.
+pub(crate) fn launched_on(s: usize) -> Option<bool> {
+    LAUNCH_STREAMS.with(|v| {
+        let v = v.borrow();
+        if v.is_empty() {
+            None
+        } else {
+            Some(v.contains(&s))
+        }
+    })
 }
 
 pub(crate) fn faulted() -> bool {
@@ -765,7 +774,12 @@ pub unsafe extern "C" fn cuLaunchKernel(
         grid: (gx, gy, gz),
         block: (bx, by, bz),
     };
-    LAUNCH_STREAM.with(|c| c.set(Some(s as usize)));
+    LAUNCH_STREAMS.with(|v| {
+        let mut v = v.borrow_mut();
+        if !v.contains(&(s as usize)) {
+            v.push(s as usize);
+        }
+    });
     let ps: Vec<*mut c_void> = (0..sizes.len()).map(|i| *params.add(i)).collect();
     if graph::record_if_capturing(s as usize, || Op::Launch {
         name: name.clone(),

@@ -293,6 +293,15 @@ pub trait Backend: Clone + Send + Sync + 'static {
         Ok(false)
     }
 
+    /// `sweeps` Hopfield settle sweeps in one fused operation, when the backend has one
+    /// for these shapes: exactly what [`crate::ep::hopfield`]'s settle issues primitive
+    /// by primitive, with `rowres[r]` = the last sweep's Σ_l ‖Δs_l‖² of row r.
+    /// `Ok(false)` (the default, and the CPU's answer): the caller runs the sweeps.
+    fn hopfield_settle_fused(&self, phase: HopfieldPhase<'_, Self>) -> Result<bool> {
+        let _ = phase;
+        Ok(false)
+    }
+
     // ---- captured steps ------------------------------------------------------------------
 
     /// Starts capturing the work queued from now on (instead of running it) into a
@@ -353,4 +362,37 @@ pub struct LayeredPhase<'a, B: Backend> {
     pub a: &'a mut [B::Buf],
     /// Errors of the final state (written).
     pub e: &'a mut [B::Buf],
+}
+
+/// The operands of fused Hopfield settling ([`Backend::hopfield_settle_fused`]):
+/// `sweeps` Gauss–Seidel sweeps from the states in `s` (one buffer per block,
+/// `rows × widths[l]`), the output nudged by −β·∂C/∂o when `nudge` is `Some(β)`, or
+/// not swept at all when `clamped`.
+pub struct HopfieldPhase<'a, B: Backend> {
+    /// Samples.
+    pub rows: usize,
+    /// Each block's width n_l.
+    pub widths: &'a [usize],
+    /// Each block's activation chain φ_l.
+    pub acts: &'a [ActChain],
+    /// Each block's weights W_l (W_1 is not read: see `p0`).
+    pub weights: &'a [&'a B::Buf],
+    /// Each block's bias b_l.
+    pub biases: &'a [&'a B::Buf],
+    /// W_1 x (`rows × n_1`).
+    pub p0: &'a B::Buf,
+    /// The labels of the rows.
+    pub labels: &'a B::Labels,
+    /// The cost C (of the nudge).
+    pub loss: Loss,
+    /// The output's nudge β, if nudged.
+    pub nudge: Option<f64>,
+    /// The output state is fixed (a clamped phase).
+    pub clamped: bool,
+    /// Sweeps.
+    pub sweeps: usize,
+    /// States s_l (read and written).
+    pub s: &'a mut [B::Buf],
+    /// Per-row Σ‖Δs‖² of the last sweep (at least `rows` entries; written).
+    pub rowres: &'a mut B::Buf,
 }

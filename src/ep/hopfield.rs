@@ -11,7 +11,7 @@
 //! hence the default of 50 sweeps ([`super::DEFAULT_FREE_STEPS`]).
 
 use super::{GradConfig, Grads, Phase, Workspace};
-use crate::backend::Backend;
+use crate::backend::{Backend, HopfieldPhase};
 use crate::nn::Network;
 use crate::{Loss, Result};
 
@@ -40,6 +40,36 @@ fn settle<B: Backend>(
     let bk = &net.backend;
     let blocks = &net.arch.blocks;
     let last = blocks.len() - 1;
+    // The backend may run all the sweeps as one fused operation, leaving each row's
+    // last-sweep Σ‖Δs‖² in ws.f; only their sum is then left to add.
+    let weights: Vec<&B::Buf> = net.params.iter().map(|p| &p.w).collect();
+    let biases: Vec<&B::Buf> = net.params.iter().map(|p| &p.b).collect();
+    let widths: Vec<usize> = blocks.iter().map(|b| b.out).collect();
+    let acts: Vec<_> = blocks.iter().map(|b| b.act).collect();
+    if bk.hopfield_settle_fused(HopfieldPhase {
+        rows,
+        widths: &widths,
+        acts: &acts,
+        weights: &weights,
+        biases: &biases,
+        p0: &ws.p[0],
+        labels: &ws.y,
+        loss: cfg_loss,
+        nudge: match output {
+            Output::Nudge(beta) => Some(beta),
+            _ => None,
+        },
+        clamped: matches!(output, Output::Clamped),
+        sweeps,
+        s: &mut ws.s,
+        rowres: &mut ws.f,
+    })? {
+        if sweeps > 0 {
+            bk.col_sum(rows, 1, 1.0, &ws.f, 1.0, &mut ws.resid[slot])?;
+            ws.resid_rows[slot] += rows as u64;
+        }
+        return Ok(());
+    }
     for sweep in 0..sweeps {
         let final_sweep = sweep + 1 == sweeps;
         if final_sweep {

@@ -102,9 +102,12 @@ struct Guard<B: Backend> {
     /// The parameters as they were before the last unverified step(s): restored when
     /// a divergence is detected.
     backup: Vec<(B::Buf, B::Buf)>,
-    /// Σ over unverified steps and parameters of ‖p‖²: a device scalar that turns
-    /// NaN or infinite (and stays so) as soon as one parameter does, so one read
-    /// tells whether any step since the last check produced a non-finite parameter.
+    /// Σ over the parameters of ‖p‖², computed when verifying: non-finite if any
+    /// parameter is. A non-finite parameter stays non-finite under every update rule
+    /// (NaN and ±∞ propagate through momentum, Newton–Schulz, Adam and the decayed
+    /// update, and the spectral clamp leaves a matrix with a non-finite norm
+    /// non-finite), so checking the current parameters covers every step since the
+    /// last check without a per-step reduction.
     health: B::Buf,
     /// Scratch scalar for one `sum_sq`.
     sq: B::Buf,
@@ -231,9 +234,10 @@ impl<B: Backend> Engine<B> {
     /// Whether divergence is checked by a host read after every step (the default;
     /// right for the CPU, where the read costs nothing) or only every `check_every`
     /// steps and whenever the statistics are read (for the GPU: no host
-    /// synchronisation per step). Either way the device-side health scalar covers
-    /// every step, so no non-finite parameter goes unnoticed; with lazy checks the
-    /// parameters are restored to the last verified ones.
+    /// synchronisation per step). Either way every step is covered (a non-finite
+    /// parameter stays non-finite, see the guard), so no non-finite parameter goes
+    /// unnoticed; with lazy checks the parameters are restored to the last verified
+    /// ones.
     pub fn set_check_every_step(&mut self, on: bool) {
         self.guard.every_step = on;
     }
@@ -252,10 +256,9 @@ impl<B: Backend> Engine<B> {
     /// gradients (free phase, nudged phase(s), estimate; or Backprop), then the update
     /// of every parameter, then the spectral constraint.
     ///
-    /// Divergence: after the update the parameters' squared norms are added to a
-    /// device-side health scalar. It is read after every step (the default, see
-    /// [`Engine::set_check_every_step`]), else every `check_every` steps and whenever
-    /// the statistics are read; the running loss is read at the same time. A non-finite
+    /// Divergence: the parameters' squared norm and the running loss are read after
+    /// every step (the default, see [`Engine::set_check_every_step`]), else every
+    /// `check_every` steps and whenever the statistics are read. A non-finite
     /// parameter or a NaN, infinite or absurd (> [`DIVERGED_LOSS`]) loss is reported as
     /// [`MepError::Diverged`], the parameters are restored to their last verified
     /// values (with per-step checks: those before this step), and every later step
@@ -350,9 +353,9 @@ impl<B: Backend> Engine<B> {
     }
 
     /// The device work of one step, reading its scalars (and batch indices) from
-    /// `self.ctl`: gather the batch (when `data` is given), gradients, update,
-    /// health. Nothing here may touch host memory through the backend: it is what a
-    /// graph captures.
+    /// `self.ctl`: gather the batch (when `data` is given), gradients, update.
+    /// Nothing here may touch host memory through the backend: it is what a graph
+    /// captures.
     fn step_body(&mut self, net: &mut Network<B>, rows: usize, data: Option<&DeviceData<B>>) -> Result<()> {
         if let Some(data) = data {
             let bk = &net.backend;
@@ -361,8 +364,7 @@ impl<B: Backend> Engine<B> {
             bk.gather_labels(&data.y, &self.ctl, start, rows, &mut self.ws.y)?;
         }
         compute_gradients(net, &self.cfg.grad, &mut self.ws, rows, &mut self.grads)?;
-        self.update_body(net)?;
-        self.accumulate_health(net)
+        self.update_body(net)
     }
 
     /// The identity of everything a captured step reads or writes that a caller can
@@ -437,10 +439,11 @@ impl<B: Backend> Engine<B> {
             })
     }
 
-    /// health += Σ_l ‖W_l‖² + ‖b_l‖², on the device.
-    fn accumulate_health(&mut self, net: &Network<B>) -> Result<()> {
+    /// health = Σ_l ‖W_l‖² + ‖b_l‖², on the device.
+    fn compute_health(&mut self, net: &Network<B>) -> Result<()> {
         let bk = &net.backend;
         let g = &mut self.guard;
+        bk.fill(&mut g.health, 0.0)?;
         for p in &net.params {
             for buf in [&p.w, &p.b] {
                 bk.sum_sq(buf, &mut g.sq)?;
@@ -470,6 +473,7 @@ impl<B: Backend> Engine<B> {
             return Err(e);
         }
         let bk = net.backend.clone();
+        self.compute_health(net)?;
         let health = bk.download(&self.guard.health)?[0].f64();
         let s = self.stats()?;
         let cause = if !health.is_finite() {
@@ -507,7 +511,6 @@ impl<B: Backend> Engine<B> {
             bk.copy(&p.w, w)?;
             bk.copy(&p.b, b)?;
         }
-        bk.fill(&mut self.guard.health, 0.0)?;
         Ok(s)
     }
 

@@ -1,5 +1,6 @@
-//! Fused phases (`kernels/fused.cu`): a whole nudged phase of the layered energy in
-//! one launch instead of ~9 launches and GEMMs per sweep.
+//! Fused phases (`kernels/fused.cu`): a whole nudged phase of the layered energy, or
+//! all the sweeps of a Hopfield phase, in one launch instead of a few launches and
+//! GEMMs per sweep and layer.
 //!
 //! When: every block settles one sample with its states in shared memory and the
 //! couplings W_2 … W_L read from L1/L2, so the fused kernel pays off while the
@@ -11,7 +12,7 @@
 //! how the two are compared (tests/cuda_primitives.rs, scripts/gpu-check.sh).
 
 use super::{check_len, dim32, elems, Cuda};
-use crate::backend::{Backend, LayeredPhase};
+use crate::backend::{Backend, HopfieldPhase, LayeredPhase};
 use crate::{MepError, Result};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
@@ -136,5 +137,97 @@ impl Cuda {
         unsafe { lb.launch(cfg) }
             .map(|_| true)
             .map_err(|e| MepError::Cuda(format!("launching layered_nudged_phase: {e:?}")))
+    }
+}
+
+impl Cuda {
+    /// [`Backend::hopfield_settle_fused`] on CUDA.
+    pub(super) fn hopfield_settle_phase(&self, ph: HopfieldPhase<'_, Self>) -> Result<bool> {
+        let depth = ph.widths.len();
+        if !self.fused() || !fits(ph.widths) || ph.rows == 0 {
+            return Ok(false);
+        }
+        for (what, len) in [
+            ("acts", ph.acts.len()),
+            ("weights", ph.weights.len()),
+            ("biases", ph.biases.len()),
+            ("s", ph.s.len()),
+        ] {
+            if len != depth {
+                return Err(MepError::Shape(format!(
+                    "fused Hopfield settle: {len} {what} for {depth} blocks"
+                )));
+            }
+        }
+        for l in 0..depth {
+            let n = elems("fused Hopfield settle", ph.rows, ph.widths[l])?;
+            check_len("fused Hopfield settle s", ph.s[l].len(), n)?;
+            check_len("fused Hopfield settle bias", ph.biases[l].len(), ph.widths[l])?;
+            if l > 0 {
+                check_len(
+                    "fused Hopfield settle W",
+                    ph.weights[l].len(),
+                    ph.widths[l] * ph.widths[l - 1],
+                )?;
+            }
+        }
+        check_len(
+            "fused Hopfield settle p0",
+            ph.p0.len(),
+            elems("p0", ph.rows, ph.widths[0])?,
+        )?;
+        check_len("fused Hopfield settle labels", ph.labels.len(), ph.rows)?;
+        check_len("fused Hopfield settle rowres", ph.rowres.len(), ph.rows)?;
+        let grid = dim32("fused Hopfield settle rows", ph.rows)?;
+        let pick = |l: usize| l.min(depth - 1);
+        let n: Vec<u32> = (0..MAX_DEPTH)
+            .map(|l| if l < depth { ph.widths[l] as u32 } else { 0 })
+            .collect();
+        let acts: Vec<u32> = (0..MAX_DEPTH).map(|l| ph.acts[pick(l)].code()).collect();
+        let (depth32, sweeps) = (depth as u32, dim32("settle sweeps", ph.sweeps)?);
+        let (code, eps) = (ph.loss.code(), ph.loss.label_smoothing() as f32);
+        let (beta, nudge) = match ph.nudge {
+            Some(b) => (b as f32, 1u32),
+            None => (0.0f32, 0u32),
+        };
+        let clamped = u32::from(ph.clamped);
+        let w = |l: usize| ph.weights[pick(l).max(1).min(depth - 1)];
+        let b = |l: usize| ph.biases[pick(l)];
+        let s: Vec<u64> = (0..MAX_DEPTH).map(|l| self.buf_id(&ph.s[pick(l)]) as u64).collect();
+        let f = self.kernel("hopfield_settle_phase")?;
+        let mut lb = self.inner.stream.launch_builder(f);
+        lb.arg(&depth32);
+        for v in &n {
+            lb.arg(v);
+        }
+        for v in &acts {
+            lb.arg(v);
+        }
+        let (w2, w3, w4) = (w(1), w(2), w(3));
+        lb.arg(w2).arg(w3).arg(w4);
+        let (b1, b2, b3, b4) = (b(0), b(1), b(2), b(3));
+        lb.arg(b1).arg(b2).arg(b3).arg(b4);
+        lb.arg(ph.p0).arg(ph.labels);
+        lb.arg(&code)
+            .arg(&eps)
+            .arg(&beta)
+            .arg(&nudge)
+            .arg(&clamped)
+            .arg(&sweeps);
+        for v in &s {
+            lb.arg(v);
+        }
+        lb.arg(&mut *ph.rowres);
+        let cfg = LaunchConfig {
+            grid_dim: (grid, 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the argument list matches hopfield_settle_phase's signature in
+        // kernels/fused.cu; every buffer was checked above to hold what the kernel
+        // reads or writes for `rows` rows of the given widths.
+        unsafe { lb.launch(cfg) }
+            .map(|_| true)
+            .map_err(|e| MepError::Cuda(format!("launching hopfield_settle_phase: {e:?}")))
     }
 }

@@ -291,6 +291,10 @@ impl Cuda {
     /// and a cuBLAS handle, and compiles (or reads from the PTX cache) and loads the
     /// kernels. [`MepError::CudaUnavailable`] when the libraries, the device or a
     /// driver new enough for NVRTC 13's PTX is missing.
+    ///
+    /// Each backend has a stream of its own, and orders only its own work: a buffer
+    /// belongs to the backend that made it (models, optimizers and uploaded data
+    /// sets each stay on theirs), so two backends of one device never race.
     pub fn new(ordinal: usize) -> Result<Cuda> {
         no_panic("initialising CUDA", || Self::open(ordinal))
     }
@@ -1032,6 +1036,10 @@ impl Backend for Cuda {
 
     fn layered_nudged_fused(&self, phase: crate::backend::LayeredPhase<'_, Self>) -> Result<bool> {
         self.layered_nudged_phase(phase)
+    }
+
+    fn hopfield_settle_fused(&self, phase: crate::backend::HopfieldPhase<'_, Self>) -> Result<bool> {
+        self.hopfield_settle_phase(phase)
     }
 
     fn begin_capture(&self) -> Result<bool> {
