@@ -5,7 +5,7 @@
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use mep::optim::{OptimizerBuilder, Schedule};
-use mep::{Activation, Device, Energy, Loss, Mnist, Mode, MuonScale, Nudging, Sequential, Shuffle, SpectralLayers};
+use mep::{Activation, Device, Energy, Loss, Mode, MuonScale, Nudging, Sequential, Shuffle, SpectralLayers};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -58,6 +58,16 @@ enum ScaleArg {
 enum ScheduleArg {
     Constant,
     Cosine,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum DatasetArg {
+    /// MNIST from --data-dir (default data/mnist), verified by SHA-256.
+    Mnist,
+    /// Any four IDX files with MNIST's names in --data-dir (raw or .gz): any image shape and class count, no checksum.
+    Idx,
+    /// CIFAR-10's binary version in --data-dir (data_batch_1..5.bin, test_batch.bin).
+    Cifar10,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -151,9 +161,15 @@ struct Args {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
-    /// Directory with the MNIST IDX files (see scripts/fetch-mnist.sh).
-    #[arg(long, default_value = mep::data::mnist::DEFAULT_DATA_DIR)]
-    data_dir: PathBuf,
+    /// The data set: mnist (SHA-256 verified), idx (your own IDX files) or cifar10.
+    #[arg(long, value_enum, default_value = "mnist")]
+    dataset: DatasetArg,
+    /// Directory with the data files [default for --dataset mnist: data/mnist; required otherwise].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Normalise pixels as (x/255 − MEAN)/STD [default: computed from the training split; --dataset idx or cifar10 only].
+    #[arg(long, value_name = "MEAN,STD")]
+    normalize: Option<mep::Normalization>,
     /// Train on the first N training samples only.
     #[arg(long)]
     train_subset: Option<usize>,
@@ -387,6 +403,51 @@ fn save_or_rescue(model: &mep::Model, path: &std::path::Path, dtype: mep::io::Dt
     }
 }
 
+/// `10k` for 10 000, else the number.
+fn count_text(n: usize) -> String {
+    if n >= 1000 && n % 1000 == 0 {
+        format!("{}k", n / 1000)
+    } else {
+        n.to_string()
+    }
+}
+
+/// Loads `--dataset` from `--data-dir`; for data other than MNIST prints a one-line
+/// notice of what was loaded on standard error.
+fn load_data(args: &Args) -> mep::Result<mep::DataSplits> {
+    let dir = match (&args.data_dir, args.dataset) {
+        (Some(d), _) => d.clone(),
+        (None, DatasetArg::Mnist) => PathBuf::from(mep::data::DEFAULT_DATA_DIR),
+        (None, other) => {
+            return Err(mep::MepError::invalid(
+                "data-dir",
+                "missing",
+                format!(
+                    "--dataset {} needs --data-dir DIR, the directory holding the data files",
+                    format!("{other:?}").to_lowercase()
+                ),
+            ))
+        }
+    };
+    let data = match args.dataset {
+        DatasetArg::Mnist => {
+            if let Some(n) = args.normalize {
+                return Err(mep::MepError::invalid(
+                    "normalize",
+                    format!("{},{}", n.mean, n.std),
+                    "--dataset mnist is normalised with MNIST's constants (0.1307, 0.3081); use --dataset idx to load the same files with another normalisation",
+                ));
+            }
+            return mep::DataSplits::load_mnist(&dir);
+        }
+        DatasetArg::Idx => mep::DataSplits::load_idx(&dir, args.normalize)?,
+        DatasetArg::Cifar10 => mep::DataSplits::load_cifar10(&dir, args.normalize)?,
+    };
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "mep-mnist: loaded {}", data.summary());
+    Ok(data)
+}
+
 fn run(args: Args) -> mep::Result<()> {
     let device = if args.device.eq_ignore_ascii_case("auto") {
         Device::auto()
@@ -400,16 +461,16 @@ fn run(args: Args) -> mep::Result<()> {
         mep::io::check_writable(path)?;
     }
     let t_load = Instant::now();
-    let mut mnist = Mnist::load(&args.data_dir)?;
+    let mut data = load_data(&args)?;
     if let Some(n) = args.train_subset {
-        if n > mnist.train.len() {
+        if n > data.train.len() {
             return Err(mep::MepError::invalid(
                 "train-subset",
                 n,
-                format!("the training set has only {} samples", mnist.train.len()),
+                format!("the training set has only {} samples", data.train.len()),
             ));
         }
-        mnist.train = mnist.train.subset(n);
+        data.train = data.train.subset(n);
     }
     let load_s = t_load.elapsed().as_secs_f64();
     if let Some(n) = args.show_sample {
@@ -417,18 +478,18 @@ fn run(args: Args) -> mep::Result<()> {
             .sample_out
             .clone()
             .unwrap_or_else(|| PathBuf::from(format!("sample-{n}.png")));
-        mep::plot::write_sample_png(&mnist.train, n, &path)?;
+        mep::plot::write_sample_png(&data.train, n, &path)?;
         if !args.json {
             println!(
                 "wrote training image {n} (label {}) to {}",
-                mnist.train.labels()[n],
+                data.train.labels()[n],
                 path.display()
             );
         }
     }
 
     let mut builder = Sequential::new(&device).flatten();
-    let mut width = mnist.train.features();
+    let mut width = data.train.features();
     for &h in &hidden {
         builder = builder.linear(width, h).activation(args.activation);
         width = h;
@@ -440,7 +501,7 @@ fn run(args: Args) -> mep::Result<()> {
         },
     };
     let mut model = builder
-        .linear(width, mnist.train.classes())
+        .linear(width, data.train.classes())
         .energy(energy)
         .build(args.seed)?;
     let preset = match args.optimizer {
@@ -448,17 +509,17 @@ fn run(args: Args) -> mep::Result<()> {
         OptName::Sgd => mep::sgd(&model),
         OptName::Adam => mep::adam(&model),
     };
-    let mut opt = configure(&args, mnist.train.len(), preset)?.build()?;
+    let mut opt = configure(&args, data.train.len(), preset)?.build()?;
 
     let epoch_flops = mep::flops::epoch_flops(
         model.arch(),
         model.energy(),
         &opt.config(),
-        mnist.train.len(),
+        data.train.len(),
         args.batch_size.max(1),
     );
-    let train = model.upload(&mnist.train)?;
-    let test = model.upload(&mnist.test)?;
+    let train = model.upload(&data.train)?;
+    let test = model.upload(&data.test)?;
     let mut out = Out { failed: None };
     if !args.json {
         out.line(format_args!(
@@ -541,11 +602,12 @@ fn run(args: Args) -> mep::Result<()> {
             }));
         } else {
             out.line(format_args!(
-                "epoch {}: train loss {:.4} | train acc {:.2}% | test acc {:.2}% (10k) | {:.3} s training, {:.0} samples/s, {:.1} GFLOP/s | eval {:.3} s",
+                "epoch {}: train loss {:.4} | train acc {:.2}% | test acc {:.2}% ({}) | {:.3} s training, {:.0} samples/s, {:.1} GFLOP/s | eval {:.3} s",
                 epoch + 1,
                 report.train.loss,
                 100.0 * report.train.accuracy,
                 100.0 * eval.accuracy,
+                count_text(test.len()),
                 report.seconds,
                 sps,
                 epoch_flops / report.seconds / 1e9,
