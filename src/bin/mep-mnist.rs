@@ -104,9 +104,12 @@ struct Args {
     /// Hidden activation: relu, sigmoid, tanh, hardsigmoid, identity.
     #[arg(long, default_value = "relu")]
     activation: Activation,
-    /// Epochs.
+    /// Total epochs of the run (with --resume: counting those already done; 0 with --load: evaluate only).
     #[arg(long, default_value_t = 1)]
     epochs: u64,
+    /// Stop after this many epochs of this invocation, to continue later with --resume (the run's length, e.g. for --schedule cosine, stays --epochs).
+    #[arg(long, value_name = "N")]
+    stop_after: Option<u64>,
     /// Batch size.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
@@ -173,9 +176,15 @@ struct Args {
     /// Train on the first N training samples only.
     #[arg(long)]
     train_subset: Option<usize>,
-    /// Save the trained weights (safetensors) here (checked writable before training).
+    /// Save a resumable checkpoint (safetensors: weights, optimizer state, run position) here at the end of every epoch, atomically (checked writable before training).
     #[arg(long)]
     save: Option<PathBuf>,
+    /// Continue the run saved in this checkpoint (by --save): same flags, --epochs the run's total.
+    #[arg(long, value_name = "PATH")]
+    resume: Option<PathBuf>,
+    /// Start from the weights of this checkpoint (any --save or Model::save file) with a fresh optimizer; with --epochs 0, only evaluate them.
+    #[arg(long, value_name = "PATH")]
+    load: Option<PathBuf>,
     /// Element type of the saved weights: f32, bf16 or f16.
     #[arg(long, default_value = "f32")]
     save_dtype: mep::io::Dtype,
@@ -246,12 +255,29 @@ fn check_conflicts(args: &Args) -> mep::Result<()> {
             "the spectral bound has no effect with --spectral-layers off; drop one of the two",
         );
     }
-    if args.epochs == 0 {
+    if args.epochs == 0 && args.load.is_none() {
         return conflict(
             "epochs",
             "0".into(),
-            "must be at least 1 (there is nothing to evaluate without training)",
+            "must be at least 1, or 0 with --load PATH to evaluate a saved model",
         );
+    }
+    if let (0, Some(p)) = (args.epochs, &args.save) {
+        return conflict(
+            "save",
+            p.display().to_string(),
+            "--epochs 0 trains nothing, so there is nothing to save",
+        );
+    }
+    if let (Some(l), Some(_)) = (&args.load, &args.resume) {
+        return conflict(
+            "load",
+            l.display().to_string(),
+            "--load starts a new run from saved weights, --resume continues a saved run: give one of the two",
+        );
+    }
+    if args.stop_after == Some(0) {
+        return conflict("stop-after", "0".into(), "must be at least 1 epoch");
     }
     if args.train_subset == Some(0) {
         return conflict("train-subset", "0".into(), "must be at least 1 sample");
@@ -281,7 +307,8 @@ fn parse_hidden(raw: &[String]) -> mep::Result<Vec<usize>> {
 fn configure<'m>(args: &Args, train_len: usize, mut b: OptimizerBuilder<'m>) -> mep::Result<OptimizerBuilder<'m>> {
     if let ScheduleArg::Cosine = args.schedule {
         let per_epoch = train_len.div_ceil(args.batch_size.max(1)) as u64;
-        let total_steps = args.epochs.checked_mul(per_epoch).ok_or_else(|| {
+        // --epochs 0 (evaluation with --load) trains nothing; the schedule is then moot.
+        let total_steps = args.epochs.max(1).checked_mul(per_epoch).ok_or_else(|| {
             mep::MepError::invalid(
                 "epochs",
                 args.epochs,
@@ -377,8 +404,8 @@ impl Out {
 
 /// Saves the model to `path`; if that fails, writes it next to the system's temporary
 /// directory instead so the trained weights are not lost, and says where.
-fn save_or_rescue(model: &mep::Model, path: &std::path::Path, dtype: mep::io::Dtype) -> mep::Result<()> {
-    let Err(e) = model.save_as(path, dtype) else {
+fn save_or_rescue(path: &std::path::Path, save: impl Fn(&std::path::Path) -> mep::Result<()>) -> mep::Result<()> {
+    let Err(e) = save(path) else {
         return Ok(());
     };
     let rescue = std::env::temp_dir().join(format!(
@@ -389,7 +416,7 @@ fn save_or_rescue(model: &mep::Model, path: &std::path::Path, dtype: mep::io::Dt
             .map(|d| d.as_secs())
             .unwrap_or(0)
     ));
-    match model.save_as(&rescue, dtype) {
+    match save(&rescue) {
         Ok(()) => Err(mep::MepError::invalid(
             "save",
             path.display(),
@@ -401,6 +428,12 @@ fn save_or_rescue(model: &mep::Model, path: &std::path::Path, dtype: mep::io::Dt
             format!("{e}; writing them to {} failed too: {e2}", rescue.display()),
         )),
     }
+}
+
+/// A line on standard error, `mep-mnist: …` (never panics).
+fn notice(s: impl std::fmt::Display) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "mep-mnist: {s}");
 }
 
 /// `10k` for 10 000, else the number.
@@ -539,8 +572,61 @@ fn run(args: Args) -> mep::Result<()> {
         Some(path) => mep::metrics::MetricsLog::to_csv(path)?,
         None => mep::metrics::MetricsLog::new(),
     };
-    let mut samples_seen = 0u64;
-    for epoch in 0..args.epochs {
+    let shape = mep::checkpoint::DataShape::of(&data.train);
+    let shuffle = Shuffle::Seeded(args.seed);
+    let mut start = 0;
+    // Epochs behind the weights: a resumed run's, or those a loaded checkpoint records.
+    let mut trained_before = None;
+    if let Some(path) = &args.load {
+        let info = mep::checkpoint::load_model(path, &mut model, Some(&shape))?;
+        trained_before = info.run.map(|r| r.epochs_done);
+        notice(format_args!(
+            "loaded the weights of {}{}",
+            path.display(),
+            match info.run {
+                Some(r) => format!(" (trained {} epochs)", r.epochs_done),
+                None => String::new(),
+            }
+        ));
+    }
+    if let Some(path) = &args.resume {
+        let run = mep::checkpoint::resume(path, &mut model, &mut opt, &shape)?;
+        run.check_continues(shuffle, args.batch_size, train.len())?;
+        start = run.epochs_done;
+        trained_before = Some(start);
+        notice(format_args!(
+            "resuming {} after epoch {} of {} (optimizer step {})",
+            path.display(),
+            start,
+            args.epochs,
+            opt.steps()
+        ));
+        if start >= args.epochs {
+            notice(format_args!(
+                "the checkpoint has trained {start} epochs, --epochs {} (the run's total) are done: evaluating only",
+                args.epochs
+            ));
+        }
+    }
+    let end = args
+        .epochs
+        .min(start.saturating_add(args.stop_after.unwrap_or(u64::MAX)));
+    let save_checkpoint = |model: &mep::Model, opt: &mep::Optimizer, epochs_done: u64| -> mep::Result<()> {
+        let Some(path) = &args.save else { return Ok(()) };
+        let run = mep::checkpoint::RunState {
+            epochs_done,
+            shuffle,
+            batch_size: args.batch_size,
+            train_samples: train.len(),
+        };
+        save_or_rescue(path, |p| {
+            mep::checkpoint::save(p, model, opt, &run, &shape, args.save_dtype)
+        })
+    };
+    let mut saved_at = None;
+    let mut done = start;
+    let mut samples_seen = start * train.len() as u64;
+    for epoch in start..end {
         if out.failed.is_some() {
             // Nobody reads the output any more: stop, but still save below.
             break;
@@ -585,6 +671,9 @@ fn run(args: Args) -> mep::Result<()> {
         log.record_epoch(epoch, samples_seen, opt.steps(), report.train, eval)?;
         let sps = report.train.samples as f64 / report.seconds;
         last_rate = Some(epoch_flops / report.seconds);
+        done = epoch + 1;
+        save_checkpoint(&model, &opt, done)?;
+        saved_at = Some(done);
         if args.json {
             out.line(serde_json::json!({
                 "epoch": epoch + 1,
@@ -653,10 +742,39 @@ fn run(args: Args) -> mep::Result<()> {
             println!("wrote curves to {}", path.display());
         }
     }
+    if done == start && out.failed.is_none() {
+        // No epoch ran (--load with --epochs 0, or a finished run resumed): evaluate.
+        let eval = model.evaluate_on(&test)?;
+        if args.json {
+            out.line(serde_json::json!({
+                "epochs_done": trained_before,
+                "backend": model.backend_name(),
+                "test_acc": eval.accuracy,
+                "test_loss": eval.loss,
+                "test_samples": test.len(),
+            }));
+        } else {
+            out.line(format_args!(
+                "evaluation{}: test acc {:.2}% | test loss {:.4} ({} test samples)",
+                match trained_before {
+                    Some(n) => format!(" after {n} epochs"),
+                    None => String::new(),
+                },
+                100.0 * eval.accuracy,
+                eval.loss,
+                count_text(test.len())
+            ));
+        }
+    }
     if let Some(path) = &args.save {
-        save_or_rescue(&model, path, args.save_dtype)?;
+        if saved_at != Some(done) {
+            save_checkpoint(&model, &opt, done)?;
+        }
         if !args.json {
-            out.line(format_args!("saved weights to {}", path.display()));
+            out.line(format_args!(
+                "saved a resumable checkpoint (epoch {done}) to {}",
+                path.display()
+            ));
         }
     }
     match out.failed {

@@ -445,3 +445,10 @@ fn sgd_update<B: Backend>(
         bk.axpby(-lr, m, decay, p)
     }
 }
+
+/// Export and import of the optimizer's state (momentum, Adam moments, power-iteration
+/// vectors, step counter): a child module, so that it reads the state where it lives
+/// without widening any field's visibility.
+#[path = "state.rs"]
+mod state;
+pub use state::OptimizerState;
