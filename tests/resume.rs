@@ -262,3 +262,55 @@ fn optimizer_state_round_trips_and_refuses_another_optimizers() {
     fresh.set_state(&m, &s).unwrap();
     assert_eq!(fresh.state().unwrap(), s);
 }
+
+/// The same on CUDA (skipped without a GPU; an error with `MEP_REQUIRE_GPU=1`): the
+/// state moves through the backend's download and write, and the resumed run matches
+/// the uninterrupted one bit for bit on the same device.
+#[test]
+fn resume_is_bit_identical_on_cuda_too() {
+    if common::gpu().is_none() {
+        return;
+    }
+    let data = Dataset::synthetic(48, 12, 3, 11).unwrap();
+    let shuffle = Shuffle::Seeded(3);
+    let path = tmp("cuda");
+    let build = |seed| {
+        Sequential::new(&Device::Cuda(0))
+            .flatten()
+            .linear(12, 8)
+            .relu()
+            .linear(8, 3)
+            .build(seed)
+            .unwrap()
+    };
+    for preset in [Preset::Smep, Preset::Adam] {
+        let mut a = build(1);
+        let mut opt_a = optimizer(&a, preset, true, &data);
+        epoch(&mut opt_a, &mut a, &data, shuffle, 0);
+        let run = RunState {
+            epochs_done: 1,
+            shuffle,
+            batch_size: BATCH,
+            train_samples: data.len(),
+        };
+        checkpoint::save(&path, &a, &opt_a, &run, &DataShape::of(&data), Dtype::F32).unwrap();
+        epoch(&mut opt_a, &mut a, &data, shuffle, 1);
+        let mut c = build(2);
+        let mut opt_c = optimizer(&c, preset, true, &data);
+        let run = checkpoint::resume(&path, &mut c, &mut opt_c, &DataShape::of(&data)).unwrap();
+        epoch(&mut opt_c, &mut c, &data, shuffle, run.epochs_done);
+        assert_eq!(a.backend_name(), c.backend_name());
+        eprintln!("{preset:?} on {}: resumed run bit-identical", a.backend_name());
+        assert_eq!(
+            c.parameters().unwrap(),
+            a.parameters().unwrap(),
+            "{preset:?}: weights differ"
+        );
+        assert_eq!(
+            opt_c.state().unwrap(),
+            opt_a.state().unwrap(),
+            "{preset:?}: state differs"
+        );
+    }
+    std::fs::remove_file(&path).ok();
+}
