@@ -79,7 +79,7 @@ enum SpectralArg {
     Auto,
 }
 
-/// Train an MLP on MNIST with Equilibrium Propagation (defaults: the seed tutorial).
+/// Train an MLP on MNIST (or your own IDX data, or CIFAR-10: --dataset) with Equilibrium Propagation (defaults: the seed tutorial).
 #[derive(Parser, Debug)]
 #[command(name = "mep-mnist", version)]
 struct Args {

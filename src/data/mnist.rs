@@ -58,8 +58,10 @@ pub const SHA256: [(&str, &str); 4] = [
 ///
 /// Validated once by [`Dataset::new`] and kept valid: the fields are private (read
 /// them with [`Dataset::images`], [`Dataset::labels`], [`Dataset::len`],
-/// [`Dataset::features`], [`Dataset::classes`]), so labels stay `< classes`, inputs
-/// stay finite and the sizes stay consistent:
+/// [`Dataset::features`], [`Dataset::classes`], [`Dataset::shape`]), so labels stay
+/// `< classes`, inputs stay finite and the sizes stay consistent. Besides MNIST
+/// ([`crate::Mnist::load`]), data sets come from any IDX files, CIFAR-10's binary
+/// files or memory: see [`crate::data::sources`].
 ///
 /// ```compile_fail
 /// let mut d = mep::Dataset::synthetic(4, 2, 2, 0).unwrap();
