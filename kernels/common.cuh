@@ -9,6 +9,13 @@
 typedef unsigned int u32;
 typedef unsigned long long u64;
 
+// Step scalar `slot` of a ctl buffer (src/backend/ctl.rs): an f64 stored as two u32
+// words (low, high) at ctl[2·slot], rounded to f32 as a host argument would be.
+__device__ __forceinline__ float mep_ctl(const u32* ctl, u32 slot) {
+    u64 bits = ((u64)ctl[2 * slot + 1] << 32) | (u64)ctl[2 * slot];
+    return (float)__longlong_as_double((long long)bits);
+}
+
 // Element-wise 1-D grid-stride loop over [0, n).
 #define MEP_GRID_STRIDE(i, n)                                                        \
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < (u64)(n);             \

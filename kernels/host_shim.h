@@ -47,6 +47,12 @@ inline float __int_as_float(unsigned int bits) {
     return f;
 }
 
+inline double __longlong_as_double(long long bits) {
+    double d;
+    memcpy(&d, &bits, sizeof d);
+    return d;
+}
+
 // Warp shuffle of any 4- or 8-byte value, by its bits.
 template <typename T> inline T __shfl_xor_sync(unsigned int mask, T v, unsigned int lane_mask) {
     static_assert(sizeof(T) <= 8, "shuffles move at most 8 bytes");

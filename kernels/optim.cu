@@ -37,14 +37,31 @@ extern "C" __global__ void spectral_clamp(u64 n, float* __restrict__ w,
     MEP_GRID_STRIDE(i, n) { w[i] = w[i] * f; }
 }
 
+// axpby_ctl: y ← α·x + β·y with α, β read from the step-scalar slots alpha_slot and
+// beta_slot of ctl (see mep_ctl); with β = 0, y's old contents are ignored.
+// Launch: 1-D grid-stride over n.
+extern "C" __global__ void axpby_ctl(u64 n, const u32* __restrict__ ctl, u32 alpha_slot,
+                                     const float* __restrict__ x, u32 beta_slot,
+                                     float* __restrict__ y) {
+    float alpha = mep_ctl(ctl, alpha_slot), beta = mep_ctl(ctl, beta_slot);
+    if (beta == 0.0f) {
+        MEP_GRID_STRIDE(i, n) { y[i] = alpha * x[i]; }
+    } else {
+        MEP_GRID_STRIDE(i, n) { y[i] = alpha * x[i] + beta * y[i]; }
+    }
+}
+
 // adam (decoupled weight decay): m ← β1 m + (1−β1) g; v ← β2 v + (1−β2) g²;
-// p ← p·decay − step·m / (√v·inv_sqrt_bc2 + eps), where the host computes
-// decay = 1 − lr·wd, step = lr / (1 − β1^t), inv_sqrt_bc2 = 1/√(1 − β2^t) in f64.
+// p ← p·decay − step·m / (√v·inv_sqrt_bc2 + eps), where decay = 1 − lr·wd,
+// step = lr / (1 − β1^t), inv_sqrt_bc2 = 1/√(1 − β2^t) are computed by the host in
+// f64 (ctl::adam_scalars) and read from the step-scalar slots slot, slot+1, slot+2.
 // Launch: 1-D grid-stride over n.
 extern "C" __global__ void adam(u64 n, float* __restrict__ p, const float* __restrict__ g,
                                 float* __restrict__ m, float* __restrict__ v, float beta1,
-                                float beta2, float decay, float step, float inv_sqrt_bc2,
-                                float eps) {
+                                float beta2, float eps, const u32* __restrict__ ctl,
+                                u32 slot) {
+    float decay = mep_ctl(ctl, slot), step = mep_ctl(ctl, slot + 1);
+    float inv_sqrt_bc2 = mep_ctl(ctl, slot + 2);
     MEP_GRID_STRIDE(i, n) {
         float gi = g[i];
         float mi = beta1 * m[i] + (1.0f - beta1) * gi;

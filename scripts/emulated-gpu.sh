@@ -4,8 +4,12 @@
 # same run with --device cpu, plus the per-step host costs of the seed configuration
 # (tests/cuda_training.rs, host_costs_per_step_of_the_seed_configuration).
 #
-# Prints as its last line one JSON object: emulated_test_acc, cpu_test_acc,
-# launches_per_step, cublas_calls_per_step, syncs_per_step, emulator_errors, ok.
+# Prints as its last line one JSON object: emulated_test_acc, cpu_test_acc, and per
+# steady-state step with CUDA graphs (the default): graph_launches_per_step,
+# launches_per_step and cublas_calls_per_step (outside graphs), graph_nodes_per_step
+# (the work inside the graph), syncs_per_step, copies_per_step; the same step without
+# graphs (MEP_CUDA_GRAPHS=0): eager_launches_per_step, eager_cublas_calls_per_step;
+# emulator_errors, ok.
 # Exits non-zero when the test accuracies differ by more than 0.5 point, when any
 # emulator check fired (a `mep-emu: error:` line, or a non-zero error counter), or
 # when the emulated run fails.
@@ -83,6 +87,10 @@ out = {
     "cublas_calls_per_step": steps.get("cublas_calls_per_step"),
     "syncs_per_step": steps.get("syncs_per_step"),
     "copies_per_step": steps.get("copies_per_step"),
+    "graph_launches_per_step": steps.get("graph_launches_per_step"),
+    "graph_nodes_per_step": steps.get("graph_nodes_per_step"),
+    "eager_launches_per_step": steps.get("eager_launches_per_step"),
+    "eager_cublas_calls_per_step": steps.get("eager_cublas_calls_per_step"),
     "emulator_errors": errors,
 }
 problems = []

@@ -250,6 +250,8 @@ done
 threads="${CPU_THREADS:-$(($(nproc) < 16 ? $(nproc) : 16))}"
 benches=(
     "mep-mnist cuda (seed)|--device cuda --data-dir $bundle/mnist --json --gemm-rate"
+    "mep-mnist cuda eager, MEP_CUDA_GRAPHS=0 (seed)|--device cuda --data-dir $bundle/mnist --json"
+    "mep-mnist cuda hopfield (seed widths)|--device cuda --energy hopfield --data-dir $bundle/mnist --json"
     "mep-mnist cuda 4096,4096 b1024|--device cuda --hidden 4096,4096 --batch-size 1024 --epochs 1 --data-dir $bundle/mnist --json --gemm-rate"
     "mep-mnist cpu ${threads} threads (seed)|--device cpu --threads $threads --data-dir $bundle/mnist --json"
 )
@@ -266,7 +268,9 @@ for b in "${benches[@]}"; do
     echo "===== $name: mep-mnist $args =====" >>"$bench_log"
     start="$(now)"
     # shellcheck disable=SC2086 # args is a flag list
-    out="$(timeout "$check_timeout" "$bundle/bin/mep-mnist" $args 2>>"$bench_log")"
+    graphs=1
+    case "$name" in *MEP_CUDA_GRAPHS=0*) graphs=0 ;; esac
+    out="$(MEP_CUDA_GRAPHS=$graphs timeout "$check_timeout" "$bundle/bin/mep-mnist" $args 2>>"$bench_log")"
     rc=$?
     secs="$(elapsed "$start" "$(now)")"
     echo "$out" >>"$bench_log"

@@ -1,8 +1,9 @@
 //! The training loop and evaluation, written once over the backend.
 //!
-//! The dataset is uploaded once ([`DeviceData`]); each epoch uploads one index
-//! permutation and every batch is gathered on the device, so a CUDA step does no
-//! host transfer. The running loss is read back only every `report_every` steps.
+//! The dataset is uploaded once ([`DeviceData`]); each step sends its batch's sample
+//! indices with its step scalars in one small host-to-device copy, and the batch is
+//! gathered on the device as part of the step ([`Engine::step_batch`]: on CUDA, one
+//! graph launch). The running loss is read back only every `report_every` steps.
 
 use crate::backend::{Backend, Scalar};
 use crate::data::batches::{epoch_permutation, Shuffle};
@@ -129,7 +130,7 @@ pub fn train_epoch<B: Backend>(
     }
     check_fits(net, data)?;
     let bk = net.backend.clone();
-    let perm = bk.upload_labels(&epoch_permutation(data.n, shuffle, epoch))?;
+    let perm = epoch_permutation(data.n, shuffle, epoch);
     engine.ws.ensure_rows(batch_size.min(data.n))?;
     engine.reset_stats()?;
     bk.synchronize()?;
@@ -138,8 +139,7 @@ pub fn train_epoch<B: Backend>(
     for i in 0..steps {
         let off = i * batch_size;
         let rows = batch_size.min(data.n - off);
-        load_batch(&bk, &mut engine.ws, data, &perm, off, rows)?;
-        engine.step(net, rows)?;
+        engine.step_batch(net, data, &perm[off..off + rows])?;
         if report_every > 0 && (i + 1) % report_every == 0 && i + 1 < steps {
             let s = engine.checked_stats(net)?;
             progress(i + 1, steps, s);

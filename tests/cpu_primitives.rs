@@ -497,7 +497,9 @@ fn adam<T: Scalar>() {
                 let (mh, vh) = (m[i] / bc1, v[i] / bc2);
                 p[i] = p[i] * (1.0 - lr * wd) - lr * mh / (vh.sqrt() + eps);
             }
-            cpu.adam(&mut pt, &to(&g), &mut mt, &mut vt, lr, b1, b2, eps, wd, t)
+            let mut words = vec![];
+            mep::backend::ctl::encode(&mep::backend::ctl::adam_scalars(lr, b1, b2, wd, t), &mut words);
+            cpu.adam(&mut pt, &to(&g), &mut mt, &mut vt, b1, b2, eps, &words, 0)
                 .unwrap();
             close(&format!("adam p, n={n}, t={t}"), seed, &pt, &p);
             close(&format!("adam m, n={n}, t={t}"), seed, &mt, &m);
@@ -884,17 +886,18 @@ fn short_buffers_are_shape_errors() {
     check(
         "adam",
         Box::new(move || {
+            let mut words = vec![];
+            mep::backend::ctl::encode(&mep::backend::ctl::adam_scalars(1e-3, 0.9, 0.999, 0.0, 1), &mut words);
             c.adam(
                 &mut full(),
                 &short(),
                 &mut full(),
                 &mut full(),
-                1e-3,
                 0.9,
                 0.999,
                 1e-8,
-                0.0,
-                1,
+                &words,
+                0,
             )
         }),
     );

@@ -303,21 +303,33 @@ fn reductions_and_optimizer_kernels() {
         let (mut pg, mut mg, mut vg) = (gpu.upload(&x).unwrap(), gpu.zeros(n).unwrap(), gpu.zeros(n).unwrap());
         for t in 1..=3 {
             let g = randn(&mut r, n, 1.0);
-            cpu.adam(&mut pc, &g, &mut mc, &mut vc, 1e-3, 0.9, 0.999, 1e-8, 0.01, t)
+            // The step scalars sit behind two unrelated slots, as in the engine's layout.
+            let mut words = Vec::new();
+            mep::backend::ctl::encode(&[7.0, -2.0], &mut words);
+            mep::backend::ctl::encode(&mep::backend::ctl::adam_scalars(1e-3, 0.9, 0.999, 0.01, t), &mut words);
+            let ctl_g = gpu.upload_labels(&words).unwrap();
+            cpu.adam(&mut pc, &g, &mut mc, &mut vc, 0.9, 0.999, 1e-8, &words, 2)
                 .unwrap();
             gpu.adam(
                 &mut pg,
                 &gpu.upload(&g).unwrap(),
                 &mut mg,
                 &mut vg,
-                1e-3,
                 0.9,
                 0.999,
                 1e-8,
-                0.01,
-                t,
+                &ctl_g,
+                2,
             )
             .unwrap();
+            // axpby_ctl reads α and β from the slots it is given.
+            let y0 = randn(&mut r, n, 1.0);
+            let (mut yc, mut yg) = (y0.clone(), gpu.upload(&y0).unwrap());
+            cpu.axpby_ctl(&words, 1, &g, 0, &mut yc).unwrap();
+            gpu.axpby_ctl(&ctl_g, 1, &gpu.upload(&g).unwrap(), 0, &mut yg).unwrap();
+            let want: Vec<f32> = g.iter().zip(&y0).map(|(gi, yi)| -2.0 * gi + 7.0 * yi).collect();
+            close("axpby_ctl vs definition", seed, &yc, &want);
+            close("axpby_ctl", seed, &gpu.download(&yg).unwrap(), &yc);
         }
         close("adam p", seed, &gpu.download(&pg).unwrap(), &pc);
         close("adam m", seed, &gpu.download(&mg).unwrap(), &mc);

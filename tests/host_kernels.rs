@@ -258,9 +258,17 @@ fn axpby_fill_adam() {
     let (mut ph, mut mh, mut vh) = (p0, vec![0.0; n], vec![0.0; n]);
     for t in 1..=4 {
         let g = randn(&mut r, n, 1.0);
-        cpu.adam(&mut pc, &g, &mut mc, &mut vc, 1e-3, 0.9, 0.999, 1e-8, 0.01, t)
+        let mut words = vec![];
+        mep::backend::ctl::encode(&[0.5], &mut words);
+        mep::backend::ctl::encode(&mep::backend::ctl::adam_scalars(1e-3, 0.9, 0.999, 0.01, t), &mut words);
+        cpu.adam(&mut pc, &g, &mut mc, &mut vc, 0.9, 0.999, 1e-8, &words, 1)
             .unwrap();
-        host::adam(&mut ph, &g, &mut mh, &mut vh, 1e-3, 0.9, 0.999, 1e-8, 0.01, t).unwrap();
+        host::adam(&mut ph, &g, &mut mh, &mut vh, 0.9, 0.999, 1e-8, &words, 1).unwrap();
+        let y0 = randn(&mut r, n, 1.0);
+        let (mut yc, mut yh) = (y0.clone(), y0.clone());
+        cpu.axpby_ctl(&words, 2, &g, 0, &mut yc).unwrap();
+        host::axpby_ctl(&words, 2, &g, 0, &mut yh).unwrap();
+        close("axpby_ctl", seed, &yh, &yc);
     }
     close("adam p", seed, &ph, &pc);
     close("adam m", seed, &mh, &mc);

@@ -12,7 +12,14 @@ const EXPECTED: &[(&str, &[&str])] = &[
     ("data", &["gather_rows", "gather_labels"]),
     (
         "optim",
-        &["axpby", "fill", "scale_by_inv_norm", "spectral_clamp", "adam"],
+        &[
+            "axpby",
+            "fill",
+            "scale_by_inv_norm",
+            "spectral_clamp",
+            "axpby_ctl",
+            "adam",
+        ],
     ),
     ("probe", &["probe_iota"]),
     ("reduce", &["col_sum", "sum_sq_partial", "reduce_partials"]),

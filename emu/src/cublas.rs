@@ -15,6 +15,7 @@
 #![allow(clippy::missing_safety_doc)]
 
 use crate::driver::{current_context_set, faulted, launch_stream, stream_is_valid};
+use crate::graph::{self, Op, Sgemm};
 use crate::{check_failed, count, memory, COUNTERS};
 use std::collections::HashMap;
 use std::ffi::{c_int, c_void};
@@ -102,6 +103,24 @@ pub unsafe extern "C" fn cublasGetStream_v2(h: *mut c_void, s: *mut *mut c_void)
     }
 }
 
+/// Accepted when the workspace is live device memory of at least the size given
+/// (the emulated GEMM needs none).
+#[no_mangle]
+pub extern "C" fn cublasSetWorkspace_v2(h: *mut c_void, ws: *mut c_void, bytes: usize) -> Status {
+    if with_handles(|t| t.get(&(h as usize)).is_none()) {
+        return fail(
+            NOT_INITIALIZED,
+            format!("cublasSetWorkspace: {:#x} is not a live handle", h as usize),
+        );
+    }
+    if bytes > 0 {
+        if let Err(m) = memory::range("cublasSetWorkspace workspace", ws as u64, bytes as u64) {
+            return fail(INVALID_VALUE, m);
+        }
+    }
+    SUCCESS
+}
+
 #[no_mangle]
 pub extern "C" fn cublasSetPointerMode_v2(h: *mut c_void, mode: c_int) -> Status {
     match with_handles(|t| t.get_mut(&(h as usize)).map(|x| x.device_pointers = mode == 1)) {
@@ -177,6 +196,31 @@ pub unsafe extern "C" fn cublasSgemm_v2(
     count(&COUNTERS.cublas_calls);
     if faulted() {
         return EXECUTION_FAILED;
+    }
+    // On a capturing stream the call is recorded (α and β read now, as cuBLAS reads
+    // host-mode scalars at the call) and runs at each replay.
+    if let Some(stream) = with_handles(|t| t.get(&(h as usize)).map(|x| x.stream)) {
+        if !alpha.is_null() && !beta.is_null() {
+            let g = Sgemm {
+                handle: h as usize,
+                ta,
+                tb,
+                m,
+                n,
+                k,
+                alpha: *alpha,
+                a: a as u64,
+                lda,
+                b: b as u64,
+                ldb,
+                beta: *beta,
+                c: c as u64,
+                ldc,
+            };
+            if graph::record_if_capturing(stream, || Op::Sgemm(g)) {
+                return SUCCESS;
+            }
+        }
     }
     match sgemm(h, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc) {
         Ok(()) => SUCCESS,
@@ -287,4 +331,31 @@ unsafe fn sgemm(
         }
     }
     Ok(())
+}
+
+/// Runs a GEMM recorded during a stream capture (a graph replay), with the same
+/// checks as a direct call; a failure is the driver's launch failure.
+pub(crate) unsafe fn replay(g: &Sgemm) -> crate::driver::CUresult {
+    match sgemm(
+        g.handle as *mut c_void,
+        g.ta,
+        g.tb,
+        g.m,
+        g.n,
+        g.k,
+        &g.alpha,
+        g.a as *const f32,
+        g.lda,
+        g.b as *const f32,
+        g.ldb,
+        &g.beta,
+        g.c as *mut f32,
+        g.ldc,
+    ) {
+        Ok(()) => crate::driver::SUCCESS,
+        Err((_, m)) => {
+            check_failed(&format!("cublasSgemm replayed from a graph: {m}"));
+            crate::driver::LAUNCH_FAILED
+        }
+    }
 }

@@ -11,6 +11,7 @@
 // documentation of each call (valid out-pointers, NUL-terminated names, ...).
 #![allow(clippy::missing_safety_doc)]
 
+use crate::graph::{self, Op};
 use crate::{check_failed, count, memory, ptx, write_counters_file, COUNTERS};
 use mep::backend::cuda::host;
 use mep::backend::cuda::shapes::Shape;
@@ -32,7 +33,9 @@ pub const INVALID_PTX: CUresult = 218;
 pub const INVALID_HANDLE: CUresult = 400;
 pub const NOT_FOUND: CUresult = 500;
 pub const LAUNCH_FAILED: CUresult = 719;
+pub const NOT_PERMITTED: CUresult = 800;
 pub const NOT_SUPPORTED: CUresult = 801;
+pub const CAPTURE_INVALIDATED: CUresult = 901;
 
 /// The one device's primary context.
 const PRIMARY: usize = 0xC0C0_0000;
@@ -47,8 +50,6 @@ struct State {
     functions: HashMap<usize, (usize, String)>,
     next: usize,
     primary_refs: usize,
-    /// The stream of the latest launch (cuBLAS must use the same).
-    launch_stream: Option<usize>,
 }
 
 impl State {
@@ -66,6 +67,8 @@ static SMS: AtomicUsize = AtomicUsize::new(1);
 
 thread_local! {
     static CURRENT: Cell<usize> = const { Cell::new(0) };
+    /// The stream of this thread's latest launch (its cuBLAS calls must use the same).
+    static LAUNCH_STREAM: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
 fn with_state<T>(f: impl FnOnce(&mut State) -> T) -> T {
@@ -114,7 +117,7 @@ pub(crate) fn current_context_set() -> bool {
 }
 
 pub(crate) fn launch_stream() -> Option<usize> {
-    with_state(|st| st.launch_stream)
+    LAUNCH_STREAM.with(|c| c.get())
 }
 
 pub(crate) fn faulted() -> bool {
@@ -287,7 +290,23 @@ pub extern "C" fn cuCtxSetCurrent(ctx: *mut c_void) -> CUresult {
     SUCCESS
 }
 
+/// An error if a stream is capturing: `what` would make the captured work depend on
+/// the host (a synchronisation, a host copy) or run once instead of at every replay
+/// (an allocation, a free). The real driver refuses these during capture as well.
+fn not_capturing(what: &str) -> Result<(), CUresult> {
+    match graph::capturing() {
+        Some(s) => Err(fail(
+            NOT_PERMITTED,
+            format!("{what} while stream {s:#x} is capturing a graph (not permitted during stream capture)"),
+        )),
+        None => Ok(()),
+    }
+}
+
 fn sync(what: &str) -> CUresult {
+    if let Err(code) = not_capturing(&format!("a {what} synchronisation")) {
+        return code;
+    }
     count(&COUNTERS.syncs);
     write_counters_file();
     let _ = what;
@@ -404,6 +423,7 @@ pub unsafe extern "C" fn cuEventElapsedTime_v2(ms: *mut f32, a: *mut c_void, b: 
 }
 
 unsafe fn do_alloc(what: &str, dptr: *mut u64, bytes: usize) -> CUresult {
+    tri!(not_capturing(what));
     if dptr.is_null() {
         return fail(INVALID_VALUE, format!("{what}: null result pointer"));
     }
@@ -435,6 +455,7 @@ pub unsafe extern "C" fn cuMemAllocAsync(dptr: *mut u64, bytes: usize, s: *mut c
 }
 
 fn do_free(what: &str, d: u64) -> CUresult {
+    tri!(not_capturing(what));
     match memory::free(d) {
         Ok(()) => {
             count(&COUNTERS.frees);
@@ -468,6 +489,13 @@ unsafe fn memset(what: &str, d: u64, v: u8, n: usize, s: usize) -> CUresult {
     tri!(ready(what, true));
     tri!(check_stream(what, s));
     let p = tri!(device_range(what, d, n));
+    if graph::record_if_capturing(s, || Op::Memset {
+        dst: d,
+        value: v,
+        bytes: n,
+    }) {
+        return SUCCESS;
+    }
     count(&COUNTERS.memsets);
     if n > 0 {
         std::ptr::write_bytes(p, v, n);
@@ -487,6 +515,7 @@ pub unsafe extern "C" fn cuMemsetD8_v2(d: u64, v: u8, n: usize) -> CUresult {
 
 unsafe fn htod(what: &str, d: u64, src: *const c_void, n: usize, s: usize) -> CUresult {
     tri!(ready(what, true));
+    tri!(not_capturing(&format!("{what} (a copy from host memory)")));
     tri!(check_stream(what, s));
     let p = tri!(device_range(what, d, n));
     if n > 0 && src.is_null() {
@@ -501,6 +530,7 @@ unsafe fn htod(what: &str, d: u64, src: *const c_void, n: usize, s: usize) -> CU
 
 unsafe fn dtoh(what: &str, dst: *mut c_void, d: u64, n: usize, s: usize) -> CUresult {
     tri!(ready(what, true));
+    tri!(not_capturing(&format!("{what} (a copy to host memory)")));
     tri!(check_stream(what, s));
     let p = tri!(device_range(what, d, n));
     if n > 0 && dst.is_null() {
@@ -518,6 +548,9 @@ unsafe fn dtod(what: &str, dst: u64, src: u64, n: usize, s: usize) -> CUresult {
     tri!(check_stream(what, s));
     let to = tri!(device_range(&format!("{what} destination"), dst, n));
     let from = tri!(device_range(&format!("{what} source"), src, n));
+    if graph::record_if_capturing(s, || Op::CopyDtoD { dst, src, bytes: n }) {
+        return SUCCESS;
+    }
     count(&COUNTERS.copies_dtod);
     if n > 0 {
         std::ptr::copy(from, to, n);
@@ -704,7 +737,6 @@ pub unsafe extern "C" fn cuLaunchKernel(
     let Some((name, sizes)) = with_state(|st| {
         let (m, name) = st.functions.get(&(f as usize))?.clone();
         let sizes = st.modules.get(&m)?.get(&name)?.clone();
-        st.launch_stream = Some(s as usize);
         Some((name, sizes))
     }) else {
         return fail(
@@ -729,21 +761,40 @@ pub unsafe extern "C" fn cuLaunchKernel(
     if let Err(m) = check_args(&name, &sizes, params) {
         return fail(INVALID_VALUE, format!("launching {name}: {m}"));
     }
+    let shape = Shape {
+        grid: (gx, gy, gz),
+        block: (bx, by, bz),
+    };
+    LAUNCH_STREAM.with(|c| c.set(Some(s as usize)));
+    let ps: Vec<*mut c_void> = (0..sizes.len()).map(|i| *params.add(i)).collect();
+    if graph::record_if_capturing(s as usize, || Op::Launch {
+        name: name.clone(),
+        shape,
+        args: ps
+            .iter()
+            .zip(&sizes)
+            .map(|(&p, &n)| std::slice::from_raw_parts(p as *const u8, n).to_vec())
+            .collect(),
+    }) {
+        return SUCCESS;
+    }
+    run_kernel(&name, shape, ps)
+}
+
+/// Runs kernel `name` with the argument pointers `ps` (what cuLaunchKernel and a
+/// graph replay share); a failure faults the context.
+unsafe fn run_kernel(name: &str, shape: Shape, mut ps: Vec<*mut c_void>) -> CUresult {
     {
         let mut r = memory::RUNNING.lock().unwrap();
         *r = [0; 64];
         let n = name.len().min(63);
         r[..n].copy_from_slice(&name.as_bytes()[..n]);
     }
-    let shape = Shape {
-        grid: (gx, gy, gz),
-        block: (bx, by, bz),
-    };
-    let mut ps: Vec<*mut c_void> = (0..sizes.len()).map(|i| *params.add(i)).collect();
-    match host::launch_raw(&name, shape, &mut ps, host::schedule_seed()) {
+    match host::launch_raw(name, shape, &mut ps, host::schedule_seed()) {
         Ok(()) => SUCCESS,
         Err(m) => {
             FAULTED.store(true, Relaxed);
+            let ((gx, gy, gz), (bx, by, bz)) = (shape.grid, shape.block);
             fail(
                 LAUNCH_FAILED,
                 format!("kernel {name} <<<({gx},{gy},{gz}), ({bx},{by},{bz})>>>: {m}"),
@@ -778,22 +829,129 @@ pub unsafe extern "C" fn cuGetErrorName(e: CUresult, s: *mut *const c_char) -> C
     cuGetErrorString(e, s)
 }
 
-/// Graph capture is not emulated: the backend does not use graphs. Calls fail
-/// cleanly rather than with a missing-symbol panic, and launches are counted.
 #[no_mangle]
-pub extern "C" fn cuStreamBeginCapture_v2(_s: *mut c_void, _mode: c_int) -> CUresult {
-    fail(NOT_SUPPORTED, "stream capture (CUDA graphs) is not emulated".into())
+pub extern "C" fn cuStreamBeginCapture_v2(s: *mut c_void, _mode: c_int) -> CUresult {
+    tri!(ready("cuStreamBeginCapture", true));
+    tri!(check_stream("cuStreamBeginCapture", s as usize));
+    match graph::begin(s as usize) {
+        Ok(()) => SUCCESS,
+        Err(m) => fail(NOT_PERMITTED, format!("cuStreamBeginCapture: {m}")),
+    }
 }
 
 #[no_mangle]
-pub extern "C" fn cuGraphLaunch(_g: *mut c_void, _s: *mut c_void) -> CUresult {
-    count(&COUNTERS.graph_launches);
-    fail(NOT_SUPPORTED, "CUDA graphs are not emulated".into())
+pub unsafe extern "C" fn cuStreamEndCapture(s: *mut c_void, g: *mut *mut c_void) -> CUresult {
+    tri!(ready("cuStreamEndCapture", true));
+    tri!(check_stream("cuStreamEndCapture", s as usize));
+    if g.is_null() {
+        return fail(INVALID_VALUE, "cuStreamEndCapture: null graph pointer".into());
+    }
+    match graph::end(s as usize) {
+        Ok(h) => {
+            *g = h as *mut c_void;
+            SUCCESS
+        }
+        Err(m) => fail(CAPTURE_INVALIDATED, format!("cuStreamEndCapture: {m}")),
+    }
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuStreamIsCapturing(_s: *mut c_void, status: *mut c_int) -> CUresult {
-    *status = 0;
+pub unsafe extern "C" fn cuGraphInstantiateWithFlags(exec: *mut *mut c_void, g: *mut c_void, _flags: u64) -> CUresult {
+    tri!(ready("cuGraphInstantiate", true));
+    if exec.is_null() {
+        return fail(INVALID_VALUE, "cuGraphInstantiate: null result pointer".into());
+    }
+    match graph::instantiate(g as usize) {
+        Ok(h) => {
+            *exec = h as *mut c_void;
+            SUCCESS
+        }
+        Err(m) => fail(INVALID_HANDLE, format!("cuGraphInstantiate: {m}")),
+    }
+}
+
+/// Replays an executable graph on `s`, operation by operation, in capture order.
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphLaunch(exec: *mut c_void, s: *mut c_void) -> CUresult {
+    tri!(ready("cuGraphLaunch", true));
+    tri!(check_stream("cuGraphLaunch", s as usize));
+    tri!(not_capturing("cuGraphLaunch"));
+    let ops = match graph::for_launch(exec as usize) {
+        Ok(ops) => ops,
+        Err(m) => return fail(INVALID_HANDLE, format!("cuGraphLaunch: {m}")),
+    };
+    for op in ops.iter() {
+        graph::count_node();
+        let r = match op {
+            Op::Launch { name, shape, args } => {
+                let mut args = args.clone();
+                let mut ps: Vec<*mut c_void> = args.iter_mut().map(|a| a.as_mut_ptr() as *mut c_void).collect();
+                // The buffers must still be live at every replay, not only at capture.
+                let sizes: Vec<usize> = args.iter().map(Vec::len).collect();
+                match check_args(name, &sizes, ps.as_mut_ptr()) {
+                    Ok(()) => run_kernel(name, *shape, ps),
+                    Err(m) => fail(INVALID_VALUE, format!("replaying {name} from a graph: {m}")),
+                }
+            }
+            Op::Memset { dst, value, bytes } => match device_range("graph memset", *dst, *bytes) {
+                Ok(p) => {
+                    if *bytes > 0 {
+                        std::ptr::write_bytes(p, *value, *bytes);
+                    }
+                    SUCCESS
+                }
+                Err(code) => code,
+            },
+            Op::CopyDtoD { dst, src, bytes } => {
+                match (
+                    device_range("graph copy destination", *dst, *bytes),
+                    device_range("graph copy source", *src, *bytes),
+                ) {
+                    (Ok(to), Ok(from)) => {
+                        if *bytes > 0 {
+                            std::ptr::copy(from, to, *bytes);
+                        }
+                        SUCCESS
+                    }
+                    (Err(code), _) | (_, Err(code)) => code,
+                }
+            }
+            Op::Sgemm(g) => crate::cublas::replay(g),
+        };
+        if r != SUCCESS {
+            return r;
+        }
+    }
+    SUCCESS
+}
+
+#[no_mangle]
+pub extern "C" fn cuGraphExecDestroy(exec: *mut c_void) -> CUresult {
+    if graph::destroy_exec(exec as usize) {
+        SUCCESS
+    } else {
+        fail(
+            INVALID_HANDLE,
+            format!("cuGraphExecDestroy: {:#x} does not exist", exec as usize),
+        )
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn cuGraphDestroy(g: *mut c_void) -> CUresult {
+    if graph::destroy_graph(g as usize) {
+        SUCCESS
+    } else {
+        fail(
+            INVALID_HANDLE,
+            format!("cuGraphDestroy: {:#x} does not exist", g as usize),
+        )
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamIsCapturing(s: *mut c_void, status: *mut c_int) -> CUresult {
+    *status = c_int::from(graph::is_capturing(s as usize));
     SUCCESS
 }
 

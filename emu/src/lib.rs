@@ -30,6 +30,7 @@
 
 pub mod cublas;
 pub mod driver;
+pub mod graph;
 pub mod memory;
 pub mod ptx;
 
@@ -53,6 +54,8 @@ pub struct Counters {
     pub syncs: AtomicU64,
     /// `cuGraphLaunch` calls.
     pub graph_launches: AtomicU64,
+    /// Operations replayed by graph launches (kernels, copies, memsets, GEMMs).
+    pub graph_nodes: AtomicU64,
     /// Device allocations.
     pub allocs: AtomicU64,
     /// Device frees.
@@ -71,13 +74,14 @@ pub static COUNTERS: Counters = Counters {
     memsets: AtomicU64::new(0),
     syncs: AtomicU64::new(0),
     graph_launches: AtomicU64::new(0),
+    graph_nodes: AtomicU64::new(0),
     allocs: AtomicU64::new(0),
     frees: AtomicU64::new(0),
     errors: AtomicU64::new(0),
 };
 
 /// Counter names, in the order `mep_emu_counters` writes them.
-pub const COUNTER_NAMES: [&str; 11] = [
+pub const COUNTER_NAMES: [&str; 12] = [
     "launches",
     "cublas_calls",
     "copies_htod",
@@ -86,12 +90,13 @@ pub const COUNTER_NAMES: [&str; 11] = [
     "memsets",
     "syncs",
     "graph_launches",
+    "graph_nodes",
     "allocs",
     "frees",
     "errors",
 ];
 
-fn counter_values() -> [u64; 11] {
+fn counter_values() -> [u64; 12] {
     let c = &COUNTERS;
     [
         &c.launches,
@@ -102,6 +107,7 @@ fn counter_values() -> [u64; 11] {
         &c.memsets,
         &c.syncs,
         &c.graph_launches,
+        &c.graph_nodes,
         &c.allocs,
         &c.frees,
         &c.errors,
@@ -152,9 +158,19 @@ pub unsafe extern "C" fn mep_emu_counters(out: *mut u64, len: usize) -> usize {
     v.len()
 }
 
-/// The counter names, comma-separated, NUL-terminated.
+/// The counter names, comma-separated, NUL-terminated ([`COUNTER_NAMES`]; a unit
+/// test checks that they agree).
 #[no_mangle]
 pub extern "C" fn mep_emu_counter_names() -> *const std::ffi::c_char {
-    c"launches,cublas_calls,copies_htod,copies_dtoh,copies_dtod,memsets,syncs,graph_launches,allocs,frees,errors"
+    c"launches,cublas_calls,copies_htod,copies_dtoh,copies_dtod,memsets,syncs,graph_launches,graph_nodes,allocs,frees,errors"
         .as_ptr()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn exported_counter_names_match_the_table() {
+        let exported = unsafe { std::ffi::CStr::from_ptr(super::mep_emu_counter_names()) };
+        assert_eq!(exported.to_str().unwrap(), super::COUNTER_NAMES.join(","));
+    }
 }

@@ -194,6 +194,7 @@ impl<T: Scalar> Backend for Cpu<T> {
     type Elem = T;
     type Buf = Vec<T>;
     type Labels = Vec<u32>;
+    type Graph = ();
 
     fn name(&self) -> String {
         format!(
@@ -220,6 +221,15 @@ impl<T: Scalar> Backend for Cpu<T> {
     }
     fn len(&self, buf: &Vec<T>) -> usize {
         buf.len()
+    }
+    fn labels_len(&self, buf: &Vec<u32>) -> usize {
+        buf.len()
+    }
+    fn buf_id(&self, buf: &Vec<T>) -> usize {
+        buf.as_ptr() as usize
+    }
+    fn labels_id(&self, buf: &Vec<u32>) -> usize {
+        buf.as_ptr() as usize
     }
     fn upload_labels(&self, host: &[u32]) -> Result<Vec<u32>> {
         crate::error::try_copy(host, "a CPU label buffer")
@@ -671,29 +681,33 @@ impl<T: Scalar> Backend for Cpu<T> {
         Ok(())
     }
 
+    fn axpby_ctl(&self, ctl: &Vec<u32>, alpha_slot: usize, x: &Vec<T>, beta_slot: usize, y: &mut Vec<T>) -> Result<()> {
+        let alpha = ctl_scalar(ctl, alpha_slot, "axpby_ctl alpha")?;
+        let beta = ctl_scalar(ctl, beta_slot, "axpby_ctl beta")?;
+        self.axpby(alpha, x, beta, y)
+    }
+
     fn adam(
         &self,
         p: &mut Vec<T>,
         g: &Vec<T>,
         m: &mut Vec<T>,
         v: &mut Vec<T>,
-        lr: f64,
         beta1: f64,
         beta2: f64,
         eps: f64,
-        weight_decay: f64,
-        t: u64,
+        ctl: &Vec<u32>,
+        slot: usize,
     ) -> Result<()> {
         let n = p.len();
         check_len("adam g", g.len(), n)?;
         check_len("adam m", m.len(), n)?;
         check_len("adam v", v.len(), n)?;
-        let bc1 = 1.0 - beta1.powi(t as i32);
-        let bc2 = 1.0 - beta2.powi(t as i32);
+        let decay = T::of(ctl_scalar(ctl, slot, "adam decay")?);
+        let step = T::of(ctl_scalar(ctl, slot + 1, "adam step")?);
+        let inv_sqrt_bc2 = T::of(ctl_scalar(ctl, slot + 2, "adam inv_sqrt_bc2")?);
         let (b1, b2) = (T::of(beta1), T::of(beta2));
-        let (one, decay) = (T::one(), T::of(1.0 - lr * weight_decay));
-        let step = T::of(lr / bc1);
-        let inv_sqrt_bc2 = T::of(1.0 / bc2.sqrt());
+        let one = T::one();
         let e = T::of(eps);
         for i in 0..n {
             let gi = g[i];
@@ -703,6 +717,16 @@ impl<T: Scalar> Backend for Cpu<T> {
         }
         Ok(())
     }
+}
+
+/// Scalar slot `slot` of a [`crate::backend::ctl`] buffer, or a shape error naming `what`.
+fn ctl_scalar(ctl: &[u32], slot: usize, what: &str) -> Result<f64> {
+    crate::backend::ctl::scalar(ctl, slot).ok_or_else(|| {
+        MepError::Shape(format!(
+            "{what}: step-scalar slot {slot} is past the end of a {}-word buffer",
+            ctl.len()
+        ))
+    })
 }
 
 /// Runs `f` on a worker of rayon's pool (directly when already on one). The CPU

@@ -14,6 +14,7 @@
 //!   the backend.
 
 pub mod cpu;
+pub mod ctl;
 pub mod cuda;
 
 use crate::nn::activation::ActChain;
@@ -66,8 +67,11 @@ pub trait Backend: Clone + Send + Sync + 'static {
     type Elem: Scalar;
     /// A buffer of `Elem`s in the backend's memory.
     type Buf: Send + Sync;
-    /// A buffer of `u32`s (labels, indices) in the backend's memory.
+    /// A buffer of `u32`s (labels, indices, [`ctl`] step scalars) in the backend's memory.
     type Labels: Send + Sync;
+    /// Captured device work, replayed by [`Backend::launch_graph`] (a CUDA graph);
+    /// `()` where capture is not supported.
+    type Graph: Send + Sync;
 
     /// Short description, e.g. `cpu (2 threads, f32)` or `cuda:0 (NVIDIA H200, sm_90)`.
     fn name(&self) -> String;
@@ -84,6 +88,13 @@ pub trait Backend: Clone + Send + Sync + 'static {
     fn download(&self, buf: &Self::Buf) -> Result<Vec<Self::Elem>>;
     /// Number of elements of a buffer.
     fn len(&self, buf: &Self::Buf) -> usize;
+    /// Number of entries of a label buffer.
+    fn labels_len(&self, buf: &Self::Labels) -> usize;
+    /// The identity of a buffer's storage (its address): two live buffers never
+    /// share one. Captured steps are keyed by the buffers they touch.
+    fn buf_id(&self, buf: &Self::Buf) -> usize;
+    /// [`Backend::buf_id`] for a label buffer.
+    fn labels_id(&self, buf: &Self::Labels) -> usize;
     /// Copies host labels/indices into a new buffer.
     fn upload_labels(&self, host: &[u32]) -> Result<Self::Labels>;
     /// Copies host labels/indices into the start of an existing buffer.
@@ -239,9 +250,22 @@ pub trait Backend: Clone + Send + Sync + 'static {
     fn scale_by_inv_norm(&self, x: &Self::Buf, sumsq: &Self::Buf, eps: f64, y: &mut Self::Buf) -> Result<()>;
     /// Spectral constraint: with `σ̂ = √sumsq[0]`, if σ̂ > γ then w ← w·γ/σ̂.
     fn spectral_clamp(&self, w: &mut Self::Buf, sumsq: &Self::Buf, gamma: f64) -> Result<()>;
-    /// Adam with decoupled weight decay, bias-corrected for step `t` (1-based):
+    /// y ← α·x + β·y with α and β read from the [`ctl`] scalar slots `alpha_slot` and
+    /// `beta_slot` of `ctl` (on the device: a captured step reads the values of the
+    /// step it runs in). With β = 0, y's old contents are ignored.
+    fn axpby_ctl(
+        &self,
+        ctl: &Self::Labels,
+        alpha_slot: usize,
+        x: &Self::Buf,
+        beta_slot: usize,
+        y: &mut Self::Buf,
+    ) -> Result<()>;
+    /// Adam with decoupled weight decay, its per-step scalars read from the [`ctl`]
+    /// slots `slot`, `slot + 1`, `slot + 2` = (decay, step, inv_sqrt_bc2) as
+    /// [`ctl::adam_scalars`] computes them:
     /// m ← β1 m + (1−β1) g; v ← β2 v + (1−β2) g²;
-    /// p ← p(1 − lr·wd) − lr · m̂ / (√v̂ + eps).
+    /// p ← p·decay − step · m / (√v · inv_sqrt_bc2 + eps).
     #[allow(clippy::too_many_arguments)]
     fn adam(
         &self,
@@ -249,11 +273,36 @@ pub trait Backend: Clone + Send + Sync + 'static {
         g: &Self::Buf,
         m: &mut Self::Buf,
         v: &mut Self::Buf,
-        lr: f64,
         beta1: f64,
         beta2: f64,
         eps: f64,
-        weight_decay: f64,
-        t: u64,
+        ctl: &Self::Labels,
+        slot: usize,
     ) -> Result<()>;
+
+    // ---- captured steps ------------------------------------------------------------------
+
+    /// Starts capturing the work queued from now on (instead of running it) into a
+    /// graph, if the backend can; `Ok(false)` (the default: the CPU) means it cannot,
+    /// and the work runs eagerly as usual. Between this and [`Backend::end_capture`]
+    /// nothing may read or write host memory through the backend.
+    fn begin_capture(&self) -> Result<bool> {
+        Ok(false)
+    }
+    /// Ends a capture started by [`Backend::begin_capture`] and returns the graph,
+    /// ready to launch.
+    fn end_capture(&self) -> Result<Self::Graph> {
+        Err(crate::MepError::Cuda(format!(
+            "{}: this backend does not capture graphs",
+            self.name()
+        )))
+    }
+    /// Queues one replay of a captured graph.
+    fn launch_graph(&self, graph: &Self::Graph) -> Result<()> {
+        let _ = graph;
+        Err(crate::MepError::Cuda(format!(
+            "{}: this backend does not capture graphs",
+            self.name()
+        )))
+    }
 }

@@ -685,6 +685,7 @@ fn run(args: Args) -> mep::Result<()> {
                 "epoch_seconds": report.seconds,
                 "eval_seconds": eval_s,
                 "samples_per_sec": sps,
+                "steps_per_sec": report.train.samples.div_ceil(args.batch_size as u64) as f64 / report.seconds,
                 "gflop_per_sec": epoch_flops / report.seconds / 1e9,
                 "settle_residual": report.train.settle_residual,
                 "free_residual": report.train.free_residual,

@@ -422,6 +422,14 @@ impl Optimizer {
     pub fn steps(&self) -> u64 {
         with_engine!(&self.engine, e => e.steps())
     }
+
+    /// On CUDA, whether each step is captured once per batch shape and replayed as
+    /// one CUDA graph launch (the default, unless `MEP_CUDA_GRAPHS=0`), or queued
+    /// kernel by kernel (eager: slower, but a fault is reported by the launch that
+    /// caused it). Results are bit-identical either way. No effect on the CPU.
+    pub fn set_cuda_graphs(&mut self, on: bool) {
+        with_engine!(&mut self.engine, e => e.set_graphs(on))
+    }
 }
 
 /// Research access (see [`crate::inspect`]).

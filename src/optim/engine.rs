@@ -5,10 +5,37 @@
 use super::config::{MatrixRule, OptimConfig, SpectralLayers, VectorRule};
 use super::newton_schulz::{orthogonalize, NsScratch};
 use super::spectral::PowerIter;
-use crate::backend::{Backend, Scalar};
+use crate::backend::{ctl, Backend, Scalar};
 use crate::ep::{compute_gradients, Energy, Grads, Mode, Workspace};
 use crate::nn::Network;
+use crate::train::DeviceData;
 use crate::{MepError, Result};
+
+/// Step-scalar slot 0 holds 1.0 (a β that keeps y); each block then has
+/// [`SLOTS_PER_BLOCK`] slots from [`block_slot`]: three for its matrix rule, three
+/// for its vector rule ([`Engine::step_scalars`] says what each holds).
+const ONE_SLOT: usize = 0;
+/// Step-scalar slots per block.
+const SLOTS_PER_BLOCK: usize = 6;
+
+/// The first step-scalar slot of block `l` (its vector rule's are 3 further on).
+fn block_slot(l: usize) -> usize {
+    1 + SLOTS_PER_BLOCK * l
+}
+
+/// A captured step ([`Engine::step`] on a backend that captures graphs).
+struct StepGraph<B: Backend> {
+    /// Identity of everything the graph reads or writes (see [`Engine::graph_key`]).
+    key: Vec<usize>,
+    graph: B::Graph,
+    /// What one step adds to the workspace's host-side residual row counts (host
+    /// bookkeeping done while capturing, which a replay must repeat).
+    resid_rows: [u64; 2],
+}
+
+/// Most captured steps kept (one per batch shape: the full batch and an epoch's
+/// shorter last one, for a training and an evaluation configuration).
+const MAX_GRAPHS: usize = 4;
 
 /// Per-block optimizer state.
 struct BlockState<B: Backend> {
@@ -59,6 +86,15 @@ pub struct Engine<B: Backend> {
     /// Boxed: it holds device buffers, and keeping `Engine` small keeps the
     /// backend enum `AnyEngine` balanced.
     guard: Box<Guard<B>>,
+    /// The step scalars and batch indices of the current step, on the device
+    /// ([`ctl`]); written once per step.
+    ctl: B::Labels,
+    /// Host staging for `ctl`.
+    ctl_host: Vec<u32>,
+    /// Captured steps, most recent last.
+    graphs: Vec<StepGraph<B>>,
+    /// Capture steps as graphs where the backend can (see [`Engine::set_graphs`]).
+    use_graphs: bool,
 }
 
 /// Divergence detection at the step (see [`Engine::step`]).
@@ -157,15 +193,39 @@ impl<B: Backend> Engine<B> {
             every_step: true,
             diverged: None,
         });
+        let ws = Workspace::new(bk, &net.arch, batch_hint)?;
+        let ctl = bk.zeros_labels(2 * block_slot(depth) + ws.rows_cap)?;
         Ok(Engine {
             cfg,
-            ws: Workspace::new(bk, &net.arch, batch_hint)?,
+            ws,
             grads: Grads::new(bk, &net.arch)?,
             state,
             t: 0,
             samples_since_reset: 0,
             guard,
+            ctl,
+            ctl_host: Vec::new(),
+            graphs: Vec::new(),
+            use_graphs: graphs_from_env(),
         })
+    }
+
+    /// Whether steps are captured once per batch shape and replayed as one graph
+    /// launch each (on a backend that can: CUDA), or queued primitive by primitive
+    /// (eager). The default is on, unless the environment variable
+    /// `MEP_CUDA_GRAPHS` is `0`. Both run the same kernels with the same arguments,
+    /// so they give bit-identical results; eager mode is how a fault inside a graph
+    /// is located (each launch then reports its own error).
+    pub fn set_graphs(&mut self, on: bool) {
+        self.use_graphs = on;
+        if !on {
+            self.graphs.clear();
+        }
+    }
+
+    /// Whether graph capture is on ([`Engine::set_graphs`]); the CPU ignores it.
+    pub fn graphs(&self) -> bool {
+        self.use_graphs
     }
 
     /// Whether divergence is checked by a host read after every step (the default;
@@ -201,6 +261,24 @@ impl<B: Backend> Engine<B> {
     /// values (with per-step checks: those before this step), and every later step
     /// returns the same error without touching the network.
     pub fn step(&mut self, net: &mut Network<B>, rows: usize) -> Result<()> {
+        self.step_inner(net, rows, None)
+    }
+
+    /// [`Engine::step`] on the samples `indices` of `data` (rows of the data set),
+    /// gathered on the device as part of the step: the training loop's step. On a
+    /// backend that captures graphs, a step is then one small host-to-device copy
+    /// (the indices and the step scalars) and one graph launch.
+    pub fn step_batch(&mut self, net: &mut Network<B>, data: &DeviceData<B>, indices: &[u32]) -> Result<()> {
+        if let Some(&bad) = indices.iter().find(|&&i| i as usize >= data.n) {
+            return Err(MepError::Shape(format!(
+                "sample index {bad} in a batch of a data set of {} samples",
+                data.n
+            )));
+        }
+        self.step_inner(net, indices.len(), Some((data, indices)))
+    }
+
+    fn step_inner(&mut self, net: &mut Network<B>, rows: usize, batch: Option<(&DeviceData<B>, &[u32])>) -> Result<()> {
         if let Some(e) = self.diverged_error() {
             return Err(e);
         }
@@ -210,21 +288,141 @@ impl<B: Backend> Engine<B> {
                 self.ws.rows_cap
             )));
         }
+        let bk = net.backend.clone();
         if self.t == 0 {
             // The initial weights may violate the bound (PyTorch's initialisation puts
             // a 3-hidden-layer Hopfield net's coupling operator above 1): constrain
             // before the first phases, so settling contracts from the first step.
             self.apply_constraint(net)?;
         }
-        compute_gradients(net, &self.cfg.grad, &mut self.ws, rows, &mut self.grads)?;
-        self.t += 1;
+        // This step's scalars (and batch indices) in one host-to-device copy.
+        let t = self.t + 1;
+        self.ctl_host.clear();
+        ctl::encode(&self.step_scalars(net, t), &mut self.ctl_host);
+        if let Some((_, indices)) = batch {
+            self.ctl_host.extend_from_slice(indices);
+        }
+        if bk.labels_len(&self.ctl) < self.ctl_host.len() {
+            self.ctl = bk.zeros_labels(self.ctl_host.len())?;
+            self.graphs.clear();
+        }
+        bk.write_labels(&mut self.ctl, &self.ctl_host)?;
+        // The first step runs eagerly (it also warms up whatever the backend loads
+        // lazily); later ones replay a captured graph where the backend has them.
+        if self.use_graphs && self.t > 0 {
+            let key = self.graph_key(net, rows, batch.map(|(d, _)| d));
+            if let Some(i) = self.graphs.iter().position(|g| g.key == key) {
+                let g = &self.graphs[i];
+                bk.launch_graph(&g.graph)?;
+                for (r, d) in self.ws.resid_rows.iter_mut().zip(g.resid_rows) {
+                    *r += d;
+                }
+            } else if bk.begin_capture()? {
+                let before = self.ws.resid_rows;
+                let body = self.step_body(net, rows, batch.map(|(d, _)| d));
+                // End the capture whatever happened, so the stream is usable again.
+                let graph = bk.end_capture();
+                body?;
+                let graph = graph?;
+                let resid_rows = [self.ws.resid_rows[0] - before[0], self.ws.resid_rows[1] - before[1]];
+                // Nothing ran while capturing: the host bookkeeping is redone per launch.
+                self.ws.resid_rows = before;
+                bk.launch_graph(&graph)?;
+                for (r, d) in self.ws.resid_rows.iter_mut().zip(resid_rows) {
+                    *r += d;
+                }
+                if self.graphs.len() == MAX_GRAPHS {
+                    self.graphs.remove(0);
+                }
+                self.graphs.push(StepGraph { key, graph, resid_rows });
+            } else {
+                self.step_body(net, rows, batch.map(|(d, _)| d))?;
+            }
+        } else {
+            self.step_body(net, rows, batch.map(|(d, _)| d))?;
+        }
+        self.t = t;
         self.samples_since_reset += rows as u64;
-        self.apply_update(net)?;
-        self.accumulate_health(net)?;
         if self.guard.every_step || self.t % self.cfg.check_every == 0 {
             self.verify(net)?;
         }
         Ok(())
+    }
+
+    /// The device work of one step, reading its scalars (and batch indices) from
+    /// `self.ctl`: gather the batch (when `data` is given), gradients, update,
+    /// health. Nothing here may touch host memory through the backend: it is what a
+    /// graph captures.
+    fn step_body(&mut self, net: &mut Network<B>, rows: usize, data: Option<&DeviceData<B>>) -> Result<()> {
+        if let Some(data) = data {
+            let bk = &net.backend;
+            let start = 2 * block_slot(net.arch.depth());
+            bk.gather_rows(&data.x, data.features, &self.ctl, start, rows, &mut self.ws.x)?;
+            bk.gather_labels(&data.y, &self.ctl, start, rows, &mut self.ws.y)?;
+        }
+        compute_gradients(net, &self.cfg.grad, &mut self.ws, rows, &mut self.grads)?;
+        self.update_body(net)?;
+        self.accumulate_health(net)
+    }
+
+    /// The identity of everything a captured step reads or writes that a caller can
+    /// replace: the batch shape, the parameters, the workspace, the gradients and
+    /// the data set (their device addresses). A step whose key differs from every
+    /// captured one is captured afresh.
+    fn graph_key(&self, net: &Network<B>, rows: usize, data: Option<&DeviceData<B>>) -> Vec<usize> {
+        let bk = &net.backend;
+        let mut key = vec![rows, self.ws.rows_cap, data.is_some() as usize];
+        for p in &net.params {
+            key.push(bk.buf_id(&p.w));
+            key.push(bk.buf_id(&p.b));
+        }
+        for g in self.grads.w.iter().chain(&self.grads.b) {
+            key.push(bk.buf_id(g));
+        }
+        key.push(bk.buf_id(&self.ws.x));
+        key.push(bk.labels_id(&self.ws.y));
+        key.push(bk.buf_id(&self.ws.stats));
+        key.push(bk.labels_id(&self.ctl));
+        if let Some(d) = data {
+            key.push(bk.buf_id(&d.x));
+            key.push(bk.labels_id(&d.y));
+            key.push(d.features);
+        }
+        key
+    }
+
+    /// The step scalars of step `t` (1-based), in [`ctl`] slot order: slot
+    /// [`ONE_SLOT`] = 1, then per block (from [`block_slot`]) three for the matrix
+    /// rule and three for the vector rule, with lr = the scheduled learning rate
+    /// and decay = 1 − lr·weight_decay:
+    /// - Muon: (−lr·scale, decay, 0);
+    /// - SGD: (−lr, decay, −lr·momentum) (decay = 1 for biases);
+    /// - Adam: [`ctl::adam_scalars`] (no weight decay on biases).
+    fn step_scalars(&self, net: &Network<B>, t: u64) -> Vec<f64> {
+        let cfg = &self.cfg;
+        let depth = net.arch.depth();
+        let f = cfg.schedule.factor(t);
+        let lr = cfg.lr * f;
+        let decay = 1.0 - lr * cfg.weight_decay;
+        let mut out = vec![0.0; block_slot(depth)];
+        out[ONE_SLOT] = 1.0;
+        for (l, blk) in net.arch.blocks.iter().enumerate() {
+            let m = block_slot(l);
+            let mat: [f64; 3] = match cfg.matrix {
+                MatrixRule::Muon { scale, .. } => [-lr * scale.factor(blk.out, blk.inp, depth), decay, 0.0],
+                MatrixRule::Sgd { momentum, .. } => [-lr, decay, -lr * momentum],
+                MatrixRule::Adam { beta1, beta2, .. } => ctl::adam_scalars(lr, beta1, beta2, cfg.weight_decay, t),
+            };
+            let vec: [f64; 3] = match cfg.vector {
+                VectorRule::Adam {
+                    lr: blr, beta1, beta2, ..
+                } => ctl::adam_scalars(blr * f, beta1, beta2, 0.0, t),
+                VectorRule::Sgd { lr: blr, momentum, .. } => [-blr * f, 1.0, -blr * f * momentum],
+            };
+            out[m..m + 3].copy_from_slice(&mat);
+            out[m + 3..m + 6].copy_from_slice(&vec);
+        }
+        out
     }
 
     /// The sticky divergence error, if one was detected.
@@ -313,24 +511,31 @@ impl<B: Backend> Engine<B> {
         Ok(s)
     }
 
-    /// Applies the update rules to `net` using the gradients in `self.grads`.
+    /// Applies the update rules to `net` using the gradients in `self.grads`, with
+    /// the learning rate and bias corrections of step max(1, [`Engine::steps`]),
+    /// without counting a step ([`Engine::step`] does all of it).
     pub fn apply_update(&mut self, net: &mut Network<B>) -> Result<()> {
+        self.ctl_host.clear();
+        ctl::encode(&self.step_scalars(net, self.t.max(1)), &mut self.ctl_host);
+        net.backend.write_labels(&mut self.ctl, &self.ctl_host)?;
+        self.update_body(net)
+    }
+
+    /// The update rules, with the step scalars in `self.ctl` ([`Engine::step_scalars`]).
+    fn update_body(&mut self, net: &mut Network<B>) -> Result<()> {
         let bk = net.backend.clone();
         let cfg = self.cfg;
-        let t = self.t.max(1);
-        let f = cfg.schedule.factor(t);
-        let lr = cfg.lr * f;
         for (l, blk) in net.arch.blocks.iter().enumerate() {
             let st = &mut self.state[l];
             let p = &mut net.params[l];
             let g = &self.grads.w[l];
-            let decay = 1.0 - lr * cfg.weight_decay;
+            let (ms, vs) = (block_slot(l), block_slot(l) + 3);
             match cfg.matrix {
                 MatrixRule::Muon {
                     momentum,
                     nesterov,
                     ns_steps,
-                    scale,
+                    ..
                 } => {
                     let (u, ns) = st.muon.as_mut().expect("Muon state allocated with the engine");
                     bk.axpby(1.0, g, momentum, &mut st.m_w)?; // M = μM + G
@@ -342,38 +547,27 @@ impl<B: Backend> Engine<B> {
                         &st.m_w
                     };
                     orthogonalize(&bk, blk.out, blk.inp, ns_steps, dir, ns)?;
-                    bk.axpby(
-                        -lr * scale.factor(blk.out, blk.inp, net.arch.depth()),
-                        &ns.x,
-                        decay,
-                        &mut p.w,
-                    )?;
+                    // W ← decay·W − lr·scale·O
+                    bk.axpby_ctl(&self.ctl, ms, &ns.x, ms + 1, &mut p.w)?;
                 }
                 MatrixRule::Sgd { momentum, nesterov } => {
-                    sgd_update(&bk, &mut p.w, g, &mut st.m_w, lr, momentum, nesterov, decay)?
+                    sgd_update(&bk, &mut p.w, g, &mut st.m_w, momentum, nesterov, &self.ctl, ms)?
                 }
                 MatrixRule::Adam { beta1, beta2, eps } => {
                     let v = st.v_w.as_mut().expect("Adam state allocated with the engine");
-                    bk.adam(&mut p.w, g, &mut st.m_w, v, lr, beta1, beta2, eps, cfg.weight_decay, t)?;
+                    bk.adam(&mut p.w, g, &mut st.m_w, v, beta1, beta2, eps, &self.ctl, ms)?;
                 }
             }
             if blk.bias {
                 let gb = &self.grads.b[l];
                 match cfg.vector {
-                    VectorRule::Adam {
-                        lr: blr,
-                        beta1,
-                        beta2,
-                        eps,
-                    } => {
+                    VectorRule::Adam { beta1, beta2, eps, .. } => {
                         let v = st.v_b.as_mut().expect("Adam state allocated with the engine");
-                        bk.adam(&mut p.b, gb, &mut st.m_b, v, blr * f, beta1, beta2, eps, 0.0, t)?;
+                        bk.adam(&mut p.b, gb, &mut st.m_b, v, beta1, beta2, eps, &self.ctl, vs)?;
                     }
-                    VectorRule::Sgd {
-                        lr: blr,
-                        momentum,
-                        nesterov,
-                    } => sgd_update(&bk, &mut p.b, gb, &mut st.m_b, blr * f, momentum, nesterov, 1.0)?,
+                    VectorRule::Sgd { momentum, nesterov, .. } => {
+                        sgd_update(&bk, &mut p.b, gb, &mut st.m_b, momentum, nesterov, &self.ctl, vs)?
+                    }
                 }
             }
             if let Some((power, gamma)) = st.power.as_mut() {
@@ -422,28 +616,35 @@ pub fn diverged(loss: f64) -> bool {
     !loss.is_finite() || loss > DIVERGED_LOSS
 }
 
-/// p ← decay·p − lr·(M or G + μM) with M ← μM + G.
+/// p ← decay·p − lr·(M or G + μM) with M ← μM + G, where the step-scalar slots
+/// `slot`, `slot + 1`, `slot + 2` hold −lr, decay and −lr·μ.
 #[allow(clippy::too_many_arguments)]
 fn sgd_update<B: Backend>(
     bk: &B,
     p: &mut B::Buf,
     g: &B::Buf,
     m: &mut B::Buf,
-    lr: f64,
     momentum: f64,
     nesterov: bool,
-    decay: f64,
+    ctl: &B::Labels,
+    slot: usize,
 ) -> Result<()> {
+    let (neg_lr, decay, neg_lr_mu) = (slot, slot + 1, slot + 2);
     if momentum == 0.0 {
-        return bk.axpby(-lr, g, decay, p);
+        return bk.axpby_ctl(ctl, neg_lr, g, decay, p);
     }
     bk.axpby(1.0, g, momentum, m)?;
     if nesterov {
-        bk.axpby(-lr, g, decay, p)?;
-        bk.axpby(-lr * momentum, m, 1.0, p)
+        bk.axpby_ctl(ctl, neg_lr, g, decay, p)?;
+        bk.axpby_ctl(ctl, neg_lr_mu, m, ONE_SLOT, p)
     } else {
-        bk.axpby(-lr, m, decay, p)
+        bk.axpby_ctl(ctl, neg_lr, m, decay, p)
     }
+}
+
+/// `MEP_CUDA_GRAPHS=0` turns graph capture off (see [`Engine::set_graphs`]).
+fn graphs_from_env() -> bool {
+    std::env::var("MEP_CUDA_GRAPHS").map_or(true, |v| v.trim() != "0")
 }
 
 /// Export and import of the optimizer's state (momentum, Adam moments, power-iteration

@@ -13,8 +13,8 @@
 //! ([`super::shapes`]), except that grids are capped at [`HOST_MAX_BLOCKS`] blocks
 //! so the grid-stride loops run more than once on test sizes.
 
+use super::check_len;
 use super::shapes::{grid_1d, grid_rows, Shape, ROW_BLOCK};
-use super::{check_len, AdamScalars};
 use crate::nn::activation::ActChain;
 use crate::{Loss, MepError, Result};
 use std::ffi::{c_char, c_void, CStr, CString};
@@ -356,21 +356,42 @@ pub fn adam(
     g: &[f32],
     m: &mut [f32],
     v: &mut [f32],
-    lr: f64,
     beta1: f64,
     beta2: f64,
     eps: f64,
-    weight_decay: f64,
-    t: u64,
+    ctl: &[u32],
+    slot: usize,
 ) -> Result<()> {
     let n = p.len();
     check_len("adam g", g.len(), n)?;
     check_len("adam m", m.len(), n)?;
     check_len("adam v", v.len(), n)?;
-    let k = AdamScalars::new(lr, beta1, beta2, eps, weight_decay, t);
-    let (b1, b2, decay, step, ibc2, e) = (k.beta1, k.beta2, k.decay, k.step, k.inv_sqrt_bc2, k.eps);
-    let (n64, pp, gp, mp, vp) = (n as u64, p.as_mut_ptr(), g.as_ptr(), m.as_mut_ptr(), v.as_mut_ptr());
-    launch!("adam", g1(n), [n64, pp, gp, mp, vp, b1, b2, decay, step, ibc2, e])
+    check_len("adam ctl", ctl.len(), 2 * slot + 6)?;
+    let (b1, b2, e, slot32) = (beta1 as f32, beta2 as f32, eps as f32, slot as u32);
+    let (n64, pp, gp, mp, vp, cp) = (
+        n as u64,
+        p.as_mut_ptr(),
+        g.as_ptr(),
+        m.as_mut_ptr(),
+        v.as_mut_ptr(),
+        ctl.as_ptr(),
+    );
+    launch!("adam", g1(n), [n64, pp, gp, mp, vp, b1, b2, e, cp, slot32])
+}
+
+/// [`crate::backend::Backend::axpby_ctl`] with the `axpby_ctl` kernel.
+pub fn axpby_ctl(ctl: &[u32], alpha_slot: usize, x: &[f32], beta_slot: usize, y: &mut [f32]) -> Result<()> {
+    check_len("axpby_ctl", x.len(), y.len())?;
+    check_len("axpby_ctl ctl", ctl.len(), 2 * alpha_slot.max(beta_slot) + 2)?;
+    let (n64, cp, a, xp, b, yp) = (
+        y.len() as u64,
+        ctl.as_ptr(),
+        alpha_slot as u32,
+        x.as_ptr(),
+        beta_slot as u32,
+        y.as_mut_ptr(),
+    );
+    launch!("axpby_ctl", g1(y.len()), [n64, cp, a, xp, b, yp])
 }
 
 /// [`crate::backend::Backend::gather_rows`] with the `gather_rows` kernel (an

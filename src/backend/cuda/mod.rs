@@ -31,7 +31,10 @@ use crate::{Loss, MepError, Result};
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
 use cudarc::driver::sys::CUdevice_attribute;
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
+};
 use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -56,7 +59,13 @@ struct Inner {
     /// Per-block partial sums of the two-pass reductions (2 × `max_blocks` floats).
     /// Every use is queued on the one stream, so clones sharing it never overlap.
     partials: std::sync::Mutex<CudaSlice<f32>>,
+    /// cuBLAS's workspace (`cublasSetWorkspace`): owned here so that it outlives
+    /// every GEMM queued with the handle.
+    _blas_workspace: CudaSlice<u8>,
 }
+
+/// Bytes of the cuBLAS workspace.
+const BLAS_WORKSPACE_BYTES: usize = 32 << 20;
 
 /// A driver/cuBLAS error as [`MepError::Cuda`].
 fn cuda_err<E: std::fmt::Debug>(what: &'static str) -> impl FnOnce(E) -> MepError {
@@ -111,6 +120,14 @@ const DRIVER_SYMBOLS: &[&str] = &[
     "cuCtxGetCurrent",
     "cuCtxSetCurrent",
     "cuStreamSynchronize",
+    "cuStreamCreate",
+    "cuStreamDestroy_v2",
+    "cuStreamBeginCapture_v2",
+    "cuStreamEndCapture",
+    "cuGraphInstantiateWithFlags",
+    "cuGraphLaunch",
+    "cuGraphExecDestroy",
+    "cuGraphDestroy",
     "cuStreamWaitEvent",
     "cuEventCreate",
     "cuEventRecord",
@@ -139,6 +156,7 @@ const CUBLAS_SYMBOLS: &[&str] = &[
     "cublasSetStream_v2",
     "cublasSgemm_v2",
     "cublasGetVersion_v2",
+    "cublasSetWorkspace_v2",
 ];
 /// The NVRTC entry points the backend uses.
 const NVRTC_SYMBOLS: &[&str] = &[
@@ -280,8 +298,37 @@ impl Cuda {
         let sms = ctx
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .unwrap_or(16);
-        let stream = ctx.default_stream();
+        // Everything is queued on one stream, so cudarc's per-buffer events (which order
+        // work across streams) would only add a driver call to every launch; and graph
+        // capture needs a stream of its own (the legacy default stream cannot capture).
+        // SAFETY: no buffer of this context is ever used from a second stream.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(unavailable("creating a stream"))?;
         let blas = CudaBlas::new(stream.clone()).map_err(unavailable("creating the cuBLAS handle"))?;
+        // cuBLAS's own workspace, given explicitly so that a GEMM never allocates: one
+        // captured into a graph must not (the capture would fail or bake in a
+        // temporary). 32 MiB is what NVIDIA recommends for Hopper.
+        let blas_workspace = stream
+            .alloc_zeros::<u8>(BLAS_WORKSPACE_BYTES)
+            .map_err(unavailable("allocating the cuBLAS workspace"))?;
+        {
+            let (ptr, _sync) = blas_workspace.device_ptr(&stream);
+            // SAFETY: the handle is live; the workspace is BLAS_WORKSPACE_BYTES of device
+            // memory (256-byte aligned, as every allocation), kept alive in `Inner`
+            // beside the handle.
+            let status = unsafe {
+                cudarc::cublas::sys::cublasSetWorkspace_v2(
+                    *blas.handle(),
+                    ptr as *mut std::ffi::c_void,
+                    BLAS_WORKSPACE_BYTES,
+                )
+            };
+            if status != cudarc::cublas::sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+                return Err(MepError::CudaUnavailable(format!(
+                    "setting the cuBLAS workspace: {status:?}"
+                )));
+            }
+        }
         let mut kernels = HashMap::new();
         // An architecture this NVRTC cannot target (e.g. pre-Turing under CUDA 13) makes
         // CUDA unusable rather than broken.
@@ -332,6 +379,7 @@ impl Cuda {
                 name,
                 max_blocks,
                 partials: std::sync::Mutex::new(partials),
+                _blas_workspace: blas_workspace,
             }),
         })
     }
@@ -450,6 +498,7 @@ impl Backend for Cuda {
     type Elem = f32;
     type Buf = CudaSlice<f32>;
     type Labels = CudaSlice<u32>;
+    type Graph = Graph;
 
     fn name(&self) -> String {
         self.inner.name.clone()
@@ -478,6 +527,17 @@ impl Backend for Cuda {
     }
     fn len(&self, buf: &CudaSlice<f32>) -> usize {
         buf.len()
+    }
+    fn labels_len(&self, buf: &CudaSlice<u32>) -> usize {
+        buf.len()
+    }
+    fn buf_id(&self, buf: &CudaSlice<f32>) -> usize {
+        let (ptr, _sync) = buf.device_ptr(&self.inner.stream);
+        ptr as usize
+    }
+    fn labels_id(&self, buf: &CudaSlice<u32>) -> usize {
+        let (ptr, _sync) = buf.device_ptr(&self.inner.stream);
+        ptr as usize
     }
     fn upload_labels(&self, host: &[u32]) -> Result<CudaSlice<u32>> {
         self.inner.stream.clone_htod(host).map_err(cuda_err("uploading labels"))
@@ -907,72 +967,101 @@ impl Backend for Cuda {
         launch!(self, "spectral_clamp", self.grid_1d(n), [&n64, w, sumsq, &g])
     }
 
+    fn axpby_ctl(
+        &self,
+        ctl: &CudaSlice<u32>,
+        alpha_slot: usize,
+        x: &CudaSlice<f32>,
+        beta_slot: usize,
+        y: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        check_len("axpby_ctl", x.len(), y.len())?;
+        check_len("axpby_ctl ctl", ctl.len(), 2 * alpha_slot.max(beta_slot) + 2)?;
+        let n = y.len();
+        if n == 0 {
+            return Ok(());
+        }
+        let (n64, a, b) = (
+            n as u64,
+            dim32("axpby_ctl alpha_slot", alpha_slot)?,
+            dim32("axpby_ctl beta_slot", beta_slot)?,
+        );
+        launch!(self, "axpby_ctl", self.grid_1d(n), [&n64, ctl, &a, x, &b, y])
+    }
+
     fn adam(
         &self,
         p: &mut CudaSlice<f32>,
         g: &CudaSlice<f32>,
         m: &mut CudaSlice<f32>,
         v: &mut CudaSlice<f32>,
-        lr: f64,
         beta1: f64,
         beta2: f64,
         eps: f64,
-        weight_decay: f64,
-        t: u64,
+        ctl: &CudaSlice<u32>,
+        slot: usize,
     ) -> Result<()> {
         let n = p.len();
         check_len("adam g", g.len(), n)?;
         check_len("adam m", m.len(), n)?;
         check_len("adam v", v.len(), n)?;
+        check_len("adam ctl", ctl.len(), 2 * slot + 6)?;
         if n == 0 {
             return Ok(());
         }
-        let k = AdamScalars::new(lr, beta1, beta2, eps, weight_decay, t);
-        let n64 = n as u64;
+        let (n64, b1, b2, e, slot32) = (
+            n as u64,
+            beta1 as f32,
+            beta2 as f32,
+            eps as f32,
+            dim32("adam slot", slot)?,
+        );
         launch!(
             self,
             "adam",
             self.grid_1d(n),
-            [
-                &n64,
-                p,
-                g,
-                m,
-                v,
-                &k.beta1,
-                &k.beta2,
-                &k.decay,
-                &k.step,
-                &k.inv_sqrt_bc2,
-                &k.eps
-            ]
+            [&n64, p, g, m, v, &b1, &b2, &e, ctl, &slot32]
         )
+    }
+
+    fn begin_capture(&self) -> Result<bool> {
+        self.inner
+            .stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(cuda_err("beginning a graph capture"))?;
+        Ok(true)
+    }
+
+    fn end_capture(&self) -> Result<Graph> {
+        let graph = self
+            .inner
+            .stream
+            .end_capture(CUgraphInstantiate_flags(0))
+            .map_err(cuda_err("ending a graph capture"))?
+            .ok_or_else(|| MepError::Cuda("the graph capture recorded nothing".into()))?;
+        Ok(Graph(std::sync::Mutex::new(SendGraph(graph))))
+    }
+
+    fn launch_graph(&self, graph: &Graph) -> Result<()> {
+        let g = graph.0.lock().unwrap_or_else(|e| e.into_inner());
+        g.0.launch().map_err(cuda_err("launching a graph"))
     }
 }
 
-/// The f32 scalars of the `adam` kernel, computed in f64 exactly as the CPU backend
-/// does.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct AdamScalars {
-    pub(crate) beta1: f32,
-    pub(crate) beta2: f32,
-    pub(crate) decay: f32,
-    pub(crate) step: f32,
-    pub(crate) inv_sqrt_bc2: f32,
-    pub(crate) eps: f32,
-}
+/// A captured CUDA graph ([`Backend::begin_capture`]), instantiated and ready to
+/// launch on the backend's stream.
+pub struct Graph(std::sync::Mutex<SendGraph>);
 
-impl AdamScalars {
-    pub(crate) fn new(lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, t: u64) -> Self {
-        let bc1 = 1.0 - beta1.powi(t as i32);
-        let bc2 = 1.0 - beta2.powi(t as i32);
-        AdamScalars {
-            beta1: beta1 as f32,
-            beta2: beta2 as f32,
-            decay: (1.0 - lr * weight_decay) as f32,
-            step: (lr / bc1) as f32,
-            inv_sqrt_bc2: (1.0 / bc2.sqrt()) as f32,
-            eps: eps as f32,
-        }
+/// cudarc's graph holds raw driver handles, so it is neither `Send` nor `Sync`.
+struct SendGraph(CudaGraph);
+
+// SAFETY: the driver's graph handles may be used from any thread as long as calls on
+// one graph are serialised (CUDA's graph thread-safety rules); `Graph` serialises
+// them with its mutex, and the handles stay valid until the `CudaGraph` is dropped.
+unsafe impl Send for SendGraph {}
+
+impl std::fmt::Debug for Graph {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("cuda::Graph")
     }
 }
