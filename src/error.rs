@@ -44,6 +44,23 @@ pub enum MepError {
         /// How to make it fit.
         fix: String,
     },
+    /// A model's input or output size does not match a data set's (or a checkpoint's
+    /// record of the data set it was trained on).
+    #[error("size mismatch: the {model_side} has {model} {what} but the {data_side} has {data} ({fix})")]
+    SizeMismatch {
+        /// What is counted: `inputs` (features per sample) or `classes` (outputs).
+        what: &'static str,
+        /// The side holding `model`, e.g. `model` or `checkpoint`.
+        model_side: &'static str,
+        /// Its size.
+        model: usize,
+        /// The side holding `data`, e.g. `data set`.
+        data_side: &'static str,
+        /// The other size.
+        data: usize,
+        /// How to make them agree.
+        fix: String,
+    },
     /// A data file is missing.
     #[error("data file {path} not found: {fix}")]
     MissingData {

@@ -217,6 +217,52 @@ fn create_temporary(path: &Path) -> Result<(PathBuf, std::fs::File)> {
 /// not be loaded back); F16 cannot hold values beyond ±65504: those are an error, not
 /// silently infinite; [`MepError::Shape`] if `values` does not fit `arch`.
 pub fn save(path: &Path, arch: &Arch, energy: Energy, values: &[(Vec<f64>, Vec<f64>)], dtype: Dtype) -> Result<()> {
+    save_with(path, arch, energy, values, dtype, &[], &[])
+}
+
+/// A named tensor of a checkpoint beyond the model's weights (e.g. the optimizer's
+/// state, see [`crate::checkpoint`]): row-major values of `shape`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NamedTensor {
+    /// The tensor's name in the file (never starting with `layers.`).
+    pub name: String,
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// Its values, row-major (`shape`'s product of them).
+    pub values: Vec<f64>,
+}
+
+/// [`save`] with extra `__metadata__` entries `extra_meta` and extra tensors `extra`, which
+/// are always stored as F32 (an f32 model's optimizer state round-trips exactly).
+///
+/// Errors: as [`save`]; [`MepError::Shape`] for an extra tensor whose values do not
+/// fill its shape or whose name starts with `layers.`; [`MepError::NonFinite`] for a
+/// NaN or infinite extra value.
+pub fn save_with(
+    path: &Path,
+    arch: &Arch,
+    energy: Energy,
+    values: &[(Vec<f64>, Vec<f64>)],
+    dtype: Dtype,
+    extra_meta: &[(String, String)],
+    extra: &[NamedTensor],
+) -> Result<()> {
+    for t in extra {
+        if t.name.starts_with("layers.") || t.shape.iter().product::<usize>() != t.values.len() {
+            return Err(MepError::Shape(format!(
+                "extra tensor `{}` of shape {:?} with {} values",
+                t.name,
+                t.shape,
+                t.values.len()
+            )));
+        }
+        if let Some(v) = t.values.iter().find(|v| !v.is_finite()) {
+            return Err(MepError::NonFinite(format!(
+                "the optimizer state `{}` holds {v}: a checkpoint must hold finite values",
+                t.name
+            )));
+        }
+    }
     if values.len() != arch.depth() {
         return Err(MepError::Shape(format!(
             "{} parameter blocks for a network of {} blocks",
@@ -262,8 +308,12 @@ pub fn save(path: &Path, arch: &Arch, energy: Energy, values: &[(Vec<f64>, Vec<f
         meta.insert(k.into(), v.into());
     }
     meta.insert("format".into(), "mep".into());
+    for (k, v) in extra_meta {
+        meta.insert(k.clone(), v.clone().into());
+    }
     header.insert("__metadata__".into(), meta.into());
-    let total: usize = values.iter().map(|(w, b)| w.len() + b.len()).sum();
+    let total: usize = values.iter().map(|(w, b)| w.len() + b.len()).sum::<usize>()
+        + extra.iter().map(|t| t.values.len() * 2).sum::<usize>();
     let mut data: Vec<u8> = Vec::new();
     data.try_reserve_exact(total.saturating_mul(dtype.size()))
         .map_err(|_| MepError::OutOfMemory {
@@ -271,6 +321,16 @@ pub fn save(path: &Path, arch: &Arch, energy: Energy, values: &[(Vec<f64>, Vec<f
             bytes: total as u128 * dtype.size() as u128,
             fix: "free memory, or save as bf16/f16 (half the size)".into(),
         })?;
+    for t in extra {
+        let start = data.len();
+        for &v in &t.values {
+            Dtype::F32.encode(v, &mut data);
+        }
+        header.insert(
+            t.name.clone(),
+            serde_json::json!({"dtype": "F32", "shape": t.shape, "data_offsets": [start, data.len()]}),
+        );
+    }
     for (l, ((w, b), blk)) in values.iter().zip(arch.blocks()).enumerate() {
         for (name, shape, vals) in [("weight", vec![blk.out, blk.inp], w), ("bias", vec![blk.out], b)] {
             let start = data.len();
@@ -313,6 +373,41 @@ pub fn save(path: &Path, arch: &Arch, energy: Energy, values: &[(Vec<f64>, Vec<f
 /// energy; one that differs from `arch`/`energy` is refused, naming the difference.
 /// Then every tensor's presence, dtype and shape is checked.
 pub fn load(path: &Path, arch: &Arch, energy: Energy) -> Result<Vec<(Vec<f64>, Vec<f64>)>> {
+    Ok(load_with(path, arch, energy)?.values)
+}
+
+/// Everything a checkpoint holds: see [`load_with`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Loaded {
+    /// Per block: weights (`out × in`, row-major) and bias, as [`load`] returns them.
+    pub values: Vec<(Vec<f64>, Vec<f64>)>,
+    /// The `__metadata__` entries (empty for files not written by `mep`).
+    pub metadata: std::collections::BTreeMap<String, String>,
+    /// The tensors other than `layers.*` (the optimizer's state), in name order.
+    pub extra: Vec<NamedTensor>,
+}
+
+/// The `__metadata__` entries of the safetensors file at `path` (empty when it has
+/// none), without checking them against a model.
+///
+/// Errors: [`MepError::Io`] if the file cannot be read, [`MepError::ModelFile`] if it
+/// is not a safetensors file.
+pub fn read_metadata(path: &Path) -> Result<std::collections::BTreeMap<String, String>> {
+    let bytes = std::fs::read(path).map_err(|e| MepError::io(path, e))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| MepError::ModelFile {
+        path: path.into(),
+        reason: format!("not a valid safetensors file: {e:?}"),
+    })?;
+    Ok(meta
+        .metadata()
+        .as_ref()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default())
+}
+
+/// [`load`], also returning the file's metadata and its tensors beyond the model's
+/// weights (checked as the weights are: dtype F32, BF16 or F16).
+pub fn load_with(path: &Path, arch: &Arch, energy: Energy) -> Result<Loaded> {
     let bytes = std::fs::read(path).map_err(|e| MepError::io(path, e))?;
     let bad = |reason: String| MepError::ModelFile {
         path: path.into(),
@@ -368,14 +463,16 @@ pub fn load(path: &Path, arch: &Arch, energy: Energy) -> Result<Vec<(Vec<f64>, V
         Ok(t.data().chunks_exact(dtype.size()).map(|c| dtype.decode(c)).collect())
     };
     let expected = 2 * arch.depth();
-    if st.len() != expected {
+    let names = st.names();
+    let layers = names.iter().filter(|n| n.starts_with("layers.")).count();
+    if layers != expected {
         return Err(bad(format!(
-            "{} tensors, but a {} model has {expected} (a weight and a bias per block)",
-            st.len(),
+            "{layers} weight tensors, but a {} model has {expected} (a weight and a bias per block)",
             arch.describe()
         )));
     }
-    arch.blocks()
+    let values = arch
+        .blocks()
         .iter()
         .enumerate()
         .map(|(l, blk)| {
@@ -384,5 +481,30 @@ pub fn load(path: &Path, arch: &Arch, energy: Energy) -> Result<Vec<(Vec<f64>, V
                 tensor(&format!("layers.{l}.bias"), &[blk.out])?,
             ))
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    let mut extra_names: Vec<&String> = names.into_iter().filter(|n| !n.starts_with("layers.")).collect();
+    extra_names.sort();
+    let mut extra = Vec::with_capacity(extra_names.len());
+    for name in extra_names {
+        let shape = st
+            .tensor(name)
+            .map_err(|e| bad(format!("tensor `{name}`: {e:?}")))?
+            .shape()
+            .to_vec();
+        extra.push(NamedTensor {
+            name: name.clone(),
+            values: tensor(name, &shape)?,
+            shape,
+        });
+    }
+    let metadata = meta
+        .metadata()
+        .as_ref()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default();
+    Ok(Loaded {
+        values,
+        metadata,
+        extra,
+    })
 }

@@ -14,6 +14,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod checkpoint;
 pub mod data;
 pub mod device;
 pub mod ep;
@@ -39,6 +40,7 @@ pub fn set_cpu_threads(n: usize) -> Result<()> {
 
 pub use data::batches::Shuffle;
 pub use data::mnist::{Dataset, Mnist};
+pub use data::sources::{DataSplits, Normalization};
 pub use device::Device;
 pub use ep::{Energy, Mode, Nudging};
 pub use error::{MepError, Result};
@@ -46,5 +48,7 @@ pub use inspect::Gradients;
 pub use loss::Loss;
 pub use model::{Model, Sequential};
 pub use model64::Model64;
+/// The `ndarray` version `mep` uses ([`Dataset::from_array`] takes its arrays).
+pub use ndarray;
 pub use nn::Activation;
 pub use optim::{adam, sgd, smep, MuonScale, Optimizer, SpectralLayers};

@@ -50,16 +50,41 @@ impl<B: Backend> DeviceData<B> {
     }
 }
 
-fn check_fits<B: Backend>(net: &Network<B>, data: &DeviceData<B>) -> Result<()> {
-    if data.features != net.arch.inputs() || data.classes > net.arch.outputs() {
-        return Err(MepError::Shape(format!(
-            "data has {} features and {} classes but the network is {} (inputs {}, outputs {})",
-            data.features,
-            data.classes,
-            net.arch.describe(),
-            net.arch.inputs(),
-            net.arch.outputs()
-        )));
+/// Refuses a data set whose inputs per sample or classes differ from the network's
+/// inputs or outputs, with a [`MepError::SizeMismatch`] naming both sizes.
+pub fn check_fits<B: Backend>(net: &Network<B>, data: &DeviceData<B>) -> Result<()> {
+    check_sizes(&net.arch, data.features, data.classes)
+}
+
+/// [`check_fits`] on sizes: `features` inputs per sample and `classes` classes against
+/// `arch`'s inputs and outputs.
+pub fn check_sizes(arch: &crate::nn::Arch, features: usize, classes: usize) -> Result<()> {
+    if features != arch.inputs() {
+        return Err(MepError::SizeMismatch {
+            what: "inputs",
+            model_side: "model",
+            model: arch.inputs(),
+            data_side: "data set",
+            data: features,
+            fix: format!(
+                "the model {} takes {} inputs per sample: build its first Linear with {features} inputs, or use data of that size",
+                arch.describe(),
+                arch.inputs()
+            ),
+        });
+    }
+    if classes != arch.outputs() {
+        return Err(MepError::SizeMismatch {
+            what: "outputs (classes)",
+            model_side: "model",
+            model: arch.outputs(),
+            data_side: "data set",
+            data: classes,
+            fix: format!(
+                "the model {} has one output per class: build its last Linear with {classes} outputs",
+                arch.describe()
+            ),
+        });
     }
     Ok(())
 }

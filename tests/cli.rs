@@ -153,3 +153,269 @@ fn gemm_rate_reports_the_training_rate_against_the_gemms_alone() {
     assert!(rate > 0.0 && train > 0.0, "{last}");
     assert!((frac - train / rate).abs() < 1e-9 && frac > 0.0 && frac < 1.5, "{last}");
 }
+
+/// Writes a separable synthetic IDX data set to `dir`: 8×8 images of 4 classes, class
+/// `c` bright in quadrant `c` over random noise (fresh each run), `n` training and
+/// `m` test samples.
+fn write_quadrant_idx(dir: &Path, n: usize, m: usize, seed: u64) {
+    let mut rng = mep::rng::Rng::new(seed);
+    let mut split = |count: usize, images: &str, labels: &str| {
+        let mut px = Vec::with_capacity(count * 64);
+        let mut lbl = Vec::with_capacity(count);
+        for i in 0..count {
+            let c = if i < 4 { i } else { rng.below(4) as usize };
+            lbl.push(c as u8);
+            for y in 0..8 {
+                for x in 0..8 {
+                    let quadrant = (y / 4) * 2 + x / 4;
+                    let noise = rng.below(90) as u8;
+                    px.push(if quadrant == c { 140 + noise } else { noise });
+                }
+            }
+        }
+        mep::data::write_idx(&dir.join(images), &[count, 8, 8], &px).unwrap();
+        mep::data::write_idx(&dir.join(labels), &[count], &lbl).unwrap();
+    };
+    split(n, "train-images-idx3-ubyte", "train-labels-idx1-ubyte");
+    split(m, "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte");
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mep-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn dataset_idx_trains_on_your_own_files_and_says_what_it_loaded() {
+    let dir = temp_dir("idx");
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    write_quadrant_idx(&dir, 400, 100, seed);
+    let out = bin()
+        .args([
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--json",
+            "--dataset",
+            "idx",
+            "--data-dir",
+        ])
+        .arg(&dir)
+        .args(["--hidden", "32", "--batch-size", "16"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "seed {seed}: {stderr}");
+    let notice = stderr.lines().find(|l| l.contains("loaded")).unwrap_or_default();
+    for part in [
+        "400 training + 100 test samples",
+        "shape 8×8 (64 inputs)",
+        "4 classes",
+        "computed from the training split",
+    ] {
+        assert!(notice.contains(part), "notice {notice:?} lacks {part:?}");
+    }
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    let acc = v["test_acc"].as_f64().unwrap();
+    assert!(
+        acc > 0.9,
+        "seed {seed}: separable quadrants, chance 25%, got {acc}: {stdout}"
+    );
+
+    // --normalize is applied as given (and said so); MNIST's own data refuses it.
+    let out = bin()
+        .args([
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--json",
+            "--dataset",
+            "idx",
+            "--data-dir",
+        ])
+        .arg(&dir)
+        .args(["--normalize", "0.5,0.25", "--hidden", "8", "--train-subset", "16"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.contains("mean 0.5000 and std 0.2500 (as given)"),
+        "{stderr}"
+    );
+    let out = bin().args(["--normalize", "0.5,0.25"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("--dataset idx"), "{stderr}");
+    // Without --data-dir, --dataset idx has nothing to read.
+    let out = bin().args(["--dataset", "idx"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("--data-dir"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `mep-mnist --device cpu --threads 1 --json --dataset idx --data-dir DIR --hidden 32
+/// --batch-size 16 ARGS…`: (success, stdout, stderr).
+fn run_idx(dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = bin()
+        .args([
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--json",
+            "--dataset",
+            "idx",
+            "--data-dir",
+        ])
+        .arg(dir)
+        .args(["--hidden", "32", "--batch-size", "16"])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn ok_idx(dir: &Path, args: &[&str]) -> String {
+    let (ok, stdout, stderr) = run_idx(dir, args);
+    assert!(ok, "{args:?}: {stderr}");
+    stdout
+}
+
+fn err_idx(dir: &Path, args: &[&str]) -> String {
+    let (ok, _, stderr) = run_idx(dir, args);
+    assert!(!ok, "{args:?} must fail");
+    stderr
+}
+
+#[test]
+fn save_resume_is_bit_identical_to_one_run_and_load_evaluates() {
+    let dir = temp_dir("resume");
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    write_quadrant_idx(&dir, 200, 60, seed);
+    let (a, b) = (dir.join("a.safetensors"), dir.join("b.safetensors"));
+    let (a_s, b_s) = (a.to_str().unwrap(), b.to_str().unwrap());
+    for (optimizer, schedule) in [("smep", "cosine"), ("adam", "cosine"), ("smep", "constant")] {
+        let what = format!("{optimizer} {schedule} (seed {seed})");
+        let common = ["--optimizer", optimizer, "--schedule", schedule, "--seed", "7"];
+        fn cat<'x>(a: &[&'x str], b: &[&'x str]) -> Vec<&'x str> {
+            [a, b].concat()
+        }
+        let whole = ok_idx(&dir, &cat(&common, &["--epochs", "2", "--save", a_s]));
+        // Stopped after epoch 1 (for a cosine run: --epochs stays the run's total),
+        // or, for a constant rate, a 1-epoch run extended to 2.
+        let first: &[&str] = if schedule == "cosine" {
+            &["--epochs", "2", "--stop-after", "1", "--save", b_s]
+        } else {
+            &["--epochs", "1", "--save", b_s]
+        };
+        let one = ok_idx(&dir, &cat(&common, first));
+        assert_eq!(one.lines().count(), 1, "{what}: {one}");
+        let (ok, two, stderr) = run_idx(&dir, &cat(&common, &["--epochs", "2", "--resume", b_s, "--save", b_s]));
+        assert!(ok && stderr.contains("after epoch 1 of 2"), "{what}: {stderr}");
+        let line =
+            |s: &str, n: usize| -> serde_json::Value { serde_json::from_str(s.lines().nth(n).unwrap()).unwrap() };
+        let (w2, r2) = (line(&whole, 1), line(&two, 0));
+        assert_eq!(r2["epoch"], 2, "{what}: epochs count on from the checkpoint");
+        for key in ["train_loss", "test_loss", "test_acc"] {
+            assert_eq!(w2[key], r2[key], "{what}: {key}");
+        }
+        // The whole checkpoint (weights, optimizer state, run position) is byte for byte
+        // the same.
+        assert!(
+            std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(),
+            "{what}: checkpoints differ"
+        );
+        // --load … --epochs 0 evaluates the saved model: the run's last test figures.
+        let eval = ok_idx(&dir, &cat(&common, &["--epochs", "0", "--load", b_s]));
+        let e = line(&eval, 0);
+        assert_eq!(
+            (e["test_acc"].clone(), e["test_loss"].clone()),
+            (w2["test_acc"].clone(), w2["test_loss"].clone())
+        );
+        assert_eq!(e["epochs_done"], 2);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn resume_refuses_another_model_optimizer_seed_or_data_by_name() {
+    let dir = temp_dir("resume-refuse");
+    write_quadrant_idx(&dir, 64, 16, 3);
+    let ck = dir.join("ck.safetensors");
+    let ck_s = ck.to_str().unwrap();
+    ok_idx(&dir, &["--epochs", "1", "--save", ck_s]);
+    for (args, names) in [
+        (
+            vec!["--hidden", "16"],
+            vec!["arch", "64-32(relu)-4", "64-32(relu)-16(relu)-4"],
+        ),
+        (vec!["--optimizer", "adam"], vec!["optimizer configuration", "Adam"]),
+        (vec!["--lr", "0.01"], vec!["lr: 0.05", "lr: 0.01"]),
+        (vec!["--energy", "hopfield"], vec!["energy", "hopfield"]),
+        (vec!["--seed", "5"], vec!["`seed`", "seeded:0"]),
+        (vec!["--train-subset", "32"], vec!["`train-subset`", "64"]),
+        (vec!["--load", ck_s], vec!["`load`"]),
+    ] {
+        // (--hidden 16 after run_idx's --hidden 32 adds a layer: 32,16)
+        let err = err_idx(&dir, &[&args[..], &["--epochs", "2", "--resume", ck_s]].concat());
+        for n in names {
+            assert!(err.contains(n), "{args:?}: {err} lacks {n}");
+        }
+    }
+    // Data of another shape: both sizes named.
+    let other = temp_dir("resume-other");
+    let mut rng = mep::rng::Rng::new(1);
+    for (img, lbl, n) in [
+        ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", 20),
+        ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", 8),
+    ] {
+        let px: Vec<u8> = (0..n * 36).map(|_| rng.below(256) as u8).collect();
+        let lb: Vec<u8> = (0..n).map(|i| (i % 4) as u8).collect();
+        mep::data::write_idx(&other.join(img), &[n, 6, 6], &px).unwrap();
+        mep::data::write_idx(&other.join(lbl), &[n], &lb).unwrap();
+    }
+    for mode in [["--resume", ck_s], ["--load", ck_s]] {
+        let epochs = if mode[0] == "--load" { "0" } else { "2" };
+        let err = err_idx(&other, &[&mode[..], &["--epochs", epochs]].concat());
+        assert!(
+            err.contains("checkpoint has 64 inputs but the data set has 36") && err.contains("8×8"),
+            "{mode:?}: {err}"
+        );
+    }
+    // A weights-only file loads (--load) but cannot be resumed.
+    let weights = dir.join("w.safetensors");
+    let mut m = mep::Sequential::new(&mep::Device::Cpu)
+        .flatten()
+        .linear(64, 32)
+        .relu()
+        .linear(32, 4)
+        .build(0)
+        .unwrap();
+    m.load_weights(&ck).unwrap();
+    m.save(&weights).unwrap();
+    let w_s = weights.to_str().unwrap();
+    let err = err_idx(&dir, &["--epochs", "2", "--resume", w_s]);
+    assert!(err.contains("weights only") && err.contains("--load"), "{err}");
+    let eval = ok_idx(&dir, &["--epochs", "0", "--load", w_s]);
+    let ck_eval = ok_idx(&dir, &["--epochs", "0", "--load", ck_s]);
+    let v = |s: &str| -> serde_json::Value { serde_json::from_str(s.lines().next().unwrap()).unwrap() };
+    assert_eq!(v(&eval)["test_acc"], v(&ck_eval)["test_acc"]);
+    // --epochs 0 has nothing to save.
+    assert!(err_idx(&dir, &["--epochs", "0", "--load", w_s, "--save", ck_s]).contains("`save`"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&other);
+}

@@ -170,6 +170,8 @@ fn idx_reader_survives_mutations() {
         // Either outcome is fine; only panics and aborts are failures.
         let _ = mep::data::idx::read_idx(p);
         let _ = mep::data::mnist::load_split(p, p);
+        let _ = mep::Dataset::from_idx_files(p, p, 10, mep::Normalization::MNIST);
+        let _ = mep::Dataset::from_cifar10_files(&[p.to_path_buf()], mep::Normalization::MNIST);
     });
 }
 
@@ -187,6 +189,62 @@ fn checkpoint_loader_survives_mutations() {
                     .all(|v| v.is_finite()));
                 let x = vec![0.5f32; m.arch().inputs()];
                 m.predict(&x).unwrap();
+            }
+        }
+    });
+}
+
+/// Resumable checkpoints (weights, optimizer state, run metadata) of the seed models,
+/// written here after one step (their format is checked by tests/resume.rs).
+fn resumable_seeds() -> Vec<(String, Vec<u8>)> {
+    let dir = std::env::temp_dir().join(format!("mep-fuzz-resumable-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = models()
+        .into_iter()
+        .map(|(name, mut m)| {
+            let mut opt = mep::smep(&m).build().unwrap();
+            let (x, y) = (vec![0.25f32; m.arch().inputs()], [1u32]);
+            opt.step(&mut m, &x, &y).unwrap();
+            let data = mep::checkpoint::DataShape {
+                shape: vec![m.arch().inputs()],
+                classes: m.arch().outputs(),
+            };
+            let run = mep::checkpoint::RunState {
+                epochs_done: 1,
+                shuffle: mep::Shuffle::Seeded(0),
+                batch_size: 1,
+                train_samples: 1,
+            };
+            let path = dir.join(name);
+            mep::checkpoint::save(&path, &m, &opt, &run, &data, mep::io::Dtype::F32).unwrap();
+            (format!("resumable-{name}"), std::fs::read(&path).unwrap())
+        })
+        .collect();
+    std::fs::remove_dir_all(&dir).ok();
+    out
+}
+
+#[test]
+fn resumable_checkpoint_loader_survives_mutations() {
+    let mut ms: Vec<_> = models()
+        .into_iter()
+        .map(|(_, m)| {
+            let opt = mep::smep(&m).build().unwrap();
+            let data = mep::checkpoint::DataShape {
+                shape: vec![m.arch().inputs()],
+                classes: m.arch().outputs(),
+            };
+            (m, opt, data)
+        })
+        .collect();
+    fuzz("resumable", &resumable_seeds(), |p| {
+        let _ = mep::checkpoint::info(p);
+        for (m, opt, data) in ms.iter_mut() {
+            let _ = mep::checkpoint::load_model(p, m, Some(data));
+            if mep::checkpoint::resume(p, m, opt, data).is_ok() {
+                // Whatever resumes must train on.
+                let x = vec![0.5f32; m.arch().inputs()];
+                let _ = opt.step(m, &x, &[0]);
             }
         }
     });

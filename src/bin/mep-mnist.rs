@@ -5,7 +5,7 @@
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use mep::optim::{OptimizerBuilder, Schedule};
-use mep::{Activation, Device, Energy, Loss, Mnist, Mode, MuonScale, Nudging, Sequential, Shuffle, SpectralLayers};
+use mep::{Activation, Device, Energy, Loss, Mode, MuonScale, Nudging, Sequential, Shuffle, SpectralLayers};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -60,6 +60,16 @@ enum ScheduleArg {
     Cosine,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum DatasetArg {
+    /// MNIST from --data-dir (default data/mnist), verified by SHA-256.
+    Mnist,
+    /// Any four IDX files with MNIST's names in --data-dir (raw or .gz): any image shape and class count, no checksum.
+    Idx,
+    /// CIFAR-10's binary version in --data-dir (data_batch_1..5.bin, test_batch.bin).
+    Cifar10,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum SpectralArg {
     Off,
@@ -69,7 +79,7 @@ enum SpectralArg {
     Auto,
 }
 
-/// Train an MLP on MNIST with Equilibrium Propagation (defaults: the seed tutorial).
+/// Train an MLP on MNIST (or your own IDX data, or CIFAR-10: --dataset) with Equilibrium Propagation (defaults: the seed tutorial).
 #[derive(Parser, Debug)]
 #[command(name = "mep-mnist", version)]
 struct Args {
@@ -94,9 +104,12 @@ struct Args {
     /// Hidden activation: relu, sigmoid, tanh, hardsigmoid, identity.
     #[arg(long, default_value = "relu")]
     activation: Activation,
-    /// Epochs.
+    /// Total epochs of the run (with --resume: counting those already done; 0 with --load: evaluate only).
     #[arg(long, default_value_t = 1)]
     epochs: u64,
+    /// Stop after this many epochs of this invocation, to continue later with --resume (the run's length, e.g. for --schedule cosine, stays --epochs).
+    #[arg(long, value_name = "N")]
+    stop_after: Option<u64>,
     /// Batch size.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
@@ -151,15 +164,27 @@ struct Args {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
-    /// Directory with the MNIST IDX files (see scripts/fetch-mnist.sh).
-    #[arg(long, default_value = mep::data::mnist::DEFAULT_DATA_DIR)]
-    data_dir: PathBuf,
+    /// The data set: mnist (SHA-256 verified), idx (your own IDX files) or cifar10.
+    #[arg(long, value_enum, default_value = "mnist")]
+    dataset: DatasetArg,
+    /// Directory with the data files [default for --dataset mnist: data/mnist; required otherwise].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Normalise pixels as (x/255 − MEAN)/STD [default: computed from the training split; --dataset idx or cifar10 only].
+    #[arg(long, value_name = "MEAN,STD")]
+    normalize: Option<mep::Normalization>,
     /// Train on the first N training samples only.
     #[arg(long)]
     train_subset: Option<usize>,
-    /// Save the trained weights (safetensors) here (checked writable before training).
+    /// Save a resumable checkpoint (safetensors: weights, optimizer state, run position) here at the end of every epoch, atomically (checked writable before training).
     #[arg(long)]
     save: Option<PathBuf>,
+    /// Continue the run saved in this checkpoint (by --save): same flags, --epochs the run's total.
+    #[arg(long, value_name = "PATH")]
+    resume: Option<PathBuf>,
+    /// Start from the weights of this checkpoint (any --save or Model::save file) with a fresh optimizer; with --epochs 0, only evaluate them.
+    #[arg(long, value_name = "PATH")]
+    load: Option<PathBuf>,
     /// Element type of the saved weights: f32, bf16 or f16.
     #[arg(long, default_value = "f32")]
     save_dtype: mep::io::Dtype,
@@ -230,12 +255,29 @@ fn check_conflicts(args: &Args) -> mep::Result<()> {
             "the spectral bound has no effect with --spectral-layers off; drop one of the two",
         );
     }
-    if args.epochs == 0 {
+    if args.epochs == 0 && args.load.is_none() {
         return conflict(
             "epochs",
             "0".into(),
-            "must be at least 1 (there is nothing to evaluate without training)",
+            "must be at least 1, or 0 with --load PATH to evaluate a saved model",
         );
+    }
+    if let (0, Some(p)) = (args.epochs, &args.save) {
+        return conflict(
+            "save",
+            p.display().to_string(),
+            "--epochs 0 trains nothing, so there is nothing to save",
+        );
+    }
+    if let (Some(l), Some(_)) = (&args.load, &args.resume) {
+        return conflict(
+            "load",
+            l.display().to_string(),
+            "--load starts a new run from saved weights, --resume continues a saved run: give one of the two",
+        );
+    }
+    if args.stop_after == Some(0) {
+        return conflict("stop-after", "0".into(), "must be at least 1 epoch");
     }
     if args.train_subset == Some(0) {
         return conflict("train-subset", "0".into(), "must be at least 1 sample");
@@ -265,7 +307,8 @@ fn parse_hidden(raw: &[String]) -> mep::Result<Vec<usize>> {
 fn configure<'m>(args: &Args, train_len: usize, mut b: OptimizerBuilder<'m>) -> mep::Result<OptimizerBuilder<'m>> {
     if let ScheduleArg::Cosine = args.schedule {
         let per_epoch = train_len.div_ceil(args.batch_size.max(1)) as u64;
-        let total_steps = args.epochs.checked_mul(per_epoch).ok_or_else(|| {
+        // --epochs 0 (evaluation with --load) trains nothing; the schedule is then moot.
+        let total_steps = args.epochs.max(1).checked_mul(per_epoch).ok_or_else(|| {
             mep::MepError::invalid(
                 "epochs",
                 args.epochs,
@@ -361,8 +404,8 @@ impl Out {
 
 /// Saves the model to `path`; if that fails, writes it next to the system's temporary
 /// directory instead so the trained weights are not lost, and says where.
-fn save_or_rescue(model: &mep::Model, path: &std::path::Path, dtype: mep::io::Dtype) -> mep::Result<()> {
-    let Err(e) = model.save_as(path, dtype) else {
+fn save_or_rescue(path: &std::path::Path, save: impl Fn(&std::path::Path) -> mep::Result<()>) -> mep::Result<()> {
+    let Err(e) = save(path) else {
         return Ok(());
     };
     let rescue = std::env::temp_dir().join(format!(
@@ -373,7 +416,7 @@ fn save_or_rescue(model: &mep::Model, path: &std::path::Path, dtype: mep::io::Dt
             .map(|d| d.as_secs())
             .unwrap_or(0)
     ));
-    match model.save_as(&rescue, dtype) {
+    match save(&rescue) {
         Ok(()) => Err(mep::MepError::invalid(
             "save",
             path.display(),
@@ -385,6 +428,57 @@ fn save_or_rescue(model: &mep::Model, path: &std::path::Path, dtype: mep::io::Dt
             format!("{e}; writing them to {} failed too: {e2}", rescue.display()),
         )),
     }
+}
+
+/// A line on standard error, `mep-mnist: …` (never panics).
+fn notice(s: impl std::fmt::Display) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "mep-mnist: {s}");
+}
+
+/// `10k` for 10 000, else the number.
+fn count_text(n: usize) -> String {
+    if n >= 1000 && n % 1000 == 0 {
+        format!("{}k", n / 1000)
+    } else {
+        n.to_string()
+    }
+}
+
+/// Loads `--dataset` from `--data-dir`; for data other than MNIST prints a one-line
+/// notice of what was loaded on standard error.
+fn load_data(args: &Args) -> mep::Result<mep::DataSplits> {
+    let dir = match (&args.data_dir, args.dataset) {
+        (Some(d), _) => d.clone(),
+        (None, DatasetArg::Mnist) => PathBuf::from(mep::data::DEFAULT_DATA_DIR),
+        (None, other) => {
+            return Err(mep::MepError::invalid(
+                "data-dir",
+                "missing",
+                format!(
+                    "--dataset {} needs --data-dir DIR, the directory holding the data files",
+                    format!("{other:?}").to_lowercase()
+                ),
+            ))
+        }
+    };
+    let data = match args.dataset {
+        DatasetArg::Mnist => {
+            if let Some(n) = args.normalize {
+                return Err(mep::MepError::invalid(
+                    "normalize",
+                    format!("{},{}", n.mean, n.std),
+                    "--dataset mnist is normalised with MNIST's constants (0.1307, 0.3081); use --dataset idx to load the same files with another normalisation",
+                ));
+            }
+            return mep::DataSplits::load_mnist(&dir);
+        }
+        DatasetArg::Idx => mep::DataSplits::load_idx(&dir, args.normalize)?,
+        DatasetArg::Cifar10 => mep::DataSplits::load_cifar10(&dir, args.normalize)?,
+    };
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "mep-mnist: loaded {}", data.summary());
+    Ok(data)
 }
 
 fn run(args: Args) -> mep::Result<()> {
@@ -400,16 +494,16 @@ fn run(args: Args) -> mep::Result<()> {
         mep::io::check_writable(path)?;
     }
     let t_load = Instant::now();
-    let mut mnist = Mnist::load(&args.data_dir)?;
+    let mut data = load_data(&args)?;
     if let Some(n) = args.train_subset {
-        if n > mnist.train.len() {
+        if n > data.train.len() {
             return Err(mep::MepError::invalid(
                 "train-subset",
                 n,
-                format!("the training set has only {} samples", mnist.train.len()),
+                format!("the training set has only {} samples", data.train.len()),
             ));
         }
-        mnist.train = mnist.train.subset(n);
+        data.train = data.train.subset(n);
     }
     let load_s = t_load.elapsed().as_secs_f64();
     if let Some(n) = args.show_sample {
@@ -417,18 +511,18 @@ fn run(args: Args) -> mep::Result<()> {
             .sample_out
             .clone()
             .unwrap_or_else(|| PathBuf::from(format!("sample-{n}.png")));
-        mep::plot::write_sample_png(&mnist.train, n, &path)?;
+        mep::plot::write_sample_png(&data.train, n, &path)?;
         if !args.json {
             println!(
                 "wrote training image {n} (label {}) to {}",
-                mnist.train.labels()[n],
+                data.train.labels()[n],
                 path.display()
             );
         }
     }
 
     let mut builder = Sequential::new(&device).flatten();
-    let mut width = mnist.train.features();
+    let mut width = data.train.features();
     for &h in &hidden {
         builder = builder.linear(width, h).activation(args.activation);
         width = h;
@@ -440,7 +534,7 @@ fn run(args: Args) -> mep::Result<()> {
         },
     };
     let mut model = builder
-        .linear(width, mnist.train.classes())
+        .linear(width, data.train.classes())
         .energy(energy)
         .build(args.seed)?;
     let preset = match args.optimizer {
@@ -448,17 +542,17 @@ fn run(args: Args) -> mep::Result<()> {
         OptName::Sgd => mep::sgd(&model),
         OptName::Adam => mep::adam(&model),
     };
-    let mut opt = configure(&args, mnist.train.len(), preset)?.build()?;
+    let mut opt = configure(&args, data.train.len(), preset)?.build()?;
 
     let epoch_flops = mep::flops::epoch_flops(
         model.arch(),
         model.energy(),
         &opt.config(),
-        mnist.train.len(),
+        data.train.len(),
         args.batch_size.max(1),
     );
-    let train = model.upload(&mnist.train)?;
-    let test = model.upload(&mnist.test)?;
+    let train = model.upload(&data.train)?;
+    let test = model.upload(&data.test)?;
     let mut out = Out { failed: None };
     if !args.json {
         out.line(format_args!(
@@ -478,8 +572,61 @@ fn run(args: Args) -> mep::Result<()> {
         Some(path) => mep::metrics::MetricsLog::to_csv(path)?,
         None => mep::metrics::MetricsLog::new(),
     };
-    let mut samples_seen = 0u64;
-    for epoch in 0..args.epochs {
+    let shape = mep::checkpoint::DataShape::of(&data.train);
+    let shuffle = Shuffle::Seeded(args.seed);
+    let mut start = 0;
+    // Epochs behind the weights: a resumed run's, or those a loaded checkpoint records.
+    let mut trained_before = None;
+    if let Some(path) = &args.load {
+        let info = mep::checkpoint::load_model(path, &mut model, Some(&shape))?;
+        trained_before = info.run.map(|r| r.epochs_done);
+        notice(format_args!(
+            "loaded the weights of {}{}",
+            path.display(),
+            match info.run {
+                Some(r) => format!(" (trained {} epochs)", r.epochs_done),
+                None => String::new(),
+            }
+        ));
+    }
+    if let Some(path) = &args.resume {
+        let run = mep::checkpoint::resume(path, &mut model, &mut opt, &shape)?;
+        run.check_continues(shuffle, args.batch_size, train.len())?;
+        start = run.epochs_done;
+        trained_before = Some(start);
+        notice(format_args!(
+            "resuming {} after epoch {} of {} (optimizer step {})",
+            path.display(),
+            start,
+            args.epochs,
+            opt.steps()
+        ));
+        if start >= args.epochs {
+            notice(format_args!(
+                "the checkpoint has trained {start} epochs, --epochs {} (the run's total) are done: evaluating only",
+                args.epochs
+            ));
+        }
+    }
+    let end = args
+        .epochs
+        .min(start.saturating_add(args.stop_after.unwrap_or(u64::MAX)));
+    let save_checkpoint = |model: &mep::Model, opt: &mep::Optimizer, epochs_done: u64| -> mep::Result<()> {
+        let Some(path) = &args.save else { return Ok(()) };
+        let run = mep::checkpoint::RunState {
+            epochs_done,
+            shuffle,
+            batch_size: args.batch_size,
+            train_samples: train.len(),
+        };
+        save_or_rescue(path, |p| {
+            mep::checkpoint::save(p, model, opt, &run, &shape, args.save_dtype)
+        })
+    };
+    let mut saved_at = None;
+    let mut done = start;
+    let mut samples_seen = start * train.len() as u64;
+    for epoch in start..end {
         if out.failed.is_some() {
             // Nobody reads the output any more: stop, but still save below.
             break;
@@ -524,6 +671,9 @@ fn run(args: Args) -> mep::Result<()> {
         log.record_epoch(epoch, samples_seen, opt.steps(), report.train, eval)?;
         let sps = report.train.samples as f64 / report.seconds;
         last_rate = Some(epoch_flops / report.seconds);
+        done = epoch + 1;
+        save_checkpoint(&model, &opt, done)?;
+        saved_at = Some(done);
         if args.json {
             out.line(serde_json::json!({
                 "epoch": epoch + 1,
@@ -542,11 +692,12 @@ fn run(args: Args) -> mep::Result<()> {
             }));
         } else {
             out.line(format_args!(
-                "epoch {}: train loss {:.4} | train acc {:.2}% | test acc {:.2}% (10k) | {:.3} s training, {:.0} samples/s, {:.1} GFLOP/s | eval {:.3} s",
+                "epoch {}: train loss {:.4} | train acc {:.2}% | test acc {:.2}% ({}) | {:.3} s training, {:.0} samples/s, {:.1} GFLOP/s | eval {:.3} s",
                 epoch + 1,
                 report.train.loss,
                 100.0 * report.train.accuracy,
                 100.0 * eval.accuracy,
+                count_text(test.len()),
                 report.seconds,
                 sps,
                 epoch_flops / report.seconds / 1e9,
@@ -592,10 +743,39 @@ fn run(args: Args) -> mep::Result<()> {
             println!("wrote curves to {}", path.display());
         }
     }
+    if done == start && out.failed.is_none() {
+        // No epoch ran (--load with --epochs 0, or a finished run resumed): evaluate.
+        let eval = model.evaluate_on(&test)?;
+        if args.json {
+            out.line(serde_json::json!({
+                "epochs_done": trained_before,
+                "backend": model.backend_name(),
+                "test_acc": eval.accuracy,
+                "test_loss": eval.loss,
+                "test_samples": test.len(),
+            }));
+        } else {
+            out.line(format_args!(
+                "evaluation{}: test acc {:.2}% | test loss {:.4} ({} test samples)",
+                match trained_before {
+                    Some(n) => format!(" after {n} epochs"),
+                    None => String::new(),
+                },
+                100.0 * eval.accuracy,
+                eval.loss,
+                count_text(test.len())
+            ));
+        }
+    }
     if let Some(path) = &args.save {
-        save_or_rescue(&model, path, args.save_dtype)?;
+        if saved_at != Some(done) {
+            save_checkpoint(&model, &opt, done)?;
+        }
         if !args.json {
-            out.line(format_args!("saved weights to {}", path.display()));
+            out.line(format_args!(
+                "saved a resumable checkpoint (epoch {done}) to {}",
+                path.display()
+            ));
         }
     }
     match out.failed {

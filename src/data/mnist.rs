@@ -58,8 +58,10 @@ pub const SHA256: [(&str, &str); 4] = [
 ///
 /// Validated once by [`Dataset::new`] and kept valid: the fields are private (read
 /// them with [`Dataset::images`], [`Dataset::labels`], [`Dataset::len`],
-/// [`Dataset::features`], [`Dataset::classes`]), so labels stay `< classes`, inputs
-/// stay finite and the sizes stay consistent:
+/// [`Dataset::features`], [`Dataset::classes`], [`Dataset::shape`]), so labels stay
+/// `< classes`, inputs stay finite and the sizes stay consistent. Besides MNIST
+/// ([`crate::Mnist::load`]), data sets come from any IDX files, CIFAR-10's binary
+/// files or memory: see [`crate::data::sources`].
 ///
 /// ```compile_fail
 /// let mut d = mep::Dataset::synthetic(4, 2, 2, 0).unwrap();
@@ -78,6 +80,9 @@ pub struct Dataset {
     pub(crate) features: usize,
     /// Number of classes (10 for MNIST).
     pub(crate) classes: usize,
+    /// The shape of one sample, outermost first (`[28, 28]` for MNIST, `[3, 32, 32]`
+    /// for CIFAR-10, `[features]` when unknown); its product is `features`.
+    pub(crate) shape: Vec<usize>,
 }
 
 impl Dataset {
@@ -123,6 +128,7 @@ impl Dataset {
             n,
             features,
             classes,
+            shape: vec![features],
         })
     }
 
@@ -156,6 +162,43 @@ impl Dataset {
         self.classes
     }
 
+    /// The shape of one sample, outermost first: `[28, 28]` for MNIST, `[3, 32, 32]`
+    /// (channels, height, width) for CIFAR-10, the IDX file's dimensions after the
+    /// first for IDX data, and `[features]` for data built from flat arrays. Its
+    /// product is [`Dataset::features`].
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// The same data with the per-sample shape `shape` (e.g. `[8, 8]` for flat
+    /// 64-feature rows that are 8×8 images).
+    ///
+    /// Errors: [`MepError::Shape`] if the product of `shape` is not
+    /// [`Dataset::features`].
+    ///
+    /// ```
+    /// let d = mep::Dataset::new(vec![0.5; 2 * 6], vec![0, 1], 6, 2)?.with_shape(vec![2, 3])?;
+    /// assert_eq!(d.shape(), &[2, 3]);
+    /// assert!(d.clone().with_shape(vec![4, 2]).is_err());
+    /// # Ok::<(), mep::MepError>(())
+    /// ```
+    pub fn with_shape(mut self, shape: Vec<usize>) -> Result<Self> {
+        if shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) != Some(self.features) {
+            return Err(MepError::Shape(format!(
+                "sample shape {shape:?} holds {} values but the data set has {} features per sample",
+                shape.iter().fold(1u128, |a, &d| a * d as u128),
+                self.features
+            )));
+        }
+        self.shape = shape;
+        Ok(self)
+    }
+
+    /// The shape as text, `28×28` (or `64` for a flat shape).
+    pub fn shape_text(&self) -> String {
+        crate::data::sources::shape_text(&self.shape)
+    }
+
     /// Takes the inputs and labels back (e.g. to modify them and build a new,
     /// re-validated data set with [`Dataset::new`]).
     pub fn into_parts(self) -> (Vec<f32>, Vec<u32>) {
@@ -171,6 +214,7 @@ impl Dataset {
             n,
             features: self.features,
             classes: self.classes,
+            shape: self.shape.clone(),
         }
     }
 
@@ -324,8 +368,8 @@ fn mismatch_reason(name: &str, bytes: &[u8], expected: &str, actual: &str) -> St
     } else {
         format!(
             "not the MNIST file {name} ({} bytes, MNIST's is {size}; SHA-256 mismatch: expected {expected}, \
-             found {actual}); if this is your own data, load it with mep::data::mnist::load_split (no checksum), \
-             or move it away and run `bash scripts/fetch-mnist.sh DIR` (which never replaces files it did not write)",
+             found {actual}); if this is your own data, train on it with `mep-mnist --dataset idx --data-dir DIR` or load it with \
+             mep::data::mnist::load_split / mep::data::DataSplits::load_idx (no checksum), or move it away and run `bash scripts/fetch-mnist.sh DIR` (which never replaces files it did not write)",
             bytes.len()
         )
     }
@@ -428,5 +472,5 @@ fn build_split(img: IdxArray, img_path: &Path, lbl: IdxArray, lbl_path: &Path) -
     let labels: Vec<u32> = lbl.data.iter().map(|&l| l as u32).collect();
     let images = normalize_pixels(&img.data);
     drop(img);
-    Dataset::new(images, labels, FEATURES, CLASSES)
+    Dataset::new(images, labels, FEATURES, CLASSES)?.with_shape(vec![IMAGE_SIDE, IMAGE_SIDE])
 }

@@ -1,5 +1,5 @@
-//! Data: IDX file I/O, MNIST loading and normalisation, and seeded
-//! mini-batching.
+//! Data: IDX file I/O, MNIST loading and normalisation, other data sets (any IDX
+//! files, CIFAR-10, in-memory arrays: [`sources`]), and seeded mini-batching.
 //!
 //! ```no_run
 //! use mep::data::{Mnist, Shuffle, DEFAULT_DATA_DIR};
@@ -15,7 +15,9 @@
 pub mod batches;
 pub mod idx;
 pub mod mnist;
+pub mod sources;
 
 pub use batches::{epoch_permutation, Batch, Batches, Shuffle};
 pub use idx::{parse_idx, read_idx, write_idx, IdxArray};
 pub use mnist::{load_split, normalize_pixels, Dataset, Mnist, DEFAULT_DATA_DIR};
+pub use sources::{DataSplits, Normalization};

@@ -382,7 +382,7 @@ impl Optimizer {
 
     /// Refuses a model whose structure differs from the one this optimizer was built
     /// for, naming the difference.
-    fn check_model(&self, model: &Model) -> Result<()> {
+    pub(crate) fn check_model(&self, model: &Model) -> Result<()> {
         if model.device() != self.device {
             return Err(device_mismatch());
         }

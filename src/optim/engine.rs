@@ -649,3 +649,10 @@ fn sgd_update<B: Backend>(
 fn graphs_from_env() -> bool {
     std::env::var("MEP_CUDA_GRAPHS").map_or(true, |v| v.trim() != "0")
 }
+
+/// Export and import of the optimizer's state (momentum, Adam moments, power-iteration
+/// vectors, step counter): a child module, so that it reads the state where it lives
+/// without widening any field's visibility.
+#[path = "state.rs"]
+mod state;
+pub use state::OptimizerState;

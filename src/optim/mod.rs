@@ -11,4 +11,4 @@ pub use builder::{adam, sgd, smep, Optimizer, OptimizerBuilder};
 pub use config::{
     MatrixRule, MuonScale, OptimConfig, Schedule, Spectral, SpectralLayers, VectorRule, DEFAULT_SETTLE_LR,
 };
-pub use engine::{Engine, StepStats};
+pub use engine::{Engine, OptimizerState, StepStats};

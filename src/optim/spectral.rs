@@ -102,3 +102,17 @@ impl<B: Backend> PowerIter<B> {
         bk.spectral_clamp(w, &self.norm, gamma)
     }
 }
+
+/// The persistent vector, for saving and restoring an optimizer's state
+/// ([`crate::optim::OptimizerState`]); everything else here is scratch.
+impl<B: Backend> PowerIter<B> {
+    /// The power-iteration vector u (length `min(rows, cols)`).
+    pub(crate) fn vector(&self) -> &B::Buf {
+        &self.u
+    }
+
+    /// The power-iteration vector u, to overwrite.
+    pub(crate) fn vector_mut(&mut self) -> &mut B::Buf {
+        &mut self.u
+    }
+}

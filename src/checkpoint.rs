@@ -1,0 +1,407 @@
+//! Resumable runs: a checkpoint that carries, besides the weights, the optimizer's
+//! state ([`OptimizerState`]: momentum, Adam moments, power-iteration vectors, step
+//! counter, hence the schedule's position), where the run stands ([`RunState`]:
+//! epochs done, the shuffle's seed, batch size, training samples) and the data set's
+//! shape ([`DataShape`]). A run saved after epoch `k` and resumed gives, on the CPU, the
+//! same weights bit for bit as the run that never stopped.
+//!
+//! The file is the safetensors checkpoint of [`crate::io`] (`layers.*` as
+//! [`crate::Model::save`] writes them, so [`crate::Model::load_weights`] reads it)
+//! with the state tensors `optim.layers.*` (always F32) and metadata entries. It
+//! records the architecture, activations, energy, data shape and optimizer
+//! configuration, and refuses to load into anything else, naming the difference.
+//!
+//! ```
+//! use mep::checkpoint::{self, DataShape, RunState};
+//! use mep::{smep, Dataset, Device, Sequential, Shuffle};
+//! # fn main() -> mep::Result<()> {
+//! # let path = std::env::temp_dir().join(format!("mep-doc-ckpt-{}.safetensors", std::process::id()));
+//! let data = Dataset::synthetic(64, 6, 3, 0)?;
+//! let build = || Sequential::new(&Device::Cpu).flatten().linear(6, 8).relu().linear(8, 3).build(0);
+//! let (mut model, shuffle) = (build()?, Shuffle::Seeded(0));
+//! let mut opt = smep(&model).build()?;
+//! let train = model.upload(&data)?;
+//! opt.train_epoch(&mut model, &train, 16, shuffle, 0, 0, |_, _, _| {})?;
+//! let run = RunState { epochs_done: 1, shuffle, batch_size: 16, train_samples: data.len() };
+//! checkpoint::save(&path, &model, &opt, &run, &DataShape::of(&data), mep::io::Dtype::F32)?;
+//!
+//! // Later, in another process: the same model and optimizer, then resume.
+//! let mut model2 = build()?;
+//! let mut opt2 = smep(&model2).build()?;
+//! let run = checkpoint::resume(&path, &mut model2, &mut opt2, &DataShape::of(&data))?;
+//! run.check_continues(shuffle, 16, data.len())?;
+//! assert_eq!((run.epochs_done, opt2.steps()), (1, opt.steps()));
+//! assert_eq!(model2.parameters()?, model.parameters()?);
+//! # std::fs::remove_file(&path).ok();
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::data::mnist::Dataset;
+use crate::data::sources::shape_text;
+use crate::io::{self, Dtype};
+use crate::optim::OptimizerState;
+use crate::{MepError, Model, Optimizer, Result, Shuffle};
+
+/// Where a run stands after an epoch: what continuing it needs beyond the weights and
+/// the optimizer's state. The shuffle of epoch `e` is a pure function of the seed and
+/// `e` ([`crate::data::epoch_permutation`]), so the seed and the epoch count are the
+/// shuffler's whole state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunState {
+    /// Epochs completed; the next epoch to train has this number (0-based).
+    pub epochs_done: u64,
+    /// The shuffle of every epoch.
+    pub shuffle: Shuffle,
+    /// Samples per step.
+    pub batch_size: usize,
+    /// Training samples per epoch.
+    pub train_samples: usize,
+}
+
+impl RunState {
+    /// Checks that a run with this `shuffle`, `batch_size` and `train_samples` continues
+    /// the saved one (otherwise the resumed epochs would not be those the saved run
+    /// would have trained).
+    ///
+    /// Errors: [`MepError::InvalidArgument`] naming the first difference (`seed`,
+    /// `batch-size` or `train-subset`) with both values.
+    pub fn check_continues(&self, shuffle: Shuffle, batch_size: usize, train_samples: usize) -> Result<()> {
+        if shuffle != self.shuffle {
+            return Err(MepError::invalid(
+                "seed",
+                shuffle_text(shuffle),
+                format!(
+                    "the checkpoint's run shuffled with {}: resume with the seed of the run that saved it (it orders every epoch's samples)",
+                    shuffle_text(self.shuffle)
+                ),
+            ));
+        }
+        if batch_size != self.batch_size {
+            return Err(MepError::invalid(
+                "batch-size",
+                batch_size,
+                format!(
+                    "the checkpoint's run used batches of {}: resume with the batch size of the run that saved it",
+                    self.batch_size
+                ),
+            ));
+        }
+        if train_samples != self.train_samples {
+            return Err(MepError::invalid(
+                "train-subset",
+                format!("{train_samples} training samples"),
+                format!(
+                    "the checkpoint's run trained on {}: resume on the same training data (and --train-subset) as the run that saved it",
+                    self.train_samples
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The shape of the data a model was trained on: one sample's shape and the classes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataShape {
+    /// One sample's shape (see [`Dataset::shape`]).
+    pub shape: Vec<usize>,
+    /// Number of classes.
+    pub classes: usize,
+}
+
+impl DataShape {
+    /// The shape of `data`.
+    pub fn of(data: &Dataset) -> DataShape {
+        DataShape {
+            shape: data.shape().to_vec(),
+            classes: data.classes(),
+        }
+    }
+
+    /// Inputs per sample (the product of the shape).
+    pub fn features(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Refuses `data` (this is a checkpoint's record) when its inputs or classes differ,
+    /// with a [`MepError::SizeMismatch`] naming both sizes and shapes.
+    pub fn check(&self, data: &DataShape) -> Result<()> {
+        let fix = || {
+            format!(
+                "the checkpoint was trained on samples of shape {} with {} classes, the data set has shape {} and {} classes: use the data it was trained on",
+                shape_text(&self.shape),
+                self.classes,
+                shape_text(&data.shape),
+                data.classes
+            )
+        };
+        if self.features() != data.features() {
+            return Err(MepError::SizeMismatch {
+                what: "inputs",
+                model_side: "checkpoint",
+                model: self.features(),
+                data_side: "data set",
+                data: data.features(),
+                fix: fix(),
+            });
+        }
+        if self.classes != data.classes {
+            return Err(MepError::SizeMismatch {
+                what: "classes",
+                model_side: "checkpoint",
+                model: self.classes,
+                data_side: "data set",
+                data: data.classes,
+                fix: fix(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What a checkpoint file says about itself ([`info`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Info {
+    /// Where the saved run stood (`None` for a weights-only file).
+    pub run: Option<RunState>,
+    /// The data it was trained on (`None` for a weights-only file).
+    pub data: Option<DataShape>,
+    /// Whether it carries the optimizer's state (and can be resumed).
+    pub resumable: bool,
+    /// The architecture it records (`None` for files not written by `mep`).
+    pub arch: Option<String>,
+}
+
+fn shuffle_text(s: Shuffle) -> String {
+    match s {
+        Shuffle::None => "none".into(),
+        Shuffle::Seeded(seed) => format!("seeded:{seed}"),
+    }
+}
+
+/// Metadata keys of a full checkpoint.
+const STEPS: &str = "optim_steps";
+const CONFIG: &str = "optim_config";
+
+/// Writes a resumable checkpoint to `path`, atomically (see [`crate::io::save`]): the
+/// weights as `dtype` (a resumed run continues bit for bit only from F32 weights), the
+/// optimizer's state as F32, `run`, `data` and the optimizer's configuration.
+///
+/// Errors: [`MepError::Shape`] when `optimizer` was built for another model; as
+/// [`crate::io::save`] for the file.
+pub fn save(
+    path: impl AsRef<Path>,
+    model: &Model,
+    optimizer: &Optimizer,
+    run: &RunState,
+    data: &DataShape,
+    dtype: Dtype,
+) -> Result<()> {
+    optimizer.check_model(model)?;
+    let state = optimizer.state()?;
+    let meta: Vec<(String, String)> = [
+        (STEPS, state.steps.to_string()),
+        (CONFIG, format!("{:?}", optimizer.config())),
+        ("epochs_done", run.epochs_done.to_string()),
+        ("shuffle", shuffle_text(run.shuffle)),
+        ("batch_size", run.batch_size.to_string()),
+        ("train_samples", run.train_samples.to_string()),
+        (
+            "data_shape",
+            data.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(","),
+        ),
+        ("classes", data.classes.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    io::save_with(
+        path.as_ref(),
+        model.arch(),
+        model.energy(),
+        &model.parameters()?,
+        dtype,
+        &meta,
+        &state.tensors,
+    )
+}
+
+fn parse<T: std::str::FromStr>(path: &Path, meta: &BTreeMap<String, String>, key: &str) -> Result<Option<T>> {
+    match meta.get(key) {
+        None => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|_| MepError::ModelFile {
+            path: path.into(),
+            reason: format!("metadata `{key}` is `{v}`, which cannot be read (a damaged or foreign checkpoint)"),
+        }),
+    }
+}
+
+fn info_of(path: &Path, meta: &BTreeMap<String, String>) -> Result<Info> {
+    let data = match (meta.get("data_shape"), parse::<usize>(path, meta, "classes")?) {
+        (Some(shape), Some(classes)) => {
+            let shape = shape
+                .split(',')
+                .map(|d| d.trim().parse::<usize>())
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|_| MepError::ModelFile {
+                    path: path.into(),
+                    reason: format!("metadata `data_shape` is `{shape}`, not a list of sizes"),
+                })?;
+            Some(DataShape { shape, classes })
+        }
+        _ => None,
+    };
+    let shuffle = match meta.get("shuffle").map(String::as_str) {
+        None => None,
+        Some("none") => Some(Shuffle::None),
+        Some(s) => Some(Shuffle::Seeded(
+            s.strip_prefix("seeded:")
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| MepError::ModelFile {
+                    path: path.into(),
+                    reason: format!("metadata `shuffle` is `{s}`, expected none or seeded:N"),
+                })?,
+        )),
+    };
+    let run = match (
+        parse::<u64>(path, meta, "epochs_done")?,
+        shuffle,
+        parse::<usize>(path, meta, "batch_size")?,
+        parse::<usize>(path, meta, "train_samples")?,
+    ) {
+        (Some(epochs_done), Some(shuffle), Some(batch_size), Some(train_samples)) => Some(RunState {
+            epochs_done,
+            shuffle,
+            batch_size,
+            train_samples,
+        }),
+        _ => None,
+    };
+    Ok(Info {
+        run,
+        data,
+        resumable: meta.contains_key(STEPS) && meta.contains_key(CONFIG),
+        arch: meta.get("arch").cloned(),
+    })
+}
+
+/// Reads what the checkpoint at `path` records about itself, without loading it.
+///
+/// Errors: [`MepError::Io`] if it cannot be read; [`MepError::ModelFile`] if it is not a
+/// safetensors file or its metadata is damaged.
+pub fn info(path: impl AsRef<Path>) -> Result<Info> {
+    let path = path.as_ref();
+    info_of(path, &io::read_metadata(path)?)
+}
+
+/// Loads the weights of the checkpoint at `path` into `model` (full checkpoints and
+/// weights-only files alike), after checking the data shape it records, if any, against
+/// `data`. Returns what the file records ([`Info`]).
+///
+/// Errors: [`MepError::SizeMismatch`] when the recorded data shape differs from
+/// `data`'s; as [`crate::Model::load_weights`] otherwise (another architecture,
+/// activations or energy is refused, naming the difference).
+pub fn load_model(path: impl AsRef<Path>, model: &mut Model, data: Option<&DataShape>) -> Result<Info> {
+    let path = path.as_ref();
+    let info = info(path)?;
+    if let (Some(saved), Some(data)) = (&info.data, data) {
+        saved.check(data)?;
+    }
+    model.load_weights(path)?;
+    Ok(info)
+}
+
+/// The fields where two `Debug` renderings of a configuration differ.
+fn config_difference(saved: &str, ours: &str) -> String {
+    let tokens = |s: &'_ str| -> Vec<String> {
+        s.split([',', '{', '}', '(', ')'])
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(String::from)
+            .collect()
+    };
+    let (a, b) = (tokens(saved), tokens(ours));
+    let mut diff = if a.len() == b.len() {
+        a.iter()
+            .zip(&b)
+            .filter(|(x, y)| x != y)
+            .map(|(x, y)| format!("`{x}` in the checkpoint, `{y}` now"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    } else {
+        format!("the checkpoint's optimizer is `{saved}`, this one is `{ours}`")
+    };
+    if diff.contains("total_steps") {
+        diff.push_str(
+            " (the cosine schedule spans all epochs: resume with the --epochs of the run that saved the checkpoint)",
+        );
+    }
+    diff
+}
+
+/// Continues a run from the checkpoint at `path`: loads the weights into `model` and
+/// the optimizer's state into `optimizer` (built for `model` with the configuration of
+/// the saved run) and returns where the run stood. Train on with epoch numbers from
+/// [`RunState::epochs_done`] and the saved shuffle and batch size
+/// ([`RunState::check_continues`]).
+///
+/// Errors, before anything is changed: [`MepError::ModelFile`] for a checkpoint
+/// without optimizer state (weights only: [`load_model`] reads it), another
+/// architecture, activations or energy, or another optimizer configuration, naming
+/// the difference; [`MepError::SizeMismatch`] when the data shape differs from
+/// `data`'s; [`MepError::Shape`] when `optimizer` was built for another model.
+pub fn resume(
+    path: impl AsRef<Path>,
+    model: &mut Model,
+    optimizer: &mut Optimizer,
+    data: &DataShape,
+) -> Result<RunState> {
+    let path = path.as_ref();
+    let bad = |reason: String| MepError::ModelFile {
+        path: path.into(),
+        reason,
+    };
+    optimizer.check_model(model)?;
+    let meta = io::read_metadata(path)?;
+    let info = info_of(path, &meta)?;
+    let (true, Some(run)) = (info.resumable, info.run) else {
+        return Err(bad(
+            "holds model weights only, without the optimizer's state (saved by Model::save, or by mep-mnist before \
+             resumable checkpoints): it cannot be resumed; evaluate or fine-tune it with --load (Model::load_weights), \
+             or start a new run"
+                .into(),
+        ));
+    };
+    if let Some(saved) = &info.data {
+        saved.check(data)?;
+    }
+    let loaded = io::load_with(path, model.arch(), model.energy())?;
+    let ours = format!("{:?}", optimizer.config());
+    let saved = &meta[CONFIG];
+    if *saved != ours {
+        return Err(bad(format!(
+            "the checkpoint's optimizer configuration differs: {}; build the optimizer as the saved run did",
+            config_difference(saved, &ours)
+        )));
+    }
+    let steps = parse::<u64>(path, &meta, STEPS)?.expect("resumable");
+    let state = OptimizerState {
+        steps,
+        tensors: loaded
+            .extra
+            .into_iter()
+            .filter(|t| t.name.starts_with("optim."))
+            .collect(),
+    };
+    let before = model.parameters()?;
+    model.set_parameters(&loaded.values)?;
+    if let Err(e) = optimizer.set_state(model, &state) {
+        model.set_parameters(&before)?;
+        return Err(bad(e.to_string()));
+    }
+    Ok(run)
+}
