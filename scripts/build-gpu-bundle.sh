@@ -14,7 +14,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 bundle="$root/gpu-bundle"
 limit_mib=60
-tests=(cuda_primitives cuda_training api ground_truth)
+tests=(cuda_primitives cuda_training api ground_truth resume)
 
 command -v cargo >/dev/null || { echo "build-gpu-bundle: cargo not found" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "build-gpu-bundle: python3 not found (parses cargo's JSON)" >&2; exit 1; }

@@ -37,7 +37,7 @@ check_timeout="${CHECK_TIMEOUT:-90}"
 preflight_timeout="${PREFLIGHT_TIMEOUT:-60}"
 deadline="${DEADLINE:-420}"
 t0="$(date +%s)"
-tests=(cuda_primitives cuda_training api ground_truth)
+tests=(cuda_primitives cuda_training api ground_truth resume)
 
 say() { echo "gpu-check: $*" >&2; }
 
@@ -251,7 +251,12 @@ threads="${CPU_THREADS:-$(($(nproc) < 16 ? $(nproc) : 16))}"
 benches=(
     "mep-mnist cuda (seed)|--device cuda --data-dir $bundle/mnist --json --gemm-rate"
     "mep-mnist cuda eager, MEP_CUDA_GRAPHS=0 (seed)|--device cuda --data-dir $bundle/mnist --json"
+    "mep-mnist cuda unfused, MEP_CUDA_FUSED=0 (seed)|--device cuda --data-dir $bundle/mnist --json"
+    "mep-mnist cuda eager unfused, MEP_CUDA_GRAPHS=0 MEP_CUDA_FUSED=0 (seed)|--device cuda --data-dir $bundle/mnist --json"
     "mep-mnist cuda hopfield (seed widths)|--device cuda --energy hopfield --data-dir $bundle/mnist --json"
+    "mep-mnist cuda hopfield unfused, MEP_CUDA_FUSED=0 (seed widths)|--device cuda --energy hopfield --data-dir $bundle/mnist --json"
+    "mep-mnist cuda 256,256 (symmetric)|--device cuda --hidden 256,256 --data-dir $bundle/mnist --json"
+    "mep-mnist cuda 256,256 unfused, MEP_CUDA_FUSED=0 (symmetric)|--device cuda --hidden 256,256 --data-dir $bundle/mnist --json"
     "mep-mnist cuda 4096,4096 b1024|--device cuda --hidden 4096,4096 --batch-size 1024 --epochs 1 --data-dir $bundle/mnist --json --gemm-rate"
     "mep-mnist cpu ${threads} threads (seed)|--device cpu --threads $threads --data-dir $bundle/mnist --json"
 )
@@ -269,8 +274,10 @@ for b in "${benches[@]}"; do
     start="$(now)"
     # shellcheck disable=SC2086 # args is a flag list
     graphs=1
+    fused=1
     case "$name" in *MEP_CUDA_GRAPHS=0*) graphs=0 ;; esac
-    out="$(MEP_CUDA_GRAPHS=$graphs timeout "$check_timeout" "$bundle/bin/mep-mnist" $args 2>>"$bench_log")"
+    case "$name" in *MEP_CUDA_FUSED=0*) fused=0 ;; esac
+    out="$(MEP_CUDA_GRAPHS=$graphs MEP_CUDA_FUSED=$fused timeout "$check_timeout" "$bundle/bin/mep-mnist" $args 2>>"$bench_log")"
     rc=$?
     secs="$(elapsed "$start" "$(now)")"
     echo "$out" >>"$bench_log"

@@ -2,9 +2,10 @@
 //! `cublasSgemm_v2`, validated as strictly as cuBLAS (and then some) and computed
 //! with f64 accumulation.
 //!
-//! SGEMM checks: a current context; a live handle whose stream exists and is one
-//! this thread has launched kernels on (else the GEMM would race the kernels around
-//! it on a GPU; several backends, each on its own stream, may alternate); transposes N or T; m, n, k ≥ 0; lda/ldb/ldc at least the stored
+//! SGEMM checks: a current context; a live handle whose stream exists, and operands
+//! last used (by a kernel, a copy or a GEMM) on that same stream (else the GEMM would
+//! race the other stream's work on a GPU; several backends, each on its own stream,
+//! may alternate on their own buffers); transposes N or T; m, n, k ≥ 0; lda/ldb/ldc at least the stored
 //! rows; α/β readable (host pointer mode); and that each operand's whole extent,
 //! (columns − 1)·ld + rows elements, lies in one live allocation. With β = 0 the
 //! whole of C's extent is first filled with NaN, so nothing can depend on its old
@@ -14,7 +15,7 @@
 // documentation of each call (valid out-pointers, NUL-terminated names, ...).
 #![allow(clippy::missing_safety_doc)]
 
-use crate::driver::{current_context_set, faulted, launched_on, stream_is_valid};
+use crate::driver::{current_context_set, faulted, note_use, other_stream_user, stream_is_valid};
 use crate::graph::{self, Op, Sgemm};
 use crate::{check_failed, count, memory, COUNTERS};
 use std::collections::HashMap;
@@ -223,7 +224,14 @@ pub unsafe extern "C" fn cublasSgemm_v2(
         }
     }
     match sgemm(h, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc) {
-        Ok(()) => SUCCESS,
+        Ok(()) => {
+            if let Some(stream) = with_handles(|t| t.get(&(h as usize)).map(|x| x.stream)) {
+                for p in [a as u64, b as u64, c as u64] {
+                    note_use(p, stream);
+                }
+            }
+            SUCCESS
+        }
         Err((code, m)) => fail(code, format!("cublasSgemm: {m}")),
     }
 }
@@ -256,10 +264,12 @@ unsafe fn sgemm(
     if !stream_is_valid(stream) {
         return Err(bad(format!("the handle's stream {stream:#x} was destroyed")));
     }
-    if launched_on(stream) == Some(false) {
-        return Err(bad(format!(
-            "the handle's stream {stream:#x} is not a stream the kernels run on: the GEMM would race them"
-        )));
+    for (name, ptr) in [("A", a as u64), ("B", b as u64), ("C", c as u64)] {
+        if let Some(other) = other_stream_user(ptr, stream) {
+            return Err(bad(format!(
+                "operand {name} was last used on stream {other:#x}, the handle's stream is {stream:#x}: the GEMM would race that stream's work"
+            )));
+        }
     }
     if device_ptrs {
         return Err(bad(

@@ -67,9 +67,6 @@ static SMS: AtomicUsize = AtomicUsize::new(1);
 
 thread_local! {
     static CURRENT: Cell<usize> = const { Cell::new(0) };
-    /// The streams this thread has launched kernels on (a cuBLAS handle must use one
-    /// of them: a GEMM on a stream no kernel uses would race the kernels).
-    static LAUNCH_STREAMS: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 fn with_state<T>(f: impl FnOnce(&mut State) -> T) -> T {
@@ -117,16 +114,32 @@ pub(crate) fn current_context_set() -> bool {
     CURRENT.with(|c| c.get()) == PRIMARY
 }
 
-/// Whether this thread has launched kernels, and if so, whether on stream `s`.
-pub(crate) fn launched_on(s: usize) -> Option<bool> {
-    LAUNCH_STREAMS.with(|v| {
-        let v = v.borrow();
-        if v.is_empty() {
-            None
-        } else {
-            Some(v.contains(&s))
-        }
-    })
+/// Allocation (base address) → the stream of the last operation that used it.
+static LAST_STREAM: Mutex<Option<HashMap<u64, usize>>> = Mutex::new(None);
+
+/// Records that stream `s` used the allocation holding `addr` (if any).
+pub(crate) fn note_use(addr: u64, s: usize) {
+    if let Some((base, _)) = memory::containing(addr) {
+        LAST_STREAM
+            .lock()
+            .unwrap()
+            .get_or_insert_with(HashMap::new)
+            .insert(base, s);
+    }
+}
+
+/// The stream that last used the allocation holding `addr`, if another than `s`:
+/// using it on `s` without synchronising would race that stream's work.
+pub(crate) fn other_stream_user(addr: u64, s: usize) -> Option<usize> {
+    let (base, _) = memory::containing(addr)?;
+    let g = LAST_STREAM.lock().unwrap();
+    g.as_ref()?.get(&base).copied().filter(|&u| u != s)
+}
+
+fn forget_uses(addr: u64) {
+    if let Some(m) = LAST_STREAM.lock().unwrap().as_mut() {
+        m.remove(&addr);
+    }
 }
 
 pub(crate) fn faulted() -> bool {
@@ -465,6 +478,7 @@ pub unsafe extern "C" fn cuMemAllocAsync(dptr: *mut u64, bytes: usize, s: *mut c
 
 fn do_free(what: &str, d: u64) -> CUresult {
     tri!(not_capturing(what));
+    forget_uses(d);
     match memory::free(d) {
         Ok(()) => {
             count(&COUNTERS.frees);
@@ -774,12 +788,11 @@ pub unsafe extern "C" fn cuLaunchKernel(
         grid: (gx, gy, gz),
         block: (bx, by, bz),
     };
-    LAUNCH_STREAMS.with(|v| {
-        let mut v = v.borrow_mut();
-        if !v.contains(&(s as usize)) {
-            v.push(s as usize);
+    for (i, &size) in sizes.iter().enumerate() {
+        if size == 8 {
+            note_use((*params.add(i) as *const u64).read_unaligned(), s as usize);
         }
-    });
+    }
     let ps: Vec<*mut c_void> = (0..sizes.len()).map(|i| *params.add(i)).collect();
     if graph::record_if_capturing(s as usize, || Op::Launch {
         name: name.clone(),
