@@ -107,10 +107,25 @@ fn ep_estimates_follow_the_true_gradient_as_beta_shrinks() {
     // The third field: whether β = 2 is visibly biased. The centred coupled rule
     // with the squared error is nearly unbiased even there (measured cosine ≈ 0.99
     // at β = 2 against ≈ 0.998 at 0.05, too close to order reliably in f32).
-    for (nudging, loss, biased) in [
-        (Nudging::OneSided, Loss::CrossEntropy { label_smoothing: 0.0 }, true),
-        (Nudging::Symmetric, Loss::CrossEntropy { label_smoothing: 0.0 }, true),
-        (Nudging::CoupledCentered, Loss::SquaredError, false),
+    // The fourth: the cosine required at β = 0.05. The EP rules tend to the gradient
+    // as β → 0. Coupled learning does not: it clamps the output at o⋆ + η(y − o⋆),
+    // which the nudged equilibrium reaches only without hidden layers, so its
+    // estimate stays a (close) descent direction; its cosine was ≥ 0.99 on 20 seeds
+    // and 0.9755 on one (MEP_TEST_SEED=1795991169440045779).
+    for (nudging, loss, biased, min_cos) in [
+        (
+            Nudging::OneSided,
+            Loss::CrossEntropy { label_smoothing: 0.0 },
+            true,
+            0.99,
+        ),
+        (
+            Nudging::Symmetric,
+            Loss::CrossEntropy { label_smoothing: 0.0 },
+            true,
+            0.99,
+        ),
+        (Nudging::CoupledCentered, Loss::SquaredError, false, 0.95),
     ] {
         let bp = smep(&model).mode(Mode::Backprop).loss(loss).build().unwrap();
         let truth = bp.gradients(&model, &x, &y).unwrap();
@@ -126,7 +141,7 @@ fn ep_estimates_follow_the_true_gradient_as_beta_shrinks() {
         };
         let (small, large) = (cos(0.05), cos(2.0));
         eprintln!("{}: cosine {small:.6} at β = 0.05, {large:.6} at β = 2", nudging.name());
-        assert!(small > 0.99, "{}: cosine {small} at β = 0.05", nudging.name());
+        assert!(small > min_cos, "{}: cosine {small} at β = 0.05", nudging.name());
         assert!(
             !biased || small > large,
             "{}: β = 2 ({large}) should be worse than β = 0.05 ({small})",
