@@ -297,3 +297,66 @@ extern "C" __global__ void hopfield_settle_phase(
     for (u32 l = 0; l < L; l++)
         for (u32 j = tid; j < n[l]; j += nt) S[l][row * n[l] + j] = sh_s[off[l] + j];
 }
+
+#define MEP_NS_MAX 32
+
+// ns_gram_poly: Newton–Schulz's polynomial iteration in Gram space for k ≤ 32, as
+// src/optim/newton_schulz.rs's `orthogonalize` issues it with GEMMs: from A = gram
+// (k × k, row-major) and Q = I, each of `steps` (≥ 1) iterations forms
+// P = b·A + a·I, then P ← c·(A·A) + P, Q ← P·Q (Q = P at the first), and, but for the
+// last, A ← (P·A)·P. Writes Q to q; gram is not modified.
+// Launch: one block of MEP_FUSED_THREADS threads (1-D).
+extern "C" __global__ void ns_gram_poly(u32 k, u32 steps, float a, float b, float c,
+                                        const float* __restrict__ gram, float* __restrict__ q) {
+    __shared__ float sA[MEP_NS_MAX * MEP_NS_MAX];
+    __shared__ float sP[MEP_NS_MAX * MEP_NS_MAX];
+    __shared__ float sQ[MEP_NS_MAX * MEP_NS_MAX];
+    __shared__ float sT[MEP_NS_MAX * MEP_NS_MAX];
+    const u32 tid = threadIdx.x, nt = blockDim.x, kk = k * k;
+    for (u32 i = tid; i < kk; i += nt) sA[i] = gram[i];
+    __syncthreads();
+    for (u32 it = 0; it < steps; it++) {
+        for (u32 i = tid; i < kk; i += nt) {
+            u32 r = i / k, col = i - r * k;
+            sP[i] = b * sA[i] + a * (r == col ? 1.0f : 0.0f);
+        }
+        __syncthreads();
+        for (u32 i = tid; i < kk; i += nt) {
+            u32 r = i / k, col = i - r * k;
+            float acc = 0.0f;
+            for (u32 m = 0; m < k; m++) acc += sA[r * k + m] * sA[m * k + col];
+            sP[i] = c * acc + sP[i];
+        }
+        __syncthreads();
+        if (it == 0) {
+            for (u32 i = tid; i < kk; i += nt) sQ[i] = sP[i];
+        } else {
+            for (u32 i = tid; i < kk; i += nt) {
+                u32 r = i / k, col = i - r * k;
+                float acc = 0.0f;
+                for (u32 m = 0; m < k; m++) acc += sP[r * k + m] * sQ[m * k + col];
+                sT[i] = acc;
+            }
+            __syncthreads();
+            for (u32 i = tid; i < kk; i += nt) sQ[i] = sT[i];
+        }
+        __syncthreads();
+        if (it + 1 < steps) {
+            for (u32 i = tid; i < kk; i += nt) {
+                u32 r = i / k, col = i - r * k;
+                float acc = 0.0f;
+                for (u32 m = 0; m < k; m++) acc += sP[r * k + m] * sA[m * k + col];
+                sT[i] = acc;
+            }
+            __syncthreads();
+            for (u32 i = tid; i < kk; i += nt) {
+                u32 r = i / k, col = i - r * k;
+                float acc = 0.0f;
+                for (u32 m = 0; m < k; m++) acc += sT[r * k + m] * sP[m * k + col];
+                sA[i] = acc;
+            }
+            __syncthreads();
+        }
+    }
+    for (u32 i = tid; i < kk; i += nt) q[i] = sQ[i];
+}

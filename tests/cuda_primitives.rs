@@ -728,3 +728,48 @@ fn two_backends_of_one_device_work_side_by_side() {
     close("backend a", seed, &a.download(&ca).unwrap(), &want);
     close("backend b", seed, &b.download(&cb).unwrap(), &want2);
 }
+
+/// The fused Gram-space Newton–Schulz iteration (k ≤ 32, `kernels/fused.cu`) against
+/// the CPU's GEMM loop and the CUDA backend's own: whole orthogonalisations of random
+/// wide and tall matrices whose smaller side is 1–32 (and one just above, which must
+/// take the GEMM path), for 1–6 iterations.
+#[test]
+fn fused_newton_schulz_matches_the_gemm_iteration() {
+    use mep::optim::newton_schulz::{orthogonalize, NsScratch};
+    let Some(gpu) = gpu() else { return };
+    let cpu = Cpu::<f32>::new();
+    let (seed, mut r) = rng();
+    for case in 0..12 {
+        let k = if case == 11 { 33 } else { 1 + r.below(32) as usize };
+        let other = k + r.below(60) as usize;
+        let (rows, cols) = if r.below(2) == 0 { (k, other) } else { (other, k) };
+        let steps = 1 + r.below(6) as usize;
+        let u = randn(&mut r, rows * cols, 1.0);
+        let mut sc = NsScratch::new(&cpu, rows, cols).unwrap();
+        orthogonalize(&cpu, rows, cols, steps, &u, &mut sc).unwrap();
+        let ug = gpu.upload(&u).unwrap();
+        for fused in [true, false] {
+            gpu.set_fused(fused);
+            let mut sg = NsScratch::new(&gpu, rows, cols).unwrap();
+            orthogonalize(&gpu, rows, cols, steps, &ug, &mut sg).unwrap();
+            // Each iteration multiplies a small singular value by up to a = 3.4445, and
+            // its rounding error with it: the two summation orders may differ by
+            // about f32's ε·aˢᵗᵉᵖˢ.
+            let got = gpu.download(&sg.x).unwrap();
+            let d = got
+                .iter()
+                .zip(&sc.x)
+                .map(|(g, w)| ((g - w) as f64).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            let n = sc.x.iter().map(|w| (*w as f64).powi(2)).sum::<f64>().sqrt();
+            let tol = 1e-6 * 3.5f64.powi(steps as i32);
+            assert!(
+                d / n <= tol,
+                "case {case}: {rows}×{cols}, {steps} steps, fused {fused}: ‖Δ‖/‖ref‖ = {:e} > {tol:e} (seed {seed})",
+                d / n
+            );
+        }
+        gpu.set_fused(true);
+    }
+}

@@ -302,6 +302,24 @@ pub trait Backend: Clone + Send + Sync + 'static {
         Ok(false)
     }
 
+    /// Newton–Schulz's polynomial iteration in Gram space, fused, when the backend has
+    /// one for this `k`: from A = `gram` (`k × k`) and Q₀ = I, each of `steps` (≥ 1)
+    /// iterations forms P = aI + bA + cA², Q ← P·Q and A ← P·A·P, exactly as
+    /// [`crate::optim::newton_schulz::orthogonalize`] issues them; the final Q goes
+    /// to `q` and `gram` is left as it was. `Ok(false)` (the default, and the CPU's
+    /// answer): the caller iterates.
+    fn ns_gram_poly(
+        &self,
+        k: usize,
+        steps: usize,
+        coeffs: (f64, f64, f64),
+        gram: &Self::Buf,
+        q: &mut Self::Buf,
+    ) -> Result<bool> {
+        let _ = (k, steps, coeffs, gram, q);
+        Ok(false)
+    }
+
     // ---- captured steps ------------------------------------------------------------------
 
     /// Starts capturing the work queued from now on (instead of running it) into a

@@ -72,7 +72,9 @@ pub fn orthogonalize<B: Backend>(
     if steps == 0 {
         return bk.copy(&sc.x0, &mut sc.x);
     }
-    for i in 0..steps {
+    // The backend may run the whole iteration below as one fused operation.
+    let fused = bk.ns_gram_poly(k, steps, NS_COEFFS, &sc.gram, &mut sc.q)?;
+    for i in (0..steps).take_while(|_| !fused) {
         // P = aI + bA + cA²: (aI + bA) first, then the GEMM adds cA² (β = 1).
         bk.copy(&sc.eye, &mut sc.poly)?;
         bk.axpby(b, &sc.gram, a, &mut sc.poly)?;

@@ -1042,6 +1042,17 @@ impl Backend for Cuda {
         self.hopfield_settle_phase(phase)
     }
 
+    fn ns_gram_poly(
+        &self,
+        k: usize,
+        steps: usize,
+        coeffs: (f64, f64, f64),
+        gram: &CudaSlice<f32>,
+        q: &mut CudaSlice<f32>,
+    ) -> Result<bool> {
+        self.ns_gram_poly_fused(k, steps, coeffs, gram, q)
+    }
+
     fn begin_capture(&self) -> Result<bool> {
         self.inner
             .stream
