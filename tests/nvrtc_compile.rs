@@ -10,7 +10,10 @@ use mep::backend::cuda::{nvrtc, sources};
 const EXPECTED: &[(&str, &[&str])] = &[
     ("cost", &["cost_grad", "cost_stats_partial", "argmax"]),
     ("data", &["gather_rows", "gather_labels"]),
-    ("fused", &["layered_nudged_phase", "hopfield_settle_phase", "ns_gram_poly"]),
+    (
+        "fused",
+        &["layered_nudged_phase", "hopfield_settle_phase", "ns_gram_poly"],
+    ),
     (
         "optim",
         &[
