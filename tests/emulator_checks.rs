@@ -191,3 +191,42 @@ fn refused_cubins_fall_back_to_ptx() {
     let Some(g) = emulated() else { return };
     assert!(g.name().contains("sm_90 PTX;"), "{}", g.name());
 }
+
+/// A GEMM on one backend's stream over a buffer another stream last used would race
+/// that stream's work on a GPU: the emulator refuses it. Each backend on its own
+/// buffers is fine (tests/cuda_primitives.rs, two_backends_of_one_device_work_side_by_side).
+#[test]
+fn gemm_on_another_streams_buffer_is_an_error() {
+    let Some(a) = emulated() else { return };
+    let b = Cuda::new(0).unwrap();
+    let (x, w) = (a.upload(&[1.0; 6]).unwrap(), a.upload(&[1.0; 6]).unwrap());
+    let mut c = a.zeros(4).unwrap();
+    a.fill(&mut c, 2.0).unwrap(); // c last used on a's stream
+    must_fire("a GEMM on b's stream writing a buffer a's stream last wrote", || {
+        b.gemm(false, false, 2, 2, 3, 1.0, &x, &w, 0.0, &mut c)
+    });
+    // On its own stream the same GEMM is accepted.
+    a.gemm(false, false, 2, 2, 3, 1.0, &x, &w, 0.0, &mut c).unwrap();
+    assert_eq!(a.download(&c).unwrap(), vec![3.0; 4]);
+}
+
+/// While a stream captures a graph, what the driver refuses during capture is
+/// refused: a copy to host memory (it would synchronise) and an allocation (it would
+/// run once, at capture, not at every replay). The capture then still ends cleanly.
+#[test]
+fn host_copies_and_allocations_are_refused_while_capturing() {
+    let Some(a) = emulated() else { return };
+    let mut y = a.zeros(8).unwrap();
+    assert!(a.begin_capture().unwrap());
+    a.fill(&mut y, 1.0).unwrap(); // recorded, not run
+    must_fire("a device-to-host copy while capturing", || a.download(&y));
+    must_fire("an allocation while capturing", || a.zeros(8));
+    let graph = a.end_capture().unwrap();
+    assert_eq!(
+        a.download(&y).unwrap(),
+        vec![0.0; 8],
+        "a captured fill ran at capture time"
+    );
+    a.launch_graph(&graph).unwrap();
+    assert_eq!(a.download(&y).unwrap(), vec![1.0; 8], "the replay did not run the fill");
+}
