@@ -141,6 +141,7 @@ export LD_LIBRARY_PATH="$lib_path${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 {
     echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "host: $(uname -srm), $(nproc) CPUs"
+    echo "cpu: $(grep -m1 "model name" /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed "s/^ *//")"
     echo "glibc: $(ldd --version 2>/dev/null | head -n 1)"
     echo "nvrtc: ${nvrtc_dir:-NOT FOUND}"
     echo "cublas: ${cublas_dir:-NOT FOUND}"
