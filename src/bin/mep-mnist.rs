@@ -143,6 +143,9 @@ struct Args {
     /// Muon update scale (smep).
     #[arg(long, value_enum)]
     muon_scale: Option<ScaleArg>,
+    /// Newton–Schulz iterations of Muon's orthogonalisation (smep; default 5).
+    #[arg(long)]
+    ns_steps: Option<usize>,
     /// Decoupled weight decay.
     #[arg(long)]
     weight_decay: Option<f64>,
@@ -364,6 +367,9 @@ fn configure<'m>(args: &Args, train_len: usize, mut b: OptimizerBuilder<'m>) -> 
             ScaleArg::Spectral => MuonScale::SpectralCondition,
             ScaleArg::KellerJordan => MuonScale::KellerJordan,
         });
+    }
+    if let Some(v) = args.ns_steps {
+        b = b.ns_steps(v);
     }
     if let Some(v) = args.weight_decay {
         b = b.weight_decay(v);
@@ -784,9 +790,8 @@ fn run(args: Args) -> mep::Result<()> {
     }
 }
 
-/// Runs `run` on a worker of a rayon pool of `threads` threads: the CPU backend's
-/// parallel GEMM panels then fork from a pool thread instead of blocking the main
-/// thread on every call (which cost ~0.8 s of context switches per seed epoch).
+/// Runs `run` on a worker of a rayon pool of `threads` threads: the CPU backend
+/// takes its thread count from the pool it runs in, and data loading forks on it.
 fn run_in_pool(args: Args) -> mep::Result<()> {
     let threads = args
         .threads

@@ -1,32 +1,29 @@
-//! The CPU reference backend: ndarray GEMMs (matrixmultiply) and rayon-parallel
-//! element-wise loops. Generic over the element type so tests can run the very
-//! same algorithm in f64.
+//! The CPU reference backend: GEMMs from the `gemm` crate split into row panels
+//! (`gemm.rs`) and element-wise loops, both run on a spinning fork–join pool
+//! (`pool.rs`). Generic over the element type so tests can run the very same
+//! algorithm in f64.
 //!
 //! Every primitive here is the plain definition from [`super::Backend`]'s docs;
 //! the CUDA kernels are checked against these.
+
+mod gemm;
+mod pool;
 
 use super::{Backend, Scalar};
 use crate::flops::GemmShape;
 use crate::nn::activation::ActChain;
 use crate::{Loss, MepError, Result};
-use ndarray::linalg::general_mat_mul;
-use ndarray::{ArrayView2, ArrayViewMut2, Axis, ShapeBuilder};
-use rayon::prelude::*;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 
-/// Element-wise loops shorter than this run on one thread: these loops are memory
-/// bound, and waking the other worker costs more than it saves. Measured on the seed
-/// epoch (2 threads): 2^15 → 1.14 s, 2^18 → 1.085 s, 2^20 → no better.
-const PAR_MIN: usize = 1 << 18;
+/// Element-wise loops shorter than this run on one thread. With rayon's sleeping
+/// workers the threshold was 2^18 (a wake cost more than a 100k-element pass); the
+/// spinning [`pool`] forks in about a microsecond, so passes over the seed's weight
+/// matrices (100k elements) are split (BENCHMARKS.md §6).
+const PAR_MIN: usize = 1 << 15;
 
 /// Chunk of the reproducible parallel sum in `sum_sq`.
 const SUM_CHUNK: usize = 1 << 13;
-
-/// GEMMs below this many FLOPs run on one thread. The seed's 128³ Newton–Schulz
-/// products (4.2 MFLOP) still gain from two panels: raising this to 8e6 made the seed
-/// epoch 1.29 s instead of 1.085 s.
-const GEMM_PAR_FLOPS: f64 = 4e6;
 
 /// The CPU backend, computing in `T` (f32 for training, f64 for reference tests).
 #[derive(Clone, Debug, Default)]
@@ -37,8 +34,8 @@ pub struct Cpu<T: Scalar = f32> {
 }
 
 impl<T: Scalar> Cpu<T> {
-    /// A CPU backend. Parallelism follows rayon's global pool (see
-    /// [`crate::set_cpu_threads`]).
+    /// A CPU backend. It uses as many threads as the rayon pool it is called from
+    /// has (see [`crate::set_cpu_threads`]); results do not depend on that number.
     pub fn new() -> Self {
         Cpu {
             _t: PhantomData,
@@ -68,10 +65,59 @@ impl<T: Scalar> Cpu<T> {
 /// Runs `f(i, &mut y[i])` for all i, in parallel when the buffer is large.
 #[inline]
 fn map_indexed<T: Send, F: Fn(usize, &mut T) + Sync + Send>(y: &mut [T], f: F) {
-    if y.len() >= PAR_MIN {
-        y.par_iter_mut().enumerate().for_each(|(i, v)| f(i, v));
-    } else {
-        y.iter_mut().enumerate().for_each(|(i, v)| f(i, v));
+    let d = Disjoint::new(y);
+    par_ranges(d.len, 1, |lo, hi| {
+        // SAFETY: the ranges of `par_ranges` are disjoint and in bounds.
+        let part = unsafe { d.part(lo, hi) };
+        for (j, v) in part.iter_mut().enumerate() {
+            f(lo + j, v);
+        }
+    });
+}
+
+/// Splits `0..items` (each `size` elements long) into one contiguous range per
+/// thread and runs `f(lo, hi)` on each, on the [`pool`], when the work is at least
+/// [`PAR_MIN`] elements; otherwise `f(0, items)` on this thread. Ranges of more than
+/// one item start at multiples of 16 items (whole cache lines for f32 vectors).
+fn par_ranges(items: usize, size: usize, f: impl Fn(usize, usize) + Sync) {
+    let threads = rayon::current_num_threads();
+    if threads < 2 || items * size < PAR_MIN || items < 2 {
+        f(0, items);
+        return;
+    }
+    let align = if size == 1 { 16 } else { 1 };
+    let per = items.div_ceil(threads).next_multiple_of(align);
+    let tasks = items.div_ceil(per);
+    pool::pool().run(threads, tasks, &|t| f(t * per, ((t + 1) * per).min(items)));
+}
+
+/// One buffer handed to the pool's tasks, each of which takes a disjoint part.
+struct Disjoint<T> {
+    ptr: *mut T,
+    len: usize,
+}
+
+// SAFETY: tasks only reach the buffer through `part` on disjoint ranges, while the
+// `&mut` borrow that made it is held by the caller of the parallel loop.
+unsafe impl<T: Send> Send for Disjoint<T> {}
+unsafe impl<T: Send> Sync for Disjoint<T> {}
+
+impl<T> Disjoint<T> {
+    fn new(y: &mut [T]) -> Self {
+        Disjoint {
+            ptr: y.as_mut_ptr(),
+            len: y.len(),
+        }
+    }
+
+    /// Elements `lo..hi`.
+    ///
+    /// # Safety
+    /// No two live parts may overlap, and `lo ≤ hi ≤ len`.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn part(&self, lo: usize, hi: usize) -> &mut [T] {
+        debug_assert!(lo <= hi && hi <= self.len);
+        std::slice::from_raw_parts_mut(self.ptr.add(lo), hi - lo)
     }
 }
 
@@ -101,11 +147,27 @@ const SUM_LANES: usize = 32;
 /// Runs `f(r, row)` over the rows of a row-major matrix, in parallel when large.
 #[inline]
 fn map_rows<T: Send, F: Fn(usize, &mut [T]) + Sync + Send>(y: &mut [T], cols: usize, f: F) {
-    if y.len() >= PAR_MIN {
-        y.par_chunks_mut(cols).enumerate().for_each(|(r, row)| f(r, row));
-    } else {
-        y.chunks_mut(cols).enumerate().for_each(|(r, row)| f(r, row));
-    }
+    let d = Disjoint::new(y);
+    par_ranges(d.len / cols, cols, |lo, hi| {
+        // SAFETY: disjoint row ranges of the matrix.
+        let part = unsafe { d.part(lo * cols, hi * cols) };
+        for (j, row) in part.chunks_mut(cols).enumerate() {
+            f(lo + j, row);
+        }
+    });
+}
+
+/// [`map_rows`] over two matrices of the same shape at once.
+#[inline]
+fn map_rows2<T: Send, F: Fn(usize, &mut [T], &mut [T]) + Sync + Send>(y: &mut [T], z: &mut [T], cols: usize, f: F) {
+    let (dy, dz) = (Disjoint::new(y), Disjoint::new(z));
+    par_ranges(dy.len.min(dz.len) / cols, cols, |lo, hi| {
+        // SAFETY: disjoint row ranges of two distinct matrices.
+        let (py, pz) = unsafe { (dy.part(lo * cols, hi * cols), dz.part(lo * cols, hi * cols)) };
+        for (j, (ry, rz)) in py.chunks_mut(cols).zip(pz.chunks_mut(cols)).enumerate() {
+            f(lo + j, ry, rz);
+        }
+    });
 }
 
 /// Expands `$body` with `$vd` bound to a closure `x -> (φ(x), φ′(x))` that is
@@ -317,49 +379,19 @@ impl<T: Scalar> Backend for Cpu<T> {
         check_len("gemm A", a.len(), m * k)?;
         check_len("gemm B", b.len(), k * n)?;
         check_len("gemm C", c.len(), m * n)?;
-        // A stored k×m when transposed: view it with swapped strides instead of copying.
-        let av = if ta {
-            ArrayView2::from_shape((m, k).strides((1, m)), &a[..m * k])
-        } else {
-            ArrayView2::from_shape((m, k), &a[..m * k])
-        }
-        .map_err(|e| MepError::Shape(e.to_string()))?;
-        let bv = if tb {
-            ArrayView2::from_shape((k, n).strides((1, k)), &b[..k * n])
-        } else {
-            ArrayView2::from_shape((k, n), &b[..k * n])
-        }
-        .map_err(|e| MepError::Shape(e.to_string()))?;
-        let mut cv = ArrayViewMut2::from_shape((m, n), &mut c[..m * n]).map_err(|e| MepError::Shape(e.to_string()))?;
-        // BLAS semantics: with β = 0, C is not read (matrixmultiply guarantees it, so
-        // NaN garbage in C cannot leak; tests/cpu_primitives.rs checks).
-        let (alpha, beta) = (T::of(alpha), T::of(beta));
-        let threads = rayon::current_num_threads();
-        if threads > 1 && 2.0 * (m * n * k) as f64 >= GEMM_PAR_FLOPS {
-            // Split C into one panel per thread along its longer side; each panel is an
-            // independent single-threaded GEMM (one thread pool: rayon's).
-            if m >= n {
-                let rows = m.div_ceil(threads);
-                let parts: Vec<_> = cv
-                    .axis_chunks_iter_mut(Axis(0), rows)
-                    .zip(av.axis_chunks_iter(Axis(0), rows))
-                    .collect();
-                parts
-                    .into_par_iter()
-                    .for_each(|(mut cp, ap)| general_mat_mul(alpha, &ap, &bv, beta, &mut cp));
-            } else {
-                let cols = n.div_ceil(threads);
-                let parts: Vec<_> = cv
-                    .axis_chunks_iter_mut(Axis(1), cols)
-                    .zip(bv.axis_chunks_iter(Axis(1), cols))
-                    .collect();
-                parts
-                    .into_par_iter()
-                    .for_each(|(mut cp, bp)| general_mat_mul(alpha, &av, &bp, beta, &mut cp));
-            }
-        } else {
-            general_mat_mul(alpha, &av, &bv, beta, &mut cv);
-        }
+        gemm::gemm(
+            rayon::current_num_threads(),
+            ta,
+            tb,
+            m,
+            n,
+            k,
+            T::of(alpha),
+            &a[..m * k],
+            &b[..k * n],
+            T::of(beta),
+            &mut c[..m * n],
+        );
         Ok(())
     }
 
@@ -395,20 +427,12 @@ impl<T: Scalar> Backend for Cpu<T> {
         let n = rows * cols;
         let bias = &bias[..cols];
         with_act!(T, act, |vd| {
-            let body = |(zr, ar): (&mut [T], &mut [T])| {
+            map_rows2(&mut z[..n], &mut a[..n], cols, |_, zr, ar| {
                 for ((zv, av), &b) in zr.iter_mut().zip(ar.iter_mut()).zip(bias) {
                     *zv = *zv + b;
                     *av = vd(*zv).0;
                 }
-            };
-            if n >= PAR_MIN {
-                z[..n]
-                    .par_chunks_mut(cols)
-                    .zip(a[..n].par_chunks_mut(cols))
-                    .for_each(body);
-            } else {
-                z[..n].chunks_mut(cols).zip(a[..n].chunks_mut(cols)).for_each(body);
-            }
+            })
         });
         Ok(())
     }
@@ -464,29 +488,16 @@ impl<T: Scalar> Backend for Cpu<T> {
         let (c, eta) = (T::of(c), T::of(eta));
         let (e, g) = (&e[..n], &g[..n]);
         with_act!(T, act, |vd| {
-            let body = |(i, (sc, ac)): (usize, (&mut [T], &mut [T]))| {
+            map_rows2(&mut s[..n], &mut a[..n], cols, |i, sc, ac| {
                 let off = i * cols;
-                let (er, gr) = (&e[off..off + sc.len()], &g[off..off + sc.len()]);
+                let (er, gr) = (&e[off..off + cols], &g[off..off + cols]);
                 for (((sv, av), &ev), &gv) in sc.iter_mut().zip(ac.iter_mut()).zip(er).zip(gr) {
                     let d = vd(*sv).1;
                     let ns = *sv - eta * (ev + c * d * gv);
                     *sv = ns;
                     *av = vd(ns).0;
                 }
-            };
-            if n >= PAR_MIN {
-                s[..n]
-                    .par_chunks_mut(cols)
-                    .zip(a[..n].par_chunks_mut(cols))
-                    .enumerate()
-                    .for_each(body);
-            } else {
-                s[..n]
-                    .chunks_mut(cols)
-                    .zip(a[..n].chunks_mut(cols))
-                    .enumerate()
-                    .for_each(body);
-            }
+            })
         });
         Ok(())
     }
@@ -653,12 +664,15 @@ impl<T: Scalar> Backend for Cpu<T> {
         check_len("sum_sq out", out.len(), 1)?;
         // Fixed chunks, partial sums collected in order: the same result whatever the
         // thread count or work stealing does (a plain parallel sum is not reproducible).
-        out[0] = if x.len() >= PAR_MIN {
-            let parts: Vec<T> = x.par_chunks(SUM_CHUNK).map(chunk_sum_sq).collect();
-            parts.into_iter().sum()
-        } else {
-            x.chunks(SUM_CHUNK).map(chunk_sum_sq).sum()
-        };
+        let mut parts = vec![T::zero(); x.len().div_ceil(SUM_CHUNK)];
+        let d = Disjoint::new(&mut parts);
+        par_ranges(d.len, SUM_CHUNK, |lo, hi| {
+            // SAFETY: disjoint ranges of `parts`.
+            for (i, p) in (lo..hi).zip(unsafe { d.part(lo, hi) }) {
+                *p = chunk_sum_sq(&x[i * SUM_CHUNK..((i + 1) * SUM_CHUNK).min(x.len())]);
+            }
+        });
+        out[0] = parts.into_iter().sum();
         Ok(())
     }
 
@@ -730,10 +744,9 @@ fn ctl_scalar(ctl: &[u32], slot: usize, what: &str) -> Result<f64> {
 }
 
 /// Runs `f` on a worker of rayon's pool (directly when already on one). The CPU
-/// backend forks parallel GEMM panels with rayon; forking from a thread outside the
-/// pool puts the caller to sleep and wakes it for every one of the ~20 parallel
-/// products of a step, which cost 1.1 s per seed epoch (BENCHMARKS.md). Entered
-/// once per step or epoch, the pool does the forking itself.
+/// backend takes its thread count from the rayon pool it runs in (the global one,
+/// set by [`set_threads`], or one a caller installed), and data loading forks with
+/// rayon; entering the pool once per step or epoch keeps both on the same threads.
 pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_some() {
         f()
@@ -742,7 +755,8 @@ pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     }
 }
 
-/// Sets the CPU thread count (rayon's global pool, which runs the GEMM panels too).
+/// Sets the CPU thread count: rayon's global pool, whose size the backend's own
+/// GEMM and element-wise pool follows.
 pub fn set_threads(n: usize) -> Result<()> {
     if n == 0 {
         return Err(MepError::invalid("threads", n, "must be at least 1"));
