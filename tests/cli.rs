@@ -419,3 +419,52 @@ fn resume_refuses_another_model_optimizer_seed_or_data_by_name() {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&other);
 }
+
+/// The CPU backend's results do not depend on the thread count: GEMMs are split
+/// only in ways that round alike and reductions use fixed chunks. Layers wide
+/// enough that GEMMs, element-wise passes and sums are all split across threads.
+#[test]
+fn cpu_results_are_bit_identical_for_any_thread_count() {
+    let dir = temp_dir("threads");
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    write_quadrant_idx(&dir, 640, 200, seed);
+    let run = |threads: &str| {
+        let out = bin()
+            .args(["--device", "cpu", "--threads", threads, "--json", "--dataset", "idx"])
+            .arg("--data-dir")
+            .arg(&dir)
+            .args(["--hidden", "256,256", "--epochs", "2"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "seed {seed}, {threads} threads: {stderr}");
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                let o = v.as_object_mut().unwrap();
+                for timing in [
+                    "backend",
+                    "epoch_seconds",
+                    "eval_seconds",
+                    "gflop_per_sec",
+                    "samples_per_sec",
+                    "steps_per_sec",
+                ] {
+                    o.remove(timing);
+                }
+                v.to_string()
+            })
+            .collect::<Vec<_>>()
+    };
+    let one = run("1");
+    assert_eq!(one.len(), 2, "{one:?}");
+    for threads in ["2", "3"] {
+        assert_eq!(run(threads), one, "seed {seed}: {threads} threads differ from 1");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

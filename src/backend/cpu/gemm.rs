@@ -18,14 +18,15 @@ pub(super) const PAR_FLOPS: f64 = 2e5;
 
 /// Fewest rows of C per panel, so that every panel takes the same path through the
 /// `gemm` crate (0.18) as the whole product and rounds alike:
-/// - no split at all for n = 1 or k ≤ 2, which take its matrix–vector paths;
+/// - no split at all for n = 1 or k ≤ 2, which take its matrix–vector paths, nor
+///   for a transposed B with n ≤ 32, whose path through the crate follows m·n;
 /// - at least 16 rows (a one-row panel would take a matrix–vector path too);
 /// - with n ≤ 64 and k > 512, more than 64 rows: below 65 rows × 64 columns the crate
 ///   blocks k in chunks of 512 instead of evenly, which changes the sums' order.
 ///
 /// `panels_do_not_change_results` checks this on random shapes.
-fn min_panel_rows(n: usize, k: usize) -> usize {
-    if n <= 1 || k <= 2 {
+fn min_panel_rows(n: usize, k: usize, tb: bool) -> usize {
+    if n <= 1 || k <= 2 || (tb && n <= 32) {
         usize::MAX
     } else if n <= 64 && k > 512 {
         65
@@ -82,7 +83,7 @@ pub(super) fn gemm<T: Scalar>(
     };
     let cp = OutPtr(c.as_mut_ptr());
     let flops = 2.0 * (m * n * k) as f64;
-    let min_rows = min_panel_rows(n, k);
+    let min_rows = min_panel_rows(n, k, tb);
     let parts = if flops >= PAR_FLOPS {
         threads.min(m / min_rows).max(1)
     } else {
@@ -287,10 +288,15 @@ mod tests {
             (100, 65, 700),
             (260, 1, 900),
             (300, 7, 2),
+            (200, 4, 256),
+            (260, 2, 64),
+            (64, 10, 128),
+            (96, 16, 100),
+            (200, 33, 64),
         ];
-        for _ in 0..6 {
+        for _ in 0..12 {
             let mut dim = |lo: f64, hi: f64| rng.uniform_range(lo, hi) as usize;
-            shapes.push((dim(16.0, 300.0), dim(1.0, 300.0), dim(1.0, 900.0)));
+            shapes.push((dim(16.0, 300.0), dim(1.0, 100.0), dim(1.0, 900.0)));
         }
         for &shape in &shapes {
             check::<f32>(&mut rng, shape);
