@@ -1,22 +1,39 @@
 //! The CPU backend's GEMM: C ← αAB + βC, split into panels over the
 //! [`super::pool`] threads, each panel one single-threaded call of the GEMM library.
 //!
-//! Library: the `gemm` crate (pure Rust, runtime CPU detection, f32 and f64), chosen
-//! by measurement against matrixmultiply on the seed step's shapes, one thread, on
-//! an AMD EPYC with AVX-512 (BENCHMARKS.md §6): 100–103 against 87–107 GFLOP/s on the
-//! 128×128×784, 128³ and 64×128×784 products, and about 2× on the narrow 64×10×128
-//! and 10×128×64 ones. On stable Rust the crate runs its AVX2+FMA kernels
-//! (its AVX-512 ones need nightly); on this CPU that is no loss.
-//! `MEP_CPU_GEMM=matrixmultiply` switches back, to re-measure on another CPU.
+//! Library, per product (chosen from the whole product's shape, so every panel of
+//! it uses the same one), by measurement:
+//! - products with fewer than 32 rows or columns (the settle loop's 64×10×128 and
+//!   the output layer's 10×128×64): the `gemm` crate, about 2× matrixmultiply's rate
+//!   on an AMD EPYC (Zen 4), one thread;
+//! - larger ones: matrixmultiply on CPUs that run AVX-512 at full width (its AVX-512
+//!   kernels; issue 11 measured 150–170 GFLOP/s per core on an Intel Xeon), the
+//!   `gemm` crate elsewhere. On stable Rust the `gemm` crate runs AVX2+FMA kernels
+//!   only (its AVX-512 ones need nightly), which on Zen 4, whose AVX-512 units are
+//!   256 bits wide, is no loss: 100–103 against matrixmultiply's 87–107 GFLOP/s on
+//!   the seed's 128×128×784, 128³ and 64×128×784 products (BENCHMARKS.md §6).
+//!
+//! `MEP_CPU_GEMM=gemm` or `MEP_CPU_GEMM=matrixmultiply` forces one library for every
+//! product, to re-measure the choice on another CPU without rebuilding.
 
 use super::pool::pool;
 use super::Scalar;
+use std::sync::OnceLock;
 
 /// GEMMs below this many FLOPs run on one thread: a fork costs about a microsecond
 /// with spinning helpers, so a split pays from a few hundred kFLOP.
 pub(super) const PAR_FLOPS: f64 = 2e5;
 
-/// Fewest rows of C per panel, so that every panel takes the same path through the
+/// Panels start at multiples of this many rows: matrixmultiply computes C in tiles
+/// of up to 16 rows and scales partial tiles by α separately, so a panel boundary
+/// inside a tile would change the rounding of α·AB (measured with k > 256).
+const PANEL_ALIGN: usize = 16;
+
+/// Fewest rows of C per panel with matrixmultiply (whose blocking does not depend
+/// on the shape otherwise).
+const MIN_PANEL_ROWS: usize = 16;
+
+/// Fewest rows of C per panel with the `gemm` crate, so that every panel takes the same path through the
 /// `gemm` crate (0.18) as the whole product and rounds alike:
 /// - no split at all for n = 1 or k ≤ 2, which take its matrix–vector paths, nor
 ///   for a transposed B with n ≤ 32, whose path through the crate follows m·n;
@@ -70,6 +87,25 @@ pub(super) fn gemm<T: Scalar>(
     beta: T,
     c: &mut [T],
 ) {
+    gemm_on(library(m, n), threads, ta, tb, m, n, k, alpha, a, b, beta, c);
+}
+
+/// [`gemm`] on a given library.
+#[allow(clippy::too_many_arguments)]
+fn gemm_on<T: Scalar>(
+    lib: Library,
+    threads: usize,
+    ta: bool,
+    tb: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: T,
+    a: &[T],
+    b: &[T],
+    beta: T,
+    c: &mut [T],
+) {
     let (mi, ni, ki) = (m as isize, n as isize, k as isize);
     let a = Operand {
         ptr: a.as_ptr(),
@@ -83,7 +119,10 @@ pub(super) fn gemm<T: Scalar>(
     };
     let cp = OutPtr(c.as_mut_ptr());
     let flops = 2.0 * (m * n * k) as f64;
-    let min_rows = min_panel_rows(n, k, tb);
+    let min_rows = match lib {
+        Library::Gemm => min_panel_rows(n, k, tb),
+        Library::MatrixMultiply => MIN_PANEL_ROWS,
+    };
     let parts = if flops >= PAR_FLOPS {
         threads.min(m / min_rows).max(1)
     } else {
@@ -91,15 +130,15 @@ pub(super) fn gemm<T: Scalar>(
     };
     if parts == 1 || n == 0 {
         // SAFETY: the operands cover m×k, k×n and m×n elements (checked by the caller).
-        unsafe { kernel(m, n, k, alpha, a, b, beta, cp.0, ni) };
+        unsafe { kernel(lib, m, n, k, alpha, a, b, beta, cp.0, ni) };
         return;
     }
-    // Panels of C's rows (a multiple of 8 rows each), one per thread. Only rows are
+    // Panels of C's rows (a multiple of PANEL_ALIGN rows each), one per thread. Only rows are
     // split: each row of C is then computed by the same library code whatever the
     // panel count, so results do not depend on the thread count (checked by
     // `panels_do_not_change_results`). Splitting columns does change them: the
     // library's blocking of B^T operands follows the column count.
-    let step = m.div_ceil(parts).next_multiple_of(8);
+    let step = m.div_ceil(parts).next_multiple_of(PANEL_ALIGN);
     let mut tasks = m.div_ceil(step);
     if m - (tasks - 1) * step < min_rows {
         // A short last panel joins the one before it (a one-row panel would take
@@ -116,7 +155,7 @@ pub(super) fn gemm<T: Scalar>(
             ..a
         };
         // SAFETY: panel t covers rows lo..hi of C and of op(A); panels are disjoint.
-        unsafe { kernel(hi - lo, n, k, alpha, ap, b, beta, cp.0.add(lo * n), ni) };
+        unsafe { kernel(lib, hi - lo, n, k, alpha, ap, b, beta, cp.0.add(lo * n), ni) };
     });
 }
 
@@ -127,6 +166,7 @@ pub(super) fn gemm<T: Scalar>(
 /// The operands must cover the elements their strides address.
 #[allow(clippy::too_many_arguments)]
 unsafe fn kernel<T: Scalar>(
+    lib: Library,
     m: usize,
     n: usize,
     k: usize,
@@ -137,7 +177,7 @@ unsafe fn kernel<T: Scalar>(
     c: *mut T,
     ldc: isize,
 ) {
-    if use_matrixmultiply() {
+    if lib == Library::MatrixMultiply {
         return matrixmultiply_kernel(m, n, k, alpha, a, b, beta, c, ldc);
     }
     // `gemm` computes dst ← α·dst + β·lhs·rhs; with read_dst = false dst is not read.
@@ -177,11 +217,57 @@ fn clear_upper_registers() {
     }
 }
 
-/// `MEP_CPU_GEMM=matrixmultiply` selects matrixmultiply instead of the `gemm` crate,
-/// to re-measure the choice on another CPU without rebuilding (BENCHMARKS.md §6).
-fn use_matrixmultiply() -> bool {
-    static MM: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *MM.get_or_init(|| std::env::var("MEP_CPU_GEMM").is_ok_and(|v| v == "matrixmultiply"))
+/// The GEMM library of one product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Library {
+    Gemm,
+    MatrixMultiply,
+}
+
+/// Rows or columns below which a product is narrow (see the module docs).
+const NARROW: usize = 32;
+
+/// The library for an `m × n` product (see the module docs).
+fn library(m: usize, n: usize) -> Library {
+    static CHOICE: OnceLock<(Option<Library>, bool)> = OnceLock::new();
+    let (forced, wide_avx512) = *CHOICE.get_or_init(|| {
+        let forced = match std::env::var("MEP_CPU_GEMM").as_deref() {
+            Ok("gemm") => Some(Library::Gemm),
+            Ok("matrixmultiply") => Some(Library::MatrixMultiply),
+            _ => None,
+        };
+        (forced, full_width_avx512())
+    });
+    match forced {
+        Some(lib) => lib,
+        None if m < NARROW || n < NARROW || !wide_avx512 => Library::Gemm,
+        None => Library::MatrixMultiply,
+    }
+}
+
+/// AVX-512 with 512-bit wide units: AVX-512F on any CPU but AMD's family 19h (Zen 4),
+/// which splits each 512-bit operation into two 256-bit halves.
+fn full_width_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::__cpuid;
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            return false;
+        }
+        let (vendor, sig) = (__cpuid(0), __cpuid(1));
+        let amd = (vendor.ebx, vendor.edx, vendor.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163);
+        let base = (sig.eax >> 8) & 0xF;
+        let family = if base == 0xF {
+            base + ((sig.eax >> 20) & 0xFF)
+        } else {
+            base
+        };
+        !(amd && family == 0x19)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// [`kernel`] on matrixmultiply (f32 and f64 only, like the backend).
@@ -246,7 +332,7 @@ mod tests {
         (0..n).map(|_| T::of(rng.normal())).collect()
     }
 
-    fn check<T: Scalar>(rng: &mut Rng, (m, n, k): (usize, usize, usize)) {
+    fn check<T: Scalar>(lib: Library, rng: &mut Rng, (m, n, k): (usize, usize, usize)) {
         for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
             let a = random::<T>(rng, m * k);
             let b = random::<T>(rng, k * n);
@@ -254,13 +340,13 @@ mod tests {
             for beta in [0.0, 0.5] {
                 let (alpha, beta) = (T::of(1.5), T::of(beta));
                 let mut one = c0.clone();
-                gemm(1, ta, tb, m, n, k, alpha, &a, &b, beta, &mut one);
+                gemm_on(lib, 1, ta, tb, m, n, k, alpha, &a, &b, beta, &mut one);
                 for threads in [2, 3, 5] {
                     let mut many = c0.clone();
-                    gemm(threads, ta, tb, m, n, k, alpha, &a, &b, beta, &mut many);
+                    gemm_on(lib, threads, ta, tb, m, n, k, alpha, &a, &b, beta, &mut many);
                     assert!(
                         one == many,
-                        "{m}x{n}x{k} ta={ta} tb={tb} β={beta:?} ({}): {threads} threads differ from 1",
+                        "{lib:?} {m}x{n}x{k} ta={ta} tb={tb} β={beta:?} ({}): {threads} threads differ from 1",
                         std::any::type_name::<T>()
                     );
                 }
@@ -269,8 +355,9 @@ mod tests {
     }
 
     /// Results are bit-identical for every panel count (thread count), so CPU runs
-    /// reproduce on any machine; checked on the seed step's shapes, on shapes at the
-    /// edges of [`min_panel_rows`] and on random ones, in f32 and f64.
+    /// reproduce on any machine; checked for both libraries on the seed step's
+    /// shapes, on shapes at the edges of [`min_panel_rows`] and on random ones, in
+    /// f32 and f64.
     #[test]
     fn panels_do_not_change_results() {
         let mut rng = Rng::new(0x5eed ^ std::process::id() as u64);
@@ -298,9 +385,11 @@ mod tests {
             let mut dim = |lo: f64, hi: f64| rng.uniform_range(lo, hi) as usize;
             shapes.push((dim(16.0, 300.0), dim(1.0, 100.0), dim(1.0, 900.0)));
         }
-        for &shape in &shapes {
-            check::<f32>(&mut rng, shape);
-            check::<f64>(&mut rng, shape);
+        for lib in [Library::Gemm, Library::MatrixMultiply] {
+            for &shape in &shapes {
+                check::<f32>(lib, &mut rng, shape);
+                check::<f64>(lib, &mut rng, shape);
+            }
         }
     }
 }

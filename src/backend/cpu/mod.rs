@@ -62,16 +62,28 @@ impl<T: Scalar> Cpu<T> {
     }
 }
 
-/// Runs `f(i, &mut y[i])` for all i, in parallel when the buffer is large.
+/// Runs `f(&mut y[i], x[i])` for all i, in parallel when the buffer is large. The
+/// closure sees elements, not indices, so the loop has no bounds checks and
+/// vectorises.
 #[inline]
-fn map_indexed<T: Send, F: Fn(usize, &mut T) + Sync + Send>(y: &mut [T], f: F) {
+fn map_with<T: Send + Sync + Copy, F: Fn(&mut T, T) + Sync + Send>(y: &mut [T], x: &[T], f: F) {
+    let d = Disjoint::new(y);
+    par_ranges(d.len.min(x.len()), 1, |lo, hi| {
+        // SAFETY: the ranges of `par_ranges` are disjoint and in bounds.
+        let part = unsafe { d.part(lo, hi) };
+        for (v, &xv) in part.iter_mut().zip(&x[lo..hi]) {
+            f(v, xv);
+        }
+    });
+}
+
+/// Runs `f(&mut y[i])` for all i, in parallel when the buffer is large.
+#[inline]
+fn map_each<T: Send, F: Fn(&mut T) + Sync + Send>(y: &mut [T], f: F) {
     let d = Disjoint::new(y);
     par_ranges(d.len, 1, |lo, hi| {
         // SAFETY: the ranges of `par_ranges` are disjoint and in bounds.
-        let part = unsafe { d.part(lo, hi) };
-        for (j, v) in part.iter_mut().enumerate() {
-            f(lo + j, v);
-        }
+        unsafe { d.part(lo, hi) }.iter_mut().for_each(&f);
     });
 }
 
@@ -399,9 +411,9 @@ impl<T: Scalar> Backend for Cpu<T> {
         check_len("axpby", x.len(), y.len())?;
         let (a, b) = (T::of(alpha), T::of(beta));
         if beta == 0.0 {
-            map_indexed(y, |i, v| *v = a * x[i]);
+            map_with(y, x, |v, xv| *v = a * xv);
         } else {
-            map_indexed(y, |i, v| *v = a * x[i] + b * *v);
+            map_with(y, x, |v, xv| *v = a * xv + b * *v);
         }
         Ok(())
     }
@@ -550,7 +562,8 @@ impl<T: Scalar> Backend for Cpu<T> {
         let n = rows * cols;
         check_len("act_grad_mul z", z.len(), n)?;
         check_len("act_grad_mul delta", delta.len(), n)?;
-        with_act!(T, act, |vd| map_indexed(&mut delta[..n], |i, v| *v = *v * vd(z[i]).1));
+        with_act!(T, act, |vd| map_with(&mut delta[..n], &z[..n], |v, zv| *v =
+            *v * vd(zv).1));
         Ok(())
     }
 
@@ -680,7 +693,7 @@ impl<T: Scalar> Backend for Cpu<T> {
         check_len("scale_by_inv_norm y", y.len(), x.len())?;
         check_len("scale_by_inv_norm sumsq", sumsq.len(), 1)?;
         let inv = T::one() / (sumsq[0].sqrt() + T::of(eps));
-        map_indexed(&mut y[..x.len()], |i, v| *v = x[i] * inv);
+        map_with(&mut y[..x.len()], x, |v, xv| *v = xv * inv);
         Ok(())
     }
 
@@ -690,7 +703,7 @@ impl<T: Scalar> Backend for Cpu<T> {
         let g = T::of(gamma);
         if sigma > g {
             let f = g / sigma;
-            map_indexed(w, |_, v| *v = *v * f);
+            map_each(w, |v| *v = *v * f);
         }
         Ok(())
     }
