@@ -24,6 +24,11 @@ fn gemms(c: &mut Criterion) {
         ("estimate (64x128)^T * 64x784", true, false, 128, 784, 64),
         ("ns gram 128x784 * (128x784)^T", false, true, 128, 128, 784),
         ("ns apply 128x128 * 128x784", false, false, 128, 784, 128),
+        ("ns cube 128x128 * 128x128", false, false, 128, 128, 128),
+        // The settle loop's and the output layer's narrow products.
+        ("settle 64x128 * (10x128)^T", false, true, 64, 10, 128),
+        ("settle 64x10 * 10x128", false, false, 64, 128, 10),
+        ("estimate (64x10)^T * 64x128", true, false, 10, 128, 64),
     ] {
         let a = bk.upload(&random(m * k, 1)).unwrap();
         let b = bk.upload(&random(k * n, 2)).unwrap();
@@ -76,5 +81,57 @@ fn elementwise(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, gemms, newton_schulz, elementwise);
+/// The optimizer's passes over a weight matrix of the seed's first layer (128×784),
+/// memory bound: throughput in bytes read and written.
+fn weight_passes(c: &mut Criterion) {
+    let bk = Cpu::<f32>::new();
+    let n = 128 * 784;
+    let x = bk.upload(&random(n, 8)).unwrap();
+    let mut y = bk.upload(&random(n, 9)).unwrap();
+    let mut m = bk.upload(&random(n, 10)).unwrap();
+    let mut v: Vec<f32> = random(n, 11).iter().map(|x| x * x).collect();
+    let mut norm = bk.zeros(1).unwrap();
+    bk.sum_sq(&x, &mut norm).unwrap();
+    let mut ctl = Vec::new();
+    // Adam's step scalars: weight decay factor, step size, 1/sqrt(bias correction 2).
+    mep::backend::ctl::encode(&[1.0, 1e-3, 1.0], &mut ctl);
+    let ctl = bk.upload_labels(&ctl).unwrap();
+    let mut g = c.benchmark_group("weights 128x784");
+    let bytes = (4 * n) as u64;
+    g.throughput(Throughput::Bytes(3 * bytes));
+    g.bench_function("axpby", |b| {
+        b.iter(|| on_pool(|| bk.axpby(0.5, &x, 0.9, &mut y)).unwrap())
+    });
+    g.throughput(Throughput::Bytes(bytes));
+    g.bench_function("sum_sq", |b| b.iter(|| on_pool(|| bk.sum_sq(&x, &mut norm)).unwrap()));
+    g.throughput(Throughput::Bytes(2 * bytes));
+    g.bench_function("scale_by_inv_norm", |b| {
+        b.iter(|| on_pool(|| bk.scale_by_inv_norm(&x, &norm, 1e-7, &mut y)).unwrap())
+    });
+    g.bench_function("spectral_clamp", |b| {
+        // A bound above the norm: the pass reads, compares and leaves W alone.
+        b.iter(|| on_pool(|| bk.spectral_clamp(&mut y, &norm, 1e30)).unwrap())
+    });
+    g.throughput(Throughput::Bytes(7 * bytes));
+    g.bench_function("adam", |b| {
+        b.iter(|| on_pool(|| bk.adam(&mut y, &x, &mut m, &mut v, 0.9, 0.999, 1e-8, &ctl, 0)).unwrap())
+    });
+    g.finish();
+}
+
+/// The output layer's cost gradient (64×10, cross-entropy: one exp per element).
+fn cost(c: &mut Criterion) {
+    let bk = Cpu::<f32>::new();
+    let (rows, classes) = (64, 10);
+    let o = bk.upload(&random(rows * classes, 12)).unwrap();
+    let labels: Vec<u32> = (0..rows as u32).map(|i| i % 10).collect();
+    let labels = bk.upload_labels(&labels).unwrap();
+    let mut g = bk.zeros(rows * classes).unwrap();
+    let loss = mep::Loss::CrossEntropy;
+    c.bench_function("cost_grad 64x10 cross-entropy", |b| {
+        b.iter(|| bk.cost_grad(rows, classes, &o, &labels, loss, &mut g).unwrap())
+    });
+}
+
+criterion_group!(benches, gemms, newton_schulz, elementwise, weight_passes, cost);
 criterion_main!(benches);

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # CPU speed check for BENCHMARKS.md (issue 11). Prints, in one run on this machine:
 # the CPU model, numpy's fp32 sgemm rate at 2048³ on N threads (the reference rate),
-# then R interleaved seed epochs of mep-mnist (epoch_seconds, gflop_per_sec) and,
-# when a Python with torch is given, the PyTorch Adam baseline's time to 97%.
+# then R interleaved seed epochs of mep-mnist (epoch_seconds, gflop_per_sec) on N
+# threads and on 1 and, when a Python with torch is given, the PyTorch Adam
+# baseline's time to 97%. With HOG=1 it then repeats the mep epochs while a
+# competing process keeps one core busy (the loaded-machine check of issue 11).
 # Usage: bash scripts/cpu-bench.sh [RUNS] [PYTHON_WITH_TORCH]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,9 +30,22 @@ PY
 for i in $(seq 1 "$runs"); do
     rate=$(sgemm)
     mep=$(./target/release/mep-mnist --device cpu --threads "$threads" --json | tail -1)
-    line="{\"run\": $i, \"numpy_sgemm_gflops\": $rate, \"mep\": $mep"
+    mep1=$(./target/release/mep-mnist --device cpu --threads 1 --json | tail -1)
+    line="{\"run\": $i, \"numpy_sgemm_gflops\": $rate, \"mep\": $mep, \"mep_1_thread\": $mep1"
     if [ -n "$torch_py" ]; then
         line="$line, \"torch\": $("$torch_py" scripts/torch_baseline.py --threads "$threads")"
     fi
     echo "$line}"
 done
+if [ "${HOG:-0}" = 1 ]; then
+    # A CPU hog: one busy process for the whole section.
+    python3 -c 'while True: pass' &
+    hog=$!
+    trap 'kill $hog 2>/dev/null' EXIT
+    for i in $(seq 1 "$runs"); do
+        mep=$(./target/release/mep-mnist --device cpu --threads "$threads" --json | tail -1)
+        mep1=$(./target/release/mep-mnist --device cpu --threads 1 --json | tail -1)
+        echo "{\"run\": $i, \"hog\": 1, \"mep\": $mep, \"mep_1_thread\": $mep1}"
+    done
+    kill $hog
+fi

@@ -6,7 +6,7 @@
 //! (orthogonalised updates) and a spectral-norm constraint.
 //!
 //! The algorithm is written once (`ep`, `optim`, `train`) over the primitives
-//! of [`backend::Backend`]; [`backend::cpu::Cpu`] (ndarray + rayon) is the
+//! of [`backend::Backend`]; [`backend::cpu::Cpu`] (pure Rust, multi-threaded) is the
 //! reference executor and `backend::cuda::Cuda` (NVRTC kernels + cuBLAS) the
 //! fast one. See `README.md` for the tutorial and `SPEC`-level maths in the
 //! module docs of [`ep`].

@@ -2,7 +2,7 @@
 //!
 //! The algorithm (EP phases, Backprop mode, optimizers, training loop) is written
 //! once, in terms of these primitives, in `crate::ep`, `crate::optim` and
-//! `crate::train`. [`cpu::Cpu`] (ndarray + rayon) is the reference;
+//! `crate::train`. [`cpu::Cpu`] (pure Rust, multi-threaded) is the reference;
 //! `cuda::Cuda` (NVRTC kernels + cuBLAS) must agree with it.
 //!
 //! Conventions:
