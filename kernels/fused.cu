@@ -1,13 +1,16 @@
-// Fused settling: a whole nudged phase of the layered energy in one launch, for
+// Fused settling: a whole nudged phase of the layered energy (layered_nudged_phase),
+// or all the sweeps of a Hopfield phase (hopfield_settle_phase), in one launch, for
 // networks whose coupled layers are small (the seed's output layer: W_2 is 10×128).
 //
 // Each block settles one sample (row): its states s_l, a_l = φ_l(s_l), errors e_l,
 // feedbacks r_l and the cost gradient dc live in shared memory for all `steps`
 // sweeps, and the couplings W_2 … W_L are read from global memory (they stay in L1).
-// The arithmetic is the one src/ep/layered.rs issues primitive by primitive
-// (nudged_phase: backward_errors, relax_forward, then errors), operation for
-// operation; only the order of the sums inside the matrix-vector products and the
-// softmax differs from cuBLAS's and cost_grad's.
+// The arithmetic is the one src/ep/layered.rs (nudged_phase: backward_errors,
+// relax_forward, then errors) and src/ep/hopfield.rs (settle) issue primitive by
+// primitive, operation for operation; only the order of the sums inside the
+// matrix-vector products and the softmax differs from cuBLAS's and cost_grad's. The
+// two kernels share their set-up, state transfers, cost gradient and matrix-vector
+// products (the mep_fused_* helpers below).
 //
 // Launch: grid = rows blocks (one per sample), block = MEP_FUSED_THREADS threads
 // (1-D). Limits (checked by the host, src/backend/cuda/fused.rs): depth ≤ 4,
@@ -58,6 +61,120 @@ __device__ __forceinline__ float mep_fused_dot(const float* w, const float* x, u
     return acc;
 }
 
+// ---- helpers of the two phase kernels (one block per row, state in shared memory) ----
+
+// A fused phase's network, gathered from the kernel's argument slots: depth L, each
+// block's width n[l], activation chain act[l], coupling W[l] and bias B[l], and where
+// each block starts in the shared state arrays (off[l]; off[L] = Σ_l n_l). Slots
+// l ≥ L have n[l] = 0. Block 1's drive is p0 = W_1 x itself (the clamped input's), so
+// W[0] is never read.
+struct MepFusedNet {
+    u32 L, last;
+    u32 n[MEP_FUSED_MAX_DEPTH];
+    u32 act[MEP_FUSED_MAX_DEPTH];
+    const float* W[MEP_FUSED_MAX_DEPTH];
+    const float* B[MEP_FUSED_MAX_DEPTH];
+    const float* p0;
+    u32 off[MEP_FUSED_MAX_DEPTH + 1];
+};
+
+// The MepFusedNet of the kernels' common leading arguments (depth, n1..n4, act1..act4,
+// w2..w4, b1..b4, p0).
+__device__ __forceinline__ MepFusedNet mep_fused_net(u32 depth, u32 n1, u32 n2, u32 n3, u32 n4,
+                                                     u32 act1, u32 act2, u32 act3, u32 act4,
+                                                     const float* w2, const float* w3,
+                                                     const float* w4, const float* b1,
+                                                     const float* b2, const float* b3,
+                                                     const float* b4, const float* p0) {
+    MepFusedNet net;
+    net.L = depth;
+    net.last = depth - 1;
+    net.n[0] = n1, net.n[1] = n2, net.n[2] = n3, net.n[3] = n4;
+    net.act[0] = act1, net.act[1] = act2, net.act[2] = act3, net.act[3] = act4;
+    net.W[0] = p0, net.W[1] = w2, net.W[2] = w3, net.W[3] = w4;  // W[0] is never read
+    net.B[0] = b1, net.B[1] = b2, net.B[2] = b3, net.B[3] = b4;
+    net.p0 = p0;
+    net.off[0] = 0;
+    for (u32 l = 0; l < MEP_FUSED_MAX_DEPTH; l++)
+        net.off[l + 1] = net.off[l] + (l < depth ? net.n[l] : 0u);
+    return net;
+}
+
+// sh[off[l] + j] ← g[l][row, j] for every block l and unit j (a thread per unit).
+__device__ __forceinline__ void mep_fused_load(const MepFusedNet& net, float* const* g, u64 row,
+                                               float* sh) {
+    for (u32 l = 0; l < net.L; l++)
+        for (u32 j = threadIdx.x; j < net.n[l]; j += blockDim.x)
+            sh[net.off[l] + j] = g[l][row * net.n[l] + j];
+}
+
+// g[l][row, j] ← sh[off[l] + j] for every block l and unit j (a thread per unit).
+__device__ __forceinline__ void mep_fused_store(const MepFusedNet& net, const float* sh, u64 row,
+                                                float* const* g) {
+    for (u32 l = 0; l < net.L; l++)
+        for (u32 j = threadIdx.x; j < net.n[l]; j += blockDim.x)
+            g[l][row * net.n[l] + j] = sh[net.off[l] + j];
+}
+
+// dc[k] = ∂C/∂o_k (k < classes) at the output o for label y: softmax(o) − q (q the
+// label-smoothed target; cross-entropy) or o − onehot(y) (squared error). Every thread
+// of the block must call it (the softmax's max and sum are block reductions); each
+// thread writes the dc[k] with k ≡ threadIdx.x (mod blockDim.x), so it may read those
+// at once, and the others after a barrier.
+__device__ __forceinline__ void mep_fused_cost_grad(const float* o, u32 classes, u32 y, u32 loss,
+                                                    float eps, float* dc, float* sh_red) {
+    const u32 tid = threadIdx.x, nt = blockDim.x;
+    if (loss == MEP_LOSS_CE) {
+        float mx = mep_neg_inf();
+        for (u32 k = tid; k < classes; k += nt) mx = fmaxf(mx, o[k]);
+        mx = mep_fused_max(mx, sh_red);
+        float se = 0.0f;
+        for (u32 k = tid; k < classes; k += nt) se += expf(o[k] - mx);
+        float lse = mx + logf(mep_fused_sum(se, sh_red));
+        for (u32 k = tid; k < classes; k += nt)
+            dc[k] = expf(o[k] - lse) - mep_target(k, y, eps, classes);
+    } else {
+        for (u32 k = tid; k < classes; k += nt) dc[k] = o[k] - (k == y ? 1.0f : 0.0f);
+    }
+}
+
+// The feedback from above into unit j of block l < L−1: (W_{l+1}ᵀ x)_j, x the state of
+// block l+1 (`above`, n_{l+1} values); one unit per thread, reading a column of W_{l+1}.
+__device__ __forceinline__ float mep_fused_feedback(const MepFusedNet& net, u32 l, u32 j,
+                                                    const float* above) {
+    const u32 nl = net.n[l], nu = net.n[l + 1];
+    const float* w = net.W[l + 1];
+    float acc = 0.0f;
+    for (u32 k = 0; k < nu; k++) acc += w[(u64)k * nl + j] * above[k];
+    return acc;
+}
+
+// The units of block l are shared out one per thread for block 1 (whose drive p0 is
+// precomputed) and one per warp above it (mep_fused_drive): this thread's first unit
+// and the stride to its next.
+__device__ __forceinline__ u32 mep_fused_first(u32 l) {
+    return l > 0 ? threadIdx.x >> 5 : threadIdx.x;
+}
+__device__ __forceinline__ u32 mep_fused_stride(u32 l) {
+    return l > 0 ? blockDim.x >> 5 : blockDim.x;
+}
+
+// The drive from below of unit j of block l into *p: p0[row, j] for block 1, else
+// W_l x (x the activations of block l−1, taken from `below` at off[l−1]) by the whole
+// warp, the lanes striding over the inputs. Returns whether this thread owns unit j
+// (always for block 1; lane 0 above), i.e. is the one to update it.
+__device__ __forceinline__ bool mep_fused_drive(const MepFusedNet& net, u32 l, u32 j,
+                                                const float* below, u64 row, float* p) {
+    if (l > 0) {
+        const u32 lane = threadIdx.x & 31u;
+        const u32 nb = net.n[l - 1];
+        *p = mep_fused_dot(net.W[l] + (u64)j * nb, below + net.off[l - 1], nb, lane);
+        return lane == 0;
+    }
+    *p = net.p0[row * net.n[0] + j];
+    return true;
+}
+
 // layered_nudged_phase: `steps` sweeps of the layered energy's nudged phase at
 // signed strength beta, then the errors of the final state, for every row.
 //   depth L (1..4); n1..n4 the widths (n_{L+1}.. unused); act1..act4 the chains;
@@ -72,7 +189,8 @@ __device__ __forceinline__ float mep_fused_dot(const float* w, const float* x, u
 //   for l = 1 … L: e_l = s_l − (W_l a_{l−1} + b_l) (p0 for l = 1);
 //     s_l ← s_l − ω·(e_l + c·φ′_l(s_l)·g_l), (c, g) = (−1, r_l) or (β, dc) at l = L;
 //     a_l = φ_l(s_l).
-// Launch: see the top of the file.
+// Launch: grid = rows blocks (one per row), block = MEP_FUSED_THREADS threads (1-D);
+// depth ≤ MEP_FUSED_MAX_DEPTH and Σ_l n_l ≤ MEP_FUSED_UNITS (see the top of the file).
 extern "C" __global__ void layered_nudged_phase(
     u32 depth, u32 n1, u32 n2, u32 n3, u32 n4, u32 act1, u32 act2, u32 act3, u32 act4,
     const float* __restrict__ w2, const float* __restrict__ w3, const float* __restrict__ w4,
@@ -92,103 +210,61 @@ extern "C" __global__ void layered_nudged_phase(
 
     const u64 row = blockIdx.x;
     const u32 tid = threadIdx.x, nt = blockDim.x;
-    const u32 L = depth;
-    u32 n[MEP_FUSED_MAX_DEPTH] = {n1, n2, n3, n4};
-    u32 act[MEP_FUSED_MAX_DEPTH] = {act1, act2, act3, act4};
-    const float* W[MEP_FUSED_MAX_DEPTH] = {p0, w2, w3, w4};  // W[0] is never read
-    const float* B[MEP_FUSED_MAX_DEPTH] = {b1, b2, b3, b4};
+    const MepFusedNet net = mep_fused_net(depth, n1, n2, n3, n4, act1, act2, act3, act4, w2, w3, w4,
+                                          b1, b2, b3, b4, p0);
     float* S[MEP_FUSED_MAX_DEPTH] = {s1, s2, s3, s4};
     float* A[MEP_FUSED_MAX_DEPTH] = {a1, a2, a3, a4};
     float* E[MEP_FUSED_MAX_DEPTH] = {e1, e2, e3, e4};
-    u32 off[MEP_FUSED_MAX_DEPTH + 1];
-    off[0] = 0;
-    for (u32 l = 0; l < MEP_FUSED_MAX_DEPTH; l++) off[l + 1] = off[l] + (l < L ? n[l] : 0u);
-    const u32 last = L - 1, nL = n[last];
+    const u32 L = net.L, last = net.last, nL = net.n[last];
+    const u32* n = net.n;
+    const u32* off = net.off;
     const u32 y = labels[row];
 
-    for (u32 l = 0; l < L; l++)
-        for (u32 j = tid; j < n[l]; j += nt) {
-            sh_s[off[l] + j] = S[l][row * n[l] + j];
-            sh_a[off[l] + j] = A[l][row * n[l] + j];
-        }
+    mep_fused_load(net, S, row, sh_s);
+    mep_fused_load(net, A, row, sh_a);
     __syncthreads();
-
-    const u32 lane = tid & 31u, warp = tid >> 5, nwarps = nt >> 5;
 
     for (u32 step = 0; step < steps; step++) {
         // ---- backward: dc, e*_L, then r_l and e*_l downwards ----
-        const float* o = sh_a + off[last];
-        if (loss == MEP_LOSS_CE) {
-            float mx = mep_neg_inf();
-            for (u32 k = tid; k < nL; k += nt) mx = fmaxf(mx, o[k]);
-            mx = mep_fused_max(mx, sh_red);
-            float se = 0.0f;
-            for (u32 k = tid; k < nL; k += nt) se += expf(o[k] - mx);
-            float lse = mx + logf(mep_fused_sum(se, sh_red));
-            for (u32 k = tid; k < nL; k += nt)
-                sh_dc[k] = expf(o[k] - lse) - mep_target(k, y, eps, nL);
-        } else {
-            for (u32 k = tid; k < nL; k += nt) sh_dc[k] = o[k] - (k == y ? 1.0f : 0.0f);
-        }
+        mep_fused_cost_grad(sh_a + off[last], nL, y, loss, eps, sh_dc, sh_red);
         for (u32 k = tid; k < nL; k += nt)
-            sh_e[off[last] + k] = (-beta * sh_dc[k]) * mep_act_deriv(act[last], sh_s[off[last] + k]);
+            sh_e[off[last] + k] =
+                (-beta * sh_dc[k]) * mep_act_deriv(net.act[last], sh_s[off[last] + k]);
         __syncthreads();
         for (int l = (int)last - 1; l >= 0; l--) {
-            const u32 nl = n[l], nu = n[l + 1];
-            const float* w = W[l + 1];
-            const float* eu = sh_e + off[l + 1];
-            for (u32 j = tid; j < nl; j += nt) {
-                float acc = 0.0f;
-                for (u32 k = 0; k < nu; k++) acc += w[(u64)k * nl + j] * eu[k];
+            for (u32 j = tid; j < n[l]; j += nt) {
+                float acc = mep_fused_feedback(net, l, j, sh_e + off[l + 1]);
                 sh_r[off[l] + j] = acc;
-                if (l > 0) sh_e[off[l] + j] = acc * mep_act_deriv(act[l], sh_s[off[l] + j]);
+                if (l > 0) sh_e[off[l] + j] = acc * mep_act_deriv(net.act[l], sh_s[off[l] + j]);
             }
             __syncthreads();
         }
         // ---- forward: errors and relaxed states, layer by layer ----
-        // Layer 1's drive is p0 (one unit per thread); a higher layer's is W_l a_{l−1},
-        // one unit per warp, the lanes striding over the inputs.
         for (u32 l = 0; l < L; l++) {
             const float* g = l == last ? sh_dc : sh_r + off[l];
             const float c = l == last ? beta : -1.0f;
-            const bool by_warp = l > 0;
-            const u32 first = by_warp ? warp : tid, stride = by_warp ? nwarps : nt;
-            for (u32 j = first; j < n[l]; j += stride) {
+            for (u32 j = mep_fused_first(l); j < n[l]; j += mep_fused_stride(l)) {
                 float p;
-                if (by_warp) {
-                    p = mep_fused_dot(W[l] + (u64)j * n[l - 1], sh_a + off[l - 1], n[l - 1], lane);
-                    if (lane != 0) continue;
-                } else {
-                    p = p0[row * n[0] + j];
-                }
+                if (!mep_fused_drive(net, l, j, sh_a, row, &p)) continue;
                 float sv = sh_s[off[l] + j];
-                float e = sv - (p + B[l][j]);
-                float d = mep_act_deriv(act[l], sv);
+                float e = sv - (p + net.B[l][j]);
+                float d = mep_act_deriv(net.act[l], sv);
                 float ns = sv - omega * (e + c * d * g[j]);
                 sh_s[off[l] + j] = ns;
-                sh_a[off[l] + j] = mep_act(act[l], ns);
+                sh_a[off[l] + j] = mep_act(net.act[l], ns);
             }
             __syncthreads();
         }
     }
     // ---- the final state's errors, and everything back to global memory ----
-    for (u32 l = 0; l < L; l++) {
-        const bool by_warp = l > 0;
-        const u32 first = by_warp ? warp : tid, stride = by_warp ? nwarps : nt;
-        for (u32 j = first; j < n[l]; j += stride) {
+    for (u32 l = 0; l < L; l++)
+        for (u32 j = mep_fused_first(l); j < n[l]; j += mep_fused_stride(l)) {
             float p;
-            if (by_warp) {
-                p = mep_fused_dot(W[l] + (u64)j * n[l - 1], sh_a + off[l - 1], n[l - 1], lane);
-                if (lane != 0) continue;
-            } else {
-                p = p0[row * n[0] + j];
-            }
-            const u64 i = row * n[l] + j;
-            E[l][i] = sh_s[off[l] + j] - (p + B[l][j]);
-            S[l][i] = sh_s[off[l] + j];
-            A[l][i] = sh_a[off[l] + j];
+            if (!mep_fused_drive(net, l, j, sh_a, row, &p)) continue;
+            E[l][row * n[l] + j] = sh_s[off[l] + j] - (p + net.B[l][j]);
         }
-    }
+    mep_fused_store(net, sh_s, row, S);
+    mep_fused_store(net, sh_a, row, A);
 }
 
 // hopfield_settle_phase: `sweeps` Gauss–Seidel sweeps of the Hopfield energy for every
@@ -200,7 +276,8 @@ extern "C" __global__ void layered_nudged_phase(
 //   depth, n1..n4, act1..act4, w2..w4, b1..b4, p0, labels, loss, eps as in
 //   layered_nudged_phase; nudge: 1 to add −β·dc at the output; s1..s4 (rows × n_l)
 //   read and written.
-// Launch: see the top of the file.
+// Launch: grid = rows blocks (one per row), block = MEP_FUSED_THREADS threads (1-D);
+// depth ≤ MEP_FUSED_MAX_DEPTH and Σ_l n_l ≤ MEP_FUSED_UNITS (see the top of the file).
 extern "C" __global__ void hopfield_settle_phase(
     u32 depth, u32 n1, u32 n2, u32 n3, u32 n4, u32 act1, u32 act2, u32 act3, u32 act4,
     const float* __restrict__ w2, const float* __restrict__ w3, const float* __restrict__ w4,
@@ -217,21 +294,15 @@ extern "C" __global__ void hopfield_settle_phase(
 
     const u64 row = blockIdx.x;
     const u32 tid = threadIdx.x, nt = blockDim.x;
-    const u32 lane = tid & 31u, warp = tid >> 5, nwarps = nt >> 5;
-    const u32 L = depth;
-    u32 n[MEP_FUSED_MAX_DEPTH] = {n1, n2, n3, n4};
-    u32 act[MEP_FUSED_MAX_DEPTH] = {act1, act2, act3, act4};
-    const float* W[MEP_FUSED_MAX_DEPTH] = {p0, w2, w3, w4};  // W[0] is never read
-    const float* B[MEP_FUSED_MAX_DEPTH] = {b1, b2, b3, b4};
+    const MepFusedNet net = mep_fused_net(depth, n1, n2, n3, n4, act1, act2, act3, act4, w2, w3, w4,
+                                          b1, b2, b3, b4, p0);
     float* S[MEP_FUSED_MAX_DEPTH] = {s1, s2, s3, s4};
-    u32 off[MEP_FUSED_MAX_DEPTH + 1];
-    off[0] = 0;
-    for (u32 l = 0; l < MEP_FUSED_MAX_DEPTH; l++) off[l + 1] = off[l] + (l < L ? n[l] : 0u);
-    const u32 last = L - 1, nL = n[last];
+    const u32 L = net.L, last = net.last, nL = net.n[last];
+    const u32* n = net.n;
+    const u32* off = net.off;
     const u32 y = labels[row];
 
-    for (u32 l = 0; l < L; l++)
-        for (u32 j = tid; j < n[l]; j += nt) sh_s[off[l] + j] = S[l][row * n[l] + j];
+    mep_fused_load(net, S, row, sh_s);
     __syncthreads();
 
     for (u32 sweep = 0; sweep < sweeps; sweep++) {
@@ -239,49 +310,22 @@ extern "C" __global__ void hopfield_settle_phase(
             for (u32 i = tid; i < off[L]; i += nt) sh_old[i] = sh_s[i];
         for (u32 l = 0; l < L; l++) {
             if (l == last && clamped) break;
-            // The feedback from above (thread per unit; the columns of W_{l+1}).
-            if (l < last) {
-                const u32 nu = n[l + 1];
-                const float* w = W[l + 1];
-                const float* su = sh_s + off[l + 1];
-                for (u32 j = tid; j < n[l]; j += nt) {
-                    float acc = 0.0f;
-                    for (u32 k = 0; k < nu; k++) acc += w[(u64)k * n[l] + j] * su[k];
-                    sh_q[off[l] + j] = acc;
-                }
-            }
+            // The feedback from above.
+            if (l < last)
+                for (u32 j = tid; j < n[l]; j += nt)
+                    sh_q[off[l] + j] = mep_fused_feedback(net, l, j, sh_s + off[l + 1]);
             // The output's cost gradient at its current state.
-            if (l == last && nudge) {
-                const float* o = sh_s + off[last];
-                if (loss == MEP_LOSS_CE) {
-                    float mx = mep_neg_inf();
-                    for (u32 k = tid; k < nL; k += nt) mx = fmaxf(mx, o[k]);
-                    mx = mep_fused_max(mx, sh_red);
-                    float se = 0.0f;
-                    for (u32 k = tid; k < nL; k += nt) se += expf(o[k] - mx);
-                    float lse = mx + logf(mep_fused_sum(se, sh_red));
-                    for (u32 k = tid; k < nL; k += nt)
-                        sh_dc[k] = expf(o[k] - lse) - mep_target(k, y, eps, nL);
-                } else {
-                    for (u32 k = tid; k < nL; k += nt) sh_dc[k] = o[k] - (k == y ? 1.0f : 0.0f);
-                }
-            }
+            if (l == last && nudge)
+                mep_fused_cost_grad(sh_s + off[last], nL, y, loss, eps, sh_dc, sh_red);
             __syncthreads();
-            // The drive from below and the update (warp per unit above layer 1).
-            const bool by_warp = l > 0;
-            const u32 first = by_warp ? warp : tid, stride = by_warp ? nwarps : nt;
-            for (u32 j = first; j < n[l]; j += stride) {
+            // The drive from below and the update.
+            for (u32 j = mep_fused_first(l); j < n[l]; j += mep_fused_stride(l)) {
                 float p;
-                if (by_warp) {
-                    p = mep_fused_dot(W[l] + (u64)j * n[l - 1], sh_s + off[l - 1], n[l - 1], lane);
-                    if (lane != 0) continue;
-                } else {
-                    p = p0[row * n[0] + j];
-                }
+                if (!mep_fused_drive(net, l, j, sh_s, row, &p)) continue;
                 float f = l < last ? sh_q[off[l] + j] + p : p;
-                float v = f + B[l][j];
+                float v = f + net.B[l][j];
                 if (l == last && nudge) v = v - beta * sh_dc[j];
-                sh_s[off[l] + j] = mep_act(act[l], v);
+                sh_s[off[l] + j] = mep_act(net.act[l], v);
             }
             __syncthreads();
         }
@@ -294,8 +338,7 @@ extern "C" __global__ void hopfield_settle_phase(
         }
     res = mep_fused_sum(res, sh_red);
     if (tid == 0) rowres[row] = res;
-    for (u32 l = 0; l < L; l++)
-        for (u32 j = tid; j < n[l]; j += nt) S[l][row * n[l] + j] = sh_s[off[l] + j];
+    mep_fused_store(net, sh_s, row, S);
 }
 
 #define MEP_NS_MAX 32

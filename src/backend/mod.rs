@@ -347,35 +347,43 @@ pub trait Backend: Clone + Send + Sync + 'static {
     }
 }
 
-/// The operands of a fused layered nudged phase ([`Backend::layered_nudged_fused`]):
-/// `steps` sweeps at signed strength `beta` with relaxation `omega`, from the state in
-/// `s`, `a` (one buffer per block, `rows × widths[l]`), leaving the final state there
-/// and its errors e_l = s_l − W_l φ(s_{l−1}) − b_l in `e`.
-pub struct LayeredPhase<'a, B: Backend> {
+/// What both fused phases ([`LayeredPhase`], [`HopfieldPhase`]) settle: a network's
+/// blocks and parameters, the batch (its clamped input's drive and its labels), the
+/// cost, and the states, one buffer per block (`rows × n_l`).
+///
+/// The blocks and parameters are the network's own slices, so a caller builds this
+/// without allocating (eager steps reach it every step).
+pub struct PhaseNet<'a, B: Backend> {
     /// Samples.
     pub rows: usize,
-    /// Each block's width n_l (its output size).
-    pub widths: &'a [usize],
-    /// Each block's activation chain φ_l.
-    pub acts: &'a [ActChain],
-    /// Each block's weights W_l (`n_l × n_{l−1}`; W_1 is not read: see `p0`).
-    pub weights: &'a [&'a B::Buf],
-    /// Each block's bias b_l.
-    pub biases: &'a [&'a B::Buf],
+    /// The blocks: each one's width n_l (`out`) and activation chain φ_l (`act`).
+    pub blocks: &'a [crate::nn::Block],
+    /// Each block's weights W_l (`w`, `n_l × n_{l−1}`; W_1 is not read: see `p0`) and
+    /// bias b_l (`b`).
+    pub params: &'a [crate::nn::Params<B>],
     /// W_1 x (`rows × n_1`): the clamped input's drive of the first block.
     pub p0: &'a B::Buf,
     /// The labels of the rows.
     pub labels: &'a B::Labels,
-    /// The cost C.
+    /// The cost C (of the nudge).
     pub loss: Loss,
+    /// States s_l (read and written).
+    pub s: &'a mut [B::Buf],
+}
+
+/// The operands of a fused layered nudged phase ([`Backend::layered_nudged_fused`]):
+/// `steps` sweeps at signed strength `beta` with relaxation `omega`, from the state in
+/// `net.s`, `a`, leaving the final state there and its errors
+/// e_l = s_l − W_l φ(s_{l−1}) − b_l in `e`.
+pub struct LayeredPhase<'a, B: Backend> {
+    /// The network, the batch and the states s_l.
+    pub net: PhaseNet<'a, B>,
     /// Signed nudging strength β.
     pub beta: f64,
     /// Relaxation ω of each sweep.
     pub omega: f64,
     /// Sweeps.
     pub steps: usize,
-    /// States s_l (read and written).
-    pub s: &'a mut [B::Buf],
     /// Activations a_l = φ_l(s_l) (read and written).
     pub a: &'a mut [B::Buf],
     /// Errors of the final state (written).
@@ -383,34 +391,17 @@ pub struct LayeredPhase<'a, B: Backend> {
 }
 
 /// The operands of fused Hopfield settling ([`Backend::hopfield_settle_fused`]):
-/// `sweeps` Gauss–Seidel sweeps from the states in `s` (one buffer per block,
-/// `rows × widths[l]`), the output nudged by −β·∂C/∂o when `nudge` is `Some(β)`, or
-/// not swept at all when `clamped`.
+/// `sweeps` Gauss–Seidel sweeps from the states in `net.s`, the output nudged by
+/// −β·∂C/∂o when `nudge` is `Some(β)`, or not swept at all when `clamped`.
 pub struct HopfieldPhase<'a, B: Backend> {
-    /// Samples.
-    pub rows: usize,
-    /// Each block's width n_l.
-    pub widths: &'a [usize],
-    /// Each block's activation chain φ_l.
-    pub acts: &'a [ActChain],
-    /// Each block's weights W_l (W_1 is not read: see `p0`).
-    pub weights: &'a [&'a B::Buf],
-    /// Each block's bias b_l.
-    pub biases: &'a [&'a B::Buf],
-    /// W_1 x (`rows × n_1`).
-    pub p0: &'a B::Buf,
-    /// The labels of the rows.
-    pub labels: &'a B::Labels,
-    /// The cost C (of the nudge).
-    pub loss: Loss,
+    /// The network, the batch and the states s_l.
+    pub net: PhaseNet<'a, B>,
     /// The output's nudge β, if nudged.
     pub nudge: Option<f64>,
     /// The output state is fixed (a clamped phase).
     pub clamped: bool,
     /// Sweeps.
     pub sweeps: usize,
-    /// States s_l (read and written).
-    pub s: &'a mut [B::Buf],
     /// Per-row Σ‖Δs‖² of the last sweep (at least `rows` entries; written).
     pub rowres: &'a mut B::Buf,
 }

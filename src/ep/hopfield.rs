@@ -11,7 +11,7 @@
 //! hence the default of 50 sweeps ([`super::DEFAULT_FREE_STEPS`]).
 
 use super::{GradConfig, Grads, Phase, Workspace};
-use crate::backend::{Backend, HopfieldPhase};
+use crate::backend::{Backend, HopfieldPhase, PhaseNet};
 use crate::nn::Network;
 use crate::{Loss, Result};
 
@@ -42,26 +42,22 @@ fn settle<B: Backend>(
     let last = blocks.len() - 1;
     // The backend may run all the sweeps as one fused operation, leaving each row's
     // last-sweep Σ‖Δs‖² in ws.f; only their sum is then left to add.
-    let weights: Vec<&B::Buf> = net.params.iter().map(|p| &p.w).collect();
-    let biases: Vec<&B::Buf> = net.params.iter().map(|p| &p.b).collect();
-    let widths: Vec<usize> = blocks.iter().map(|b| b.out).collect();
-    let acts: Vec<_> = blocks.iter().map(|b| b.act).collect();
     if bk.hopfield_settle_fused(HopfieldPhase {
-        rows,
-        widths: &widths,
-        acts: &acts,
-        weights: &weights,
-        biases: &biases,
-        p0: &ws.p[0],
-        labels: &ws.y,
-        loss: cfg_loss,
+        net: PhaseNet {
+            rows,
+            blocks,
+            params: &net.params,
+            p0: &ws.p[0],
+            labels: &ws.y,
+            loss: cfg_loss,
+            s: &mut ws.s,
+        },
         nudge: match output {
             Output::Nudge(beta) => Some(beta),
             _ => None,
         },
         clamped: matches!(output, Output::Clamped),
         sweeps,
-        s: &mut ws.s,
         rowres: &mut ws.f,
     })? {
         if sweeps > 0 {

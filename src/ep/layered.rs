@@ -6,7 +6,7 @@
 //! ∇_{s_l}F = e_l − φ′_l(s_l) ⊙ W_{l+1}ᵀe_{l+1} (l < L), ∇_{s_L}F = e_L + β φ′_L(s_L) ⊙ ∂C/∂o.
 
 use super::{GradConfig, Grads, Phase, Workspace};
-use crate::backend::{Backend, LayeredPhase};
+use crate::backend::{Backend, LayeredPhase, PhaseNet};
 use crate::nn::Network;
 use crate::{Loss, Result};
 
@@ -79,28 +79,22 @@ pub fn nudged_phase<B: Backend>(
     // The backend may run all the sweeps below (and the final errors) as one fused
     // operation; it then reports so, and only the residual is left.
     let fused = match beta {
-        Some(beta) => {
-            let weights: Vec<&B::Buf> = net.params.iter().map(|p| &p.w).collect();
-            let biases: Vec<&B::Buf> = net.params.iter().map(|p| &p.b).collect();
-            let widths: Vec<usize> = net.arch.blocks.iter().map(|b| b.out).collect();
-            let acts: Vec<_> = net.arch.blocks.iter().map(|b| b.act).collect();
-            bk.layered_nudged_fused(LayeredPhase {
+        Some(beta) => bk.layered_nudged_fused(LayeredPhase {
+            net: PhaseNet {
                 rows,
-                widths: &widths,
-                acts: &acts,
-                weights: &weights,
-                biases: &biases,
+                blocks: &net.arch.blocks,
+                params: &net.params,
                 p0: &ws.p[0],
                 labels: &ws.y,
                 loss: cfg.loss,
-                beta,
-                omega: cfg.settle_lr,
-                steps: cfg.settle_steps,
                 s: &mut ws.s,
-                a: &mut ws.a,
-                e: &mut ws.e,
-            })?
-        }
+            },
+            beta,
+            omega: cfg.settle_lr,
+            steps: cfg.settle_steps,
+            a: &mut ws.a,
+            e: &mut ws.e,
+        })?,
         None => false,
     };
     if !fused {

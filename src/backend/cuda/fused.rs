@@ -13,9 +13,10 @@
 //! how the two are compared (tests/cuda_primitives.rs, scripts/gpu-check.sh).
 
 use super::{check_len, dim32, elems, Cuda};
-use crate::backend::{Backend, HopfieldPhase, LayeredPhase};
+use crate::backend::{Backend, HopfieldPhase, LayeredPhase, PhaseNet};
+use crate::nn::Block;
 use crate::{MepError, Result};
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, LaunchArgs, LaunchConfig, PushKernelArg};
 
 /// Most blocks (layers) the kernel takes (its argument slots).
 pub const MAX_DEPTH: usize = 4;
@@ -27,13 +28,82 @@ pub const MAX_COUPLINGS: usize = 65536;
 /// Threads per block (`MEP_FUSED_THREADS`).
 const THREADS: u32 = 128;
 
-/// Whether the fused kernel takes these shapes (the limits above).
-pub fn fits(widths: &[usize]) -> bool {
-    let couplings: usize = widths.windows(2).map(|w| w[0] * w[1]).sum();
-    !widths.is_empty()
-        && widths.len() <= MAX_DEPTH
-        && widths.iter().sum::<usize>() <= MAX_UNITS
+/// Whether the fused kernels take a network of these blocks (the limits above).
+pub fn fits(blocks: &[Block]) -> bool {
+    let couplings: usize = blocks.windows(2).map(|w| w[0].out * w[1].out).sum();
+    !blocks.is_empty()
+        && blocks.len() <= MAX_DEPTH
+        && blocks.iter().map(|b| b.out).sum::<usize>() <= MAX_UNITS
         && couplings <= MAX_COUPLINGS
+}
+
+/// The arguments both phase kernels share (`kernels/fused.cu`: the leading `depth`,
+/// `n1..n4`, `act1..act4`, `w2..w4`, `b1..b4`, `p0`, `labels`, `loss`, `eps`, and the
+/// state pointers `s1..s4`), gathered from a checked [`PhaseNet`]. Slots past the
+/// network's depth repeat its last block's buffers (never read or written: the kernels
+/// loop over `depth` blocks only) and have width 0.
+struct NetArgs<'a> {
+    /// One block of [`THREADS`] per row.
+    grid: u32,
+    depth: u32,
+    /// Widths n_l (0 past the depth).
+    n: [u32; MAX_DEPTH],
+    /// Activation chains ([`crate::nn::activation::ActChain::code`]).
+    acts: [u32; MAX_DEPTH],
+    /// W_2 … W_4 (W_1 is not an argument: its product with the input is `p0`).
+    w: [&'a CudaSlice<f32>; MAX_DEPTH - 1],
+    b: [&'a CudaSlice<f32>; MAX_DEPTH],
+    p0: &'a CudaSlice<f32>,
+    labels: &'a CudaSlice<u32>,
+    /// [`crate::Loss::code`] and its label smoothing.
+    loss: u32,
+    eps: f32,
+    /// s_1 … s_4 as raw device pointers, so that unused slots can repeat a buffer
+    /// (cudarc's builder takes each `&mut` once).
+    s: [u64; MAX_DEPTH],
+}
+
+impl<'a> NetArgs<'a> {
+    /// Pushes the leading arguments, `depth` through `eps` (the kernel's own scalars
+    /// follow them, then [`NetArgs::push_states`]).
+    fn push_leading(&'a self, lb: &mut LaunchArgs<'a>) {
+        lb.arg(&self.depth);
+        for v in self.n.iter().chain(&self.acts) {
+            lb.arg(v);
+        }
+        for w in self.w {
+            lb.arg(w);
+        }
+        for b in self.b {
+            lb.arg(b);
+        }
+        lb.arg(self.p0).arg(self.labels).arg(&self.loss).arg(&self.eps);
+    }
+
+    /// Pushes `s1..s4`.
+    fn push_states(&'a self, lb: &mut LaunchArgs<'a>) {
+        for v in &self.s {
+            lb.arg(v);
+        }
+    }
+}
+
+/// [`check_len`] for buffer `part` of phase `what`, naming both (the message is only
+/// built on failure: eager steps check every step).
+fn check_part(what: &str, part: &str, got: usize, want: usize) -> Result<()> {
+    if got < want {
+        return check_len(&format!("{what} {part}"), got, want);
+    }
+    Ok(())
+}
+
+/// The launch shape of both phase kernels: one block of [`THREADS`] per row.
+fn row_blocks(grid: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (grid, 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 impl Cuda {
@@ -49,185 +119,110 @@ impl Cuda {
         self.inner.fused.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Device pointers of one buffer per block, padded to [`MAX_DEPTH`] slots with the
+    /// last block's (see [`NetArgs`]).
+    fn slot_ptrs(&self, bufs: &[CudaSlice<f32>]) -> [u64; MAX_DEPTH] {
+        std::array::from_fn(|l| self.buf_id(&bufs[l.min(bufs.len() - 1)]) as u64)
+    }
+
+    /// The shared arguments of a phase over `net`, after checking every buffer against
+    /// the shapes (errors name the phase, `what`); `None` when the fused kernels are off
+    /// or do not take these shapes (the caller then runs the sweeps itself).
+    fn phase_args<'a>(&self, what: &str, net: &'a PhaseNet<'_, Self>) -> Result<Option<NetArgs<'a>>> {
+        let blocks = net.blocks;
+        let depth = blocks.len();
+        if !self.fused() || !fits(blocks) || net.rows == 0 {
+            return Ok(None);
+        }
+        for (name, len) in [("params", net.params.len()), ("s", net.s.len())] {
+            if len != depth {
+                return Err(MepError::Shape(format!("{what}: {len} {name} for {depth} blocks")));
+            }
+        }
+        for (l, blk) in blocks.iter().enumerate() {
+            check_part(what, "s", net.s[l].len(), elems(what, net.rows, blk.out)?)?;
+            check_part(what, "bias", net.params[l].b.len(), blk.out)?;
+            if l > 0 {
+                check_part(what, "W", net.params[l].w.len(), blk.out * blocks[l - 1].out)?;
+            }
+        }
+        check_part(what, "p0", net.p0.len(), elems("p0", net.rows, blocks[0].out)?)?;
+        check_part(what, "labels", net.labels.len(), net.rows)?;
+        let pick = |l: usize| l.min(depth - 1);
+        Ok(Some(NetArgs {
+            grid: dim32(what, net.rows)?,
+            depth: depth as u32,
+            n: std::array::from_fn(|l| blocks.get(l).map_or(0, |b| b.out as u32)),
+            acts: std::array::from_fn(|l| blocks[pick(l)].act.code()),
+            w: std::array::from_fn(|l| &net.params[pick(l + 1).max(1).min(depth - 1)].w),
+            b: std::array::from_fn(|l| &net.params[pick(l)].b),
+            p0: net.p0,
+            labels: net.labels,
+            loss: net.loss.code(),
+            eps: net.loss.label_smoothing() as f32,
+            s: self.slot_ptrs(net.s),
+        }))
+    }
+
     /// [`Backend::layered_nudged_fused`] on CUDA.
     pub(super) fn layered_nudged_phase(&self, ph: LayeredPhase<'_, Self>) -> Result<bool> {
-        let depth = ph.widths.len();
-        if !self.fused() || !fits(ph.widths) || ph.rows == 0 {
+        const WHAT: &str = "fused layered phase";
+        let Some(args) = self.phase_args(WHAT, &ph.net)? else {
             return Ok(false);
-        }
-        for (what, len) in [
-            ("acts", ph.acts.len()),
-            ("weights", ph.weights.len()),
-            ("biases", ph.biases.len()),
-            ("s", ph.s.len()),
-            ("a", ph.a.len()),
-            ("e", ph.e.len()),
-        ] {
-            if len != depth {
-                return Err(MepError::Shape(format!(
-                    "fused layered phase: {len} {what} for {depth} blocks"
-                )));
-            }
-        }
-        for l in 0..depth {
-            let n = elems("fused layered phase", ph.rows, ph.widths[l])?;
-            check_len("fused layered phase s", ph.s[l].len(), n)?;
-            check_len("fused layered phase a", ph.a[l].len(), n)?;
-            check_len("fused layered phase e", ph.e[l].len(), n)?;
-            check_len("fused layered phase bias", ph.biases[l].len(), ph.widths[l])?;
-            if l > 0 {
-                check_len(
-                    "fused layered phase W",
-                    ph.weights[l].len(),
-                    ph.widths[l] * ph.widths[l - 1],
-                )?;
-            }
-        }
-        check_len(
-            "fused layered phase p0",
-            ph.p0.len(),
-            elems("p0", ph.rows, ph.widths[0])?,
-        )?;
-        check_len("fused layered phase labels", ph.labels.len(), ph.rows)?;
-        let grid = dim32("fused layered phase rows", ph.rows)?;
-
-        // Unused slots repeat the last block's buffers (never read or written: the
-        // kernel loops over `depth` blocks only).
-        let pick = |l: usize| l.min(depth - 1);
-        let n: Vec<u32> = (0..MAX_DEPTH)
-            .map(|l| if l < depth { ph.widths[l] as u32 } else { 0 })
-            .collect();
-        let acts: Vec<u32> = (0..MAX_DEPTH).map(|l| ph.acts[pick(l)].code()).collect();
-        let (depth32, steps) = (depth as u32, dim32("settle steps", ph.steps)?);
-        let (code, eps) = (ph.loss.code(), ph.loss.label_smoothing() as f32);
-        let (beta, omega) = (ph.beta as f32, ph.omega as f32);
-        let w = |l: usize| ph.weights[pick(l).max(1).min(depth - 1)];
-        let b = |l: usize| ph.biases[pick(l)];
-        // Raw pointers for the mutable per-block buffers, so that unused slots can
-        // repeat a buffer (cudarc's builder takes each `&mut` once).
-        let ptrs = |bufs: &mut [cudarc::driver::CudaSlice<f32>]| -> Vec<u64> {
-            (0..MAX_DEPTH).map(|l| self.buf_id(&bufs[pick(l)]) as u64).collect()
         };
-        let (s, a, e) = (ptrs(ph.s), ptrs(ph.a), ptrs(ph.e));
+        let depth = ph.net.blocks.len();
+        for (name, len) in [("a", ph.a.len()), ("e", ph.e.len())] {
+            if len != depth {
+                return Err(MepError::Shape(format!("{WHAT}: {len} {name} for {depth} blocks")));
+            }
+        }
+        for (l, blk) in ph.net.blocks.iter().enumerate() {
+            let n = elems(WHAT, ph.net.rows, blk.out)?;
+            check_part(WHAT, "a", ph.a[l].len(), n)?;
+            check_part(WHAT, "e", ph.e[l].len(), n)?;
+        }
+        let steps = dim32("settle steps", ph.steps)?;
+        let (beta, omega) = (ph.beta as f32, ph.omega as f32);
+        let (a, e) = (self.slot_ptrs(ph.a), self.slot_ptrs(ph.e));
         let f = self.kernel("layered_nudged_phase")?;
         let mut lb = self.inner.stream.launch_builder(f);
-        lb.arg(&depth32);
-        for v in &n {
+        args.push_leading(&mut lb);
+        lb.arg(&beta).arg(&omega).arg(&steps);
+        args.push_states(&mut lb);
+        for v in a.iter().chain(&e) {
             lb.arg(v);
         }
-        for v in &acts {
-            lb.arg(v);
-        }
-        let (w2, w3, w4) = (w(1), w(2), w(3));
-        lb.arg(w2).arg(w3).arg(w4);
-        let (b1, b2, b3, b4) = (b(0), b(1), b(2), b(3));
-        lb.arg(b1).arg(b2).arg(b3).arg(b4);
-        lb.arg(ph.p0).arg(ph.labels);
-        lb.arg(&code).arg(&eps).arg(&beta).arg(&omega).arg(&steps);
-        for v in s.iter().chain(&a).chain(&e) {
-            lb.arg(v);
-        }
-        let cfg = LaunchConfig {
-            grid_dim: (grid, 1, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
         // SAFETY: the argument list matches layered_nudged_phase's signature in
         // kernels/fused.cu; every buffer was checked above to hold what the kernel
         // reads or writes for `rows` rows of the given widths.
-        unsafe { lb.launch(cfg) }
+        unsafe { lb.launch(row_blocks(args.grid)) }
             .map(|_| true)
             .map_err(|e| MepError::Cuda(format!("launching layered_nudged_phase: {e:?}")))
     }
-}
 
-impl Cuda {
     /// [`Backend::hopfield_settle_fused`] on CUDA.
     pub(super) fn hopfield_settle_phase(&self, ph: HopfieldPhase<'_, Self>) -> Result<bool> {
-        let depth = ph.widths.len();
-        if !self.fused() || !fits(ph.widths) || ph.rows == 0 {
+        const WHAT: &str = "fused Hopfield settle";
+        let Some(args) = self.phase_args(WHAT, &ph.net)? else {
             return Ok(false);
-        }
-        for (what, len) in [
-            ("acts", ph.acts.len()),
-            ("weights", ph.weights.len()),
-            ("biases", ph.biases.len()),
-            ("s", ph.s.len()),
-        ] {
-            if len != depth {
-                return Err(MepError::Shape(format!(
-                    "fused Hopfield settle: {len} {what} for {depth} blocks"
-                )));
-            }
-        }
-        for l in 0..depth {
-            let n = elems("fused Hopfield settle", ph.rows, ph.widths[l])?;
-            check_len("fused Hopfield settle s", ph.s[l].len(), n)?;
-            check_len("fused Hopfield settle bias", ph.biases[l].len(), ph.widths[l])?;
-            if l > 0 {
-                check_len(
-                    "fused Hopfield settle W",
-                    ph.weights[l].len(),
-                    ph.widths[l] * ph.widths[l - 1],
-                )?;
-            }
-        }
-        check_len(
-            "fused Hopfield settle p0",
-            ph.p0.len(),
-            elems("p0", ph.rows, ph.widths[0])?,
-        )?;
-        check_len("fused Hopfield settle labels", ph.labels.len(), ph.rows)?;
-        check_len("fused Hopfield settle rowres", ph.rowres.len(), ph.rows)?;
-        let grid = dim32("fused Hopfield settle rows", ph.rows)?;
-        let pick = |l: usize| l.min(depth - 1);
-        let n: Vec<u32> = (0..MAX_DEPTH)
-            .map(|l| if l < depth { ph.widths[l] as u32 } else { 0 })
-            .collect();
-        let acts: Vec<u32> = (0..MAX_DEPTH).map(|l| ph.acts[pick(l)].code()).collect();
-        let (depth32, sweeps) = (depth as u32, dim32("settle sweeps", ph.sweeps)?);
-        let (code, eps) = (ph.loss.code(), ph.loss.label_smoothing() as f32);
+        };
+        check_part(WHAT, "rowres", ph.rowres.len(), ph.net.rows)?;
+        let sweeps = dim32("settle sweeps", ph.sweeps)?;
         let (beta, nudge) = match ph.nudge {
             Some(b) => (b as f32, 1u32),
             None => (0.0f32, 0u32),
         };
         let clamped = u32::from(ph.clamped);
-        let w = |l: usize| ph.weights[pick(l).max(1).min(depth - 1)];
-        let b = |l: usize| ph.biases[pick(l)];
-        let s: Vec<u64> = (0..MAX_DEPTH).map(|l| self.buf_id(&ph.s[pick(l)]) as u64).collect();
         let f = self.kernel("hopfield_settle_phase")?;
         let mut lb = self.inner.stream.launch_builder(f);
-        lb.arg(&depth32);
-        for v in &n {
-            lb.arg(v);
-        }
-        for v in &acts {
-            lb.arg(v);
-        }
-        let (w2, w3, w4) = (w(1), w(2), w(3));
-        lb.arg(w2).arg(w3).arg(w4);
-        let (b1, b2, b3, b4) = (b(0), b(1), b(2), b(3));
-        lb.arg(b1).arg(b2).arg(b3).arg(b4);
-        lb.arg(ph.p0).arg(ph.labels);
-        lb.arg(&code)
-            .arg(&eps)
-            .arg(&beta)
-            .arg(&nudge)
-            .arg(&clamped)
-            .arg(&sweeps);
-        for v in &s {
-            lb.arg(v);
-        }
+        args.push_leading(&mut lb);
+        lb.arg(&beta).arg(&nudge).arg(&clamped).arg(&sweeps);
+        args.push_states(&mut lb);
         lb.arg(&mut *ph.rowres);
-        let cfg = LaunchConfig {
-            grid_dim: (grid, 1, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
         // SAFETY: the argument list matches hopfield_settle_phase's signature in
         // kernels/fused.cu; every buffer was checked above to hold what the kernel
         // reads or writes for `rows` rows of the given widths.
-        unsafe { lb.launch(cfg) }
+        unsafe { lb.launch(row_blocks(args.grid)) }
             .map(|_| true)
             .map_err(|e| MepError::Cuda(format!("launching hopfield_settle_phase: {e:?}")))
     }
@@ -245,8 +240,8 @@ impl Cuda {
         k: usize,
         steps: usize,
         coeffs: (f64, f64, f64),
-        gram: &cudarc::driver::CudaSlice<f32>,
-        q: &mut cudarc::driver::CudaSlice<f32>,
+        gram: &CudaSlice<f32>,
+        q: &mut CudaSlice<f32>,
     ) -> Result<bool> {
         if !self.fused() || k == 0 || k > NS_MAX_K || steps == 0 {
             return Ok(false);

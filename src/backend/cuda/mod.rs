@@ -9,12 +9,42 @@
 //!
 //! Every primitive only queues work on the stream — no host round trip — except the
 //! `download*` functions, which wait for the copy.
+//!
+//! This file holds the backend itself (device, stream, buffers) and its
+//! [`Backend`] implementation, which hands each primitive to the file of its family;
+//! those follow `kernels/`: `settle` (element-wise forward and settling kernels),
+//! `cost`, `reduce`, `optim`, `data`, [`fused`] (whole phases in one launch), plus
+//! `gemm` (cuBLAS), `graph` (captured steps) and `libs` (what the CUDA libraries must
+//! export).
 
+/// Pushes kernel arguments and launches `$name` on the backend's stream. Arguments are
+/// expressions of reference type (`&u32`, `&CudaSlice<f32>`, `&mut CudaSlice<f32>`).
+/// Defined before the modules below so that they can use it.
+macro_rules! launch {
+    ($self:ident, $name:literal, $cfg:expr, [$($arg:expr),* $(,)?]) => {{
+        use cudarc::driver::PushKernelArg as _;
+        let f = $self.kernel($name)?;
+        let mut b = $self.inner.stream.launch_builder(f);
+        $( b.arg($arg); )*
+        unsafe { b.launch($cfg) }
+            .map(|_| ())
+            .map_err(|e| $crate::MepError::Cuda(format!("launching {}: {e:?}", $name)))
+    }};
+}
+
+mod cost;
+mod data;
 pub mod fused;
+mod gemm;
 pub mod gemm_map;
+mod graph;
 #[cfg(feature = "host-kernels")]
 pub mod host;
+mod libs;
 pub mod nvrtc;
+mod optim;
+mod reduce;
+mod settle;
 pub mod shapes;
 
 /// The kernel sources, embedded by `build.rs` from `kernels/*.cu` with `common.cuh`
@@ -24,23 +54,20 @@ pub mod sources {
     include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 }
 
-use self::gemm_map::{gemm_map, Operand};
+pub use self::graph::Graph;
+
+use self::libs::{check_libraries, versions};
 use self::nvrtc::no_panic;
+use self::shapes::Shape;
 use super::Backend;
 use crate::nn::activation::ActChain;
 use crate::{Loss, MepError, Result};
-use cudarc::cublas::sys::cublasOperation_t;
-use cudarc::cublas::{CudaBlas, Gemm, GemmConfig};
+use cudarc::cublas::CudaBlas;
 use cudarc::driver::sys::CUdevice_attribute;
-use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
-use cudarc::driver::{
-    CudaContext, CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
 use std::sync::Arc;
-
-use self::shapes::{Shape, ROW_BLOCK};
 
 /// The CUDA backend (f32). Cloning is cheap: clones share the context, stream,
 /// cuBLAS handle and kernels.
@@ -108,152 +135,6 @@ pub fn probe(ordinal: usize) -> Result<String> {
     Cuda::probe(ordinal)
 }
 
-/// The driver entry points the backend reaches through cudarc (cudarc resolves each
-/// on first use and panics when one is missing; checking them first keeps that panic,
-/// and its text on stderr, from ever happening).
-const DRIVER_SYMBOLS: &[&str] = &[
-    "cuInit",
-    "cuDriverGetVersion",
-    "cuDeviceGetCount",
-    "cuDeviceGet",
-    "cuDeviceGetName",
-    "cuDeviceGetAttribute",
-    "cuDevicePrimaryCtxRetain",
-    "cuDevicePrimaryCtxRelease_v2",
-    "cuCtxGetCurrent",
-    "cuCtxSetCurrent",
-    "cuStreamSynchronize",
-    "cuStreamCreate",
-    "cuStreamDestroy_v2",
-    "cuStreamBeginCapture_v2",
-    "cuStreamEndCapture",
-    "cuGraphInstantiateWithFlags",
-    "cuGraphLaunch",
-    "cuGraphExecDestroy",
-    "cuGraphDestroy",
-    "cuStreamWaitEvent",
-    "cuEventCreate",
-    "cuEventRecord",
-    "cuEventDestroy_v2",
-    "cuMemAlloc_v2",
-    "cuMemFree_v2",
-    "cuMemAllocAsync",
-    "cuMemFreeAsync",
-    "cuMemsetD8Async",
-    "cuMemcpyHtoDAsync_v2",
-    "cuMemcpyDtoHAsync_v2",
-    "cuMemcpyDtoDAsync_v2",
-    "cuModuleLoadData",
-    "cuModuleGetFunction",
-    "cuModuleUnload",
-    "cuLaunchKernel",
-    "cuGetErrorString",
-    // Not called by the backend but by NVRTC 13, which dlopens the driver and calls
-    // it; a libcuda without it makes NVRTC itself crash (found on the emulator).
-    "cuGetExportTable",
-];
-/// The cuBLAS entry points the backend uses.
-const CUBLAS_SYMBOLS: &[&str] = &[
-    "cublasCreate_v2",
-    "cublasDestroy_v2",
-    "cublasSetStream_v2",
-    "cublasSgemm_v2",
-    "cublasGetVersion_v2",
-    "cublasSetWorkspace_v2",
-];
-/// The NVRTC entry points the backend uses.
-const NVRTC_SYMBOLS: &[&str] = &[
-    "nvrtcVersion",
-    "nvrtcCreateProgram",
-    "nvrtcCompileProgram",
-    "nvrtcGetPTXSize",
-    "nvrtcGetPTX",
-    "nvrtcGetProgramLogSize",
-    "nvrtcGetProgramLog",
-    "nvrtcDestroyProgram",
-    "nvrtcGetCUBINSize",
-    "nvrtcGetCUBIN",
-];
-
-/// Checks that the driver, NVRTC and cuBLAS libraries can be loaded and export every
-/// entry point the backend calls (never panics, prints nothing).
-fn check_libraries() -> Result<()> {
-    let present = |f: unsafe fn() -> bool| std::panic::catch_unwind(|| unsafe { f() }).unwrap_or(false);
-    let libs: [(&str, bool, &[&str]); 3] = [
-        (
-            "the NVIDIA driver (libcuda.so)",
-            present(cudarc::driver::sys::is_culib_present),
-            DRIVER_SYMBOLS,
-        ),
-        (
-            "NVRTC (libnvrtc.so.13)",
-            present(cudarc::nvrtc::sys::is_culib_present),
-            NVRTC_SYMBOLS,
-        ),
-        (
-            "cuBLAS (libcublas.so.13)",
-            present(cudarc::cublas::sys::is_culib_present),
-            CUBLAS_SYMBOLS,
-        ),
-    ];
-    let missing: Vec<&str> = libs.iter().filter(|(_, ok, _)| !ok).map(|(name, _, _)| *name).collect();
-    if !missing.is_empty() {
-        return Err(MepError::CudaUnavailable(format!("cannot load {}", missing.join(", "))));
-    }
-    // SAFETY: each library is present (checked above), so culib() returns it; `get`
-    // only looks a symbol up.
-    let lacks = |lib: &'static str, syms: &[&str]| -> Vec<String> {
-        let l = unsafe {
-            match lib {
-                "driver" => cudarc::driver::sys::culib(),
-                "nvrtc" => cudarc::nvrtc::sys::culib(),
-                _ => cudarc::cublas::sys::culib(),
-            }
-        };
-        syms.iter()
-            .filter(|s| unsafe { l.get::<unsafe extern "C" fn()>(s.as_bytes()) }.is_err())
-            .map(|s| format!("{lib} lacks {s}"))
-            .collect()
-    };
-    let mut gaps = lacks("driver", DRIVER_SYMBOLS);
-    gaps.extend(lacks("nvrtc", NVRTC_SYMBOLS));
-    gaps.extend(lacks("cublas", CUBLAS_SYMBOLS));
-    if gaps.is_empty() {
-        Ok(())
-    } else {
-        Err(MepError::CudaUnavailable(format!(
-            "the CUDA libraries are incomplete or too old: {}",
-            gaps.join(", ")
-        )))
-    }
-}
-
-/// "13.0"-style version of a `major·1000 + minor·10` number.
-fn cuda_version(v: i32) -> String {
-    format!("{}.{}", v / 1000, (v % 1000) / 10)
-}
-
-/// The versions actually loaded: (driver API, NVRTC, cuBLAS), e.g. ("13.0", "13.0",
-/// "13.0.0"). Unknown parts are "?".
-fn versions(blas: Option<&CudaBlas>) -> (String, String, String) {
-    let mut d = 0;
-    let driver = match unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut d) } {
-        cudarc::driver::sys::CUresult::CUDA_SUCCESS => cuda_version(d),
-        _ => "?".into(),
-    };
-    let nvrtc = nvrtc::nvrtc_version()
-        .map(|(a, b)| format!("{a}.{b}"))
-        .unwrap_or_else(|_| "?".into());
-    let mut v = 0;
-    let cublas = match blas.map(|b| unsafe { cudarc::cublas::sys::cublasGetVersion_v2(*b.handle(), &mut v) }) {
-        Some(cudarc::cublas::sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS) => {
-            format!("{}.{}.{}", v / 10000, (v % 10000) / 100, v % 100)
-        }
-        _ => "?".into(),
-    };
-    (driver, nvrtc, cublas)
-}
-
 /// Creates the context of device `ordinal`, checking the ordinal first.
 fn open_context(ordinal: usize) -> Result<Arc<CudaContext>> {
     check_libraries()?;
@@ -271,19 +152,6 @@ fn device_info(ctx: &Arc<CudaContext>) -> Result<(String, String)> {
     let name = ctx.name().map_err(unavailable("device name"))?;
     let (major, minor) = ctx.compute_capability().map_err(unavailable("compute capability"))?;
     Ok((name, format!("sm_{major}{minor}")))
-}
-
-/// Pushes kernel arguments and launches `$name` on the backend's stream. Arguments are
-/// expressions of reference type (`&u32`, `&CudaSlice<f32>`, `&mut CudaSlice<f32>`).
-macro_rules! launch {
-    ($self:ident, $name:literal, $cfg:expr, [$($arg:expr),* $(,)?]) => {{
-        let f = $self.kernel($name)?;
-        let mut b = $self.inner.stream.launch_builder(f);
-        $( b.arg($arg); )*
-        unsafe { b.launch($cfg) }
-            .map(|_| ())
-            .map_err(|e| MepError::Cuda(format!("launching {}: {e:?}", $name)))
-    }};
 }
 
 impl Cuda {
@@ -426,25 +294,6 @@ impl Cuda {
             .ok_or_else(|| MepError::Cuda(format!("kernel `{name}` was not loaded")))
     }
 
-    /// Second pass of the deterministic reductions: `out[k] (+)= Σ_b partials[b·width + k]`
-    /// over `blocks` partials, in a fixed order (one block, `reduce_partials`).
-    fn reduce_partials(
-        &self,
-        blocks: u32,
-        width: u32,
-        partials: &CudaSlice<f32>,
-        accumulate: bool,
-        out: &mut CudaSlice<f32>,
-    ) -> Result<()> {
-        let acc = u32::from(accumulate);
-        launch!(
-            self,
-            "reduce_partials",
-            config(shapes::grid_1d(1, 1)),
-            [&blocks, &width, partials, &acc, out]
-        )
-    }
-
     /// 1-D grid-stride launch shape for `n` elements.
     fn grid_1d(&self, n: usize) -> LaunchConfig {
         config(shapes::grid_1d(n, self.inner.max_blocks))
@@ -504,6 +353,8 @@ impl std::fmt::Debug for Cuda {
     }
 }
 
+/// Memory and synchronisation are implemented here; every other primitive hands over to
+/// the method that launches it, in the file of its family.
 impl Backend for Cuda {
     type Elem = f32;
     type Buf = CudaSlice<f32>;
@@ -513,6 +364,8 @@ impl Backend for Cuda {
     fn name(&self) -> String {
         self.inner.name.clone()
     }
+
+    // ---- memory ----
 
     fn zeros(&self, len: usize) -> Result<CudaSlice<f32>> {
         self.inner
@@ -591,6 +444,8 @@ impl Backend for Cuda {
         self.inner.stream.synchronize().map_err(cuda_err("synchronizing"))
     }
 
+    // ---- data.rs ----
+
     fn gather_rows(
         &self,
         src: &CudaSlice<f32>,
@@ -600,20 +455,7 @@ impl Backend for Cuda {
         count: usize,
         dst: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        check_len("gather_rows idx", idx.len(), start + count)?;
-        let n = elems("gather_rows", count, row_len)?;
-        check_len("gather_rows dst", dst.len(), n)?;
-        if n == 0 {
-            return Ok(());
-        }
-        let (count64, row_len64, start64) = (count as u64, row_len as u64, start as u64);
-        let src_rows = (src.len() / row_len.max(1)) as u64;
-        launch!(
-            self,
-            "gather_rows",
-            self.grid_1d(n),
-            [&count64, &row_len64, src, &src_rows, idx, &start64, dst]
-        )
+        self.launch_gather_rows(src, row_len, idx, start, count, dst)
     }
 
     fn gather_labels(
@@ -624,19 +466,10 @@ impl Backend for Cuda {
         count: usize,
         dst: &mut CudaSlice<u32>,
     ) -> Result<()> {
-        check_len("gather_labels idx", idx.len(), start + count)?;
-        check_len("gather_labels dst", dst.len(), count)?;
-        if count == 0 {
-            return Ok(());
-        }
-        let (count64, src_len, start64) = (count as u64, src.len() as u64, start as u64);
-        launch!(
-            self,
-            "gather_labels",
-            self.grid_1d(count),
-            [&count64, src, &src_len, idx, &start64, dst]
-        )
+        self.launch_gather_labels(src, idx, start, count, dst)
     }
+
+    // ---- gemm.rs ----
 
     fn gemm(
         &self,
@@ -651,68 +484,20 @@ impl Backend for Cuda {
         beta: f64,
         c: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        check_len("gemm A", a.len(), elems("gemm A", m, k)?)?;
-        check_len("gemm B", b.len(), elems("gemm B", k, n)?)?;
-        check_len("gemm C", c.len(), elems("gemm C", m, n)?)?;
-        if m == 0 || n == 0 {
-            return Ok(());
-        }
-        let g = gemm_map(ta, tb, m, n, k);
-        let int = |what: &str, v: usize| {
-            i32::try_from(v).map_err(|_| MepError::Shape(format!("gemm {what} = {v} exceeds cuBLAS's 32-bit limit")))
-        };
-        let op = |t: bool| {
-            if t {
-                cublasOperation_t::CUBLAS_OP_T
-            } else {
-                cublasOperation_t::CUBLAS_OP_N
-            }
-        };
-        let cfg = GemmConfig {
-            transa: op(g.transa),
-            transb: op(g.transb),
-            m: int("m", g.m)?,
-            n: int("n", g.n)?,
-            k: int("k", g.k)?,
-            alpha: alpha as f32,
-            lda: int("lda", g.lda)?,
-            ldb: int("ldb", g.ldb)?,
-            beta: beta as f32,
-            ldc: int("ldc", g.ldc)?,
-        };
-        // Test-only sabotage (feature `broken-gemm-lda`, see scripts/emulated-gpu.sh).
-        #[cfg(feature = "broken-gemm-lda")]
-        let cfg = GemmConfig {
-            lda: cfg.lda + 1,
-            ..cfg
-        };
-        let pick = |o: Operand| if o == Operand::A { a } else { b };
-        // cuBLAS (unlike cudarc's launches) uses whatever context is current on this thread.
-        self.inner
-            .ctx
-            .bind_to_thread()
-            .map_err(cuda_err("binding the CUDA context"))?;
-        unsafe { self.inner.blas.gemm(cfg, pick(g.first), pick(g.second), c) }.map_err(cuda_err("cublasSgemm"))
+        self.sgemm(ta, tb, m, n, k, alpha, a, b, beta, c)
     }
 
+    // ---- optim.rs (axpby and fill are optim.cu's too) ----
+
     fn axpby(&self, alpha: f64, x: &CudaSlice<f32>, beta: f64, y: &mut CudaSlice<f32>) -> Result<()> {
-        check_len("axpby", x.len(), y.len())?;
-        let n = y.len();
-        if n == 0 {
-            return Ok(());
-        }
-        let (n64, a, b) = (n as u64, alpha as f32, beta as f32);
-        launch!(self, "axpby", self.grid_1d(n), [&n64, &a, x, &b, y])
+        self.launch_axpby(alpha, x, beta, y)
     }
 
     fn fill(&self, y: &mut CudaSlice<f32>, value: f64) -> Result<()> {
-        let n = y.len();
-        if n == 0 {
-            return Ok(());
-        }
-        let (n64, v) = (n as u64, value as f32);
-        launch!(self, "fill", self.grid_1d(n), [&n64, &v, y])
+        self.launch_fill(y, value)
     }
+
+    // ---- settle.rs ----
 
     fn bias_act(
         &self,
@@ -723,15 +508,7 @@ impl Backend for Cuda {
         act: ActChain,
         a: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        let n = elems("bias_act", rows, cols)?;
-        check_len("bias_act z", z.len(), n)?;
-        check_len("bias_act a", a.len(), n)?;
-        check_len("bias_act bias", bias.len(), cols)?;
-        if n == 0 {
-            return Ok(());
-        }
-        let (n64, cols32, chain) = (n as u64, dim32("bias_act cols", cols)?, act.code());
-        launch!(self, "bias_act", self.grid_1d(n), [&n64, &cols32, z, bias, &chain, a])
+        self.launch_bias_act(rows, cols, z, bias, act, a)
     }
 
     fn layered_error(
@@ -743,16 +520,7 @@ impl Backend for Cuda {
         bias: &CudaSlice<f32>,
         e: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        let n = elems("layered_error", rows, cols)?;
-        check_len("layered_error s", s.len(), n)?;
-        check_len("layered_error p", p.len(), n)?;
-        check_len("layered_error e", e.len(), n)?;
-        check_len("layered_error bias", bias.len(), cols)?;
-        if n == 0 {
-            return Ok(());
-        }
-        let (n64, cols32) = (n as u64, dim32("layered_error cols", cols)?);
-        launch!(self, "layered_error", self.grid_1d(n), [&n64, &cols32, s, p, bias, e])
+        self.launch_layered_error(rows, cols, s, p, bias, e)
     }
 
     fn layered_settle(
@@ -767,20 +535,7 @@ impl Backend for Cuda {
         s: &mut CudaSlice<f32>,
         a: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        let n = elems("layered_settle", rows, cols)?;
-        for (what, len) in [("e", e.len()), ("g", g.len()), ("s", s.len()), ("a", a.len())] {
-            check_len(&format!("layered_settle {what}"), len, n)?;
-        }
-        if n == 0 {
-            return Ok(());
-        }
-        let (n64, c32, eta32, chain) = (n as u64, c as f32, eta as f32, act.code());
-        launch!(
-            self,
-            "layered_settle",
-            self.grid_1d(n),
-            [&n64, e, g, &c32, &eta32, &chain, s, a]
-        )
+        self.launch_layered_settle(rows, cols, e, g, c, eta, act, s, a)
     }
 
     fn hopfield_settle(
@@ -793,28 +548,7 @@ impl Backend for Cuda {
         act: ActChain,
         s: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        let n = elems("hopfield_settle", rows, cols)?;
-        check_len("hopfield_settle drive", drive.len(), n)?;
-        check_len("hopfield_settle s", s.len(), n)?;
-        check_len("hopfield_settle bias", bias.len(), cols)?;
-        if let Some((dc, _)) = nudge {
-            check_len("hopfield_settle dc", dc.len(), n)?;
-        }
-        if n == 0 {
-            return Ok(());
-        }
-        // Without a nudge the kernel never reads dc; pass `drive` as a valid pointer.
-        let (dc, beta, has) = match nudge {
-            Some((dc, beta)) => (dc, beta as f32, 1u32),
-            None => (drive, 0.0f32, 0u32),
-        };
-        let (n64, cols32, chain) = (n as u64, dim32("hopfield_settle cols", cols)?, act.code());
-        launch!(
-            self,
-            "hopfield_settle",
-            self.grid_1d(n),
-            [&n64, &cols32, drive, bias, dc, &beta, &has, &chain, s]
-        )
+        self.launch_hopfield_settle(rows, cols, drive, bias, nudge, act, s)
     }
 
     fn act_grad_mul(
@@ -825,15 +559,10 @@ impl Backend for Cuda {
         act: ActChain,
         delta: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        let n = elems("act_grad_mul", rows, cols)?;
-        check_len("act_grad_mul z", z.len(), n)?;
-        check_len("act_grad_mul delta", delta.len(), n)?;
-        if n == 0 {
-            return Ok(());
-        }
-        let (n64, chain) = (n as u64, act.code());
-        launch!(self, "act_grad_mul", self.grid_1d(n), [&n64, z, &chain, delta])
+        self.launch_act_grad_mul(rows, cols, z, act, delta)
     }
+
+    // ---- cost.rs ----
 
     fn cost_grad(
         &self,
@@ -844,25 +573,7 @@ impl Backend for Cuda {
         loss: Loss,
         g: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        let n = elems("cost_grad", rows, classes)?;
-        check_len("cost_grad o", o.len(), n)?;
-        check_len("cost_grad g", g.len(), n)?;
-        check_len("cost_grad labels", labels.len(), rows)?;
-        if n == 0 {
-            return Ok(());
-        }
-        let (rows64, k32, code, eps) = (
-            rows as u64,
-            dim32("cost_grad classes", classes)?,
-            loss.code(),
-            loss.label_smoothing() as f32,
-        );
-        launch!(
-            self,
-            "cost_grad",
-            self.grid_rows(rows, ROW_BLOCK.1),
-            [&rows64, &k32, o, labels, &code, &eps, g]
-        )
+        self.launch_cost_grad(rows, classes, o, labels, loss, g)
     }
 
     fn cost_stats(
@@ -874,45 +585,14 @@ impl Backend for Cuda {
         loss: Loss,
         stats: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        check_len("cost_stats o", o.len(), elems("cost_stats", rows, classes)?)?;
-        check_len("cost_stats labels", labels.len(), rows)?;
-        check_len("cost_stats stats", stats.len(), 2)?;
-        if rows == 0 || classes == 0 {
-            return Ok(());
-        }
-        let (rows64, k32, code, eps) = (
-            rows as u64,
-            dim32("cost_stats classes", classes)?,
-            loss.code(),
-            loss.label_smoothing() as f32,
-        );
-        // Two passes, no atomics: bit-for-bit reproducible (kernels/cost.cu).
-        let shape = self.grid_rows(rows, ROW_BLOCK.1);
-        let blocks = shape.grid_dim.0;
-        let mut partials = self.inner.partials.lock().unwrap_or_else(|e| e.into_inner());
-        launch!(
-            self,
-            "cost_stats_partial",
-            shape,
-            [&rows64, &k32, o, labels, &code, &eps, &mut *partials]
-        )?;
-        self.reduce_partials(blocks, 2, &partials, true, stats)
+        self.launch_cost_stats(rows, classes, o, labels, loss, stats)
     }
 
     fn argmax(&self, rows: usize, classes: usize, o: &CudaSlice<f32>, out: &mut CudaSlice<u32>) -> Result<()> {
-        check_len("argmax o", o.len(), elems("argmax", rows, classes)?)?;
-        check_len("argmax out", out.len(), rows)?;
-        if rows == 0 || classes == 0 {
-            return Ok(());
-        }
-        let (rows64, k32) = (rows as u64, dim32("argmax classes", classes)?);
-        launch!(
-            self,
-            "argmax",
-            self.grid_rows(rows, ROW_BLOCK.1),
-            [&rows64, &k32, o, out]
-        )
+        self.launch_argmax(rows, classes, o, out)
     }
+
+    // ---- reduce.rs ----
 
     fn col_sum(
         &self,
@@ -923,32 +603,14 @@ impl Backend for Cuda {
         beta: f64,
         y: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        check_len("col_sum x", x.len(), elems("col_sum", rows, cols)?)?;
-        check_len("col_sum y", y.len(), cols)?;
-        if cols == 0 {
-            return Ok(());
-        }
-        let (rows64, cols32, a, b) = (rows as u64, dim32("col_sum cols", cols)?, alpha as f32, beta as f32);
-        launch!(
-            self,
-            "col_sum",
-            self.grid_rows(cols, ROW_BLOCK.0),
-            [&rows64, &cols32, &a, x, &b, y]
-        )
+        self.launch_col_sum(rows, cols, alpha, x, beta, y)
     }
 
     fn sum_sq(&self, x: &CudaSlice<f32>, out: &mut CudaSlice<f32>) -> Result<()> {
-        check_len("sum_sq out", out.len(), 1)?;
-        let n = x.len();
-        let shape = self.grid_1d(n);
-        let blocks = shape.grid_dim.0;
-        let mut partials = self.inner.partials.lock().unwrap_or_else(|e| e.into_inner());
-        // Two passes, no atomics: bit-for-bit reproducible (kernels/reduce.cu). With
-        // n = 0 every block writes a 0 partial.
-        let n64 = n as u64;
-        launch!(self, "sum_sq_partial", shape, [&n64, x, &mut *partials])?;
-        self.reduce_partials(blocks, 1, &partials, false, out)
+        self.launch_sum_sq(x, out)
     }
+
+    // ---- optim.rs ----
 
     fn scale_by_inv_norm(
         &self,
@@ -957,24 +619,11 @@ impl Backend for Cuda {
         eps: f64,
         y: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        check_len("scale_by_inv_norm y", y.len(), x.len())?;
-        check_len("scale_by_inv_norm sumsq", sumsq.len(), 1)?;
-        let n = x.len();
-        if n == 0 {
-            return Ok(());
-        }
-        let (n64, e) = (n as u64, eps as f32);
-        launch!(self, "scale_by_inv_norm", self.grid_1d(n), [&n64, x, sumsq, &e, y])
+        self.launch_scale_by_inv_norm(x, sumsq, eps, y)
     }
 
     fn spectral_clamp(&self, w: &mut CudaSlice<f32>, sumsq: &CudaSlice<f32>, gamma: f64) -> Result<()> {
-        check_len("spectral_clamp sumsq", sumsq.len(), 1)?;
-        let n = w.len();
-        if n == 0 {
-            return Ok(());
-        }
-        let (n64, g) = (n as u64, gamma as f32);
-        launch!(self, "spectral_clamp", self.grid_1d(n), [&n64, w, sumsq, &g])
+        self.launch_spectral_clamp(w, sumsq, gamma)
     }
 
     fn axpby_ctl(
@@ -985,18 +634,7 @@ impl Backend for Cuda {
         beta_slot: usize,
         y: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        check_len("axpby_ctl", x.len(), y.len())?;
-        check_len("axpby_ctl ctl", ctl.len(), 2 * alpha_slot.max(beta_slot) + 2)?;
-        let n = y.len();
-        if n == 0 {
-            return Ok(());
-        }
-        let (n64, a, b) = (
-            n as u64,
-            dim32("axpby_ctl alpha_slot", alpha_slot)?,
-            dim32("axpby_ctl beta_slot", beta_slot)?,
-        );
-        launch!(self, "axpby_ctl", self.grid_1d(n), [&n64, ctl, &a, x, &b, y])
+        self.launch_axpby_ctl(ctl, alpha_slot, x, beta_slot, y)
     }
 
     fn adam(
@@ -1011,28 +649,10 @@ impl Backend for Cuda {
         ctl: &CudaSlice<u32>,
         slot: usize,
     ) -> Result<()> {
-        let n = p.len();
-        check_len("adam g", g.len(), n)?;
-        check_len("adam m", m.len(), n)?;
-        check_len("adam v", v.len(), n)?;
-        check_len("adam ctl", ctl.len(), 2 * slot + 6)?;
-        if n == 0 {
-            return Ok(());
-        }
-        let (n64, b1, b2, e, slot32) = (
-            n as u64,
-            beta1 as f32,
-            beta2 as f32,
-            eps as f32,
-            dim32("adam slot", slot)?,
-        );
-        launch!(
-            self,
-            "adam",
-            self.grid_1d(n),
-            [&n64, p, g, m, v, &b1, &b2, &e, ctl, &slot32]
-        )
+        self.launch_adam(p, g, m, v, beta1, beta2, eps, ctl, slot)
     }
+
+    // ---- fused.rs ----
 
     fn layered_nudged_fused(&self, phase: crate::backend::LayeredPhase<'_, Self>) -> Result<bool> {
         self.layered_nudged_phase(phase)
@@ -1053,44 +673,17 @@ impl Backend for Cuda {
         self.ns_gram_poly_fused(k, steps, coeffs, gram, q)
     }
 
+    // ---- graph.rs ----
+
     fn begin_capture(&self) -> Result<bool> {
-        self.inner
-            .stream
-            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-            .map_err(cuda_err("beginning a graph capture"))?;
-        Ok(true)
+        self.begin_graph_capture()
     }
 
     fn end_capture(&self) -> Result<Graph> {
-        let graph = self
-            .inner
-            .stream
-            .end_capture(CUgraphInstantiate_flags(0))
-            .map_err(cuda_err("ending a graph capture"))?
-            .ok_or_else(|| MepError::Cuda("the graph capture recorded nothing".into()))?;
-        Ok(Graph(std::sync::Mutex::new(SendGraph(graph))))
+        self.end_graph_capture()
     }
 
     fn launch_graph(&self, graph: &Graph) -> Result<()> {
-        let g = graph.0.lock().unwrap_or_else(|e| e.into_inner());
-        g.0.launch().map_err(cuda_err("launching a graph"))
-    }
-}
-
-/// A captured CUDA graph ([`Backend::begin_capture`]), instantiated and ready to
-/// launch on the backend's stream.
-pub struct Graph(std::sync::Mutex<SendGraph>);
-
-/// cudarc's graph holds raw driver handles, so it is neither `Send` nor `Sync`.
-struct SendGraph(CudaGraph);
-
-// SAFETY: the driver's graph handles may be used from any thread as long as calls on
-// one graph are serialised (CUDA's graph thread-safety rules); `Graph` serialises
-// them with its mutex, and the handles stay valid until the `CudaGraph` is dropped.
-unsafe impl Send for SendGraph {}
-
-impl std::fmt::Debug for Graph {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("cuda::Graph")
+        self.launch_captured_graph(graph)
     }
 }

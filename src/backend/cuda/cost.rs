@@ -1,0 +1,97 @@
+//! Cost kernels on the output (`kernels/cost.cu`): the gradient ∂C/∂o, the loss and
+//! accuracy statistics, and the argmax. Row-wise launches ([`super::shapes::ROW_BLOCK`]).
+
+use super::shapes::ROW_BLOCK;
+use super::{check_len, dim32, elems, Cuda};
+use crate::{Loss, Result};
+use cudarc::driver::CudaSlice;
+
+impl Cuda {
+    /// `Backend::cost_grad`: the `cost_grad` kernel.
+    pub(super) fn launch_cost_grad(
+        &self,
+        rows: usize,
+        classes: usize,
+        o: &CudaSlice<f32>,
+        labels: &CudaSlice<u32>,
+        loss: Loss,
+        g: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let n = elems("cost_grad", rows, classes)?;
+        check_len("cost_grad o", o.len(), n)?;
+        check_len("cost_grad g", g.len(), n)?;
+        check_len("cost_grad labels", labels.len(), rows)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let (rows64, k32, code, eps) = (
+            rows as u64,
+            dim32("cost_grad classes", classes)?,
+            loss.code(),
+            loss.label_smoothing() as f32,
+        );
+        launch!(
+            self,
+            "cost_grad",
+            self.grid_rows(rows, ROW_BLOCK.1),
+            [&rows64, &k32, o, labels, &code, &eps, g]
+        )
+    }
+
+    /// `Backend::cost_stats`: `cost_stats_partial`, then [`Cuda::reduce_partials`].
+    pub(super) fn launch_cost_stats(
+        &self,
+        rows: usize,
+        classes: usize,
+        o: &CudaSlice<f32>,
+        labels: &CudaSlice<u32>,
+        loss: Loss,
+        stats: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        check_len("cost_stats o", o.len(), elems("cost_stats", rows, classes)?)?;
+        check_len("cost_stats labels", labels.len(), rows)?;
+        check_len("cost_stats stats", stats.len(), 2)?;
+        if rows == 0 || classes == 0 {
+            return Ok(());
+        }
+        let (rows64, k32, code, eps) = (
+            rows as u64,
+            dim32("cost_stats classes", classes)?,
+            loss.code(),
+            loss.label_smoothing() as f32,
+        );
+        // Two passes, no atomics: bit-for-bit reproducible (kernels/cost.cu).
+        let shape = self.grid_rows(rows, ROW_BLOCK.1);
+        let blocks = shape.grid_dim.0;
+        let mut partials = self.inner.partials.lock().unwrap_or_else(|e| e.into_inner());
+        launch!(
+            self,
+            "cost_stats_partial",
+            shape,
+            [&rows64, &k32, o, labels, &code, &eps, &mut *partials]
+        )?;
+        self.reduce_partials(blocks, 2, &partials, true, stats)
+    }
+
+    /// `Backend::argmax`: the `argmax` kernel.
+    pub(super) fn launch_argmax(
+        &self,
+        rows: usize,
+        classes: usize,
+        o: &CudaSlice<f32>,
+        out: &mut CudaSlice<u32>,
+    ) -> Result<()> {
+        check_len("argmax o", o.len(), elems("argmax", rows, classes)?)?;
+        check_len("argmax out", out.len(), rows)?;
+        if rows == 0 || classes == 0 {
+            return Ok(());
+        }
+        let (rows64, k32) = (rows as u64, dim32("argmax classes", classes)?);
+        launch!(
+            self,
+            "argmax",
+            self.grid_rows(rows, ROW_BLOCK.1),
+            [&rows64, &k32, o, out]
+        )
+    }
+}

@@ -1,0 +1,67 @@
+//! Reductions (`kernels/reduce.cu`): column sums (bias gradients) and sums of squares
+//! (norms). The whole-buffer ones run in two passes through the per-block partials in
+//! `Inner::partials`, with no atomics, so they repeat bit for bit.
+
+use super::shapes::ROW_BLOCK;
+use super::{check_len, config, dim32, elems, shapes, Cuda};
+use crate::Result;
+use cudarc::driver::CudaSlice;
+
+impl Cuda {
+    /// `Backend::col_sum`: the `col_sum` kernel.
+    pub(super) fn launch_col_sum(
+        &self,
+        rows: usize,
+        cols: usize,
+        alpha: f64,
+        x: &CudaSlice<f32>,
+        beta: f64,
+        y: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        check_len("col_sum x", x.len(), elems("col_sum", rows, cols)?)?;
+        check_len("col_sum y", y.len(), cols)?;
+        if cols == 0 {
+            return Ok(());
+        }
+        let (rows64, cols32, a, b) = (rows as u64, dim32("col_sum cols", cols)?, alpha as f32, beta as f32);
+        launch!(
+            self,
+            "col_sum",
+            self.grid_rows(cols, ROW_BLOCK.0),
+            [&rows64, &cols32, &a, x, &b, y]
+        )
+    }
+
+    /// `Backend::sum_sq`: `sum_sq_partial`, then [`Cuda::reduce_partials`].
+    pub(super) fn launch_sum_sq(&self, x: &CudaSlice<f32>, out: &mut CudaSlice<f32>) -> Result<()> {
+        check_len("sum_sq out", out.len(), 1)?;
+        let n = x.len();
+        let shape = self.grid_1d(n);
+        let blocks = shape.grid_dim.0;
+        let mut partials = self.inner.partials.lock().unwrap_or_else(|e| e.into_inner());
+        // Two passes, no atomics: bit-for-bit reproducible (kernels/reduce.cu). With
+        // n = 0 every block writes a 0 partial.
+        let n64 = n as u64;
+        launch!(self, "sum_sq_partial", shape, [&n64, x, &mut *partials])?;
+        self.reduce_partials(blocks, 1, &partials, false, out)
+    }
+
+    /// Second pass of the deterministic reductions: `out[k] (+)= Σ_b partials[b·width + k]`
+    /// over `blocks` partials, in a fixed order (one block, `reduce_partials`).
+    pub(super) fn reduce_partials(
+        &self,
+        blocks: u32,
+        width: u32,
+        partials: &CudaSlice<f32>,
+        accumulate: bool,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let acc = u32::from(accumulate);
+        launch!(
+            self,
+            "reduce_partials",
+            config(shapes::grid_1d(1, 1)),
+            [&blocks, &width, partials, &acc, out]
+        )
+    }
+}

@@ -1,0 +1,137 @@
+//! Element-wise kernels of the forward pass and of the EP settling dynamics
+//! (`kernels/settle.cu`): one 1-D grid-stride launch each.
+
+use super::{check_len, dim32, elems, Cuda};
+use crate::nn::activation::ActChain;
+use crate::Result;
+use cudarc::driver::CudaSlice;
+
+impl Cuda {
+    /// `Backend::bias_act`: the `bias_act` kernel.
+    pub(super) fn launch_bias_act(
+        &self,
+        rows: usize,
+        cols: usize,
+        z: &mut CudaSlice<f32>,
+        bias: &CudaSlice<f32>,
+        act: ActChain,
+        a: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let n = elems("bias_act", rows, cols)?;
+        check_len("bias_act z", z.len(), n)?;
+        check_len("bias_act a", a.len(), n)?;
+        check_len("bias_act bias", bias.len(), cols)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let (n64, cols32, chain) = (n as u64, dim32("bias_act cols", cols)?, act.code());
+        launch!(self, "bias_act", self.grid_1d(n), [&n64, &cols32, z, bias, &chain, a])
+    }
+
+    /// `Backend::layered_error`: the `layered_error` kernel.
+    pub(super) fn launch_layered_error(
+        &self,
+        rows: usize,
+        cols: usize,
+        s: &CudaSlice<f32>,
+        p: &CudaSlice<f32>,
+        bias: &CudaSlice<f32>,
+        e: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let n = elems("layered_error", rows, cols)?;
+        check_len("layered_error s", s.len(), n)?;
+        check_len("layered_error p", p.len(), n)?;
+        check_len("layered_error e", e.len(), n)?;
+        check_len("layered_error bias", bias.len(), cols)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let (n64, cols32) = (n as u64, dim32("layered_error cols", cols)?);
+        launch!(self, "layered_error", self.grid_1d(n), [&n64, &cols32, s, p, bias, e])
+    }
+
+    /// `Backend::layered_settle`: the `layered_settle` kernel.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn launch_layered_settle(
+        &self,
+        rows: usize,
+        cols: usize,
+        e: &CudaSlice<f32>,
+        g: &CudaSlice<f32>,
+        c: f64,
+        eta: f64,
+        act: ActChain,
+        s: &mut CudaSlice<f32>,
+        a: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let n = elems("layered_settle", rows, cols)?;
+        for (what, len) in [("e", e.len()), ("g", g.len()), ("s", s.len()), ("a", a.len())] {
+            check_len(&format!("layered_settle {what}"), len, n)?;
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let (n64, c32, eta32, chain) = (n as u64, c as f32, eta as f32, act.code());
+        launch!(
+            self,
+            "layered_settle",
+            self.grid_1d(n),
+            [&n64, e, g, &c32, &eta32, &chain, s, a]
+        )
+    }
+
+    /// `Backend::hopfield_settle`: the `hopfield_settle` kernel.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn launch_hopfield_settle(
+        &self,
+        rows: usize,
+        cols: usize,
+        drive: &CudaSlice<f32>,
+        bias: &CudaSlice<f32>,
+        nudge: Option<(&CudaSlice<f32>, f64)>,
+        act: ActChain,
+        s: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let n = elems("hopfield_settle", rows, cols)?;
+        check_len("hopfield_settle drive", drive.len(), n)?;
+        check_len("hopfield_settle s", s.len(), n)?;
+        check_len("hopfield_settle bias", bias.len(), cols)?;
+        if let Some((dc, _)) = nudge {
+            check_len("hopfield_settle dc", dc.len(), n)?;
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        // Without a nudge the kernel never reads dc; pass `drive` as a valid pointer.
+        let (dc, beta, has) = match nudge {
+            Some((dc, beta)) => (dc, beta as f32, 1u32),
+            None => (drive, 0.0f32, 0u32),
+        };
+        let (n64, cols32, chain) = (n as u64, dim32("hopfield_settle cols", cols)?, act.code());
+        launch!(
+            self,
+            "hopfield_settle",
+            self.grid_1d(n),
+            [&n64, &cols32, drive, bias, dc, &beta, &has, &chain, s]
+        )
+    }
+
+    /// `Backend::act_grad_mul`: the `act_grad_mul` kernel.
+    pub(super) fn launch_act_grad_mul(
+        &self,
+        rows: usize,
+        cols: usize,
+        z: &CudaSlice<f32>,
+        act: ActChain,
+        delta: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let n = elems("act_grad_mul", rows, cols)?;
+        check_len("act_grad_mul z", z.len(), n)?;
+        check_len("act_grad_mul delta", delta.len(), n)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let (n64, chain) = (n as u64, act.code());
+        launch!(self, "act_grad_mul", self.grid_1d(n), [&n64, z, &chain, delta])
+    }
+}
