@@ -1,9 +1,8 @@
 //! Criterion benchmarks of the CPU backend's main primitives at the seed's shapes
 //! (batch 64, 784–128–10). FLOP counts for BENCHMARKS.md are printed with each name.
-//! GEMMs run on a rayon worker (`on_pool`), as in training.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use mep::backend::cpu::{on_pool, Cpu};
+use mep::backend::cpu::Cpu;
 use mep::backend::Backend;
 use mep::nn::ActChain;
 use mep::nn::Activation;
@@ -35,7 +34,7 @@ fn gemms(c: &mut Criterion) {
         let mut cc = bk.zeros(m * n).unwrap();
         g.throughput(Throughput::Elements((2 * m * n * k) as u64));
         g.bench_function(label, |bch| {
-            bch.iter(|| on_pool(|| bk.gemm(ta, tb, m, n, k, 1.0, &a, &b, 0.0, &mut cc)).unwrap())
+            bch.iter(|| bk.gemm(ta, tb, m, n, k, 1.0, &a, &b, 0.0, &mut cc).unwrap())
         });
     }
     g.finish();
@@ -51,7 +50,7 @@ fn newton_schulz(c: &mut Criterion) {
             mep::optim::newton_schulz::flops(rows, cols, 5) as u64
         ));
         g.bench_function(format!("{rows}x{cols} x5"), |b| {
-            b.iter(|| on_pool(|| orthogonalize(&bk, rows, cols, 5, &u, &mut sc)).unwrap())
+            b.iter(|| orthogonalize(&bk, rows, cols, 5, &u, &mut sc).unwrap())
         });
     }
     g.finish();
@@ -99,22 +98,20 @@ fn weight_passes(c: &mut Criterion) {
     let mut g = c.benchmark_group("weights 128x784");
     let bytes = (4 * n) as u64;
     g.throughput(Throughput::Bytes(3 * bytes));
-    g.bench_function("axpby", |b| {
-        b.iter(|| on_pool(|| bk.axpby(0.5, &x, 0.9, &mut y)).unwrap())
-    });
+    g.bench_function("axpby", |b| b.iter(|| bk.axpby(0.5, &x, 0.9, &mut y).unwrap()));
     g.throughput(Throughput::Bytes(bytes));
-    g.bench_function("sum_sq", |b| b.iter(|| on_pool(|| bk.sum_sq(&x, &mut norm)).unwrap()));
+    g.bench_function("sum_sq", |b| b.iter(|| bk.sum_sq(&x, &mut norm).unwrap()));
     g.throughput(Throughput::Bytes(2 * bytes));
     g.bench_function("scale_by_inv_norm", |b| {
-        b.iter(|| on_pool(|| bk.scale_by_inv_norm(&x, &norm, 1e-7, &mut y)).unwrap())
+        b.iter(|| bk.scale_by_inv_norm(&x, &norm, 1e-7, &mut y).unwrap())
     });
     g.bench_function("spectral_clamp", |b| {
         // A bound above the norm: the pass reads, compares and leaves W alone.
-        b.iter(|| on_pool(|| bk.spectral_clamp(&mut y, &norm, 1e30)).unwrap())
+        b.iter(|| bk.spectral_clamp(&mut y, &norm, 1e30).unwrap())
     });
     g.throughput(Throughput::Bytes(7 * bytes));
     g.bench_function("adam", |b| {
-        b.iter(|| on_pool(|| bk.adam(&mut y, &x, &mut m, &mut v, 0.9, 0.999, 1e-8, &ctl, 0)).unwrap())
+        b.iter(|| bk.adam(&mut y, &x, &mut m, &mut v, 0.9, 0.999, 1e-8, &ctl, 0).unwrap())
     });
     g.finish();
 }

@@ -3,7 +3,7 @@
 //! plus its two halves: the EP gradient estimate and the SMEP update.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use mep::backend::cpu::{on_pool, Cpu};
+use mep::backend::cpu::Cpu;
 use mep::ep::{compute_gradients, Energy, Mode};
 use mep::nn::{Activation, Arch, Network};
 use mep::optim::{Engine, OptimConfig};
@@ -40,13 +40,11 @@ fn step(c: &mut Criterion) {
         });
         let cfg = eng.config().grad;
         g.bench_function(format!("{name}/gradients only"), |b| {
-            b.iter(|| on_pool(|| compute_gradients(&net, &cfg, &mut eng.ws, 64, &mut eng.grads)).unwrap())
+            b.iter(|| compute_gradients(&net, &cfg, &mut eng.ws, 64, &mut eng.grads).unwrap())
         });
     }
     let (mut net, mut eng) = setup(Energy::LayeredLeastSquares, Mode::Ep);
-    g.bench_function("smep update only", |b| {
-        b.iter(|| on_pool(|| eng.apply_update(&mut net)).unwrap())
-    });
+    g.bench_function("smep update only", |b| b.iter(|| eng.apply_update(&mut net).unwrap()));
     g.finish();
 }
 

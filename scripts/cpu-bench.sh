@@ -5,6 +5,8 @@
 # threads and on 1 and, when a Python with torch is given, the PyTorch Adam
 # baseline's time to 97%. With HOG=1 it then repeats the mep epochs while a
 # competing process keeps one core busy (the loaded-machine check of issue 11).
+# COMPARE=path/to/another/mep-mnist adds that binary's epoch (N threads) to every
+# round, for before/after tables from one interleaved run.
 # Usage: bash scripts/cpu-bench.sh [RUNS] [PYTHON_WITH_TORCH]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +34,9 @@ for i in $(seq 1 "$runs"); do
     mep=$(./target/release/mep-mnist --device cpu --threads "$threads" --json | tail -1)
     mep1=$(./target/release/mep-mnist --device cpu --threads 1 --json | tail -1)
     line="{\"run\": $i, \"numpy_sgemm_gflops\": $rate, \"mep\": $mep, \"mep_1_thread\": $mep1"
+    if [ -n "${COMPARE:-}" ]; then
+        line="$line, \"compare\": $("$COMPARE" --device cpu --threads "$threads" --json | tail -1)"
+    fi
     if [ -n "$torch_py" ]; then
         line="$line, \"torch\": $("$torch_py" scripts/torch_baseline.py --threads "$threads")"
     fi
@@ -45,7 +50,12 @@ if [ "${HOG:-0}" = 1 ]; then
     for i in $(seq 1 "$runs"); do
         mep=$(./target/release/mep-mnist --device cpu --threads "$threads" --json | tail -1)
         mep1=$(./target/release/mep-mnist --device cpu --threads 1 --json | tail -1)
-        echo "{\"run\": $i, \"hog\": 1, \"mep\": $mep, \"mep_1_thread\": $mep1}"
+        line="{\"run\": $i, \"hog\": 1, \"mep\": $mep, \"mep_1_thread\": $mep1"
+        if [ -n "${COMPARE:-}" ]; then
+            line="$line, \"compare\": $("$COMPARE" --device cpu --threads "$threads" --json | tail -1)"
+            line="$line, \"compare_1_thread\": $("$COMPARE" --device cpu --threads 1 --json | tail -1)"
+        fi
+        echo "$line}"
     done
     kill $hog
 fi

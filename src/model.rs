@@ -208,7 +208,7 @@ impl Model {
     /// [`crate::flops::gemm_rate`]).
     pub fn gemm_rate(&self, gemms: &[crate::flops::GemmShape], reps: usize) -> Result<f64> {
         match &self.net {
-            AnyNet::Cpu(n) => crate::backend::cpu::on_pool(|| crate::flops::gemm_rate(&n.backend, gemms, reps)),
+            AnyNet::Cpu(n) => crate::flops::gemm_rate(&n.backend, gemms, reps),
             AnyNet::Cuda(n) => crate::flops::gemm_rate(&n.backend, gemms, reps),
         }
     }
@@ -267,7 +267,7 @@ impl Model {
             return Err(device_mismatch());
         }
         match (&self.net, &data.inner) {
-            (AnyNet::Cpu(n), AnyData::Cpu(d)) => crate::backend::cpu::on_pool(|| evaluate(n, d, loss, 1000)),
+            (AnyNet::Cpu(n), AnyData::Cpu(d)) => evaluate(n, d, loss, 1000),
             (AnyNet::Cuda(n), AnyData::Cuda(d)) => evaluate(n, d, loss, 1000),
             _ => Err(device_mismatch()),
         }
@@ -316,7 +316,7 @@ impl Model {
     /// ```
     pub fn logits(&self, x: &[f32]) -> Result<Vec<f32>> {
         match &self.net {
-            AnyNet::Cpu(n) => crate::backend::cpu::on_pool(|| crate::inspect::outputs(n, x)),
+            AnyNet::Cpu(n) => crate::inspect::outputs(n, x),
             AnyNet::Cuda(n) => crate::inspect::outputs(n, x),
         }
     }

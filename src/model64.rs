@@ -2,7 +2,7 @@
 //! gradients by finite differences, checking an f32 or GPU result, studying EP's
 //! bias without rounding in the way).
 
-use crate::backend::cpu::{on_pool, Cpu};
+use crate::backend::cpu::Cpu;
 use crate::ep::{Energy, GradConfig};
 use crate::inspect::{self, Gradients, LayerGradient};
 use crate::nn::{Arch, Network};
@@ -88,18 +88,18 @@ impl Model64 {
     /// Inference outputs for `x` (`rows × inputs`), `rows × outputs` row-major (see
     /// [`crate::Model::logits`]).
     pub fn logits(&self, x: &[f64]) -> Result<Vec<f64>> {
-        on_pool(|| inspect::outputs(&self.net, x))
+        inspect::outputs(&self.net, x)
     }
 
     /// Mean `loss` of the inference outputs on the batch `(x, y)`.
     pub fn mean_cost(&self, x: &[f64], y: &[u32], loss: Loss) -> Result<f64> {
-        on_pool(|| inspect::mean_cost(&self.net, x, y, loss))
+        inspect::mean_cost(&self.net, x, y, loss)
     }
 
     /// The gradient estimate of `cfg` (e.g. `opt.config().grad` of an optimizer) for
     /// the batch `(x, y)`; see [`crate::inspect::gradients`].
     pub fn gradients(&self, cfg: &GradConfig, x: &[f64], y: &[u32]) -> Result<Gradients> {
-        on_pool(|| inspect::gradients(&self.net, cfg, x, y))
+        inspect::gradients(&self.net, cfg, x, y)
     }
 
     /// The gradient of [`Model64::mean_cost`] by central differences with step `h`

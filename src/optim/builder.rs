@@ -3,7 +3,7 @@
 
 use super::config::{MatrixRule, MuonScale, OptimConfig, Schedule, SpectralLayers, VectorRule};
 use super::engine::{Engine, StepStats};
-use crate::backend::cpu::{on_pool, Cpu};
+use crate::backend::cpu::Cpu;
 use crate::backend::cuda::Cuda;
 use crate::backend::{Backend, Scalar};
 use crate::ep::{Mode, Nudging};
@@ -344,7 +344,7 @@ impl Optimizer {
         self.check_model(model)?;
         model.set_loss(self.config().grad.loss);
         match (&mut self.engine, &mut model.net) {
-            (AnyEngine::Cpu(e), AnyNet::Cpu(n)) => on_pool(|| host_step(e, n, x, y)),
+            (AnyEngine::Cpu(e), AnyNet::Cpu(n)) => host_step(e, n, x, y),
             (AnyEngine::Cuda(e), AnyNet::Cuda(n)) => host_step(e, n, x, y),
             _ => Err(device_mismatch()),
         }
@@ -371,7 +371,7 @@ impl Optimizer {
         model.set_loss(self.config().grad.loss);
         match (&mut self.engine, &mut model.net, &data.inner) {
             (AnyEngine::Cpu(e), AnyNet::Cpu(n), AnyData::Cpu(d)) => {
-                on_pool(|| train_epoch(e, n, d, batch_size, shuffle, epoch, report_every, progress))
+                train_epoch(e, n, d, batch_size, shuffle, epoch, report_every, progress)
             }
             (AnyEngine::Cuda(e), AnyNet::Cuda(n), AnyData::Cuda(d)) => {
                 train_epoch(e, n, d, batch_size, shuffle, epoch, report_every, progress)
@@ -463,7 +463,7 @@ impl Optimizer {
     pub fn gradients(&self, model: &Model, x: &[f32], y: &[u32]) -> Result<crate::inspect::Gradients> {
         let cfg = self.config().grad;
         match (&self.engine, &model.net) {
-            (AnyEngine::Cpu(_), AnyNet::Cpu(n)) => on_pool(|| crate::inspect::gradients(n, &cfg, x, y)),
+            (AnyEngine::Cpu(_), AnyNet::Cpu(n)) => crate::inspect::gradients(n, &cfg, x, y),
             (AnyEngine::Cuda(_), AnyNet::Cuda(n)) => crate::inspect::gradients(n, &cfg, x, y),
             _ => Err(device_mismatch()),
         }

@@ -752,18 +752,6 @@ fn ctl_scalar(ctl: &[u32], slot: usize, what: &str) -> Result<f64> {
     })
 }
 
-/// Runs `f` on a worker of rayon's pool (directly when already on one). The CPU
-/// backend takes its thread count from the rayon pool it runs in (the global one,
-/// set by [`set_threads`], or one a caller installed), and data loading forks with
-/// rayon; entering the pool once per step or epoch keeps both on the same threads.
-pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    if rayon::current_thread_index().is_some() {
-        f()
-    } else {
-        rayon::scope(|_| f())
-    }
-}
-
 /// Sets the CPU thread count: rayon's global pool, whose size the backend's own
 /// GEMM and element-wise pool follows.
 pub fn set_threads(n: usize) -> Result<()> {
