@@ -180,6 +180,14 @@ fn write_quadrant_idx(dir: &Path, n: usize, m: usize, seed: u64) {
     split(m, "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte");
 }
 
+/// A seed for fresh random data each run (tests print it when they fail).
+fn fresh_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
 fn temp_dir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("mep-cli-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -190,10 +198,7 @@ fn temp_dir(tag: &str) -> PathBuf {
 #[test]
 fn dataset_idx_trains_on_your_own_files_and_says_what_it_loaded() {
     let dir = temp_dir("idx");
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
+    let seed = fresh_seed();
     write_quadrant_idx(&dir, 400, 100, seed);
     let out = bin()
         .args([
@@ -301,10 +306,7 @@ fn err_idx(dir: &Path, args: &[&str]) -> String {
 #[test]
 fn save_resume_is_bit_identical_to_one_run_and_load_evaluates() {
     let dir = temp_dir("resume");
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
+    let seed = fresh_seed();
     write_quadrant_idx(&dir, 200, 60, seed);
     let (a, b) = (dir.join("a.safetensors"), dir.join("b.safetensors"));
     let (a_s, b_s) = (a.to_str().unwrap(), b.to_str().unwrap());
@@ -426,10 +428,7 @@ fn resume_refuses_another_model_optimizer_seed_or_data_by_name() {
 #[test]
 fn cpu_results_are_bit_identical_for_any_thread_count() {
     let dir = temp_dir("threads");
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
+    let seed = fresh_seed();
     write_quadrant_idx(&dir, 640, 200, seed);
     let run = |threads: &str| {
         let out = bin()

@@ -284,42 +284,31 @@ unsafe fn matrixmultiply_kernel<T: Scalar>(
     ldc: isize,
 ) {
     use std::any::TypeId;
+    // The same call on matrixmultiply's f32 or f64 entry point (T is one of them).
+    macro_rules! call {
+        ($f:path, $t:ty) => {
+            $f(
+                m,
+                k,
+                n,
+                alpha.f64() as $t,
+                a.ptr.cast(),
+                a.rs,
+                a.cs,
+                b.ptr.cast(),
+                b.rs,
+                b.cs,
+                beta.f64() as $t,
+                c.cast(),
+                ldc,
+                1,
+            )
+        };
+    }
     if TypeId::of::<T>() == TypeId::of::<f32>() {
-        let (al, be) = (alpha.f64() as f32, beta.f64() as f32);
-        matrixmultiply::sgemm(
-            m,
-            k,
-            n,
-            al,
-            a.ptr.cast(),
-            a.rs,
-            a.cs,
-            b.ptr.cast(),
-            b.rs,
-            b.cs,
-            be,
-            c.cast(),
-            ldc,
-            1,
-        );
+        call!(matrixmultiply::sgemm, f32);
     } else {
-        let (al, be) = (alpha.f64(), beta.f64());
-        matrixmultiply::dgemm(
-            m,
-            k,
-            n,
-            al,
-            a.ptr.cast(),
-            a.rs,
-            a.cs,
-            b.ptr.cast(),
-            b.rs,
-            b.cs,
-            be,
-            c.cast(),
-            ldc,
-            1,
-        );
+        call!(matrixmultiply::dgemm, f64);
     }
 }
 
