@@ -182,7 +182,8 @@ __device__ __forceinline__ bool mep_fused_drive(const MepFusedNet& net, u32 l, u
 //   b1..b4: biases; p0: W_1 x (rows × n1, the clamped input's drive);
 //   labels, loss (MEP_LOSS_CE / MEP_LOSS_SE), eps (label smoothing);
 //   s1..s4, a1..a4 (rows × n_l): the state, read at the start and written at the end;
-//   e1..e4 (rows × n_l): the final errors e_l = s_l − W_l φ(s_{l−1}) − b_l.
+//   e1..e4 (rows × n_l): the final errors e_l = s_l − W_l φ(s_{l−1}) − b_l;
+//   rowres (rows): the final state's Σ_l ‖∇_{s_l}F‖² of each row (below).
 // Per sweep (as backward_errors then relax_forward):
 //   dc = ∂C/∂o at o = a_L;  e*_L = (−β·dc)·φ′_L(s_L);
 //   for l = L−1 … 1: r_l = W_{l+1}ᵀ e*_{l+1}; e*_l = φ′_l(s_l)·r_l (l ≥ 2);
@@ -200,7 +201,7 @@ extern "C" __global__ void layered_nudged_phase(
     float* __restrict__ s2, float* __restrict__ s3, float* __restrict__ s4,
     float* __restrict__ a1, float* __restrict__ a2, float* __restrict__ a3,
     float* __restrict__ a4, float* __restrict__ e1, float* __restrict__ e2,
-    float* __restrict__ e3, float* __restrict__ e4) {
+    float* __restrict__ e3, float* __restrict__ e4, float* __restrict__ rowres) {
     __shared__ float sh_s[MEP_FUSED_UNITS];
     __shared__ float sh_a[MEP_FUSED_UNITS];
     __shared__ float sh_e[MEP_FUSED_UNITS];
@@ -256,13 +257,33 @@ extern "C" __global__ void layered_nudged_phase(
             __syncthreads();
         }
     }
-    // ---- the final state's errors, and everything back to global memory ----
+    // ---- the final state's errors ----
     for (u32 l = 0; l < L; l++)
         for (u32 j = mep_fused_first(l); j < n[l]; j += mep_fused_stride(l)) {
             float p;
             if (!mep_fused_drive(net, l, j, sh_a, row, &p)) continue;
-            E[l][row * n[l] + j] = sh_s[off[l] + j] - (p + net.B[l][j]);
+            sh_e[off[l] + j] = sh_s[off[l] + j] - (p + net.B[l][j]);
         }
+    __syncthreads();
+    // ---- the residual Σ_l ‖∇_{s_l}F‖² of the final state (as src/ep/layered.rs's
+    // `residual`): e_L + β·(φ′_L(s_L)·dc) at the output, e_l − φ′_l(s_l)·(W_{l+1}ᵀe_{l+1})
+    // below it ----
+    mep_fused_cost_grad(sh_a + off[last], nL, y, loss, eps, sh_dc, sh_red);
+    float res = 0.0f;
+    for (u32 k = tid; k < nL; k += nt) {
+        float g = sh_e[off[last] + k] + beta * (sh_dc[k] * mep_act_deriv(net.act[last], sh_s[off[last] + k]));
+        res += g * g;
+    }
+    for (u32 l = 0; l < last; l++)
+        for (u32 j = tid; j < n[l]; j += nt) {
+            float r = mep_fused_feedback(net, l, j, sh_e + off[l + 1]) * mep_act_deriv(net.act[l], sh_s[off[l] + j]);
+            float g = sh_e[off[l] + j] - r;
+            res += g * g;
+        }
+    res = mep_fused_sum(res, sh_red);
+    if (tid == 0) rowres[row] = res;
+    // ---- everything back to global memory ----
+    mep_fused_store(net, sh_e, row, E);
     mep_fused_store(net, sh_s, row, S);
     mep_fused_store(net, sh_a, row, A);
 }
@@ -339,67 +360,4 @@ extern "C" __global__ void hopfield_settle_phase(
     res = mep_fused_sum(res, sh_red);
     if (tid == 0) rowres[row] = res;
     mep_fused_store(net, sh_s, row, S);
-}
-
-#define MEP_NS_MAX 32
-
-// ns_gram_poly: Newton–Schulz's polynomial iteration in Gram space for k ≤ 32, as
-// src/optim/newton_schulz.rs's `orthogonalize` issues it with GEMMs: from A = gram
-// (k × k, row-major) and Q = I, each of `steps` (≥ 1) iterations forms
-// P = b·A + a·I, then P ← c·(A·A) + P, Q ← P·Q (Q = P at the first), and, but for the
-// last, A ← (P·A)·P. Writes Q to q; gram is not modified.
-// Launch: one block of MEP_FUSED_THREADS threads (1-D).
-extern "C" __global__ void ns_gram_poly(u32 k, u32 steps, float a, float b, float c,
-                                        const float* __restrict__ gram, float* __restrict__ q) {
-    __shared__ float sA[MEP_NS_MAX * MEP_NS_MAX];
-    __shared__ float sP[MEP_NS_MAX * MEP_NS_MAX];
-    __shared__ float sQ[MEP_NS_MAX * MEP_NS_MAX];
-    __shared__ float sT[MEP_NS_MAX * MEP_NS_MAX];
-    const u32 tid = threadIdx.x, nt = blockDim.x, kk = k * k;
-    for (u32 i = tid; i < kk; i += nt) sA[i] = gram[i];
-    __syncthreads();
-    for (u32 it = 0; it < steps; it++) {
-        for (u32 i = tid; i < kk; i += nt) {
-            u32 r = i / k, col = i - r * k;
-            sP[i] = b * sA[i] + a * (r == col ? 1.0f : 0.0f);
-        }
-        __syncthreads();
-        for (u32 i = tid; i < kk; i += nt) {
-            u32 r = i / k, col = i - r * k;
-            float acc = 0.0f;
-            for (u32 m = 0; m < k; m++) acc += sA[r * k + m] * sA[m * k + col];
-            sP[i] = c * acc + sP[i];
-        }
-        __syncthreads();
-        if (it == 0) {
-            for (u32 i = tid; i < kk; i += nt) sQ[i] = sP[i];
-        } else {
-            for (u32 i = tid; i < kk; i += nt) {
-                u32 r = i / k, col = i - r * k;
-                float acc = 0.0f;
-                for (u32 m = 0; m < k; m++) acc += sP[r * k + m] * sQ[m * k + col];
-                sT[i] = acc;
-            }
-            __syncthreads();
-            for (u32 i = tid; i < kk; i += nt) sQ[i] = sT[i];
-        }
-        __syncthreads();
-        if (it + 1 < steps) {
-            for (u32 i = tid; i < kk; i += nt) {
-                u32 r = i / k, col = i - r * k;
-                float acc = 0.0f;
-                for (u32 m = 0; m < k; m++) acc += sP[r * k + m] * sA[m * k + col];
-                sT[i] = acc;
-            }
-            __syncthreads();
-            for (u32 i = tid; i < kk; i += nt) {
-                u32 r = i / k, col = i - r * k;
-                float acc = 0.0f;
-                for (u32 m = 0; m < k; m++) acc += sT[r * k + m] * sP[m * k + col];
-                sA[i] = acc;
-            }
-            __syncthreads();
-        }
-    }
-    for (u32 i = tid; i < kk; i += nt) q[i] = sQ[i];
 }

@@ -498,26 +498,42 @@ fn fused_layered_phase_matches_the_sweeps() {
             beta: f64,
             x: &[f32],
             y: &[u32],
-        ) -> Vec<[Vec<f32>; 3]> {
+        ) -> (Vec<[Vec<f32>; 3]>, f64) {
             let net = Network::new(bk.clone(), arch.clone(), Energy::LayeredLeastSquares, seed).unwrap();
             let mut ws = Workspace::new(bk, arch, y.len()).unwrap();
             let rows = ws.load_host_batch(x, y).unwrap();
             layered::forward(&net, &mut ws, rows).unwrap();
             layered::nudged_phase(&net, cfg, Phase::Nudge(beta), &mut ws, rows).unwrap();
-            (0..arch.depth())
+            let state = (0..arch.depth())
                 .map(|l| {
                     let n = rows * arch.blocks()[l].out;
                     let get = |b: &B::Buf| bk.download(b).unwrap()[..n].to_vec();
                     [get(&ws.s[l]), get(&ws.a[l]), get(&ws.e[l])]
                 })
-                .collect()
+                .collect();
+            (state, ws.residuals().unwrap()[0])
         }
-        let want = run(&cpu, &arch, seed, &cfg, beta, &x, &y);
+        let (want, want_res) = run(&cpu, &arch, seed, &cfg, beta, &x, &y);
         gpu.set_fused(true);
-        let fused = run(&gpu, &arch, seed, &cfg, beta, &x, &y);
+        let (fused, fused_res) = run(&gpu, &arch, seed, &cfg, beta, &x, &y);
         gpu.set_fused(false);
-        let unfused = run(&gpu, &arch, seed, &cfg, beta, &x, &y);
+        let (unfused, unfused_res) = run(&gpu, &arch, seed, &cfg, beta, &x, &y);
         gpu.set_fused(true);
+        // The settle residual (RMS per row of ‖∇_s F‖ at the final state): the fused
+        // kernel sums it per row, the unfused path with a GEMM over the batch.
+        let state_rms = (want
+            .iter()
+            .map(|b| b[0].iter().map(|v| (*v as f64).powi(2)).sum::<f64>())
+            .sum::<f64>()
+            / rows as f64)
+            .sqrt();
+        for (name, got) in [("fused", fused_res), ("unfused", unfused_res)] {
+            let tol = 1e-5 * want_res + 1e-7 * state_rms.max(1.0);
+            assert!(
+                (got - want_res).abs() <= tol,
+                "{what}: {name} residual {got:e} against the CPU's {want_res:e} (seed {seed})"
+            );
+        }
         for l in 0..depth {
             for (k, name) in ["s", "a", "e"].iter().enumerate() {
                 // The errors are differences of nearly equal states: compare them on
@@ -769,6 +785,66 @@ fn fused_newton_schulz_matches_the_gemm_iteration() {
                 "case {case}: {rows}×{cols}, {steps} steps, fused {fused}: ‖Δ‖/‖ref‖ = {:e} > {tol:e} (seed {seed})",
                 d / n
             );
+        }
+        gpu.set_fused(true);
+    }
+}
+
+/// The fused spectral constraint (`kernels/gram.cu`: Gram matrix, squarings, power
+/// iterations, σ̂² and the clamp in one launch) against the GEMM sequence on the CPU
+/// and on the CUDA backend's unfused path: random wide and tall matrices with a small
+/// side of 1–32 (and 33, past the limit: the GEMM path), a bound γ below or above σ,
+/// several steps in a row so that the persistent vector carries over.
+#[test]
+fn fused_spectral_constraint_matches_the_gemm_iteration() {
+    use mep::optim::spectral::PowerIter;
+    let Some(gpu) = gpu() else { return };
+    let cpu = Cpu::<f32>::new();
+    let (seed, mut r) = rng();
+    for case in 0..12 {
+        let k = if case == 11 { 33 } else { 1 + r.below(32) as usize };
+        let other = k + r.below(300) as usize;
+        let (rows, cols) = if r.below(2) == 0 { (k, other) } else { (other, k) };
+        let w0 = randn(&mut r, rows * cols, 0.3);
+        let iters = r.below(3) as usize;
+        let start = 1000 + case as u64;
+        // The CPU reference: its σ̂² after the warm-up fixes γ, below or above σ.
+        let mut wc = w0.clone();
+        let mut pc = PowerIter::new(&cpu, &wc, rows, cols, start).unwrap();
+        let sigma = pc.sigma_sq(&cpu).unwrap().sqrt();
+        let gamma = sigma * [0.8, 1.25][r.below(2) as usize];
+        let mut want = Vec::new();
+        for _ in 0..3 {
+            pc.constrain(&cpu, &mut wc, gamma, iters).unwrap();
+            want.push((pc.sigma_sq(&cpu).unwrap(), wc.clone()));
+            // Move W between steps, as an update would.
+            for v in wc.iter_mut() {
+                *v *= 1.1;
+            }
+        }
+        for fused in [true, false] {
+            gpu.set_fused(fused);
+            let mut wg = gpu.upload(&w0).unwrap();
+            let mut pg = PowerIter::new(&gpu, &wg, rows, cols, start).unwrap();
+            for (step, (sq, w)) in want.iter().enumerate() {
+                pg.constrain(&gpu, &mut wg, gamma, iters).unwrap();
+                let what = format!(
+                    "case {case}: {rows}×{cols}, γ/σ {:.2}, {iters} iterations, step {step}, fused {fused}",
+                    gamma / sigma
+                );
+                let got_sq = pg.sigma_sq(&gpu).unwrap();
+                assert!(
+                    (got_sq - sq).abs() <= 1e-4 * sq,
+                    "{what}: σ̂² {got_sq} against the CPU's {sq}"
+                );
+                let got = gpu.download(&wg).unwrap();
+                close(&what, seed, &got, w);
+                let mut host = got;
+                for v in host.iter_mut() {
+                    *v *= 1.1;
+                }
+                gpu.write(&mut wg, &host).unwrap();
+            }
         }
         gpu.set_fused(true);
     }

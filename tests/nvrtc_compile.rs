@@ -10,10 +10,8 @@ use mep::backend::cuda::{nvrtc, sources};
 const EXPECTED: &[(&str, &[&str])] = &[
     ("cost", &["cost_grad", "cost_stats_partial", "argmax"]),
     ("data", &["gather_rows", "gather_labels"]),
-    (
-        "fused",
-        &["layered_nudged_phase", "hopfield_settle_phase", "ns_gram_poly"],
-    ),
+    ("fused", &["layered_nudged_phase", "hopfield_settle_phase"]),
+    ("gram", &["ns_gram_poly", "spectral_power"]),
     (
         "optim",
         &[

@@ -253,6 +253,7 @@ unsafe fn sgemm(
     c: *mut f32,
     ldc: c_int,
 ) -> Result<(), (Status, String)> {
+    crate::trace(|| format!("sgemm ta {ta} tb {tb} m {m} n {n} k {k}"));
     let bad = |m: String| (INVALID_VALUE, m);
     if !current_context_set() {
         return Err((EXECUTION_FAILED, "no current CUDA context on this thread".into()));

@@ -520,6 +520,7 @@ unsafe fn memset(what: &str, d: u64, v: u8, n: usize, s: usize) -> CUresult {
         return SUCCESS;
     }
     count(&COUNTERS.memsets);
+    crate::trace(|| format!("memset {n} bytes"));
     if n > 0 {
         std::ptr::write_bytes(p, v, n);
     }
@@ -575,6 +576,7 @@ unsafe fn dtod(what: &str, dst: u64, src: u64, n: usize, s: usize) -> CUresult {
         return SUCCESS;
     }
     count(&COUNTERS.copies_dtod);
+    crate::trace(|| format!("copy {n} bytes"));
     if n > 0 {
         std::ptr::copy(from, to, n);
     }
@@ -811,6 +813,7 @@ pub unsafe extern "C" fn cuLaunchKernel(
 /// Runs kernel `name` with the argument pointers `ps` (what cuLaunchKernel and a
 /// graph replay share); a failure faults the context.
 unsafe fn run_kernel(name: &str, shape: Shape, mut ps: Vec<*mut c_void>) -> CUresult {
+    crate::trace(|| format!("kernel {name} grid {:?} block {:?}", shape.grid, shape.block));
     {
         let mut r = memory::RUNNING.lock().unwrap();
         *r = [0; 64];
@@ -909,6 +912,11 @@ pub unsafe extern "C" fn cuGraphLaunch(exec: *mut c_void, s: *mut c_void) -> CUr
     };
     for op in ops.iter() {
         graph::count_node();
+        match op {
+            Op::Memset { bytes, .. } => crate::trace(|| format!("memset {bytes} bytes")),
+            Op::CopyDtoD { bytes, .. } => crate::trace(|| format!("copy {bytes} bytes")),
+            _ => {}
+        }
         let r = match op {
             Op::Launch { name, shape, args } => {
                 let mut args = args.clone();

@@ -25,7 +25,8 @@
 //! `mep_emu_counters`, or set `MEP_EMU_COUNTERS=FILE` to get it as one JSON object,
 //! rewritten at every synchronisation and at exit.
 //!
-//! Settings: `MEP_EMU_SMS` (multiprocessors reported, default 1 so that grids stay
+//! Settings: `MEP_EMU_TRACE=FILE` (one line per kernel or GEMM run, see [`trace`]),
+//! `MEP_EMU_SMS` (multiprocessors reported, default 1 so that grids stay
 //! small and grid-stride loops iterate), `MEP_SCHEDULE_SEED` (replay one schedule).
 
 pub mod cublas;
@@ -125,6 +126,21 @@ pub(crate) fn count(c: &AtomicU64) {
 pub(crate) fn check_failed(msg: &str) {
     count(&COUNTERS.errors);
     eprintln!("mep-emu: error: {msg}");
+}
+
+/// Appends one line to `$MEP_EMU_TRACE`, if set: what ran, in order (kernels with
+/// their grid and block, GEMMs with their sizes), eager or replayed from a graph. For
+/// reading a step's node list when deciding what to fuse.
+pub(crate) fn trace(line: impl FnOnce() -> String) {
+    use std::io::Write;
+    static FILE: std::sync::OnceLock<Option<std::sync::Mutex<std::fs::File>>> = std::sync::OnceLock::new();
+    let f = FILE.get_or_init(|| {
+        let path = std::env::var_os("MEP_EMU_TRACE")?;
+        std::fs::File::create(path).ok().map(std::sync::Mutex::new)
+    });
+    if let Some(f) = f {
+        let _ = writeln!(f.lock().unwrap(), "{}", line());
+    }
 }
 
 /// Writes the counters to `$MEP_EMU_COUNTERS` (JSON), if set; atomically (temporary

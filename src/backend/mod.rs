@@ -284,7 +284,8 @@ pub trait Backend: Clone + Send + Sync + 'static {
 
     /// The layered energy's whole nudged phase in one fused operation, when the backend
     /// has one for these shapes: exactly the sweeps [`crate::ep::layered::nudged_phase`]
-    /// issues primitive by primitive (and the final errors), done by one kernel.
+    /// issues primitive by primitive (and the final errors and the per-row residuals
+    /// its `residual` would sum), done by one kernel.
     /// `Ok(false)` (the default, and the CPU's answer) means it has none: the caller
     /// runs the sweeps itself. Backends choose by shape (see the CUDA backend's
     /// `fused` module for the limits and why).
@@ -317,6 +318,28 @@ pub trait Backend: Clone + Send + Sync + 'static {
         q: &mut Self::Buf,
     ) -> Result<bool> {
         let _ = (k, steps, coeffs, gram, q);
+        Ok(false)
+    }
+
+    /// The spectral constraint's power iteration, fused, when the backend has one for
+    /// these shapes: for the `rows × cols` matrix `w`, exactly what
+    /// [`crate::optim::spectral`] issues with GEMMs (the Gram matrix, `squarings`
+    /// normalised squarings, max(`iters`, 1) iterations on the persistent vector `u`,
+    /// σ̂² into `norm`), then, with `gamma = Some(γ)`, [`Backend::spectral_clamp`].
+    /// `Ok(false)` (the default, and the CPU's answer): the caller issues them.
+    #[allow(clippy::too_many_arguments)]
+    fn spectral_power(
+        &self,
+        rows: usize,
+        cols: usize,
+        squarings: usize,
+        iters: usize,
+        w: &mut Self::Buf,
+        u: &mut Self::Buf,
+        norm: &mut Self::Buf,
+        gamma: Option<f64>,
+    ) -> Result<bool> {
+        let _ = (rows, cols, squarings, iters, w, u, norm, gamma);
         Ok(false)
     }
 
@@ -388,6 +411,9 @@ pub struct LayeredPhase<'a, B: Backend> {
     pub a: &'a mut [B::Buf],
     /// Errors of the final state (written).
     pub e: &'a mut [B::Buf],
+    /// Per row r (the first `rows` entries, written): the final state's settle
+    /// residual Σ_l ‖∇_{s_l}F‖², as [`crate::ep::layered`] computes it unfused.
+    pub rowres: &'a mut B::Buf,
 }
 
 /// The operands of fused Hopfield settling ([`Backend::hopfield_settle_fused`]):

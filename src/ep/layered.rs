@@ -2,7 +2,8 @@
 //!
 //! e_l = s_l − W_l φ_{l−1}(s_{l−1}) − b_l,  E = Σ_l ½‖e_l‖²,  F = E + β·C(φ_L(s_L), y).
 //! The free equilibrium (all e_l = 0) is the forward pass, computed directly. The
-//! nudged phase takes `settle_steps` synchronous gradient steps s ← s − η∇_s F from it:
+//! nudged phase runs `settle_steps` block-substitution sweeps from it ([`nudged_phase`]
+//! says why not gradient steps); its residual is ‖∇_s F‖ at the final state, with
 //! ∇_{s_l}F = e_l − φ′_l(s_l) ⊙ W_{l+1}ᵀe_{l+1} (l < L), ∇_{s_L}F = e_L + β φ′_L(s_L) ⊙ ∂C/∂o.
 
 use super::{GradConfig, Grads, Phase, Workspace};
@@ -10,14 +11,20 @@ use crate::backend::{Backend, LayeredPhase, PhaseNet};
 use crate::nn::Network;
 use crate::{Loss, Result};
 
-/// Forward pass: p_l = W_l a_{l−1}, s_l = p_l + b_l, a_l = φ_l(s_l), with a_0 = x.
-/// Leaves `p[0]` = W_1 x, which the nudged phase reuses (the input is clamped).
+/// Forward pass: s_l = W_l a_{l−1} + b_l, a_l = φ_l(s_l), with a_0 = x. Leaves
+/// `p[0]` = W_1 x, which the nudged phase reuses (the input is clamped); `p[l]` for
+/// l ≥ 1 is left as it was (every reader refreshes it first).
 pub fn forward<B: Backend>(net: &Network<B>, ws: &mut Workspace<B>, rows: usize) -> Result<()> {
     let bk = &net.backend;
     for (l, blk) in net.arch.blocks.iter().enumerate() {
-        let input = if l == 0 { &ws.x } else { &ws.a[l - 1] };
-        super::drive(net, l, rows, input, 0.0, &mut ws.p[l])?;
-        bk.copy(&ws.p[l], &mut ws.s[l])?;
+        if l == 0 {
+            // p[0] = W_1 x is kept for the phases (the input is clamped).
+            super::drive(net, 0, rows, &ws.x, 0.0, &mut ws.p[0])?;
+            bk.copy(&ws.p[0], &mut ws.s[0])?;
+        } else {
+            // p[l] is refreshed wherever it is read, so the drive goes to s[l] directly.
+            super::drive(net, l, rows, &ws.a[l - 1], 0.0, &mut ws.s[l])?;
+        }
         bk.bias_act(rows, blk.out, &mut ws.s[l], &net.params[l].b, blk.act, &mut ws.a[l])?;
     }
     Ok(())
@@ -76,8 +83,8 @@ pub fn nudged_phase<B: Backend>(
             None
         }
     };
-    // The backend may run all the sweeps below (and the final errors) as one fused
-    // operation; it then reports so, and only the residual is left.
+    // The backend may run all the sweeps below, the final errors and the per-row
+    // residuals as one fused operation; it then reports so.
     let fused = match beta {
         Some(beta) => bk.layered_nudged_fused(LayeredPhase {
             net: PhaseNet {
@@ -94,16 +101,21 @@ pub fn nudged_phase<B: Backend>(
             steps: cfg.settle_steps,
             a: &mut ws.a,
             e: &mut ws.e,
+            rowres: &mut ws.f,
         })?,
         None => false,
     };
-    if !fused {
-        for _ in 0..cfg.settle_steps {
-            backward_errors(net, cfg, beta, ws, rows)?;
-            relax_forward(net, cfg.settle_lr, beta, ws, rows)?;
-        }
-        errors(net, ws, rows)?;
+    if fused {
+        // The fused phase left each row's residual in ws.f.
+        bk.col_sum(rows, 1, 1.0, &ws.f, 1.0, &mut ws.resid[0])?;
+        ws.resid_rows[0] += rows as u64;
+        return Ok(());
     }
+    for _ in 0..cfg.settle_steps {
+        backward_errors(net, cfg, beta, ws, rows)?;
+        relax_forward(net, cfg.settle_lr, beta, ws, rows)?;
+    }
+    errors(net, ws, rows)?;
     residual(net, cfg, beta, ws, rows)
 }
 

@@ -11,7 +11,8 @@
 //! resolves a 0.3% gap in one iteration; the persistent vector is
 //! warmed up with [`WARMUP_ITERS`] iterations when the optimizer is built, and σ̂² is
 //! the Rayleigh quotient uᵀWWᵀu = ‖Wᵀu‖². Every product is a GEMM and every norm is
-//! a device scalar: no host round trip.
+//! a device scalar: no host round trip. A backend may run the whole of it as one
+//! fused operation ([`Backend::spectral_power`]).
 
 use crate::backend::{Backend, Scalar};
 use crate::rng::Rng;
@@ -58,7 +59,8 @@ impl<B: Backend> PowerIter<B> {
         Ok(p)
     }
 
-    /// Refines u with `iters` iterations on (WWᵀ)^8 and leaves σ̂² in `norm`.
+    /// Refines u with max(`iters`, 1) iterations on H = (WWᵀ)^(2^SQUARINGS) and leaves σ̂²
+    /// in `norm`.
     fn estimate(&mut self, bk: &B, w: &B::Buf, iters: usize) -> Result<()> {
         let (rows, cols) = (self.rows, self.cols);
         let wide = rows <= cols;
@@ -98,8 +100,30 @@ impl<B: Backend> PowerIter<B> {
 
     /// Refines the estimate with `iters` iterations and rescales `w` if σ̂ > γ.
     pub fn constrain(&mut self, bk: &B, w: &mut B::Buf, gamma: f64, iters: usize) -> Result<()> {
+        // The backend may run all of it as one fused operation (the CUDA backend does
+        // for small k: one launch instead of about 45).
+        let (rows, cols) = (self.rows, self.cols);
+        if bk.spectral_power(
+            rows,
+            cols,
+            SQUARINGS,
+            iters,
+            w,
+            &mut self.u,
+            &mut self.norm,
+            Some(gamma),
+        )? {
+            return Ok(());
+        }
         self.estimate(bk, w, iters)?;
         bk.spectral_clamp(w, &self.norm, gamma)
+    }
+
+    /// σ̂², the squared estimate of σ(W) left by the last [`PowerIter::constrain`] (or
+    /// by the warm-up, before the first): taken before the rescaling, so above γ² when
+    /// that step rescaled W. Reads the device (a synchronisation).
+    pub fn sigma_sq(&self, bk: &B) -> Result<f64> {
+        Ok(bk.download(&self.norm)?[0].f64())
     }
 }
 

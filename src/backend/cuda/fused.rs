@@ -1,7 +1,7 @@
 //! Fused phases (`kernels/fused.cu`): a whole nudged phase of the layered energy, or
 //! all the sweeps of a Hopfield phase, in one launch instead of a few launches and
-//! GEMMs per sweep and layer; and Newton–Schulz's Gram-space iteration for Gram
-//! matrices of at most [`NS_MAX_K`]² (an output layer's), in one launch instead of 26.
+//! GEMMs per sweep and layer. (The optimizer's small-matrix iterations are fused in
+//! [`super::gram`].)
 //!
 //! When: every block settles one sample with its states in shared memory and the
 //! couplings W_2 … W_L read from L1/L2, so the fused kernel pays off while the
@@ -181,6 +181,7 @@ impl Cuda {
             check_part(WHAT, "a", ph.a[l].len(), n)?;
             check_part(WHAT, "e", ph.e[l].len(), n)?;
         }
+        check_part(WHAT, "rowres", ph.rowres.len(), ph.net.rows)?;
         let steps = dim32("settle steps", ph.steps)?;
         let (beta, omega) = (ph.beta as f32, ph.omega as f32);
         let (a, e) = (self.slot_ptrs(ph.a), self.slot_ptrs(ph.e));
@@ -192,6 +193,7 @@ impl Cuda {
         for v in a.iter().chain(&e) {
             lb.arg(v);
         }
+        lb.arg(&mut *ph.rowres);
         // SAFETY: the argument list matches layered_nudged_phase's signature in
         // kernels/fused.cu; every buffer was checked above to hold what the kernel
         // reads or writes for `rows` rows of the given widths.
@@ -225,43 +227,5 @@ impl Cuda {
         unsafe { lb.launch(row_blocks(args.grid)) }
             .map(|_| true)
             .map_err(|e| MepError::Cuda(format!("launching hopfield_settle_phase: {e:?}")))
-    }
-}
-
-/// Largest Gram size k (k × k, k = min(rows, cols) of the matrix) of the fused
-/// Newton–Schulz iteration (`MEP_NS_MAX`: four k × k arrays in shared memory). Above
-/// it, cuBLAS's GEMMs use many multiprocessors where the kernel has one block.
-pub const NS_MAX_K: usize = 32;
-
-impl Cuda {
-    /// [`Backend::ns_gram_poly`] on CUDA.
-    pub(super) fn ns_gram_poly_fused(
-        &self,
-        k: usize,
-        steps: usize,
-        coeffs: (f64, f64, f64),
-        gram: &CudaSlice<f32>,
-        q: &mut CudaSlice<f32>,
-    ) -> Result<bool> {
-        if !self.fused() || k == 0 || k > NS_MAX_K || steps == 0 {
-            return Ok(false);
-        }
-        check_len("ns_gram_poly gram", gram.len(), k * k)?;
-        check_len("ns_gram_poly q", q.len(), k * k)?;
-        let (k32, steps32) = (k as u32, dim32("Newton–Schulz steps", steps)?);
-        let (a, b, c) = (coeffs.0 as f32, coeffs.1 as f32, coeffs.2 as f32);
-        let f = self.kernel("ns_gram_poly")?;
-        let mut lb = self.inner.stream.launch_builder(f);
-        lb.arg(&k32).arg(&steps32).arg(&a).arg(&b).arg(&c).arg(gram).arg(q);
-        let cfg = LaunchConfig {
-            grid_dim: (1, 1, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: the arguments match ns_gram_poly's signature in kernels/fused.cu;
-        // gram and q hold k × k floats (checked above).
-        unsafe { lb.launch(cfg) }
-            .map(|_| true)
-            .map_err(|e| MepError::Cuda(format!("launching ns_gram_poly: {e:?}")))
     }
 }

@@ -13,7 +13,8 @@
 //! This file holds the backend itself (device, stream, buffers) and its
 //! [`Backend`] implementation, which hands each primitive to the file of its family;
 //! those follow `kernels/`: `settle` (element-wise forward and settling kernels),
-//! `cost`, `reduce`, `optim`, `data`, [`fused`] (whole phases in one launch), plus
+//! `cost`, `reduce`, `optim`, `data`, [`fused`] (whole phases in one launch), [`gram`]
+//! (small-matrix iterations in one launch), plus
 //! `gemm` (cuBLAS), `graph` (captured steps) and `libs` (what the CUDA libraries must
 //! export).
 
@@ -37,6 +38,7 @@ mod data;
 pub mod fused;
 mod gemm;
 pub mod gemm_map;
+pub mod gram;
 mod graph;
 #[cfg(feature = "host-kernels")]
 pub mod host;
@@ -671,6 +673,20 @@ impl Backend for Cuda {
         q: &mut CudaSlice<f32>,
     ) -> Result<bool> {
         self.ns_gram_poly_fused(k, steps, coeffs, gram, q)
+    }
+
+    fn spectral_power(
+        &self,
+        rows: usize,
+        cols: usize,
+        squarings: usize,
+        iters: usize,
+        w: &mut CudaSlice<f32>,
+        u: &mut CudaSlice<f32>,
+        norm: &mut CudaSlice<f32>,
+        gamma: Option<f64>,
+    ) -> Result<bool> {
+        self.spectral_power_fused(rows, cols, squarings, iters, w, u, norm, gamma)
     }
 
     // ---- graph.rs ----

@@ -1,0 +1,181 @@
+// Small-matrix iterations in one block: Newton–Schulz's polynomial iteration in Gram
+// space (ns_gram_poly) and the spectral constraint's power iteration (spectral_power),
+// for matrices whose small side k is at most 32 (an output layer's: the seed's W_2 is
+// 10×128). Each replaces a chain of tiny GEMMs and reductions (26 and 45 launches for
+// the seed) by one launch: on a GPU those chains cost a few microseconds per launch
+// while doing almost no arithmetic. The arithmetic is the one
+// src/optim/newton_schulz.rs and src/optim/spectral.rs issue with GEMMs, operation for
+// operation; only the order of the sums inside the products differs from cuBLAS's.
+//
+// Launch: one block of MEP_GRAM_THREADS threads (1-D). The host checks k ≤ MEP_GRAM_MAX
+// (src/backend/cuda/gram.rs).
+#include "common.cuh"
+
+#define MEP_GRAM_MAX 32
+#define MEP_GRAM_THREADS 256
+
+// Sum over the block of one value per thread (deterministic: fixed tree); every
+// thread gets the result. `sh` holds MEP_GRAM_THREADS floats.
+__device__ __forceinline__ float mep_gram_sum(float v, float* sh) {
+    u32 t = threadIdx.x;
+    __syncthreads();
+    sh[t] = v;
+    __syncthreads();
+    for (u32 s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (t < s) sh[t] += sh[t + s];
+        __syncthreads();
+    }
+    float r = sh[0];
+    __syncthreads();
+    return r;
+}
+
+// ns_gram_poly: Newton–Schulz's polynomial iteration in Gram space for k ≤ 32, as
+// src/optim/newton_schulz.rs's `orthogonalize` issues it with GEMMs: from A = gram
+// (k × k, row-major) and Q = I, each of `steps` (≥ 1) iterations forms
+// P = b·A + a·I, then P ← c·(A·A) + P, Q ← P·Q (Q = P at the first), and, but for the
+// last, A ← (P·A)·P. Writes Q to q; gram is not modified.
+// Launch: one block of MEP_GRAM_THREADS threads (1-D).
+extern "C" __global__ void ns_gram_poly(u32 k, u32 steps, float a, float b, float c,
+                                        const float* __restrict__ gram, float* __restrict__ q) {
+    __shared__ float sA[MEP_GRAM_MAX * MEP_GRAM_MAX];
+    __shared__ float sP[MEP_GRAM_MAX * MEP_GRAM_MAX];
+    __shared__ float sQ[MEP_GRAM_MAX * MEP_GRAM_MAX];
+    __shared__ float sT[MEP_GRAM_MAX * MEP_GRAM_MAX];
+    const u32 tid = threadIdx.x, nt = blockDim.x, kk = k * k;
+    for (u32 i = tid; i < kk; i += nt) sA[i] = gram[i];
+    __syncthreads();
+    for (u32 it = 0; it < steps; it++) {
+        for (u32 i = tid; i < kk; i += nt) {
+            u32 r = i / k, col = i - r * k;
+            sP[i] = b * sA[i] + a * (r == col ? 1.0f : 0.0f);
+        }
+        __syncthreads();
+        for (u32 i = tid; i < kk; i += nt) {
+            u32 r = i / k, col = i - r * k;
+            float acc = 0.0f;
+            for (u32 m = 0; m < k; m++) acc += sA[r * k + m] * sA[m * k + col];
+            sP[i] = c * acc + sP[i];
+        }
+        __syncthreads();
+        if (it == 0) {
+            for (u32 i = tid; i < kk; i += nt) sQ[i] = sP[i];
+        } else {
+            for (u32 i = tid; i < kk; i += nt) {
+                u32 r = i / k, col = i - r * k;
+                float acc = 0.0f;
+                for (u32 m = 0; m < k; m++) acc += sP[r * k + m] * sQ[m * k + col];
+                sT[i] = acc;
+            }
+            __syncthreads();
+            for (u32 i = tid; i < kk; i += nt) sQ[i] = sT[i];
+        }
+        __syncthreads();
+        if (it + 1 < steps) {
+            for (u32 i = tid; i < kk; i += nt) {
+                u32 r = i / k, col = i - r * k;
+                float acc = 0.0f;
+                for (u32 m = 0; m < k; m++) acc += sP[r * k + m] * sA[m * k + col];
+                sT[i] = acc;
+            }
+            __syncthreads();
+            for (u32 i = tid; i < kk; i += nt) {
+                u32 r = i / k, col = i - r * k;
+                float acc = 0.0f;
+                for (u32 m = 0; m < k; m++) acc += sT[r * k + m] * sP[m * k + col];
+                sA[i] = acc;
+            }
+            __syncthreads();
+        }
+    }
+    for (u32 i = tid; i < kk; i += nt) q[i] = sQ[i];
+}
+
+// spectral_power: the spectral constraint's estimate of σ(W) and the constraint, as
+// src/optim/spectral.rs's `estimate` and `constrain` issue them, for a rows × cols
+// row-major W with k = min(rows, cols) ≤ MEP_GRAM_MAX:
+//   G = W·Wᵀ (rows ≤ cols) or Wᵀ·W (k × k);
+//   `squarings` times: T = G·G, then G = T/(‖T‖_F + 1e−30) after squarings 1, 3, 5, …
+//     and the last, G = T after the others;
+//   max(iters, 1) times: h = uᵀG (u as a row), u = h/(‖h‖ + 1e−30);
+//   σ̂² = ‖uᵀW‖² (rows ≤ cols) or ‖W·u‖², written to norm[0];
+//   with clamp ≠ 0 and σ̂ > γ: W ← W·γ/σ̂.
+// u (k values) is read and written.
+// Launch: one block of MEP_GRAM_THREADS threads (1-D).
+extern "C" __global__ void spectral_power(u32 rows, u32 cols, u32 squarings, u32 iters,
+                                          float* __restrict__ w, float* __restrict__ u,
+                                          float* __restrict__ norm, float gamma, u32 clamp) {
+    __shared__ float sG[MEP_GRAM_MAX * MEP_GRAM_MAX];
+    __shared__ float sT[MEP_GRAM_MAX * MEP_GRAM_MAX];
+    __shared__ float sU[MEP_GRAM_MAX];
+    __shared__ float sH[MEP_GRAM_MAX];
+    __shared__ float sRed[MEP_GRAM_THREADS];
+    const u32 tid = threadIdx.x, nt = blockDim.x;
+    const u32 lane = tid & 31u, warp = tid >> 5, warps = nt >> 5;
+    const bool wide = rows <= cols;
+    const u32 k = wide ? rows : cols, n = wide ? cols : rows, kk = k * k;
+    // The Gram matrix: one warp per entry, the lanes striding over the long side.
+    for (u32 e = warp; e < kk; e += warps) {
+        const u32 i = e / k, j = e - (e / k) * k;
+        float acc = 0.0f;
+        if (wide)
+            for (u32 t = lane; t < n; t += 32) acc += w[(u64)i * cols + t] * w[(u64)j * cols + t];
+        else
+            for (u32 t = lane; t < n; t += 32) acc += w[(u64)t * cols + i] * w[(u64)t * cols + j];
+        for (u32 o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+        if (lane == 0) sG[e] = acc;
+    }
+    __syncthreads();
+    // H = G^(2^squarings), normalised as the GEMM loop does.
+    for (u32 s = 0; s < squarings; s++) {
+        float ss = 0.0f;
+        for (u32 e = tid; e < kk; e += nt) {
+            const u32 i = e / k, j = e - (e / k) * k;
+            float acc = 0.0f;
+            for (u32 m = 0; m < k; m++) acc += sG[i * k + m] * sG[m * k + j];
+            sT[e] = acc;
+            ss += acc * acc;
+        }
+        const bool normalise = s % 2 == 0 || s + 1 == squarings;
+        const float inv = normalise ? 1.0f / (sqrtf(mep_gram_sum(ss, sRed)) + 1e-30f) : 1.0f;
+        __syncthreads();
+        for (u32 e = tid; e < kk; e += nt) sG[e] = normalise ? sT[e] * inv : sT[e];
+        __syncthreads();
+    }
+    // Power iterations on H.
+    for (u32 i = tid; i < k; i += nt) sU[i] = u[i];
+    __syncthreads();
+    const u32 its = iters > 0 ? iters : 1;
+    for (u32 it = 0; it < its; it++) {
+        float ss = 0.0f;
+        for (u32 c = tid; c < k; c += nt) {
+            float acc = 0.0f;
+            for (u32 m = 0; m < k; m++) acc += sU[m] * sG[m * k + c];
+            sH[c] = acc;
+            ss += acc * acc;
+        }
+        const float inv = 1.0f / (sqrtf(mep_gram_sum(ss, sRed)) + 1e-30f);
+        for (u32 c = tid; c < k; c += nt) sU[c] = sH[c] * inv;
+        __syncthreads();
+    }
+    for (u32 i = tid; i < k; i += nt) u[i] = sU[i];
+    // σ̂² = ‖uᵀW‖² (wide) or ‖W·u‖² (tall): a thread per entry of the product.
+    float ss = 0.0f;
+    for (u32 t = tid; t < n; t += nt) {
+        float acc = 0.0f;
+        if (wide)
+            for (u32 r = 0; r < k; r++) acc += sU[r] * w[(u64)r * cols + t];
+        else
+            for (u32 c = 0; c < k; c++) acc += w[(u64)t * cols + c] * sU[c];
+        ss += acc * acc;
+    }
+    const float sigma_sq = mep_gram_sum(ss, sRed);
+    if (tid == 0) norm[0] = sigma_sq;
+    // The constraint (every read of W is behind the barrier of the sum above).
+    const float sigma = sqrtf(sigma_sq);
+    if (clamp != 0 && sigma > gamma) {
+        const float f = gamma / sigma;
+        const u64 len = (u64)rows * cols;
+        for (u64 i = tid; i < len; i += nt) w[i] = w[i] * f;
+    }
+}
