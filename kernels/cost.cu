@@ -62,11 +62,14 @@ extern "C" __global__ void cost_grad(u64 rows, u32 classes, const float* __restr
 //   partial[2b] = Σ C(o, y) and partial[2b + 1] = #(argmax(o) == y) over the rows of
 //   block b, where cross-entropy C = Σ_k q_k (lse − o_k), squared error
 //   C = ½ Σ_k (o_k − onehot_k)². Each warp row sums its rows in grid-stride order,
-//   then thread (0, 0) adds the warp rows in order.
+//   then thread (0, 0) adds the warp rows in order. With accumulate ≠ 0 (a grid of one
+//   block: small batches) the block's sums are added to partial[0] and partial[1]
+//   instead, which is then the statistics buffer itself: what reduce_partials would
+//   leave there, without its launch.
 // Launch: block (32, 8), see the top of the file; blockDim.y ≤ 32.
 extern "C" __global__ void cost_stats_partial(u64 rows, u32 classes, const float* __restrict__ o,
                                               const u32* __restrict__ labels, u32 loss, float eps,
-                                              float* __restrict__ partial) {
+                                              u32 accumulate, float* __restrict__ partial) {
     __shared__ float sh_cost[32];
     __shared__ float sh_hits[32];
     float cost = 0.0f, hits = 0.0f;
@@ -100,8 +103,13 @@ extern "C" __global__ void cost_stats_partial(u64 rows, u32 classes, const float
             tc += sh_cost[w];
             th += sh_hits[w];
         }
-        partial[2 * (u64)blockIdx.x] = tc;
-        partial[2 * (u64)blockIdx.x + 1] = th;
+        if (accumulate) {
+            partial[0] = partial[0] + tc;
+            partial[1] = partial[1] + th;
+        } else {
+            partial[2 * (u64)blockIdx.x] = tc;
+            partial[2 * (u64)blockIdx.x + 1] = th;
+        }
     }
 }
 

@@ -16,6 +16,21 @@ extern "C" __global__ void gather_rows(u64 count, u64 row_len, const float* __re
     }
 }
 
+// gather_batch: gather_rows of src into dst and gather_labels of lsrc into ldst through
+// the same indices, in one pass (the label of row i by the thread of its element 0).
+// Launch: 1-D grid-stride over count·row_len (row_len ≥ 1).
+extern "C" __global__ void gather_batch(u64 count, u64 row_len, const float* __restrict__ src,
+                                        u64 src_rows, const u32* __restrict__ lsrc, u64 lsrc_len,
+                                        const u32* __restrict__ idx, u64 start,
+                                        float* __restrict__ dst, u32* __restrict__ ldst) {
+    MEP_GRID_STRIDE(i, count * row_len) {
+        u64 row = i / row_len, col = i - row * row_len;
+        u64 r = idx[start + row];
+        dst[i] = r < src_rows ? src[r * row_len + col] : 0.0f;
+        if (col == 0) ldst[row] = r < lsrc_len ? lsrc[r] : 0u;
+    }
+}
+
 // gather_labels: dst[i] = src[idx[start + i]] for i < count (0 when out of range).
 // Launch: 1-D grid-stride over count.
 extern "C" __global__ void gather_labels(u64 count, const u32* __restrict__ src, u64 src_len,

@@ -1,7 +1,8 @@
-// Small-matrix iterations in one block: Newton–Schulz's polynomial iteration in Gram
-// space (ns_gram_poly) and the spectral constraint's power iteration (spectral_power),
+// Small-matrix iterations in one block: Newton–Schulz's orthogonalisation
+// (ns_orthogonalize, or its Gram-space iteration alone: ns_gram_poly) and the spectral
+// constraint's power iteration (spectral_power),
 // for matrices whose small side k is at most 32 (an output layer's: the seed's W_2 is
-// 10×128). Each replaces a chain of tiny GEMMs and reductions (26 and 45 launches for
+// 10×128). Each replaces a chain of tiny GEMMs and reductions (31 and 45 launches for
 // the seed) by one launch: on a GPU those chains cost a few microseconds per launch
 // while doing almost no arithmetic. The arithmetic is the one
 // src/optim/newton_schulz.rs and src/optim/spectral.rs issue with GEMMs, operation for
@@ -30,20 +31,15 @@ __device__ __forceinline__ float mep_gram_sum(float v, float* sh) {
     return r;
 }
 
-// ns_gram_poly: Newton–Schulz's polynomial iteration in Gram space for k ≤ 32, as
-// src/optim/newton_schulz.rs's `orthogonalize` issues it with GEMMs: from A = gram
-// (k × k, row-major) and Q = I, each of `steps` (≥ 1) iterations forms
-// P = b·A + a·I, then P ← c·(A·A) + P, Q ← P·Q (Q = P at the first), and, but for the
-// last, A ← (P·A)·P. Writes Q to q; gram is not modified.
-// Launch: one block of MEP_GRAM_THREADS threads (1-D).
-extern "C" __global__ void ns_gram_poly(u32 k, u32 steps, float a, float b, float c,
-                                        const float* __restrict__ gram, float* __restrict__ q) {
-    __shared__ float sA[MEP_GRAM_MAX * MEP_GRAM_MAX];
-    __shared__ float sP[MEP_GRAM_MAX * MEP_GRAM_MAX];
-    __shared__ float sQ[MEP_GRAM_MAX * MEP_GRAM_MAX];
-    __shared__ float sT[MEP_GRAM_MAX * MEP_GRAM_MAX];
+// The polynomial iteration of Newton–Schulz in Gram space on the k × k matrix in sA
+// (k ≤ MEP_GRAM_MAX, row-major), as src/optim/newton_schulz.rs's `orthogonalize` issues
+// it with GEMMs: from Q = I, each of `steps` (≥ 1) iterations forms P = b·A + a·I,
+// then P ← c·(A·A) + P, Q ← P·Q (Q = P at the first), and, but for the last,
+// A ← (P·A)·P. Leaves Q in sQ; sA is overwritten; sP and sT are scratch. Every thread
+// of the block must call it; it starts and ends with a barrier.
+__device__ void mep_ns_poly(u32 k, u32 steps, float a, float b, float c, float* sA, float* sP,
+                            float* sQ, float* sT) {
     const u32 tid = threadIdx.x, nt = blockDim.x, kk = k * k;
-    for (u32 i = tid; i < kk; i += nt) sA[i] = gram[i];
     __syncthreads();
     for (u32 it = 0; it < steps; it++) {
         for (u32 i = tid; i < kk; i += nt) {
@@ -88,7 +84,75 @@ extern "C" __global__ void ns_gram_poly(u32 k, u32 steps, float a, float b, floa
             __syncthreads();
         }
     }
+}
+
+// ns_gram_poly: mep_ns_poly from A = gram (k × k, row-major; not modified), the final
+// Q written to q. (For matrices too long for ns_orthogonalize: the Gram matrix and
+// the final product stay with cuBLAS.)
+// Launch: one block of MEP_GRAM_THREADS threads (1-D).
+extern "C" __global__ void ns_gram_poly(u32 k, u32 steps, float a, float b, float c,
+                                        const float* __restrict__ gram, float* __restrict__ q) {
+    __shared__ float sA[MEP_GRAM_MAX * MEP_GRAM_MAX];
+    __shared__ float sP[MEP_GRAM_MAX * MEP_GRAM_MAX];
+    __shared__ float sQ[MEP_GRAM_MAX * MEP_GRAM_MAX];
+    __shared__ float sT[MEP_GRAM_MAX * MEP_GRAM_MAX];
+    const u32 tid = threadIdx.x, nt = blockDim.x, kk = k * k;
+    for (u32 i = tid; i < kk; i += nt) sA[i] = gram[i];
+    mep_ns_poly(k, steps, a, b, c, sA, sP, sQ, sT);
     for (u32 i = tid; i < kk; i += nt) q[i] = sQ[i];
+}
+
+// ns_orthogonalize: the whole of `orthogonalize` (src/optim/newton_schulz.rs) for a
+// rows × cols row-major u with k = min(rows, cols) ≤ MEP_GRAM_MAX:
+//   X₀ = u/(‖u‖_F + 1e−7);  A = X₀X₀ᵀ (rows ≤ cols) or X₀ᵀX₀;
+//   steps = 0: x = X₀;  else mep_ns_poly → Q and x = Q·X₀ (rows ≤ cols) or X₀·Q.
+// X₀ is not stored: its entries are formed as u·(1/(‖u‖ + 1e−7)) where read, with
+// the rounding of the stored X₀ of the GEMM path.
+// Launch: one block of MEP_GRAM_THREADS threads (1-D).
+extern "C" __global__ void ns_orthogonalize(u32 rows, u32 cols, u32 steps, float a, float b,
+                                            float c, const float* __restrict__ u,
+                                            float* __restrict__ x) {
+    __shared__ float sA[MEP_GRAM_MAX * MEP_GRAM_MAX];
+    __shared__ float sP[MEP_GRAM_MAX * MEP_GRAM_MAX];
+    __shared__ float sQ[MEP_GRAM_MAX * MEP_GRAM_MAX];
+    __shared__ float sT[MEP_GRAM_MAX * MEP_GRAM_MAX];
+    __shared__ float sRed[MEP_GRAM_THREADS];
+    const u32 tid = threadIdx.x, nt = blockDim.x;
+    const u32 lane = tid & 31u, warp = tid >> 5, warps = nt >> 5;
+    const bool wide = rows <= cols;
+    const u32 k = wide ? rows : cols, n = wide ? cols : rows, kk = k * k;
+    const u64 len = (u64)rows * cols;
+    float ss = 0.0f;
+    for (u64 i = tid; i < len; i += nt) ss += u[i] * u[i];
+    const float inv = 1.0f / (sqrtf(mep_gram_sum(ss, sRed)) + 1e-7f);
+    if (steps == 0) {
+        for (u64 i = tid; i < len; i += nt) x[i] = u[i] * inv;
+        return;
+    }
+    // A = X₀X₀ᵀ or X₀ᵀX₀: one warp per entry, the lanes striding over the long side.
+    for (u32 e = warp; e < kk; e += warps) {
+        const u32 i = e / k, j = e - (e / k) * k;
+        float acc = 0.0f;
+        if (wide)
+            for (u32 t = lane; t < n; t += 32)
+                acc += (u[(u64)i * cols + t] * inv) * (u[(u64)j * cols + t] * inv);
+        else
+            for (u32 t = lane; t < n; t += 32)
+                acc += (u[(u64)t * cols + i] * inv) * (u[(u64)t * cols + j] * inv);
+        for (u32 o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+        if (lane == 0) sA[e] = acc;
+    }
+    mep_ns_poly(k, steps, a, b, c, sA, sP, sQ, sT);
+    // x = Q·X₀ (wide: x[i, t] = Σ_m Q[i, m]·X₀[m, t]) or X₀·Q (tall).
+    for (u64 e = tid; e < len; e += nt) {
+        const u64 r = e / cols, t = e - r * cols;
+        float acc = 0.0f;
+        if (wide)
+            for (u32 m = 0; m < k; m++) acc += sQ[r * k + m] * (u[(u64)m * cols + t] * inv);
+        else
+            for (u32 m = 0; m < k; m++) acc += (u[r * cols + m] * inv) * sQ[m * k + t];
+        x[e] = acc;
+    }
 }
 
 // spectral_power: the spectral constraint's estimate of σ(W) and the constraint, as

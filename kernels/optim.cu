@@ -14,6 +14,24 @@ extern "C" __global__ void axpby(u64 n, float alpha, const float* __restrict__ x
     }
 }
 
+// lincomb: y ← α·x + β·z (y's old contents are ignored). Launch: 1-D grid-stride over n.
+extern "C" __global__ void lincomb(u64 n, float alpha, const float* __restrict__ x, float beta,
+                                   const float* __restrict__ z, float* __restrict__ y) {
+    MEP_GRID_STRIDE(i, n) { y[i] = alpha * x[i] + beta * z[i]; }
+}
+
+// nesterov: m ← 1·g + μ·m, then u ← 1·g + μ·m with the new m (axpby then lincomb,
+// in one pass). Launch: 1-D grid-stride over n.
+extern "C" __global__ void nesterov(u64 n, float mu, const float* __restrict__ g,
+                                    float* __restrict__ m, float* __restrict__ u) {
+    MEP_GRID_STRIDE(i, n) {
+        float gi = g[i];
+        float mi = 1.0f * gi + mu * m[i];
+        m[i] = mi;
+        u[i] = 1.0f * gi + mu * mi;
+    }
+}
+
 // fill: y ← value. Launch: 1-D grid-stride over n.
 extern "C" __global__ void fill(u64 n, float value, float* __restrict__ y) {
     MEP_GRID_STRIDE(i, n) { y[i] = value; }

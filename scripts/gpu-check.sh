@@ -24,8 +24,12 @@
 # It keeps going when a check fails and exits 1 if any did; 2 when there is no GPU
 # (no nvidia-smi); 3 when the bundle is missing.
 #
-# Output goes to ${OUT:-gpu-out}/ in five files (few, so that a device call can bring
-# them all back): env.txt, tests.log, bench.log, bench.jsonl, summary.md.
+#   6. profiles a few seed steps with Nsight Compute where the machine has it
+#      (PROFILE=0 skips it): the GPU time of each kernel per step;
+#   7. the sweep of epoch time against batch size and width (SWEEP=0 skips it).
+# Output goes to ${OUT:-gpu-out}/ in few files (so that a device call can bring them
+# all back): env.txt, tests.log, bench.log, bench.jsonl, summary.md, and profile.csv
+# and profile.md when profiled.
 # Environment: GPU_BUNDLE (default gpu-bundle), CHECK_TIMEOUT (seconds per check,
 # default 90), PREFLIGHT_TIMEOUT (default 60), DEADLINE (default 420),
 # CPU_THREADS (default min(16, nproc)).
@@ -310,6 +314,54 @@ print('%.4f %.2f %.0f' % (d['test_acc'], d['epoch_seconds'], d['samples_per_sec'
     write_summary
 done
 
+# ---- profile: where a seed step's GPU time goes (Nsight Compute, if the machine has it) ---
+# ncu times each kernel of a few steady-state steps of the seed configuration (graphs on;
+# ncu profiles a graph's kernel nodes one by one, serialised); profile.md gets the time
+# per kernel and per step, to hold against the ms per step measured above: the
+# difference is what launching costs. Skipped without ncu (it needs the hardware
+# counters: Firecracker machines have them, gVisor ones do not, see the device notes).
+profile_md="$outdir/profile.md"
+ncu_bin="$(command -v ncu 2>/dev/null || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -n 1)"
+if [ "${PROFILE:-1}" = 1 ] && [ -n "$ncu_bin" ] && ! past_deadline; then
+    say "profiling a few seed steps with $ncu_bin"
+    start="$(now)"
+    timeout "${PROFILE_TIMEOUT:-150}" "$ncu_bin" --clock-control none --metrics gpu__time_duration.sum --print-units base \
+        --launch-skip "${PROFILE_SKIP:-1500}" --launch-count "${PROFILE_COUNT:-260}" --csv \
+        "$bundle/bin/mep-mnist" --device cuda --train-subset 6400 --data-dir "$bundle/mnist" --json \
+        >"$outdir/profile.csv" 2>>"$bench_log"
+    rc=$?
+    python3 - "$outdir/profile.csv" >"$profile_md" 2>&1 <<'PY'
+import csv, sys
+from collections import OrderedDict
+rows = list(csv.reader(open(sys.argv[1], errors="replace")))
+head = [i for i, r in enumerate(rows) if "Kernel Name" in r and "Metric Value" in r]
+if not head:
+    print("no ncu rows (see bench.log)")
+    sys.exit(0)
+h = rows[head[0]]
+name, metric, value = h.index("Kernel Name"), h.index("Metric Name"), h.index("Metric Value")
+per = OrderedDict()
+for r in rows[head[0] + 1:]:
+    if len(r) != len(h) or r[metric] != "gpu__time_duration.sum":
+        continue
+    ns = float(r[value].replace(",", ""))
+    k = r[name].split("(")[0][:60]
+    c, t = per.get(k, (0, 0.0))
+    per[k] = (c + 1, t + ns)
+steps = max(per.get("gather_rows", (1, 0))[0], 1)
+total = sum(t for _, t in per.values())
+print("### GPU time per kernel, seed step (ncu, %d steps profiled, graphs on)" % steps)
+print()
+print("| kernel | launches per step | µs per step | µs per launch |")
+print("| --- | ---: | ---: | ---: |")
+for k, (c, t) in sorted(per.items(), key=lambda kv: -kv[1][1]):
+    print("| %s | %.1f | %.2f | %.2f |" % (k, c / steps, t / steps / 1e3, t / c / 1e3))
+print()
+print("Kernel time per step: %.1f µs over %.1f launches (compare the graph run's ms per step)." % (total / steps / 1e3, sum(c for c, _ in per.values()) / steps))
+PY
+    echo "===== profile: ncu exit $rc after $(elapsed "$start" "$(now)")s =====" >>"$bench_log"
+fi
+
 # ---- sweep: epoch time against batch size and width (issue 7's table) ------------------
 # Runs while time is left before SWEEP_DEADLINE (default DEADLINE + 30 s); its rows go to
 # bench.jsonl (with "sweep": true) and to the summary's second table. A sweep row that
@@ -357,6 +409,7 @@ fi
 
 write_summary final
 [ "${SWEEP:-1}" = 1 ] && write_sweep
+[ -s "$profile_md" ] && { echo; cat "$profile_md"; } >>"$summary"
 cat "$summary"
 rm -rf "$link_dir"
 exit "$failed"

@@ -98,8 +98,7 @@ fn load_batch<B: Backend>(
     start: usize,
     rows: usize,
 ) -> Result<()> {
-    bk.gather_rows(&data.x, data.features, perm, start, rows, &mut ws.x)?;
-    bk.gather_labels(&data.y, perm, start, rows, &mut ws.y)
+    bk.gather_batch(&data.x, data.features, &data.y, perm, start, rows, &mut ws.x, &mut ws.y)
 }
 
 /// What one epoch measured.

@@ -436,6 +436,18 @@ fn reductions<T: Scalar>() {
             let mut y = to::<T>(&y0);
             cpu.axpby(alpha, &to(&x), beta, &mut y).unwrap();
             close(&format!("axpby {n} β={beta}"), seed, &y, &want);
+            // lincomb: y = αx + βz, whatever y held (NaN here)
+            let mut y = to::<T>(&vec![f64::NAN; n]);
+            cpu.lincomb(alpha, &to(&x), beta, &to(&y0), &mut y).unwrap();
+            close(&format!("lincomb {n} β={beta}"), seed, &y, &want);
+            // nesterov: m ← μm + g, then u ← g + μm (the new m)
+            let mu = 0.5 + beta.abs();
+            let (mut m, mut u) = (to::<T>(&y0), to::<T>(&vec![f64::NAN; n]));
+            cpu.nesterov(mu, &to(&x), &mut m, &mut u).unwrap();
+            let want_m: Vec<f64> = x.iter().zip(&y0).map(|(g, m)| g + mu * m).collect();
+            let want_u: Vec<f64> = x.iter().zip(&want_m).map(|(g, m)| g + mu * m).collect();
+            close(&format!("nesterov m {n} μ={mu}"), seed, &m, &want_m);
+            close(&format!("nesterov u {n} μ={mu}"), seed, &u, &want_u);
         }
         // sum_sq
         let mut out = to::<T>(&[f64::NAN]);
@@ -800,6 +812,16 @@ fn short_buffers_are_shape_errors() {
     );
     let c = cpu.clone();
     check("axpby", Box::new(move || c.axpby(1.0, &short(), 1.0, &mut full())));
+    let c = cpu.clone();
+    check(
+        "lincomb x",
+        Box::new(move || c.lincomb(1.0, &short(), 1.0, &full(), &mut full())),
+    );
+    let c = cpu.clone();
+    check(
+        "lincomb z",
+        Box::new(move || c.lincomb(1.0, &full(), 1.0, &short(), &mut full())),
+    );
     let c = cpu.clone();
     check(
         "bias_act z",

@@ -181,6 +181,7 @@ fn elementwise_settle_kernels() {
 fn cost_kernels() {
     let Some(gpu) = gpu() else { return };
     let cpu = Cpu::<f32>::new();
+    let mut case = 0;
     for loss in [
         Loss::CrossEntropy { label_smoothing: 0.0 },
         Loss::CrossEntropy { label_smoothing: 0.1 },
@@ -188,7 +189,10 @@ fn cost_kernels() {
     ] {
         for classes in [1, 10, 33, 1000] {
             let (seed, mut r) = rng();
-            let rows = [1, 9, 64, 300][r.below(4) as usize];
+            // Up to 512 rows the statistics are one launch, above it two passes: every
+            // size comes round among the 12 (loss, classes) cases.
+            case += 1;
+            let rows = [1, 9, 64, 300, 512, 513, 1100][(case + r.below(2) as usize) % 7];
             let mut o = randn(&mut r, rows * classes, 3.0);
             if rows > 1 && classes > 1 {
                 o[classes + 1] = o[classes]; // a tie
@@ -292,6 +296,21 @@ fn reductions_and_optimizer_kernels() {
             let mut yg = gpu.upload(&y0).unwrap();
             gpu.axpby(1.5, &xg, beta, &mut yg).unwrap();
             close(&format!("axpby β={beta}"), seed, &gpu.download(&yg).unwrap(), &yc);
+            // lincomb into a NaN-filled third buffer.
+            let z = randn(&mut r, x.len(), 1.0);
+            let mut lc = vec![f32::NAN; x.len()];
+            cpu.lincomb(1.5, &x, beta, &z, &mut lc).unwrap();
+            let mut lg = gpu.upload(&vec![f32::NAN; x.len()]).unwrap();
+            gpu.lincomb(1.5, &xg, beta, &gpu.upload(&z).unwrap(), &mut lg).unwrap();
+            close(&format!("lincomb β={beta}"), seed, &gpu.download(&lg).unwrap(), &lc);
+            // nesterov: the kernel against the CPU's axpby then lincomb.
+            let (mut mc, mut uc) = (z.clone(), vec![f32::NAN; x.len()]);
+            cpu.nesterov(0.9, &x, &mut mc, &mut uc).unwrap();
+            let mut mg = gpu.upload(&z).unwrap();
+            let mut ug = gpu.upload(&vec![f32::NAN; x.len()]).unwrap();
+            gpu.nesterov(0.9, &xg, &mut mg, &mut ug).unwrap();
+            close("nesterov m", seed, &gpu.download(&mg).unwrap(), &mc);
+            close("nesterov u", seed, &gpu.download(&ug).unwrap(), &uc);
         }
 
         let mut fg = gpu.zeros(x.len()).unwrap();
@@ -362,6 +381,19 @@ fn gathers() {
     gpu.gather_labels(&gpu.upload_labels(&labels).unwrap(), &ig, start, count, &mut lg)
         .unwrap();
     assert_eq!(gpu.download_labels(&lg).unwrap(), lc, "gather_labels (seed {seed})");
+
+    // Both in one launch, into buffers holding garbage.
+    let mut bx = gpu.upload(&vec![f32::NAN; count * row_len]).unwrap();
+    let mut by = gpu.upload_labels(&vec![u32::MAX; count]).unwrap();
+    let (sg, lgs) = (gpu.upload(&src).unwrap(), gpu.upload_labels(&labels).unwrap());
+    gpu.gather_batch(&sg, row_len, &lgs, &ig, start, count, &mut bx, &mut by)
+        .unwrap();
+    assert_eq!(gpu.download(&bx).unwrap(), dc, "gather_batch rows (seed {seed})");
+    assert_eq!(
+        gpu.download_labels(&by).unwrap(),
+        lc,
+        "gather_batch labels (seed {seed})"
+    );
 }
 
 #[test]
@@ -745,21 +777,36 @@ fn two_backends_of_one_device_work_side_by_side() {
     close("backend b", seed, &b.download(&cb).unwrap(), &want2);
 }
 
-/// The fused Gram-space Newton–Schulz iteration (k ≤ 32, `kernels/fused.cu`) against
-/// the CPU's GEMM loop and the CUDA backend's own: whole orthogonalisations of random
-/// wide and tall matrices whose smaller side is 1–32 (and one just above, which must
-/// take the GEMM path), for 1–6 iterations.
+/// The fused Newton–Schulz kernels (k ≤ 32, `kernels/gram.cu`: the whole
+/// orthogonalisation, or the Gram-space iteration alone for matrices longer than
+/// 65 536) against the CPU's GEMM loop and the CUDA backend's own: whole
+/// orthogonalisations of random wide and tall matrices whose smaller side is 1–32
+/// (and one just above, which must take the GEMM path), for 0–6 iterations.
 #[test]
 fn fused_newton_schulz_matches_the_gemm_iteration() {
     use mep::optim::newton_schulz::{orthogonalize, NsScratch};
     let Some(gpu) = gpu() else { return };
     let cpu = Cpu::<f32>::new();
     let (seed, mut r) = rng();
-    for case in 0..12 {
-        let k = if case == 11 { 33 } else { 1 + r.below(32) as usize };
-        let other = k + r.below(60) as usize;
+    for case in 0..13 {
+        // Case 11 is past the fused kernels' k (cuBLAS only); case 12 past the whole
+        // fused orthogonalisation's length (the Gram-space iteration alone is fused).
+        let k = match case {
+            11 => 33,
+            12 => 1 + r.below(4) as usize,
+            _ => 1 + r.below(32) as usize,
+        };
+        let other = if case == 12 {
+            65537 + r.below(100) as usize
+        } else {
+            k + r.below(60) as usize
+        };
         let (rows, cols) = if r.below(2) == 0 { (k, other) } else { (other, k) };
-        let steps = 1 + r.below(6) as usize;
+        let steps = if case == 12 {
+            1 + r.below(6) as usize
+        } else {
+            r.below(7) as usize
+        };
         let u = randn(&mut r, rows * cols, 1.0);
         let mut sc = NsScratch::new(&cpu, rows, cols).unwrap();
         orthogonalize(&cpu, rows, cols, steps, &u, &mut sc).unwrap();

@@ -9,13 +9,15 @@ use mep::backend::cuda::{nvrtc, sources};
 /// a `.cu` file must fail here, not only at `Cuda::new`).
 const EXPECTED: &[(&str, &[&str])] = &[
     ("cost", &["cost_grad", "cost_stats_partial", "argmax"]),
-    ("data", &["gather_rows", "gather_labels"]),
+    ("data", &["gather_rows", "gather_batch", "gather_labels"]),
     ("fused", &["layered_nudged_phase", "hopfield_settle_phase"]),
-    ("gram", &["ns_gram_poly", "spectral_power"]),
+    ("gram", &["ns_gram_poly", "ns_orthogonalize", "spectral_power"]),
     (
         "optim",
         &[
             "axpby",
+            "lincomb",
+            "nesterov",
             "fill",
             "scale_by_inv_norm",
             "spectral_clamp",

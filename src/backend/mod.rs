@@ -130,6 +130,25 @@ pub trait Backend: Clone + Send + Sync + 'static {
         dst: &mut Self::Labels,
     ) -> Result<()>;
 
+    /// A mini-batch's rows and labels through the same indices: [`Backend::gather_rows`]
+    /// of `x` into `x_dst`, then [`Backend::gather_labels`] of `y` into `y_dst` (the
+    /// default issues the two; a backend may do both in one pass).
+    #[allow(clippy::too_many_arguments)]
+    fn gather_batch(
+        &self,
+        x: &Self::Buf,
+        row_len: usize,
+        y: &Self::Labels,
+        idx: &Self::Labels,
+        start: usize,
+        count: usize,
+        x_dst: &mut Self::Buf,
+        y_dst: &mut Self::Labels,
+    ) -> Result<()> {
+        self.gather_rows(x, row_len, idx, start, count, x_dst)?;
+        self.gather_labels(y, idx, start, count, y_dst)
+    }
+
     // ---- dense linear algebra -------------------------------------------------
 
     /// C (m×n) ← α·op(A)·op(B) + β·C, row-major; op(A) is m×k (A is k×m when `ta`),
@@ -153,6 +172,16 @@ pub trait Backend: Clone + Send + Sync + 'static {
 
     /// y ← α·x + β·y.
     fn axpby(&self, alpha: f64, x: &Self::Buf, beta: f64, y: &mut Self::Buf) -> Result<()>;
+    /// y ← α·x + β·z (y's old contents are ignored): [`Backend::axpby`] into a third
+    /// buffer, which saves a copy and a launch where an operand must be kept.
+    fn lincomb(&self, alpha: f64, x: &Self::Buf, beta: f64, z: &Self::Buf, y: &mut Self::Buf) -> Result<()>;
+    /// Nesterov momentum's buffer and direction: m ← μ·m + g, then u ← g + μ·m (with
+    /// the new m). The default is [`Backend::axpby`] then [`Backend::lincomb`]; a
+    /// backend may do both in one pass, with the same arithmetic.
+    fn nesterov(&self, mu: f64, g: &Self::Buf, m: &mut Self::Buf, u: &mut Self::Buf) -> Result<()> {
+        self.axpby(1.0, g, mu, m)?;
+        self.lincomb(1.0, g, mu, m, u)
+    }
     /// y ← value everywhere.
     fn fill(&self, y: &mut Self::Buf, value: f64) -> Result<()>;
     /// Forward block: z (rows×cols) ← z + bias (broadcast over rows); a ← φ(z).
@@ -318,6 +347,24 @@ pub trait Backend: Clone + Send + Sync + 'static {
         q: &mut Self::Buf,
     ) -> Result<bool> {
         let _ = (k, steps, coeffs, gram, q);
+        Ok(false)
+    }
+
+    /// Newton–Schulz's whole orthogonalisation, fused, when the backend has one for
+    /// these shapes: `x` ← what [`crate::optim::newton_schulz::orthogonalize`] computes
+    /// from the `rows × cols` matrix `u` with `steps` iterations of `coeffs`, in the
+    /// same operations. `Ok(false)` (the default, and the CPU's answer): the caller
+    /// issues them.
+    fn newton_schulz(
+        &self,
+        rows: usize,
+        cols: usize,
+        steps: usize,
+        coeffs: (f64, f64, f64),
+        u: &Self::Buf,
+        x: &mut Self::Buf,
+    ) -> Result<bool> {
+        let _ = (rows, cols, steps, coeffs, u, x);
         Ok(false)
     }
 

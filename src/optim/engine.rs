@@ -360,8 +360,17 @@ impl<B: Backend> Engine<B> {
         if let Some(data) = data {
             let bk = &net.backend;
             let start = 2 * block_slot(net.arch.depth());
-            bk.gather_rows(&data.x, data.features, &self.ctl, start, rows, &mut self.ws.x)?;
-            bk.gather_labels(&data.y, &self.ctl, start, rows, &mut self.ws.y)?;
+            let ws = &mut self.ws;
+            bk.gather_batch(
+                &data.x,
+                data.features,
+                &data.y,
+                &self.ctl,
+                start,
+                rows,
+                &mut ws.x,
+                &mut ws.y,
+            )?;
         }
         compute_gradients(net, &self.cfg.grad, &mut self.ws, rows, &mut self.grads)?;
         self.update_body(net)
@@ -541,12 +550,11 @@ impl<B: Backend> Engine<B> {
                     ..
                 } => {
                     let (u, ns) = st.muon.as_mut().expect("Muon state allocated with the engine");
-                    bk.axpby(1.0, g, momentum, &mut st.m_w)?; // M = μM + G
                     let dir = if nesterov {
-                        bk.copy(g, u)?;
-                        bk.axpby(momentum, &st.m_w, 1.0, u)?; // U = G + μM
+                        bk.nesterov(momentum, g, &mut st.m_w, u)?; // M = μM + G, U = G + μM
                         &*u
                     } else {
+                        bk.axpby(1.0, g, momentum, &mut st.m_w)?; // M = μM + G
                         &st.m_w
                     };
                     orthogonalize(&bk, blk.out, blk.inp, ns_steps, dir, ns)?;

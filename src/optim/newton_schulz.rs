@@ -59,6 +59,11 @@ pub fn orthogonalize<B: Backend>(
     u: &B::Buf,
     sc: &mut NsScratch<B>,
 ) -> Result<()> {
+    // The backend may run all of it as one fused operation (the CUDA backend does
+    // for small k: one launch instead of about 31).
+    if bk.newton_schulz(rows, cols, steps, NS_COEFFS, u, &mut sc.x)? {
+        return Ok(());
+    }
     let (a, b, c) = NS_COEFFS;
     bk.sum_sq(u, &mut sc.norm)?;
     bk.scale_by_inv_norm(u, &sc.norm, 1e-7, &mut sc.x0)?;
@@ -76,8 +81,7 @@ pub fn orthogonalize<B: Backend>(
     let fused = bk.ns_gram_poly(k, steps, NS_COEFFS, &sc.gram, &mut sc.q)?;
     for i in (0..steps).take_while(|_| !fused) {
         // P = aI + bA + cA²: (aI + bA) first, then the GEMM adds cA² (β = 1).
-        bk.copy(&sc.eye, &mut sc.poly)?;
-        bk.axpby(b, &sc.gram, a, &mut sc.poly)?;
+        bk.lincomb(b, &sc.gram, a, &sc.eye, &mut sc.poly)?;
         bk.gemm(false, false, k, k, k, c, &sc.gram, &sc.gram, 1.0, &mut sc.poly)?;
         // Q ← P Q; Q₀ = I, so Q₁ = P itself (swapped in, not copied).
         if i == 0 {

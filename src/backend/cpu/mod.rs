@@ -79,6 +79,16 @@ fn map_with<T: Send + Sync + Copy, F: Fn(&mut T, T) + Sync + Send>(y: &mut [T], 
     });
 }
 
+/// Runs `f(&mut y[i], x[i], z[i])` for all i, in parallel when the buffers are large.
+#[inline]
+fn map_with2<T: Send + Sync + Copy, F: Fn(&mut T, T, T) + Sync + Send>(y: &mut [T], x: &[T], z: &[T], f: F) {
+    let d = Disjoint::new(y);
+    par_ranges(d.len.min(x.len()).min(z.len()), 1, |lo, hi| {
+        // SAFETY: the ranges of `par_ranges` are disjoint and in bounds.
+        simd::zip2(unsafe { d.part(lo, hi) }, &x[lo..hi], &z[lo..hi], &f)
+    });
+}
+
 /// Runs `f(&mut y[i])` for all i, in parallel when the buffer is large.
 #[inline]
 fn map_each<T: Send, F: Fn(&mut T) + Sync + Send>(y: &mut [T], f: F) {
@@ -412,6 +422,14 @@ impl<T: Scalar> Backend for Cpu<T> {
         } else {
             map_with(y, x, |v, xv| *v = a * xv + b * *v);
         }
+        Ok(())
+    }
+
+    fn lincomb(&self, alpha: f64, x: &Vec<T>, beta: f64, z: &Vec<T>, y: &mut Vec<T>) -> Result<()> {
+        check_len("lincomb x", x.len(), y.len())?;
+        check_len("lincomb z", z.len(), y.len())?;
+        let (a, b) = (T::of(alpha), T::of(beta));
+        map_with2(y, x, z, |v, xv, zv| *v = a * xv + b * zv);
         Ok(())
     }
 

@@ -54,6 +54,15 @@ versions! {
 }
 
 versions! {
+    /// `f(&mut y[i], x[i], z[i])` for every i.
+    fn zip2<T, F>(y: &mut [T], x: &[T], z: &[T], f: &F) where { T: Copy, F: Fn(&mut T, T, T) } {
+        for ((v, &xv), &zv) in y.iter_mut().zip(x).zip(z) {
+            f(v, xv, zv);
+        }
+    }
+}
+
+versions! {
     /// `f(&mut y[i])` for every i.
     fn each<T, F>(y: &mut [T], f: &F) where { F: Fn(&mut T) } {
         y.iter_mut().for_each(f);

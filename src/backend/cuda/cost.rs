@@ -4,7 +4,11 @@
 use super::shapes::ROW_BLOCK;
 use super::{check_len, dim32, elems, Cuda};
 use crate::{Loss, Result};
-use cudarc::driver::CudaSlice;
+use cudarc::driver::{CudaSlice, LaunchConfig};
+
+/// Most rows whose statistics one block gathers alone ([`Cuda::launch_cost_stats`]):
+/// 64 per warp row of the block, a few microseconds; more take a grid and a second pass.
+const ONE_BLOCK_ROWS: usize = 512;
 
 impl Cuda {
     /// `Backend::cost_grad`: the `cost_grad` kernel.
@@ -60,15 +64,32 @@ impl Cuda {
             loss.code(),
             loss.label_smoothing() as f32,
         );
-        // Two passes, no atomics: bit-for-bit reproducible (kernels/cost.cu).
+        // No atomics: bit-for-bit reproducible (kernels/cost.cu). A small batch is one
+        // block that adds to the statistics itself (one launch: a training step's
+        // batch); a larger one takes two passes.
+        if rows <= ONE_BLOCK_ROWS {
+            let one = LaunchConfig {
+                grid_dim: (1, 1, 1),
+                block_dim: ROW_BLOCK,
+                shared_mem_bytes: 0,
+            };
+            let acc = 1u32;
+            return launch!(
+                self,
+                "cost_stats_partial",
+                one,
+                [&rows64, &k32, o, labels, &code, &eps, &acc, stats]
+            );
+        }
         let shape = self.grid_rows(rows, ROW_BLOCK.1);
         let blocks = shape.grid_dim.0;
         let mut partials = self.inner.partials.lock().unwrap_or_else(|e| e.into_inner());
+        let acc = 0u32;
         launch!(
             self,
             "cost_stats_partial",
             shape,
-            [&rows64, &k32, o, labels, &code, &eps, &mut *partials]
+            [&rows64, &k32, o, labels, &code, &eps, &acc, &mut *partials]
         )?;
         self.reduce_partials(blocks, 2, &partials, true, stats)
     }

@@ -1,8 +1,8 @@
 //! Small-matrix iterations in one launch (`kernels/gram.cu`), for matrices whose small
 //! side k = min(rows, cols) is at most [`GRAM_MAX_K`] (an output layer's):
-//! Newton–Schulz's Gram-space iteration (one launch instead of 26 for the seed's
-//! 10×128 W_2) and the spectral constraint's power iteration and clamp (one instead
-//! of 45).
+//! Newton–Schulz's orthogonalisation (one launch instead of 31 for the seed's 10×128
+//! W_2, or its Gram-space iteration alone for longer matrices) and the spectral
+//! constraint's power iteration and clamp (one instead of 45).
 //!
 //! Why only small k: each runs in one block, with the k × k matrices in shared
 //! memory. At k ≤ 32 the GEMM chain it replaces is bound by launch latency (a few
@@ -18,10 +18,12 @@ use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 /// Largest small side k of the fused small-matrix kernels (`MEP_GRAM_MAX`: their
 /// k × k arrays live in shared memory).
 pub const GRAM_MAX_K: usize = 32;
-/// Longest long side of a matrix whose spectral constraint is fused: one block
-/// streams the whole matrix k + 2 times (Gram, σ̂, clamp), which beyond this costs
-/// more than the launches it saves.
-pub const SPECTRAL_MAX_N: usize = 1 << 16;
+/// Longest long side of a matrix whose orthogonalisation or spectral constraint is
+/// fused: one block streams the whole matrix a few times (norm, Gram, product or
+/// clamp), which beyond this costs more than the launches it saves. (Longer
+/// matrices with k ≤ [`GRAM_MAX_K`] still get the fused Gram-space iteration,
+/// `ns_gram_poly`, between cuBLAS's products.)
+pub const GRAM_MAX_N: usize = 1 << 16;
 /// Threads of the one block (`MEP_GRAM_THREADS`).
 const THREADS: u32 = 256;
 
@@ -59,6 +61,42 @@ impl Cuda {
             .map_err(|e| MepError::Cuda(format!("launching ns_gram_poly: {e:?}")))
     }
 
+    /// [`crate::backend::Backend::newton_schulz`] on CUDA.
+    pub(super) fn ns_orthogonalize_fused(
+        &self,
+        rows: usize,
+        cols: usize,
+        steps: usize,
+        coeffs: (f64, f64, f64),
+        u: &CudaSlice<f32>,
+        x: &mut CudaSlice<f32>,
+    ) -> Result<bool> {
+        let k = rows.min(cols);
+        if !self.fused() || k == 0 || k > GRAM_MAX_K || rows.max(cols) > GRAM_MAX_N {
+            return Ok(false);
+        }
+        check_len("newton_schulz u", u.len(), rows * cols)?;
+        check_len("newton_schulz x", x.len(), rows * cols)?;
+        let (rows32, cols32) = (rows as u32, cols as u32);
+        let steps32 = dim32("Newton–Schulz steps", steps)?;
+        let (a, b, c) = (coeffs.0 as f32, coeffs.1 as f32, coeffs.2 as f32);
+        let f = self.kernel("ns_orthogonalize")?;
+        let mut lb = self.inner.stream.launch_builder(f);
+        lb.arg(&rows32)
+            .arg(&cols32)
+            .arg(&steps32)
+            .arg(&a)
+            .arg(&b)
+            .arg(&c)
+            .arg(u)
+            .arg(x);
+        // SAFETY: the arguments match ns_orthogonalize's signature in kernels/gram.cu;
+        // u and x hold rows × cols floats (checked above).
+        unsafe { lb.launch(ONE_BLOCK) }
+            .map(|_| true)
+            .map_err(|e| MepError::Cuda(format!("launching ns_orthogonalize: {e:?}")))
+    }
+
     /// [`crate::backend::Backend::spectral_power`] on CUDA.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn spectral_power_fused(
@@ -73,7 +111,7 @@ impl Cuda {
         gamma: Option<f64>,
     ) -> Result<bool> {
         let k = rows.min(cols);
-        if !self.fused() || k == 0 || k > GRAM_MAX_K || rows.max(cols) > SPECTRAL_MAX_N {
+        if !self.fused() || k == 0 || k > GRAM_MAX_K || rows.max(cols) > GRAM_MAX_N {
             return Ok(false);
         }
         check_len("spectral_power w", w.len(), rows * cols)?;

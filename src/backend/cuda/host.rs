@@ -279,8 +279,8 @@ pub fn cost_stats(rows: usize, classes: usize, o: &[f32], labels: &[u32], loss: 
     let (r64, k, code, eps) = (rows as u64, dim32(classes)?, loss.code(), loss.label_smoothing() as f32);
     let shape = rows_shape(rows);
     let mut partials = vec![f32::NAN; 2 * shape.grid.0 as usize];
-    let (op, lp, pp) = (o.as_ptr(), labels.as_ptr(), partials.as_mut_ptr());
-    launch!("cost_stats_partial", shape, [r64, k, op, lp, code, eps, pp])?;
+    let (op, lp, pp, acc) = (o.as_ptr(), labels.as_ptr(), partials.as_mut_ptr(), 0u32);
+    launch!("cost_stats_partial", shape, [r64, k, op, lp, code, eps, acc, pp])?;
     reduce_partials(shape.grid.0, 2, &partials, true, stats)
 }
 
@@ -326,6 +326,21 @@ pub fn axpby(alpha: f64, x: &[f32], beta: f64, y: &mut [f32]) -> Result<()> {
     check_len("axpby", x.len(), y.len())?;
     let (n64, a, b, xp, yp) = (y.len() as u64, alpha as f32, beta as f32, x.as_ptr(), y.as_mut_ptr());
     launch!("axpby", g1(y.len()), [n64, a, xp, b, yp])
+}
+
+/// [`crate::backend::Backend::lincomb`] with the `lincomb` kernel.
+pub fn lincomb(alpha: f64, x: &[f32], beta: f64, z: &[f32], y: &mut [f32]) -> Result<()> {
+    check_len("lincomb x", x.len(), y.len())?;
+    check_len("lincomb z", z.len(), y.len())?;
+    let (n64, a, b, xp, zp, yp) = (
+        y.len() as u64,
+        alpha as f32,
+        beta as f32,
+        x.as_ptr(),
+        z.as_ptr(),
+        y.as_mut_ptr(),
+    );
+    launch!("lincomb", g1(y.len()), [n64, a, xp, b, zp, yp])
 }
 
 /// [`crate::backend::Backend::fill`] with the `fill` kernel.

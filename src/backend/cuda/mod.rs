@@ -471,6 +471,20 @@ impl Backend for Cuda {
         self.launch_gather_labels(src, idx, start, count, dst)
     }
 
+    fn gather_batch(
+        &self,
+        x: &CudaSlice<f32>,
+        row_len: usize,
+        y: &CudaSlice<u32>,
+        idx: &CudaSlice<u32>,
+        start: usize,
+        count: usize,
+        x_dst: &mut CudaSlice<f32>,
+        y_dst: &mut CudaSlice<u32>,
+    ) -> Result<()> {
+        self.launch_gather_batch(x, row_len, y, idx, start, count, x_dst, y_dst)
+    }
+
     // ---- gemm.rs ----
 
     fn gemm(
@@ -493,6 +507,21 @@ impl Backend for Cuda {
 
     fn axpby(&self, alpha: f64, x: &CudaSlice<f32>, beta: f64, y: &mut CudaSlice<f32>) -> Result<()> {
         self.launch_axpby(alpha, x, beta, y)
+    }
+
+    fn lincomb(
+        &self,
+        alpha: f64,
+        x: &CudaSlice<f32>,
+        beta: f64,
+        z: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        self.launch_lincomb(alpha, x, beta, z, y)
+    }
+
+    fn nesterov(&self, mu: f64, g: &CudaSlice<f32>, m: &mut CudaSlice<f32>, u: &mut CudaSlice<f32>) -> Result<()> {
+        self.launch_nesterov(mu, g, m, u)
     }
 
     fn fill(&self, y: &mut CudaSlice<f32>, value: f64) -> Result<()> {
@@ -673,6 +702,18 @@ impl Backend for Cuda {
         q: &mut CudaSlice<f32>,
     ) -> Result<bool> {
         self.ns_gram_poly_fused(k, steps, coeffs, gram, q)
+    }
+
+    fn newton_schulz(
+        &self,
+        rows: usize,
+        cols: usize,
+        steps: usize,
+        coeffs: (f64, f64, f64),
+        u: &CudaSlice<f32>,
+        x: &mut CudaSlice<f32>,
+    ) -> Result<bool> {
+        self.ns_orthogonalize_fused(rows, cols, steps, coeffs, u, x)
     }
 
     fn spectral_power(

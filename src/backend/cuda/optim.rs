@@ -1,4 +1,4 @@
-//! Optimizer element-wise kernels (`kernels/optim.cu`): axpby and fill, the
+//! Optimizer element-wise kernels (`kernels/optim.cu`): axpby, lincomb, nesterov and fill, the
 //! normalisation and spectral clamp that read a norm on the device, and the updates
 //! whose per-step scalars come from a [`crate::backend::ctl`] buffer. One 1-D
 //! grid-stride launch each.
@@ -17,6 +17,43 @@ impl Cuda {
         }
         let (n64, a, b) = (n as u64, alpha as f32, beta as f32);
         launch!(self, "axpby", self.grid_1d(n), [&n64, &a, x, &b, y])
+    }
+
+    /// `Backend::lincomb`: the `lincomb` kernel.
+    pub(super) fn launch_lincomb(
+        &self,
+        alpha: f64,
+        x: &CudaSlice<f32>,
+        beta: f64,
+        z: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        check_len("lincomb x", x.len(), y.len())?;
+        check_len("lincomb z", z.len(), y.len())?;
+        let n = y.len();
+        if n == 0 {
+            return Ok(());
+        }
+        let (n64, a, b) = (n as u64, alpha as f32, beta as f32);
+        launch!(self, "lincomb", self.grid_1d(n), [&n64, &a, x, &b, z, y])
+    }
+
+    /// `Backend::nesterov`: the `nesterov` kernel.
+    pub(super) fn launch_nesterov(
+        &self,
+        mu: f64,
+        g: &CudaSlice<f32>,
+        m: &mut CudaSlice<f32>,
+        u: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        check_len("nesterov m", m.len(), g.len())?;
+        check_len("nesterov u", u.len(), g.len())?;
+        let n = g.len();
+        if n == 0 {
+            return Ok(());
+        }
+        let (n64, mu32) = (n as u64, mu as f32);
+        launch!(self, "nesterov", self.grid_1d(n), [&n64, &mu32, g, m, u])
     }
 
     /// `Backend::fill`: the `fill` kernel.
