@@ -116,3 +116,12 @@ __device__ __forceinline__ float mep_block_sum(float v, float* sh) {
     }
     return sh[0];
 }
+
+// mep_block_sum with barriers on both sides, so that every thread gets the result and
+// `sh` may be reused at once (inside kernels that reduce several times in a row).
+__device__ __forceinline__ float mep_block_sum_all(float v, float* sh) {
+    __syncthreads();
+    float r = mep_block_sum(v, sh);
+    __syncthreads();
+    return r;
+}

@@ -21,23 +21,8 @@
 #define MEP_FUSED_THREADS 128
 #define MEP_FUSED_MAX_DEPTH 4
 
-// Sum over the block of one value per thread (deterministic: fixed tree); every
-// thread gets the result. `sh` holds blockDim.x floats.
-__device__ __forceinline__ float mep_fused_sum(float v, float* sh) {
-    u32 t = threadIdx.x;
-    __syncthreads();
-    sh[t] = v;
-    __syncthreads();
-    for (u32 s = blockDim.x / 2; s > 0; s >>= 1) {
-        if (t < s) sh[t] += sh[t + s];
-        __syncthreads();
-    }
-    float r = sh[0];
-    __syncthreads();
-    return r;
-}
-
-// Max over the block, as mep_fused_sum.
+// Max over the block (deterministic: fixed tree), with barriers on both sides as
+// mep_block_sum_all; `sh` holds blockDim.x floats.
 __device__ __forceinline__ float mep_fused_max(float v, float* sh) {
     u32 t = threadIdx.x;
     __syncthreads();
@@ -130,7 +115,7 @@ __device__ __forceinline__ void mep_fused_cost_grad(const float* o, u32 classes,
         mx = mep_fused_max(mx, sh_red);
         float se = 0.0f;
         for (u32 k = tid; k < classes; k += nt) se += expf(o[k] - mx);
-        float lse = mx + logf(mep_fused_sum(se, sh_red));
+        float lse = mx + logf(mep_block_sum_all(se, sh_red));
         for (u32 k = tid; k < classes; k += nt)
             dc[k] = expf(o[k] - lse) - mep_target(k, y, eps, classes);
     } else {
@@ -280,7 +265,7 @@ extern "C" __global__ void layered_nudged_phase(
             float g = sh_e[off[l] + j] - r;
             res += g * g;
         }
-    res = mep_fused_sum(res, sh_red);
+    res = mep_block_sum_all(res, sh_red);
     if (tid == 0) rowres[row] = res;
     // ---- everything back to global memory ----
     mep_fused_store(net, sh_e, row, E);
@@ -357,7 +342,7 @@ extern "C" __global__ void hopfield_settle_phase(
             float d = sh_s[i] - sh_old[i];
             res += d * d;
         }
-    res = mep_fused_sum(res, sh_red);
+    res = mep_block_sum_all(res, sh_red);
     if (tid == 0) rowres[row] = res;
     mep_fused_store(net, sh_s, row, S);
 }

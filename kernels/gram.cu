@@ -15,20 +15,44 @@
 #define MEP_GRAM_MAX 32
 #define MEP_GRAM_THREADS 256
 
-// Sum over the block of one value per thread (deterministic: fixed tree); every
-// thread gets the result. `sh` holds MEP_GRAM_THREADS floats.
-__device__ __forceinline__ float mep_gram_sum(float v, float* sh) {
-    u32 t = threadIdx.x;
-    __syncthreads();
-    sh[t] = v;
-    __syncthreads();
-    for (u32 s = blockDim.x / 2; s > 0; s >>= 1) {
-        if (t < s) sh[t] += sh[t + s];
-        __syncthreads();
+// sG[i·k + j] ← Σ_t (s·X[i, t])·(s·X[j, t]) for the k × k Gram matrix of the
+// rows × cols row-major X along its long side (X·Xᵀ when rows ≤ cols, else Xᵀ·X):
+// one warp per entry, the lanes striding over the long side, then a butterfly. With
+// s = 1 the products are X's own. Ends with a barrier.
+__device__ void mep_gram_fill(const float* __restrict__ x, u32 rows, u32 cols, float s,
+                              float* sG) {
+    const u32 lane = threadIdx.x & 31u, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    const bool wide = rows <= cols;
+    const u32 k = wide ? rows : cols, n = wide ? cols : rows, kk = k * k;
+    for (u32 e = warp; e < kk; e += warps) {
+        const u32 i = e / k, j = e - (e / k) * k;
+        float acc = 0.0f;
+        if (wide)
+            for (u32 t = lane; t < n; t += 32)
+                acc += (x[(u64)i * cols + t] * s) * (x[(u64)j * cols + t] * s);
+        else
+            for (u32 t = lane; t < n; t += 32)
+                acc += (x[(u64)t * cols + i] * s) * (x[(u64)t * cols + j] * s);
+        for (u32 o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+        if (lane == 0) sG[e] = acc;
     }
-    float r = sh[0];
     __syncthreads();
-    return r;
+}
+
+// Entry i (row r, column c) of the product X·Y of two k × k row-major matrices:
+// Σ_m X[r, m]·Y[m, c], summed in m order.
+__device__ __forceinline__ float mep_sq_dot(u32 k, u32 i, const float* X, const float* Y) {
+    const u32 r = i / k, col = i - r * k;
+    float acc = 0.0f;
+    for (u32 m = 0; m < k; m++) acc += X[r * k + m] * Y[m * k + col];
+    return acc;
+}
+
+// Out ← X·Y for k × k row-major matrices in shared memory (Out distinct from both),
+// the entries shared out over the block; ends with a barrier.
+__device__ void mep_sq_matmul(u32 k, const float* X, const float* Y, float* Out) {
+    for (u32 i = threadIdx.x; i < k * k; i += blockDim.x) Out[i] = mep_sq_dot(k, i, X, Y);
+    __syncthreads();
 }
 
 // The polynomial iteration of Newton–Schulz in Gram space on the k × k matrix in sA
@@ -47,41 +71,18 @@ __device__ void mep_ns_poly(u32 k, u32 steps, float a, float b, float c, float* 
             sP[i] = b * sA[i] + a * (r == col ? 1.0f : 0.0f);
         }
         __syncthreads();
-        for (u32 i = tid; i < kk; i += nt) {
-            u32 r = i / k, col = i - r * k;
-            float acc = 0.0f;
-            for (u32 m = 0; m < k; m++) acc += sA[r * k + m] * sA[m * k + col];
-            sP[i] = c * acc + sP[i];
-        }
+        for (u32 i = tid; i < kk; i += nt) sP[i] = c * mep_sq_dot(k, i, sA, sA) + sP[i];
         __syncthreads();
         if (it == 0) {
             for (u32 i = tid; i < kk; i += nt) sQ[i] = sP[i];
         } else {
-            for (u32 i = tid; i < kk; i += nt) {
-                u32 r = i / k, col = i - r * k;
-                float acc = 0.0f;
-                for (u32 m = 0; m < k; m++) acc += sP[r * k + m] * sQ[m * k + col];
-                sT[i] = acc;
-            }
-            __syncthreads();
+            mep_sq_matmul(k, sP, sQ, sT);
             for (u32 i = tid; i < kk; i += nt) sQ[i] = sT[i];
         }
         __syncthreads();
         if (it + 1 < steps) {
-            for (u32 i = tid; i < kk; i += nt) {
-                u32 r = i / k, col = i - r * k;
-                float acc = 0.0f;
-                for (u32 m = 0; m < k; m++) acc += sP[r * k + m] * sA[m * k + col];
-                sT[i] = acc;
-            }
-            __syncthreads();
-            for (u32 i = tid; i < kk; i += nt) {
-                u32 r = i / k, col = i - r * k;
-                float acc = 0.0f;
-                for (u32 m = 0; m < k; m++) acc += sT[r * k + m] * sP[m * k + col];
-                sA[i] = acc;
-            }
-            __syncthreads();
+            mep_sq_matmul(k, sP, sA, sT);
+            mep_sq_matmul(k, sT, sP, sA);
         }
     }
 }
@@ -118,30 +119,17 @@ extern "C" __global__ void ns_orthogonalize(u32 rows, u32 cols, u32 steps, float
     __shared__ float sT[MEP_GRAM_MAX * MEP_GRAM_MAX];
     __shared__ float sRed[MEP_GRAM_THREADS];
     const u32 tid = threadIdx.x, nt = blockDim.x;
-    const u32 lane = tid & 31u, warp = tid >> 5, warps = nt >> 5;
     const bool wide = rows <= cols;
-    const u32 k = wide ? rows : cols, n = wide ? cols : rows, kk = k * k;
+    const u32 k = wide ? rows : cols;
     const u64 len = (u64)rows * cols;
     float ss = 0.0f;
     for (u64 i = tid; i < len; i += nt) ss += u[i] * u[i];
-    const float inv = 1.0f / (sqrtf(mep_gram_sum(ss, sRed)) + 1e-7f);
+    const float inv = 1.0f / (sqrtf(mep_block_sum_all(ss, sRed)) + 1e-7f);
     if (steps == 0) {
         for (u64 i = tid; i < len; i += nt) x[i] = u[i] * inv;
         return;
     }
-    // A = X₀X₀ᵀ or X₀ᵀX₀: one warp per entry, the lanes striding over the long side.
-    for (u32 e = warp; e < kk; e += warps) {
-        const u32 i = e / k, j = e - (e / k) * k;
-        float acc = 0.0f;
-        if (wide)
-            for (u32 t = lane; t < n; t += 32)
-                acc += (u[(u64)i * cols + t] * inv) * (u[(u64)j * cols + t] * inv);
-        else
-            for (u32 t = lane; t < n; t += 32)
-                acc += (u[(u64)t * cols + i] * inv) * (u[(u64)t * cols + j] * inv);
-        for (u32 o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-        if (lane == 0) sA[e] = acc;
-    }
+    mep_gram_fill(u, rows, cols, inv, sA);  // A = X₀X₀ᵀ or X₀ᵀX₀
     mep_ns_poly(k, steps, a, b, c, sA, sP, sQ, sT);
     // x = Q·X₀ (wide: x[i, t] = Σ_m Q[i, m]·X₀[m, t]) or X₀·Q (tall).
     for (u64 e = tid; e < len; e += nt) {
@@ -175,33 +163,19 @@ extern "C" __global__ void spectral_power(u32 rows, u32 cols, u32 squarings, u32
     __shared__ float sH[MEP_GRAM_MAX];
     __shared__ float sRed[MEP_GRAM_THREADS];
     const u32 tid = threadIdx.x, nt = blockDim.x;
-    const u32 lane = tid & 31u, warp = tid >> 5, warps = nt >> 5;
     const bool wide = rows <= cols;
     const u32 k = wide ? rows : cols, n = wide ? cols : rows, kk = k * k;
-    // The Gram matrix: one warp per entry, the lanes striding over the long side.
-    for (u32 e = warp; e < kk; e += warps) {
-        const u32 i = e / k, j = e - (e / k) * k;
-        float acc = 0.0f;
-        if (wide)
-            for (u32 t = lane; t < n; t += 32) acc += w[(u64)i * cols + t] * w[(u64)j * cols + t];
-        else
-            for (u32 t = lane; t < n; t += 32) acc += w[(u64)t * cols + i] * w[(u64)t * cols + j];
-        for (u32 o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-        if (lane == 0) sG[e] = acc;
-    }
-    __syncthreads();
+    mep_gram_fill(w, rows, cols, 1.0f, sG);  // G = W·Wᵀ or Wᵀ·W
     // H = G^(2^squarings), normalised as the GEMM loop does.
     for (u32 s = 0; s < squarings; s++) {
         float ss = 0.0f;
         for (u32 e = tid; e < kk; e += nt) {
-            const u32 i = e / k, j = e - (e / k) * k;
-            float acc = 0.0f;
-            for (u32 m = 0; m < k; m++) acc += sG[i * k + m] * sG[m * k + j];
-            sT[e] = acc;
-            ss += acc * acc;
+            const float t = mep_sq_dot(k, e, sG, sG);
+            sT[e] = t;
+            ss += t * t;
         }
         const bool normalise = s % 2 == 0 || s + 1 == squarings;
-        const float inv = normalise ? 1.0f / (sqrtf(mep_gram_sum(ss, sRed)) + 1e-30f) : 1.0f;
+        const float inv = normalise ? 1.0f / (sqrtf(mep_block_sum_all(ss, sRed)) + 1e-30f) : 1.0f;
         __syncthreads();
         for (u32 e = tid; e < kk; e += nt) sG[e] = normalise ? sT[e] * inv : sT[e];
         __syncthreads();
@@ -218,7 +192,7 @@ extern "C" __global__ void spectral_power(u32 rows, u32 cols, u32 squarings, u32
             sH[c] = acc;
             ss += acc * acc;
         }
-        const float inv = 1.0f / (sqrtf(mep_gram_sum(ss, sRed)) + 1e-30f);
+        const float inv = 1.0f / (sqrtf(mep_block_sum_all(ss, sRed)) + 1e-30f);
         for (u32 c = tid; c < k; c += nt) sU[c] = sH[c] * inv;
         __syncthreads();
     }
@@ -233,7 +207,7 @@ extern "C" __global__ void spectral_power(u32 rows, u32 cols, u32 squarings, u32
             for (u32 c = 0; c < k; c++) acc += w[(u64)t * cols + c] * sU[c];
         ss += acc * acc;
     }
-    const float sigma_sq = mep_gram_sum(ss, sRed);
+    const float sigma_sq = mep_block_sum_all(ss, sRed);
     if (tid == 0) norm[0] = sigma_sq;
     // The constraint (every read of W is behind the barrier of the sum above).
     const float sigma = sqrtf(sigma_sq);
