@@ -262,6 +262,9 @@ benches=(
     "mep-mnist cuda hopfield unfused, MEP_CUDA_FUSED=0 (seed widths)|--device cuda --energy hopfield --data-dir $bundle/mnist --json"
     "mep-mnist cuda 256,256 (symmetric)|--device cuda --hidden 256,256 --data-dir $bundle/mnist --json"
     "mep-mnist cuda 256,256 unfused, MEP_CUDA_FUSED=0 (symmetric)|--device cuda --hidden 256,256 --data-dir $bundle/mnist --json"
+    "mep-mnist cuda 256,256 fused, MEP_CUDA_FUSED_MAX_COUPLINGS=131072 (symmetric)|--device cuda --hidden 256,256 --data-dir $bundle/mnist --json"
+    "mep-mnist cuda 256,256 b1024 (symmetric)|--device cuda --hidden 256,256 --batch-size 1024 --data-dir $bundle/mnist --json"
+    "mep-mnist cuda 256,256 b1024 fused, MEP_CUDA_FUSED_MAX_COUPLINGS=131072 (symmetric)|--device cuda --hidden 256,256 --batch-size 1024 --data-dir $bundle/mnist --json"
     "mep-mnist cuda 4096,4096 b1024|--device cuda --hidden 4096,4096 --batch-size 1024 --epochs 1 --data-dir $bundle/mnist --json --gemm-rate"
     "mep-mnist cpu ${threads} threads (seed)|--device cpu --threads $threads --data-dir $bundle/mnist --json"
 )
@@ -282,7 +285,10 @@ for b in "${benches[@]}"; do
     fused=1
     case "$name" in *MEP_CUDA_GRAPHS=0*) graphs=0 ;; esac
     case "$name" in *MEP_CUDA_FUSED=0*) fused=0 ;; esac
-    out="$(MEP_CUDA_GRAPHS=$graphs MEP_CUDA_FUSED=$fused timeout "$check_timeout" "$bundle/bin/mep-mnist" $args 2>>"$bench_log")"
+    # The fused phase's coupling limit, where the row names one (the threshold's
+    # measurement: the same network fused and not).
+    max_couplings="$(printf '%s' "$name" | sed -n 's/.*MEP_CUDA_FUSED_MAX_COUPLINGS=\([0-9]*\).*/\1/p')"
+    out="$(MEP_CUDA_FUSED_MAX_COUPLINGS=${max_couplings:-65536} MEP_CUDA_GRAPHS=$graphs MEP_CUDA_FUSED=$fused timeout "$check_timeout" "$bundle/bin/mep-mnist" $args 2>>"$bench_log")"
     rc=$?
     secs="$(elapsed "$start" "$(now)")"
     echo "$out" >>"$bench_log"

@@ -896,3 +896,75 @@ fn fused_spectral_constraint_matches_the_gemm_iteration() {
         gpu.set_fused(true);
     }
 }
+
+/// The fused phase's coupling limit (`Cuda::set_fused_max_couplings`, default 65 536)
+/// decides the path: at the network's coupling count the fused kernel runs (its
+/// results bit for bit), one below it the primitives do (the unfused results bit for
+/// bit).
+#[test]
+fn the_coupling_limit_picks_the_path() {
+    use mep::ep::{layered, Energy, GradConfig, Mode, Nudging, Phase, Workspace};
+    use mep::nn::{Activation, Arch, Layer, Network};
+    let Some(gpu) = gpu() else { return };
+    let (seed, mut r) = rng();
+    let layers = [
+        Layer::Flatten,
+        Layer::Linear {
+            inp: 20,
+            out: 30,
+            bias: true,
+        },
+        Layer::Act(Activation::Tanh),
+        Layer::Linear {
+            inp: 30,
+            out: 30,
+            bias: true,
+        },
+        Layer::Act(Activation::Relu),
+        Layer::Linear {
+            inp: 30,
+            out: 5,
+            bias: true,
+        },
+    ];
+    let couplings = 30 * 30 + 30 * 5;
+    let arch = Arch::from_layers(&layers).unwrap();
+    let cfg = GradConfig {
+        mode: Mode::Ep,
+        beta: 0.5,
+        settle_steps: 6,
+        settle_lr: 1.0,
+        nudging: Nudging::OneSided,
+        loss: Loss::CrossEntropy { label_smoothing: 0.0 },
+    };
+    let rows = 17;
+    let x = randn(&mut r, rows * 20, 1.0);
+    let y: Vec<u32> = (0..rows).map(|_| r.below(5) as u32).collect();
+    let run = |fused: bool, limit: usize| {
+        gpu.set_fused(fused);
+        gpu.set_fused_max_couplings(limit);
+        let net = Network::new(gpu.clone(), arch.clone(), Energy::LayeredLeastSquares, seed).unwrap();
+        let mut ws = Workspace::new(&gpu, &arch, rows).unwrap();
+        let n = ws.load_host_batch(&x, &y).unwrap();
+        layered::forward(&net, &mut ws, n).unwrap();
+        layered::nudged_phase(&net, &cfg, Phase::Nudge(0.5), &mut ws, n).unwrap();
+        (0..3).map(|l| gpu.download(&ws.s[l]).unwrap()).collect::<Vec<_>>()
+    };
+    assert_eq!(gpu.fused_max_couplings(), 65536, "the default limit");
+    let fused = run(true, couplings);
+    let unfused = run(false, couplings);
+    let below = run(true, couplings - 1);
+    let again = run(true, couplings);
+    assert_ne!(
+        fused, unfused,
+        "fused and unfused states agree bit for bit (seed {seed}): the test cannot tell the paths apart"
+    );
+    assert_eq!(
+        below, unfused,
+        "one below the coupling count the primitives must run (seed {seed})"
+    );
+    assert_eq!(
+        again, fused,
+        "at the coupling count the fused kernel must run (seed {seed})"
+    );
+}

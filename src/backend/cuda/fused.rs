@@ -23,18 +23,35 @@ pub const MAX_DEPTH: usize = 4;
 /// Most units of all blocks together (its shared-memory arrays, `MEP_FUSED_UNITS`).
 pub const MAX_UNITS: usize = 2048;
 /// Most coupling weights Σ_{l≥2} n_l·n_{l−1} (e.g. 256×256) for which the fused
-/// kernel is used.
+/// kernel is used, by default: every block re-reads the couplings for its sample at
+/// every sweep, where the unfused path's GEMMs read them once per sweep for the whole
+/// batch. Not yet measured across sizes on a GPU; `MEP_CUDA_FUSED_MAX_COUPLINGS` (or
+/// [`Cuda::set_fused_max_couplings`]) moves the limit, which is how
+/// `scripts/gpu-check.sh` measures it.
 pub const MAX_COUPLINGS: usize = 65536;
 /// Threads per block (`MEP_FUSED_THREADS`).
 const THREADS: u32 = 128;
 
-/// Whether the fused kernels take a network of these blocks (the limits above).
-pub fn fits(blocks: &[Block]) -> bool {
+/// Whether the fused kernels take a network of these blocks: the kernel's own limits
+/// above, and at most `max_couplings` coupling weights ([`MAX_COUPLINGS`] by default).
+pub fn fits(blocks: &[Block], max_couplings: usize) -> bool {
     let couplings: usize = blocks.windows(2).map(|w| w[0].out * w[1].out).sum();
     !blocks.is_empty()
         && blocks.len() <= MAX_DEPTH
         && blocks.iter().map(|b| b.out).sum::<usize>() <= MAX_UNITS
-        && couplings <= MAX_COUPLINGS
+        && couplings <= max_couplings
+}
+
+/// The coupling limit from `MEP_CUDA_FUSED_MAX_COUPLINGS` ([`MAX_COUPLINGS`] when unset).
+pub(super) fn max_couplings_from_env() -> Result<usize> {
+    match std::env::var("MEP_CUDA_FUSED_MAX_COUPLINGS") {
+        Err(_) => Ok(MAX_COUPLINGS),
+        Ok(v) => v.trim().parse().map_err(|_| MepError::InvalidArgument {
+            name: "MEP_CUDA_FUSED_MAX_COUPLINGS",
+            value: v.clone(),
+            fix: "a whole number of coupling weights, e.g. 131072; unset it for the default 65536".into(),
+        }),
+    }
 }
 
 /// The arguments both phase kernels share (`kernels/fused.cu`: the leading `depth`,
@@ -114,6 +131,22 @@ impl Cuda {
         self.inner.fused.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Sets the most coupling weights for which the fused phase kernels are used, for
+    /// this backend and its clones (default [`MAX_COUPLINGS`], or
+    /// `MEP_CUDA_FUSED_MAX_COUPLINGS`); the kernel's own limits still apply.
+    pub fn set_fused_max_couplings(&self, n: usize) {
+        self.inner
+            .fused_max_couplings
+            .store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The coupling limit of the fused phase kernels ([`Cuda::set_fused_max_couplings`]).
+    pub fn fused_max_couplings(&self) -> usize {
+        self.inner
+            .fused_max_couplings
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Whether the fused phase kernels are on ([`Cuda::set_fused`]).
     pub fn fused(&self) -> bool {
         self.inner.fused.load(std::sync::atomic::Ordering::Relaxed)
@@ -131,7 +164,7 @@ impl Cuda {
     fn phase_args<'a>(&self, what: &str, net: &'a PhaseNet<'_, Self>) -> Result<Option<NetArgs<'a>>> {
         let blocks = net.blocks;
         let depth = blocks.len();
-        if !self.fused() || !fits(blocks) || net.rows == 0 {
+        if !self.fused() || !fits(blocks, self.fused_max_couplings()) || net.rows == 0 {
             return Ok(None);
         }
         for (name, len) in [("params", net.params.len()), ("s", net.s.len())] {
@@ -227,5 +260,43 @@ impl Cuda {
         unsafe { lb.launch(row_blocks(args.grid)) }
             .map(|_| true)
             .map_err(|e| MepError::Cuda(format!("launching hopfield_settle_phase: {e:?}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{fits, MAX_COUPLINGS, MAX_DEPTH, MAX_UNITS};
+    use crate::nn::activation::ActChain;
+    use crate::nn::Block;
+
+    fn blocks(widths: &[usize]) -> Vec<Block> {
+        widths
+            .windows(2)
+            .map(|w| Block {
+                inp: w[0],
+                out: w[1],
+                bias: true,
+                act: ActChain::IDENTITY,
+            })
+            .collect()
+    }
+
+    /// The coupling limit counts W_2 … W_L (not W_1) and is inclusive; the kernel's
+    /// own limits hold whatever the coupling limit says.
+    #[test]
+    fn the_limits_are_where_they_say() {
+        // 784–256–256–10: 256·256 + 256·10 = 68 096 couplings.
+        let b = blocks(&[784, 256, 256, 10]);
+        assert!(!fits(&b, MAX_COUPLINGS));
+        assert!(fits(&b, 68_096));
+        assert!(!fits(&b, 68_095));
+        // The tutorial's 784–128–10: 1 280 couplings; W_1 (784·128) is not one.
+        assert!(fits(&blocks(&[784, 128, 10]), 1_280));
+        assert!(!fits(&blocks(&[784, 128, 10]), 1_279));
+        // Depth and units cap, whatever the coupling limit.
+        assert!(!fits(&blocks(&[4; MAX_DEPTH + 2]), usize::MAX));
+        assert!(!fits(&blocks(&[4, MAX_UNITS, 1]), usize::MAX));
+        assert!(fits(&blocks(&[4, MAX_UNITS - 1, 1]), usize::MAX));
+        assert!(!fits(&[], usize::MAX));
     }
 }

@@ -94,6 +94,8 @@ struct Inner {
     _blas_workspace: CudaSlice<u8>,
     /// Use the fused phase kernels where they fit ([`Cuda::set_fused`]).
     fused: std::sync::atomic::AtomicBool,
+    /// The fused phase kernels' coupling limit ([`Cuda::set_fused_max_couplings`]).
+    fused_max_couplings: std::sync::atomic::AtomicUsize,
 }
 
 /// Bytes of the cuBLAS workspace.
@@ -260,6 +262,7 @@ impl Cuda {
                 fused: std::sync::atomic::AtomicBool::new(
                     std::env::var("MEP_CUDA_FUSED").map_or(true, |v| v.trim() != "0"),
                 ),
+                fused_max_couplings: std::sync::atomic::AtomicUsize::new(fused::max_couplings_from_env()?),
             }),
         })
     }
