@@ -1,12 +1,12 @@
-// Small-matrix iterations in one block: Newton–Schulz's orthogonalisation
+// Small-matrix iterations in one block, for matrices whose small side k is at most 32
+// (an output layer's: the seed's W_2 is 10×128): Newton–Schulz's orthogonalisation
 // (ns_orthogonalize, or its Gram-space iteration alone: ns_gram_poly) and the spectral
-// constraint's power iteration (spectral_power),
-// for matrices whose small side k is at most 32 (an output layer's: the seed's W_2 is
-// 10×128). Each replaces a chain of tiny GEMMs and reductions (31 and 45 launches for
-// the seed) by one launch: on a GPU those chains cost a few microseconds per launch
-// while doing almost no arithmetic. The arithmetic is the one
-// src/optim/newton_schulz.rs and src/optim/spectral.rs issue with GEMMs, operation for
-// operation; only the order of the sums inside the products differs from cuBLAS's.
+// constraint's power iteration and clamp (spectral_power). Each replaces a chain of
+// tiny GEMMs and reductions (31 and 45 launches for the seed) by one launch: on a GPU
+// those chains cost a few microseconds per launch while doing almost no arithmetic.
+// The arithmetic is the one src/optim/newton_schulz.rs and src/optim/spectral.rs issue
+// with GEMMs, operation for operation; only the order of the sums inside the products
+// differs from cuBLAS's.
 //
 // Launch: one block of MEP_GRAM_THREADS threads (1-D). The host checks k ≤ MEP_GRAM_MAX
 // (src/backend/cuda/gram.rs).
