@@ -61,8 +61,7 @@ fn settle<B: Backend>(
         rowres: &mut ws.f,
     })? {
         if sweeps > 0 {
-            bk.col_sum(rows, 1, 1.0, &ws.f, 1.0, &mut ws.resid[slot])?;
-            ws.resid_rows[slot] += rows as u64;
+            ws.add_row_residuals(rows, slot)?;
         }
         return Ok(());
     }

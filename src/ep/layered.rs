@@ -106,10 +106,7 @@ pub fn nudged_phase<B: Backend>(
         None => false,
     };
     if fused {
-        // The fused phase left each row's residual in ws.f.
-        bk.col_sum(rows, 1, 1.0, &ws.f, 1.0, &mut ws.resid[0])?;
-        ws.resid_rows[0] += rows as u64;
-        return Ok(());
+        return ws.add_row_residuals(rows, 0);
     }
     for _ in 0..cfg.settle_steps {
         backward_errors(net, cfg, beta, ws, rows)?;

@@ -93,6 +93,15 @@ impl<B: Backend> Workspace<B> {
         backend.gemm(false, true, 1, 1, n, 1.0, v, v, 1.0, acc)
     }
 
+    /// Adds the per-row residuals a fused phase left in `f` (its first `rows` entries)
+    /// to `resid[slot]`, and counts the rows.
+    pub(crate) fn add_row_residuals(&mut self, rows: usize, slot: usize) -> Result<()> {
+        self.backend
+            .col_sum(rows, 1, 1.0, &self.f, 1.0, &mut self.resid[slot])?;
+        self.resid_rows[slot] += rows as u64;
+        Ok(())
+    }
+
     /// Zeroes the running residuals.
     pub fn reset_residuals(&mut self) -> Result<()> {
         self.resid_rows = [0, 0];
