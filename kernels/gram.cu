@@ -10,6 +10,11 @@
 //
 // Launch: one block of MEP_GRAM_THREADS threads (1-D). The host checks k ≤ MEP_GRAM_MAX
 // (src/backend/cuda/gram.rs).
+//
+// For Gram matrices too large for one block (the seed's W_1: k = 128), square_products
+// (at the end of this file) is the multi-block member of the family: one or two k × k
+// products with a linear epilogue per launch, which is what lets the Gram-space
+// iteration take three launches per Newton–Schulz step instead of five.
 #include "common.cuh"
 
 #define MEP_GRAM_MAX 32
@@ -216,4 +221,74 @@ extern "C" __global__ void spectral_power(u32 rows, u32 cols, u32 squarings, u32
         const u64 len = (u64)rows * cols;
         for (u64 i = tid; i < len; i += nt) w[i] = w[i] * f;
     }
+}
+
+// ---- square_products: k × k products with a linear epilogue, many blocks ----------
+
+// Output tile side (a block computes a MEP_SQ_TILE × MEP_SQ_TILE tile) and the block's
+// rows of threads: blockDim = (MEP_SQ_TILE, MEP_SQ_ROWS), each thread MEP_SQ_TILE /
+// MEP_SQ_ROWS outputs of one column.
+#define MEP_SQ_TILE 32
+#define MEP_SQ_ROWS 8
+
+// One output tile (blockIdx.x: column tile, blockIdx.y: row tile) of
+// Out ← α·(X·Y) + (β·Z + γ·W) for k × k row-major matrices, or Out ← α·(X·Y) when
+// add = 0 (Z and W unread, so any pointer will do). The bracket is formed first, as
+// lincomb does before the GEMM that adds α·X·Y to it on the unfused path
+// (src/backend/mod.rs, square_product_unfused). The product's sum runs in m order
+// over tiles of MEP_SQ_TILE staged in shared memory; entries past k are staged as
+// zeros and not summed.
+__device__ void mep_sq_product_tile(u32 k, const float* __restrict__ X, const float* __restrict__ Y,
+                                    float alpha, u32 add, const float* __restrict__ Z, float beta,
+                                    const float* __restrict__ W, float gamma, float* __restrict__ Out,
+                                    float (*sX)[MEP_SQ_TILE + 1], float (*sY)[MEP_SQ_TILE + 1]) {
+    const u32 tx = threadIdx.x, ty = threadIdx.y;
+    const u32 col = blockIdx.x * MEP_SQ_TILE + tx, row0 = blockIdx.y * MEP_SQ_TILE;
+    const u32 per = MEP_SQ_TILE / MEP_SQ_ROWS;
+    float acc[MEP_SQ_TILE / MEP_SQ_ROWS];
+    for (u32 j = 0; j < per; j++) acc[j] = 0.0f;
+    for (u32 m0 = 0; m0 < k; m0 += MEP_SQ_TILE) {
+        for (u32 r = ty; r < MEP_SQ_TILE; r += MEP_SQ_ROWS) {
+            const u32 xr = row0 + r, xm = m0 + tx, ym = m0 + r;
+            sX[r][tx] = (xr < k && xm < k) ? X[(u64)xr * k + xm] : 0.0f;
+            sY[r][tx] = (ym < k && col < k) ? Y[(u64)ym * k + col] : 0.0f;
+        }
+        __syncthreads();
+        const u32 depth = k - m0 < MEP_SQ_TILE ? k - m0 : MEP_SQ_TILE;
+        for (u32 m = 0; m < depth; m++) {
+            const float y = sY[m][tx];
+            for (u32 j = 0; j < per; j++) acc[j] += sX[ty + j * MEP_SQ_ROWS][m] * y;
+        }
+        __syncthreads();  // the tiles are restaged next round
+    }
+    if (col >= k) return;
+    for (u32 j = 0; j < per; j++) {
+        const u32 row = row0 + ty + j * MEP_SQ_ROWS;
+        if (row >= k) continue;
+        const u64 e = (u64)row * k + col;
+        Out[e] = add ? alpha * acc[j] + (beta * Z[e] + gamma * W[e]) : alpha * acc[j];
+    }
+}
+
+// square_products: Out_z ← α_z·(X_z·Y_z) + (β_z·Z_z + γ_z·W_z), or α_z·(X_z·Y_z) alone
+// when add_z = 0, for z < gridDim.z ≤ 2 and k × k row-major matrices
+// (mep_sq_product_tile); no Out_z may alias any input. Two independent products share
+// one launch (Newton–Schulz's P·A and P·Q).
+// Launch: block (MEP_SQ_TILE, MEP_SQ_ROWS); grid (⌈k/MEP_SQ_TILE⌉, ⌈k/MEP_SQ_TILE⌉,
+// products).
+extern "C" __global__ void square_products(u32 k, const float* __restrict__ x0,
+                                           const float* __restrict__ y0, float a0, u32 add0,
+                                           const float* __restrict__ z0, float b0,
+                                           const float* __restrict__ w0, float g0,
+                                           float* __restrict__ o0, const float* __restrict__ x1,
+                                           const float* __restrict__ y1, float a1, u32 add1,
+                                           const float* __restrict__ z1, float b1,
+                                           const float* __restrict__ w1, float g1,
+                                           float* __restrict__ o1) {
+    __shared__ float sX[MEP_SQ_TILE][MEP_SQ_TILE + 1];
+    __shared__ float sY[MEP_SQ_TILE][MEP_SQ_TILE + 1];
+    if (blockIdx.z == 0)
+        mep_sq_product_tile(k, x0, y0, a0, add0, z0, b0, w0, g0, o0, sX, sY);
+    else
+        mep_sq_product_tile(k, x1, y1, a1, add1, z1, b1, w1, g1, o1, sX, sY);
 }

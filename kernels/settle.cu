@@ -25,16 +25,20 @@ extern "C" __global__ void layered_error(u64 n, u32 cols, const float* __restric
     MEP_GRID_STRIDE(i, n) { e[i] = s[i] - (p[i] + bias[i % cols]); }
 }
 
-// layered_settle: s ← s − η·(e + c·φ′(s)·g); a ← φ(s) (φ′ at the old s).
+// layered_settle: at the current state, e ← s − (p + bias[col]) (as layered_error
+// rounds it; written out), then s ← s − η·(e + c·φ′(s)·g); a ← φ(s) (φ′ at the old s).
 // Launch: 1-D grid-stride over n = rows·cols.
-extern "C" __global__ void layered_settle(u64 n, const float* __restrict__ e,
+extern "C" __global__ void layered_settle(u64 n, u32 cols, const float* __restrict__ p,
+                                          const float* __restrict__ bias,
                                           const float* __restrict__ g, float c, float eta,
                                           u32 chain, float* __restrict__ s,
-                                          float* __restrict__ a) {
+                                          float* __restrict__ a, float* __restrict__ e) {
     MEP_GRID_STRIDE(i, n) {
         float sv = s[i];
+        float ev = sv - (p[i] + bias[i % cols]);
+        e[i] = ev;
         float d = mep_act_deriv(chain, sv);
-        float ns = sv - eta * (e[i] + c * d * g[i]);
+        float ns = sv - eta * (ev + c * d * g[i]);
         s[i] = ns;
         a[i] = mep_act(chain, ns);
     }
@@ -60,4 +64,12 @@ extern "C" __global__ void hopfield_settle(u64 n, u32 cols, const float* __restr
 extern "C" __global__ void act_grad_mul(u64 n, const float* __restrict__ z, u32 chain,
                                         float* __restrict__ delta) {
     MEP_GRID_STRIDE(i, n) { delta[i] = delta[i] * mep_act_deriv(chain, z[i]); }
+}
+
+// act_grad_mul_into: dst ← (scale·src)·φ′(z) (dst's old contents unread).
+// Launch: 1-D grid-stride over n = rows·cols.
+extern "C" __global__ void act_grad_mul_into(u64 n, const float* __restrict__ z, u32 chain,
+                                             float scale, const float* __restrict__ src,
+                                             float* __restrict__ dst) {
+    MEP_GRID_STRIDE(i, n) { dst[i] = (scale * src[i]) * mep_act_deriv(chain, z[i]); }
 }

@@ -257,6 +257,7 @@ benches=(
     "mep-mnist cuda (seed)|--device cuda --data-dir $bundle/mnist --json --gemm-rate"
     "mep-mnist cuda eager, MEP_CUDA_GRAPHS=0 (seed)|--device cuda --data-dir $bundle/mnist --json"
     "mep-mnist cuda unfused, MEP_CUDA_FUSED=0 (seed)|--device cuda --data-dir $bundle/mnist --json"
+    "mep-mnist cuda W1 Newton-Schulz on cuBLAS, MEP_CUDA_SQUARE_MAX_K=0 (seed)|--device cuda --data-dir $bundle/mnist --json"
     "mep-mnist cuda eager unfused, MEP_CUDA_GRAPHS=0 MEP_CUDA_FUSED=0 (seed)|--device cuda --data-dir $bundle/mnist --json"
     "mep-mnist cuda hopfield (seed widths)|--device cuda --energy hopfield --data-dir $bundle/mnist --json"
     "mep-mnist cuda hopfield unfused, MEP_CUDA_FUSED=0 (seed widths)|--device cuda --energy hopfield --data-dir $bundle/mnist --json"
@@ -288,7 +289,9 @@ for b in "${benches[@]}"; do
     # The fused phase's coupling limit, where the row names one (the threshold's
     # measurement: the same network fused and not).
     max_couplings="$(printf '%s' "$name" | sed -n 's/.*MEP_CUDA_FUSED_MAX_COUPLINGS=\([0-9]*\).*/\1/p')"
-    out="$(MEP_CUDA_FUSED_MAX_COUPLINGS=${max_couplings:-65536} MEP_CUDA_GRAPHS=$graphs MEP_CUDA_FUSED=$fused timeout "$check_timeout" "$bundle/bin/mep-mnist" $args 2>>"$bench_log")"
+    # The k limit of square_products (Newton–Schulz's Gram-space products), likewise.
+    square_max_k="$(printf '%s' "$name" | sed -n 's/.*MEP_CUDA_SQUARE_MAX_K=\([0-9]*\).*/\1/p')"
+    out="$(MEP_CUDA_FUSED_MAX_COUPLINGS=${max_couplings:-65536} MEP_CUDA_SQUARE_MAX_K=${square_max_k:-256} MEP_CUDA_GRAPHS=$graphs MEP_CUDA_FUSED=$fused timeout "$check_timeout" "$bundle/bin/mep-mnist" $args 2>>"$bench_log")"
     rc=$?
     secs="$(elapsed "$start" "$(now)")"
     echo "$out" >>"$bench_log"

@@ -566,7 +566,8 @@ fn elementwise<T: Scalar>() {
                 .unwrap();
             close(&format!("layered_error {rows}×{cols}"), seed, &e, &want_e);
 
-            // layered_settle: s ← s − η·(e + c·φ′(s) ⊙ g); a ← φ(s)
+            // layered_settle: e ← s − (p + bias) as layered_error rounds it, then
+            // s ← s − η·(e + c·φ′(s) ⊙ g); a ← φ(s)
             let e = back(&e);
             let g = randn::<T>(&mut r, n, 1.0);
             for c in [-1.0, 0.5] {
@@ -574,9 +575,26 @@ fn elementwise<T: Scalar>() {
                 let c = round::<T>(c);
                 let want_s: Vec<f64> = (0..n).map(|i| s[i] - eta * (e[i] + c * phi(s[i]).1 * g[i])).collect();
                 let want_a: Vec<f64> = want_s.iter().map(|&v| phi(round::<T>(v)).0).collect();
-                let (mut st, mut at) = (to::<T>(&s), to::<T>(&vec![f64::NAN; n]));
-                cpu.layered_settle(rows, cols, &to(&e), &to(&g), c, eta, chain, &mut st, &mut at)
-                    .unwrap();
+                let nan = to::<T>(&vec![f64::NAN; n]);
+                let (mut st, mut at, mut et) = (to::<T>(&s), nan.clone(), nan);
+                cpu.layered_settle(
+                    rows,
+                    cols,
+                    &to(&p),
+                    &to(&bias),
+                    &to(&g),
+                    c,
+                    eta,
+                    chain,
+                    &mut st,
+                    &mut at,
+                    &mut et,
+                )
+                .unwrap();
+                assert!(
+                    back(&et) == e,
+                    "layered_settle e {name} c={c}: not layered_error's e exactly (seed {seed})"
+                );
                 close(&format!("layered_settle s {name} c={c}"), seed, &st, &want_s);
                 check_act_output(&format!("layered_settle a {name} c={c}"), seed, &at, &want_a);
             }
@@ -620,6 +638,25 @@ fn elementwise<T: Scalar>() {
             assert!(
                 err / den <= tol::<T>(),
                 "act_grad_mul {name} (seed {seed}): ‖Δ‖/‖δ‖ = {:e}",
+                err / den
+            );
+
+            // act_grad_mul_into: dst ← (scale·src) ⊙ φ′(z), into NaN garbage
+            let scale = round::<T>(2.0 * r.uniform() - 1.0);
+            let want: Vec<f64> = (0..n).map(|i| scale * d0[i] * phi(z0[i]).1).collect();
+            let mut d = to::<T>(&vec![f64::NAN; n]);
+            cpu.act_grad_mul_into(rows, cols, &to(&z0), chain, scale, &to(&d0), &mut d)
+                .unwrap();
+            let err: f64 = back(&d)
+                .iter()
+                .zip(&want)
+                .map(|(g, w)| (g - w).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            let den = den * scale.abs().max(f64::MIN_POSITIVE);
+            assert!(
+                err / den <= tol::<T>(),
+                "act_grad_mul_into {name} scale {scale} (seed {seed}): ‖Δ‖/‖scale·δ‖ = {:e}",
                 err / den
             );
         }
@@ -845,7 +882,46 @@ fn short_buffers_are_shape_errors() {
     let c = cpu.clone();
     check(
         "layered_settle",
-        Box::new(move || c.layered_settle(rows, cols, &full(), &short(), -1.0, 0.5, act, &mut full(), &mut full())),
+        Box::new(move || {
+            c.layered_settle(
+                rows,
+                cols,
+                &full(),
+                &bias(),
+                &short(),
+                -1.0,
+                0.5,
+                act,
+                &mut full(),
+                &mut full(),
+                &mut full(),
+            )
+        }),
+    );
+    let c = cpu.clone();
+    check(
+        "layered_settle bias",
+        Box::new(move || {
+            let b = vec![0.0; cols - 1];
+            c.layered_settle(
+                rows,
+                cols,
+                &full(),
+                &b,
+                &full(),
+                -1.0,
+                0.5,
+                act,
+                &mut full(),
+                &mut full(),
+                &mut full(),
+            )
+        }),
+    );
+    let c = cpu.clone();
+    check(
+        "act_grad_mul_into src",
+        Box::new(move || c.act_grad_mul_into(rows, cols, &full(), act, 2.0, &short(), &mut full())),
     );
     let c = cpu.clone();
     check(

@@ -113,27 +113,37 @@ fn elementwise_settle_kernels() {
             .unwrap();
         close("layered_error", seed, &gpu.download(&eg).unwrap(), &ec);
 
-        // layered_settle, hidden (c = −1) and output (c = β)
+        // layered_settle, hidden (c = −1) and output (c = β): the error from (p, bias),
+        // then the step; the outputs start as NaN garbage.
         for c in [-1.0, 0.5] {
             let g = randn(&mut r, n, 1.0);
-            let (mut sc, mut ac) = (s.clone(), vec![0.0; n]);
-            cpu.layered_settle(rows, cols, &ec, &g, c, 0.2, act, &mut sc, &mut ac)
+            let nan = vec![f32::NAN; n];
+            let (mut sc, mut ac, mut ec2) = (s.clone(), nan.clone(), nan.clone());
+            cpu.layered_settle(rows, cols, &p, &bias, &g, c, 0.2, act, &mut sc, &mut ac, &mut ec2)
                 .unwrap();
-            let (mut sg, mut ag) = (up(&s), gpu.zeros(n).unwrap());
-            gpu.layered_settle(rows, cols, &up(&ec), &up(&g), c, 0.2, act, &mut sg, &mut ag)
-                .unwrap();
-            close(
-                &format!("layered_settle s {name} c={c}"),
-                seed,
-                &gpu.download(&sg).unwrap(),
-                &sc,
-            );
-            close(
-                &format!("layered_settle a {name} c={c}"),
-                seed,
-                &gpu.download(&ag).unwrap(),
-                &ac,
-            );
+            close(&format!("layered_settle e (cpu) {name}"), seed, &ec2, &ec);
+            let (mut sg, mut ag, mut eg) = (up(&s), up(&nan), up(&nan));
+            gpu.layered_settle(
+                rows,
+                cols,
+                &up(&p),
+                &up(&bias),
+                &up(&g),
+                c,
+                0.2,
+                act,
+                &mut sg,
+                &mut ag,
+                &mut eg,
+            )
+            .unwrap();
+            for (what, got, want) in [
+                ("s", gpu.download(&sg).unwrap(), &sc),
+                ("a", gpu.download(&ag).unwrap(), &ac),
+                ("e", gpu.download(&eg).unwrap(), &ec2),
+            ] {
+                close(&format!("layered_settle {what} {name} c={c}"), seed, &got, want);
+            }
         }
 
         // hopfield_settle, free and nudged
@@ -170,6 +180,21 @@ fn elementwise_settle_kernels() {
         gpu.act_grad_mul(rows, cols, &up(&z0), act, &mut dg).unwrap();
         close(
             &format!("act_grad_mul {name}"),
+            seed,
+            &gpu.download(&dg).unwrap(),
+            &dcpu,
+        );
+
+        // act_grad_mul_into, scaled, into NaN garbage
+        let scale = 2.0 * r.uniform() - 1.0;
+        let mut dcpu = vec![f32::NAN; n];
+        cpu.act_grad_mul_into(rows, cols, &z0, act, scale, &d0, &mut dcpu)
+            .unwrap();
+        let mut dg = up(&vec![f32::NAN; n]);
+        gpu.act_grad_mul_into(rows, cols, &up(&z0), act, scale, &up(&d0), &mut dg)
+            .unwrap();
+        close(
+            &format!("act_grad_mul_into {name}"),
             seed,
             &gpu.download(&dg).unwrap(),
             &dcpu,
@@ -788,18 +813,22 @@ fn fused_newton_schulz_matches_the_gemm_iteration() {
     let Some(gpu) = gpu() else { return };
     let cpu = Cpu::<f32>::new();
     let (seed, mut r) = rng();
-    for case in 0..13 {
-        // Case 11 is past the fused kernels' k (cuBLAS only); case 12 past the whole
-        // fused orthogonalisation's length (the Gram-space iteration alone is fused).
+    for case in 0..15 {
+        // Cases 11 and 13 are past the one-block kernels' k: the Gram-space products run
+        // as `square_products` (13 is the seed's W₁, 128×784); case 14 is past that
+        // kernel's k too (cuBLAS and lincomb); case 12 is past the whole fused
+        // orthogonalisation's length (the Gram-space iteration alone is fused).
         let k = match case {
             11 => 33,
             12 => 1 + r.below(4) as usize,
+            13 => 128,
+            14 => 257,
             _ => 1 + r.below(32) as usize,
         };
-        let other = if case == 12 {
-            65537 + r.below(100) as usize
-        } else {
-            k + r.below(60) as usize
+        let other = match case {
+            12 => 65537 + r.below(100) as usize,
+            13 => 784,
+            _ => k + r.below(60) as usize,
         };
         let (rows, cols) = if r.below(2) == 0 { (k, other) } else { (other, k) };
         let steps = if case == 12 {
@@ -834,6 +863,128 @@ fn fused_newton_schulz_matches_the_gemm_iteration() {
             );
         }
         gpu.set_fused(true);
+    }
+}
+
+/// `square_products` (`kernels/gram.cu`: one or two k × k products with the epilogue
+/// β·z + γ·w, one launch) against its f64 definition, on the CUDA backend with fusion
+/// on (the kernel up to k = 256, cuBLAS past it) and off (lincomb and cuBLAS), and on
+/// the CPU's default: fresh random matrices with NaN garbage in the outputs, k around
+/// the 32-wide tiles (1, 31, 32, 33, 64, 65, 128, 129, 255, 256) and past the limit
+/// (257), one product or two, each with or without the added terms.
+#[test]
+fn square_products_match_their_definition() {
+    use mep::backend::SquareProduct;
+    let Some(gpu) = gpu() else { return };
+    if std::env::var_os("MEP_CUDA_SQUARE_MAX_K").is_none() {
+        assert_eq!(gpu.square_max_k(), 256, "the default limit");
+    }
+    let cpu = Cpu::<f32>::new();
+    let (seed, mut r) = rng();
+    for k in [1usize, 31, 32, 33, 64, 65, 128, 129, 255, 256, 257] {
+        let kk = k * k;
+        // Two products' inputs (x, y, z, w each) and coefficients (α, β, γ).
+        let m: Vec<Vec<f32>> = (0..8).map(|_| randn(&mut r, kk, 1.0)).collect();
+        let coef: Vec<f64> = (0..6).map(|_| 4.0 * r.uniform() - 2.0).collect();
+        let (add0, add1, two) = (r.below(2) == 0, r.below(2) == 0, r.below(3) != 0);
+        // f64 reference and the bound on its rounding: Σ|α·x·y| + |β·z| + |γ·w| per entry.
+        let reference = |p: usize, add: bool| -> (Vec<f64>, Vec<f64>) {
+            let (x, y, z, w) = (&m[4 * p], &m[4 * p + 1], &m[4 * p + 2], &m[4 * p + 3]);
+            let (a, b, g) = (coef[3 * p], coef[3 * p + 1], coef[3 * p + 2]);
+            let mut want = vec![0.0; kk];
+            let mut scale = vec![0.0; kk];
+            for i in 0..k {
+                for j in 0..k {
+                    let (mut s, mut sa) = (0.0f64, 0.0f64);
+                    for t in 0..k {
+                        let v = x[i * k + t] as f64 * y[t * k + j] as f64;
+                        s += v;
+                        sa += v.abs();
+                    }
+                    let e = i * k + j;
+                    want[e] = a * s;
+                    scale[e] = (a * sa).abs();
+                    if add {
+                        want[e] += b * z[e] as f64 + g * w[e] as f64;
+                        scale[e] += (b * z[e] as f64).abs() + (g * w[e] as f64).abs();
+                    }
+                }
+            }
+            (want, scale)
+        };
+        let refs = [reference(0, add0), reference(1, add1)];
+        let check = |what: &str, p: usize, got: &[f32]| {
+            let (want, scale) = &refs[p];
+            for e in 0..kk {
+                // f32 rounding over a k-term sum: a few ε·k of the absolute sum.
+                let tol = 4.0 * f32::EPSILON as f64 * (k as f64 + 2.0) * scale[e] + 1e-30;
+                let d = (got[e] as f64 - want[e]).abs();
+                assert!(
+                    d <= tol,
+                    "{what}: k = {k}, product {p} (add {}), entry {e}: got {}, want {} (|Δ| {d:e} > {tol:e}; seed {seed})",
+                    [add0, add1][p],
+                    got[e],
+                    want[e]
+                );
+            }
+        };
+        // Runs both products on `bk` and returns the outputs.
+        fn run<B: Backend<Elem = f32>>(
+            bk: &B,
+            k: usize,
+            m: &[Vec<f32>],
+            coef: &[f64],
+            adds: (bool, bool),
+            two: bool,
+        ) -> (Vec<f32>, Vec<f32>) {
+            let b: Vec<B::Buf> = m.iter().map(|v| bk.upload(v).unwrap()).collect();
+            let nan = vec![f32::NAN; k * k];
+            let mut o0 = bk.upload(&nan).unwrap();
+            let mut o1 = bk.upload(&nan).unwrap();
+            let first = SquareProduct {
+                alpha: coef[0],
+                x: &b[0],
+                y: &b[1],
+                add: adds.0.then_some((coef[1], &b[2], coef[2], &b[3])),
+                out: &mut o0,
+            };
+            let second = SquareProduct {
+                alpha: coef[3],
+                x: &b[4],
+                y: &b[5],
+                add: adds.1.then_some((coef[4], &b[6], coef[5], &b[7])),
+                out: &mut o1,
+            };
+            if two {
+                bk.square_products(k, first, Some(second)).unwrap();
+            } else {
+                bk.square_products(k, first, None).unwrap();
+                bk.square_products(k, second, None).unwrap();
+            }
+            (bk.download(&o0).unwrap(), bk.download(&o1).unwrap())
+        }
+        let (c0, c1) = run(&cpu, k, &m, &coef, (add0, add1), two);
+        check("cpu", 0, &c0);
+        check("cpu", 1, &c1);
+        let mut outs = Vec::new();
+        // Fused (the kernel up to k = 256), fused off, and the kernel's k limit at 0.
+        for (fused, max_k) in [(true, 256), (false, 256), (true, 0)] {
+            gpu.set_fused(fused);
+            gpu.set_square_max_k(max_k);
+            let (g0, g1) = run(&gpu, k, &m, &coef, (add0, add1), two);
+            let what = format!("cuda (fused {fused}, max k {max_k}, two in one call {two})");
+            check(&what, 0, &g0);
+            check(&what, 1, &g1);
+            outs.push((g0, g1));
+        }
+        gpu.set_fused(true);
+        gpu.set_square_max_k(256);
+        // A limit of 0 takes exactly the unfused path (lincomb and cuBLAS).
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert!(
+            bits(&outs[2].0) == bits(&outs[1].0) && bits(&outs[2].1) == bits(&outs[1].1),
+            "k = {k}: MEP_CUDA_SQUARE_MAX_K = 0 did not take the unfused path (seed {seed})"
+        );
     }
 }
 

@@ -71,15 +71,17 @@ fn layered_settle() {
             let (seed, mut r) = rng();
             let (rows, cols) = shape(&mut r);
             let n = rows * cols;
-            let (e, g, s0) = (randn(&mut r, n, 1.0), randn(&mut r, n, 1.0), randn(&mut r, n, 2.0));
+            let (p, g, s0) = (randn(&mut r, n, 1.0), randn(&mut r, n, 1.0), randn(&mut r, n, 2.0));
+            let bias = randn(&mut r, cols, 1.0);
             let eta = r.uniform_range(0.05, 0.5);
-            let (mut sc, mut ac) = (s0.clone(), vec![0.0; n]);
-            cpu.layered_settle(rows, cols, &e, &g, c, eta, act, &mut sc, &mut ac)
+            let (mut sc, mut ac, mut ec) = (s0.clone(), vec![0.0; n], vec![0.0; n]);
+            cpu.layered_settle(rows, cols, &p, &bias, &g, c, eta, act, &mut sc, &mut ac, &mut ec)
                 .unwrap();
-            let (mut sh, mut ah) = (s0, vec![f32::NAN; n]);
-            host::layered_settle(rows, cols, &e, &g, c, eta, act, &mut sh, &mut ah).unwrap();
+            let (mut sh, mut ah, mut eh) = (s0, vec![f32::NAN; n], vec![f32::NAN; n]);
+            host::layered_settle(rows, cols, &p, &bias, &g, c, eta, act, &mut sh, &mut ah, &mut eh).unwrap();
             close(&format!("layered_settle s {} c={c}", act.describe()), seed, &sh, &sc);
             close(&format!("layered_settle a {} c={c}", act.describe()), seed, &ah, &ac);
+            close(&format!("layered_settle e {} c={c}", act.describe()), seed, &eh, &ec);
         }
     }
 }
@@ -131,6 +133,24 @@ fn act_grad_mul() {
         let mut dh = d0;
         host::act_grad_mul(rows, cols, &z, act, &mut dh).unwrap();
         close(&format!("act_grad_mul {}", act.describe()), seed, &dh, &dc);
+    }
+}
+
+#[test]
+fn act_grad_mul_into() {
+    let cpu = Cpu::<f32>::new();
+    for act in chains() {
+        let (seed, mut r) = rng();
+        let (rows, cols) = shape(&mut r);
+        let n = rows * cols;
+        let (z, src) = (randn(&mut r, n, 2.0), randn(&mut r, n, 1.0));
+        let scale = r.uniform_range(-2.0, 2.0);
+        let mut dc = vec![f32::NAN; n];
+        cpu.act_grad_mul_into(rows, cols, &z, act, scale, &src, &mut dc)
+            .unwrap();
+        let mut dh = vec![f32::NAN; n];
+        host::act_grad_mul_into(rows, cols, &z, act, scale, &src, &mut dh).unwrap();
+        close(&format!("act_grad_mul_into {}", act.describe()), seed, &dh, &dc);
     }
 }
 

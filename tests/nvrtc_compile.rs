@@ -11,7 +11,10 @@ const EXPECTED: &[(&str, &[&str])] = &[
     ("cost", &["cost_grad", "cost_stats_partial", "argmax"]),
     ("data", &["gather_rows", "gather_batch", "gather_labels"]),
     ("fused", &["layered_nudged_phase", "hopfield_settle_phase"]),
-    ("gram", &["ns_gram_poly", "ns_orthogonalize", "spectral_power"]),
+    (
+        "gram",
+        &["ns_gram_poly", "ns_orthogonalize", "spectral_power", "square_products"],
+    ),
     (
         "optim",
         &[
@@ -35,6 +38,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
             "layered_settle",
             "hopfield_settle",
             "act_grad_mul",
+            "act_grad_mul_into",
         ],
     ),
 ];

@@ -205,7 +205,9 @@ pub trait Backend: Clone + Send + Sync + 'static {
         bias: &Self::Buf,
         e: &mut Self::Buf,
     ) -> Result<()>;
-    /// Fused layered settle step: s ← s − η·(e + c·φ′(s) ⊙ g); a ← φ(s).
+    /// Fused layered settle step at the current state: the error
+    /// e ← s − (p + bias) exactly as [`Backend::layered_error`] forms it (written to
+    /// `e`), then s ← s − η·(e + c·φ′(s) ⊙ g) and a ← φ(s) (φ′ at the old s).
     /// Hidden layers pass g = Wᵀe_{l+1} and c = −1; the output layer passes
     /// g = ∂C/∂o and c = β.
     #[allow(clippy::too_many_arguments)]
@@ -213,13 +215,15 @@ pub trait Backend: Clone + Send + Sync + 'static {
         &self,
         rows: usize,
         cols: usize,
-        e: &Self::Buf,
+        p: &Self::Buf,
+        bias: &Self::Buf,
         g: &Self::Buf,
         c: f64,
         eta: f64,
         act: ActChain,
         s: &mut Self::Buf,
         a: &mut Self::Buf,
+        e: &mut Self::Buf,
     ) -> Result<()>;
     /// Fused Hopfield settle: s ← φ(drive + bias − β·dc), where drive holds the GEMM
     /// outputs W_l s_{l−1} + W_{l+1}ᵀ s_{l+1} and `nudge` = Some((dc, β)) adds the
@@ -238,6 +242,20 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// Backprop through an activation: δ ← δ ⊙ φ′(z).
     fn act_grad_mul(&self, rows: usize, cols: usize, z: &Self::Buf, act: ActChain, delta: &mut Self::Buf)
         -> Result<()>;
+    /// [`Backend::act_grad_mul`] into another buffer, scaled: dst ← (scale·src) ⊙ φ′(z)
+    /// (dst's old contents are ignored). It replaces a copy or an
+    /// [`Backend::axpby`] followed by the in-place form, with the same rounding.
+    #[allow(clippy::too_many_arguments)]
+    fn act_grad_mul_into(
+        &self,
+        rows: usize,
+        cols: usize,
+        z: &Self::Buf,
+        act: ActChain,
+        scale: f64,
+        src: &Self::Buf,
+        dst: &mut Self::Buf,
+    ) -> Result<()>;
 
     // ---- cost --------------------------------------------------------------------
 
@@ -332,6 +350,23 @@ pub trait Backend: Clone + Send + Sync + 'static {
         Ok(false)
     }
 
+    /// One or two products of `k × k` row-major matrices, each with a linear epilogue
+    /// ([`SquareProduct`]): `out ← α·(x·y) + (β·z + γ·w)`, or `out ← α·(x·y)` without
+    /// [`SquareProduct::add`]. The two are independent (no output may be the other's
+    /// input), so a backend may run them in one launch. The default runs each as
+    /// [`square_product_unfused`]: [`Backend::lincomb`] then a [`Backend::gemm`]
+    /// with β = 1 that adds the product; a fused backend computes the same
+    /// arithmetic, with the product's sum in its own order.
+    fn square_products(
+        &self,
+        k: usize,
+        first: SquareProduct<'_, Self>,
+        second: Option<SquareProduct<'_, Self>>,
+    ) -> Result<()> {
+        square_product_unfused(self, k, first)?;
+        second.map_or(Ok(()), |p| square_product_unfused(self, k, p))
+    }
+
     /// Newton–Schulz's polynomial iteration in Gram space, fused, when the backend has
     /// one for this `k`: from A = `gram` (`k × k`) and Q₀ = I, each of `steps` (≥ 1)
     /// iterations forms P = aI + bA + cA², Q ← P·Q and A ← P·A·P, exactly as
@@ -414,6 +449,34 @@ pub trait Backend: Clone + Send + Sync + 'static {
             "{}: this backend does not capture graphs",
             self.name()
         )))
+    }
+}
+
+/// One product of [`Backend::square_products`]: `out ← α·(x·y) + (β·z + γ·w)` for
+/// `k × k` row-major matrices (`out ← α·(x·y)` when `add` is `None`).
+pub struct SquareProduct<'a, B: Backend> {
+    /// α.
+    pub alpha: f64,
+    /// The left factor.
+    pub x: &'a B::Buf,
+    /// The right factor.
+    pub y: &'a B::Buf,
+    /// The added terms (β, z, γ, w), if any.
+    pub add: Option<(f64, &'a B::Buf, f64, &'a B::Buf)>,
+    /// The result; its old contents are ignored.
+    pub out: &'a mut B::Buf,
+}
+
+/// [`Backend::square_products`]' default for one product, in the backend's own
+/// primitives: with `add`, [`Backend::lincomb`] forms β·z + γ·w in `out` and a
+/// [`Backend::gemm`] with β = 1 adds α·x·y; without, one GEMM with β = 0.
+pub fn square_product_unfused<B: Backend>(bk: &B, k: usize, p: SquareProduct<'_, B>) -> Result<()> {
+    match p.add {
+        Some((beta, z, gamma, w)) => {
+            bk.lincomb(beta, z, gamma, w, p.out)?;
+            bk.gemm(false, false, k, k, k, p.alpha, p.x, p.y, 1.0, p.out)
+        }
+        None => bk.gemm(false, false, k, k, k, p.alpha, p.x, p.y, 0.0, p.out),
     }
 }
 

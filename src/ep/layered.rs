@@ -132,15 +132,22 @@ fn backward_errors<B: Backend>(
     let blocks = &net.arch.blocks;
     let last = blocks.len() - 1;
     if let Some(beta) = beta {
-        bk.cost_grad(rows, blocks[last].out, &ws.a[last], &ws.y, cfg.loss, &mut ws.dc)?;
-        bk.axpby(-beta, &ws.dc, 0.0, &mut ws.e[last])?;
-        bk.act_grad_mul(rows, blocks[last].out, &ws.s[last], blocks[last].act, &mut ws.e[last])?;
+        let out = &blocks[last];
+        bk.cost_grad(rows, out.out, &ws.a[last], &ws.y, cfg.loss, &mut ws.dc)?;
+        bk.act_grad_mul_into(rows, out.out, &ws.s[last], out.act, -beta, &ws.dc, &mut ws.e[last])?;
     }
     for l in (0..last).rev() {
         super::feedback(net, l, rows, &ws.e[l + 1], 0.0, &mut ws.r[l])?;
         if l > 0 {
-            bk.copy(&ws.r[l], &mut ws.e[l])?;
-            bk.act_grad_mul(rows, blocks[l].out, &ws.s[l], blocks[l].act, &mut ws.e[l])?;
+            bk.act_grad_mul_into(
+                rows,
+                blocks[l].out,
+                &ws.s[l],
+                blocks[l].act,
+                1.0,
+                &ws.r[l],
+                &mut ws.e[l],
+            )?;
         }
     }
     Ok(())
@@ -162,22 +169,32 @@ fn relax_forward<B: Backend>(
     let bk = &net.backend;
     let last = net.arch.depth() - 1;
     for (l, blk) in net.arch.blocks.iter().enumerate() {
-        layer_error(net, ws, l, rows)?;
+        if l > 0 {
+            super::drive(net, l, rows, &ws.a[l - 1], 0.0, &mut ws.p[l])?;
+        }
         let (g, c) = match (l == last, beta) {
             (true, Some(beta)) => (&ws.dc, beta),
-            (true, None) => break,
+            (true, None) => {
+                let b = &net.params[l].b;
+                bk.layered_error(rows, blk.out, &ws.s[l], &ws.p[l], b, &mut ws.e[l])?;
+                break;
+            }
             _ => (&ws.r[l], -1.0),
         };
+        // e_l and the step in one pass (e_l is written too: the next sweep's errors
+        // start from it).
         bk.layered_settle(
             rows,
             blk.out,
-            &ws.e[l],
+            &ws.p[l],
+            &net.params[l].b,
             g,
             c,
             omega,
             blk.act,
             &mut ws.s[l],
             &mut ws.a[l],
+            &mut ws.e[l],
         )?;
     }
     Ok(())

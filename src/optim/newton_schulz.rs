@@ -9,8 +9,12 @@
 //! iteration by four 128³ ones: 122 instead of 278 MFLOP per call (the direct
 //! form is kept in the tests as the f64 reference). A tall matrix (rows > cols)
 //! is handled as its transpose: A = XᵀX and X = X₀Q.
+//!
+//! The k × k work goes through [`Backend::square_products`]: P = cA² + (bA + aI) is
+//! one product with an epilogue, and P·A and P·Q are independent, so a fused
+//! backend runs an iteration in three launches (P; P·A beside P·Q; (P·A)·P).
 
-use crate::backend::{Backend, Scalar};
+use crate::backend::{Backend, Scalar, SquareProduct};
 use crate::Result;
 
 /// Keller Jordan's quintic coefficients (a, b, c).
@@ -24,6 +28,7 @@ pub struct NsScratch<B: Backend> {
     gram: B::Buf,
     poly: B::Buf,
     q: B::Buf,
+    q_next: B::Buf,
     tmp: B::Buf,
     eye: B::Buf,
     norm: B::Buf,
@@ -43,6 +48,7 @@ impl<B: Backend> NsScratch<B> {
             gram: bk.zeros(k * k)?,
             poly: bk.zeros(k * k)?,
             q: bk.zeros(k * k)?,
+            q_next: bk.zeros(k * k)?,
             tmp: bk.zeros(k * k)?,
             eye: bk.upload(&eye)?,
             norm: bk.zeros(1)?,
@@ -79,22 +85,56 @@ pub fn orthogonalize<B: Backend>(
     }
     // The backend may run the whole iteration below as one fused operation.
     let fused = bk.ns_gram_poly(k, steps, NS_COEFFS, &sc.gram, &mut sc.q)?;
+    // Otherwise three `square_products` calls per iteration (two in the last), each
+    // one launch on a fused backend: P, then P·A beside P·Q, then (P·A)·P.
     for i in (0..steps).take_while(|_| !fused) {
-        // P = aI + bA + cA²: (aI + bA) first, then the GEMM adds cA² (β = 1).
-        bk.lincomb(b, &sc.gram, a, &sc.eye, &mut sc.poly)?;
-        bk.gemm(false, false, k, k, k, c, &sc.gram, &sc.gram, 1.0, &mut sc.poly)?;
-        // Q ← P Q; Q₀ = I, so Q₁ = P itself (swapped in, not copied).
+        let last = i + 1 == steps;
+        // P = c·A² + (bA + aI).
+        let poly = SquareProduct {
+            alpha: c,
+            x: &sc.gram,
+            y: &sc.gram,
+            add: Some((b, &sc.gram, a, &sc.eye)),
+            out: &mut sc.poly,
+        };
+        bk.square_products(k, poly, None)?;
+        // Q ← P·Q; Q₀ = I, so Q₁ = P itself (swapped in, not copied).
         if i == 0 {
             std::mem::swap(&mut sc.q, &mut sc.poly);
-        } else {
-            bk.gemm(false, false, k, k, k, 1.0, &sc.poly, &sc.q, 0.0, &mut sc.tmp)?;
-            std::mem::swap(&mut sc.q, &mut sc.tmp);
         }
-        // A ← P A P (not needed after the last iteration).
-        if i + 1 < steps {
-            let p = if i == 0 { &sc.q } else { &sc.poly };
-            bk.gemm(false, false, k, k, k, 1.0, p, &sc.gram, 0.0, &mut sc.tmp)?;
-            bk.gemm(false, false, k, k, k, 1.0, &sc.tmp, p, 0.0, &mut sc.gram)?;
+        let p = if i == 0 { &sc.q } else { &sc.poly };
+        let next_q = (i > 0).then_some(SquareProduct {
+            alpha: 1.0,
+            x: p,
+            y: &sc.q,
+            add: None,
+            out: &mut sc.q_next,
+        });
+        if last {
+            if let Some(next_q) = next_q {
+                bk.square_products(k, next_q, None)?;
+            }
+        } else {
+            // A ← (P·A)·P (not needed after the last iteration); P·A beside P·Q.
+            let pa = SquareProduct {
+                alpha: 1.0,
+                x: p,
+                y: &sc.gram,
+                add: None,
+                out: &mut sc.tmp,
+            };
+            bk.square_products(k, pa, next_q)?;
+            let pap = SquareProduct {
+                alpha: 1.0,
+                x: &sc.tmp,
+                y: p,
+                add: None,
+                out: &mut sc.gram,
+            };
+            bk.square_products(k, pap, None)?;
+        }
+        if i > 0 {
+            std::mem::swap(&mut sc.q, &mut sc.q_next);
         }
     }
     if wide {

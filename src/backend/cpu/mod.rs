@@ -189,6 +189,29 @@ fn map_rows2<T: Send, F: Fn(usize, &mut [T], &mut [T]) + Sync + Send>(y: &mut [T
     });
 }
 
+/// [`map_rows`] over three matrices of the same shape at once.
+#[inline]
+fn map_rows3<T: Send, F: Fn(usize, &mut [T], &mut [T], &mut [T]) + Sync + Send>(
+    y: &mut [T],
+    z: &mut [T],
+    w: &mut [T],
+    cols: usize,
+    f: F,
+) {
+    let (dy, dz, dw) = (Disjoint::new(y), Disjoint::new(z), Disjoint::new(w));
+    par_ranges(dy.len.min(dz.len).min(dw.len) / cols, cols, |lo, hi| {
+        // SAFETY: disjoint row ranges of three distinct matrices.
+        let (py, pz, pw) = unsafe {
+            (
+                dy.part(lo * cols, hi * cols),
+                dz.part(lo * cols, hi * cols),
+                dw.part(lo * cols, hi * cols),
+            )
+        };
+        simd::rows3(py, pz, pw, cols, lo, &f);
+    });
+}
+
 /// Expands `$body` with `$vd` bound to a closure `x -> (φ(x), φ′(x))` that is
 /// monomorphised for the common single activations (so the loops vectorise) and falls
 /// back to the generic chain otherwise.
@@ -494,33 +517,41 @@ impl<T: Scalar> Backend for Cpu<T> {
         &self,
         rows: usize,
         cols: usize,
-        e: &Vec<T>,
+        p: &Vec<T>,
+        bias: &Vec<T>,
         g: &Vec<T>,
         c: f64,
         eta: f64,
         act: ActChain,
         s: &mut Vec<T>,
         a: &mut Vec<T>,
+        e: &mut Vec<T>,
     ) -> Result<()> {
         check_cols("layered_settle", cols)?;
         let n = rows * cols;
         for (what, len) in [
-            ("layered_settle e", e.len()),
+            ("layered_settle p", p.len()),
             ("layered_settle g", g.len()),
             ("layered_settle s", s.len()),
             ("layered_settle a", a.len()),
+            ("layered_settle e", e.len()),
         ] {
             check_len(what, len, n)?;
         }
+        check_len("layered_settle bias", bias.len(), cols)?;
         let (c, eta) = (T::of(c), T::of(eta));
-        let (e, g) = (&e[..n], &g[..n]);
+        let (p, g, bias) = (&p[..n], &g[..n], &bias[..cols]);
         with_act!(T, act, |vd| {
-            map_rows2(&mut s[..n], &mut a[..n], cols, |i, sc, ac| {
+            map_rows3(&mut s[..n], &mut a[..n], &mut e[..n], cols, |i, sc, ac, ec| {
                 let off = i * cols;
-                let (er, gr) = (&e[off..off + cols], &g[off..off + cols]);
-                for (((sv, av), &ev), &gv) in sc.iter_mut().zip(ac.iter_mut()).zip(er).zip(gr) {
+                let (pr, gr) = (&p[off..off + cols], &g[off..off + cols]);
+                let outs = sc.iter_mut().zip(ac.iter_mut()).zip(ec.iter_mut());
+                for ((((sv, av), ev), (&pv, &b)), &gv) in outs.zip(pr.iter().zip(bias)).zip(gr) {
+                    // The error exactly as layered_error forms it.
+                    let err = *sv - (pv + b);
+                    *ev = err;
                     let d = vd(*sv).1;
-                    let ns = *sv - eta * (ev + c * d * gv);
+                    let ns = *sv - eta * (err + c * d * gv);
                     *sv = ns;
                     *av = vd(ns).0;
                 }
@@ -579,6 +610,30 @@ impl<T: Scalar> Backend for Cpu<T> {
         check_len("act_grad_mul delta", delta.len(), n)?;
         with_act!(T, act, |vd| map_with(&mut delta[..n], &z[..n], |v, zv| *v =
             *v * vd(zv).1));
+        Ok(())
+    }
+
+    fn act_grad_mul_into(
+        &self,
+        rows: usize,
+        cols: usize,
+        z: &Vec<T>,
+        act: ActChain,
+        scale: f64,
+        src: &Vec<T>,
+        dst: &mut Vec<T>,
+    ) -> Result<()> {
+        let n = rows * cols;
+        check_len("act_grad_mul_into z", z.len(), n)?;
+        check_len("act_grad_mul_into src", src.len(), n)?;
+        check_len("act_grad_mul_into dst", dst.len(), n)?;
+        let scale = T::of(scale);
+        with_act!(T, act, |vd| map_with2(
+            &mut dst[..n],
+            &src[..n],
+            &z[..n],
+            |d, sv, zv| *d = (scale * sv) * vd(zv).1
+        ));
         Ok(())
     }
 

@@ -88,6 +88,15 @@ versions! {
 }
 
 versions! {
+    /// `f(first + r, row r of y, row r of z, row r of w)` over three matrices of one shape.
+    fn rows3<T, F>(y: &mut [T], z: &mut [T], w: &mut [T], cols: usize, first: usize, f: &F) where { F: Fn(usize, &mut [T], &mut [T], &mut [T]) } {
+        for (j, ((ry, rz), rw)) in y.chunks_mut(cols).zip(z.chunks_mut(cols)).zip(w.chunks_mut(cols)).enumerate() {
+            f(first + j, ry, rz, rw);
+        }
+    }
+}
+
+versions! {
     /// `out[i] = f(chunk i of x)` over chunks of `len` elements.
     fn chunks<T, F>(out: &mut [T], x: &[T], len: usize, f: &F) where { T: Copy, F: Fn(&[T]) -> T } {
         for (o, c) in out.iter_mut().zip(x.chunks(len)) {

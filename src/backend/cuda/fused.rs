@@ -44,14 +44,7 @@ pub fn fits(blocks: &[Block], max_couplings: usize) -> bool {
 
 /// The coupling limit from `MEP_CUDA_FUSED_MAX_COUPLINGS` ([`MAX_COUPLINGS`] when unset).
 pub(super) fn max_couplings_from_env() -> Result<usize> {
-    match std::env::var("MEP_CUDA_FUSED_MAX_COUPLINGS") {
-        Err(_) => Ok(MAX_COUPLINGS),
-        Ok(v) => v.trim().parse().map_err(|_| MepError::InvalidArgument {
-            name: "MEP_CUDA_FUSED_MAX_COUPLINGS",
-            value: v.clone(),
-            fix: "a whole number of coupling weights, e.g. 131072; unset it for the default 65536".into(),
-        }),
-    }
+    super::count_setting("MEP_CUDA_FUSED_MAX_COUPLINGS", MAX_COUPLINGS, "131072")
 }
 
 /// The arguments both phase kernels share (`kernels/fused.cu`: the leading `depth`,

@@ -10,8 +10,13 @@
 //! spreads each product over many multiprocessors where the kernel has one. Both
 //! follow [`Cuda::set_fused`] (off: the caller's GEMM loop runs), which is how the
 //! two paths are compared (tests/cuda_primitives.rs).
+//!
+//! Past that k, `square_products` (up to [`SQUARE_MAX_K`]) runs the Gram-space
+//! iteration's k × k products over many blocks, with its linear epilogue and two
+//! independent products per launch (`Backend::square_products`).
 
 use super::{check_len, dim32, Cuda};
+use crate::backend::{square_product_unfused, SquareProduct};
 use crate::{MepError, Result};
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 
@@ -26,6 +31,20 @@ pub const GRAM_MAX_K: usize = 32;
 pub const GRAM_MAX_N: usize = 1 << 16;
 /// Threads of the one block (`MEP_GRAM_THREADS`).
 const THREADS: u32 = 256;
+/// Largest k whose products `square_products` runs, by default
+/// (`MEP_CUDA_SQUARE_MAX_K` or [`Cuda::set_square_max_k`] move it; 0 turns the kernel
+/// off); above it cuBLAS does (the caller's GEMM, through
+/// [`square_product_unfused`]). The kernel is a plain tiled
+/// product: at k ≤ 256 a product is a few MFLOP, bound by launch latency, and the
+/// launches it saves (the epilogue's lincomb, a second product's GEMM) are the gain;
+/// above, cuBLAS's tuned kernels win on arithmetic. Not yet measured on a GPU:
+/// `scripts/gpu-check.sh` profiles the seed step per kernel and times the seed
+/// with `MEP_CUDA_SQUARE_MAX_K=0` beside the default.
+pub const SQUARE_MAX_K: usize = 256;
+/// `MEP_SQ_TILE` and `MEP_SQ_ROWS`: the output tile of one block and its rows of
+/// threads.
+const SQ_TILE: u32 = 32;
+const SQ_ROWS: u32 = 8;
 
 /// One block of [`THREADS`].
 const ONE_BLOCK: LaunchConfig = LaunchConfig {
@@ -35,6 +54,19 @@ const ONE_BLOCK: LaunchConfig = LaunchConfig {
 };
 
 impl Cuda {
+    /// Sets the largest k for which `square_products` runs the k × k products of
+    /// [`crate::backend::Backend::square_products`] (default [`SQUARE_MAX_K`], or
+    /// `MEP_CUDA_SQUARE_MAX_K`), for this backend and its clones; 0 sends every
+    /// product to cuBLAS. [`Cuda::set_fused`]`(false)` turns it off too.
+    pub fn set_square_max_k(&self, k: usize) {
+        self.inner.square_max_k.store(k, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The largest k of `square_products` ([`Cuda::set_square_max_k`]).
+    pub fn square_max_k(&self) -> usize {
+        self.inner.square_max_k.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// [`crate::backend::Backend::ns_gram_poly`] on CUDA.
     pub(super) fn ns_gram_poly_fused(
         &self,
@@ -130,5 +162,96 @@ impl Cuda {
         unsafe { lb.launch(ONE_BLOCK) }
             .map(|_| true)
             .map_err(|e| MepError::Cuda(format!("launching spectral_power: {e:?}")))
+    }
+    /// [`crate::backend::Backend::square_products`] on CUDA: both products in one
+    /// `square_products` launch for k ≤ [`Cuda::square_max_k`] with fusion on,
+    /// otherwise the unfused default (lincomb and cuBLAS).
+    pub(super) fn launch_square_products(
+        &self,
+        k: usize,
+        first: SquareProduct<'_, Cuda>,
+        second: Option<SquareProduct<'_, Cuda>>,
+    ) -> Result<()> {
+        if !self.fused() || k > self.square_max_k() {
+            square_product_unfused(self, k, first)?;
+            return second.map_or(Ok(()), |p| square_product_unfused(self, k, p));
+        }
+        let kk = k * k;
+        for p in std::iter::once(&first).chain(second.as_ref()) {
+            check_len("square_products x", p.x.len(), kk)?;
+            check_len("square_products y", p.y.len(), kk)?;
+            check_len("square_products out", p.out.len(), kk)?;
+            if let Some((_, z, _, w)) = p.add {
+                check_len("square_products z", z.len(), kk)?;
+                check_len("square_products w", w.len(), kk)?;
+            }
+        }
+        if k == 0 {
+            return Ok(());
+        }
+        let products = 1 + u32::from(second.is_some());
+        let tiles = (k as u32).div_ceil(SQ_TILE);
+        let cfg = LaunchConfig {
+            grid_dim: (tiles, tiles, products),
+            block_dim: (SQ_TILE, SQ_ROWS, 1),
+            shared_mem_bytes: 0,
+        };
+        let k32 = k as u32;
+        // Per product: α, whether it adds, β, γ (z and w unread without `add`).
+        let scalars = |p: &SquareProduct<'_, Cuda>| {
+            let (b, g) = p.add.map_or((0.0, 0.0), |(b, _, g, _)| (b, g));
+            (p.alpha as f32, u32::from(p.add.is_some()), b as f32, g as f32)
+        };
+        let s0 = scalars(&first);
+        let s1 = second.as_ref().map_or((0.0, 0, 0.0, 0.0), scalars);
+        let f = self.kernel("square_products")?;
+        let mut lb = self.inner.stream.launch_builder(f);
+        lb.arg(&k32);
+        let (x0, y0) = (first.x, first.y);
+        let (z0, w0) = first.add.map_or((x0, x0), |(_, z, _, w)| (z, w));
+        lb.arg(x0)
+            .arg(y0)
+            .arg(&s0.0)
+            .arg(&s0.1)
+            .arg(z0)
+            .arg(&s0.2)
+            .arg(w0)
+            .arg(&s0.3);
+        lb.arg(&mut *first.out);
+        // Without a second product its slots repeat the first's inputs (never read:
+        // gridDim.z = 1) and its output is the first's (never written).
+        let mut second = second;
+        match second.as_mut() {
+            Some(p) => {
+                let (z1, w1) = p.add.map_or((p.x, p.x), |(_, z, _, w)| (z, w));
+                lb.arg(p.x)
+                    .arg(p.y)
+                    .arg(&s1.0)
+                    .arg(&s1.1)
+                    .arg(z1)
+                    .arg(&s1.2)
+                    .arg(w1)
+                    .arg(&s1.3);
+                lb.arg(&mut *p.out);
+            }
+            None => {
+                lb.arg(x0)
+                    .arg(y0)
+                    .arg(&s1.0)
+                    .arg(&s1.1)
+                    .arg(x0)
+                    .arg(&s1.2)
+                    .arg(x0)
+                    .arg(&s1.3);
+                lb.arg(x0);
+            }
+        }
+        // SAFETY: the arguments match square_products' signature in kernels/gram.cu;
+        // every matrix holds k × k floats (checked above); the outputs are distinct
+        // from the inputs (one &mut borrow each), and blocks with z = 1 run only when
+        // a second product was given.
+        unsafe { lb.launch(cfg) }
+            .map(|_| ())
+            .map_err(|e| MepError::Cuda(format!("launching square_products: {e:?}")))
     }
 }

@@ -207,21 +207,35 @@ pub fn layered_error(rows: usize, cols: usize, s: &[f32], p: &[f32], bias: &[f32
 pub fn layered_settle(
     rows: usize,
     cols: usize,
-    e: &[f32],
+    p: &[f32],
+    bias: &[f32],
     g: &[f32],
     c: f64,
     eta: f64,
     act: ActChain,
     s: &mut [f32],
     a: &mut [f32],
+    e: &mut [f32],
 ) -> Result<()> {
     let n = rows * cols;
-    for (what, len) in [("e", e.len()), ("g", g.len()), ("s", s.len()), ("a", a.len())] {
+    for (what, len) in [
+        ("p", p.len()),
+        ("g", g.len()),
+        ("s", s.len()),
+        ("a", a.len()),
+        ("e", e.len()),
+    ] {
         check_len(&format!("layered_settle {what}"), len, n)?;
     }
-    let (n64, c32, eta32, chain) = (n as u64, c as f32, eta as f32, act.code());
-    let (ep, gp, sp, ap) = (e.as_ptr(), g.as_ptr(), s.as_mut_ptr(), a.as_mut_ptr());
-    launch!("layered_settle", g1(n), [n64, ep, gp, c32, eta32, chain, sp, ap])
+    check_len("layered_settle bias", bias.len(), cols)?;
+    let (n64, k, c32, eta32, chain) = (n as u64, dim32(cols)?, c as f32, eta as f32, act.code());
+    let (pp, bp, gp) = (p.as_ptr(), bias.as_ptr(), g.as_ptr());
+    let (sp, ap, ep) = (s.as_mut_ptr(), a.as_mut_ptr(), e.as_mut_ptr());
+    launch!(
+        "layered_settle",
+        g1(n),
+        [n64, k, pp, bp, gp, c32, eta32, chain, sp, ap, ep]
+    )
 }
 
 /// [`crate::backend::Backend::hopfield_settle`] with the `hopfield_settle` kernel.
@@ -257,6 +271,26 @@ pub fn act_grad_mul(rows: usize, cols: usize, z: &[f32], act: ActChain, delta: &
     check_len("act_grad_mul delta", delta.len(), n)?;
     let (n64, chain, zp, dp) = (n as u64, act.code(), z.as_ptr(), delta.as_mut_ptr());
     launch!("act_grad_mul", g1(n), [n64, zp, chain, dp])
+}
+
+/// [`crate::backend::Backend::act_grad_mul_into`] with the `act_grad_mul_into` kernel.
+#[allow(clippy::too_many_arguments)]
+pub fn act_grad_mul_into(
+    rows: usize,
+    cols: usize,
+    z: &[f32],
+    act: ActChain,
+    scale: f64,
+    src: &[f32],
+    dst: &mut [f32],
+) -> Result<()> {
+    let n = rows * cols;
+    check_len("act_grad_mul_into z", z.len(), n)?;
+    check_len("act_grad_mul_into src", src.len(), n)?;
+    check_len("act_grad_mul_into dst", dst.len(), n)?;
+    let (n64, chain, sc) = (n as u64, act.code(), scale as f32);
+    let (zp, sp, dp) = (z.as_ptr(), src.as_ptr(), dst.as_mut_ptr());
+    launch!("act_grad_mul_into", g1(n), [n64, zp, chain, sc, sp, dp])
 }
 
 /// [`crate::backend::Backend::cost_grad`] with the `cost_grad` kernel.

@@ -96,6 +96,8 @@ struct Inner {
     fused: std::sync::atomic::AtomicBool,
     /// The fused phase kernels' coupling limit ([`Cuda::set_fused_max_couplings`]).
     fused_max_couplings: std::sync::atomic::AtomicUsize,
+    /// The largest k of `square_products` ([`Cuda::set_square_max_k`]).
+    square_max_k: std::sync::atomic::AtomicUsize,
 }
 
 /// Bytes of the cuBLAS workspace.
@@ -263,6 +265,11 @@ impl Cuda {
                     std::env::var("MEP_CUDA_FUSED").map_or(true, |v| v.trim() != "0"),
                 ),
                 fused_max_couplings: std::sync::atomic::AtomicUsize::new(fused::max_couplings_from_env()?),
+                square_max_k: std::sync::atomic::AtomicUsize::new(count_setting(
+                    "MEP_CUDA_SQUARE_MAX_K",
+                    gram::SQUARE_MAX_K,
+                    "128 (0 runs every product with cuBLAS)",
+                )?),
             }),
         })
     }
@@ -308,6 +315,24 @@ impl Cuda {
     /// spread over blocks of `ROW_BLOCK`, `per_block` at a time.
     fn grid_rows(&self, items: usize, per_block: u32) -> LaunchConfig {
         config(shapes::grid_rows(items, per_block, self.inner.max_blocks))
+    }
+}
+
+/// A whole-number setting from the environment variable `name`: `default` when unset,
+/// an [`MepError::InvalidArgument`] naming the variable when it does not parse.
+fn count_setting(name: &'static str, default: usize, example: &str) -> Result<usize> {
+    parse_count_setting(name, std::env::var(name).ok(), default, example)
+}
+
+/// [`count_setting`] on a given value (`None`: unset).
+fn parse_count_setting(name: &'static str, value: Option<String>, default: usize, example: &str) -> Result<usize> {
+    match value {
+        None => Ok(default),
+        Some(v) => v.trim().parse().map_err(|_| MepError::InvalidArgument {
+            name,
+            value: v.clone(),
+            fix: format!("a whole number, e.g. {example}; unset it for the default {default}"),
+        }),
     }
 }
 
@@ -561,15 +586,17 @@ impl Backend for Cuda {
         &self,
         rows: usize,
         cols: usize,
-        e: &CudaSlice<f32>,
+        p: &CudaSlice<f32>,
+        bias: &CudaSlice<f32>,
         g: &CudaSlice<f32>,
         c: f64,
         eta: f64,
         act: ActChain,
         s: &mut CudaSlice<f32>,
         a: &mut CudaSlice<f32>,
+        e: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        self.launch_layered_settle(rows, cols, e, g, c, eta, act, s, a)
+        self.launch_layered_settle(rows, cols, p, bias, g, c, eta, act, s, a, e)
     }
 
     fn hopfield_settle(
@@ -594,6 +621,19 @@ impl Backend for Cuda {
         delta: &mut CudaSlice<f32>,
     ) -> Result<()> {
         self.launch_act_grad_mul(rows, cols, z, act, delta)
+    }
+
+    fn act_grad_mul_into(
+        &self,
+        rows: usize,
+        cols: usize,
+        z: &CudaSlice<f32>,
+        act: ActChain,
+        scale: f64,
+        src: &CudaSlice<f32>,
+        dst: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        self.launch_act_grad_mul_into(rows, cols, z, act, scale, src, dst)
     }
 
     // ---- cost.rs ----
@@ -707,6 +747,15 @@ impl Backend for Cuda {
         self.ns_gram_poly_fused(k, steps, coeffs, gram, q)
     }
 
+    fn square_products(
+        &self,
+        k: usize,
+        first: crate::backend::SquareProduct<'_, Self>,
+        second: Option<crate::backend::SquareProduct<'_, Self>>,
+    ) -> Result<()> {
+        self.launch_square_products(k, first, second)
+    }
+
     fn newton_schulz(
         &self,
         rows: usize,
@@ -745,5 +794,29 @@ impl Backend for Cuda {
 
     fn launch_graph(&self, graph: &Graph) -> Result<()> {
         self.launch_captured_graph(graph)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Unset: the default; a whole number: itself; anything else: an
+    /// `InvalidArgument` naming the variable and the value.
+    #[test]
+    fn count_settings_parse_or_say_why_not() {
+        let parse = |v: Option<&str>| parse_count_setting("MEP_X", v.map(String::from), 7, "3");
+        assert_eq!(parse(None).unwrap(), 7);
+        assert_eq!(parse(Some(" 0 ")).unwrap(), 0);
+        assert_eq!(parse(Some("131072")).unwrap(), 131072);
+        for bad in ["", "-1", "1e5", "12k"] {
+            match parse(Some(bad)) {
+                Err(MepError::InvalidArgument { name, value, fix }) => {
+                    assert_eq!((name, value.as_str()), ("MEP_X", bad));
+                    assert!(fix.contains("default 7"), "{fix}");
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
     }
 }

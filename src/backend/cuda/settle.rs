@@ -56,27 +56,37 @@ impl Cuda {
         &self,
         rows: usize,
         cols: usize,
-        e: &CudaSlice<f32>,
+        p: &CudaSlice<f32>,
+        bias: &CudaSlice<f32>,
         g: &CudaSlice<f32>,
         c: f64,
         eta: f64,
         act: ActChain,
         s: &mut CudaSlice<f32>,
         a: &mut CudaSlice<f32>,
+        e: &mut CudaSlice<f32>,
     ) -> Result<()> {
         let n = elems("layered_settle", rows, cols)?;
-        for (what, len) in [("e", e.len()), ("g", g.len()), ("s", s.len()), ("a", a.len())] {
+        for (what, len) in [
+            ("p", p.len()),
+            ("g", g.len()),
+            ("s", s.len()),
+            ("a", a.len()),
+            ("e", e.len()),
+        ] {
             check_len(&format!("layered_settle {what}"), len, n)?;
         }
+        check_len("layered_settle bias", bias.len(), cols)?;
         if n == 0 {
             return Ok(());
         }
+        let cols32 = dim32("layered_settle cols", cols)?;
         let (n64, c32, eta32, chain) = (n as u64, c as f32, eta as f32, act.code());
         launch!(
             self,
             "layered_settle",
             self.grid_1d(n),
-            [&n64, e, g, &c32, &eta32, &chain, s, a]
+            [&n64, &cols32, p, bias, g, &c32, &eta32, &chain, s, a, e]
         )
     }
 
@@ -133,5 +143,33 @@ impl Cuda {
         }
         let (n64, chain) = (n as u64, act.code());
         launch!(self, "act_grad_mul", self.grid_1d(n), [&n64, z, &chain, delta])
+    }
+
+    /// `Backend::act_grad_mul_into`: the `act_grad_mul_into` kernel.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn launch_act_grad_mul_into(
+        &self,
+        rows: usize,
+        cols: usize,
+        z: &CudaSlice<f32>,
+        act: ActChain,
+        scale: f64,
+        src: &CudaSlice<f32>,
+        dst: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let n = elems("act_grad_mul_into", rows, cols)?;
+        check_len("act_grad_mul_into z", z.len(), n)?;
+        check_len("act_grad_mul_into src", src.len(), n)?;
+        check_len("act_grad_mul_into dst", dst.len(), n)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let (n64, chain, scale32) = (n as u64, act.code(), scale as f32);
+        launch!(
+            self,
+            "act_grad_mul_into",
+            self.grid_1d(n),
+            [&n64, z, &chain, &scale32, src, dst]
+        )
     }
 }
