@@ -73,3 +73,16 @@ inline float atomicAdd(float* p, float v) {
     mep_rt_preempt_point();
     return old;
 }
+
+inline unsigned int atomicAdd(unsigned int* p, unsigned int v) {
+    mep_rt_preempt_point();
+    unsigned int old = *p;
+    *p = old + v;
+    mep_rt_preempt_point();
+    return old;
+}
+
+// Blocks run one after another on the host, and a block's fibers share one OS thread:
+// every write is visible to every later read, so the fence orders nothing more. It is
+// a preemption point, as on the GPU other threads may run around it.
+inline void __threadfence() { mep_rt_preempt_point(); }

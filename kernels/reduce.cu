@@ -32,24 +32,47 @@ extern "C" __global__ void col_sum(u64 rows, u32 cols, float alpha, const float*
     }
 }
 
-// Deterministic reductions: two passes and no floating-point atomics, so a result is
-// the same bit for bit on every run (atomicAdd order depends on the schedule). The
-// first pass writes one partial per block (each thread sums its grid-stride share in
-// index order, then the block tree); `reduce_partials` then adds the partials in a
-// fixed order. Both depend only on the launch shape, which the host fixes.
+// Deterministic reductions: no floating-point atomics, so a result is the same bit for
+// bit on every run (atomicAdd order depends on the schedule). One partial per block
+// (each thread sums its grid-stride share in index order, then the block tree), then
+// the partials added in a fixed order: by `reduce_partials` in a second launch, or by
+// the last block of the same launch (`sum_sq`). Both depend only on the launch shape,
+// which the host fixes.
 
-// sum_sq_partial: partial[blockIdx.x] ← Σ x² over the block's grid-stride share.
+// sum_sq: out[0] ← Σ x² in one launch. Every block writes the partial of its
+// grid-stride share (each thread sums its elements in index order, then the block
+// tree) to partial[blockIdx.x]; the last block to finish (an atomic ticket, counted
+// after a memory fence) then adds the partials in block order exactly as
+// reduce_partials does, so the result is the two-pass one bit for bit whichever block
+// finishes last, and re-arms the ticket (0) for the next launch. *ticket must be 0 at
+// the launch.
 // Launch: 1-D blocks of 256 threads (a power of two ≤ 256), any grid.
-extern "C" __global__ void sum_sq_partial(u64 n, const float* __restrict__ x,
-                                          float* __restrict__ partial) {
+extern "C" __global__ void sum_sq(u64 n, const float* __restrict__ x, float* partial, u32* ticket,
+                                  float* __restrict__ out) {
     __shared__ float sh[MEP_REDUCE_THREADS];
+    __shared__ u32 last;
     float s = 0.0f;
     MEP_GRID_STRIDE(i, n) {
         float v = x[i];
         s += v * v;
     }
     s = mep_block_sum(s, sh);
-    if (threadIdx.x == 0) partial[blockIdx.x] = s;
+    if (threadIdx.x == 0) {
+        partial[blockIdx.x] = s;
+        __threadfence();  // the partial is visible before the ticket counts it
+        last = atomicAdd(ticket, 1u) == gridDim.x - 1 ? 1u : 0u;
+    }
+    __syncthreads();  // also: sh is free again
+    if (last == 0u) return;
+    __threadfence();
+    const volatile float* done = partial;  // written by other blocks: no cached copies
+    float t = 0.0f;
+    for (u32 b = threadIdx.x; b < gridDim.x; b += blockDim.x) t += done[b];
+    t = mep_block_sum(t, sh);
+    if (threadIdx.x == 0) {
+        out[0] = t;
+        *ticket = 0u;
+    }
 }
 
 // reduce_partials: for k < width, t_k = Σ_{b < count} partial[b·width + k], then

@@ -3,13 +3,14 @@
 // block and any grid (the host picks min(ceil(n/256), cap) blocks).
 #include "common.cuh"
 
-// bias_act: z (rows×cols, n = rows·cols) ← z + bias[col]; a ← φ(z).
-// Launch: 1-D grid-stride over n.
-extern "C" __global__ void bias_act(u64 n, u32 cols, float* __restrict__ z,
+// bias_act: z (rows×cols, n = rows·cols) ← src + bias[col]; a ← φ(z). src is z itself
+// (in place) or a buffer kept apart (the forward pass's p_1 = W_1x), hence no
+// __restrict__ on the two. Launch: 1-D grid-stride over n.
+extern "C" __global__ void bias_act(u64 n, u32 cols, const float* src, float* z,
                                     const float* __restrict__ bias, u32 chain,
                                     float* __restrict__ a) {
     MEP_GRID_STRIDE(i, n) {
-        float v = z[i] + bias[i % cols];
+        float v = src[i] + bias[i % cols];
         z[i] = v;
         a[i] = mep_act(chain, v);
     }

@@ -557,6 +557,16 @@ fn elementwise<T: Scalar>() {
             cpu.bias_act(rows, cols, &mut z, &to(&bias), chain, &mut a).unwrap();
             close(&format!("bias_act z {name} {rows}×{cols}"), seed, &z, &want_z);
             check_act_output(&format!("bias_act a {name} {rows}×{cols}"), seed, &a, &want_a);
+            // bias_act_from: the same, reading a source kept apart
+            let nan = to::<T>(&vec![f64::NAN; n]);
+            let (src, mut zf, mut af) = (to::<T>(&z0), nan.clone(), nan);
+            cpu.bias_act_from(rows, cols, &src, &to(&bias), chain, &mut zf, &mut af)
+                .unwrap();
+            assert!(
+                back(&zf) == back(&z) && back(&af) == back(&a),
+                "bias_act_from {name} (seed {seed})"
+            );
+            assert!(back(&src) == z0, "bias_act_from wrote to its source (seed {seed})");
 
             // layered_error: e ← s − p − bias
             let (s, p) = (randn::<T>(&mut r, n, 1.0), randn::<T>(&mut r, n, 1.0));

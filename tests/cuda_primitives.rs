@@ -103,6 +103,29 @@ fn elementwise_settle_kernels() {
         gpu.bias_act(rows, cols, &mut zg, &up(&bias), act, &mut ag).unwrap();
         close(&format!("bias_act z {name}"), seed, &gpu.download(&zg).unwrap(), &zc);
         close(&format!("bias_act a {name}"), seed, &gpu.download(&ag).unwrap(), &ac);
+        // bias_act_from: the same from a source kept apart (left as it was), into NaN garbage
+        let nan = vec![f32::NAN; n];
+        let (pg, mut zg, mut ag) = (up(&z0), up(&nan), up(&nan));
+        gpu.bias_act_from(rows, cols, &pg, &up(&bias), act, &mut zg, &mut ag)
+            .unwrap();
+        close(
+            &format!("bias_act_from z {name}"),
+            seed,
+            &gpu.download(&zg).unwrap(),
+            &zc,
+        );
+        close(
+            &format!("bias_act_from a {name}"),
+            seed,
+            &gpu.download(&ag).unwrap(),
+            &ac,
+        );
+        close(
+            &format!("bias_act_from p {name}"),
+            seed,
+            &gpu.download(&pg).unwrap(),
+            &z0,
+        );
 
         // layered_error
         let (s, p) = (randn(&mut r, n, 1.0), randn(&mut r, n, 1.0));
@@ -454,8 +477,9 @@ fn preflight() {
     }
 }
 
-/// `sum_sq` and `cost_stats` are reproducible bit for bit: two passes with a fixed
-/// order, no floating-point atomics (on the emulator the blocks also run in a
+/// `sum_sq` and `cost_stats` are reproducible bit for bit: per-block partials added
+/// in a fixed order (by a second launch, or by `sum_sq`'s last block whichever block
+/// that is), no floating-point atomics (on the emulator the blocks also run in a
 /// different random order each time, so atomics would show).
 #[test]
 fn reductions_repeat_bit_for_bit() {

@@ -39,10 +39,17 @@ fn bias_act() {
         let bias = randn(&mut r, cols, 1.0);
         let (mut zc, mut ac) = (z0.clone(), vec![0.0; rows * cols]);
         cpu.bias_act(rows, cols, &mut zc, &bias, act, &mut ac).unwrap();
+        let z0_copy = z0.clone();
         let (mut zh, mut ah) = (z0, vec![f32::NAN; rows * cols]);
         host::bias_act(rows, cols, &mut zh, &bias, act, &mut ah).unwrap();
         close(&format!("bias_act z {}", act.describe()), seed, &zh, &zc);
         close(&format!("bias_act a {}", act.describe()), seed, &ah, &ac);
+        let n = rows * cols;
+        let (p, mut zf, mut af) = (z0_copy.clone(), vec![f32::NAN; n], vec![f32::NAN; n]);
+        host::bias_act_from(rows, cols, &p, &bias, act, &mut zf, &mut af).unwrap();
+        close(&format!("bias_act_from z {}", act.describe()), seed, &zf, &zc);
+        close(&format!("bias_act_from a {}", act.describe()), seed, &af, &ac);
+        assert_eq!(p, z0_copy, "bias_act_from wrote to its source (seed {seed})");
     }
 }
 
@@ -235,6 +242,16 @@ fn sum_sq_and_norm_scalings() {
     cpu.sum_sq(&x, &mut qc).unwrap();
     host::sum_sq(&x, &mut qh).unwrap();
     close("sum_sq", seed, &qh, &qc);
+    // Many blocks (the last to finish adds the partials), in several random orders.
+    let big_n = 20_000 + r.below(20_000) as usize;
+    let big = randn(&mut r, big_n, 1.0);
+    let mut qbig = vec![0.0f32];
+    cpu.sum_sq(&big, &mut qbig).unwrap();
+    for _ in 0..3 {
+        let mut q = vec![f32::NAN];
+        host::sum_sq(&big, &mut q).unwrap();
+        close("sum_sq, many blocks", seed, &q, &qbig);
+    }
 
     let mut yc = vec![0.0; n];
     cpu.scale_by_inv_norm(&x, &qc, 1e-7, &mut yc).unwrap();

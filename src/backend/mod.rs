@@ -194,6 +194,23 @@ pub trait Backend: Clone + Send + Sync + 'static {
         act: ActChain,
         a: &mut Self::Buf,
     ) -> Result<()>;
+    /// [`Backend::bias_act`] from a source kept apart: z ← p + bias; a ← φ(z). The
+    /// default copies p into z first; a backend may read p directly (one pass, the
+    /// same rounding).
+    #[allow(clippy::too_many_arguments)]
+    fn bias_act_from(
+        &self,
+        rows: usize,
+        cols: usize,
+        p: &Self::Buf,
+        bias: &Self::Buf,
+        act: ActChain,
+        z: &mut Self::Buf,
+        a: &mut Self::Buf,
+    ) -> Result<()> {
+        self.copy(p, z)?;
+        self.bias_act(rows, cols, z, bias, act, a)
+    }
     /// Layered-energy error: e ← s − (p + bias) (bias broadcast over rows), where p is
     /// the GEMM output W φ(s_{l−1}).
     fn layered_error(

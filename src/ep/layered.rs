@@ -17,15 +17,16 @@ use crate::{Loss, Result};
 pub fn forward<B: Backend>(net: &Network<B>, ws: &mut Workspace<B>, rows: usize) -> Result<()> {
     let bk = &net.backend;
     for (l, blk) in net.arch.blocks.iter().enumerate() {
+        let b = &net.params[l].b;
         if l == 0 {
             // p[0] = W_1 x is kept for the phases (the input is clamped).
             super::drive(net, 0, rows, &ws.x, 0.0, &mut ws.p[0])?;
-            bk.copy(&ws.p[0], &mut ws.s[0])?;
+            bk.bias_act_from(rows, blk.out, &ws.p[0], b, blk.act, &mut ws.s[0], &mut ws.a[0])?;
         } else {
             // p[l] is refreshed wherever it is read, so the drive goes to s[l] directly.
             super::drive(net, l, rows, &ws.a[l - 1], 0.0, &mut ws.s[l])?;
+            bk.bias_act(rows, blk.out, &mut ws.s[l], b, blk.act, &mut ws.a[l])?;
         }
-        bk.bias_act(rows, blk.out, &mut ws.s[l], &net.params[l].b, blk.act, &mut ws.a[l])?;
     }
     Ok(())
 }

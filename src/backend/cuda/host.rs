@@ -187,7 +187,28 @@ pub fn bias_act(rows: usize, cols: usize, z: &mut [f32], bias: &[f32], act: ActC
     check_len("bias_act bias", bias.len(), cols)?;
     let (n64, c, chain) = (n as u64, dim32(cols)?, act.code());
     let (zp, bp, ap) = (z.as_mut_ptr(), bias.as_ptr(), a.as_mut_ptr());
-    launch!("bias_act", g1(n), [n64, c, zp, bp, chain, ap])
+    let src = zp as *const f32; // in place: the source is z
+    launch!("bias_act", g1(n), [n64, c, src, zp, bp, chain, ap])
+}
+
+/// [`crate::backend::Backend::bias_act_from`] with the `bias_act` kernel.
+pub fn bias_act_from(
+    rows: usize,
+    cols: usize,
+    p: &[f32],
+    bias: &[f32],
+    act: ActChain,
+    z: &mut [f32],
+    a: &mut [f32],
+) -> Result<()> {
+    let n = rows * cols;
+    check_len("bias_act_from p", p.len(), n)?;
+    check_len("bias_act z", z.len(), n)?;
+    check_len("bias_act a", a.len(), n)?;
+    check_len("bias_act bias", bias.len(), cols)?;
+    let (n64, c, chain) = (n as u64, dim32(cols)?, act.code());
+    let (pp, zp, bp, ap) = (p.as_ptr(), z.as_mut_ptr(), bias.as_ptr(), a.as_mut_ptr());
+    launch!("bias_act", g1(n), [n64, c, pp, zp, bp, chain, ap])
 }
 
 /// [`crate::backend::Backend::layered_error`] with the `layered_error` kernel.
@@ -345,14 +366,23 @@ pub fn col_sum(rows: usize, cols: usize, alpha: f64, x: &[f32], beta: f64, y: &m
     )
 }
 
-/// [`crate::backend::Backend::sum_sq`] with `sum_sq_partial` and `reduce_partials`.
+/// [`crate::backend::Backend::sum_sq`] with the one-launch `sum_sq` kernel; the
+/// ticket it re-arms is checked to be 0 afterwards.
 pub fn sum_sq(x: &[f32], out: &mut [f32]) -> Result<()> {
     check_len("sum_sq out", out.len(), 1)?;
     let shape = g1(x.len());
     let mut partials = vec![f32::NAN; shape.grid.0 as usize];
+    let mut ticket = [0u32];
     let (n64, xp, pp) = (x.len() as u64, x.as_ptr(), partials.as_mut_ptr());
-    launch!("sum_sq_partial", shape, [n64, xp, pp])?;
-    reduce_partials(shape.grid.0, 1, &partials, false, out)
+    let (tp, op) = (ticket.as_mut_ptr(), out.as_mut_ptr());
+    launch!("sum_sq", shape, [n64, xp, pp, tp, op])?;
+    if ticket[0] != 0 {
+        return Err(crate::MepError::Cuda(format!(
+            "sum_sq left its ticket at {}, not 0",
+            ticket[0]
+        )));
+    }
+    Ok(())
 }
 
 /// [`crate::backend::Backend::axpby`] with the `axpby` kernel.

@@ -89,6 +89,9 @@ struct Inner {
     /// Per-block partial sums of the two-pass reductions (2 × `max_blocks` floats).
     /// Every use is queued on the one stream, so clones sharing it never overlap.
     partials: std::sync::Mutex<CudaSlice<f32>>,
+    /// The one-launch reductions' ticket (`kernels/reduce.cu`, `sum_sq`): 0 between
+    /// launches (each re-arms it). Locked after `partials` where both are taken.
+    ticket: std::sync::Mutex<CudaSlice<u32>>,
     /// cuBLAS's workspace (`cublasSetWorkspace`): owned here so that it outlives
     /// every GEMM queued with the handle.
     _blas_workspace: CudaSlice<u8>,
@@ -251,6 +254,9 @@ impl Cuda {
         let partials = stream
             .alloc_zeros::<f32>(2 * max_blocks as usize)
             .map_err(unavailable("allocating the reduction scratch"))?;
+        let ticket = stream
+            .alloc_zeros::<u32>(1)
+            .map_err(unavailable("allocating the reduction ticket"))?;
         Ok(Cuda {
             inner: Arc::new(Inner {
                 ctx,
@@ -260,6 +266,7 @@ impl Cuda {
                 name,
                 max_blocks,
                 partials: std::sync::Mutex::new(partials),
+                ticket: std::sync::Mutex::new(ticket),
                 _blas_workspace: blas_workspace,
                 fused: std::sync::atomic::AtomicBool::new(
                     std::env::var("MEP_CUDA_FUSED").map_or(true, |v| v.trim() != "0"),
@@ -567,7 +574,20 @@ impl Backend for Cuda {
         act: ActChain,
         a: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        self.launch_bias_act(rows, cols, z, bias, act, a)
+        self.launch_bias_act(rows, cols, None, z, bias, act, a)
+    }
+
+    fn bias_act_from(
+        &self,
+        rows: usize,
+        cols: usize,
+        p: &CudaSlice<f32>,
+        bias: &CudaSlice<f32>,
+        act: ActChain,
+        z: &mut CudaSlice<f32>,
+        a: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        self.launch_bias_act(rows, cols, Some(p), z, bias, act, a)
     }
 
     fn layered_error(

@@ -1,6 +1,6 @@
 //! Reductions (`kernels/reduce.cu`): column sums (bias gradients) and sums of squares
-//! (norms). The whole-buffer ones run in two passes through the per-block partials in
-//! `Inner::partials`, with no atomics, so they repeat bit for bit.
+//! (norms). The whole-buffer ones go through per-block partials in `Inner::partials`,
+//! added in a fixed order (no floating-point atomics), so they repeat bit for bit.
 
 use super::shapes::ROW_BLOCK;
 use super::{check_len, config, dim32, elems, shapes, Cuda};
@@ -32,18 +32,18 @@ impl Cuda {
         )
     }
 
-    /// `Backend::sum_sq`: `sum_sq_partial`, then [`Cuda::reduce_partials`].
+    /// `Backend::sum_sq`: the `sum_sq` kernel, one launch (its last block adds the
+    /// partials, as [`Cuda::reduce_partials`] would in a second launch).
     pub(super) fn launch_sum_sq(&self, x: &CudaSlice<f32>, out: &mut CudaSlice<f32>) -> Result<()> {
         check_len("sum_sq out", out.len(), 1)?;
         let n = x.len();
         let shape = self.grid_1d(n);
-        let blocks = shape.grid_dim.0;
         let mut partials = self.inner.partials.lock().unwrap_or_else(|e| e.into_inner());
-        // Two passes, no atomics: bit-for-bit reproducible (kernels/reduce.cu). With
-        // n = 0 every block writes a 0 partial.
+        let mut ticket = self.inner.ticket.lock().unwrap_or_else(|e| e.into_inner());
+        // No atomics on the sums: bit-for-bit reproducible (kernels/reduce.cu). With
+        // n = 0 every block writes a 0 partial. The ticket is 0 between launches.
         let n64 = n as u64;
-        launch!(self, "sum_sq_partial", shape, [&n64, x, &mut *partials])?;
-        self.reduce_partials(blocks, 1, &partials, false, out)
+        launch!(self, "sum_sq", shape, [&n64, x, &mut *partials, &mut *ticket, out])
     }
 
     /// Second pass of the deterministic reductions: `out[k] (+)= Σ_b partials[b·width + k]`

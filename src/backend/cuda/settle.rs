@@ -7,11 +7,14 @@ use crate::Result;
 use cudarc::driver::CudaSlice;
 
 impl Cuda {
-    /// `Backend::bias_act`: the `bias_act` kernel.
+    /// `Backend::bias_act` (`src` = None: in place) and `Backend::bias_act_from`
+    /// (`src` = Some(p)): the `bias_act` kernel.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn launch_bias_act(
         &self,
         rows: usize,
         cols: usize,
+        src: Option<&CudaSlice<f32>>,
         z: &mut CudaSlice<f32>,
         bias: &CudaSlice<f32>,
         act: ActChain,
@@ -21,11 +24,21 @@ impl Cuda {
         check_len("bias_act z", z.len(), n)?;
         check_len("bias_act a", a.len(), n)?;
         check_len("bias_act bias", bias.len(), cols)?;
+        if let Some(p) = src {
+            check_len("bias_act_from p", p.len(), n)?;
+        }
         if n == 0 {
             return Ok(());
         }
+        // The source by address: z itself (in place) cannot be borrowed twice.
+        let src_ptr = crate::backend::Backend::buf_id(self, src.unwrap_or(z)) as u64;
         let (n64, cols32, chain) = (n as u64, dim32("bias_act cols", cols)?, act.code());
-        launch!(self, "bias_act", self.grid_1d(n), [&n64, &cols32, z, bias, &chain, a])
+        launch!(
+            self,
+            "bias_act",
+            self.grid_1d(n),
+            [&n64, &cols32, &src_ptr, z, bias, &chain, a]
+        )
     }
 
     /// `Backend::layered_error`: the `layered_error` kernel.
