@@ -889,45 +889,29 @@ fn short_buffers_are_shape_errors() {
         "layered_error",
         Box::new(move || c.layered_error(rows, cols, &full(), &short(), &bias(), &mut full())),
     );
-    let c = cpu.clone();
-    check(
-        "layered_settle",
-        Box::new(move || {
-            c.layered_settle(
-                rows,
-                cols,
-                &full(),
-                &bias(),
-                &short(),
-                -1.0,
-                0.5,
-                act,
-                &mut full(),
-                &mut full(),
-                &mut full(),
-            )
-        }),
-    );
-    let c = cpu.clone();
-    check(
-        "layered_settle bias",
-        Box::new(move || {
-            let b = vec![0.0; cols - 1];
-            c.layered_settle(
-                rows,
-                cols,
-                &full(),
-                &b,
-                &full(),
-                -1.0,
-                0.5,
-                act,
-                &mut full(),
-                &mut full(),
-                &mut full(),
-            )
-        }),
-    );
+    // layered_settle: a short g, then a short bias.
+    for (what, g_len, bias_len) in [("layered_settle", n - 1, cols), ("layered_settle bias", n, cols - 1)] {
+        let c = cpu.clone();
+        check(
+            what,
+            Box::new(move || {
+                let (g, b) = (vec![0.5f32; g_len], vec![0.1f32; bias_len]);
+                c.layered_settle(
+                    rows,
+                    cols,
+                    &full(),
+                    &b,
+                    &g,
+                    -1.0,
+                    0.5,
+                    act,
+                    &mut full(),
+                    &mut full(),
+                    &mut full(),
+                )
+            }),
+        );
+    }
     let c = cpu.clone();
     check(
         "act_grad_mul_into src",

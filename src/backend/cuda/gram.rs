@@ -18,7 +18,7 @@
 use super::{check_len, dim32, Cuda};
 use crate::backend::{square_product_unfused, SquareProduct};
 use crate::{MepError, Result};
-use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, LaunchArgs, LaunchConfig, PushKernelArg};
 
 /// Largest small side k of the fused small-matrix kernels (`MEP_GRAM_MAX`: their
 /// k × k arrays live in shared memory).
@@ -209,14 +209,7 @@ impl Cuda {
         lb.arg(&k32);
         let (x0, y0) = (first.x, first.y);
         let (z0, w0) = first.add.map_or((x0, x0), |(_, z, _, w)| (z, w));
-        lb.arg(x0)
-            .arg(y0)
-            .arg(&s0.0)
-            .arg(&s0.1)
-            .arg(z0)
-            .arg(&s0.2)
-            .arg(w0)
-            .arg(&s0.3);
+        push_product(&mut lb, [x0, y0, z0, w0], &s0);
         lb.arg(&mut *first.out);
         // Without a second product its slots repeat the first's inputs (never read:
         // gridDim.z = 1) and its output is the first's (never written).
@@ -224,25 +217,11 @@ impl Cuda {
         match second.as_mut() {
             Some(p) => {
                 let (z1, w1) = p.add.map_or((p.x, p.x), |(_, z, _, w)| (z, w));
-                lb.arg(p.x)
-                    .arg(p.y)
-                    .arg(&s1.0)
-                    .arg(&s1.1)
-                    .arg(z1)
-                    .arg(&s1.2)
-                    .arg(w1)
-                    .arg(&s1.3);
+                push_product(&mut lb, [p.x, p.y, z1, w1], &s1);
                 lb.arg(&mut *p.out);
             }
             None => {
-                lb.arg(x0)
-                    .arg(y0)
-                    .arg(&s1.0)
-                    .arg(&s1.1)
-                    .arg(x0)
-                    .arg(&s1.2)
-                    .arg(x0)
-                    .arg(&s1.3);
+                push_product(&mut lb, [x0, y0, x0, x0], &s1);
                 lb.arg(x0);
             }
         }
@@ -254,4 +233,17 @@ impl Cuda {
             .map(|_| ())
             .map_err(|e| MepError::Cuda(format!("launching square_products: {e:?}")))
     }
+}
+
+/// Pushes one product's inputs in `square_products`' order: x, y, α, add, z, β, w, γ
+/// (`m` = [x, y, z, w], `s` = (α, add, β, γ)).
+fn push_product<'a>(lb: &mut LaunchArgs<'a>, m: [&'a CudaSlice<f32>; 4], s: &'a (f32, u32, f32, f32)) {
+    lb.arg(m[0])
+        .arg(m[1])
+        .arg(&s.0)
+        .arg(&s.1)
+        .arg(m[2])
+        .arg(&s.2)
+        .arg(m[3])
+        .arg(&s.3);
 }
