@@ -37,6 +37,11 @@ fn back<T: Scalar>(v: &[T]) -> Vec<f64> {
     v.iter().map(|x| x.f64()).collect()
 }
 
+/// ‖got − want‖₂.
+fn dist(got: &[f64], want: &[f64]) -> f64 {
+    got.iter().zip(want).map(|(g, w)| (g - w).powi(2)).sum::<f64>().sqrt()
+}
+
 /// `scale`·N(0, 1) values rounded to `T` (returned as f64 for the reference).
 fn randn<T: Scalar>(r: &mut Rng, n: usize, scale: f64) -> Vec<f64> {
     normals(r, n, scale).into_iter().map(|v| T::of(v).f64()).collect()
@@ -418,12 +423,7 @@ fn reductions<T: Scalar>() {
             let scale: Vec<f64> = (0..cols)
                 .map(|j| alpha.abs() * (0..rows).map(|i| x[i * cols + j].abs()).sum::<f64>() + (beta * y0[j]).abs())
                 .collect();
-            let err: f64 = back(&y)
-                .iter()
-                .zip(&want)
-                .map(|(g, w)| (g - w).powi(2))
-                .sum::<f64>()
-                .sqrt();
+            let err = dist(&back(&y), &want);
             let den: f64 = scale.iter().map(|v| v * v).sum::<f64>().sqrt();
             assert!(
                 err / den <= tol::<T>(),
@@ -638,12 +638,7 @@ fn elementwise<T: Scalar>() {
             cpu.act_grad_mul(rows, cols, &to(&z0), chain, &mut d).unwrap();
             // φ′ of a saturated tanh or sigmoid (1 − t², s(1 − s)) cancels in f32: its error
             // is absolute (~1e-7), not relative, so measure against ‖δ‖ (every φ′ here ≤ 1).
-            let err: f64 = back(&d)
-                .iter()
-                .zip(&want)
-                .map(|(g, w)| (g - w).powi(2))
-                .sum::<f64>()
-                .sqrt();
+            let err = dist(&back(&d), &want);
             let den: f64 = d0.iter().map(|v| v * v).sum::<f64>().sqrt().max(f64::MIN_POSITIVE);
             assert!(
                 err / den <= tol::<T>(),
@@ -657,12 +652,7 @@ fn elementwise<T: Scalar>() {
             let mut d = to::<T>(&vec![f64::NAN; n]);
             cpu.act_grad_mul_into(rows, cols, &to(&z0), chain, scale, &to(&d0), &mut d)
                 .unwrap();
-            let err: f64 = back(&d)
-                .iter()
-                .zip(&want)
-                .map(|(g, w)| (g - w).powi(2))
-                .sum::<f64>()
-                .sqrt();
+            let err = dist(&back(&d), &want);
             let den = den * scale.abs().max(f64::MIN_POSITIVE);
             assert!(
                 err / den <= tol::<T>(),
