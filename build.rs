@@ -112,7 +112,8 @@ fn main() {
 }
 
 /// (name, [(C type, kind)]) of each `extern "C" __global__` kernel; kinds: `P` a
-/// pointer, `L` u64, `I` u32, `F` float.
+/// pointer the kernel may write through, `R` a pointer to `const` (read only), `L`
+/// u64, `I` u32, `F` float.
 type Signature = (String, Vec<(String, char)>);
 
 /// The kernels' parameter lists, parsed from the source (`u64`, `u32`, `float` and
@@ -141,6 +142,7 @@ fn kernel_signatures(src: &str) -> Vec<Signature> {
                         ty.to_string()
                     };
                     let kind = match ty.as_str() {
+                        t if t.ends_with('*') && t.starts_with("const ") => 'R',
                         t if t.ends_with('*') => 'P',
                         "u64" => 'L',
                         "u32" => 'I',

@@ -7,7 +7,9 @@
 # Prints as its last line one JSON object: emulated_test_acc, cpu_test_acc, and per
 # steady-state step with CUDA graphs (the default): graph_launches_per_step,
 # launches_per_step and cublas_calls_per_step (outside graphs), graph_nodes_per_step
-# (the work inside the graph), syncs_per_step, copies_per_step; the same step without
+# (the work inside the graph), graph_path_nodes_per_step (its longest chain of
+# dependent operations: the graph's branches run side by side), syncs_per_step,
+# copies_per_step; the same step without
 # graphs (MEP_CUDA_GRAPHS=0): eager_launches_per_step, eager_cublas_calls_per_step;
 # emulator_errors, ok.
 # Exits non-zero when the test accuracies differ by more than 0.5 point, when any
@@ -89,6 +91,7 @@ out = {
     "copies_per_step": steps.get("copies_per_step"),
     "graph_launches_per_step": steps.get("graph_launches_per_step"),
     "graph_nodes_per_step": steps.get("graph_nodes_per_step"),
+    "graph_path_nodes_per_step": steps.get("graph_path_nodes_per_step"),
     "eager_launches_per_step": steps.get("eager_launches_per_step"),
     "eager_cublas_calls_per_step": steps.get("eager_cublas_calls_per_step"),
     "emulator_errors": errors,

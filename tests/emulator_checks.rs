@@ -230,3 +230,53 @@ fn host_copies_and_allocations_are_refused_while_capturing() {
     a.launch_graph(&graph).unwrap();
     assert_eq!(a.download(&y).unwrap(), vec![1.0; 8], "the replay did not run the fill");
 }
+
+/// `concurrently`'s branches run on separate streams ordered by events: independent
+/// branches pass, and work after the join sees all their results, eagerly and as
+/// parallel graph branches. A branch that reads what another writes (or writes what
+/// another reads) breaks `concurrently`'s contract and would race on a GPU: the
+/// emulator refuses it, and the branches are still joined (a capture ends cleanly).
+#[test]
+fn branches_are_ordered_by_events_and_races_between_them_are_errors() {
+    let Some(cuda) = emulated() else { return };
+    if let Err(e) = cuda.set_branches(2) {
+        eprintln!("skipping: {e}");
+        return;
+    }
+    let x = cuda.upload(&[1.0, 2.0, 3.0]).unwrap();
+    let (mut y, mut z) = (cuda.zeros(3).unwrap(), cuda.zeros(3).unwrap());
+    // y = 2x and z = 3x side by side (the caller adds z = y + z after the join).
+    let independent = |y: &mut _, z: &mut _| {
+        let mut outs = [Some(y), Some(z)];
+        cuda.concurrently(2, &mut |i| cuda.axpby(2.0 + i as f64, &x, 0.0, outs[i].take().unwrap()))
+    };
+    independent(&mut y, &mut z).unwrap();
+    cuda.axpby(1.0, &y, 1.0, &mut z).unwrap();
+    assert_eq!(cuda.download(&z).unwrap(), vec![5.0, 10.0, 15.0]);
+    // The same as a captured graph, replayed twice: z = 5x again each time.
+    assert!(cuda.begin_capture().unwrap());
+    independent(&mut y, &mut z).unwrap();
+    cuda.axpby(1.0, &y, 1.0, &mut z).unwrap();
+    let graph = cuda.end_capture().unwrap();
+    for _ in 0..2 {
+        cuda.fill(&mut z, f64::NAN).unwrap();
+        cuda.launch_graph(&graph).unwrap();
+        assert_eq!(cuda.download(&z).unwrap(), vec![5.0, 10.0, 15.0]);
+    }
+    // Branch 1 reads y while branch 0 writes it; then the other way round.
+    must_fire("a branch reading what another branch writes", || {
+        cuda.concurrently(2, &mut |i| match i {
+            0 => cuda.axpby(1.0, &x, 0.0, &mut y),
+            _ => cuda.axpby(1.0, &y, 0.0, &mut z),
+        })
+    });
+    must_fire("a branch writing what another branch reads", || {
+        cuda.concurrently(2, &mut |i| match i {
+            0 => cuda.axpby(1.0, &y, 0.0, &mut z),
+            _ => cuda.axpby(1.0, &x, 0.0, &mut y),
+        })
+    });
+    // Joined despite the errors: the backend's stream sees both branches' work.
+    cuda.axpby(1.0, &x, 1.0, &mut y).unwrap();
+    assert!(cuda.download(&y).is_ok());
+}

@@ -3,9 +3,10 @@
 //! with f64 accumulation.
 //!
 //! SGEMM checks: a current context; a live handle whose stream exists, and operands
-//! last used (by a kernel, a copy or a GEMM) on that same stream (else the GEMM would
-//! race the other stream's work on a GPU; several backends, each on its own stream,
-//! may alternate on their own buffers); transposes N or T; m, n, k ≥ 0; lda/ldb/ldc at least the stored
+//! that no other stream used (by a kernel or a GEMM) unless an event orders the
+//! handle's stream after that use (else the GEMM would race the other stream's work
+//! on a GPU; several backends, each on its own stream, may alternate on their own
+//! buffers, and a backend's branches are joined by events); transposes N or T; m, n, k ≥ 0; lda/ldb/ldc at least the stored
 //! rows; α/β readable (host pointer mode); and that each operand's whole extent,
 //! (columns − 1)·ld + rows elements, lies in one live allocation. With β = 0 the
 //! whole of C's extent is first filled with NaN, so nothing can depend on its old
@@ -198,6 +199,26 @@ pub unsafe extern "C" fn cublasSgemm_v2(
     if faulted() {
         return EXECUTION_FAILED;
     }
+    // Operands another stream used, with no event ordering the handle's stream after
+    // that use, would race it on a GPU (C is written, A and B read). Checked at the
+    // call, captured or not: a replay's order is the graph's, checked by its
+    // dependencies.
+    if let Some(stream) = with_handles(|t| t.get(&(h as usize)).map(|x| x.stream)) {
+        let operands = [("A", a as u64, false), ("B", b as u64, false), ("C", c as u64, true)];
+        for (name, ptr, write) in operands {
+            if let Some(other) = other_stream_user(ptr, stream, write) {
+                return fail(
+                    INVALID_VALUE,
+                    format!(
+                        "cublasSgemm: operand {name} was used on stream {other:#x}, and nothing orders the handle's stream {stream:#x} after that use: the GEMM would race that stream's work"
+                    ),
+                );
+            }
+        }
+        for (_, ptr, write) in operands {
+            note_use(ptr, stream, write);
+        }
+    }
     // On a capturing stream the call is recorded (α and β read now, as cuBLAS reads
     // host-mode scalars at the call) and runs at each replay.
     if let Some(stream) = with_handles(|t| t.get(&(h as usize)).map(|x| x.stream)) {
@@ -224,14 +245,7 @@ pub unsafe extern "C" fn cublasSgemm_v2(
         }
     }
     match sgemm(h, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc) {
-        Ok(()) => {
-            if let Some(stream) = with_handles(|t| t.get(&(h as usize)).map(|x| x.stream)) {
-                for p in [a as u64, b as u64, c as u64] {
-                    note_use(p, stream);
-                }
-            }
-            SUCCESS
-        }
+        Ok(()) => SUCCESS,
         Err((code, m)) => fail(code, format!("cublasSgemm: {m}")),
     }
 }
@@ -264,13 +278,6 @@ unsafe fn sgemm(
     };
     if !stream_is_valid(stream) {
         return Err(bad(format!("the handle's stream {stream:#x} was destroyed")));
-    }
-    for (name, ptr) in [("A", a as u64), ("B", b as u64), ("C", c as u64)] {
-        if let Some(other) = other_stream_user(ptr, stream) {
-            return Err(bad(format!(
-                "operand {name} was last used on stream {other:#x}, the handle's stream is {stream:#x}: the GEMM would race that stream's work"
-            )));
-        }
     }
     if device_ptrs {
         return Err(bad(

@@ -36,6 +36,8 @@ pub const LAUNCH_FAILED: CUresult = 719;
 pub const NOT_PERMITTED: CUresult = 800;
 pub const NOT_SUPPORTED: CUresult = 801;
 pub const CAPTURE_INVALIDATED: CUresult = 901;
+pub const CAPTURE_UNJOINED: CUresult = 904;
+pub const CAPTURE_ISOLATION: CUresult = 905;
 
 /// The one device's primary context.
 const PRIMARY: usize = 0xC0C0_0000;
@@ -114,32 +116,109 @@ pub(crate) fn current_context_set() -> bool {
     CURRENT.with(|c| c.get()) == PRIMARY
 }
 
-/// Allocation (base address) → the stream of the last operation that used it.
-static LAST_STREAM: Mutex<Option<HashMap<u64, usize>>> = Mutex::new(None);
+/// Which streams last wrote and read each allocation, and what each stream is
+/// ordered after: the emulator's picture of cross-stream races. Events carry the
+/// ordering: a stream that waits on an event recorded on another is ordered after
+/// that stream's work up to the record (and after whatever that stream was itself
+/// ordered after then). Reads on several streams at once are no race; a write is,
+/// against any use on another stream that it is not ordered after (a kernel writes
+/// through its non-`const` pointers; a GEMM writes C).
+#[derive(Default)]
+struct Uses {
+    /// A counter of uses, so that "before the event" can be told from "after".
+    seq: u64,
+    /// Allocation (base address) → (stream, sequence number) of its last write.
+    writes: HashMap<u64, (usize, u64)>,
+    /// Allocation → the last read on each stream since then.
+    reads: HashMap<u64, HashMap<usize, u64>>,
+    /// Stream → (other stream → the last of its uses this stream is ordered after).
+    after: HashMap<usize, HashMap<usize, u64>>,
+    /// Event → (its stream, the sequence number at the record, what that stream
+    /// was ordered after then).
+    events: HashMap<usize, (usize, u64, HashMap<usize, u64>)>,
+}
 
-/// Records that stream `s` used the allocation holding `addr` (if any).
-pub(crate) fn note_use(addr: u64, s: usize) {
-    if let Some((base, _)) = memory::containing(addr) {
-        LAST_STREAM
-            .lock()
-            .unwrap()
-            .get_or_insert_with(HashMap::new)
-            .insert(base, s);
+impl Uses {
+    /// Whether stream `s` is ordered after use number `seq` on stream `other`.
+    fn ordered(&self, s: usize, other: usize, seq: u64) -> bool {
+        other == s
+            || self
+                .after
+                .get(&s)
+                .and_then(|m| m.get(&other))
+                .is_some_and(|&q| q >= seq)
     }
 }
 
-/// The stream that last used the allocation holding `addr`, if another than `s`:
-/// using it on `s` without synchronising would race that stream's work.
-pub(crate) fn other_stream_user(addr: u64, s: usize) -> Option<usize> {
+static USES: Mutex<Option<Uses>> = Mutex::new(None);
+
+fn with_uses<T>(f: impl FnOnce(&mut Uses) -> T) -> T {
+    f(USES.lock().unwrap().get_or_insert_with(Uses::default))
+}
+
+/// Records that stream `s` read (or wrote) the allocation holding `addr` (if any).
+pub(crate) fn note_use(addr: u64, s: usize, write: bool) {
+    if let Some((base, _)) = memory::containing(addr) {
+        with_uses(|u| {
+            u.seq += 1;
+            let seq = u.seq;
+            if write {
+                u.writes.insert(base, (s, seq));
+                u.reads.remove(&base);
+            } else {
+                u.reads.entry(base).or_default().insert(s, seq);
+            }
+        });
+    }
+}
+
+/// Another stream whose use of the allocation holding `addr` a read (or write) on
+/// `s` would race: one that `s` is not ordered after (through events), whose use
+/// was a write, or any use where `s` writes.
+pub(crate) fn other_stream_user(addr: u64, s: usize, write: bool) -> Option<usize> {
     let (base, _) = memory::containing(addr)?;
-    let g = LAST_STREAM.lock().unwrap();
-    g.as_ref()?.get(&base).copied().filter(|&u| u != s)
+    with_uses(|u| {
+        if let Some(&(other, seq)) = u.writes.get(&base) {
+            if !u.ordered(s, other, seq) {
+                return Some(other);
+            }
+        }
+        if write {
+            let reads = u.reads.get(&base)?;
+            return reads.iter().find(|&(&o, &q)| !u.ordered(s, o, q)).map(|(&o, _)| o);
+        }
+        None
+    })
+}
+
+/// `cuEventRecord(e, s)`: the event marks `s`'s uses so far.
+fn note_event_record(e: usize, s: usize) {
+    with_uses(|u| {
+        let snapshot = u.after.get(&s).cloned().unwrap_or_default();
+        let seq = u.seq;
+        u.events.insert(e, (s, seq, snapshot));
+    });
+}
+
+/// `cuStreamWaitEvent(s, e)`: `s` is now ordered after what the event marks.
+fn note_event_wait(s: usize, e: usize) {
+    with_uses(|u| {
+        let Some((from, seq, snapshot)) = u.events.get(&e).cloned() else {
+            return;
+        };
+        let mine = u.after.entry(s).or_default();
+        for (stream, q) in snapshot.into_iter().chain([(from, seq)]) {
+            let v = mine.entry(stream).or_insert(0);
+            *v = (*v).max(q);
+        }
+    });
 }
 
 fn forget_uses(addr: u64) {
-    if let Some(m) = LAST_STREAM.lock().unwrap().as_mut() {
-        m.remove(&addr);
-    }
+    with_uses(|u| {
+        u.writes.remove(&addr);
+        u.reads.remove(&addr);
+    });
 }
 
 pub(crate) fn faulted() -> bool {
@@ -408,6 +487,8 @@ pub extern "C" fn cuEventRecord(e: *mut c_void, s: *mut c_void) -> CUresult {
     tri!(ready("cuEventRecord", true));
     tri!(check_event("cuEventRecord", e));
     tri!(check_stream("cuEventRecord", s as usize));
+    note_event_record(e as usize, s as usize);
+    graph::record_event(e as usize, s as usize);
     SUCCESS
 }
 
@@ -416,6 +497,10 @@ pub extern "C" fn cuStreamWaitEvent(s: *mut c_void, e: *mut c_void, _flags: c_ui
     tri!(ready("cuStreamWaitEvent", true));
     tri!(check_event("cuStreamWaitEvent", e));
     tri!(check_stream("cuStreamWaitEvent", s as usize));
+    if let Err(m) = graph::wait_event(s as usize, e as usize) {
+        return fail(CAPTURE_ISOLATION, format!("cuStreamWaitEvent: {m}"));
+    }
+    note_event_wait(s as usize, e as usize);
     SUCCESS
 }
 
@@ -721,7 +806,7 @@ unsafe fn check_args(name: &str, sizes: &[usize], params: *mut *mut c_void) -> R
         if size == 8 {
             let v = (p as *const u64).read_unaligned();
             match kind {
-                'P' => {
+                'P' | 'R' => {
                     if memory::containing(v).is_none() {
                         // Distinguish the freed and the foreign case for the message.
                         memory::range(&format!("argument {i} (a device pointer)"), v, 1)?;
@@ -790,10 +875,33 @@ pub unsafe extern "C" fn cuLaunchKernel(
         grid: (gx, gy, gz),
         block: (bx, by, bz),
     };
-    for (i, &size) in sizes.iter().enumerate() {
-        if size == 8 {
-            note_use((*params.add(i) as *const u64).read_unaligned(), s as usize);
+    // A pointer argument that another stream used, with no event ordering this
+    // launch after that use, would race it on a GPU (the check cuBLAS calls get too):
+    // a write against any use, a read against a write.
+    let kinds: Vec<char> = host::kernel_params(&name).unwrap_or_default().chars().collect();
+    let pointers: Vec<(usize, u64, bool)> = sizes
+        .iter()
+        .enumerate()
+        .filter(|&(_, &size)| size == 8)
+        .map(|(i, _)| {
+            let p = (*params.add(i) as *const u64).read_unaligned();
+            (i, p, kinds.get(i) != Some(&'R'))
+        })
+        .collect();
+    for &(i, p, write) in &pointers {
+        if let Some(other) = other_stream_user(p, s as usize, write) {
+            let what = if write { "writes" } else { "reads" };
+            return fail(
+                INVALID_VALUE,
+                format!(
+                    "launching {name} on stream {:#x}: it {what} argument {i}, which stream {other:#x} used, and no event orders this launch after that use (it would race it on a GPU)",
+                    s as usize
+                ),
+            );
         }
+    }
+    for &(_, p, write) in &pointers {
+        note_use(p, s as usize, write);
     }
     let ps: Vec<*mut c_void> = (0..sizes.len()).map(|i| *params.add(i)).collect();
     if graph::record_if_capturing(s as usize, || Op::Launch {
@@ -881,6 +989,7 @@ pub unsafe extern "C" fn cuStreamEndCapture(s: *mut c_void, g: *mut *mut c_void)
             *g = h as *mut c_void;
             SUCCESS
         }
+        Err(m) if m.contains("not joined") => fail(CAPTURE_UNJOINED, format!("cuStreamEndCapture: {m}")),
         Err(m) => fail(CAPTURE_INVALIDATED, format!("cuStreamEndCapture: {m}")),
     }
 }
@@ -900,17 +1009,22 @@ pub unsafe extern "C" fn cuGraphInstantiateWithFlags(exec: *mut *mut c_void, g: 
     }
 }
 
-/// Replays an executable graph on `s`, operation by operation, in capture order.
+/// Replays an executable graph on `s`, operation by operation, in a random order
+/// that respects the captured dependencies (the capture order where
+/// `MEP_EMU_GRAPH_ORDER=capture`; see [`graph`]).
 #[no_mangle]
 pub unsafe extern "C" fn cuGraphLaunch(exec: *mut c_void, s: *mut c_void) -> CUresult {
     tri!(ready("cuGraphLaunch", true));
     tri!(check_stream("cuGraphLaunch", s as usize));
     tri!(not_capturing("cuGraphLaunch"));
-    let ops = match graph::for_launch(exec as usize) {
-        Ok(ops) => ops,
+    let nodes = match graph::for_launch(exec as usize) {
+        Ok(nodes) => nodes,
         Err(m) => return fail(INVALID_HANDLE, format!("cuGraphLaunch: {m}")),
     };
-    for op in ops.iter() {
+    let in_capture_order = std::env::var("MEP_EMU_GRAPH_ORDER").is_ok_and(|v| v.trim() == "capture");
+    let seed = (!in_capture_order).then(host::schedule_seed);
+    for i in graph::replay_order(&nodes, seed) {
+        let op = &nodes[i].op;
         graph::count_node();
         match op {
             Op::Memset { bytes, .. } => crate::trace(|| format!("memset {bytes} bytes")),

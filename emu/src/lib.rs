@@ -15,7 +15,9 @@
 //!   `mep::backend::cuda::host::launch_raw`: one fiber per CUDA thread, random
 //!   schedule, real barriers and shuffles.
 //! - [`cublas`]: `cublasSgemm_v2` validates transposes, sizes, leading dimensions and
-//!   operand extents, checks that the handle's stream is the stream kernels run on,
+//!   operand extents, checks that no other stream's unordered work uses the
+//!   operands (kernel launches get the same check: [`driver`]'s record of which
+//!   streams used each allocation, ordered by events),
 //!   NaN-fills C when β = 0, and computes in f64.
 //!
 //! Every check that fires is counted in [`Counters::errors`], printed on stderr and
@@ -27,7 +29,10 @@
 //!
 //! Settings: `MEP_EMU_TRACE=FILE` (one line per kernel or GEMM run, see [`trace`]),
 //! `MEP_EMU_SMS` (multiprocessors reported, default 1 so that grids stay
-//! small and grid-stride loops iterate), `MEP_SCHEDULE_SEED` (replay one schedule).
+//! small and grid-stride loops iterate), `MEP_SCHEDULE_SEED` (replay one schedule, and
+//! one order of every graph replay), `MEP_EMU_GRAPH_ORDER=capture` (replay graphs in
+//! capture order instead of a random order that respects their dependencies, see
+//! [`graph`]).
 
 pub mod cublas;
 pub mod driver;
@@ -57,6 +62,10 @@ pub struct Counters {
     pub graph_launches: AtomicU64,
     /// Operations replayed by graph launches (kernels, copies, memsets, GEMMs).
     pub graph_nodes: AtomicU64,
+    /// Of those, the ones on each replayed graph's longest chain of dependent
+    /// operations (what a GPU cannot overlap; `graph_nodes` where a graph is one
+    /// chain).
+    pub graph_path_nodes: AtomicU64,
     /// Device allocations.
     pub allocs: AtomicU64,
     /// Device frees.
@@ -76,13 +85,14 @@ pub static COUNTERS: Counters = Counters {
     syncs: AtomicU64::new(0),
     graph_launches: AtomicU64::new(0),
     graph_nodes: AtomicU64::new(0),
+    graph_path_nodes: AtomicU64::new(0),
     allocs: AtomicU64::new(0),
     frees: AtomicU64::new(0),
     errors: AtomicU64::new(0),
 };
 
 /// Counter names, in the order `mep_emu_counters` writes them.
-pub const COUNTER_NAMES: [&str; 12] = [
+pub const COUNTER_NAMES: [&str; 13] = [
     "launches",
     "cublas_calls",
     "copies_htod",
@@ -92,12 +102,13 @@ pub const COUNTER_NAMES: [&str; 12] = [
     "syncs",
     "graph_launches",
     "graph_nodes",
+    "graph_path_nodes",
     "allocs",
     "frees",
     "errors",
 ];
 
-fn counter_values() -> [u64; 12] {
+fn counter_values() -> [u64; 13] {
     let c = &COUNTERS;
     [
         &c.launches,
@@ -109,6 +120,7 @@ fn counter_values() -> [u64; 12] {
         &c.syncs,
         &c.graph_launches,
         &c.graph_nodes,
+        &c.graph_path_nodes,
         &c.allocs,
         &c.frees,
         &c.errors,
@@ -178,7 +190,7 @@ pub unsafe extern "C" fn mep_emu_counters(out: *mut u64, len: usize) -> usize {
 /// test checks that they agree).
 #[no_mangle]
 pub extern "C" fn mep_emu_counter_names() -> *const std::ffi::c_char {
-    c"launches,cublas_calls,copies_htod,copies_dtoh,copies_dtod,memsets,syncs,graph_launches,graph_nodes,allocs,frees,errors"
+    c"launches,cublas_calls,copies_htod,copies_dtoh,copies_dtod,memsets,syncs,graph_launches,graph_nodes,graph_path_nodes,allocs,frees,errors"
         .as_ptr()
 }
 

@@ -123,6 +123,8 @@ pub fn free_phase<B: Backend>(net: &Network<B>, ws: &mut Workspace<B>, rows: usi
 }
 
 /// Adds `coef · Σ_batch s_l s_{l−1}ᵀ` (and `coef · Σ s_l`) for the states in `states`.
+/// The layers are independent branches ([`Backend::concurrently`]): each writes only
+/// its own gradients.
 fn accumulate_estimate<B: Backend>(
     net: &Network<B>,
     x: &B::Buf,
@@ -134,23 +136,14 @@ fn accumulate_estimate<B: Backend>(
 ) -> Result<()> {
     let bk = &net.backend;
     let acc = if accumulate { 1.0 } else { 0.0 };
-    for (l, blk) in net.arch.blocks.iter().enumerate() {
+    let mut layers = grads.layers();
+    bk.concurrently(layers.len(), &mut |l| {
+        let (gw, gb) = layers[l].take().expect("each layer's estimate is taken once");
+        let blk = &net.arch.blocks[l];
         let below = if l == 0 { x } else { &states[l - 1] };
-        bk.gemm(
-            true,
-            false,
-            blk.out,
-            blk.inp,
-            rows,
-            coef,
-            &states[l],
-            below,
-            acc,
-            &mut grads.w[l],
-        )?;
-        bk.col_sum(rows, blk.out, coef, &states[l], acc, &mut grads.b[l])?;
-    }
-    Ok(())
+        bk.gemm(true, false, blk.out, blk.inp, rows, coef, &states[l], below, acc, gw)?;
+        bk.col_sum(rows, blk.out, coef, &states[l], acc, gb)
+    })
 }
 
 /// The estimate of the rule (see [`super::Nudging::phases`]), with

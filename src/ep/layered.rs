@@ -250,7 +250,8 @@ fn residual<B: Backend>(
 }
 
 /// Adds `coef · Σ_batch e_l a_{l−1}ᵀ` (and `coef · Σ e_l` for the bias) to the
-/// gradients; `accumulate = false` overwrites instead.
+/// gradients; `accumulate = false` overwrites instead. The layers are independent
+/// branches ([`Backend::concurrently`]): each writes only its own gradients.
 fn accumulate_estimate<B: Backend>(
     net: &Network<B>,
     ws: &Workspace<B>,
@@ -261,23 +262,14 @@ fn accumulate_estimate<B: Backend>(
 ) -> Result<()> {
     let bk = &net.backend;
     let acc = if accumulate { 1.0 } else { 0.0 };
-    for (l, blk) in net.arch.blocks.iter().enumerate() {
+    let mut layers = grads.layers();
+    bk.concurrently(layers.len(), &mut |l| {
+        let (gw, gb) = layers[l].take().expect("each layer's estimate is taken once");
+        let blk = &net.arch.blocks[l];
         let input = if l == 0 { &ws.x } else { &ws.a[l - 1] };
-        bk.gemm(
-            true,
-            false,
-            blk.out,
-            blk.inp,
-            rows,
-            coef,
-            &ws.e[l],
-            input,
-            acc,
-            &mut grads.w[l],
-        )?;
-        bk.col_sum(rows, blk.out, coef, &ws.e[l], acc, &mut grads.b[l])?;
-    }
-    Ok(())
+        bk.gemm(true, false, blk.out, blk.inp, rows, coef, &ws.e[l], input, acc, gw)?;
+        bk.col_sum(rows, blk.out, coef, &ws.e[l], acc, gb)
+    })
 }
 
 /// The EP estimate: forward pass (free phase), the rule's perturbed phase(s), contrast.

@@ -181,4 +181,10 @@ impl<B: Backend> Grads<B> {
                 .collect::<Result<_>>()?,
         })
     }
+
+    /// Each layer's (∂W, ∂b), to be taken once each by independent branches
+    /// ([`Backend::concurrently`]).
+    pub(crate) fn layers(&mut self) -> Vec<Option<(&mut B::Buf, &mut B::Buf)>> {
+        self.w.iter_mut().zip(self.b.iter_mut()).map(Some).collect()
+    }
 }

@@ -7,7 +7,7 @@ use super::newton_schulz::{orthogonalize, NsScratch};
 use super::spectral::PowerIter;
 use crate::backend::{ctl, Backend, Scalar};
 use crate::ep::{compute_gradients, Energy, Grads, Mode, Workspace};
-use crate::nn::Network;
+use crate::nn::{Block, Network, Params};
 use crate::train::DeviceData;
 use crate::{MepError, Result};
 
@@ -534,58 +534,25 @@ impl<B: Backend> Engine<B> {
     }
 
     /// The update rules, with the step scalars in `self.ctl` ([`Engine::step_scalars`]).
+    /// Each block's update reads its gradients and `ctl` and writes only its own
+    /// parameters and state, so the blocks are independent branches
+    /// ([`Backend::concurrently`]: parallel graph branches on CUDA).
     fn update_body(&mut self, net: &mut Network<B>) -> Result<()> {
         let bk = net.backend.clone();
         let cfg = self.cfg;
-        for (l, blk) in net.arch.blocks.iter().enumerate() {
-            let st = &mut self.state[l];
-            let p = &mut net.params[l];
-            let g = &self.grads.w[l];
-            let (ms, vs) = (block_slot(l), block_slot(l) + 3);
-            match cfg.matrix {
-                MatrixRule::Muon {
-                    momentum,
-                    nesterov,
-                    ns_steps,
-                    ..
-                } => {
-                    let (u, ns) = st.muon.as_mut().expect("Muon state allocated with the engine");
-                    let dir = if nesterov {
-                        bk.nesterov(momentum, g, &mut st.m_w, u)?; // M = μM + G, U = G + μM
-                        &*u
-                    } else {
-                        bk.axpby(1.0, g, momentum, &mut st.m_w)?; // M = μM + G
-                        &st.m_w
-                    };
-                    orthogonalize(&bk, blk.out, blk.inp, ns_steps, dir, ns)?;
-                    // W ← decay·W − lr·scale·O
-                    bk.axpby_ctl(&self.ctl, ms, &ns.x, ms + 1, &mut p.w)?;
-                }
-                MatrixRule::Sgd { momentum, nesterov } => {
-                    sgd_update(&bk, &mut p.w, g, &mut st.m_w, momentum, nesterov, &self.ctl, ms)?
-                }
-                MatrixRule::Adam { beta1, beta2, eps } => {
-                    let v = st.v_w.as_mut().expect("Adam state allocated with the engine");
-                    bk.adam(&mut p.w, g, &mut st.m_w, v, beta1, beta2, eps, &self.ctl, ms)?;
-                }
-            }
-            if blk.bias {
-                let gb = &self.grads.b[l];
-                match cfg.vector {
-                    VectorRule::Adam { beta1, beta2, eps, .. } => {
-                        let v = st.v_b.as_mut().expect("Adam state allocated with the engine");
-                        bk.adam(&mut p.b, gb, &mut st.m_b, v, beta1, beta2, eps, &self.ctl, vs)?;
-                    }
-                    VectorRule::Sgd { momentum, nesterov, .. } => {
-                        sgd_update(&bk, &mut p.b, gb, &mut st.m_b, momentum, nesterov, &self.ctl, vs)?
-                    }
-                }
-            }
-            if let Some((power, gamma)) = st.power.as_mut() {
-                power.constrain(&bk, &mut p.w, *gamma, cfg.spectral.power_iters)?;
-            }
-        }
-        Ok(())
+        let blocks = &net.arch.blocks;
+        let mut parts: Vec<_> = self
+            .state
+            .iter_mut()
+            .zip(net.params.iter_mut())
+            .zip(blocks.iter())
+            .map(Some)
+            .collect();
+        let (grads, ctl) = (&self.grads, &self.ctl);
+        bk.concurrently(parts.len(), &mut |l| {
+            let ((st, p), blk) = parts[l].take().expect("each block updates once");
+            update_block(&bk, &cfg, l, blk, st, p, grads, ctl)
+        })
     }
 
     /// Reads the running statistics (one small device-to-host copy).
@@ -625,6 +592,66 @@ pub const DIVERGED_LOSS: f64 = 1e6;
 /// True when a running mean cost is NaN, infinite or above [`DIVERGED_LOSS`].
 pub fn diverged(loss: f64) -> bool {
     !loss.is_finite() || loss > DIVERGED_LOSS
+}
+
+/// One block's update: the matrix rule for W, the vector rule for b, then the
+/// spectral constraint; ms and vs are the block's step-scalar slots.
+#[allow(clippy::too_many_arguments)]
+fn update_block<B: Backend>(
+    bk: &B,
+    cfg: &OptimConfig,
+    l: usize,
+    blk: &Block,
+    st: &mut BlockState<B>,
+    p: &mut Params<B>,
+    grads: &Grads<B>,
+    ctl: &B::Labels,
+) -> Result<()> {
+    let g = &grads.w[l];
+    let (ms, vs) = (block_slot(l), block_slot(l) + 3);
+    match cfg.matrix {
+        MatrixRule::Muon {
+            momentum,
+            nesterov,
+            ns_steps,
+            ..
+        } => {
+            let (u, ns) = st.muon.as_mut().expect("Muon state allocated with the engine");
+            let dir = if nesterov {
+                bk.nesterov(momentum, g, &mut st.m_w, u)?; // M = μM + G, U = G + μM
+                &*u
+            } else {
+                bk.axpby(1.0, g, momentum, &mut st.m_w)?; // M = μM + G
+                &st.m_w
+            };
+            orthogonalize(bk, blk.out, blk.inp, ns_steps, dir, ns)?;
+            // W ← decay·W − lr·scale·O
+            bk.axpby_ctl(ctl, ms, &ns.x, ms + 1, &mut p.w)?;
+        }
+        MatrixRule::Sgd { momentum, nesterov } => {
+            sgd_update(bk, &mut p.w, g, &mut st.m_w, momentum, nesterov, ctl, ms)?
+        }
+        MatrixRule::Adam { beta1, beta2, eps } => {
+            let v = st.v_w.as_mut().expect("Adam state allocated with the engine");
+            bk.adam(&mut p.w, g, &mut st.m_w, v, beta1, beta2, eps, ctl, ms)?;
+        }
+    }
+    if blk.bias {
+        let gb = &grads.b[l];
+        match cfg.vector {
+            VectorRule::Adam { beta1, beta2, eps, .. } => {
+                let v = st.v_b.as_mut().expect("Adam state allocated with the engine");
+                bk.adam(&mut p.b, gb, &mut st.m_b, v, beta1, beta2, eps, ctl, vs)?;
+            }
+            VectorRule::Sgd { momentum, nesterov, .. } => {
+                sgd_update(bk, &mut p.b, gb, &mut st.m_b, momentum, nesterov, ctl, vs)?
+            }
+        }
+    }
+    if let Some((power, gamma)) = st.power.as_mut() {
+        power.constrain(bk, &mut p.w, *gamma, cfg.spectral.power_iters)?;
+    }
+    Ok(())
 }
 
 /// p ← decay·p − lr·(M or G + μM) with M ← μM + G, where the step-scalar slots

@@ -83,7 +83,7 @@ impl Cuda {
         }
         let shape = self.grid_rows(rows, ROW_BLOCK.1);
         let blocks = shape.grid_dim.0;
-        let mut partials = self.inner.partials.lock().unwrap_or_else(|e| e.into_inner());
+        let mut partials = self.lane().partials.lock().unwrap_or_else(|e| e.into_inner());
         let acc = 0u32;
         launch!(
             self,

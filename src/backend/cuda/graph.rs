@@ -1,5 +1,7 @@
 //! Captured steps: the backend's stream captured into a CUDA graph
 //! (`Backend::begin_capture` … `Backend::end_capture`) and replayed with one launch.
+//! Branches forked from it ([`super::lanes`]) join the capture and become parallel
+//! branches of the graph.
 
 use super::{cuda_err, Cuda};
 use crate::{MepError, Result};
@@ -10,7 +12,7 @@ impl Cuda {
     /// `Backend::begin_capture`: starts capturing the stream (in thread-local capture
     /// mode).
     pub(super) fn begin_graph_capture(&self) -> Result<bool> {
-        self.inner
+        self.main_lane()
             .stream
             .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(cuda_err("beginning a graph capture"))?;
@@ -20,7 +22,7 @@ impl Cuda {
     /// `Backend::end_capture`: ends the capture and instantiates the graph.
     pub(super) fn end_graph_capture(&self) -> Result<Graph> {
         let graph = self
-            .inner
+            .main_lane()
             .stream
             .end_capture(CUgraphInstantiate_flags(0))
             .map_err(cuda_err("ending a graph capture"))?

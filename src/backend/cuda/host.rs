@@ -42,7 +42,8 @@ mod ffi {
 pub const HOST_MAX_BLOCKS: u32 = 3;
 
 /// The parameter kinds of host kernel `name`, one letter per parameter (`P` a device
-/// pointer, `L` u64, `I` u32, `F` f32, as parsed from its signature by build.rs), or
+/// pointer, `R` a pointer to `const`, `L` u64, `I` u32, `F` f32, as parsed from its
+/// signature by build.rs), or
 /// `None` when no such kernel was compiled.
 pub fn kernel_params(name: &str) -> Option<String> {
     let c = CString::new(name).ok()?;
@@ -58,7 +59,7 @@ pub fn kernel_params(name: &str) -> Option<String> {
 /// Size in bytes of a parameter of kind `k` (see [`kernel_params`]).
 pub fn kind_size(k: char) -> usize {
     match k {
-        'P' | 'L' => 8,
+        'P' | 'R' | 'L' => 8,
         _ => 4,
     }
 }

@@ -25,7 +25,7 @@ macro_rules! launch {
     ($self:ident, $name:literal, $cfg:expr, [$($arg:expr),* $(,)?]) => {{
         use cudarc::driver::PushKernelArg as _;
         let f = $self.kernel($name)?;
-        let mut b = $self.inner.stream.launch_builder(f);
+        let mut b = $self.lane().stream.launch_builder(f);
         $( b.arg($arg); )*
         unsafe { b.launch($cfg) }
             .map(|_| ())
@@ -42,6 +42,7 @@ pub mod gram;
 mod graph;
 #[cfg(feature = "host-kernels")]
 pub mod host;
+pub mod lanes;
 mod libs;
 pub mod nvrtc;
 mod optim;
@@ -64,7 +65,6 @@ use self::shapes::Shape;
 use super::Backend;
 use crate::nn::activation::ActChain;
 use crate::{Loss, MepError, Result};
-use cudarc::cublas::CudaBlas;
 use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::Ptx;
@@ -80,21 +80,19 @@ pub struct Cuda {
 
 struct Inner {
     ctx: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
-    blas: CudaBlas,
+    /// The streams work is queued on ([`lanes`]): lane 0 is the backend's stream;
+    /// the others run [`Backend::concurrently`]'s branches beside it.
+    lanes: Vec<lanes::Lane>,
+    /// The lane work is queued on now (0 outside `concurrently`).
+    current: std::sync::atomic::AtomicUsize,
+    /// How many lanes `concurrently` uses ([`Cuda::set_branches`]).
+    branches: std::sync::atomic::AtomicUsize,
+    /// Recorded on lane 0 when branches fork; the side lanes wait on it.
+    fork: cudarc::driver::CudaEvent,
     kernels: HashMap<&'static str, CudaFunction>,
     name: String,
     /// Most blocks a grid-stride launch uses (32 per multiprocessor).
     max_blocks: u32,
-    /// Per-block partial sums of the two-pass reductions (2 × `max_blocks` floats).
-    /// Every use is queued on the one stream, so clones sharing it never overlap.
-    partials: std::sync::Mutex<CudaSlice<f32>>,
-    /// The one-launch reductions' ticket (`kernels/reduce.cu`, `sum_sq`): 0 between
-    /// launches (each re-arms it). Locked after `partials` where both are taken.
-    ticket: std::sync::Mutex<CudaSlice<u32>>,
-    /// cuBLAS's workspace (`cublasSetWorkspace`): owned here so that it outlives
-    /// every GEMM queued with the handle.
-    _blas_workspace: CudaSlice<u8>,
     /// Use the fused phase kernels where they fit ([`Cuda::set_fused`]).
     fused: std::sync::atomic::AtomicBool,
     /// The fused phase kernels' coupling limit ([`Cuda::set_fused_max_couplings`]).
@@ -102,9 +100,6 @@ struct Inner {
     /// The largest k of `square_products` ([`Cuda::set_square_max_k`]).
     square_max_k: std::sync::atomic::AtomicUsize,
 }
-
-/// Bytes of the cuBLAS workspace.
-const BLAS_WORKSPACE_BYTES: usize = 32 << 20;
 
 /// A driver/cuBLAS error as [`MepError::Cuda`].
 fn cuda_err<E: std::fmt::Debug>(what: &'static str) -> impl FnOnce(E) -> MepError {
@@ -187,32 +182,12 @@ impl Cuda {
         // capture needs a stream of its own (the legacy default stream cannot capture).
         // SAFETY: no buffer of this context is ever used from a second stream.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.new_stream().map_err(unavailable("creating a stream"))?;
-        let blas = CudaBlas::new(stream.clone()).map_err(unavailable("creating the cuBLAS handle"))?;
-        // cuBLAS's own workspace, given explicitly so that a GEMM never allocates: one
-        // captured into a graph must not (the capture would fail or bake in a
-        // temporary). 32 MiB is what NVIDIA recommends for Hopper.
-        let blas_workspace = stream
-            .alloc_zeros::<u8>(BLAS_WORKSPACE_BYTES)
-            .map_err(unavailable("allocating the cuBLAS workspace"))?;
-        {
-            let (ptr, _sync) = blas_workspace.device_ptr(&stream);
-            // SAFETY: the handle is live; the workspace is BLAS_WORKSPACE_BYTES of device
-            // memory (256-byte aligned, as every allocation), kept alive in `Inner`
-            // beside the handle.
-            let status = unsafe {
-                cudarc::cublas::sys::cublasSetWorkspace_v2(
-                    *blas.handle(),
-                    ptr as *mut std::ffi::c_void,
-                    BLAS_WORKSPACE_BYTES,
-                )
-            };
-            if status != cudarc::cublas::sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
-                return Err(MepError::CudaUnavailable(format!(
-                    "setting the cuBLAS workspace: {status:?}"
-                )));
-            }
-        }
+        let max_blocks = (sms.max(1) as u32).saturating_mul(32);
+        let lane_count = lanes::lanes_from_env()?;
+        let lanes = (0..lane_count)
+            .map(|_| lanes::Lane::new(&ctx, max_blocks))
+            .collect::<Result<Vec<_>>>()?;
+        let fork = ctx.new_event(None).map_err(unavailable("creating an event"))?;
         let mut kernels = HashMap::new();
         // An architecture this NVRTC cannot target (e.g. pre-Turing under CUDA 13) makes
         // CUDA unusable rather than broken.
@@ -248,26 +223,18 @@ impl Cuda {
                 kernels.insert(kname, f);
             }
         }
-        let (dv, nv, bv) = versions(Some(&blas));
+        let (dv, nv, bv) = versions(Some(&lanes[0].blas));
         let name = format!("cuda:{ordinal} ({dev}, {arch} {code}; driver {dv}, NVRTC {nv}, cuBLAS {bv})");
-        let max_blocks = (sms.max(1) as u32).saturating_mul(32);
-        let partials = stream
-            .alloc_zeros::<f32>(2 * max_blocks as usize)
-            .map_err(unavailable("allocating the reduction scratch"))?;
-        let ticket = stream
-            .alloc_zeros::<u32>(1)
-            .map_err(unavailable("allocating the reduction ticket"))?;
         Ok(Cuda {
             inner: Arc::new(Inner {
                 ctx,
-                stream,
-                blas,
+                lanes,
+                current: std::sync::atomic::AtomicUsize::new(0),
+                branches: std::sync::atomic::AtomicUsize::new(lane_count),
+                fork,
                 kernels,
                 name,
                 max_blocks,
-                partials: std::sync::Mutex::new(partials),
-                ticket: std::sync::Mutex::new(ticket),
-                _blas_workspace: blas_workspace,
                 fused: std::sync::atomic::AtomicBool::new(
                     std::env::var("MEP_CUDA_FUSED").map_or(true, |v| v.trim() != "0"),
                 ),
@@ -301,9 +268,10 @@ impl Cuda {
         &self.inner.ctx
     }
 
-    /// The stream every primitive is queued on.
+    /// The backend's stream: every primitive is queued on it, except inside
+    /// [`Backend::concurrently`]'s branches, which are joined back into it.
     pub fn stream(&self) -> &Arc<CudaStream> {
-        &self.inner.stream
+        &self.main_lane().stream
     }
 
     fn kernel(&self, name: &str) -> Result<&CudaFunction> {
@@ -405,23 +373,23 @@ impl Backend for Cuda {
     // ---- memory ----
 
     fn zeros(&self, len: usize) -> Result<CudaSlice<f32>> {
-        self.inner
+        self.lane()
             .stream
             .alloc_zeros::<f32>(len)
             .map_err(cuda_err("allocating"))
     }
     fn upload(&self, host: &[f32]) -> Result<CudaSlice<f32>> {
-        self.inner.stream.clone_htod(host).map_err(cuda_err("uploading"))
+        self.lane().stream.clone_htod(host).map_err(cuda_err("uploading"))
     }
     fn write(&self, dst: &mut CudaSlice<f32>, host: &[f32]) -> Result<()> {
         check_len("write", dst.len(), host.len())?;
-        self.inner
+        self.lane()
             .stream
             .memcpy_htod(host, &mut dst.slice_mut(..host.len()))
             .map_err(cuda_err("writing"))
     }
     fn download(&self, buf: &CudaSlice<f32>) -> Result<Vec<f32>> {
-        let v = self.inner.stream.clone_dtoh(buf).map_err(cuda_err("downloading"))?;
+        let v = self.lane().stream.clone_dtoh(buf).map_err(cuda_err("downloading"))?;
         self.synchronize()?;
         Ok(v)
     }
@@ -432,35 +400,38 @@ impl Backend for Cuda {
         buf.len()
     }
     fn buf_id(&self, buf: &CudaSlice<f32>) -> usize {
-        let (ptr, _sync) = buf.device_ptr(&self.inner.stream);
+        let (ptr, _sync) = buf.device_ptr(&self.lane().stream);
         ptr as usize
     }
     fn labels_id(&self, buf: &CudaSlice<u32>) -> usize {
-        let (ptr, _sync) = buf.device_ptr(&self.inner.stream);
+        let (ptr, _sync) = buf.device_ptr(&self.lane().stream);
         ptr as usize
     }
     fn upload_labels(&self, host: &[u32]) -> Result<CudaSlice<u32>> {
-        self.inner.stream.clone_htod(host).map_err(cuda_err("uploading labels"))
+        self.lane()
+            .stream
+            .clone_htod(host)
+            .map_err(cuda_err("uploading labels"))
     }
     fn write_labels(&self, dst: &mut CudaSlice<u32>, host: &[u32]) -> Result<()> {
         check_len("write_labels", dst.len(), host.len())?;
         if host.is_empty() {
             return Ok(());
         }
-        self.inner
+        self.lane()
             .stream
             .memcpy_htod(host, &mut dst.slice_mut(..host.len()))
             .map_err(cuda_err("writing labels"))
     }
     fn zeros_labels(&self, len: usize) -> Result<CudaSlice<u32>> {
-        self.inner
+        self.lane()
             .stream
             .alloc_zeros::<u32>(len)
             .map_err(cuda_err("allocating labels"))
     }
     fn download_labels(&self, buf: &CudaSlice<u32>) -> Result<Vec<u32>> {
         let v = self
-            .inner
+            .lane()
             .stream
             .clone_dtoh(buf)
             .map_err(cuda_err("downloading labels"))?;
@@ -472,13 +443,13 @@ impl Backend for Cuda {
         if src.is_empty() {
             return Ok(());
         }
-        self.inner
+        self.lane()
             .stream
             .memcpy_dtod(src, &mut dst.slice_mut(..src.len()))
             .map_err(cuda_err("copying"))
     }
     fn synchronize(&self) -> Result<()> {
-        self.inner.stream.synchronize().map_err(cuda_err("synchronizing"))
+        self.lane().stream.synchronize().map_err(cuda_err("synchronizing"))
     }
 
     // ---- data.rs ----
@@ -803,6 +774,10 @@ impl Backend for Cuda {
     }
 
     // ---- graph.rs ----
+
+    fn concurrently(&self, n: usize, body: &mut dyn FnMut(usize) -> Result<()>) -> Result<()> {
+        self.run_concurrently(n, body)
+    }
 
     fn begin_capture(&self) -> Result<bool> {
         self.begin_graph_capture()

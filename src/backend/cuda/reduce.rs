@@ -38,8 +38,8 @@ impl Cuda {
         check_len("sum_sq out", out.len(), 1)?;
         let n = x.len();
         let shape = self.grid_1d(n);
-        let mut partials = self.inner.partials.lock().unwrap_or_else(|e| e.into_inner());
-        let mut ticket = self.inner.ticket.lock().unwrap_or_else(|e| e.into_inner());
+        let mut partials = self.lane().partials.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ticket = self.lane().ticket.lock().unwrap_or_else(|e| e.into_inner());
         // No atomics on the sums: bit-for-bit reproducible (kernels/reduce.cu). With
         // n = 0 every block writes a 0 partial. The ticket is 0 between launches.
         let n64 = n as u64;
