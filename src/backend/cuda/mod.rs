@@ -1,5 +1,6 @@
-//! The CUDA backend: NVRTC-compiled kernels (`kernels/*.cu`) and cuBLAS SGEMM, all on
-//! one stream, in f32.
+//! The CUDA backend: NVRTC-compiled kernels (`kernels/*.cu`) and cuBLAS SGEMM, in f32,
+//! on one stream, except the branches of [`Backend::concurrently`], which run on side
+//! streams forked from it and joined back ([`lanes`]).
 //!
 //! [`Cuda::new`] loads the CUDA libraries dynamically (driver, NVRTC, cuBLAS), creates
 //! the context, stream and cuBLAS handle, compiles the kernels for the device's
@@ -15,8 +16,8 @@
 //! those follow `kernels/`: `settle` (element-wise forward and settling kernels),
 //! `cost`, `reduce`, `optim`, `data`, [`fused`] (whole phases in one launch), [`gram`]
 //! (small-matrix iterations in one launch), plus
-//! `gemm` (cuBLAS), `graph` (captured steps) and `libs` (what the CUDA libraries must
-//! export).
+//! `gemm` (cuBLAS), `graph` (captured steps), [`lanes`] (the streams, and what each
+//! must have to itself) and `libs` (what the CUDA libraries must export).
 
 /// Pushes kernel arguments and launches `$name` on the backend's stream. Arguments are
 /// expressions of reference type (`&u32`, `&CudaSlice<f32>`, `&mut CudaSlice<f32>`).
@@ -71,8 +72,10 @@ use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// The CUDA backend (f32). Cloning is cheap: clones share the context, stream,
-/// cuBLAS handle and kernels.
+/// The CUDA backend (f32). Cloning is cheap: clones share the context, streams,
+/// cuBLAS handles and kernels. While one thread runs [`Backend::concurrently`], no
+/// other thread may queue work on the backend or its clones: the branches switch
+/// the stream they all queue on.
 #[derive(Clone)]
 pub struct Cuda {
     inner: Arc<Inner>,
