@@ -280,3 +280,53 @@ fn branches_are_ordered_by_events_and_races_between_them_are_errors() {
     cuda.axpby(1.0, &x, 1.0, &mut y).unwrap();
     assert!(cuda.download(&y).is_ok());
 }
+
+/// `concurrently` balances its branches over the lanes by the work each has queued
+/// since the fork: one long branch (three operations) and two short ones on two
+/// lanes put both short ones beside the long one, so a captured graph's longest chain
+/// is the long branch and the operation after the join (4 of 6 nodes), not 5 as it
+/// would be with the short branches dealt out in turn.
+#[test]
+fn branches_are_balanced_by_queued_work() {
+    let Some(cuda) = emulated() else { return };
+    if let Err(e) = cuda.set_branches(2) {
+        eprintln!("skipping: {e}");
+        return;
+    }
+    let counter = |name: &str| {
+        emulator_counters()
+            .unwrap()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .unwrap()
+            .1
+    };
+    let x = cuda.upload(&[1.0, 2.0]).unwrap();
+    let mut ys: Vec<_> = (0..3).map(|_| cuda.zeros(2).unwrap()).collect();
+    let mut z = cuda.zeros(2).unwrap();
+    assert!(cuda.begin_capture().unwrap());
+    {
+        let mut outs: Vec<_> = ys.iter_mut().collect();
+        cuda.concurrently(3, &mut |i| {
+            let y = &mut *outs[i];
+            let ops = if i == 0 { 3 } else { 1 };
+            (0..ops).try_for_each(|_| cuda.axpby(1.0, &x, 1.0, y))
+        })
+        .unwrap();
+    }
+    cuda.axpby(1.0, &ys[2], 0.0, &mut z).unwrap();
+    let graph = cuda.end_capture().unwrap();
+    // Other tests in this process may replay graphs at the same time: replay until
+    // one replay's counts are this graph's alone (6 nodes).
+    let mut replays = 0.0;
+    let mut got = (0, 0);
+    while got.0 != 6 && replays < 5.0 {
+        let (n0, p0) = (counter("graph_nodes"), counter("graph_path_nodes"));
+        cuda.launch_graph(&graph).unwrap();
+        replays += 1.0;
+        got = (counter("graph_nodes") - n0, counter("graph_path_nodes") - p0);
+    }
+    assert_eq!(got, (6, 4), "(nodes, longest chain) of the captured branches");
+    assert_eq!(cuda.download(&ys[0]).unwrap(), vec![3.0 * replays, 6.0 * replays]);
+    assert_eq!(cuda.download(&z).unwrap(), vec![replays, 2.0 * replays]);
+}

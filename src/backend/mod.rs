@@ -447,11 +447,12 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// Runs `body(0)`, …, `body(n − 1)`: work the caller guarantees to be independent
     /// (no call writes a buffer another one reads or writes; shared inputs are only
     /// read). A backend may queue the calls on queues that run concurrently — CUDA
-    /// puts branch i on stream i mod L, forked from its stream and joined back by
-    /// events, so a captured step holds them as parallel graph branches — and work
-    /// queued after this returns is ordered after all of them. The default (the CPU)
-    /// runs them in order; so does a nested call. The first error stops the
-    /// remaining calls and is returned.
+    /// puts each branch on the one of its L streams with the least work queued since
+    /// the fork (so list the longest branches first), forked from its stream and
+    /// joined back by events, and a captured step holds them as parallel graph
+    /// branches — and work queued after this returns is ordered after all of them.
+    /// The default (the CPU) runs them in order; so does a nested call. The first
+    /// error stops the remaining calls and is returned.
     fn concurrently(&self, n: usize, body: &mut dyn FnMut(usize) -> crate::Result<()>) -> crate::Result<()> {
         (0..n).try_for_each(body)
     }

@@ -123,8 +123,8 @@ pub fn free_phase<B: Backend>(net: &Network<B>, ws: &mut Workspace<B>, rows: usi
 }
 
 /// Adds `coef · Σ_batch s_l s_{l−1}ᵀ` (and `coef · Σ s_l`) for the states in `states`.
-/// The layers are independent branches ([`Backend::concurrently`]): each writes only
-/// its own gradients.
+/// Each layer's ∂W and ∂b is an independent branch ([`Backend::concurrently`],
+/// longest first).
 fn accumulate_estimate<B: Backend>(
     net: &Network<B>,
     x: &B::Buf,
@@ -136,13 +136,18 @@ fn accumulate_estimate<B: Backend>(
 ) -> Result<()> {
     let bk = &net.backend;
     let acc = if accumulate { 1.0 } else { 0.0 };
+    let depth = net.arch.depth();
     let mut layers = grads.layers();
-    bk.concurrently(layers.len(), &mut |l| {
-        let (gw, gb) = layers[l].take().expect("each layer's estimate is taken once");
+    bk.concurrently(2 * depth, &mut |i| {
+        let l = i % depth;
         let blk = &net.arch.blocks[l];
-        let below = if l == 0 { x } else { &states[l - 1] };
-        bk.gemm(true, false, blk.out, blk.inp, rows, coef, &states[l], below, acc, gw)?;
-        bk.col_sum(rows, blk.out, coef, &states[l], acc, gb)
+        let (gw, gb) = &mut layers[l];
+        if i < depth {
+            let below = if l == 0 { x } else { &states[l - 1] };
+            bk.gemm(true, false, blk.out, blk.inp, rows, coef, &states[l], below, acc, gw)
+        } else {
+            bk.col_sum(rows, blk.out, coef, &states[l], acc, gb)
+        }
     })
 }
 

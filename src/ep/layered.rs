@@ -68,6 +68,22 @@ pub fn nudged_phase<B: Backend>(
     ws: &mut Workspace<B>,
     rows: usize,
 ) -> Result<()> {
+    if settle_nudged(net, cfg, phase, ws, rows)? {
+        ws.add_row_residuals(rows, 0)?;
+    }
+    Ok(())
+}
+
+/// [`nudged_phase`] but for the sum of a fused phase's per-row residuals: true when
+/// they are left in `ws.f` for the caller to add (`Workspace::add_row_residuals`),
+/// which [`gradients`] does beside the estimate.
+fn settle_nudged<B: Backend>(
+    net: &Network<B>,
+    cfg: &GradConfig,
+    phase: Phase,
+    ws: &mut Workspace<B>,
+    rows: usize,
+) -> Result<bool> {
     let bk = &net.backend;
     let last = net.arch.depth() - 1;
     let out = net.arch.blocks[last].out;
@@ -107,14 +123,15 @@ pub fn nudged_phase<B: Backend>(
         None => false,
     };
     if fused {
-        return ws.add_row_residuals(rows, 0);
+        return Ok(true);
     }
     for _ in 0..cfg.settle_steps {
         backward_errors(net, cfg, beta, ws, rows)?;
         relax_forward(net, cfg.settle_lr, beta, ws, rows)?;
     }
     errors(net, ws, rows)?;
-    residual(net, cfg, beta, ws, rows)
+    residual(net, cfg, beta, ws, rows)?;
+    Ok(false)
 }
 
 /// Backward sweep from the current state: `ws.dc` = ∂C/∂o, `ws.e[L]` = e*_L =
@@ -250,25 +267,35 @@ fn residual<B: Backend>(
 }
 
 /// Adds `coef · Σ_batch e_l a_{l−1}ᵀ` (and `coef · Σ e_l` for the bias) to the
-/// gradients; `accumulate = false` overwrites instead. The layers are independent
-/// branches ([`Backend::concurrently`]): each writes only its own gradients.
+/// gradients; `accumulate = false` overwrites instead. Each layer's ∂W and ∂b is an
+/// independent branch ([`Backend::concurrently`], longest first), and so is the sum
+/// of a fused phase's per-row residuals when `row_residuals` (it reads only `ws.f`).
 fn accumulate_estimate<B: Backend>(
     net: &Network<B>,
-    ws: &Workspace<B>,
+    ws: &mut Workspace<B>,
     rows: usize,
     coef: f64,
     accumulate: bool,
+    row_residuals: bool,
     grads: &mut Grads<B>,
 ) -> Result<()> {
     let bk = &net.backend;
     let acc = if accumulate { 1.0 } else { 0.0 };
+    let depth = net.arch.depth();
     let mut layers = grads.layers();
-    bk.concurrently(layers.len(), &mut |l| {
-        let (gw, gb) = layers[l].take().expect("each layer's estimate is taken once");
+    bk.concurrently(2 * depth + row_residuals as usize, &mut |i| {
+        if i == 2 * depth {
+            return ws.add_row_residuals(rows, 0);
+        }
+        let l = i % depth;
         let blk = &net.arch.blocks[l];
-        let input = if l == 0 { &ws.x } else { &ws.a[l - 1] };
-        bk.gemm(true, false, blk.out, blk.inp, rows, coef, &ws.e[l], input, acc, gw)?;
-        bk.col_sum(rows, blk.out, coef, &ws.e[l], acc, gb)
+        let (gw, gb) = &mut layers[l];
+        if i < depth {
+            let input = if l == 0 { &ws.x } else { &ws.a[l - 1] };
+            bk.gemm(true, false, blk.out, blk.inp, rows, coef, &ws.e[l], input, acc, gw)
+        } else {
+            bk.col_sum(rows, blk.out, coef, &ws.e[l], acc, gb)
+        }
     })
 }
 
@@ -298,8 +325,8 @@ pub fn gradients<B: Backend>(
         if i > 0 {
             ws.restore_free(true)?;
         }
-        nudged_phase(net, cfg, phase, ws, rows)?;
-        accumulate_estimate(net, ws, rows, -coef / b, i > 0, grads)?;
+        let row_residuals = settle_nudged(net, cfg, phase, ws, rows)?;
+        accumulate_estimate(net, ws, rows, -coef / b, i > 0, row_residuals, grads)?;
     }
     Ok(())
 }

@@ -182,9 +182,8 @@ impl<B: Backend> Grads<B> {
         })
     }
 
-    /// Each layer's (∂W, ∂b), to be taken once each by independent branches
-    /// ([`Backend::concurrently`]).
-    pub(crate) fn layers(&mut self) -> Vec<Option<(&mut B::Buf, &mut B::Buf)>> {
-        self.w.iter_mut().zip(self.b.iter_mut()).map(Some).collect()
+    /// Each layer's (∂W, ∂b), for independent branches ([`Backend::concurrently`]).
+    pub(crate) fn layers(&mut self) -> Vec<(&mut B::Buf, &mut B::Buf)> {
+        self.w.iter_mut().zip(self.b.iter_mut()).collect()
     }
 }

@@ -7,7 +7,7 @@ use super::newton_schulz::{orthogonalize, NsScratch};
 use super::spectral::PowerIter;
 use crate::backend::{ctl, Backend, Scalar};
 use crate::ep::{compute_gradients, Energy, Grads, Mode, Workspace};
-use crate::nn::{Block, Network, Params};
+use crate::nn::{Block, Network};
 use crate::train::DeviceData;
 use crate::{MepError, Result};
 
@@ -534,24 +534,27 @@ impl<B: Backend> Engine<B> {
     }
 
     /// The update rules, with the step scalars in `self.ctl` ([`Engine::step_scalars`]).
-    /// Each block's update reads its gradients and `ctl` and writes only its own
-    /// parameters and state, so the blocks are independent branches
-    /// ([`Backend::concurrently`]: parallel graph branches on CUDA).
+    /// Each block's matrix update (with its spectral constraint) and its bias update
+    /// read their gradients and `ctl` and write only their own parameter and state,
+    /// so they are independent branches ([`Backend::concurrently`], the matrices
+    /// first: they are the long ones; parallel graph branches on CUDA).
     fn update_body(&mut self, net: &mut Network<B>) -> Result<()> {
         let bk = net.backend.clone();
         let cfg = self.cfg;
+        let depth = net.arch.depth();
         let blocks = &net.arch.blocks;
-        let mut parts: Vec<_> = self
-            .state
-            .iter_mut()
-            .zip(net.params.iter_mut())
-            .zip(blocks.iter())
-            .map(Some)
-            .collect();
+        let mut parts: Vec<_> = self.state.iter_mut().zip(net.params.iter_mut()).collect();
         let (grads, ctl) = (&self.grads, &self.ctl);
-        bk.concurrently(parts.len(), &mut |l| {
-            let ((st, p), blk) = parts[l].take().expect("each block updates once");
-            update_block(&bk, &cfg, l, blk, st, p, grads, ctl)
+        bk.concurrently(2 * depth, &mut |i| {
+            let l = i % depth;
+            let (st, p) = &mut parts[l];
+            if i < depth {
+                update_matrix(&bk, &cfg, l, &blocks[l], st, &mut p.w, &grads.w[l], ctl)
+            } else if blocks[l].bias {
+                update_vector(&bk, &cfg, l, st, &mut p.b, &grads.b[l], ctl)
+            } else {
+                Ok(())
+            }
         })
     }
 
@@ -594,21 +597,20 @@ pub fn diverged(loss: f64) -> bool {
     !loss.is_finite() || loss > DIVERGED_LOSS
 }
 
-/// One block's update: the matrix rule for W, the vector rule for b, then the
-/// spectral constraint; ms and vs are the block's step-scalar slots.
+/// Block l's matrix rule for W (step-scalar slots from `block_slot(l)`), then its
+/// spectral constraint.
 #[allow(clippy::too_many_arguments)]
-fn update_block<B: Backend>(
+fn update_matrix<B: Backend>(
     bk: &B,
     cfg: &OptimConfig,
     l: usize,
     blk: &Block,
     st: &mut BlockState<B>,
-    p: &mut Params<B>,
-    grads: &Grads<B>,
+    w: &mut B::Buf,
+    g: &B::Buf,
     ctl: &B::Labels,
 ) -> Result<()> {
-    let g = &grads.w[l];
-    let (ms, vs) = (block_slot(l), block_slot(l) + 3);
+    let ms = block_slot(l);
     match cfg.matrix {
         MatrixRule::Muon {
             momentum,
@@ -626,32 +628,38 @@ fn update_block<B: Backend>(
             };
             orthogonalize(bk, blk.out, blk.inp, ns_steps, dir, ns)?;
             // W ← decay·W − lr·scale·O
-            bk.axpby_ctl(ctl, ms, &ns.x, ms + 1, &mut p.w)?;
+            bk.axpby_ctl(ctl, ms, &ns.x, ms + 1, w)?;
         }
-        MatrixRule::Sgd { momentum, nesterov } => {
-            sgd_update(bk, &mut p.w, g, &mut st.m_w, momentum, nesterov, ctl, ms)?
-        }
+        MatrixRule::Sgd { momentum, nesterov } => sgd_update(bk, w, g, &mut st.m_w, momentum, nesterov, ctl, ms)?,
         MatrixRule::Adam { beta1, beta2, eps } => {
             let v = st.v_w.as_mut().expect("Adam state allocated with the engine");
-            bk.adam(&mut p.w, g, &mut st.m_w, v, beta1, beta2, eps, ctl, ms)?;
-        }
-    }
-    if blk.bias {
-        let gb = &grads.b[l];
-        match cfg.vector {
-            VectorRule::Adam { beta1, beta2, eps, .. } => {
-                let v = st.v_b.as_mut().expect("Adam state allocated with the engine");
-                bk.adam(&mut p.b, gb, &mut st.m_b, v, beta1, beta2, eps, ctl, vs)?;
-            }
-            VectorRule::Sgd { momentum, nesterov, .. } => {
-                sgd_update(bk, &mut p.b, gb, &mut st.m_b, momentum, nesterov, ctl, vs)?
-            }
+            bk.adam(w, g, &mut st.m_w, v, beta1, beta2, eps, ctl, ms)?;
         }
     }
     if let Some((power, gamma)) = st.power.as_mut() {
-        power.constrain(bk, &mut p.w, *gamma, cfg.spectral.power_iters)?;
+        power.constrain(bk, w, *gamma, cfg.spectral.power_iters)?;
     }
     Ok(())
+}
+
+/// Block l's vector rule for its bias b (step-scalar slots from `block_slot(l) + 3`).
+fn update_vector<B: Backend>(
+    bk: &B,
+    cfg: &OptimConfig,
+    l: usize,
+    st: &mut BlockState<B>,
+    b: &mut B::Buf,
+    g: &B::Buf,
+    ctl: &B::Labels,
+) -> Result<()> {
+    let vs = block_slot(l) + 3;
+    match cfg.vector {
+        VectorRule::Adam { beta1, beta2, eps, .. } => {
+            let v = st.v_b.as_mut().expect("Adam state allocated with the engine");
+            bk.adam(b, g, &mut st.m_b, v, beta1, beta2, eps, ctl, vs)
+        }
+        VectorRule::Sgd { momentum, nesterov, .. } => sgd_update(bk, b, g, &mut st.m_b, momentum, nesterov, ctl, vs),
+    }
 }
 
 /// p ← decay·p − lr·(M or G + μM) with M ← μM + G, where the step-scalar slots

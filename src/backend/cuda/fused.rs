@@ -212,7 +212,7 @@ impl Cuda {
         let (beta, omega) = (ph.beta as f32, ph.omega as f32);
         let (a, e) = (self.slot_ptrs(ph.a), self.slot_ptrs(ph.e));
         let f = self.kernel("layered_nudged_phase")?;
-        let mut lb = self.lane().stream.launch_builder(f);
+        let mut lb = self.queue().stream.launch_builder(f);
         args.push_leading(&mut lb);
         lb.arg(&beta).arg(&omega).arg(&steps);
         args.push_states(&mut lb);
@@ -242,7 +242,7 @@ impl Cuda {
         };
         let clamped = u32::from(ph.clamped);
         let f = self.kernel("hopfield_settle_phase")?;
-        let mut lb = self.lane().stream.launch_builder(f);
+        let mut lb = self.queue().stream.launch_builder(f);
         args.push_leading(&mut lb);
         lb.arg(&beta).arg(&nudge).arg(&clamped).arg(&sweeps);
         args.push_states(&mut lb);

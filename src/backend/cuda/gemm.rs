@@ -65,6 +65,6 @@ impl Cuda {
             .ctx
             .bind_to_thread()
             .map_err(cuda_err("binding the CUDA context"))?;
-        unsafe { self.lane().blas.gemm(cfg, pick(g.first), pick(g.second), c) }.map_err(cuda_err("cublasSgemm"))
+        unsafe { self.queue().blas.gemm(cfg, pick(g.first), pick(g.second), c) }.map_err(cuda_err("cublasSgemm"))
     }
 }

@@ -84,7 +84,7 @@ impl Cuda {
         let (k32, steps32) = (k as u32, dim32("Newton–Schulz steps", steps)?);
         let (a, b, c) = (coeffs.0 as f32, coeffs.1 as f32, coeffs.2 as f32);
         let f = self.kernel("ns_gram_poly")?;
-        let mut lb = self.lane().stream.launch_builder(f);
+        let mut lb = self.queue().stream.launch_builder(f);
         lb.arg(&k32).arg(&steps32).arg(&a).arg(&b).arg(&c).arg(gram).arg(q);
         // SAFETY: the arguments match ns_gram_poly's signature in kernels/gram.cu;
         // gram and q hold k × k floats (checked above).
@@ -113,7 +113,7 @@ impl Cuda {
         let steps32 = dim32("Newton–Schulz steps", steps)?;
         let (a, b, c) = (coeffs.0 as f32, coeffs.1 as f32, coeffs.2 as f32);
         let f = self.kernel("ns_orthogonalize")?;
-        let mut lb = self.lane().stream.launch_builder(f);
+        let mut lb = self.queue().stream.launch_builder(f);
         lb.arg(&rows32)
             .arg(&cols32)
             .arg(&steps32)
@@ -154,7 +154,7 @@ impl Cuda {
         let iters32 = dim32("spectral iterations", iters)?;
         let (gamma32, clamp) = (gamma.unwrap_or(0.0) as f32, u32::from(gamma.is_some()));
         let f = self.kernel("spectral_power")?;
-        let mut lb = self.lane().stream.launch_builder(f);
+        let mut lb = self.queue().stream.launch_builder(f);
         lb.arg(&rows32).arg(&cols32).arg(&squarings32).arg(&iters32);
         lb.arg(w).arg(u).arg(norm).arg(&gamma32).arg(&clamp);
         // SAFETY: the arguments match spectral_power's signature in kernels/gram.cu;
@@ -205,7 +205,7 @@ impl Cuda {
         let s0 = scalars(&first);
         let s1 = second.as_ref().map_or((0.0, 0, 0.0, 0.0), scalars);
         let f = self.kernel("square_products")?;
-        let mut lb = self.lane().stream.launch_builder(f);
+        let mut lb = self.queue().stream.launch_builder(f);
         lb.arg(&k32);
         let (x0, y0) = (first.x, first.y);
         let (z0, w0) = first.add.map_or((x0, x0), |(_, z, _, w)| (z, w));

@@ -14,16 +14,19 @@ use super::{cuda_err, unavailable, Cuda};
 use crate::{MepError, Result};
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtr};
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 /// Bytes of each lane's cuBLAS workspace.
 const BLAS_WORKSPACE_BYTES: usize = 32 << 20;
 
-/// Lanes created with the backend (and the default number of branches run at once):
-/// the seed network's two layers update side by side. `MEP_CUDA_BRANCHES=N` sets it
-/// (1: everything on one stream).
-pub const DEFAULT_LANES: usize = 2;
+/// Lanes created with the backend (and the default number of branches run at once).
+/// Three: at the seed network the estimate's four branches and the residual sum
+/// then finish two operations after the fork (three with two lanes), and W₁'s
+/// Newton–Schulz chain has a lane to itself while W₂'s update and both bias updates
+/// share the others (BENCHMARKS §7d). `MEP_CUDA_BRANCHES=N` sets it (1: everything
+/// on one stream).
+pub const DEFAULT_LANES: usize = 3;
 
 /// Most lanes `MEP_CUDA_BRANCHES` may ask for.
 pub const MAX_LANES: usize = 8;
@@ -39,6 +42,9 @@ pub(super) struct Lane {
     pub(super) ticket: Mutex<CudaSlice<u32>>,
     /// Recorded at the end of a branch on this lane; lane 0 waits on it.
     pub(super) done: CudaEvent,
+    /// Operations queued since the last fork (kernels, GEMMs, copies): what
+    /// `concurrently` balances the branches by.
+    queued: AtomicUsize,
     /// cuBLAS's workspace (`cublasSetWorkspace`): owned here so that it outlives
     /// every GEMM queued with the handle.
     _blas_workspace: CudaSlice<u8>,
@@ -86,6 +92,7 @@ impl Lane {
             partials: Mutex::new(partials),
             ticket: Mutex::new(ticket),
             done,
+            queued: AtomicUsize::new(0),
             _blas_workspace: workspace,
         })
     }
@@ -96,7 +103,7 @@ pub(super) fn lanes_from_env() -> Result<usize> {
     let n = super::count_setting(
         "MEP_CUDA_BRANCHES",
         DEFAULT_LANES,
-        "2 (1 runs everything on one stream)",
+        "3 (1 runs everything on one stream)",
     )?;
     check_lanes("MEP_CUDA_BRANCHES", n)
 }
@@ -117,6 +124,13 @@ impl Cuda {
     /// The lane work is queued on now.
     pub(super) fn lane(&self) -> &Lane {
         &self.inner.lanes[self.inner.current.load(Relaxed)]
+    }
+
+    /// The lane the next operation is queued on, counted as queued there.
+    pub(super) fn queue(&self) -> &Lane {
+        let lane = self.lane();
+        lane.queued.fetch_add(1, Relaxed);
+        lane
     }
 
     /// The backend's own stream (lane 0).
@@ -148,9 +162,13 @@ impl Cuda {
         Ok(())
     }
 
-    /// `Backend::concurrently`: branch i on lane i mod L (L = [`Cuda::branches`], at
-    /// most n), forked from and joined back into lane 0. Nested calls run their
-    /// branches in order on the current lane.
+    /// `Backend::concurrently`: L = min(n, [`Cuda::branches`]) lanes forked from and
+    /// joined back into lane 0; each branch goes to the lane with the fewest
+    /// operations queued since the fork (the lowest such lane on a tie), so a caller
+    /// that lists its longest branches first gets them on lanes of their own. The
+    /// assignment depends only on what the branches queue, so a captured step
+    /// replays the eager one. Nested calls run their branches in order on the
+    /// current lane.
     pub(super) fn run_concurrently(&self, n: usize, body: &mut dyn FnMut(usize) -> Result<()>) -> Result<()> {
         let lanes = self.branches().min(n);
         if lanes <= 1 || self.inner.current.load(Relaxed) != 0 {
@@ -163,9 +181,14 @@ impl Cuda {
         for lane in &self.inner.lanes[1..lanes] {
             lane.stream.wait(fork).map_err(cuda_err("waiting on the fork event"))?;
         }
+        let used = &self.inner.lanes[..lanes];
+        for lane in used {
+            lane.queued.store(0, Relaxed);
+        }
         let mut result = Ok(());
         for i in 0..n {
-            self.inner.current.store(i % lanes, Relaxed);
+            let least = (0..lanes).min_by_key(|&l| used[l].queued.load(Relaxed)).unwrap_or(0);
+            self.inner.current.store(least, Relaxed);
             result = body(i);
             if result.is_err() {
                 break;

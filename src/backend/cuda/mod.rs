@@ -26,7 +26,7 @@ macro_rules! launch {
     ($self:ident, $name:literal, $cfg:expr, [$($arg:expr),* $(,)?]) => {{
         use cudarc::driver::PushKernelArg as _;
         let f = $self.kernel($name)?;
-        let mut b = $self.lane().stream.launch_builder(f);
+        let mut b = $self.queue().stream.launch_builder(f);
         $( b.arg($arg); )*
         unsafe { b.launch($cfg) }
             .map(|_| ())
@@ -446,7 +446,7 @@ impl Backend for Cuda {
         if src.is_empty() {
             return Ok(());
         }
-        self.lane()
+        self.queue()
             .stream
             .memcpy_dtod(src, &mut dst.slice_mut(..src.len()))
             .map_err(cuda_err("copying"))
