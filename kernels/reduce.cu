@@ -39,13 +39,35 @@ extern "C" __global__ void col_sum(u64 rows, u32 cols, float alpha, const float*
 // the last block of the same launch (`sum_sq`). Both depend only on the launch shape,
 // which the host fixes.
 
-// sum_sq: out[0] ← Σ x² in one launch. Every block writes the partial of its
-// grid-stride share (each thread sums its elements in index order, then the block
-// tree) to partial[blockIdx.x]; the last block to finish (an atomic ticket, counted
-// after a memory fence) then adds the partials in block order exactly as
-// reduce_partials does, so the result is the two-pass one bit for bit whichever block
-// finishes last, and re-arms the ticket (0) for the next launch. *ticket must be 0 at
-// the launch.
+// The tail of the one-launch sums (sum_sq, nesterov_sum_sq): the block's sum s (of
+// its grid-stride share, each thread in index order, then the block tree) goes to
+// partial[blockIdx.x]; the last block to finish (an atomic ticket, counted after a
+// memory fence) then adds the partials in block order exactly as reduce_partials
+// does, so the result is the two-pass one bit for bit whichever block finishes last,
+// writes it to out[0] and re-arms the ticket (0) for the next launch. *ticket must be 0
+// at the launch. Called by every thread of the block.
+__device__ __forceinline__ void mep_sum_last_block(float s, float* sh, u32* last, float* partial, u32* ticket,
+                                                   float* __restrict__ out) {
+    s = mep_block_sum(s, sh);
+    if (threadIdx.x == 0) {
+        partial[blockIdx.x] = s;
+        __threadfence();  // the partial is visible before the ticket counts it
+        *last = atomicAdd(ticket, 1u) == gridDim.x - 1 ? 1u : 0u;
+    }
+    __syncthreads();  // also: sh is free again
+    if (*last == 0u) return;
+    __threadfence();
+    const volatile float* done = partial;  // written by other blocks: no cached copies
+    float t = 0.0f;
+    for (u32 b = threadIdx.x; b < gridDim.x; b += blockDim.x) t += done[b];
+    t = mep_block_sum(t, sh);
+    if (threadIdx.x == 0) {
+        out[0] = t;
+        *ticket = 0u;
+    }
+}
+
+// sum_sq: out[0] ← Σ x² in one launch (see mep_sum_last_block).
 // Launch: 1-D blocks of 256 threads (a power of two ≤ 256), any grid.
 extern "C" __global__ void sum_sq(u64 n, const float* __restrict__ x, float* partial, u32* ticket,
                                   float* __restrict__ out) {
@@ -56,23 +78,28 @@ extern "C" __global__ void sum_sq(u64 n, const float* __restrict__ x, float* par
         float v = x[i];
         s += v * v;
     }
-    s = mep_block_sum(s, sh);
-    if (threadIdx.x == 0) {
-        partial[blockIdx.x] = s;
-        __threadfence();  // the partial is visible before the ticket counts it
-        last = atomicAdd(ticket, 1u) == gridDim.x - 1 ? 1u : 0u;
+    mep_sum_last_block(s, sh, &last, partial, ticket, out);
+}
+
+// nesterov_sum_sq: nesterov (m ← 1·g + μ·m, u ← 1·g + μ·m) and out[0] ← Σ u², in one
+// launch. On the launch shape of sum_sq each thread visits the same elements in the
+// same order, so out[0] is sum_sq(u)'s bit for bit.
+// Launch: 1-D blocks of 256 threads (a power of two ≤ 256), any grid.
+extern "C" __global__ void nesterov_sum_sq(u64 n, float mu, const float* __restrict__ g, float* __restrict__ m,
+                                           float* __restrict__ u, float* partial, u32* ticket,
+                                           float* __restrict__ out) {
+    __shared__ float sh[MEP_REDUCE_THREADS];
+    __shared__ u32 last;
+    float s = 0.0f;
+    MEP_GRID_STRIDE(i, n) {
+        float gi = g[i];
+        float mi = 1.0f * gi + mu * m[i];
+        float ui = 1.0f * gi + mu * mi;
+        m[i] = mi;
+        u[i] = ui;
+        s += ui * ui;
     }
-    __syncthreads();  // also: sh is free again
-    if (last == 0u) return;
-    __threadfence();
-    const volatile float* done = partial;  // written by other blocks: no cached copies
-    float t = 0.0f;
-    for (u32 b = threadIdx.x; b < gridDim.x; b += blockDim.x) t += done[b];
-    t = mep_block_sum(t, sh);
-    if (threadIdx.x == 0) {
-        out[0] = t;
-        *ticket = 0u;
-    }
+    mep_sum_last_block(s, sh, &last, partial, ticket, out);
 }
 
 // reduce_partials: for k < width, t_k = Σ_{b < count} partial[b·width + k], then

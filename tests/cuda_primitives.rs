@@ -359,6 +359,26 @@ fn reductions_and_optimizer_kernels() {
             gpu.nesterov(0.9, &xg, &mut mg, &mut ug).unwrap();
             close("nesterov m", seed, &gpu.download(&mg).unwrap(), &mc);
             close("nesterov u", seed, &gpu.download(&ug).unwrap(), &uc);
+            // nesterov_sum_sq: against the CPU, and bit for bit against CUDA's own
+            // nesterov then sum_sq (its sum runs on the same launch shape).
+            let (mut mc2, mut uc2, mut qc) = (z.clone(), vec![f32::NAN; x.len()], vec![f32::NAN]);
+            cpu.nesterov_sum_sq(0.9, &x, &mut mc2, &mut uc2, &mut qc).unwrap();
+            let mut mg2 = gpu.upload(&z).unwrap();
+            let mut ug2 = gpu.upload(&vec![f32::NAN; x.len()]).unwrap();
+            let mut qg = gpu.upload(&[f32::NAN]).unwrap();
+            gpu.nesterov_sum_sq(0.9, &xg, &mut mg2, &mut ug2, &mut qg).unwrap();
+            close("nesterov_sum_sq m", seed, &gpu.download(&mg2).unwrap(), &mc2);
+            close("nesterov_sum_sq u", seed, &gpu.download(&ug2).unwrap(), &uc2);
+            close("nesterov_sum_sq Σu²", seed, &gpu.download(&qg).unwrap(), &qc);
+            let mut qsep = gpu.upload(&[f32::NAN]).unwrap();
+            gpu.sum_sq(&ug, &mut qsep).unwrap();
+            assert_eq!(gpu.download(&mg2).unwrap(), gpu.download(&mg).unwrap(), "seed {seed}");
+            assert_eq!(gpu.download(&ug2).unwrap(), gpu.download(&ug).unwrap(), "seed {seed}");
+            assert_eq!(
+                gpu.download(&qg).unwrap(),
+                gpu.download(&qsep).unwrap(),
+                "seed {seed}: nesterov_sum_sq's sum differs from sum_sq's"
+            );
         }
 
         let mut fg = gpu.zeros(x.len()).unwrap();

@@ -253,6 +253,20 @@ fn sum_sq_and_norm_scalings() {
         close("sum_sq, many blocks", seed, &q, &qbig);
     }
 
+    // nesterov_sum_sq: m, u against the CPU, Σu² bit for bit the one-launch sum_sq's,
+    // with many blocks; the ticket is checked re-armed by host::nesterov_sum_sq.
+    let m0 = randn(&mut r, big_n, 1.0);
+    let (mut mc, mut uc, mut qn) = (m0.clone(), vec![0.0f32; big_n], vec![0.0f32]);
+    cpu.nesterov_sum_sq(0.9, &big, &mut mc, &mut uc, &mut qn).unwrap();
+    let (mut mh, mut uh, mut qh2) = (m0, vec![f32::NAN; big_n], vec![f32::NAN]);
+    host::nesterov_sum_sq(0.9, &big, &mut mh, &mut uh, &mut qh2).unwrap();
+    close("nesterov_sum_sq m", seed, &mh, &mc);
+    close("nesterov_sum_sq u", seed, &uh, &uc);
+    close("nesterov_sum_sq Σu²", seed, &qh2, &qn);
+    let mut qu = vec![f32::NAN];
+    host::sum_sq(&uh, &mut qu).unwrap();
+    assert_eq!(qh2, qu, "seed {seed}: nesterov_sum_sq's sum differs from sum_sq's");
+
     let mut yc = vec![0.0; n];
     cpu.scale_by_inv_norm(&x, &qc, 1e-7, &mut yc).unwrap();
     let mut yh = vec![f32::NAN; n];

@@ -29,7 +29,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
         ],
     ),
     ("probe", &["probe_iota"]),
-    ("reduce", &["col_sum", "sum_sq", "reduce_partials"]),
+    ("reduce", &["col_sum", "sum_sq", "nesterov_sum_sq", "reduce_partials"]),
     (
         "settle",
         &[

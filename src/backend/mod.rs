@@ -182,6 +182,20 @@ pub trait Backend: Clone + Send + Sync + 'static {
         self.axpby(1.0, g, mu, m)?;
         self.lincomb(1.0, g, mu, m, u)
     }
+    /// [`Backend::nesterov`], then `sq[0] ← Σ u²` ([`Backend::sum_sq`]): Muon's
+    /// direction and the norm its orthogonalisation starts from. The default is the
+    /// two calls; a backend may fuse them, with the same arithmetic.
+    fn nesterov_sum_sq(
+        &self,
+        mu: f64,
+        g: &Self::Buf,
+        m: &mut Self::Buf,
+        u: &mut Self::Buf,
+        sq: &mut Self::Buf,
+    ) -> Result<()> {
+        self.nesterov(mu, g, m, u)?;
+        self.sum_sq(u, sq)
+    }
     /// y ← value everywhere.
     fn fill(&self, y: &mut Self::Buf, value: f64) -> Result<()>;
     /// Forward block: z (rows×cols) ← z + bias (broadcast over rows); a ← φ(z).

@@ -3,7 +3,7 @@
 //! [`Backend`] primitives.
 
 use super::config::{MatrixRule, OptimConfig, SpectralLayers, VectorRule};
-use super::newton_schulz::{orthogonalize, NsScratch};
+use super::newton_schulz::{orthogonalize_from, NsScratch};
 use super::spectral::PowerIter;
 use crate::backend::{ctl, Backend, Scalar};
 use crate::ep::{compute_gradients, Energy, Grads, Mode, Workspace};
@@ -620,13 +620,15 @@ fn update_matrix<B: Backend>(
         } => {
             let (u, ns) = st.muon.as_mut().expect("Muon state allocated with the engine");
             let dir = if nesterov {
-                bk.nesterov(momentum, g, &mut st.m_w, u)?; // M = μM + G, U = G + μM
+                // M = μM + G, U = G + μM, and Σ U² for the orthogonalisation
+                bk.nesterov_sum_sq(momentum, g, &mut st.m_w, u, ns.norm_sq())?;
                 &*u
             } else {
                 bk.axpby(1.0, g, momentum, &mut st.m_w)?; // M = μM + G
+                bk.sum_sq(&st.m_w, ns.norm_sq())?;
                 &st.m_w
             };
-            orthogonalize(bk, blk.out, blk.inp, ns_steps, dir, ns)?;
+            orthogonalize_from(bk, blk.out, blk.inp, ns_steps, dir, true, ns)?;
             // W ← decay·W − lr·scale·O
             bk.axpby_ctl(ctl, ms, &ns.x, ms + 1, w)?;
         }

@@ -35,6 +35,11 @@ pub struct NsScratch<B: Backend> {
 }
 
 impl<B: Backend> NsScratch<B> {
+    /// The scalar Σ u² of the matrix being orthogonalised (see [`orthogonalize_from`]).
+    pub fn norm_sq(&mut self) -> &mut B::Buf {
+        &mut self.norm
+    }
+
     /// Buffers for a `rows × cols` matrix.
     pub fn new(bk: &B, rows: usize, cols: usize) -> Result<Self> {
         let k = rows.min(cols);
@@ -65,13 +70,30 @@ pub fn orthogonalize<B: Backend>(
     u: &B::Buf,
     sc: &mut NsScratch<B>,
 ) -> Result<()> {
+    orthogonalize_from(bk, rows, cols, steps, u, false, sc)
+}
+
+/// [`orthogonalize`], where `norm_ready` says that [`NsScratch::norm_sq`] already
+/// holds Σ u² (Muon's Nesterov step computes it with the direction,
+/// [`Backend::nesterov_sum_sq`]: one launch fewer on the step's critical path).
+pub fn orthogonalize_from<B: Backend>(
+    bk: &B,
+    rows: usize,
+    cols: usize,
+    steps: usize,
+    u: &B::Buf,
+    norm_ready: bool,
+    sc: &mut NsScratch<B>,
+) -> Result<()> {
     // The backend may run all of it as one fused operation (the CUDA backend does
     // for small k: one launch instead of about 31).
     if bk.newton_schulz(rows, cols, steps, NS_COEFFS, u, &mut sc.x)? {
         return Ok(());
     }
     let (a, b, c) = NS_COEFFS;
-    bk.sum_sq(u, &mut sc.norm)?;
+    if !norm_ready {
+        bk.sum_sq(u, &mut sc.norm)?;
+    }
     bk.scale_by_inv_norm(u, &sc.norm, 1e-7, &mut sc.x0)?;
     let wide = rows <= cols;
     let k = rows.min(cols);

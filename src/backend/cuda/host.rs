@@ -386,6 +386,27 @@ pub fn sum_sq(x: &[f32], out: &mut [f32]) -> Result<()> {
     Ok(())
 }
 
+/// [`crate::backend::Backend::nesterov_sum_sq`] with the one-launch
+/// `nesterov_sum_sq` kernel; the ticket it re-arms is checked to be 0 afterwards.
+pub fn nesterov_sum_sq(mu: f64, g: &[f32], m: &mut [f32], u: &mut [f32], out: &mut [f32]) -> Result<()> {
+    check_len("nesterov_sum_sq m", m.len(), g.len())?;
+    check_len("nesterov_sum_sq u", u.len(), g.len())?;
+    check_len("nesterov_sum_sq out", out.len(), 1)?;
+    let shape = g1(g.len());
+    let mut partials = vec![f32::NAN; shape.grid.0 as usize];
+    let mut ticket = [0u32];
+    let (n64, mu32, gp, mp, up) = (g.len() as u64, mu as f32, g.as_ptr(), m.as_mut_ptr(), u.as_mut_ptr());
+    let (pp, tp, op) = (partials.as_mut_ptr(), ticket.as_mut_ptr(), out.as_mut_ptr());
+    launch!("nesterov_sum_sq", shape, [n64, mu32, gp, mp, up, pp, tp, op])?;
+    if ticket[0] != 0 {
+        return Err(crate::MepError::Cuda(format!(
+            "nesterov_sum_sq left its ticket at {}, not 0",
+            ticket[0]
+        )));
+    }
+    Ok(())
+}
+
 /// [`crate::backend::Backend::axpby`] with the `axpby` kernel.
 pub fn axpby(alpha: f64, x: &[f32], beta: f64, y: &mut [f32]) -> Result<()> {
     check_len("axpby", x.len(), y.len())?;

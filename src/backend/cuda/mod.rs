@@ -678,6 +678,17 @@ impl Backend for Cuda {
         self.launch_sum_sq(x, out)
     }
 
+    fn nesterov_sum_sq(
+        &self,
+        mu: f64,
+        g: &CudaSlice<f32>,
+        m: &mut CudaSlice<f32>,
+        u: &mut CudaSlice<f32>,
+        sq: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        self.launch_nesterov_sum_sq(mu, g, m, u, sq)
+    }
+
     // ---- optim.rs ----
 
     fn scale_by_inv_norm(

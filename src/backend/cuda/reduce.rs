@@ -46,6 +46,32 @@ impl Cuda {
         launch!(self, "sum_sq", shape, [&n64, x, &mut *partials, &mut *ticket, out])
     }
 
+    /// `Backend::nesterov_sum_sq`: the `nesterov_sum_sq` kernel, one launch on the
+    /// shape of `sum_sq` (so the sum is sum_sq(u)'s bit for bit).
+    pub(super) fn launch_nesterov_sum_sq(
+        &self,
+        mu: f64,
+        g: &CudaSlice<f32>,
+        m: &mut CudaSlice<f32>,
+        u: &mut CudaSlice<f32>,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        check_len("nesterov_sum_sq m", m.len(), g.len())?;
+        check_len("nesterov_sum_sq u", u.len(), g.len())?;
+        check_len("nesterov_sum_sq out", out.len(), 1)?;
+        let n = g.len();
+        let shape = self.grid_1d(n);
+        let mut partials = self.lane().partials.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ticket = self.lane().ticket.lock().unwrap_or_else(|e| e.into_inner());
+        let (n64, mu32) = (n as u64, mu as f32);
+        launch!(
+            self,
+            "nesterov_sum_sq",
+            shape,
+            [&n64, &mu32, g, m, u, &mut *partials, &mut *ticket, out]
+        )
+    }
+
     /// Second pass of the deterministic reductions: `out[k] (+)= Σ_b partials[b·width + k]`
     /// over `blocks` partials, in a fixed order (one block, `reduce_partials`).
     pub(super) fn reduce_partials(
