@@ -24,13 +24,30 @@ fn emulated() -> Option<Cuda> {
     Some(g)
 }
 
-fn errors() -> u64 {
+/// The emulator's counter `name`.
+fn counter(name: &str) -> u64 {
     emulator_counters()
         .unwrap()
         .into_iter()
-        .find(|(n, _)| n == "errors")
+        .find(|(n, _)| n == name)
         .unwrap()
         .1
+}
+
+fn errors() -> u64 {
+    counter("errors")
+}
+
+/// [`emulated`] with two streams for `concurrently`'s branches, or `None` (skip).
+fn emulated_with_two_lanes() -> Option<Cuda> {
+    let cuda = emulated()?;
+    match cuda.set_branches(2) {
+        Ok(()) => Some(cuda),
+        Err(e) => {
+            eprintln!("skipping: {e}");
+            None
+        }
+    }
 }
 
 /// Runs `f`, which must fail, and checks that the emulator counted one more error.
@@ -238,11 +255,7 @@ fn host_copies_and_allocations_are_refused_while_capturing() {
 /// emulator refuses it, and the branches are still joined (a capture ends cleanly).
 #[test]
 fn branches_are_ordered_by_events_and_races_between_them_are_errors() {
-    let Some(cuda) = emulated() else { return };
-    if let Err(e) = cuda.set_branches(2) {
-        eprintln!("skipping: {e}");
-        return;
-    }
+    let Some(cuda) = emulated_with_two_lanes() else { return };
     let x = cuda.upload(&[1.0, 2.0, 3.0]).unwrap();
     let (mut y, mut z) = (cuda.zeros(3).unwrap(), cuda.zeros(3).unwrap());
     // y = 2x and z = 3x side by side (the caller adds z = y + z after the join).
@@ -288,19 +301,7 @@ fn branches_are_ordered_by_events_and_races_between_them_are_errors() {
 /// would be with the short branches dealt out in turn.
 #[test]
 fn branches_are_balanced_by_queued_work() {
-    let Some(cuda) = emulated() else { return };
-    if let Err(e) = cuda.set_branches(2) {
-        eprintln!("skipping: {e}");
-        return;
-    }
-    let counter = |name: &str| {
-        emulator_counters()
-            .unwrap()
-            .into_iter()
-            .find(|(n, _)| n == name)
-            .unwrap()
-            .1
-    };
+    let Some(cuda) = emulated_with_two_lanes() else { return };
     let x = cuda.upload(&[1.0, 2.0]).unwrap();
     let mut ys: Vec<_> = (0..3).map(|_| cuda.zeros(2).unwrap()).collect();
     let mut z = cuda.zeros(2).unwrap();
