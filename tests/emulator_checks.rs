@@ -331,3 +331,37 @@ fn branches_are_balanced_by_queued_work() {
     assert_eq!(cuda.download(&ys[0]).unwrap(), vec![3.0 * replays, 6.0 * replays]);
     assert_eq!(cuda.download(&z).unwrap(), vec![replays, 2.0 * replays]);
 }
+
+/// A `concurrently` inside a branch runs its branches in order on that branch's
+/// lane: two nested one-operation branches and one outer one-operation branch on two
+/// lanes give a chain of 3 of 4 nodes (the nested pair, then the operation after the
+/// join), and the results are those of running everything in order.
+#[test]
+fn nested_branches_run_in_order() {
+    let Some(cuda) = emulated_with_two_lanes() else { return };
+    let x = cuda.upload(&[1.0, 2.0]).unwrap();
+    let (mut y, mut z) = (cuda.zeros(2).unwrap(), cuda.zeros(2).unwrap());
+    assert!(cuda.begin_capture().unwrap());
+    cuda.concurrently(2, &mut |i| match i {
+        // y = x, then y = 2y: in order, on one lane.
+        0 => cuda.concurrently(2, &mut |j| match j {
+            0 => cuda.axpby(1.0, &x, 0.0, &mut y),
+            _ => cuda.axpby(1.0, &x, 1.0, &mut y),
+        }),
+        _ => cuda.axpby(3.0, &x, 0.0, &mut z),
+    })
+    .unwrap();
+    cuda.axpby(1.0, &y, 1.0, &mut z).unwrap(); // z = 3x + 2x
+    let graph = cuda.end_capture().unwrap();
+    let mut got = (0, 0);
+    for _ in 0..5 {
+        let (n0, p0) = (counter("graph_nodes"), counter("graph_path_nodes"));
+        cuda.launch_graph(&graph).unwrap();
+        got = (counter("graph_nodes") - n0, counter("graph_path_nodes") - p0);
+        if got.0 == 4 {
+            break;
+        }
+    }
+    assert_eq!(got, (4, 3), "(nodes, longest chain) of the nested branches");
+    assert_eq!(cuda.download(&z).unwrap(), vec![5.0, 10.0]);
+}

@@ -171,9 +171,16 @@ impl Cuda {
     /// current lane.
     pub(super) fn run_concurrently(&self, n: usize, body: &mut dyn FnMut(usize) -> Result<()>) -> Result<()> {
         let lanes = self.branches().min(n);
-        if lanes <= 1 || self.inner.current.load(Relaxed) != 0 {
+        if lanes <= 1 || self.inner.forked.swap(true, Relaxed) {
             return (0..n).try_for_each(body);
         }
+        let result = self.fork_join(lanes, n, body);
+        self.inner.forked.store(false, Relaxed);
+        result
+    }
+
+    /// [`Cuda::run_concurrently`]'s fork, branches and join, over `lanes` ≥ 2 lanes.
+    fn fork_join(&self, lanes: usize, n: usize, body: &mut dyn FnMut(usize) -> Result<()>) -> Result<()> {
         let main = self.main_lane();
         let fork = &self.inner.fork;
         fork.record(&main.stream)

@@ -88,6 +88,8 @@ struct Inner {
     lanes: Vec<lanes::Lane>,
     /// The lane work is queued on now (0 outside `concurrently`).
     current: std::sync::atomic::AtomicUsize,
+    /// Whether a `concurrently` is running (a nested one then runs in order).
+    forked: std::sync::atomic::AtomicBool,
     /// How many lanes `concurrently` uses ([`Cuda::set_branches`]).
     branches: std::sync::atomic::AtomicUsize,
     /// Recorded on lane 0 when branches fork; the side lanes wait on it.
@@ -233,6 +235,7 @@ impl Cuda {
                 ctx,
                 lanes,
                 current: std::sync::atomic::AtomicUsize::new(0),
+                forked: std::sync::atomic::AtomicBool::new(false),
                 branches: std::sync::atomic::AtomicUsize::new(lane_count),
                 fork,
                 kernels,
