@@ -40,7 +40,8 @@ pub(super) struct Lane {
     /// The one-launch reductions' ticket (`kernels/reduce.cu`, `sum_sq`): 0 between
     /// launches (each re-arms it). Locked after `partials` where both are taken.
     pub(super) ticket: Mutex<CudaSlice<u32>>,
-    /// Recorded at the end of a branch on this lane; lane 0 waits on it.
+    /// Side lanes: recorded at the end of their branches, and lane 0 waits on it.
+    /// Lane 0: recorded at the fork, and the side lanes wait on it.
     pub(super) done: CudaEvent,
     /// Operations queued since the last fork (kernels, GEMMs, copies): what
     /// `concurrently` balances the branches by.
@@ -182,7 +183,7 @@ impl Cuda {
     /// [`Cuda::run_concurrently`]'s fork, branches and join, over `lanes` ≥ 2 lanes.
     fn fork_join(&self, lanes: usize, n: usize, body: &mut dyn FnMut(usize) -> Result<()>) -> Result<()> {
         let main = self.main_lane();
-        let fork = &self.inner.fork;
+        let fork = &main.done;
         fork.record(&main.stream)
             .map_err(cuda_err("recording the fork event"))?;
         for lane in &self.inner.lanes[1..lanes] {

@@ -92,8 +92,6 @@ struct Inner {
     forked: std::sync::atomic::AtomicBool,
     /// How many lanes `concurrently` uses ([`Cuda::set_branches`]).
     branches: std::sync::atomic::AtomicUsize,
-    /// Recorded on lane 0 when branches fork; the side lanes wait on it.
-    fork: cudarc::driver::CudaEvent,
     kernels: HashMap<&'static str, CudaFunction>,
     name: String,
     /// Most blocks a grid-stride launch uses (32 per multiprocessor).
@@ -192,7 +190,6 @@ impl Cuda {
         let lanes = (0..lane_count)
             .map(|_| lanes::Lane::new(&ctx, max_blocks))
             .collect::<Result<Vec<_>>>()?;
-        let fork = ctx.new_event(None).map_err(unavailable("creating an event"))?;
         let mut kernels = HashMap::new();
         // An architecture this NVRTC cannot target (e.g. pre-Turing under CUDA 13) makes
         // CUDA unusable rather than broken.
@@ -237,7 +234,6 @@ impl Cuda {
                 current: std::sync::atomic::AtomicUsize::new(0),
                 forked: std::sync::atomic::AtomicBool::new(false),
                 branches: std::sync::atomic::AtomicUsize::new(lane_count),
-                fork,
                 kernels,
                 name,
                 max_blocks,
