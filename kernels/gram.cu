@@ -292,3 +292,83 @@ extern "C" __global__ void square_products(u32 k, const float* __restrict__ x0,
     else
         mep_sq_product_tile(k, x1, y1, a1, add1, z1, b1, w1, g1, o1, sX, sY);
 }
+
+// ---- ns_iteration: one Newton–Schulz iteration in Gram space, by row strips ----------
+
+// Rows of the k × k results per strip (one block at a time works on a strip), the
+// largest k (a strip's four MEP_NS_STRIP × k arrays live in shared memory) and the
+// threads of a block.
+#define MEP_NS_STRIP 2
+#define MEP_NS_MAX_K 256
+#define MEP_NS_THREADS 256
+
+// Out[r, j] ← α·Σ_m S[r, m]·Y[m, j] + (β·Z[r, j] + (row0 + r = j ? γ : 0)) for the
+// `rows` × k strip S (shared memory, row-major), the k × k row-major Y and, with
+// β ≠ 0, the strip Z (shared; unread when β = 0): rows row0 … row0 + rows − 1 of
+// α·(X·Y) + (β·Z + γ·I), the sum in m order. Out (shared or global, row stride k) is
+// distinct from S, Y and Z. Ends with a barrier.
+__device__ void mep_strip_product(u32 k, u32 rows, u32 row0, const float* S,
+                                  const float* __restrict__ Y, float alpha, const float* Z,
+                                  float beta, float gamma, float* Out) {
+    for (u32 e = threadIdx.x; e < rows * k; e += blockDim.x) {
+        const u32 r = e / k, j = e - r * k;
+        float acc = 0.0f;
+        for (u32 m = 0; m < k; m++) acc += S[r * k + m] * Y[(u64)m * k + j];
+        const float add = (beta != 0.0f ? beta * Z[e] : 0.0f) + (row0 + r == j ? gamma : 0.0f);
+        Out[(u64)r * k + j] = alpha * acc + add;
+    }
+    __syncthreads();
+}
+
+// ns_iteration: one iteration of Newton–Schulz's polynomial in Gram space
+// (src/optim/newton_schulz.rs) for the symmetric k × k row-major A = a_cur, with
+// p(A) = aI + bA + cA²:
+//   P = c·(A·A) + (b·A + a·I);   q_next ← P·Q (has_q), or P itself (Q = I);
+//   with has_next: a_next ← A·p(A)², which equals P·A·P (the polynomials of A commute),
+//   by Horner's rule in A: H = h0·A + h1·I; H ← H·A + h2·I; H ← H·A + h3·I;
+//   H ← H·A + h4·I; a_next ← H·A, with (h0 … h4) = (c², 2bc, b² + 2ac, 2ab, a²).
+// Why Horner: row strip R of every product in that chain needs only strip R of its
+// left factor and the whole of A, so a block computes its strips of q_next and a_next
+// with no other block's results, and the iteration is one launch (P·A·P would need
+// all of P before its second product: three launches). It costs six strip products
+// per iteration instead of four, which at k ≤ 128 is a few MFLOP; its rounding is
+// bounded by the same sums taken over |A| (tests/host_kernels.rs).
+// q_next and a_next are distinct from a_cur, Q and each other.
+// Launch: blocks of MEP_NS_THREADS threads (1-D), any number: block b takes strips
+// b, b + gridDim.x, … of ⌈k / MEP_NS_STRIP⌉. The host checks k ≤ MEP_NS_MAX_K
+// (src/backend/cuda/gram.rs).
+extern "C" __global__ void ns_iteration(u32 k, float a, float b, float c, float h0, float h1,
+                                        float h2, float h3, float h4,
+                                        const float* __restrict__ a_cur,
+                                        const float* __restrict__ q, u32 has_q,
+                                        float* __restrict__ q_next, float* __restrict__ a_next,
+                                        u32 has_next) {
+    __shared__ float sA[MEP_NS_STRIP * MEP_NS_MAX_K];
+    __shared__ float sP[MEP_NS_STRIP * MEP_NS_MAX_K];
+    __shared__ float sH[MEP_NS_STRIP * MEP_NS_MAX_K];
+    __shared__ float sG[MEP_NS_STRIP * MEP_NS_MAX_K];
+    const u32 strips = (k + MEP_NS_STRIP - 1) / MEP_NS_STRIP;
+    for (u32 s = blockIdx.x; s < strips; s += gridDim.x) {
+        const u32 row0 = s * MEP_NS_STRIP;
+        const u32 rows = k - row0 < MEP_NS_STRIP ? k - row0 : MEP_NS_STRIP;
+        const u32 len = rows * k;
+        for (u32 e = threadIdx.x; e < len; e += blockDim.x) sA[e] = a_cur[(u64)row0 * k + e];
+        __syncthreads();
+        // P's strip: straight to q_next when Q = I.
+        float* p = has_q ? sP : q_next + (u64)row0 * k;
+        mep_strip_product(k, rows, row0, sA, a_cur, c, sA, b, a, p);
+        if (has_q) mep_strip_product(k, rows, row0, sP, q, 1.0f, sA, 0.0f, 0.0f, q_next + (u64)row0 * k);
+        if (has_next) {
+            for (u32 e = threadIdx.x; e < len; e += blockDim.x) {
+                const u32 r = e / k, j = e - r * k;
+                sH[e] = h0 * sA[e] + h1 * (row0 + r == j ? 1.0f : 0.0f);
+            }
+            __syncthreads();
+            mep_strip_product(k, rows, row0, sH, a_cur, 1.0f, sA, 0.0f, h2, sG);
+            mep_strip_product(k, rows, row0, sG, a_cur, 1.0f, sA, 0.0f, h3, sH);
+            mep_strip_product(k, rows, row0, sH, a_cur, 1.0f, sA, 0.0f, h4, sG);
+            mep_strip_product(k, rows, row0, sG, a_cur, 1.0f, sA, 0.0f, 0.0f,
+                              a_next + (u64)row0 * k);
+        }
+    }
+}

@@ -257,13 +257,15 @@ benches=(
     "mep-mnist cuda (seed)|--device cuda --data-dir $bundle/mnist --json --gemm-rate"
     "mep-mnist cuda eager, MEP_CUDA_GRAPHS=0 (seed)|--device cuda --data-dir $bundle/mnist --json"
     "mep-mnist cuda unfused, MEP_CUDA_FUSED=0 (seed)|--device cuda --data-dir $bundle/mnist --json"
-    "mep-mnist cuda W1 Newton-Schulz on cuBLAS, MEP_CUDA_SQUARE_MAX_K=0 (seed)|--device cuda --data-dir $bundle/mnist --json"
+    "mep-mnist cuda W1 Newton-Schulz as square_products, MEP_CUDA_NS_ITERATION_MAX_K=0 (seed)|--device cuda --data-dir $bundle/mnist --json"
+    "mep-mnist cuda W1 Newton-Schulz on cuBLAS, MEP_CUDA_NS_ITERATION_MAX_K=0 MEP_CUDA_SQUARE_MAX_K=0 (seed)|--device cuda --data-dir $bundle/mnist --json"
     "mep-mnist cuda one stream, MEP_CUDA_BRANCHES=1 (seed)|--device cuda --data-dir $bundle/mnist --json"
     "mep-mnist cuda two streams, MEP_CUDA_BRANCHES=2 (seed)|--device cuda --data-dir $bundle/mnist --json"
     "mep-mnist cuda eager unfused, MEP_CUDA_GRAPHS=0 MEP_CUDA_FUSED=0 (seed)|--device cuda --data-dir $bundle/mnist --json"
     "mep-mnist cuda hopfield (seed widths)|--device cuda --energy hopfield --data-dir $bundle/mnist --json"
     "mep-mnist cuda hopfield unfused, MEP_CUDA_FUSED=0 (seed widths)|--device cuda --energy hopfield --data-dir $bundle/mnist --json"
     "mep-mnist cuda 256,256 (symmetric)|--device cuda --hidden 256,256 --data-dir $bundle/mnist --json"
+    "mep-mnist cuda 256,256 Newton-Schulz iterations fused, MEP_CUDA_NS_ITERATION_MAX_K=256 (symmetric)|--device cuda --hidden 256,256 --data-dir $bundle/mnist --json"
     "mep-mnist cuda 256,256 unfused, MEP_CUDA_FUSED=0 (symmetric)|--device cuda --hidden 256,256 --data-dir $bundle/mnist --json"
     "mep-mnist cuda 256,256 fused, MEP_CUDA_FUSED_MAX_COUPLINGS=131072 (symmetric)|--device cuda --hidden 256,256 --data-dir $bundle/mnist --json"
     "mep-mnist cuda 256,256 b1024 (symmetric)|--device cuda --hidden 256,256 --batch-size 1024 --data-dir $bundle/mnist --json"
@@ -293,9 +295,11 @@ for b in "${benches[@]}"; do
     max_couplings="$(printf '%s' "$name" | sed -n 's/.*MEP_CUDA_FUSED_MAX_COUPLINGS=\([0-9]*\).*/\1/p')"
     # The k limit of square_products (Newton–Schulz's Gram-space products), likewise.
     square_max_k="$(printf '%s' "$name" | sed -n 's/.*MEP_CUDA_SQUARE_MAX_K=\([0-9]*\).*/\1/p')"
+    # The k limit of ns_iteration (a Newton–Schulz iteration in one launch), likewise.
+    ns_max_k="$(printf '%s' "$name" | sed -n 's/.*MEP_CUDA_NS_ITERATION_MAX_K=\([0-9]*\).*/\1/p')"
     # The streams independent branches run on (MEP_CUDA_BRANCHES), likewise.
     branches="$(printf '%s' "$name" | sed -n 's/.*MEP_CUDA_BRANCHES=\([0-9]*\).*/\1/p')"
-    out="$(MEP_CUDA_BRANCHES=${branches:-3} MEP_CUDA_FUSED_MAX_COUPLINGS=${max_couplings:-65536} MEP_CUDA_SQUARE_MAX_K=${square_max_k:-256} MEP_CUDA_GRAPHS=$graphs MEP_CUDA_FUSED=$fused timeout "$check_timeout" "$bundle/bin/mep-mnist" $args 2>>"$bench_log")"
+    out="$(MEP_CUDA_BRANCHES=${branches:-3} MEP_CUDA_FUSED_MAX_COUPLINGS=${max_couplings:-65536} MEP_CUDA_SQUARE_MAX_K=${square_max_k:-256} MEP_CUDA_NS_ITERATION_MAX_K=${ns_max_k:-128} MEP_CUDA_GRAPHS=$graphs MEP_CUDA_FUSED=$fused timeout "$check_timeout" "$bundle/bin/mep-mnist" $args 2>>"$bench_log")"
     rc=$?
     secs="$(elapsed "$start" "$(now)")"
     echo "$out" >>"$bench_log"

@@ -282,6 +282,39 @@ fn sum_sq_and_norm_scalings() {
     }
 }
 
+/// `ns_iteration` (one Newton–Schulz iteration by row strips, P·A·P by Horner's rule)
+/// against its f64 definition in the P·A·P form: Gram matrices as orthogonalisation
+/// meets them, with and without Q and the next Gram matrix, k from 1 to past a
+/// strip's multiple of 3 blocks (each block takes several strips), NaN in the outputs.
+#[test]
+fn ns_iteration_matches_its_definition() {
+    use mep::optim::newton_schulz::NS_COEFFS;
+    let (seed, mut r) = rng();
+    for k in [1usize, 2, 5, 6, 7, 33, 64 + r.below(40) as usize] {
+        let (a, q) = common::ns_inputs(&mut r, k);
+        for (with_q, with_next) in [(false, true), (true, true), (true, false)] {
+            let (want_q, want_a) = common::ns_iteration_reference(k, NS_COEFFS, &a, with_q.then_some(&q[..]));
+            let (mut qn, mut an) = (vec![f32::NAN; k * k], vec![f32::NAN; k * k]);
+            host::ns_iteration(
+                k,
+                NS_COEFFS,
+                &a,
+                with_q.then_some(&q[..]),
+                &mut qn,
+                with_next.then_some(&mut an[..]),
+            )
+            .unwrap();
+            let what = format!("k = {k}, Q given {with_q}");
+            common::within(&format!("{what}: P·Q"), seed, &qn, &want_q);
+            if with_next {
+                common::within(&format!("{what}: P·A·P"), seed, &an, &want_a);
+            } else {
+                assert!(an.iter().all(|v| v.is_nan()), "{what}: wrote A' unasked (seed {seed})");
+            }
+        }
+    }
+}
+
 #[test]
 fn axpby_fill_adam() {
     let cpu = Cpu::<f32>::new();

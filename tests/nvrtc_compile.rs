@@ -13,7 +13,13 @@ const EXPECTED: &[(&str, &[&str])] = &[
     ("fused", &["layered_nudged_phase", "hopfield_settle_phase"]),
     (
         "gram",
-        &["ns_gram_poly", "ns_orthogonalize", "spectral_power", "square_products"],
+        &[
+            "ns_gram_poly",
+            "ns_orthogonalize",
+            "spectral_power",
+            "square_products",
+            "ns_iteration",
+        ],
     ),
     (
         "optim",

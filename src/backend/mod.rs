@@ -398,6 +398,20 @@ pub trait Backend: Clone + Send + Sync + 'static {
         second.map_or(Ok(()), |p| square_product_unfused(self, k, p))
     }
 
+    /// One iteration of Newton–Schulz's polynomial in Gram space, fused, when the
+    /// backend has one for this `k` ([`NsIteration`]): from the `k × k` A = `gram` and
+    /// Q, with P = aI + bA + cA², it writes Q ← P·Q (P itself when Q = I) into
+    /// `q_next` and, when asked, A ← P·A·P into `gram_next`, the values
+    /// [`crate::optim::newton_schulz::orthogonalize`]'s iteration computes with
+    /// [`Backend::square_products`]. The association may differ: the CUDA kernel forms
+    /// P·A·P as A·p(A)² by Horner's rule ([`ns_horner_coeffs`]), which lets one launch
+    /// do the iteration. `Ok(false)` (the default, and the CPU's answer): the caller
+    /// issues the products.
+    fn ns_iteration(&self, k: usize, coeffs: (f64, f64, f64), it: NsIteration<'_, Self>) -> Result<bool> {
+        let _ = (k, coeffs, it);
+        Ok(false)
+    }
+
     /// Newton–Schulz's polynomial iteration in Gram space, fused, when the backend has
     /// one for this `k`: from A = `gram` (`k × k`) and Q₀ = I, each of `steps` (≥ 1)
     /// iterations forms P = aI + bA + cA², Q ← P·Q and A ← P·A·P, exactly as
@@ -511,6 +525,26 @@ pub struct SquareProduct<'a, B: Backend> {
     pub add: Option<(f64, &'a B::Buf, f64, &'a B::Buf)>,
     /// The result; its old contents are ignored.
     pub out: &'a mut B::Buf,
+}
+
+/// One Newton–Schulz iteration's buffers for [`Backend::ns_iteration`] (all `k × k`,
+/// row-major; the outputs distinct from the inputs and from each other).
+pub struct NsIteration<'a, B: Backend> {
+    /// A, the iteration's Gram matrix (symmetric).
+    pub gram: &'a B::Buf,
+    /// Q, the product of the previous iterations' polynomials; `None` for Q = I.
+    pub q: Option<&'a B::Buf>,
+    /// Receives P·Q (or P).
+    pub q_next: &'a mut B::Buf,
+    /// Receives P·A·P, the next iteration's Gram matrix; `None` after the last.
+    pub gram_next: Option<&'a mut B::Buf>,
+}
+
+/// The coefficients (h₀ … h₄) = (c², 2bc, b² + 2ac, 2ab, a²) of Horner's rule for
+/// A·p(A)² = P·A·P with p(A) = aI + bA + cA² ([`Backend::ns_iteration`]):
+/// H = h₀A + h₁I, then H ← H·A + hᵢI for i = 2, 3, 4, and A·p(A)² = H·A.
+pub fn ns_horner_coeffs((a, b, c): (f64, f64, f64)) -> [f64; 5] {
+    [c * c, 2.0 * b * c, b * b + 2.0 * a * c, 2.0 * a * b, a * a]
 }
 
 /// [`Backend::square_products`]' default for one product, in the backend's own

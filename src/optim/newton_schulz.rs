@@ -12,9 +12,12 @@
 //!
 //! The k × k work goes through [`Backend::square_products`]: P = cA² + (bA + aI) is
 //! one product with an epilogue, and P·A and P·Q are independent, so a fused
-//! backend runs an iteration in three launches (P; P·A beside P·Q; (P·A)·P).
+//! backend runs an iteration in three launches (P; P·A beside P·Q; (P·A)·P). A
+//! backend may instead run a whole iteration as one operation
+//! ([`Backend::ns_iteration`]: the CUDA backend does for k ≤ 128, forming P·A·P as
+//! A·p(A)² by Horner's rule, so that each block needs only its own rows).
 
-use crate::backend::{Backend, Scalar, SquareProduct};
+use crate::backend::{Backend, NsIteration, Scalar, SquareProduct};
 use crate::Result;
 
 /// Keller Jordan's quintic coefficients (a, b, c).
@@ -111,6 +114,21 @@ pub fn orthogonalize_from<B: Backend>(
     // one launch on a fused backend: P, then P·A beside P·Q, then (P·A)·P.
     for i in (0..steps).take_while(|_| !fused) {
         let last = i + 1 == steps;
+        // The backend may run the iteration as one fused operation: Q ← P·Q into
+        // q_next and A ← P·A·P into tmp, swapped in below.
+        let it = NsIteration {
+            gram: &sc.gram,
+            q: (i > 0).then_some(&sc.q),
+            q_next: &mut sc.q_next,
+            gram_next: (!last).then_some(&mut sc.tmp),
+        };
+        if bk.ns_iteration(k, NS_COEFFS, it)? {
+            std::mem::swap(&mut sc.q, &mut sc.q_next);
+            if !last {
+                std::mem::swap(&mut sc.gram, &mut sc.tmp);
+            }
+            continue;
+        }
         // P = c·A² + (bA + aI).
         let poly = SquareProduct {
             alpha: c,

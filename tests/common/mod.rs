@@ -292,3 +292,85 @@ pub fn chains() -> Vec<ActChain> {
     v.push(long);
     v
 }
+
+/// A Newton–Schulz iteration's inputs as orthogonalisation meets them: the Gram
+/// matrix A = s²·XXᵀ of a random `k × (k + extra)` X normalised to ‖X‖_F = 1, scaled
+/// by s² ∈ [0.5, 1.5] (a later iteration's spectrum reaches past 1), and a random Q.
+pub fn ns_inputs(r: &mut Rng, k: usize) -> (Vec<f32>, Vec<f32>) {
+    let n = k + r.below(40) as usize;
+    let x = normals(r, k * n, 1.0);
+    let norm = x.iter().map(|v| v * v).sum::<f64>().sqrt();
+    let s2 = 0.5 + r.uniform();
+    let mut a = vec![0.0f32; k * k];
+    for i in 0..k {
+        for j in 0..k {
+            let d: f64 = (0..n).map(|t| x[i * n + t] * x[j * n + t]).sum();
+            a[i * k + j] = (s2 * d / (norm * norm)) as f32;
+        }
+    }
+    let q = randn(r, k * k, 1.0 / (k as f64).sqrt());
+    (a, q)
+}
+
+/// f64 definition of one Newton–Schulz iteration (`Backend::ns_iteration`) on f32
+/// inputs: P = aI + bA + cA², Q' = P·Q (P when `q` is `None`) and A' = P·A·P, each
+/// with a bound on an f32 evaluation's error: the same sums over |A| and |Q| (for
+/// A', along Horner's rule, the longest chain an implementation may take), times
+/// 4(k + 3)ε per product on the way.
+#[allow(clippy::type_complexity)]
+pub fn ns_iteration_reference(
+    k: usize,
+    (a, b, c): (f64, f64, f64),
+    gram: &[f32],
+    q: Option<&[f32]>,
+) -> ((Vec<f64>, Vec<f64>), (Vec<f64>, Vec<f64>)) {
+    let mul = |x: &[f64], y: &[f64]| -> Vec<f64> {
+        let mut o = vec![0.0; k * k];
+        for i in 0..k {
+            for m in 0..k {
+                let xim = x[i * k + m];
+                for j in 0..k {
+                    o[i * k + j] += xim * y[m * k + j];
+                }
+            }
+        }
+        o
+    };
+    let eye = |v: f64| -> Vec<f64> { (0..k * k).map(|e| if e / k == e % k { v } else { 0.0 }).collect() };
+    let lin = |x: &[f64], s: f64, y: &[f64]| -> Vec<f64> { x.iter().zip(y).map(|(p, q)| p * s + q).collect() };
+    let am: Vec<f64> = gram.iter().map(|v| *v as f64).collect();
+    let aa: Vec<f64> = am.iter().map(|v| v.abs()).collect();
+    let p = lin(&mul(&am, &am), c, &lin(&am, b, &eye(a)));
+    let p_abs = lin(&mul(&aa, &aa), c.abs(), &lin(&aa, b.abs(), &eye(a.abs())));
+    let eps = 4.0 * (k as f64 + 3.0) * f32::EPSILON as f64;
+    let (qn, qn_bound) = match q {
+        None => (p.clone(), p_abs.clone()),
+        Some(q) => {
+            let qm: Vec<f64> = q.iter().map(|v| *v as f64).collect();
+            let qa: Vec<f64> = qm.iter().map(|v| v.abs()).collect();
+            (mul(&p, &qm), mul(&p_abs, &qa).iter().map(|v| 2.0 * v).collect())
+        }
+    };
+    let an = mul(&mul(&p, &am), &p);
+    // |A|·p̄(|A|)² by Horner with |hᵢ|: the sums every rounding in the chain scales with.
+    let h = mep::backend::ns_horner_coeffs((a, b, c)).map(f64::abs);
+    let mut hb = lin(&aa, h[0], &eye(h[1]));
+    for hi in &h[2..] {
+        hb = lin(&mul(&hb, &aa), 1.0, &eye(*hi));
+    }
+    let an_bound: Vec<f64> = mul(&hb, &aa).iter().map(|v| 5.0 * v).collect();
+    let tol = |bound: Vec<f64>| bound.iter().map(|v| eps * v + 1e-30).collect();
+    ((qn, tol(qn_bound)), (an, tol(an_bound)))
+}
+
+/// Checks `got` against `(want, tol)` entry by entry.
+pub fn within(what: &str, seed: u64, got: &[f32], (want, tol): &(Vec<f64>, Vec<f64>)) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (e, ((g, w), t)) in got.iter().zip(want).zip(tol).enumerate() {
+        let d = (*g as f64 - w).abs();
+        assert!(
+            d <= *t,
+            "{what}, entry {e}: got {g}, want {w} (|Δ| {d:e} > {t:e}; seed {seed})"
+        );
+    }
+}

@@ -16,7 +16,7 @@
 //! independent products per launch (`Backend::square_products`).
 
 use super::{check_len, dim32, Cuda};
-use crate::backend::{square_product_unfused, SquareProduct};
+use crate::backend::{ns_horner_coeffs, square_product_unfused, NsIteration, SquareProduct};
 use crate::{MepError, Result};
 use cudarc::driver::{CudaSlice, LaunchArgs, LaunchConfig, PushKernelArg};
 
@@ -41,6 +41,19 @@ const THREADS: u32 = 256;
 /// `scripts/gpu-check.sh` profiles the seed step per kernel and times the seed
 /// with `MEP_CUDA_SQUARE_MAX_K=0` beside the default.
 pub const SQUARE_MAX_K: usize = 256;
+/// Largest k whose Newton–Schulz iterations run as one `ns_iteration` launch each,
+/// by default (`MEP_CUDA_NS_ITERATION_MAX_K` or [`Cuda::set_ns_iteration_max_k`] move
+/// it; 0 turns the kernel off, and the iteration runs as three `square_products`).
+/// The kernel's Horner form costs six k × k products per iteration where the three
+/// launches do four: at k = 128 the two extra are 8 MFLOP spread over 64 blocks,
+/// against two fewer launches on the step's longest chain (about 3 µs each on the
+/// H200, BENCHMARKS.md §9); at k = 256 they would be 67 MFLOP on 128 blocks, whose
+/// cost against the launches only a GPU can tell. Not yet measured on a GPU:
+/// `scripts/gpu-check.sh` times the seed with `MEP_CUDA_NS_ITERATION_MAX_K=0` beside
+/// the default. At most `MEP_NS_MAX_K` = 256 (the strips' shared memory).
+pub const NS_ITERATION_MAX_K: usize = 128;
+/// `MEP_NS_MAX_K`: `ns_iteration`'s largest k.
+const NS_MAX_K: usize = 256;
 /// `MEP_SQ_TILE` and `MEP_SQ_ROWS`: the output tile of one block and its rows of
 /// threads.
 const SQ_TILE: u32 = 32;
@@ -65,6 +78,78 @@ impl Cuda {
     /// The largest k of `square_products` ([`Cuda::set_square_max_k`]).
     pub fn square_max_k(&self) -> usize {
         self.inner.square_max_k.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sets the largest k for which one `ns_iteration` launch runs an iteration of
+    /// [`crate::backend::Backend::ns_iteration`] (default [`NS_ITERATION_MAX_K`], or
+    /// `MEP_CUDA_NS_ITERATION_MAX_K`; at most 256, the kernel's own limit), for this
+    /// backend and its clones; 0 turns it off. [`Cuda::set_fused`]`(false)` does too.
+    pub fn set_ns_iteration_max_k(&self, k: usize) {
+        self.inner
+            .ns_iteration_max_k
+            .store(k, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The largest k of `ns_iteration` ([`Cuda::set_ns_iteration_max_k`]).
+    pub fn ns_iteration_max_k(&self) -> usize {
+        self.inner
+            .ns_iteration_max_k
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .min(NS_MAX_K)
+    }
+
+    /// [`crate::backend::Backend::ns_iteration`] on CUDA: one `ns_iteration` launch
+    /// for 0 < k ≤ [`Cuda::ns_iteration_max_k`] with fusion on, else `Ok(false)`.
+    pub(super) fn ns_iteration_fused(
+        &self,
+        k: usize,
+        coeffs: (f64, f64, f64),
+        it: NsIteration<'_, Cuda>,
+    ) -> Result<bool> {
+        if !self.fused() || k == 0 || k > self.ns_iteration_max_k() {
+            return Ok(false);
+        }
+        let kk = k * k;
+        check_len("ns_iteration gram", it.gram.len(), kk)?;
+        check_len("ns_iteration q_next", it.q_next.len(), kk)?;
+        if let Some(q) = it.q {
+            check_len("ns_iteration q", q.len(), kk)?;
+        }
+        if let Some(next) = it.gram_next.as_ref() {
+            check_len("ns_iteration gram_next", next.len(), kk)?;
+        }
+        let k32 = k as u32;
+        let (a, b, c) = (coeffs.0 as f32, coeffs.1 as f32, coeffs.2 as f32);
+        let h = ns_horner_coeffs(coeffs).map(|v| v as f32);
+        let (has_q, has_next) = (u32::from(it.q.is_some()), u32::from(it.gram_next.is_some()));
+        let shape = super::shapes::ns_strips(k, u32::MAX);
+        let cfg = LaunchConfig {
+            grid_dim: shape.grid,
+            block_dim: shape.block,
+            shared_mem_bytes: 0,
+        };
+        let f = self.kernel("ns_iteration")?;
+        let mut lb = self.queue().stream.launch_builder(f);
+        lb.arg(&k32).arg(&a).arg(&b).arg(&c);
+        for hi in &h {
+            lb.arg(hi);
+        }
+        // Without Q (= I) or a next Gram matrix, their slots take the Gram matrix,
+        // which the kernel then neither reads as Q nor writes (has_q, has_next = 0).
+        lb.arg(it.gram).arg(it.q.unwrap_or(it.gram)).arg(&has_q);
+        lb.arg(&mut *it.q_next);
+        match it.gram_next {
+            Some(next) => lb.arg(next),
+            None => lb.arg(it.gram),
+        };
+        lb.arg(&has_next);
+        // SAFETY: the arguments match ns_iteration's signature in kernels/gram.cu;
+        // every matrix holds k × k floats (checked above), k ≤ 256 = MEP_NS_MAX_K, and
+        // the outputs are distinct from the inputs and each other (one &mut borrow
+        // each); a_next is written only when has_next = 1.
+        unsafe { lb.launch(cfg) }
+            .map(|_| true)
+            .map_err(|e| MepError::Cuda(format!("launching ns_iteration: {e:?}")))
     }
 
     /// [`crate::backend::Backend::ns_gram_poly`] on CUDA.

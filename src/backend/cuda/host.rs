@@ -521,3 +521,42 @@ pub fn gather_labels(src: &[u32], idx: &[u32], start: usize, count: usize, dst: 
     let (sp, ip, dp) = (src.as_ptr(), idx.as_ptr(), dst.as_mut_ptr());
     launch!("gather_labels", g1(count), [c64, sp, len, ip, s64, dp])
 }
+
+/// [`crate::backend::Backend::ns_iteration`] with the `ns_iteration` kernel (k ≤ 256),
+/// on at most [`HOST_MAX_BLOCKS`] blocks, so that blocks take several strips.
+pub fn ns_iteration(
+    k: usize,
+    coeffs: (f64, f64, f64),
+    gram: &[f32],
+    q: Option<&[f32]>,
+    q_next: &mut [f32],
+    gram_next: Option<&mut [f32]>,
+) -> Result<()> {
+    let kk = k * k;
+    if k == 0 || k > 256 {
+        return Err(MepError::Shape(format!("ns_iteration: k = {k} is not in 1..=256")));
+    }
+    check_len("ns_iteration gram", gram.len(), kk)?;
+    check_len("ns_iteration q_next", q_next.len(), kk)?;
+    if let Some(q) = q {
+        check_len("ns_iteration q", q.len(), kk)?;
+    }
+    if let Some(next) = gram_next.as_ref() {
+        check_len("ns_iteration gram_next", next.len(), kk)?;
+    }
+    let shape = super::shapes::ns_strips(k, HOST_MAX_BLOCKS);
+    let k32 = k as u32;
+    let (a, b, c) = (coeffs.0 as f32, coeffs.1 as f32, coeffs.2 as f32);
+    let [h0, h1, h2, h3, h4] = crate::backend::ns_horner_coeffs(coeffs).map(|v| v as f32);
+    let (has_q, has_next) = (u32::from(q.is_some()), u32::from(gram_next.is_some()));
+    let gp = gram.as_ptr();
+    let qp = q.map_or(gp, <[f32]>::as_ptr);
+    let qnp = q_next.as_mut_ptr();
+    // Without a next Gram matrix the kernel writes nothing through this slot.
+    let anp = gram_next.map_or(gp as *mut f32, <[f32]>::as_mut_ptr);
+    launch!(
+        "ns_iteration",
+        shape,
+        [k32, a, b, c, h0, h1, h2, h3, h4, gp, qp, has_q, qnp, anp, has_next]
+    )
+}

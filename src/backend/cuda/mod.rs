@@ -102,6 +102,8 @@ struct Inner {
     fused_max_couplings: std::sync::atomic::AtomicUsize,
     /// The largest k of `square_products` ([`Cuda::set_square_max_k`]).
     square_max_k: std::sync::atomic::AtomicUsize,
+    /// The largest k of `ns_iteration` ([`Cuda::set_ns_iteration_max_k`]).
+    ns_iteration_max_k: std::sync::atomic::AtomicUsize,
 }
 
 /// A driver/cuBLAS error as [`MepError::Cuda`].
@@ -245,6 +247,11 @@ impl Cuda {
                     "MEP_CUDA_SQUARE_MAX_K",
                     gram::SQUARE_MAX_K,
                     "128 (0 runs every product with cuBLAS)",
+                )?),
+                ns_iteration_max_k: std::sync::atomic::AtomicUsize::new(count_setting(
+                    "MEP_CUDA_NS_ITERATION_MAX_K",
+                    gram::NS_ITERATION_MAX_K,
+                    "64 (0 runs each Newton–Schulz iteration as three square_products)",
                 )?),
             }),
         })
@@ -749,6 +756,15 @@ impl Backend for Cuda {
         q: &mut CudaSlice<f32>,
     ) -> Result<bool> {
         self.ns_gram_poly_fused(k, steps, coeffs, gram, q)
+    }
+
+    fn ns_iteration(
+        &self,
+        k: usize,
+        coeffs: (f64, f64, f64),
+        it: crate::backend::NsIteration<'_, Self>,
+    ) -> Result<bool> {
+        self.ns_iteration_fused(k, coeffs, it)
     }
 
     fn square_products(

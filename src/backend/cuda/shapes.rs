@@ -35,3 +35,20 @@ pub fn grid_rows(items: usize, per_block: u32, max_blocks: u32) -> Shape {
         block: ROW_BLOCK,
     }
 }
+
+/// `ns_iteration`'s rows per strip and threads per block (`MEP_NS_STRIP`,
+/// `MEP_NS_THREADS` in `kernels/gram.cu`).
+pub const NS_STRIP: u32 = 2;
+/// See [`NS_STRIP`].
+pub const NS_THREADS: u32 = 256;
+
+/// Launch of `ns_iteration` (`kernels/gram.cu`): one block of [`NS_THREADS`] per
+/// strip of [`NS_STRIP`] rows of the k × k results, at most `max_blocks` blocks (a
+/// block then takes several strips).
+pub fn ns_strips(k: usize, max_blocks: u32) -> Shape {
+    let blocks = k.div_ceil(NS_STRIP as usize).clamp(1, max_blocks.max(1) as usize) as u32;
+    Shape {
+        grid: (blocks, 1, 1),
+        block: (NS_THREADS, 1, 1),
+    }
+}
