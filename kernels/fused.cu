@@ -1,6 +1,8 @@
-// Fused settling: a whole nudged phase of the layered energy (layered_nudged_phase),
-// or all the sweeps of a Hopfield phase (hopfield_settle_phase), in one launch, for
-// networks whose coupled layers are small (the seed's output layer: W_2 is 10×128).
+// Fused settling: a whole nudged phase of the layered energy (layered_nudged_phase,
+// optionally with the free phase before it: the forward pass and each sample's loss
+// statistics), or all the sweeps of a Hopfield phase (hopfield_settle_phase), in one
+// launch, for networks whose coupled layers are small (the seed's output layer: W_2
+// is 10×128).
 //
 // Each block settles one sample (row): its states s_l, a_l = φ_l(s_l), errors e_l,
 // feedbacks r_l and the cost gradient dc live in shared memory for all `steps`
@@ -123,6 +125,30 @@ __device__ __forceinline__ void mep_fused_cost_grad(const float* o, u32 classes,
     }
 }
 
+// The cost C(o, y) of one output (block reductions: every thread of the block must
+// call it; all get the result) as cost_stats_partial computes it: cross-entropy
+// Σ_k q_k (lse − o_k), q the label-smoothed target, or squared error ½‖o − onehot‖².
+__device__ __forceinline__ float mep_fused_cost(const float* o, u32 classes, u32 y, u32 loss,
+                                                float eps, float* sh_red) {
+    const u32 tid = threadIdx.x, nt = blockDim.x;
+    float c = 0.0f;
+    if (loss == MEP_LOSS_CE) {
+        float mx = mep_neg_inf();
+        for (u32 k = tid; k < classes; k += nt) mx = fmaxf(mx, o[k]);
+        mx = mep_fused_max(mx, sh_red);
+        float se = 0.0f;
+        for (u32 k = tid; k < classes; k += nt) se += expf(o[k] - mx);
+        float lse = mx + logf(mep_block_sum_all(se, sh_red));
+        for (u32 k = tid; k < classes; k += nt) c += mep_target(k, y, eps, classes) * (lse - o[k]);
+    } else {
+        for (u32 k = tid; k < classes; k += nt) {
+            float d = o[k] - (k == y ? 1.0f : 0.0f);
+            c += 0.5f * d * d;
+        }
+    }
+    return mep_block_sum_all(c, sh_red);
+}
+
 // The feedback from above into unit j of block l < L−1: (W_{l+1}ᵀ x)_j, x the state of
 // block l+1 (`above`, n_{l+1} values); one unit per thread, reading a column of W_{l+1}.
 __device__ __forceinline__ float mep_fused_feedback(const MepFusedNet& net, u32 l, u32 j,
@@ -168,7 +194,12 @@ __device__ __forceinline__ bool mep_fused_drive(const MepFusedNet& net, u32 l, u
 //   labels, loss (MEP_LOSS_CE / MEP_LOSS_SE), eps (label smoothing);
 //   s1..s4, a1..a4 (rows × n_l): the state, read at the start and written at the end;
 //   e1..e4 (rows × n_l): the final errors e_l = s_l − W_l φ(s_{l−1}) − b_l;
-//   rowres (rows): the final state's Σ_l ‖∇_{s_l}F‖² of each row (below).
+//   rowres (rows): the final state's Σ_l ‖∇_{s_l}F‖² of each row (below);
+//   free: 0 to start from the state in s1..s4, a1..a4; else the phase starts with the
+//   free phase, the forward pass s_l = W_l a_{l−1} + b_l (p0 + b_1 for l = 1),
+//   a_l = φ_l(s_l) (s and a are then only written), and writes its output's
+//   statistics to rowstats[2·row] = C(o, y) and rowstats[2·row + 1] = [argmax o = y]
+//   (as cost_stats per row; rowstats is unread and unwritten when free = 0).
 // Per sweep (as backward_errors then relax_forward):
 //   dc = ∂C/∂o at o = a_L;  e*_L = (−β·dc)·φ′_L(s_L);
 //   for l = L−1 … 1: r_l = W_{l+1}ᵀ e*_{l+1}; e*_l = φ′_l(s_l)·r_l (l ≥ 2);
@@ -186,7 +217,8 @@ extern "C" __global__ void layered_nudged_phase(
     float* __restrict__ s2, float* __restrict__ s3, float* __restrict__ s4,
     float* __restrict__ a1, float* __restrict__ a2, float* __restrict__ a3,
     float* __restrict__ a4, float* __restrict__ e1, float* __restrict__ e2,
-    float* __restrict__ e3, float* __restrict__ e4, float* __restrict__ rowres) {
+    float* __restrict__ e3, float* __restrict__ e4, float* __restrict__ rowres, u32 free,
+    float* __restrict__ rowstats) {
     __shared__ float sh_s[MEP_FUSED_UNITS];
     __shared__ float sh_a[MEP_FUSED_UNITS];
     __shared__ float sh_e[MEP_FUSED_UNITS];
@@ -206,9 +238,33 @@ extern "C" __global__ void layered_nudged_phase(
     const u32* off = net.off;
     const u32 y = labels[row];
 
-    mep_fused_load(net, S, row, sh_s);
-    mep_fused_load(net, A, row, sh_a);
-    __syncthreads();
+    if (free) {
+        // ---- the free phase: the forward pass, then its output's statistics ----
+        for (u32 l = 0; l < L; l++) {
+            for (u32 j = mep_fused_first(l); j < n[l]; j += mep_fused_stride(l)) {
+                float p;
+                if (!mep_fused_drive(net, l, j, sh_a, row, &p)) continue;
+                const float sv = p + net.B[l][j];
+                sh_s[off[l] + j] = sv;
+                sh_a[off[l] + j] = mep_act(net.act[l], sv);
+            }
+            __syncthreads();
+        }
+        const float* o = sh_a + off[last];
+        const float cost = mep_fused_cost(o, nL, y, loss, eps, sh_red);
+        if (tid == 0) {
+            // The first index of the maximum, as cost_stats' argmax.
+            u32 arg = 0;
+            for (u32 k = 1; k < nL; k++)
+                if (o[k] > o[arg]) arg = k;
+            rowstats[2 * row] = cost;
+            rowstats[2 * row + 1] = arg == y ? 1.0f : 0.0f;
+        }
+    } else {
+        mep_fused_load(net, S, row, sh_s);
+        mep_fused_load(net, A, row, sh_a);
+        __syncthreads();
+    }
 
     for (u32 step = 0; step < steps; step++) {
         // ---- backward: dc, e*_L, then r_l and e*_l downwards ----

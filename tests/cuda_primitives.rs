@@ -532,9 +532,12 @@ fn reductions_repeat_bit_for_bit() {
 /// path: random depths (1–4 blocks), widths, activations (the output's too), both
 /// losses (cross-entropy with label smoothing), ±β, relaxations, sweep counts and
 /// batch sizes. States, activations and final errors of every block must agree.
+/// Then the whole one-sided estimate (`compute_gradients`), where the fused kernel
+/// also runs the free phase and each row's loss statistics: the gradients, the
+/// states and the summed statistics against the CPU's forward pass and `cost_stats`.
 #[test]
 fn fused_layered_phase_matches_the_sweeps() {
-    use mep::ep::{layered, Energy, GradConfig, Mode, Nudging, Phase, Workspace};
+    use mep::ep::{compute_gradients, layered, Energy, GradConfig, Grads, Mode, Nudging, Phase, Workspace};
     use mep::nn::{Activation, Arch, Layer, Network};
     let Some(gpu) = gpu() else { return };
     let cpu = Cpu::<f32>::new();
@@ -668,6 +671,89 @@ fn fused_layered_phase_matches_the_sweeps() {
                 );
             }
         }
+
+        // The whole one-sided estimate: (gradients, final states s_l, [Σ loss, hits],
+        // the free outputs' near ties, which rounding may break either way).
+        #[allow(clippy::type_complexity)]
+        fn run_step<B: Backend<Elem = f32>>(
+            bk: &B,
+            arch: &Arch,
+            seed: u64,
+            cfg: &GradConfig,
+            x: &[f32],
+            y: &[u32],
+        ) -> (Vec<Vec<f32>>, Vec<Vec<f32>>, Vec<f32>, usize) {
+            let net = Network::new(bk.clone(), arch.clone(), Energy::LayeredLeastSquares, seed).unwrap();
+            let mut ws = Workspace::new(bk, arch, y.len()).unwrap();
+            let rows = ws.load_host_batch(x, y).unwrap();
+            layered::forward(&net, &mut ws, rows).unwrap();
+            let classes = arch.outputs();
+            let out = bk.download(&ws.a[arch.depth() - 1]).unwrap();
+            let ties = (0..rows)
+                .filter(|r| {
+                    let mut o: Vec<f32> = out[r * classes..(r + 1) * classes].to_vec();
+                    o.sort_by(|a, b| b.total_cmp(a));
+                    o.len() > 1 && (o[0] - o[1]).abs() <= 1e-4 * o[0].abs().max(1.0)
+                })
+                .count();
+            let mut grads = Grads::new(bk, arch).unwrap();
+            compute_gradients(&net, cfg, &mut ws, rows, &mut grads).unwrap();
+            let g = grads
+                .w
+                .iter()
+                .chain(&grads.b)
+                .map(|b| bk.download(b).unwrap())
+                .collect();
+            let s = (0..arch.depth())
+                .map(|l| bk.download(&ws.s[l]).unwrap()[..rows * arch.blocks()[l].out].to_vec())
+                .collect();
+            (g, s, bk.download(&ws.stats).unwrap(), ties)
+        }
+        let want = run_step(&cpu, &arch, seed, &cfg, &x, &y);
+        let norm = |v: &[f32]| v.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
+        let states = want.1.iter().map(|s| norm(s).powi(2)).sum::<f64>().sqrt();
+        for fused in [true, false] {
+            gpu.set_fused(fused);
+            let got = run_step(&gpu, &arch, seed, &cfg, &x, &y);
+            let name = if fused {
+                "fused (with the free phase)"
+            } else {
+                "unfused"
+            };
+            for (l, (g, w)) in got.1.iter().zip(&want.1).enumerate() {
+                close(&format!("{what}: {name} estimate's s_{}", l + 1), seed, g, w);
+            }
+            // An estimate is −(1/(β·rows)) Σ e·aᵀ with e a difference of nearly equal
+            // states: its rounding is the states' (1e-5 of their norm) times the
+            // inputs' norm, over β·rows.
+            let scale = states * (norm(&x) + states) / (cfg.beta * rows as f64);
+            for (i, (g, w)) in got.0.iter().zip(&want.0).enumerate() {
+                let d = g
+                    .iter()
+                    .zip(w)
+                    .map(|(a, b)| ((a - b) as f64).powi(2))
+                    .sum::<f64>()
+                    .sqrt();
+                let tol = 1e-4 * norm(w) + 1e-5 * scale;
+                assert!(
+                    d <= tol,
+                    "{what}: {name} gradient {i} differs by {d:e} > {tol:e} (seed {seed})"
+                );
+            }
+            let (loss_g, loss_w) = (got.2[0] as f64, want.2[0] as f64);
+            assert!(
+                (loss_g - loss_w).abs() <= 1e-5 * loss_w.abs() + 1e-6 * rows as f64,
+                "{what}: {name} loss sum {loss_g} against the CPU's {loss_w} (seed {seed})"
+            );
+            assert!(
+                (got.2[1] - want.2[1]).abs() as usize <= want.3,
+                "{what}: {name} hits {} against the CPU's {} ({} near ties; seed {seed})",
+                got.2[1],
+                want.2[1],
+                want.3
+            );
+        }
+        gpu.set_fused(true);
     }
 }
 

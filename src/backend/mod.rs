@@ -604,6 +604,13 @@ pub struct LayeredPhase<'a, B: Backend> {
     /// Per row r (the first `rows` entries, written): the final state's settle
     /// residual Σ_l ‖∇_{s_l}F‖², as [`crate::ep::layered`] computes it unfused.
     pub rowres: &'a mut B::Buf,
+    /// `Some(rowstats)`: the phase starts with the free phase instead of the states in
+    /// `net.s` and `a` (which it then only writes): the forward pass from `net.p0`
+    /// (s_l = W_l a_{l−1} + b_l, a_l = φ_l(s_l), as [`crate::ep::layered::forward`]),
+    /// and for each row r of its output o, `rowstats[2r]` = C(o, y) and
+    /// `rowstats[2r + 1]` = 1 if argmax o = y else 0 (the terms
+    /// [`Backend::cost_stats`] sums; at least `2·rows` entries, written).
+    pub free: Option<&'a mut B::Buf>,
 }
 
 /// The operands of fused Hopfield settling ([`Backend::hopfield_settle_fused`]):

@@ -15,12 +15,17 @@ use crate::{Loss, Result};
 /// `p[0]` = W_1 x, which the nudged phase reuses (the input is clamped); `p[l]` for
 /// l ≥ 1 is left as it was (every reader refreshes it first).
 pub fn forward<B: Backend>(net: &Network<B>, ws: &mut Workspace<B>, rows: usize) -> Result<()> {
+    // p[0] = W_1 x is kept for the phases (the input is clamped).
+    super::drive(net, 0, rows, &ws.x, 0.0, &mut ws.p[0])?;
+    forward_from_drive(net, ws, rows)
+}
+
+/// [`forward`] from `p[0]` = W_1 x on.
+fn forward_from_drive<B: Backend>(net: &Network<B>, ws: &mut Workspace<B>, rows: usize) -> Result<()> {
     let bk = &net.backend;
     for (l, blk) in net.arch.blocks.iter().enumerate() {
         let b = &net.params[l].b;
         if l == 0 {
-            // p[0] = W_1 x is kept for the phases (the input is clamped).
-            super::drive(net, 0, rows, &ws.x, 0.0, &mut ws.p[0])?;
             bk.bias_act_from(rows, blk.out, &ws.p[0], b, blk.act, &mut ws.s[0], &mut ws.a[0])?;
         } else {
             // p[l] is refreshed wherever it is read, so the drive goes to s[l] directly.
@@ -102,28 +107,10 @@ fn settle_nudged<B: Backend>(
     };
     // The backend may run all the sweeps below, the final errors and the per-row
     // residuals as one fused operation; it then reports so.
-    let fused = match beta {
-        Some(beta) => bk.layered_nudged_fused(LayeredPhase {
-            net: PhaseNet {
-                rows,
-                blocks: &net.arch.blocks,
-                params: &net.params,
-                p0: &ws.p[0],
-                labels: &ws.y,
-                loss: cfg.loss,
-                s: &mut ws.s,
-            },
-            beta,
-            omega: cfg.settle_lr,
-            steps: cfg.settle_steps,
-            a: &mut ws.a,
-            e: &mut ws.e,
-            rowres: &mut ws.f,
-        })?,
-        None => false,
-    };
-    if fused {
-        return Ok(true);
+    if let Some(beta) = beta {
+        if fused_phase(net, cfg, beta, false, ws, rows)? {
+            return Ok(true);
+        }
     }
     for _ in 0..cfg.settle_steps {
         backward_errors(net, cfg, beta, ws, rows)?;
@@ -132,6 +119,38 @@ fn settle_nudged<B: Backend>(
     errors(net, ws, rows)?;
     residual(net, cfg, beta, ws, rows)?;
     Ok(false)
+}
+
+/// Asks the backend to run a nudged phase at strength `beta` as one fused operation
+/// ([`Backend::layered_nudged_fused`]), with `free`: the free phase too (the forward
+/// pass from `p[0]`, and each row's loss and hit into `ws.rowstats`). Leaves the
+/// per-row residuals in `ws.f`; false when the backend declined (nothing was run).
+fn fused_phase<B: Backend>(
+    net: &Network<B>,
+    cfg: &GradConfig,
+    beta: f64,
+    free: bool,
+    ws: &mut Workspace<B>,
+    rows: usize,
+) -> Result<bool> {
+    net.backend.layered_nudged_fused(LayeredPhase {
+        net: PhaseNet {
+            rows,
+            blocks: &net.arch.blocks,
+            params: &net.params,
+            p0: &ws.p[0],
+            labels: &ws.y,
+            loss: cfg.loss,
+            s: &mut ws.s,
+        },
+        beta,
+        omega: cfg.settle_lr,
+        steps: cfg.settle_steps,
+        a: &mut ws.a,
+        e: &mut ws.e,
+        rowres: &mut ws.f,
+        free: free.then_some(&mut ws.rowstats),
+    })
 }
 
 /// Backward sweep from the current state: `ws.dc` = ∂C/∂o, `ws.e[L]` = e*_L =
@@ -269,7 +288,9 @@ fn residual<B: Backend>(
 /// Adds `coef · Σ_batch e_l a_{l−1}ᵀ` (and `coef · Σ e_l` for the bias) to the
 /// gradients; `accumulate = false` overwrites instead. Each layer's ∂W and ∂b is an
 /// independent branch ([`Backend::concurrently`], longest first), and so is the sum
-/// of a fused phase's per-row residuals when `row_residuals` (it reads only `ws.f`).
+/// of a fused phase's per-row residuals when `row_residuals` (it reads only `ws.f`)
+/// and that of its free phase's per-row statistics when `row_stats` (`ws.rowstats`).
+#[allow(clippy::too_many_arguments)]
 fn accumulate_estimate<B: Backend>(
     net: &Network<B>,
     ws: &mut Workspace<B>,
@@ -277,15 +298,21 @@ fn accumulate_estimate<B: Backend>(
     coef: f64,
     accumulate: bool,
     row_residuals: bool,
+    row_stats: bool,
     grads: &mut Grads<B>,
 ) -> Result<()> {
     let bk = &net.backend;
     let acc = if accumulate { 1.0 } else { 0.0 };
     let depth = net.arch.depth();
     let mut layers = grads.layers();
-    bk.concurrently(2 * depth + row_residuals as usize, &mut |i| {
-        if i == 2 * depth {
-            return ws.add_row_residuals(rows, 0);
+    let branches = 2 * depth + row_residuals as usize + row_stats as usize;
+    bk.concurrently(branches, &mut |i| {
+        if i >= 2 * depth {
+            return if row_residuals && i == 2 * depth {
+                ws.add_row_residuals(rows, 0)
+            } else {
+                ws.add_row_stats(rows)
+            };
         }
         let l = i % depth;
         let blk = &net.arch.blocks[l];
@@ -310,12 +337,20 @@ pub fn gradients<B: Backend>(
     rows: usize,
     grads: &mut Grads<B>,
 ) -> Result<()> {
-    forward(net, ws, rows)?;
+    let b = rows as f64;
+    let (_, phases) = cfg.nudging.phases(cfg.beta);
+    super::drive(net, 0, rows, &ws.x, 0.0, &mut ws.p[0])?;
+    // With one nudged phase the backend may run the free phase inside it, fused: the
+    // forward pass and each row's loss statistics, summed beside the estimate.
+    if let [(Phase::Nudge(beta), coef)] = phases[..] {
+        if fused_phase(net, cfg, beta, true, ws, rows)? {
+            return accumulate_estimate(net, ws, rows, -coef / b, false, true, true, grads);
+        }
+    }
+    forward_from_drive(net, ws, rows)?;
     let last = net.arch.depth() - 1;
     net.backend
         .cost_stats(rows, net.arch.outputs(), &ws.a[last], &ws.y, cfg.loss, &mut ws.stats)?;
-    let b = rows as f64;
-    let (_, phases) = cfg.nudging.phases(cfg.beta);
     // The first phase starts from the forward pass's state as it stands; only a
     // second phase needs the free state saved and restored.
     if phases.len() > 1 {
@@ -326,7 +361,7 @@ pub fn gradients<B: Backend>(
             ws.restore_free(true)?;
         }
         let row_residuals = settle_nudged(net, cfg, phase, ws, rows)?;
-        accumulate_estimate(net, ws, rows, -coef / b, i > 0, row_residuals, grads)?;
+        accumulate_estimate(net, ws, rows, -coef / b, i > 0, row_residuals, false, grads)?;
     }
     Ok(())
 }

@@ -33,6 +33,9 @@ pub struct Workspace<B: Backend> {
     pub dc: B::Buf,
     /// Device-side running [loss sum, correct count] of free-phase outputs.
     pub stats: B::Buf,
+    /// Per-row [loss, correct] of a free phase run inside a fused nudged phase
+    /// (`rows × 2`), summed into `stats` beside the estimate.
+    pub rowstats: B::Buf,
     /// Per-layer scratch for the settle residuals (`rows × n_l`).
     pub r: Vec<B::Buf>,
     /// Device-side running residuals: `[0]` Σ‖∇_s F‖² at the end of every nudged phase
@@ -68,6 +71,7 @@ impl<B: Backend> Workspace<B> {
             f: b.zeros(rows_cap * arch.max_width())?,
             dc: b.zeros(rows_cap * arch.outputs())?,
             stats: b.zeros(2)?,
+            rowstats: b.zeros(rows_cap * 2)?,
             r: bufs(b, arch, rows_cap)?,
             resid: [b.zeros(1)?, b.zeros(1)?],
             resid_rows: [0, 0],
@@ -100,6 +104,12 @@ impl<B: Backend> Workspace<B> {
             .col_sum(rows, 1, 1.0, &self.f, 1.0, &mut self.resid[slot])?;
         self.resid_rows[slot] += rows as u64;
         Ok(())
+    }
+
+    /// Adds the per-row loss and hit a fused free phase left in `rowstats` (its first
+    /// `rows` rows) to `stats`, as [`Backend::cost_stats`] would have.
+    pub(crate) fn add_row_stats(&mut self, rows: usize) -> Result<()> {
+        self.backend.col_sum(rows, 2, 1.0, &self.rowstats, 1.0, &mut self.stats)
     }
 
     /// Zeroes the running residuals.

@@ -208,6 +208,9 @@ impl Cuda {
             check_part(WHAT, "e", ph.e[l].len(), n)?;
         }
         check_part(WHAT, "rowres", ph.rowres.len(), ph.net.rows)?;
+        if let Some(stats) = ph.free.as_ref() {
+            check_part(WHAT, "rowstats", stats.len(), 2 * ph.net.rows)?;
+        }
         let steps = dim32("settle steps", ph.steps)?;
         let (beta, omega) = (ph.beta as f32, ph.omega as f32);
         let (a, e) = (self.slot_ptrs(ph.a), self.slot_ptrs(ph.e));
@@ -220,9 +223,18 @@ impl Cuda {
             lb.arg(v);
         }
         lb.arg(&mut *ph.rowres);
+        // Without the free phase, rowstats' slot takes p0 (neither read nor written
+        // then).
+        let free = u32::from(ph.free.is_some());
+        lb.arg(&free);
+        match ph.free {
+            Some(stats) => lb.arg(stats),
+            None => lb.arg(ph.net.p0),
+        };
         // SAFETY: the argument list matches layered_nudged_phase's signature in
         // kernels/fused.cu; every buffer was checked above to hold what the kernel
-        // reads or writes for `rows` rows of the given widths.
+        // reads or writes for `rows` rows of the given widths; rowstats is written
+        // only when free = 1.
         unsafe { lb.launch(row_blocks(args.grid)) }
             .map(|_| true)
             .map_err(|e| MepError::Cuda(format!("launching layered_nudged_phase: {e:?}")))
