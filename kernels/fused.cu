@@ -103,6 +103,18 @@ __device__ __forceinline__ void mep_fused_store(const MepFusedNet& net, const fl
             g[l][row * net.n[l] + j] = sh[net.off[l] + j];
 }
 
+// log Σ_k exp(o_k) of one output, numerically stable (max + log Σ exp(o − max)), by
+// block reductions: every thread of the block must call it; all get the result.
+__device__ __forceinline__ float mep_fused_lse(const float* o, u32 classes, float* sh_red) {
+    const u32 tid = threadIdx.x, nt = blockDim.x;
+    float mx = mep_neg_inf();
+    for (u32 k = tid; k < classes; k += nt) mx = fmaxf(mx, o[k]);
+    mx = mep_fused_max(mx, sh_red);
+    float se = 0.0f;
+    for (u32 k = tid; k < classes; k += nt) se += expf(o[k] - mx);
+    return mx + logf(mep_block_sum_all(se, sh_red));
+}
+
 // dc[k] = ∂C/∂o_k (k < classes) at the output o for label y: softmax(o) − q (q the
 // label-smoothed target; cross-entropy) or o − onehot(y) (squared error). Every thread
 // of the block must call it (the softmax's max and sum are block reductions); each
@@ -112,12 +124,7 @@ __device__ __forceinline__ void mep_fused_cost_grad(const float* o, u32 classes,
                                                     float eps, float* dc, float* sh_red) {
     const u32 tid = threadIdx.x, nt = blockDim.x;
     if (loss == MEP_LOSS_CE) {
-        float mx = mep_neg_inf();
-        for (u32 k = tid; k < classes; k += nt) mx = fmaxf(mx, o[k]);
-        mx = mep_fused_max(mx, sh_red);
-        float se = 0.0f;
-        for (u32 k = tid; k < classes; k += nt) se += expf(o[k] - mx);
-        float lse = mx + logf(mep_block_sum_all(se, sh_red));
+        const float lse = mep_fused_lse(o, classes, sh_red);
         for (u32 k = tid; k < classes; k += nt)
             dc[k] = expf(o[k] - lse) - mep_target(k, y, eps, classes);
     } else {
@@ -133,12 +140,7 @@ __device__ __forceinline__ float mep_fused_cost(const float* o, u32 classes, u32
     const u32 tid = threadIdx.x, nt = blockDim.x;
     float c = 0.0f;
     if (loss == MEP_LOSS_CE) {
-        float mx = mep_neg_inf();
-        for (u32 k = tid; k < classes; k += nt) mx = fmaxf(mx, o[k]);
-        mx = mep_fused_max(mx, sh_red);
-        float se = 0.0f;
-        for (u32 k = tid; k < classes; k += nt) se += expf(o[k] - mx);
-        float lse = mx + logf(mep_block_sum_all(se, sh_red));
+        const float lse = mep_fused_lse(o, classes, sh_red);
         for (u32 k = tid; k < classes; k += nt) c += mep_target(k, y, eps, classes) * (lse - o[k]);
     } else {
         for (u32 k = tid; k < classes; k += nt) {

@@ -261,6 +261,7 @@ benches=(
     "mep-mnist cuda W1 Newton-Schulz on cuBLAS, MEP_CUDA_NS_ITERATION_MAX_K=0 MEP_CUDA_SQUARE_MAX_K=0 (seed)|--device cuda --data-dir $bundle/mnist --json"
     "mep-mnist cuda one stream, MEP_CUDA_BRANCHES=1 (seed)|--device cuda --data-dir $bundle/mnist --json"
     "mep-mnist cuda two streams, MEP_CUDA_BRANCHES=2 (seed)|--device cuda --data-dir $bundle/mnist --json"
+    "mep-mnist cuda six streams, MEP_CUDA_BRANCHES=6 (seed)|--device cuda --data-dir $bundle/mnist --json"
     "mep-mnist cuda eager unfused, MEP_CUDA_GRAPHS=0 MEP_CUDA_FUSED=0 (seed)|--device cuda --data-dir $bundle/mnist --json"
     "mep-mnist cuda hopfield (seed widths)|--device cuda --energy hopfield --data-dir $bundle/mnist --json"
     "mep-mnist cuda hopfield unfused, MEP_CUDA_FUSED=0 (seed widths)|--device cuda --energy hopfield --data-dir $bundle/mnist --json"

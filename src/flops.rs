@@ -118,6 +118,13 @@ fn walk(arch: &Arch, energy: Energy, cfg: &OptimConfig, rows: usize, g: &mut Sin
             g.push(GemmShape::new(true, false, blk.out, blk.inp, rows));
         }
     };
+    // The estimate's last term, each ∂W_l followed by W_l's update (ep::FinalTerm).
+    let final_term = |g: &mut Sink| {
+        for (l, blk) in b.iter().enumerate() {
+            g.push(GemmShape::new(true, false, blk.out, blk.inp, rows));
+            update_gemms(arch, energy, cfg, l, g);
+        }
+    };
     let errors = |g: &mut Sink| {
         for blk in &b[1..] {
             g.push(GemmShape::new(false, true, rows, blk.out, blk.inp));
@@ -138,7 +145,7 @@ fn walk(arch: &Arch, energy: Energy, cfg: &OptimConfig, rows: usize, g: &mut Sin
         }
         (Mode::Ep, Energy::LayeredLeastSquares) => {
             forward(g);
-            for _ in 0..phases {
+            for phase in 0..phases {
                 if clamped && last > 0 {
                     // The clamped phase recomputes the free W_L φ(s_{L−1}).
                     g.push(GemmShape::new(false, true, rows, b[last].out, b[last].inp));
@@ -159,7 +166,11 @@ fn walk(arch: &Arch, energy: Energy, cfg: &OptimConfig, rows: usize, g: &mut Sin
                     g.push(GemmShape::new(false, false, rows, b[l + 1].inp, b[l + 1].out));
                     g.push(GemmShape::new(false, true, 1, 1, rows * b[l].out));
                 }
-                estimate(g);
+                if phase + 1 < phases {
+                    estimate(g);
+                } else {
+                    final_term(g);
+                }
             }
         }
         (Mode::Ep, Energy::Hopfield { free_steps }) => {
@@ -188,57 +199,71 @@ fn walk(arch: &Arch, energy: Energy, cfg: &OptimConfig, rows: usize, g: &mut Sin
                 estimate(g);
             }
             let swept = if clamped { last } else { b.len() };
-            for _ in 0..phases {
+            for phase in 0..phases {
                 sweeps(g, cfg.grad.settle_steps, swept);
-                estimate(g);
+                if phase + 1 < phases {
+                    estimate(g);
+                } else {
+                    final_term(g);
+                }
             }
         }
     }
-    for (l, blk) in b.iter().enumerate() {
-        let (rows_w, cols_w) = (blk.out, blk.inp);
-        let wide = rows_w <= cols_w;
-        let k = rows_w.min(cols_w);
-        let gram = if wide {
-            GemmShape::new(false, true, k, k, cols_w)
+    if cfg.grad.mode == Mode::Backprop {
+        for l in 0..b.len() {
+            update_gemms(arch, energy, cfg, l, g);
+        }
+    }
+}
+
+/// Feeds the GEMMs of block l's matrix update (Muon's orthogonalisation, the spectral
+/// constraint) to `g`.
+fn update_gemms(arch: &Arch, energy: Energy, cfg: &OptimConfig, l: usize, g: &mut Sink) {
+    let b = &arch.blocks;
+    let blk = &b[l];
+    let (rows_w, cols_w) = (blk.out, blk.inp);
+    let wide = rows_w <= cols_w;
+    let k = rows_w.min(cols_w);
+    let gram = if wide {
+        GemmShape::new(false, true, k, k, cols_w)
+    } else {
+        GemmShape::new(true, false, k, k, rows_w)
+    };
+    if let MatrixRule::Muon { ns_steps, .. } = cfg.matrix {
+        g.push(gram);
+        for i in 0..ns_steps {
+            g.push(GemmShape::new(false, false, k, k, k));
+            if i > 0 {
+                g.push(GemmShape::new(false, false, k, k, k));
+            }
+            if i + 1 < ns_steps {
+                g.push(GemmShape::new(false, false, k, k, k));
+                g.push(GemmShape::new(false, false, k, k, k));
+            }
+        }
+        if ns_steps > 0 {
+            g.push(GemmShape::new(false, false, rows_w, cols_w, k));
+        }
+    }
+    let hopfield = matches!(energy, Energy::Hopfield { .. });
+    if cfg
+        .spectral
+        .layers
+        .bound(l, b.len(), hopfield, cfg.spectral.gamma)
+        .is_some()
+    {
+        g.push(gram);
+        for _ in 0..crate::optim::spectral::SQUARINGS {
+            g.push(GemmShape::new(false, false, k, k, k));
+        }
+        g.rep(cfg.spectral.power_iters.max(1), |g| {
+            g.push(GemmShape::new(false, false, 1, k, k));
+        });
+        g.push(if wide {
+            GemmShape::new(false, false, 1, cols_w, rows_w)
         } else {
-            GemmShape::new(true, false, k, k, rows_w)
-        };
-        if let MatrixRule::Muon { ns_steps, .. } = cfg.matrix {
-            g.push(gram);
-            for i in 0..ns_steps {
-                g.push(GemmShape::new(false, false, k, k, k));
-                if i > 0 {
-                    g.push(GemmShape::new(false, false, k, k, k));
-                }
-                if i + 1 < ns_steps {
-                    g.push(GemmShape::new(false, false, k, k, k));
-                    g.push(GemmShape::new(false, false, k, k, k));
-                }
-            }
-            if ns_steps > 0 {
-                g.push(GemmShape::new(false, false, rows_w, cols_w, k));
-            }
-        }
-        let hopfield = matches!(energy, Energy::Hopfield { .. });
-        if cfg
-            .spectral
-            .layers
-            .bound(l, b.len(), hopfield, cfg.spectral.gamma)
-            .is_some()
-        {
-            g.push(gram);
-            for _ in 0..crate::optim::spectral::SQUARINGS {
-                g.push(GemmShape::new(false, false, k, k, k));
-            }
-            g.rep(cfg.spectral.power_iters.max(1), |g| {
-                g.push(GemmShape::new(false, false, 1, k, k));
-            });
-            g.push(if wide {
-                GemmShape::new(false, false, 1, cols_w, rows_w)
-            } else {
-                GemmShape::new(false, true, 1, rows_w, cols_w)
-            });
-        }
+            GemmShape::new(false, true, 1, rows_w, cols_w)
+        });
     }
 }
 

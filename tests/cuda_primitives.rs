@@ -527,6 +527,39 @@ fn reductions_repeat_bit_for_bit() {
     }
 }
 
+/// ‖a − b‖ in f64.
+fn distance(a: &[f32], b: &[f32]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| ((x - y) as f64).powi(2))
+        .sum::<f64>()
+        .sqrt()
+}
+
+/// One gradient computation on the batch loaded in `ws`: the estimates (every ∂W,
+/// then every ∂b) and the final states s_l of its rows, downloaded.
+fn estimate<B: Backend<Elem = f32>>(
+    bk: &B,
+    net: &mep::nn::Network<B>,
+    cfg: &mep::ep::GradConfig,
+    ws: &mut mep::ep::Workspace<B>,
+    rows: usize,
+) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+    let arch = &net.arch;
+    let mut grads = mep::ep::Grads::new(bk, arch).unwrap();
+    mep::ep::compute_gradients(net, cfg, ws, rows, &mut grads).unwrap();
+    let g = grads
+        .w
+        .iter()
+        .chain(&grads.b)
+        .map(|b| bk.download(b).unwrap())
+        .collect();
+    let s = (0..arch.depth())
+        .map(|l| bk.download(&ws.s[l]).unwrap()[..rows * arch.blocks()[l].out].to_vec())
+        .collect();
+    (g, s)
+}
+
 /// The fused layered nudged phase (`kernels/fused.cu`) against the same sweeps run
 /// primitive by primitive on the CPU, and against the CUDA backend's own unfused
 /// path: random depths (1–4 blocks), widths, activations (the output's too), both
@@ -537,7 +570,7 @@ fn reductions_repeat_bit_for_bit() {
 /// states and the summed statistics against the CPU's forward pass and `cost_stats`.
 #[test]
 fn fused_layered_phase_matches_the_sweeps() {
-    use mep::ep::{compute_gradients, layered, Energy, GradConfig, Grads, Mode, Nudging, Phase, Workspace};
+    use mep::ep::{layered, Energy, GradConfig, Mode, Nudging, Phase, Workspace};
     use mep::nn::{Activation, Arch, Layer, Network};
     let Some(gpu) = gpu() else { return };
     let cpu = Cpu::<f32>::new();
@@ -696,17 +729,7 @@ fn fused_layered_phase_matches_the_sweeps() {
                     o.len() > 1 && (o[0] - o[1]).abs() <= 1e-4 * o[0].abs().max(1.0)
                 })
                 .count();
-            let mut grads = Grads::new(bk, arch).unwrap();
-            compute_gradients(&net, cfg, &mut ws, rows, &mut grads).unwrap();
-            let g = grads
-                .w
-                .iter()
-                .chain(&grads.b)
-                .map(|b| bk.download(b).unwrap())
-                .collect();
-            let s = (0..arch.depth())
-                .map(|l| bk.download(&ws.s[l]).unwrap()[..rows * arch.blocks()[l].out].to_vec())
-                .collect();
+            let (g, s) = estimate(bk, &net, cfg, &mut ws, rows);
             (g, s, bk.download(&ws.stats).unwrap(), ties)
         }
         let want = run_step(&cpu, &arch, seed, &cfg, &x, &y);
@@ -728,12 +751,7 @@ fn fused_layered_phase_matches_the_sweeps() {
             // inputs' norm, over β·rows.
             let scale = states * (norm(&x) + states) / (cfg.beta * rows as f64);
             for (i, (g, w)) in got.0.iter().zip(&want.0).enumerate() {
-                let d = g
-                    .iter()
-                    .zip(w)
-                    .map(|(a, b)| ((a - b) as f64).powi(2))
-                    .sum::<f64>()
-                    .sqrt();
+                let d = distance(g, w);
                 let tol = 1e-4 * norm(w) + 1e-5 * scale;
                 assert!(
                     d <= tol,
@@ -764,7 +782,7 @@ fn fused_layered_phase_matches_the_sweeps() {
 /// final states and both settle residuals must agree.
 #[test]
 fn fused_hopfield_settle_matches_the_sweeps() {
-    use mep::ep::{compute_gradients, Energy, GradConfig, Grads, Mode, Nudging, Workspace};
+    use mep::ep::{Energy, GradConfig, Mode, Nudging, Workspace};
     use mep::nn::{Activation, Arch, Layer, Network};
     let Some(gpu) = gpu() else { return };
     let cpu = Cpu::<f32>::new();
@@ -837,17 +855,7 @@ fn fused_hopfield_settle_matches_the_sweeps() {
             let net = Network::new(bk.clone(), arch.clone(), energy, seed).unwrap();
             let mut ws = Workspace::new(bk, arch, y.len()).unwrap();
             let rows = ws.load_host_batch(x, y).unwrap();
-            let mut grads = Grads::new(bk, arch).unwrap();
-            compute_gradients(&net, cfg, &mut ws, rows, &mut grads).unwrap();
-            let g = grads
-                .w
-                .iter()
-                .chain(&grads.b)
-                .map(|b| bk.download(b).unwrap())
-                .collect();
-            let s = (0..arch.depth())
-                .map(|l| bk.download(&ws.s[l]).unwrap()[..rows * arch.blocks()[l].out].to_vec())
-                .collect();
+            let (g, s) = estimate(bk, &net, cfg, &mut ws, rows);
             (g, s, ws.residuals().unwrap())
         }
         let want = run(&cpu, &arch, energy, seed, &cfg, &x, &y);
@@ -871,12 +879,7 @@ fn fused_hopfield_settle_matches_the_sweeps() {
         };
         for (name, got) in [("fused", &fused), ("unfused", &unfused)] {
             for (i, (g, w)) in got.0.iter().zip(&want.0).enumerate() {
-                let d = g
-                    .iter()
-                    .zip(w)
-                    .map(|(a, b)| ((a - b) as f64).powi(2))
-                    .sum::<f64>()
-                    .sqrt();
+                let d = distance(g, w);
                 let tol = 1e-4 * norm(w) + 1e-5 * term_scale(i);
                 assert!(
                     d <= tol,

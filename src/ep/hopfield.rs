@@ -10,6 +10,7 @@
 //! computed once per phase. The free phase contracts at roughly σ(W_L)² per sweep,
 //! hence the default of 50 sweeps ([`super::DEFAULT_FREE_STEPS`]).
 
+use super::estimate::{Factors, FinalTerm};
 use super::{GradConfig, Grads, Phase, Workspace};
 use crate::backend::{Backend, HopfieldPhase, PhaseNet};
 use crate::nn::Network;
@@ -122,35 +123,6 @@ pub fn free_phase<B: Backend>(net: &Network<B>, ws: &mut Workspace<B>, rows: usi
     settle(net, crate::Loss::CrossEntropy, Output::Free, ws, rows, free_steps, 1)
 }
 
-/// Adds `coef · Σ_batch s_l s_{l−1}ᵀ` (and `coef · Σ s_l`) for the states in `states`.
-/// Each layer's ∂W and ∂b is an independent branch ([`Backend::concurrently`],
-/// longest first).
-fn accumulate_estimate<B: Backend>(
-    net: &Network<B>,
-    x: &B::Buf,
-    states: &[B::Buf],
-    rows: usize,
-    coef: f64,
-    accumulate: bool,
-    grads: &mut Grads<B>,
-) -> Result<()> {
-    let bk = &net.backend;
-    let acc = if accumulate { 1.0 } else { 0.0 };
-    let depth = net.arch.depth();
-    let mut layers = grads.layers();
-    bk.concurrently(2 * depth, &mut |i| {
-        let l = i % depth;
-        let blk = &net.arch.blocks[l];
-        let (gw, gb) = &mut layers[l];
-        if i < depth {
-            let below = if l == 0 { x } else { &states[l - 1] };
-            bk.gemm(true, false, blk.out, blk.inp, rows, coef, &states[l], below, acc, gw)
-        } else {
-            bk.col_sum(rows, blk.out, coef, &states[l], acc, gb)
-        }
-    })
-}
-
 /// The estimate of the rule (see [`super::Nudging::phases`]), with
 /// ∂θE = −(1/B) Σ_batch s_l s_{l−1}ᵀ for W_l (−(1/B) Σ s_l for b_l), E = ½‖s‖² − Φ.
 /// One-sided: Ĝ = −(1/(βB)) Σ (s^β s^βᵀ − s^0 s^0ᵀ); symmetric:
@@ -163,23 +135,36 @@ pub fn gradients<B: Backend>(
     ws: &mut Workspace<B>,
     rows: usize,
     grads: &mut Grads<B>,
-) -> Result<()> {
+) -> Result<FinalTerm> {
     free_phase(net, ws, rows, free_steps)?;
     let bk = &net.backend;
     let last = net.arch.depth() - 1;
     let out = net.arch.outputs();
     bk.cost_stats(rows, out, &ws.s[last], &ws.y, cfg.loss, &mut ws.stats)?;
     let b = rows as f64;
+    let term = |coef: f64, accumulate: bool| FinalTerm {
+        factors: Factors::States,
+        rows,
+        coef: -coef / b,
+        accumulate,
+        row_residuals: false,
+        row_stats: false,
+    };
     let (free_coef, phases) = cfg.nudging.phases(cfg.beta);
-    let mut written = false;
+    // Each term reads the state it was made for: the pending one is added before the
+    // next phase changes the states.
+    let mut pending: Option<FinalTerm> = None;
     if free_coef != 0.0 {
-        accumulate_estimate(net, &ws.x, &ws.s, rows, -free_coef / b, false, grads)?;
-        written = true;
-    }
-    if phases.len() > 1 {
-        ws.save_free(false)?;
+        pending = Some(term(free_coef, false));
     }
     for (i, &(phase, coef)) in phases.iter().enumerate() {
+        let written = pending.is_some() || i > 0;
+        if let Some(t) = pending.take() {
+            t.add(bk, &net.arch, ws, grads, &mut |_, _| Ok(()))?;
+        }
+        if i == 0 && phases.len() > 1 {
+            ws.save_free(false)?;
+        }
         if i > 0 {
             ws.restore_free(false)?;
         }
@@ -193,8 +178,7 @@ pub fn gradients<B: Backend>(
             }
         };
         settle(net, cfg.loss, output, ws, rows, cfg.settle_steps, 0)?;
-        accumulate_estimate(net, &ws.x, &ws.s, rows, -coef / b, written, grads)?;
-        written = true;
+        pending = Some(term(coef, written));
     }
-    Ok(())
+    Ok(pending.expect("every rule has a perturbed phase"))
 }

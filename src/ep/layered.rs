@@ -6,6 +6,7 @@
 //! says why not gradient steps); its residual is ‖∇_s F‖ at the final state, with
 //! ∇_{s_l}F = e_l − φ′_l(s_l) ⊙ W_{l+1}ᵀe_{l+1} (l < L), ∇_{s_L}F = e_L + β φ′_L(s_L) ⊙ ∂C/∂o.
 
+use super::estimate::{Factors, FinalTerm};
 use super::{GradConfig, Grads, Phase, Workspace};
 use crate::backend::{Backend, LayeredPhase, PhaseNet};
 use crate::nn::Network;
@@ -285,66 +286,34 @@ fn residual<B: Backend>(
     Ok(())
 }
 
-/// Adds `coef · Σ_batch e_l a_{l−1}ᵀ` (and `coef · Σ e_l` for the bias) to the
-/// gradients; `accumulate = false` overwrites instead. Each layer's ∂W and ∂b is an
-/// independent branch ([`Backend::concurrently`], longest first), and so is the sum
-/// of a fused phase's per-row residuals when `row_residuals` (it reads only `ws.f`)
-/// and that of its free phase's per-row statistics when `row_stats` (`ws.rowstats`).
-#[allow(clippy::too_many_arguments)]
-fn accumulate_estimate<B: Backend>(
-    net: &Network<B>,
-    ws: &mut Workspace<B>,
-    rows: usize,
-    coef: f64,
-    accumulate: bool,
-    row_residuals: bool,
-    row_stats: bool,
-    grads: &mut Grads<B>,
-) -> Result<()> {
-    let bk = &net.backend;
-    let acc = if accumulate { 1.0 } else { 0.0 };
-    let depth = net.arch.depth();
-    let mut layers = grads.layers();
-    let branches = 2 * depth + row_residuals as usize + row_stats as usize;
-    bk.concurrently(branches, &mut |i| {
-        if i >= 2 * depth {
-            return if row_residuals && i == 2 * depth {
-                ws.add_row_residuals(rows, 0)
-            } else {
-                ws.add_row_stats(rows)
-            };
-        }
-        let l = i % depth;
-        let blk = &net.arch.blocks[l];
-        let (gw, gb) = &mut layers[l];
-        if i < depth {
-            let input = if l == 0 { &ws.x } else { &ws.a[l - 1] };
-            bk.gemm(true, false, blk.out, blk.inp, rows, coef, &ws.e[l], input, acc, gw)
-        } else {
-            bk.col_sum(rows, blk.out, coef, &ws.e[l], acc, gb)
-        }
-    })
-}
-
 /// The EP estimate: forward pass (free phase), the rule's perturbed phase(s), contrast.
 /// ∂θE = −(1/B) Σ_batch e_l φ(s_{l−1})ᵀ for W_l (−(1/B) Σ e_l for b_l), which is 0 at
 /// the free state (all e_l = 0), so only the perturbed phases enter: one-sided,
 /// Ĝ = −(1/(βB)) Σ e φᵀ at the +β state; symmetric, −(1/(2βB)) (Σ e φᵀ at +β − at −β).
+/// The last phase's term is returned, not added ([`FinalTerm`]).
 pub fn gradients<B: Backend>(
     net: &Network<B>,
     cfg: &GradConfig,
     ws: &mut Workspace<B>,
     rows: usize,
     grads: &mut Grads<B>,
-) -> Result<()> {
+) -> Result<FinalTerm> {
     let b = rows as f64;
     let (_, phases) = cfg.nudging.phases(cfg.beta);
+    let term = |coef: f64, accumulate: bool, row_residuals: bool, row_stats: bool| FinalTerm {
+        factors: Factors::Errors,
+        rows,
+        coef: -coef / b,
+        accumulate,
+        row_residuals,
+        row_stats,
+    };
     super::drive(net, 0, rows, &ws.x, 0.0, &mut ws.p[0])?;
     // With one nudged phase the backend may run the free phase inside it, fused: the
     // forward pass and each row's loss statistics, summed beside the estimate.
     if let [(Phase::Nudge(beta), coef)] = phases[..] {
         if fused_phase(net, cfg, beta, true, ws, rows)? {
-            return accumulate_estimate(net, ws, rows, -coef / b, false, true, true, grads);
+            return Ok(term(coef, false, true, true));
         }
     }
     forward_from_drive(net, ws, rows)?;
@@ -356,12 +325,17 @@ pub fn gradients<B: Backend>(
     if phases.len() > 1 {
         ws.save_free(true)?;
     }
+    let mut pending: Option<FinalTerm> = None;
     for (i, &(phase, coef)) in phases.iter().enumerate() {
+        // The previous phase's term reads its final state: added before the restore.
+        if let Some(t) = pending.take() {
+            t.add(&net.backend, &net.arch, ws, grads, &mut |_, _| Ok(()))?;
+        }
         if i > 0 {
             ws.restore_free(true)?;
         }
         let row_residuals = settle_nudged(net, cfg, phase, ws, rows)?;
-        accumulate_estimate(net, ws, rows, -coef / b, i > 0, row_residuals, false, grads)?;
+        pending = Some(term(coef, i > 0, row_residuals, false));
     }
-    Ok(())
+    Ok(pending.expect("every rule has a perturbed phase"))
 }

@@ -29,10 +29,12 @@
 //!   and 3, at initialisation and after training.
 
 pub mod backprop;
+pub mod estimate;
 pub mod hopfield;
 pub mod layered;
 pub mod workspace;
 
+pub use estimate::FinalTerm;
 pub use workspace::{Grads, Workspace};
 
 use crate::backend::Backend;
@@ -268,10 +270,28 @@ pub fn compute_gradients<B: Backend>(
     rows: usize,
     grads: &mut Grads<B>,
 ) -> Result<()> {
+    match compute_gradients_deferred(net, cfg, ws, rows, grads)? {
+        Some(term) => term.add(&net.backend, &net.arch, ws, grads, &mut |_, _| Ok(())),
+        None => Ok(()),
+    }
+}
+
+/// [`compute_gradients`] except the estimate's last term, which is returned for the
+/// caller to add ([`FinalTerm::add`], which can run each part's update right after
+/// its gradient); `None` when the gradients are complete (Backprop mode).
+pub fn compute_gradients_deferred<B: Backend>(
+    net: &Network<B>,
+    cfg: &GradConfig,
+    ws: &mut Workspace<B>,
+    rows: usize,
+    grads: &mut Grads<B>,
+) -> Result<Option<FinalTerm>> {
     match (cfg.mode, net.energy) {
-        (Mode::Backprop, _) => backprop::gradients(net, cfg, ws, rows, grads),
-        (Mode::Ep, Energy::LayeredLeastSquares) => layered::gradients(net, cfg, ws, rows, grads),
-        (Mode::Ep, Energy::Hopfield { free_steps }) => hopfield::gradients(net, cfg, free_steps, ws, rows, grads),
+        (Mode::Backprop, _) => backprop::gradients(net, cfg, ws, rows, grads).map(|()| None),
+        (Mode::Ep, Energy::LayeredLeastSquares) => layered::gradients(net, cfg, ws, rows, grads).map(Some),
+        (Mode::Ep, Energy::Hopfield { free_steps }) => {
+            hopfield::gradients(net, cfg, free_steps, ws, rows, grads).map(Some)
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use super::config::{MatrixRule, OptimConfig, SpectralLayers, VectorRule};
 use super::newton_schulz::{orthogonalize_from, NsScratch};
 use super::spectral::PowerIter;
 use crate::backend::{ctl, Backend, Scalar};
-use crate::ep::{compute_gradients, Energy, Grads, Mode, Workspace};
+use crate::ep::{compute_gradients_deferred, Energy, Grads, Mode, Workspace};
 use crate::nn::{Block, Network};
 use crate::train::DeviceData;
 use crate::{MepError, Result};
@@ -372,8 +372,22 @@ impl<B: Backend> Engine<B> {
                 &mut ws.y,
             )?;
         }
-        compute_gradients(net, &self.cfg.grad, &mut self.ws, rows, &mut self.grads)?;
-        self.update_body(net)
+        // Each part's update follows its gradient in the same branch (FinalTerm::add),
+        // so no update waits for every gradient; Backprop mode's gradients come
+        // complete, and the updates follow them.
+        match compute_gradients_deferred(net, &self.cfg.grad, &mut self.ws, rows, &mut self.grads)? {
+            Some(term) => {
+                let bk = net.backend.clone();
+                let cfg = self.cfg;
+                let blocks = &net.arch.blocks;
+                let mut parts: Vec<_> = self.state.iter_mut().zip(net.params.iter_mut()).collect();
+                let ctl = &self.ctl;
+                term.add(&bk, &net.arch, &mut self.ws, &mut self.grads, &mut |i, g| {
+                    update_part(&bk, &cfg, blocks, &mut parts, i, g, ctl)
+                })
+            }
+            None => self.update_body(net),
+        }
     }
 
     /// The identity of everything a captured step reads or writes that a caller can
@@ -547,14 +561,8 @@ impl<B: Backend> Engine<B> {
         let (grads, ctl) = (&self.grads, &self.ctl);
         bk.concurrently(2 * depth, &mut |i| {
             let l = i % depth;
-            let (st, p) = &mut parts[l];
-            if i < depth {
-                update_matrix(&bk, &cfg, l, &blocks[l], st, &mut p.w, &grads.w[l], ctl)
-            } else if blocks[l].bias {
-                update_vector(&bk, &cfg, l, st, &mut p.b, &grads.b[l], ctl)
-            } else {
-                Ok(())
-            }
+            let g = if i < depth { &grads.w[l] } else { &grads.b[l] };
+            update_part(&bk, &cfg, blocks, &mut parts, i, g, ctl)
         })
     }
 
@@ -595,6 +603,30 @@ pub const DIVERGED_LOSS: f64 = 1e6;
 /// True when a running mean cost is NaN, infinite or above [`DIVERGED_LOSS`].
 pub fn diverged(loss: f64) -> bool {
     !loss.is_finite() || loss > DIVERGED_LOSS
+}
+
+/// Update part i of a network of `blocks` from its gradient `g`: W_l's rule (with
+/// its spectral constraint) for i = l < depth, b_l's for i = depth + l (nothing for a
+/// block without bias). `parts` holds each block's optimizer state and parameters.
+fn update_part<B: Backend>(
+    bk: &B,
+    cfg: &OptimConfig,
+    blocks: &[Block],
+    parts: &mut [(&mut BlockState<B>, &mut crate::nn::Params<B>)],
+    i: usize,
+    g: &B::Buf,
+    ctl: &B::Labels,
+) -> Result<()> {
+    let depth = blocks.len();
+    let l = i % depth;
+    let (st, p) = &mut parts[l];
+    if i < depth {
+        update_matrix(bk, cfg, l, &blocks[l], st, &mut p.w, g, ctl)
+    } else if blocks[l].bias {
+        update_vector(bk, cfg, l, st, &mut p.b, g, ctl)
+    } else {
+        Ok(())
+    }
 }
 
 /// Block l's matrix rule for W (step-scalar slots from `block_slot(l)`), then its
