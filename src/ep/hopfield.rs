@@ -14,7 +14,7 @@ use super::estimate::{Factors, FinalTerm};
 use super::{GradConfig, Grads, Phase, Workspace};
 use crate::backend::{Backend, HopfieldPhase, PhaseNet};
 use crate::nn::Network;
-use crate::{Loss, Result};
+use crate::{Loss, MepError, Result};
 
 /// What drives the output layer during a settle.
 #[derive(Clone, Copy)]
@@ -180,5 +180,11 @@ pub fn gradients<B: Backend>(
         settle(net, cfg.loss, output, ws, rows, cfg.settle_steps, 0)?;
         pending = Some(term(coef, written));
     }
-    Ok(pending.expect("every rule has a perturbed phase"))
+    pending.ok_or_else(|| {
+        MepError::invalid(
+            "nudging",
+            cfg.nudging.name(),
+            "a rule with at least one perturbed phase",
+        )
+    })
 }

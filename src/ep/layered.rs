@@ -10,7 +10,7 @@ use super::estimate::{Factors, FinalTerm};
 use super::{GradConfig, Grads, Phase, Workspace};
 use crate::backend::{Backend, LayeredPhase, PhaseNet};
 use crate::nn::Network;
-use crate::{Loss, Result};
+use crate::{Loss, MepError, Result};
 
 /// Forward pass: s_l = W_l a_{l−1} + b_l, a_l = φ_l(s_l), with a_0 = x. Leaves
 /// `p[0]` = W_1 x, which the nudged phase reuses (the input is clamped); `p[l]` for
@@ -337,5 +337,11 @@ pub fn gradients<B: Backend>(
         let row_residuals = settle_nudged(net, cfg, phase, ws, rows)?;
         pending = Some(term(coef, i > 0, row_residuals, false));
     }
-    Ok(pending.expect("every rule has a perturbed phase"))
+    pending.ok_or_else(|| {
+        MepError::invalid(
+            "nudging",
+            cfg.nudging.name(),
+            "a rule with at least one perturbed phase",
+        )
+    })
 }
