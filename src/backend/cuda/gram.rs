@@ -52,8 +52,6 @@ pub const SQUARE_MAX_K: usize = 256;
 /// `scripts/gpu-check.sh` times the seed with `MEP_CUDA_NS_ITERATION_MAX_K=0` beside
 /// the default. At most `MEP_NS_MAX_K` = 256 (the strips' shared memory).
 pub const NS_ITERATION_MAX_K: usize = 128;
-/// `MEP_NS_MAX_K`: `ns_iteration`'s largest k.
-const NS_MAX_K: usize = 256;
 /// `MEP_SQ_TILE` and `MEP_SQ_ROWS`: the output tile of one block and its rows of
 /// threads.
 const SQ_TILE: u32 = 32;
@@ -95,7 +93,7 @@ impl Cuda {
         self.inner
             .ns_iteration_max_k
             .load(std::sync::atomic::Ordering::Relaxed)
-            .min(NS_MAX_K)
+            .min(super::shapes::NS_MAX_K)
     }
 
     /// [`crate::backend::Backend::ns_iteration`] on CUDA: one `ns_iteration` launch

@@ -522,7 +522,8 @@ pub fn gather_labels(src: &[u32], idx: &[u32], start: usize, count: usize, dst: 
     launch!("gather_labels", g1(count), [c64, sp, len, ip, s64, dp])
 }
 
-/// [`crate::backend::Backend::ns_iteration`] with the `ns_iteration` kernel (k ≤ 256),
+/// [`crate::backend::Backend::ns_iteration`] with the `ns_iteration` kernel (k ≤
+/// [`super::shapes::NS_MAX_K`]),
 /// on at most [`HOST_MAX_BLOCKS`] blocks, so that blocks take several strips.
 pub fn ns_iteration(
     k: usize,
@@ -533,8 +534,9 @@ pub fn ns_iteration(
     gram_next: Option<&mut [f32]>,
 ) -> Result<()> {
     let kk = k * k;
-    if k == 0 || k > 256 {
-        return Err(MepError::Shape(format!("ns_iteration: k = {k} is not in 1..=256")));
+    let max_k = super::shapes::NS_MAX_K;
+    if k == 0 || k > max_k {
+        return Err(MepError::Shape(format!("ns_iteration: k = {k} is not in 1..={max_k}")));
     }
     check_len("ns_iteration gram", gram.len(), kk)?;
     check_len("ns_iteration q_next", q_next.len(), kk)?;

@@ -41,6 +41,8 @@ pub fn grid_rows(items: usize, per_block: u32, max_blocks: u32) -> Shape {
 pub const NS_STRIP: u32 = 2;
 /// See [`NS_STRIP`].
 pub const NS_THREADS: u32 = 256;
+/// `ns_iteration`'s largest k (`MEP_NS_MAX_K`: a strip's arrays in shared memory).
+pub const NS_MAX_K: usize = 256;
 
 /// Launch of `ns_iteration` (`kernels/gram.cu`): one block of [`NS_THREADS`] per
 /// strip of [`NS_STRIP`] rows of the k × k results, at most `max_blocks` blocks (a
