@@ -9,11 +9,12 @@
 typedef unsigned int u32;
 typedef unsigned long long u64;
 
-// Step scalar `slot` of a ctl buffer (src/backend/ctl.rs): an f64 stored as two u32
-// words (low, high) at ctl[2·slot], rounded to f32 as a host argument would be.
+// Step scalar `slot` of a ctl buffer (src/backend/ctl.rs): three u32 words per slot,
+// the f64 (low, high) and then its f32 rounding (as a host argument would be
+// rounded), which is the word read here.
+#define MEP_CTL_WORDS_PER_SLOT 3
 __device__ __forceinline__ float mep_ctl(const u32* ctl, u32 slot) {
-    u64 bits = ((u64)ctl[2 * slot + 1] << 32) | (u64)ctl[2 * slot];
-    return (float)__longlong_as_double((long long)bits);
+    return __int_as_float((int)ctl[MEP_CTL_WORDS_PER_SLOT * slot + 2]);
 }
 
 // Element-wise 1-D grid-stride loop over [0, n).

@@ -333,6 +333,11 @@ __device__ void mep_strip_product(u32 k, u32 rows, u32 row0, const float* S,
 // all of P before its second product: three launches). It costs six strip products
 // per iteration instead of four, which at k ≤ 128 is a few MFLOP; its rounding is
 // bounded by the same sums taken over |A| (tests/host_kernels.rs).
+// With s = 1 / (√norm_sq[0] + eps) (norm_sq is read only when a flag is set): scale_in makes the
+// iteration's A = s²·a_cur (the Gram matrix of an unnormalised U, normalised here:
+// each strip of A is scaled as it is loaded, and every product by the whole of A
+// takes s² in its α), and scale_out makes q_next = s·P·Q (s·P when Q = I), so that
+// the orthogonalised matrix is q_next·U with no normalised copy of U ever formed.
 // q_next and a_next are distinct from a_cur, Q and each other.
 // Launch: blocks of MEP_NS_THREADS threads (1-D), any number: block b takes strips
 // b, b + gridDim.x, … of ⌈k / MEP_NS_STRIP⌉. The host checks k ≤ MEP_NS_MAX_K
@@ -342,32 +347,41 @@ extern "C" __global__ void ns_iteration(u32 k, float a, float b, float c, float 
                                         const float* __restrict__ a_cur,
                                         const float* __restrict__ q, u32 has_q,
                                         float* __restrict__ q_next, float* __restrict__ a_next,
-                                        u32 has_next) {
+                                        u32 has_next, const float* __restrict__ norm_sq,
+                                        float eps, u32 scale_in, u32 scale_out) {
     __shared__ float sA[MEP_NS_STRIP * MEP_NS_MAX_K];
     __shared__ float sP[MEP_NS_STRIP * MEP_NS_MAX_K];
     __shared__ float sH[MEP_NS_STRIP * MEP_NS_MAX_K];
     __shared__ float sG[MEP_NS_STRIP * MEP_NS_MAX_K];
+    // sa: the factor on a_cur (s² or 1); so: the factor on q_next (s or 1).
+    const float inv = scale_in || scale_out ? 1.0f / (sqrtf(norm_sq[0]) + eps) : 1.0f;
+    const float sa = scale_in ? inv * inv : 1.0f;
+    const float so = scale_out ? inv : 1.0f;
     const u32 strips = (k + MEP_NS_STRIP - 1) / MEP_NS_STRIP;
     for (u32 s = blockIdx.x; s < strips; s += gridDim.x) {
         const u32 row0 = s * MEP_NS_STRIP;
         const u32 rows = k - row0 < MEP_NS_STRIP ? k - row0 : MEP_NS_STRIP;
         const u32 len = rows * k;
-        for (u32 e = threadIdx.x; e < len; e += blockDim.x) sA[e] = a_cur[(u64)row0 * k + e];
+        for (u32 e = threadIdx.x; e < len; e += blockDim.x) sA[e] = sa * a_cur[(u64)row0 * k + e];
         __syncthreads();
-        // P's strip: straight to q_next when Q = I.
-        float* p = has_q ? sP : q_next + (u64)row0 * k;
-        mep_strip_product(k, rows, row0, sA, a_cur, c, sA, b, a, p);
-        if (has_q) mep_strip_product(k, rows, row0, sP, q, 1.0f, sA, 0.0f, 0.0f, q_next + (u64)row0 * k);
+        // P's strip (scaled by so): straight to q_next when Q = I.
+        if (has_q) {
+            mep_strip_product(k, rows, row0, sA, a_cur, c * sa, sA, b, a, sP);
+            mep_strip_product(k, rows, row0, sP, q, so, sA, 0.0f, 0.0f, q_next + (u64)row0 * k);
+        } else {
+            mep_strip_product(k, rows, row0, sA, a_cur, c * sa * so, sA, b * so, a * so,
+                              q_next + (u64)row0 * k);
+        }
         if (has_next) {
             for (u32 e = threadIdx.x; e < len; e += blockDim.x) {
                 const u32 r = e / k, j = e - r * k;
                 sH[e] = h0 * sA[e] + h1 * (row0 + r == j ? 1.0f : 0.0f);
             }
             __syncthreads();
-            mep_strip_product(k, rows, row0, sH, a_cur, 1.0f, sA, 0.0f, h2, sG);
-            mep_strip_product(k, rows, row0, sG, a_cur, 1.0f, sA, 0.0f, h3, sH);
-            mep_strip_product(k, rows, row0, sH, a_cur, 1.0f, sA, 0.0f, h4, sG);
-            mep_strip_product(k, rows, row0, sG, a_cur, 1.0f, sA, 0.0f, 0.0f,
+            mep_strip_product(k, rows, row0, sH, a_cur, sa, sA, 0.0f, h2, sG);
+            mep_strip_product(k, rows, row0, sG, a_cur, sa, sA, 0.0f, h3, sH);
+            mep_strip_product(k, rows, row0, sH, a_cur, sa, sA, 0.0f, h4, sG);
+            mep_strip_product(k, rows, row0, sG, a_cur, sa, sA, 0.0f, 0.0f,
                               a_next + (u64)row0 * k);
         }
     }

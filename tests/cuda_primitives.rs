@@ -84,6 +84,96 @@ fn gemm_all_transposes() {
     }
 }
 
+/// `gemm_ctl` (one cuBLAS call reading α and β from the device) against the CPU's
+/// GEMM then `axpby_ctl`, eagerly and from a captured graph replayed after the step
+/// scalars changed (it must read the replay's values, not the capture's); with β = 0
+/// C's old NaNs must not leak in; and the handle must be back in host pointer mode
+/// afterwards (a plain GEMM still right).
+#[test]
+fn gemm_ctl_reads_its_scalars_when_it_runs() {
+    let Some(gpu) = gpu() else { return };
+    let cpu = Cpu::<f32>::new();
+    let words = |scalars: &[f64]| {
+        let mut w = vec![];
+        mep::backend::ctl::encode(scalars, &mut w);
+        w
+    };
+    for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+        for beta_zero in [false, true] {
+            let (seed, mut r) = rng();
+            let dims = [1, 3, 17, 64, 128, 257];
+            let mut dim = || dims[r.below(6) as usize];
+            let (m, n, k) = (dim(), dim(), dim());
+            let mut scalars: Vec<f64> = (0..5).map(|_| r.uniform_range(-2.0, 2.0)).collect();
+            if beta_zero {
+                scalars[4] = 0.0;
+            }
+            let (a, b) = (randn(&mut r, m * k, 1.0), randn(&mut r, k * n, 1.0));
+            let mut c0 = randn(&mut r, m * n, 1.0);
+            if beta_zero {
+                c0.iter_mut().step_by(3).for_each(|v| *v = f32::NAN);
+            }
+            let what = format!("gemm_ctl ta={ta} tb={tb} {m}×{n}×{k} β=0: {beta_zero}");
+            let reference = |scalars: &[f64]| {
+                let (mut cc, mut tmp) = (c0.clone(), vec![0.0; m * n]);
+                let ctl = words(scalars);
+                cpu.gemm_ctl(ta, tb, m, n, k, &ctl, 2, &a, &b, 4, &mut cc, &mut tmp)
+                    .unwrap();
+                cc
+            };
+            let (ga, gb) = (gpu.upload(&a).unwrap(), gpu.upload(&b).unwrap());
+            let mut gtmp = gpu.zeros(m * n).unwrap();
+            let mut ctl = gpu.upload_labels(&words(&scalars)).unwrap();
+            // Eager.
+            let mut gc = gpu.upload(&c0).unwrap();
+            gpu.gemm_ctl(ta, tb, m, n, k, &ctl, 2, &ga, &gb, 4, &mut gc, &mut gtmp)
+                .unwrap();
+            let first = reference(&scalars);
+            close(&format!("{what} eager"), seed, &gpu.download(&gc).unwrap(), &first);
+            // Captured, then replayed with other scalars.
+            let mut gc = gpu.upload(&c0).unwrap();
+            if gpu.begin_capture().unwrap() {
+                let body = gpu.gemm_ctl(ta, tb, m, n, k, &ctl, 2, &ga, &gb, 4, &mut gc, &mut gtmp);
+                let graph = gpu.end_capture();
+                body.unwrap();
+                let graph = graph.unwrap();
+                let mut later = scalars.clone();
+                later[2] = r.uniform_range(-2.0, 2.0);
+                if !beta_zero {
+                    later[4] = r.uniform_range(-2.0, 2.0);
+                }
+                gpu.write_labels(&mut ctl, &words(&later)).unwrap();
+                gpu.launch_graph(&graph).unwrap();
+                let replayed = gpu.download(&gc).unwrap();
+                close(&format!("{what} replayed"), seed, &replayed, &reference(&later));
+                assert!(
+                    replayed
+                        .iter()
+                        .zip(&first)
+                        .any(|(x, y)| (x - y).abs() > 1e-3 * y.abs().max(1.0)),
+                    "{what}: the replay gave the capture's result (seed {seed})"
+                );
+            }
+            // Host pointer mode again: a plain GEMM with host scalars.
+            let mut gc = gpu.upload(&c0).unwrap();
+            let mut cc = c0.clone();
+            let beta = if beta_zero { 0.0 } else { 0.75 };
+            cpu.gemm(ta, tb, m, n, k, -1.5, &a, &b, beta, &mut cc).unwrap();
+            gpu.gemm(ta, tb, m, n, k, -1.5, &ga, &gb, beta, &mut gc).unwrap();
+            close(
+                &format!("{what} plain gemm after"),
+                seed,
+                &gpu.download(&gc).unwrap(),
+                &cc,
+            );
+            // A ctl buffer without the slots is a typed error, not a fault.
+            let short = gpu.upload_labels(&words(&scalars[..3])).unwrap();
+            let err = gpu.gemm_ctl(ta, tb, m, n, k, &short, 2, &ga, &gb, 4, &mut gc, &mut gtmp);
+            assert!(err.is_err(), "{what}: a 3-slot ctl buffer was read at slot 4");
+        }
+    }
+}
+
 #[test]
 fn elementwise_settle_kernels() {
     let Some(gpu) = gpu() else { return };
@@ -1026,21 +1116,43 @@ fn ns_iteration_matches_its_definition() {
         let (ag, qg) = (gpu.upload(&a).unwrap(), gpu.upload(&q).unwrap());
         let nan = vec![f32::NAN; k * k];
         for (with_q, with_next) in [(false, true), (true, true), (true, false)] {
-            let (want_q, want_a) = common::ns_iteration_reference(k, NS_COEFFS, &a, with_q.then_some(&q[..]));
+            // NsNorm's (scale_gram, scale_q), or none: one drawn per case (the host
+            // test, tests/host_kernels.rs, runs them all).
+            let norm = [None, Some((true, true)), Some((true, false)), Some((false, true))][r.below(4) as usize];
+            let eps = 1e-7;
+            let (sum_sq, input, a_def, s) = match norm {
+                Some((scale_gram, _)) => common::ns_norm_case(&mut r, &a, eps, scale_gram),
+                None => (1.0, a.clone(), a.clone(), 1.0),
+            };
+            let (want_q, want_a) = common::ns_iteration_reference(k, NS_COEFFS, &a_def, with_q.then_some(&q[..]));
+            let want_q = if matches!(norm, Some((_, true))) {
+                common::scaled(&want_q, s)
+            } else {
+                want_q
+            };
+            let (ig, sg) = (gpu.upload(&input).unwrap(), gpu.upload(&[sum_sq]).unwrap());
             for (fused, max_k) in [(true, 128), (true, 0), (false, 128)] {
                 gpu.set_fused(fused);
                 gpu.set_ns_iteration_max_k(max_k);
                 let (mut qn, mut an) = (gpu.upload(&nan).unwrap(), gpu.upload(&nan).unwrap());
                 let it = NsIteration {
-                    gram: &ag,
+                    gram: if norm.is_some() { &ig } else { &ag },
                     q: with_q.then_some(&qg),
                     q_next: &mut qn,
                     gram_next: with_next.then_some(&mut an),
+                    norm: norm.map(|(scale_gram, scale_q)| mep::backend::NsNorm {
+                        sum_sq: &sg,
+                        eps,
+                        scale_gram,
+                        scale_q,
+                    }),
                 };
+                let folds = gpu.folds_ns_norm(k);
                 let ran = gpu.ns_iteration(k, NS_COEFFS, it).unwrap();
-                let what = format!("k = {k}, Q given {with_q}, fused {fused}, max k {max_k}");
+                let what = format!("k = {k}, Q given {with_q}, norm {norm:?}, fused {fused}, max k {max_k}");
                 let (qn, an) = (gpu.download(&qn).unwrap(), gpu.download(&an).unwrap());
                 assert_eq!(ran, fused && k <= max_k, "{what}: ran {ran}");
+                assert_eq!(folds, ran && k > 32, "{what}: folds_ns_norm said {folds}");
                 if !ran {
                     assert!(
                         qn.iter().chain(&an).all(|v| v.is_nan()),

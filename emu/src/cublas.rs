@@ -7,7 +7,8 @@
 //! handle's stream after that use (else the GEMM would race the other stream's work
 //! on a GPU; several backends, each on its own stream, may alternate on their own
 //! buffers, and a backend's branches are joined by events); transposes N or T; m, n, k ≥ 0; lda/ldb/ldc at least the stored
-//! rows; α/β readable (host pointer mode); and that each operand's whole extent,
+//! rows; α/β readable (host pointer mode, or 4 bytes of live device memory each in
+//! device pointer mode, read when the GEMM runs); and that each operand's whole extent,
 //! (columns − 1)·ld + rows elements, lies in one live allocation. With β = 0 the
 //! whole of C's extent is first filled with NaN, so nothing can depend on its old
 //! contents (padding rows included).
@@ -17,7 +18,7 @@
 #![allow(clippy::missing_safety_doc)]
 
 use crate::driver::{current_context_set, faulted, note_use, other_stream_user, stream_is_valid};
-use crate::graph::{self, Op, Sgemm};
+use crate::graph::{self, Op, Scalar, Sgemm};
 use crate::{check_failed, count, memory, COUNTERS};
 use std::collections::HashMap;
 use std::ffi::{c_int, c_void};
@@ -199,90 +200,103 @@ pub unsafe extern "C" fn cublasSgemm_v2(
     if faulted() {
         return EXECUTION_FAILED;
     }
+    let Some((stream, device_ptrs)) = with_handles(|t| t.get(&(h as usize)).map(|x| (x.stream, x.device_pointers)))
+    else {
+        return fail(
+            NOT_INITIALIZED,
+            format!("cublasSgemm: {:#x} is not a live handle", h as usize),
+        );
+    };
+    if alpha.is_null() || beta.is_null() {
+        return fail(INVALID_VALUE, "cublasSgemm: null α or β".into());
+    }
+    // α and β as cuBLAS reads them: values now (host pointer mode), or device
+    // addresses read when the GEMM runs (device pointer mode).
+    let scalar = |p: *const f32| {
+        if device_ptrs {
+            Scalar::Device(p as u64)
+        } else {
+            Scalar::Host(*p)
+        }
+    };
+    let (al, be) = (scalar(alpha), scalar(beta));
     // Operands another stream used, with no event ordering the handle's stream after
-    // that use, would race it on a GPU (C is written, A and B read). Checked at the
-    // call, captured or not: a replay's order is the graph's, checked by its
-    // dependencies.
-    if let Some(stream) = with_handles(|t| t.get(&(h as usize)).map(|x| x.stream)) {
-        let operands = [("A", a as u64, false), ("B", b as u64, false), ("C", c as u64, true)];
-        for (name, ptr, write) in operands {
-            if let Some(other) = other_stream_user(ptr, stream, write) {
-                return fail(
-                    INVALID_VALUE,
-                    format!(
-                        "cublasSgemm: operand {name} was used on stream {other:#x}, and nothing orders the handle's stream {stream:#x} after that use: the GEMM would race that stream's work"
-                    ),
-                );
-            }
-        }
-        for (_, ptr, write) in operands {
-            note_use(ptr, stream, write);
+    // that use, would race it on a GPU (C is written; A, B and device α/β read).
+    // Checked at the call, captured or not: a replay's order is the graph's, checked
+    // by its dependencies.
+    let mut operands = vec![("A", a as u64, false), ("B", b as u64, false), ("C", c as u64, true)];
+    for (name, s) in [("α", al), ("β", be)] {
+        if let Scalar::Device(p) = s {
+            operands.push((name, p, false));
         }
     }
-    // On a capturing stream the call is recorded (α and β read now, as cuBLAS reads
-    // host-mode scalars at the call) and runs at each replay.
-    if let Some(stream) = with_handles(|t| t.get(&(h as usize)).map(|x| x.stream)) {
-        if !alpha.is_null() && !beta.is_null() {
-            let g = Sgemm {
-                handle: h as usize,
-                ta,
-                tb,
-                m,
-                n,
-                k,
-                alpha: *alpha,
-                a: a as u64,
-                lda,
-                b: b as u64,
-                ldb,
-                beta: *beta,
-                c: c as u64,
-                ldc,
-            };
-            if graph::record_if_capturing(stream, || Op::Sgemm(g)) {
-                return SUCCESS;
-            }
+    for &(name, ptr, write) in &operands {
+        if let Some(other) = other_stream_user(ptr, stream, write) {
+            return fail(
+                INVALID_VALUE,
+                format!(
+                    "cublasSgemm: operand {name} was used on stream {other:#x}, and nothing orders the handle's stream {stream:#x} after that use: the GEMM would race that stream's work"
+                ),
+            );
         }
     }
-    match sgemm(h, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc) {
+    for &(_, ptr, write) in &operands {
+        note_use(ptr, stream, write);
+    }
+    let g = Sgemm {
+        handle: h as usize,
+        ta,
+        tb,
+        m,
+        n,
+        k,
+        alpha: al,
+        a: a as u64,
+        lda,
+        b: b as u64,
+        ldb,
+        beta: be,
+        c: c as u64,
+        ldc,
+    };
+    // On a capturing stream the call is recorded and runs at each replay.
+    if graph::record_if_capturing(stream, || Op::Sgemm(g)) {
+        return SUCCESS;
+    }
+    match sgemm(&g) {
         Ok(()) => SUCCESS,
         Err((code, m)) => fail(code, format!("cublasSgemm: {m}")),
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-unsafe fn sgemm(
-    h: *mut c_void,
-    ta: c_int,
-    tb: c_int,
-    m: c_int,
-    n: c_int,
-    k: c_int,
-    alpha: *const f32,
-    a: *const f32,
-    lda: c_int,
-    b: *const f32,
-    ldb: c_int,
-    beta: *const f32,
-    c: *mut f32,
-    ldc: c_int,
-) -> Result<(), (Status, String)> {
+/// Runs one SGEMM (a direct call or a replay), with every check of the module docs.
+unsafe fn sgemm(g: &Sgemm) -> Result<(), (Status, String)> {
+    let Sgemm {
+        handle: h,
+        ta,
+        tb,
+        m,
+        n,
+        k,
+        alpha,
+        a,
+        lda,
+        b,
+        ldb,
+        beta,
+        c,
+        ldc,
+    } = *g;
     crate::trace(|| format!("sgemm ta {ta} tb {tb} m {m} n {n} k {k}"));
     let bad = |m: String| (INVALID_VALUE, m);
     if !current_context_set() {
         return Err((EXECUTION_FAILED, "no current CUDA context on this thread".into()));
     }
-    let Some((stream, device_ptrs)) = with_handles(|t| t.get(&(h as usize)).map(|x| (x.stream, x.device_pointers)))
-    else {
-        return Err((NOT_INITIALIZED, format!("{:#x} is not a live handle", h as usize)));
+    let Some(stream) = with_handles(|t| t.get(&h).map(|x| x.stream)) else {
+        return Err((NOT_INITIALIZED, format!("{h:#x} is not a live handle")));
     };
     if !stream_is_valid(stream) {
         return Err(bad(format!("the handle's stream {stream:#x} was destroyed")));
-    }
-    if device_ptrs {
-        return Err(bad(
-            "device pointer mode for α/β is not emulated (the backend passes host scalars)".into(),
-        ));
     }
     let op = |t: c_int, what: &str| match t {
         0 => Ok(false),
@@ -293,28 +307,32 @@ unsafe fn sgemm(
     if m < 0 || n < 0 || k < 0 {
         return Err(bad(format!("negative size m={m} n={n} k={k}")));
     }
-    if alpha.is_null() || beta.is_null() {
-        return Err(bad("null α or β".into()));
-    }
+    // A device α or β is read now, when the GEMM runs (a replay reads that replay's).
+    let value = |s: Scalar, what: &str| match s {
+        Scalar::Host(v) => Ok(v as f64),
+        Scalar::Device(p) => memory::range(&format!("device pointer {what}"), p, 4)
+            .map(|q| *(q as *const f32) as f64)
+            .map_err(bad),
+    };
+    let (al, be) = (value(alpha, "α")?, value(beta, "β")?);
     let (m, n, k) = (m as i64, n as i64, k as i64);
-    let (al, be) = (*alpha as f64, *beta as f64);
     let opa = Operand {
         name: "A",
-        ptr: a as u64,
+        ptr: a,
         rows: if ta { k } else { m },
         cols: if ta { m } else { k },
         ld: lda as i64,
     };
     let opb = Operand {
         name: "B",
-        ptr: b as u64,
+        ptr: b,
         rows: if tb { n } else { k },
         cols: if tb { k } else { n },
         ld: ldb as i64,
     };
     let opc = Operand {
         name: "C",
-        ptr: c as u64,
+        ptr: c,
         rows: m,
         cols: n,
         ld: ldc as i64,
@@ -352,22 +370,7 @@ unsafe fn sgemm(
 /// Runs a GEMM recorded during a stream capture (a graph replay), with the same
 /// checks as a direct call; a failure is the driver's launch failure.
 pub(crate) unsafe fn replay(g: &Sgemm) -> crate::driver::CUresult {
-    match sgemm(
-        g.handle as *mut c_void,
-        g.ta,
-        g.tb,
-        g.m,
-        g.n,
-        g.k,
-        &g.alpha,
-        g.a as *const f32,
-        g.lda,
-        g.b as *const f32,
-        g.ldb,
-        &g.beta,
-        g.c as *mut f32,
-        g.ldc,
-    ) {
+    match sgemm(g) {
         Ok(()) => crate::driver::SUCCESS,
         Err((_, m)) => {
             check_failed(&format!("cublasSgemm replayed from a graph: {m}"));

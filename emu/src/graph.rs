@@ -56,14 +56,23 @@ pub(crate) struct Sgemm {
     pub m: i32,
     pub n: i32,
     pub k: i32,
-    pub alpha: f32,
+    pub alpha: Scalar,
     pub a: u64,
     pub lda: i32,
     pub b: u64,
     pub ldb: i32,
-    pub beta: f32,
+    pub beta: Scalar,
     pub c: u64,
     pub ldc: i32,
+}
+
+/// An SGEMM's α or β as the call passed it: a value read at the call (host pointer
+/// mode) or a device address read when the GEMM runs (device pointer mode, so that a
+/// replayed graph reads each replay's value).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Scalar {
+    Host(f32),
+    Device(u64),
 }
 
 /// A recorded operation and the operations (indices into the graph) it depends on.

@@ -5,26 +5,49 @@
 //! (a CUDA graph, [`super::Backend::begin_capture`]) can then be replayed unchanged
 //! for every step: the graph bakes in the buffer's address, not its contents.
 //!
-//! Layout: `S` scalar slots, each an `f64` as two words (low, high) at `2·slot`, then
-//! whatever the caller appends (the training loop appends the batch's row indices,
-//! gathered by [`super::Backend::gather_rows`] with `start = 2·S`). Kernels round the
-//! `f64` to their element type exactly as a host scalar argument would be rounded, so
-//! a step reads the same values either way.
+//! Layout: `S` scalar slots of [`WORDS_PER_SLOT`] words each: the value as an `f64`
+//! (two words, low first, for f64 backends), then the same value rounded to `f32`
+//! (the word [`f32_word`], which the f32 kernels read, and which cuBLAS reads as α or
+//! β in device pointer mode: [`super::Backend::gemm_ctl`]); then whatever the caller
+//! appends (the training loop appends the batch's row indices, gathered by
+//! [`super::Backend::gather_rows`] with `start = words(S)`). The `f32` word is the
+//! `f64` rounded to nearest, exactly as a host scalar argument would be rounded, so a
+//! step reads the same values either way.
 
-/// Appends `scalars` as slot words (two `u32`s each, low word first).
+/// Words per scalar slot: an `f64` (two words) and its `f32` rounding (one).
+pub const WORDS_PER_SLOT: usize = 3;
+
+/// Words taken by `slots` scalar slots (where the caller's appended words start).
+pub const fn words(slots: usize) -> usize {
+    WORDS_PER_SLOT * slots
+}
+
+/// The word holding slot `slot`'s value as `f32` bits.
+pub const fn f32_word(slot: usize) -> usize {
+    WORDS_PER_SLOT * slot + 2
+}
+
+/// Appends `scalars` as slot words ([`WORDS_PER_SLOT`] `u32`s each).
 pub fn encode(scalars: &[f64], out: &mut Vec<u32>) {
     for &s in scalars {
         let bits = s.to_bits();
         out.push(bits as u32);
         out.push((bits >> 32) as u32);
+        out.push((s as f32).to_bits());
     }
 }
 
-/// Scalar slot `slot` of an encoded buffer, or `None` past its end.
+/// Scalar slot `slot` of an encoded buffer (its `f64`), or `None` past its end.
 pub fn scalar(ctl: &[u32], slot: usize) -> Option<f64> {
-    let lo = *ctl.get(2 * slot)? as u64;
-    let hi = *ctl.get(2 * slot + 1)? as u64;
+    let lo = *ctl.get(WORDS_PER_SLOT * slot)? as u64;
+    let hi = *ctl.get(WORDS_PER_SLOT * slot + 1)? as u64;
     Some(f64::from_bits(lo | (hi << 32)))
+}
+
+/// Scalar slot `slot` of an encoded buffer as the `f32` the kernels read, or `None`
+/// past its end.
+pub fn scalar_f32(ctl: &[u32], slot: usize) -> Option<f32> {
+    ctl.get(f32_word(slot)).map(|w| f32::from_bits(*w))
 }
 
 /// Adam's per-step scalars for step `t` (1-based), in f64: `[decay, step,
@@ -39,6 +62,7 @@ pub fn adam_scalars(lr: f64, beta1: f64, beta2: f64, weight_decay: f64, t: u64) 
 
 #[cfg(test)]
 mod tests {
+    use super::words as words_len;
     use super::*;
 
     #[test]
@@ -47,11 +71,13 @@ mod tests {
         let mut words = vec![7u32];
         words.clear();
         encode(&vals, &mut words);
-        assert_eq!(words.len(), 2 * vals.len());
+        assert_eq!(words.len(), words_len(vals.len()));
         for (i, v) in vals.iter().enumerate() {
             assert_eq!(scalar(&words, i).unwrap().to_bits(), v.to_bits());
+            assert_eq!(scalar_f32(&words, i).unwrap().to_bits(), (*v as f32).to_bits());
         }
         assert_eq!(scalar(&words, vals.len()), None);
+        assert_eq!(scalar_f32(&words, vals.len()), None);
     }
 
     #[test]

@@ -168,6 +168,32 @@ pub trait Backend: Clone + Send + Sync + 'static {
         c: &mut Self::Buf,
     ) -> Result<()>;
 
+    /// [`Backend::gemm`] with α and β read from the [`ctl`] scalar slots `alpha_slot`
+    /// and `beta_slot` (as [`Backend::axpby_ctl`] reads them): an update
+    /// C ← α·op(A)·op(B) + β·C whose scalars change from step to step. `tmp` (m×n) is
+    /// scratch: the default forms op(A)·op(B) there and then runs
+    /// [`Backend::axpby_ctl`] (two passes, the CPU's); a backend may do it as one
+    /// product (CUDA: cuBLAS reading α and β from device memory).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_ctl(
+        &self,
+        ta: bool,
+        tb: bool,
+        m: usize,
+        n: usize,
+        k: usize,
+        ctl: &Self::Labels,
+        alpha_slot: usize,
+        a: &Self::Buf,
+        b: &Self::Buf,
+        beta_slot: usize,
+        c: &mut Self::Buf,
+        tmp: &mut Self::Buf,
+    ) -> Result<()> {
+        self.gemm(ta, tb, m, n, k, 1.0, a, b, 0.0, tmp)?;
+        self.axpby_ctl(ctl, alpha_slot, tmp, beta_slot, c)
+    }
+
     // ---- element-wise -----------------------------------------------------------
 
     /// y ← α·x + β·y.
@@ -405,11 +431,21 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// [`crate::optim::newton_schulz::orthogonalize`]'s iteration computes with
     /// [`Backend::square_products`]. The association may differ: the CUDA kernel forms
     /// P·A·P as A·p(A)² by Horner's rule ([`ns_horner_coeffs`]), which lets one launch
-    /// do the iteration. `Ok(false)` (the default, and the CPU's answer): the caller
-    /// issues the products.
+    /// do the iteration. With [`NsIteration::norm`], A and the new Q are scaled as it
+    /// says. `Ok(false)` (the default, and the CPU's answer): the caller issues the
+    /// products. A backend takes every iteration of a `k` or none.
     fn ns_iteration(&self, k: usize, coeffs: (f64, f64, f64), it: NsIteration<'_, Self>) -> Result<bool> {
         let _ = (k, coeffs, it);
         Ok(false)
+    }
+
+    /// Whether, for this `k`, the backend runs Newton–Schulz's iterations one
+    /// [`Backend::ns_iteration`] at a time with the normalisation folded in
+    /// ([`NsNorm`]); asked before the Gram matrix is formed, which is then U's own
+    /// and [`Backend::ns_gram_poly`] is not offered. The default: no.
+    fn folds_ns_norm(&self, k: usize) -> bool {
+        let _ = k;
+        false
     }
 
     /// Newton–Schulz's polynomial iteration in Gram space, fused, when the backend has
@@ -538,6 +574,24 @@ pub struct NsIteration<'a, B: Backend> {
     pub q_next: &'a mut B::Buf,
     /// Receives P·A·P, the next iteration's Gram matrix; `None` after the last.
     pub gram_next: Option<&'a mut B::Buf>,
+    /// The normalisation, when `gram` is the Gram matrix of an unnormalised U.
+    pub norm: Option<NsNorm<'a, B>>,
+}
+
+/// Newton–Schulz's normalisation X₀ = U / (‖U‖_F + eps) folded into the Gram-space
+/// iterations ([`Backend::ns_iteration`]): with s = 1 / (√`sum_sq[0]` + eps), the
+/// iteration's A is s²·`gram` when `scale_gram` (the first iteration, `gram` = UUᵀ)
+/// and `q_next` receives s·P·Q when `scale_q` (the last), so that the result is
+/// Q·U = (Q/‖U‖)·U with no normalised copy of U formed.
+pub struct NsNorm<'a, B: Backend> {
+    /// Σ u² (one element).
+    pub sum_sq: &'a B::Buf,
+    /// The eps of the normalisation.
+    pub eps: f64,
+    /// A = s²·gram.
+    pub scale_gram: bool,
+    /// q_next ← s·P·Q.
+    pub scale_q: bool,
 }
 
 /// The coefficients (h₀ … h₄) = (c², 2bc, b² + 2ac, 2ab, a²) of Horner's rule for

@@ -3,7 +3,7 @@
 //! [`Backend`] primitives.
 
 use super::config::{MatrixRule, OptimConfig, SpectralLayers, VectorRule};
-use super::newton_schulz::{orthogonalize_from, NsScratch};
+use super::newton_schulz::{orthogonalize_from, NsOut, NsScratch};
 use super::spectral::PowerIter;
 use crate::backend::{ctl, Backend, Scalar};
 use crate::ep::{compute_gradients_deferred, Energy, Grads, Mode, Workspace};
@@ -197,7 +197,7 @@ impl<B: Backend> Engine<B> {
             diverged: None,
         });
         let ws = Workspace::new(bk, &net.arch, batch_hint)?;
-        let ctl = bk.zeros_labels(2 * block_slot(depth) + ws.rows_cap)?;
+        let ctl = bk.zeros_labels(ctl::words(block_slot(depth)) + ws.rows_cap)?;
         Ok(Engine {
             cfg,
             ws,
@@ -359,7 +359,7 @@ impl<B: Backend> Engine<B> {
     fn step_body(&mut self, net: &mut Network<B>, rows: usize, data: Option<&DeviceData<B>>) -> Result<()> {
         if let Some(data) = data {
             let bk = &net.backend;
-            let start = 2 * block_slot(net.arch.depth());
+            let start = ctl::words(block_slot(net.arch.depth()));
             let ws = &mut self.ws;
             bk.gather_batch(
                 &data.x,
@@ -660,9 +660,14 @@ fn update_matrix<B: Backend>(
                 bk.sum_sq(&st.m_w, ns.norm_sq())?;
                 &st.m_w
             };
-            orthogonalize_from(bk, blk.out, blk.inp, ns_steps, dir, true, ns)?;
             // W ← decay·W − lr·scale·O
-            bk.axpby_ctl(ctl, ms, &ns.x, ms + 1, w)?;
+            let update = NsOut::Update {
+                ctl,
+                alpha_slot: ms,
+                beta_slot: ms + 1,
+                w: &mut *w,
+            };
+            orthogonalize_from(bk, blk.out, blk.inp, ns_steps, dir, true, ns, update)?;
         }
         MatrixRule::Sgd { momentum, nesterov } => sgd_update(bk, w, g, &mut st.m_w, momentum, nesterov, ctl, ms)?,
         MatrixRule::Adam { beta1, beta2, eps } => {

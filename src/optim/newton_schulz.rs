@@ -15,10 +15,20 @@
 //! backend runs an iteration in three launches (P; P·A beside P·Q; (P·A)·P). A
 //! backend may instead run a whole iteration as one operation
 //! ([`Backend::ns_iteration`]: the CUDA backend does for k ≤ 128, forming P·A·P as
-//! A·p(A)² by Horner's rule, so that each block needs only its own rows).
+//! A·p(A)² by Horner's rule, so that each block needs only its own rows). Such a
+//! backend also takes the normalisation ([`NsNorm`]): A₀ is then formed from U itself
+//! and scaled by 1/(‖U‖ + eps)² inside the first iteration, and the last Q by
+//! 1/(‖U‖ + eps), so that X = Q·U with no normalised copy X₀ (one pass over U and one
+//! launch fewer).
+//!
+//! The result goes to [`NsScratch::x`] or, for Muon's update, straight into the
+//! weights ([`NsOut::Update`], through [`Backend::gemm_ctl`]).
 
-use crate::backend::{Backend, NsIteration, Scalar, SquareProduct};
-use crate::Result;
+use crate::backend::{Backend, NsIteration, NsNorm, Scalar, SquareProduct};
+use crate::{MepError, Result};
+
+/// The eps of X₀ = U / (‖U‖_F + eps).
+const NORM_EPS: f64 = 1e-7;
 
 /// Keller Jordan's quintic coefficients (a, b, c).
 pub const NS_COEFFS: (f64, f64, f64) = (3.4445, -4.7750, 2.0315);
@@ -64,6 +74,26 @@ impl<B: Backend> NsScratch<B> {
     }
 }
 
+/// Where an orthogonalisation's result O goes.
+pub enum NsOut<'a, B: Backend> {
+    /// Into [`NsScratch::x`].
+    Matrix,
+    /// Into an update W ← α·O + β·W, α and β the [`crate::backend::ctl`] slots
+    /// `alpha_slot` and `beta_slot` (Muon's −lr·scale and decay). The last product
+    /// writes W directly where the backend can ([`Backend::gemm_ctl`]: one cuBLAS call
+    /// on CUDA instead of a GEMM and an `axpby_ctl`); `sc.x` is scratch then.
+    Update {
+        /// The step scalars.
+        ctl: &'a B::Labels,
+        /// α's slot.
+        alpha_slot: usize,
+        /// β's slot.
+        beta_slot: usize,
+        /// The matrix updated.
+        w: &'a mut B::Buf,
+    },
+}
+
 /// Orthogonalises `u` (`rows × cols`) into `sc.x` with `steps` quintic iterations.
 pub fn orthogonalize<B: Backend>(
     bk: &B,
@@ -73,12 +103,13 @@ pub fn orthogonalize<B: Backend>(
     u: &B::Buf,
     sc: &mut NsScratch<B>,
 ) -> Result<()> {
-    orthogonalize_from(bk, rows, cols, steps, u, false, sc)
+    orthogonalize_from(bk, rows, cols, steps, u, false, sc, NsOut::Matrix)
 }
 
-/// [`orthogonalize`], where `norm_ready` says that [`NsScratch::norm_sq`] already
-/// holds Σ u² (Muon's Nesterov step computes it with the direction,
+/// [`orthogonalize`] into `out`, where `norm_ready` says that [`NsScratch::norm_sq`]
+/// already holds Σ u² (Muon's Nesterov step computes it with the direction,
 /// [`Backend::nesterov_sum_sq`]: one launch fewer on the step's critical path).
+#[allow(clippy::too_many_arguments)]
 pub fn orthogonalize_from<B: Backend>(
     bk: &B,
     rows: usize,
@@ -87,29 +118,54 @@ pub fn orthogonalize_from<B: Backend>(
     u: &B::Buf,
     norm_ready: bool,
     sc: &mut NsScratch<B>,
+    out: NsOut<'_, B>,
 ) -> Result<()> {
     // The backend may run all of it as one fused operation (the CUDA backend does
     // for small k: one launch instead of about 31).
     if bk.newton_schulz(rows, cols, steps, NS_COEFFS, u, &mut sc.x)? {
-        return Ok(());
+        return match out {
+            NsOut::Matrix => Ok(()),
+            NsOut::Update {
+                ctl,
+                alpha_slot,
+                beta_slot,
+                w,
+            } => bk.axpby_ctl(ctl, alpha_slot, &sc.x, beta_slot, w),
+        };
     }
     let (a, b, c) = NS_COEFFS;
     if !norm_ready {
         bk.sum_sq(u, &mut sc.norm)?;
     }
-    bk.scale_by_inv_norm(u, &sc.norm, 1e-7, &mut sc.x0)?;
     let wide = rows <= cols;
     let k = rows.min(cols);
+    // Where the backend runs each iteration as one operation, it also takes the
+    // normalisation (NsNorm): the Gram matrix of U itself, scaled by 1/‖U‖² in the
+    // first iteration, and the last Q scaled by 1/‖U‖, so that O = Q·U: no
+    // normalised copy of U, one launch fewer on the chain. Otherwise X₀ = U/‖U‖.
+    let fold_norm = steps > 0 && bk.folds_ns_norm(k);
+    if !fold_norm {
+        bk.scale_by_inv_norm(u, &sc.norm, NORM_EPS, &mut sc.x0)?;
+    }
+    let x0 = if fold_norm { u } else { &sc.x0 };
     if wide {
-        bk.gemm(false, true, k, k, cols, 1.0, &sc.x0, &sc.x0, 0.0, &mut sc.gram)?;
+        bk.gemm(false, true, k, k, cols, 1.0, x0, x0, 0.0, &mut sc.gram)?;
     } else {
-        bk.gemm(true, false, k, k, rows, 1.0, &sc.x0, &sc.x0, 0.0, &mut sc.gram)?;
+        bk.gemm(true, false, k, k, rows, 1.0, x0, x0, 0.0, &mut sc.gram)?;
     }
     if steps == 0 {
-        return bk.copy(&sc.x0, &mut sc.x);
+        return match out {
+            NsOut::Matrix => bk.copy(&sc.x0, &mut sc.x),
+            NsOut::Update {
+                ctl,
+                alpha_slot,
+                beta_slot,
+                w,
+            } => bk.axpby_ctl(ctl, alpha_slot, &sc.x0, beta_slot, w),
+        };
     }
     // The backend may run the whole iteration below as one fused operation.
-    let fused = bk.ns_gram_poly(k, steps, NS_COEFFS, &sc.gram, &mut sc.q)?;
+    let fused = !fold_norm && bk.ns_gram_poly(k, steps, NS_COEFFS, &sc.gram, &mut sc.q)?;
     // Otherwise three `square_products` calls per iteration (two in the last), each
     // one launch on a fused backend: P, then P·A beside P·Q, then (P·A)·P.
     for i in (0..steps).take_while(|_| !fused) {
@@ -121,6 +177,12 @@ pub fn orthogonalize_from<B: Backend>(
             q: (i > 0).then_some(&sc.q),
             q_next: &mut sc.q_next,
             gram_next: (!last).then_some(&mut sc.tmp),
+            norm: fold_norm.then_some(NsNorm {
+                sum_sq: &sc.norm,
+                eps: NORM_EPS,
+                scale_gram: i == 0,
+                scale_q: last,
+            }),
         };
         if bk.ns_iteration(k, NS_COEFFS, it)? {
             std::mem::swap(&mut sc.q, &mut sc.q_next);
@@ -128,6 +190,12 @@ pub fn orthogonalize_from<B: Backend>(
                 std::mem::swap(&mut sc.gram, &mut sc.tmp);
             }
             continue;
+        }
+        if fold_norm {
+            return Err(MepError::Shape(format!(
+                "{}: ns_iteration declined k = {k} after folds_ns_norm accepted it (a backend takes every iteration of a k or none)",
+                bk.name()
+            )));
         }
         // P = c·A² + (bA + aI).
         let poly = SquareProduct {
@@ -177,10 +245,18 @@ pub fn orthogonalize_from<B: Backend>(
             std::mem::swap(&mut sc.q, &mut sc.q_next);
         }
     }
-    if wide {
-        bk.gemm(false, false, rows, cols, k, 1.0, &sc.q, &sc.x0, 0.0, &mut sc.x)
-    } else {
-        bk.gemm(false, false, rows, cols, k, 1.0, &sc.x0, &sc.q, 0.0, &mut sc.x)
+    // O = Q·X₀ (wide) or X₀·Q (tall); X₀ is U itself with the norm folded into Q.
+    let (a, b) = if wide { (&sc.q, x0) } else { (x0, &sc.q) };
+    match out {
+        NsOut::Matrix => bk.gemm(false, false, rows, cols, k, 1.0, a, b, 0.0, &mut sc.x),
+        NsOut::Update {
+            ctl,
+            alpha_slot,
+            beta_slot,
+            w,
+        } => bk.gemm_ctl(
+            false, false, rows, cols, k, ctl, alpha_slot, a, b, beta_slot, w, &mut sc.x,
+        ),
     }
 }
 

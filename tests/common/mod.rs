@@ -312,6 +312,31 @@ pub fn ns_inputs(r: &mut Rng, k: usize) -> (Vec<f32>, Vec<f32>) {
     (a, q)
 }
 
+/// A case of `Backend::ns_iteration` with its normalisation folded in (`NsNorm`),
+/// built from a normalised Gram matrix `a`: a random Σu² (norms from 0.3 to 30),
+/// s = 1 / (√Σu² + eps), the unnormalised Gram matrix the iteration gets (`a`/s² when
+/// `scale_gram`, else `a` itself) and the A its definition takes (that input times s²
+/// in f64, rounded to f32 as the kernel's scaled load is). Returns (Σu², input, A, s).
+pub fn ns_norm_case(r: &mut Rng, a: &[f32], eps: f64, scale_gram: bool) -> (f32, Vec<f32>, Vec<f32>, f64) {
+    let norm = 0.3 * 100f64.powf(r.uniform());
+    let sum_sq = (norm * norm) as f32;
+    let s = 1.0 / ((sum_sq as f64).sqrt() + eps);
+    if !scale_gram {
+        return (sum_sq, a.to_vec(), a.to_vec(), s);
+    }
+    let input: Vec<f32> = a.iter().map(|v| (*v as f64 / (s * s)) as f32).collect();
+    let want: Vec<f32> = input.iter().map(|v| (*v as f64 * s * s) as f32).collect();
+    (sum_sq, input, want, s)
+}
+
+/// `(want, tol)` of [`within`] scaled by `s` (the `scale_q` output).
+pub fn scaled((want, tol): &(Vec<f64>, Vec<f64>), s: f64) -> (Vec<f64>, Vec<f64>) {
+    (
+        want.iter().map(|v| v * s).collect(),
+        tol.iter().map(|v| v * s).collect(),
+    )
+}
+
 /// f64 definition of one Newton–Schulz iteration (`Backend::ns_iteration`) on f32
 /// inputs: P = aI + bA + cA², Q' = P·Q (P when `q` is `None`) and A' = P·A·P, each
 /// with a bound on an f32 evaluation's error: the same sums over |A| and |Q| (for

@@ -96,6 +96,12 @@ impl Cuda {
             .min(super::shapes::NS_MAX_K)
     }
 
+    /// Whether `ns_iteration` runs for this k: fusion on and 0 < k ≤
+    /// [`Cuda::ns_iteration_max_k`].
+    pub(super) fn ns_iteration_fits(&self, k: usize) -> bool {
+        self.fused() && k > 0 && k <= self.ns_iteration_max_k()
+    }
+
     /// [`crate::backend::Backend::ns_iteration`] on CUDA: one `ns_iteration` launch
     /// for 0 < k ≤ [`Cuda::ns_iteration_max_k`] with fusion on, else `Ok(false)`.
     pub(super) fn ns_iteration_fused(
@@ -104,11 +110,14 @@ impl Cuda {
         coeffs: (f64, f64, f64),
         it: NsIteration<'_, Cuda>,
     ) -> Result<bool> {
-        if !self.fused() || k == 0 || k > self.ns_iteration_max_k() {
+        if !self.ns_iteration_fits(k) {
             return Ok(false);
         }
         let kk = k * k;
         check_len("ns_iteration gram", it.gram.len(), kk)?;
+        if let Some(norm) = it.norm.as_ref() {
+            check_len("ns_iteration sum_sq", norm.sum_sq.len(), 1)?;
+        }
         check_len("ns_iteration q_next", it.q_next.len(), kk)?;
         if let Some(q) = it.q {
             check_len("ns_iteration q", q.len(), kk)?;
@@ -141,6 +150,13 @@ impl Cuda {
             None => lb.arg(it.gram),
         };
         lb.arg(&has_next);
+        // Without a norm its slot takes the Gram matrix, which the kernel does not
+        // read there (scale_in = scale_out = 0).
+        let (eps, scale_in, scale_out) = it.norm.as_ref().map_or((0.0f32, 0u32, 0u32), |n| {
+            (n.eps as f32, u32::from(n.scale_gram), u32::from(n.scale_q))
+        });
+        lb.arg(it.norm.as_ref().map_or(it.gram, |n| n.sum_sq));
+        lb.arg(&eps).arg(&scale_in).arg(&scale_out);
         // SAFETY: the arguments match ns_iteration's signature in kernels/gram.cu;
         // every matrix holds k × k floats (checked above), k ≤ 256 = MEP_NS_MAX_K, and
         // the outputs are distinct from the inputs and each other (one &mut borrow

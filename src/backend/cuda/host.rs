@@ -15,6 +15,7 @@
 
 use super::check_len;
 use super::shapes::{grid_1d, grid_rows, Shape, ROW_BLOCK};
+use crate::backend::ctl;
 use crate::nn::activation::ActChain;
 use crate::{Loss, MepError, Result};
 use std::ffi::{c_char, c_void, CStr, CString};
@@ -467,7 +468,7 @@ pub fn adam(
     check_len("adam g", g.len(), n)?;
     check_len("adam m", m.len(), n)?;
     check_len("adam v", v.len(), n)?;
-    check_len("adam ctl", ctl.len(), 2 * slot + 6)?;
+    check_len("adam ctl", ctl.len(), ctl::words(slot + 3))?;
     let (b1, b2, e, slot32) = (beta1 as f32, beta2 as f32, eps as f32, slot as u32);
     let (n64, pp, gp, mp, vp, cp) = (
         n as u64,
@@ -483,7 +484,7 @@ pub fn adam(
 /// [`crate::backend::Backend::axpby_ctl`] with the `axpby_ctl` kernel.
 pub fn axpby_ctl(ctl: &[u32], alpha_slot: usize, x: &[f32], beta_slot: usize, y: &mut [f32]) -> Result<()> {
     check_len("axpby_ctl", x.len(), y.len())?;
-    check_len("axpby_ctl ctl", ctl.len(), 2 * alpha_slot.max(beta_slot) + 2)?;
+    check_len("axpby_ctl ctl", ctl.len(), ctl::words(alpha_slot.max(beta_slot) + 1))?;
     let (n64, cp, a, xp, b, yp) = (
         y.len() as u64,
         ctl.as_ptr(),
@@ -524,7 +525,8 @@ pub fn gather_labels(src: &[u32], idx: &[u32], start: usize, count: usize, dst: 
 
 /// [`crate::backend::Backend::ns_iteration`] with the `ns_iteration` kernel (k ≤
 /// [`super::shapes::NS_MAX_K`]),
-/// on at most [`HOST_MAX_BLOCKS`] blocks, so that blocks take several strips.
+/// on at most [`HOST_MAX_BLOCKS`] blocks, so that blocks take several strips; `norm` is
+/// [`crate::backend::NsNorm`] as (sum_sq, eps, scale_gram, scale_q).
 pub fn ns_iteration(
     k: usize,
     coeffs: (f64, f64, f64),
@@ -532,6 +534,7 @@ pub fn ns_iteration(
     q: Option<&[f32]>,
     q_next: &mut [f32],
     gram_next: Option<&mut [f32]>,
+    norm: Option<(&[f32], f64, bool, bool)>,
 ) -> Result<()> {
     let kk = k * k;
     let max_k = super::shapes::NS_MAX_K;
@@ -556,9 +559,16 @@ pub fn ns_iteration(
     let qnp = q_next.as_mut_ptr();
     // Without a next Gram matrix the kernel writes nothing through this slot.
     let anp = gram_next.map_or(gp as *mut f32, <[f32]>::as_mut_ptr);
+    if let Some((sum_sq, ..)) = norm {
+        check_len("ns_iteration sum_sq", sum_sq.len(), 1)?;
+    }
+    // Without a norm its slot takes the Gram matrix, unread there (both flags 0).
+    let np = norm.map_or(gp, |n| n.0.as_ptr());
+    let (eps, scale_in, scale_out) =
+        norm.map_or((0.0f32, 0u32, 0u32), |n| (n.1 as f32, u32::from(n.2), u32::from(n.3)));
     launch!(
         "ns_iteration",
         shape,
-        [k32, a, b, c, h0, h1, h2, h3, h4, gp, qp, has_q, qnp, anp, has_next]
+        [k32, a, b, c, h0, h1, h2, h3, h4, gp, qp, has_q, qnp, anp, has_next, np, eps, scale_in, scale_out]
     )
 }

@@ -518,6 +518,24 @@ impl Backend for Cuda {
         self.sgemm(ta, tb, m, n, k, alpha, a, b, beta, c)
     }
 
+    fn gemm_ctl(
+        &self,
+        ta: bool,
+        tb: bool,
+        m: usize,
+        n: usize,
+        k: usize,
+        ctl: &CudaSlice<u32>,
+        alpha_slot: usize,
+        a: &CudaSlice<f32>,
+        b: &CudaSlice<f32>,
+        beta_slot: usize,
+        c: &mut CudaSlice<f32>,
+        _tmp: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        self.sgemm_ctl(ta, tb, m, n, k, ctl, alpha_slot, a, b, beta_slot, c)
+    }
+
     // ---- optim.rs (axpby and fill are optim.cu's too) ----
 
     fn axpby(&self, alpha: f64, x: &CudaSlice<f32>, beta: f64, y: &mut CudaSlice<f32>) -> Result<()> {
@@ -765,6 +783,12 @@ impl Backend for Cuda {
         it: crate::backend::NsIteration<'_, Self>,
     ) -> Result<bool> {
         self.ns_iteration_fused(k, coeffs, it)
+    }
+
+    fn folds_ns_norm(&self, k: usize) -> bool {
+        // Up to GRAM_MAX_K the one-launch ns_gram_poly runs all the iterations (when
+        // the whole orthogonalisation is not one kernel already), without the norm.
+        self.ns_iteration_fits(k) && k > gram::GRAM_MAX_K
     }
 
     fn square_products(

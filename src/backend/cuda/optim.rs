@@ -4,6 +4,7 @@
 //! grid-stride launch each.
 
 use super::{check_len, dim32, Cuda};
+use crate::backend::ctl;
 use crate::Result;
 use cudarc::driver::CudaSlice;
 
@@ -110,7 +111,7 @@ impl Cuda {
         y: &mut CudaSlice<f32>,
     ) -> Result<()> {
         check_len("axpby_ctl", x.len(), y.len())?;
-        check_len("axpby_ctl ctl", ctl.len(), 2 * alpha_slot.max(beta_slot) + 2)?;
+        check_len("axpby_ctl ctl", ctl.len(), ctl::words(alpha_slot.max(beta_slot) + 1))?;
         let n = y.len();
         if n == 0 {
             return Ok(());
@@ -141,7 +142,7 @@ impl Cuda {
         check_len("adam g", g.len(), n)?;
         check_len("adam m", m.len(), n)?;
         check_len("adam v", v.len(), n)?;
-        check_len("adam ctl", ctl.len(), 2 * slot + 6)?;
+        check_len("adam ctl", ctl.len(), ctl::words(slot + 3))?;
         if n == 0 {
             return Ok(());
         }
