@@ -795,8 +795,15 @@ fn fused_layered_phase_matches_the_sweeps() {
             }
         }
 
-        // The whole one-sided estimate: (gradients, final states s_l, [Σ loss, hits],
-        // the free outputs' near ties, which rounding may break either way).
+        // The whole estimate, one-sided or symmetric (alternately: fused, the two
+        // phases then run side by side, each with its own free phase): (gradients,
+        // final states s_l, [Σ loss, hits], the free outputs' near ties, which
+        // rounding may break either way, the settle residual).
+        let cfg = GradConfig {
+            nudging: [Nudging::OneSided, Nudging::Symmetric][case % 2],
+            ..cfg
+        };
+        let what = format!("{what}, {:?}", cfg.nudging);
         #[allow(clippy::type_complexity)]
         fn run_step<B: Backend<Elem = f32>>(
             bk: &B,
@@ -805,7 +812,7 @@ fn fused_layered_phase_matches_the_sweeps() {
             cfg: &GradConfig,
             x: &[f32],
             y: &[u32],
-        ) -> (Vec<Vec<f32>>, Vec<Vec<f32>>, Vec<f32>, usize) {
+        ) -> (Vec<Vec<f32>>, Vec<Vec<f32>>, Vec<f32>, usize, f64) {
             let net = Network::new(bk.clone(), arch.clone(), Energy::LayeredLeastSquares, seed).unwrap();
             let mut ws = Workspace::new(bk, arch, y.len()).unwrap();
             let rows = ws.load_host_batch(x, y).unwrap();
@@ -820,7 +827,7 @@ fn fused_layered_phase_matches_the_sweeps() {
                 })
                 .count();
             let (g, s) = estimate(bk, &net, cfg, &mut ws, rows);
-            (g, s, bk.download(&ws.stats).unwrap(), ties)
+            (g, s, bk.download(&ws.stats).unwrap(), ties, ws.residuals().unwrap()[0])
         }
         let want = run_step(&cpu, &arch, seed, &cfg, &x, &y);
         let norm = |v: &[f32]| v.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
@@ -829,7 +836,7 @@ fn fused_layered_phase_matches_the_sweeps() {
             gpu.set_fused(fused);
             let got = run_step(&gpu, &arch, seed, &cfg, &x, &y);
             let name = if fused {
-                "fused (with the free phase)"
+                "fused (with the free phase; symmetric: side by side)"
             } else {
                 "unfused"
             };
@@ -848,6 +855,13 @@ fn fused_layered_phase_matches_the_sweeps() {
                     "{what}: {name} gradient {i} differs by {d:e} > {tol:e} (seed {seed})"
                 );
             }
+            let tol = 1e-5 * want.4 + 1e-7 * states.max(1.0) / (rows as f64).sqrt();
+            assert!(
+                (got.4 - want.4).abs() <= tol,
+                "{what}: {name} residual {:e} against the CPU's {:e} (seed {seed})",
+                got.4,
+                want.4
+            );
             let (loss_g, loss_w) = (got.2[0] as f64, want.2[0] as f64);
             assert!(
                 (loss_g - loss_w).abs() <= 1e-5 * loss_w.abs() + 1e-6 * rows as f64,

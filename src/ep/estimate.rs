@@ -38,6 +38,10 @@ pub struct FinalTerm {
     pub(crate) row_residuals: bool,
     /// A fused free phase left per-row loss statistics in `ws.rowstats` to sum.
     pub(crate) row_stats: bool,
+    /// Two fused nudged phases ran side by side (layered energy): the first one's
+    /// term, with this coefficient, is added first, from `ws.e_side` and
+    /// `ws.a_free` (and its per-row residuals from `ws.f_side` when `row_residuals`).
+    pub(crate) side: Option<f64>,
 }
 
 impl FinalTerm {
@@ -62,7 +66,10 @@ impl FinalTerm {
         bk.concurrently(n, &mut |i| {
             if i >= 2 * depth {
                 return if self.row_residuals && i == 2 * depth {
-                    ws.add_row_residuals(rows, 0)
+                    if self.side.is_some() {
+                        ws.add_row_residuals(rows, 0, true)?;
+                    }
+                    ws.add_row_residuals(rows, 0, false)
                 } else {
                     ws.add_row_stats(rows)
                 };
@@ -73,12 +80,30 @@ impl FinalTerm {
                 Factors::Errors => (&ws.e, &ws.a),
                 Factors::States => (&ws.s, &ws.s),
             };
+            // The side phase's term first (as the phases ran), then this one's added.
             let (gw, gb) = &mut layers[l];
+            let side = self
+                .side
+                .map(|c| (c, &ws.e_side[l], if l == 0 { &ws.x } else { &ws.a_free[l - 1] }));
             if i < depth {
                 let v = if l == 0 { &ws.x } else { &below[l - 1] };
+                let acc = match side {
+                    Some((c, e, v)) => {
+                        bk.gemm(true, false, blk.out, blk.inp, rows, c, e, v, acc, gw)?;
+                        1.0
+                    }
+                    None => acc,
+                };
                 bk.gemm(true, false, blk.out, blk.inp, rows, coef, &u[l], v, acc, gw)?;
                 then(i, gw)
             } else {
+                let acc = match side {
+                    Some((c, e, _)) => {
+                        bk.col_sum(rows, blk.out, c, e, acc, gb)?;
+                        1.0
+                    }
+                    None => acc,
+                };
                 bk.col_sum(rows, blk.out, coef, &u[l], acc, gb)?;
                 then(i, gb)
             }

@@ -62,7 +62,7 @@ fn settle<B: Backend>(
         rowres: &mut ws.f,
     })? {
         if sweeps > 0 {
-            ws.add_row_residuals(rows, slot)?;
+            ws.add_row_residuals(rows, slot, false)?;
         }
         return Ok(());
     }
@@ -149,6 +149,7 @@ pub fn gradients<B: Backend>(
         accumulate,
         row_residuals: false,
         row_stats: false,
+        side: None,
     };
     let (free_coef, phases) = cfg.nudging.phases(cfg.beta);
     // Each term reads the state it was made for: the pending one is added before the

@@ -75,7 +75,7 @@ pub fn nudged_phase<B: Backend>(
     rows: usize,
 ) -> Result<()> {
     if settle_nudged(net, cfg, phase, ws, rows)? {
-        ws.add_row_residuals(rows, 0)?;
+        ws.add_row_residuals(rows, 0, false)?;
     }
     Ok(())
 }
@@ -152,6 +152,73 @@ fn fused_phase<B: Backend>(
         rowres: &mut ws.f,
         free: free.then_some(&mut ws.rowstats),
     })
+}
+
+/// Two fused nudged phases at `betas`, each from its own free phase (the forward
+/// pass inside the kernel), side by side ([`Backend::concurrently`]): the first into
+/// `ws.s_free`, `a_free`, `e_side`, `f_side` with the free phase's per-row statistics
+/// in `ws.rowstats`; the second into `ws.s`, `a`, `e`, `f` (where the phases run one
+/// after the other leave the last phase) with its identical statistics in
+/// `ws.rowstats_spare`. `Ok(false)` when the backend declines (then it declines
+/// both: the same network and batch).
+fn fused_phases_side_by_side<B: Backend>(
+    net: &Network<B>,
+    cfg: &GradConfig,
+    betas: (f64, f64),
+    ws: &mut Workspace<B>,
+    rows: usize,
+) -> Result<bool> {
+    let bk = &net.backend;
+    let mut taken = [false; 2];
+    bk.concurrently(2, &mut |i| {
+        let ws = &mut *ws;
+        let (beta, s, a, e, rowres, free) = if i == 0 {
+            (
+                betas.0,
+                &mut ws.s_free,
+                &mut ws.a_free,
+                &mut ws.e_side,
+                &mut ws.f_side,
+                &mut ws.rowstats,
+            )
+        } else {
+            (
+                betas.1,
+                &mut ws.s,
+                &mut ws.a,
+                &mut ws.e,
+                &mut ws.f,
+                &mut ws.rowstats_spare,
+            )
+        };
+        taken[i] = bk.layered_nudged_fused(LayeredPhase {
+            net: PhaseNet {
+                rows,
+                blocks: &net.arch.blocks,
+                params: &net.params,
+                p0: &ws.p[0],
+                labels: &ws.y,
+                loss: cfg.loss,
+                s,
+            },
+            beta,
+            omega: cfg.settle_lr,
+            steps: cfg.settle_steps,
+            a,
+            e,
+            rowres,
+            free: Some(free),
+        })?;
+        Ok(())
+    })?;
+    match taken {
+        [true, true] => Ok(true),
+        [false, false] => Ok(false),
+        _ => Err(MepError::Shape(format!(
+            "{}: the fused layered phase took one of two identical phases",
+            bk.name()
+        ))),
+    }
 }
 
 /// Backward sweep from the current state: `ws.dc` = ∂C/∂o, `ws.e[L]` = e*_L =
@@ -307,14 +374,27 @@ pub fn gradients<B: Backend>(
         accumulate,
         row_residuals,
         row_stats,
+        side: None,
     };
     super::drive(net, 0, rows, &ws.x, 0.0, &mut ws.p[0])?;
-    // With one nudged phase the backend may run the free phase inside it, fused: the
-    // forward pass and each row's loss statistics, summed beside the estimate.
-    if let [(Phase::Nudge(beta), coef)] = phases[..] {
-        if fused_phase(net, cfg, beta, true, ws, rows)? {
-            return Ok(term(coef, false, true, true));
+    // The backend may run the free phase inside a fused nudged phase: the forward
+    // pass and each row's loss statistics, summed beside the estimate. With two
+    // nudged phases (symmetric nudging) each runs its own copy of the free phase, so
+    // the two are independent and run side by side.
+    let fused = match phases[..] {
+        [(Phase::Nudge(beta), coef)] => {
+            fused_phase(net, cfg, beta, true, ws, rows)?.then(|| term(coef, false, true, true))
         }
+        [(Phase::Nudge(first), c1), (Phase::Nudge(second), c2)] => {
+            fused_phases_side_by_side(net, cfg, (first, second), ws, rows)?.then(|| FinalTerm {
+                side: Some(-c1 / b),
+                ..term(c2, false, true, true)
+            })
+        }
+        _ => None,
+    };
+    if let Some(t) = fused {
+        return Ok(t);
     }
     forward_from_drive(net, ws, rows)?;
     let last = net.arch.depth() - 1;

@@ -19,10 +19,19 @@ pub struct Workspace<B: Backend> {
     pub s: Vec<B::Buf>,
     /// φ(s) for the layered energy (unused by Hopfield).
     pub a: Vec<B::Buf>,
-    /// Free-phase copies of `s` (nudged phases restart from them).
+    /// Free-phase copies of `s` (nudged phases restart from them). When two fused
+    /// nudged phases run side by side (each from its own free phase, no copies), the
+    /// first one's states.
     pub s_free: Vec<B::Buf>,
-    /// Free-phase copies of `a`.
+    /// Free-phase copies of `a` (or, side by side, the first phase's φ(s)).
     pub a_free: Vec<B::Buf>,
+    /// Side by side: the first phase's errors e_l.
+    pub e_side: Vec<B::Buf>,
+    /// Side by side: the first phase's per-row residuals (`rows`).
+    pub f_side: B::Buf,
+    /// Side by side: the second phase's per-row loss statistics (`rows × 2`), which
+    /// repeat the first's and are not summed.
+    pub rowstats_spare: B::Buf,
     /// Layered errors e_l, or backprop deltas.
     pub e: Vec<B::Buf>,
     /// GEMM outputs W_l φ(s_{l−1}); `p[0]` = W_1 x is constant during a phase.
@@ -66,6 +75,9 @@ impl<B: Backend> Workspace<B> {
             a: bufs(b, arch, rows_cap)?,
             s_free: bufs(b, arch, rows_cap)?,
             a_free: bufs(b, arch, rows_cap)?,
+            e_side: bufs(b, arch, rows_cap)?,
+            f_side: b.zeros(rows_cap)?,
+            rowstats_spare: b.zeros(rows_cap * 2)?,
             e: bufs(b, arch, rows_cap)?,
             p: bufs(b, arch, rows_cap)?,
             f: b.zeros(rows_cap * arch.max_width())?,
@@ -97,11 +109,12 @@ impl<B: Backend> Workspace<B> {
         backend.gemm(false, true, 1, 1, n, 1.0, v, v, 1.0, acc)
     }
 
-    /// Adds the per-row residuals a fused phase left in `f` (its first `rows` entries)
-    /// to `resid[slot]`, and counts the rows.
-    pub(crate) fn add_row_residuals(&mut self, rows: usize, slot: usize) -> Result<()> {
-        self.backend
-            .col_sum(rows, 1, 1.0, &self.f, 1.0, &mut self.resid[slot])?;
+    /// Adds the per-row residuals a fused phase left in `f` (its first `rows` entries;
+    /// `f_side` for the first of two phases side by side, when `side`) to
+    /// `resid[slot]`, and counts the rows.
+    pub(crate) fn add_row_residuals(&mut self, rows: usize, slot: usize, side: bool) -> Result<()> {
+        let f = if side { &self.f_side } else { &self.f };
+        self.backend.col_sum(rows, 1, 1.0, f, 1.0, &mut self.resid[slot])?;
         self.resid_rows[slot] += rows as u64;
         Ok(())
     }
