@@ -1127,30 +1127,21 @@ fn ns_iteration_matches_its_definition() {
     let (seed, mut r) = rng();
     for k in [1usize, 2, 3, 33, 127, 128, 129] {
         let (a, q) = common::ns_inputs(&mut r, k);
-        let (ag, qg) = (gpu.upload(&a).unwrap(), gpu.upload(&q).unwrap());
+        let qg = gpu.upload(&q).unwrap();
         let nan = vec![f32::NAN; k * k];
         for (with_q, with_next) in [(false, true), (true, true), (true, false)] {
             // NsNorm's (scale_gram, scale_q), or none: one drawn per case (the host
             // test, tests/host_kernels.rs, runs them all).
-            let norm = [None, Some((true, true)), Some((true, false)), Some((false, true))][r.below(4) as usize];
+            let norm = common::NS_NORMS[r.below(4) as usize];
             let eps = 1e-7;
-            let (sum_sq, input, a_def, s) = match norm {
-                Some((scale_gram, _)) => common::ns_norm_case(&mut r, &a, eps, scale_gram),
-                None => (1.0, a.clone(), a.clone(), 1.0),
-            };
-            let (want_q, want_a) = common::ns_iteration_reference(k, NS_COEFFS, &a_def, with_q.then_some(&q[..]));
-            let want_q = if matches!(norm, Some((_, true))) {
-                common::scaled(&want_q, s)
-            } else {
-                want_q
-            };
-            let (ig, sg) = (gpu.upload(&input).unwrap(), gpu.upload(&[sum_sq]).unwrap());
+            let case = common::ns_case(&mut r, k, NS_COEFFS, &a, with_q.then_some(&q[..]), norm, eps);
+            let (ig, sg) = (gpu.upload(&case.gram).unwrap(), gpu.upload(&[case.sum_sq]).unwrap());
             for (fused, max_k) in [(true, 128), (true, 0), (false, 128)] {
                 gpu.set_fused(fused);
                 gpu.set_ns_iteration_max_k(max_k);
                 let (mut qn, mut an) = (gpu.upload(&nan).unwrap(), gpu.upload(&nan).unwrap());
                 let it = NsIteration {
-                    gram: if norm.is_some() { &ig } else { &ag },
+                    gram: &ig,
                     q: with_q.then_some(&qg),
                     q_next: &mut qn,
                     gram_next: with_next.then_some(&mut an),
@@ -1174,9 +1165,9 @@ fn ns_iteration_matches_its_definition() {
                     );
                     continue;
                 }
-                common::within(&format!("{what}: P·Q"), seed, &qn, &want_q);
+                common::within(&format!("{what}: P·Q"), seed, &qn, &case.want_q);
                 if with_next {
-                    common::within(&format!("{what}: P·A·P"), seed, &an, &want_a);
+                    common::within(&format!("{what}: P·A·P"), seed, &an, &case.want_a);
                 } else {
                     assert!(an.iter().all(|v| v.is_nan()), "{what}: wrote A' unasked (seed {seed})");
                 }

@@ -290,29 +290,18 @@ fn sum_sq_and_norm_scalings() {
 fn ns_iteration_matches_its_definition() {
     use mep::optim::newton_schulz::NS_COEFFS;
     let (seed, mut r) = rng();
-    // None, or NsNorm's (scale_gram, scale_q).
-    let norms = [None, Some((true, true)), Some((true, false)), Some((false, true))];
     for k in [1usize, 2, 5, 6, 7, 33, 64 + r.below(40) as usize] {
         let (a, q) = common::ns_inputs(&mut r, k);
         for (with_q, with_next) in [(false, true), (true, true), (true, false)] {
-            for norm in norms {
+            for norm in common::NS_NORMS {
                 let eps = 1e-7;
-                let (sum_sq, input, a_def, s) = match norm {
-                    Some((scale_gram, _)) => common::ns_norm_case(&mut r, &a, eps, scale_gram),
-                    None => (1.0, a.clone(), a.clone(), 1.0),
-                };
-                let (want_q, want_a) = common::ns_iteration_reference(k, NS_COEFFS, &a_def, with_q.then_some(&q[..]));
-                let want_q = if matches!(norm, Some((_, true))) {
-                    common::scaled(&want_q, s)
-                } else {
-                    want_q
-                };
+                let case = common::ns_case(&mut r, k, NS_COEFFS, &a, with_q.then_some(&q[..]), norm, eps);
                 let (mut qn, mut an) = (vec![f32::NAN; k * k], vec![f32::NAN; k * k]);
-                let ss = [sum_sq];
+                let ss = [case.sum_sq];
                 host::ns_iteration(
                     k,
                     NS_COEFFS,
-                    &input,
+                    &case.gram,
                     with_q.then_some(&q[..]),
                     &mut qn,
                     with_next.then_some(&mut an[..]),
@@ -320,9 +309,9 @@ fn ns_iteration_matches_its_definition() {
                 )
                 .unwrap();
                 let what = format!("k = {k}, Q given {with_q}, norm {norm:?}");
-                common::within(&format!("{what}: P·Q"), seed, &qn, &want_q);
+                common::within(&format!("{what}: P·Q"), seed, &qn, &case.want_q);
                 if with_next {
-                    common::within(&format!("{what}: P·A·P"), seed, &an, &want_a);
+                    common::within(&format!("{what}: P·A·P"), seed, &an, &case.want_a);
                 } else {
                     assert!(an.iter().all(|v| v.is_nan()), "{what}: wrote A' unasked (seed {seed})");
                 }

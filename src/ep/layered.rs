@@ -134,23 +134,51 @@ fn fused_phase<B: Backend>(
     ws: &mut Workspace<B>,
     rows: usize,
 ) -> Result<bool> {
+    let bufs = PhaseBufs {
+        s: &mut ws.s,
+        a: &mut ws.a,
+        e: &mut ws.e,
+        rowres: &mut ws.f,
+        free: free.then_some(&mut ws.rowstats),
+    };
+    launch_fused(net, cfg, beta, rows, (&ws.p[0], &ws.y), bufs)
+}
+
+/// The buffers a fused layered phase writes ([`LayeredPhase`]).
+struct PhaseBufs<'a, B: Backend> {
+    s: &'a mut [B::Buf],
+    a: &'a mut [B::Buf],
+    e: &'a mut [B::Buf],
+    rowres: &'a mut B::Buf,
+    free: Option<&'a mut B::Buf>,
+}
+
+/// [`Backend::layered_nudged_fused`] at `beta` from `(p0, labels)` into `bufs`.
+fn launch_fused<B: Backend>(
+    net: &Network<B>,
+    cfg: &GradConfig,
+    beta: f64,
+    rows: usize,
+    (p0, labels): (&B::Buf, &B::Labels),
+    bufs: PhaseBufs<'_, B>,
+) -> Result<bool> {
     net.backend.layered_nudged_fused(LayeredPhase {
         net: PhaseNet {
             rows,
             blocks: &net.arch.blocks,
             params: &net.params,
-            p0: &ws.p[0],
-            labels: &ws.y,
+            p0,
+            labels,
             loss: cfg.loss,
-            s: &mut ws.s,
+            s: bufs.s,
         },
         beta,
         omega: cfg.settle_lr,
         steps: cfg.settle_steps,
-        a: &mut ws.a,
-        e: &mut ws.e,
-        rowres: &mut ws.f,
-        free: free.then_some(&mut ws.rowstats),
+        a: bufs.a,
+        e: bufs.e,
+        rowres: bufs.rowres,
+        free: bufs.free,
     })
 }
 
@@ -172,43 +200,26 @@ fn fused_phases_side_by_side<B: Backend>(
     let mut taken = [false; 2];
     bk.concurrently(2, &mut |i| {
         let ws = &mut *ws;
-        let (beta, s, a, e, rowres, free) = if i == 0 {
-            (
-                betas.0,
-                &mut ws.s_free,
-                &mut ws.a_free,
-                &mut ws.e_side,
-                &mut ws.f_side,
-                &mut ws.rowstats,
-            )
+        let (beta, bufs) = if i == 0 {
+            let bufs = PhaseBufs {
+                s: &mut ws.s_free,
+                a: &mut ws.a_free,
+                e: &mut ws.e_side,
+                rowres: &mut ws.f_side,
+                free: Some(&mut ws.rowstats),
+            };
+            (betas.0, bufs)
         } else {
-            (
-                betas.1,
-                &mut ws.s,
-                &mut ws.a,
-                &mut ws.e,
-                &mut ws.f,
-                &mut ws.rowstats_spare,
-            )
+            let bufs = PhaseBufs {
+                s: &mut ws.s,
+                a: &mut ws.a,
+                e: &mut ws.e,
+                rowres: &mut ws.f,
+                free: Some(&mut ws.rowstats_spare),
+            };
+            (betas.1, bufs)
         };
-        taken[i] = bk.layered_nudged_fused(LayeredPhase {
-            net: PhaseNet {
-                rows,
-                blocks: &net.arch.blocks,
-                params: &net.params,
-                p0: &ws.p[0],
-                labels: &ws.y,
-                loss: cfg.loss,
-                s,
-            },
-            beta,
-            omega: cfg.settle_lr,
-            steps: cfg.settle_steps,
-            a,
-            e,
-            rowres,
-            free: Some(free),
-        })?;
+        taken[i] = launch_fused(net, cfg, beta, rows, (&ws.p[0], &ws.y), bufs)?;
         Ok(())
     })?;
     match taken {

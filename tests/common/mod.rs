@@ -312,29 +312,68 @@ pub fn ns_inputs(r: &mut Rng, k: usize) -> (Vec<f32>, Vec<f32>) {
     (a, q)
 }
 
-/// A case of `Backend::ns_iteration` with its normalisation folded in (`NsNorm`),
-/// built from a normalised Gram matrix `a`: a random Σu² (norms from 0.3 to 30),
-/// s = 1 / (√Σu² + eps), the unnormalised Gram matrix the iteration gets (`a`/s² when
-/// `scale_gram`, else `a` itself) and the A its definition takes (that input times s²
-/// in f64, rounded to f32 as the kernel's scaled load is). Returns (Σu², input, A, s).
-pub fn ns_norm_case(r: &mut Rng, a: &[f32], eps: f64, scale_gram: bool) -> (f32, Vec<f32>, Vec<f32>, f64) {
-    let norm = 0.3 * 100f64.powf(r.uniform());
-    let sum_sq = (norm * norm) as f32;
-    let s = 1.0 / ((sum_sq as f64).sqrt() + eps);
-    if !scale_gram {
-        return (sum_sq, a.to_vec(), a.to_vec(), s);
-    }
-    let input: Vec<f32> = a.iter().map(|v| (*v as f64 / (s * s)) as f32).collect();
-    let want: Vec<f32> = input.iter().map(|v| (*v as f64 * s * s) as f32).collect();
-    (sum_sq, input, want, s)
+/// `NsNorm`'s (scale_gram, scale_q), or no norm: every kind of `Backend::ns_iteration` call.
+pub const NS_NORMS: [Option<(bool, bool)>; 4] = [None, Some((true, true)), Some((true, false)), Some((false, true))];
+
+/// One `Backend::ns_iteration` case and its expected results ([`within`]'s pairs).
+pub struct NsCase {
+    /// Σu² (1 without a norm).
+    pub sum_sq: f32,
+    /// The Gram matrix the iteration gets.
+    pub gram: Vec<f32>,
+    /// Q' = P·Q (times s with `scale_q`) and A' = P·A·P.
+    pub want_q: (Vec<f64>, Vec<f64>),
+    pub want_a: (Vec<f64>, Vec<f64>),
 }
 
-/// `(want, tol)` of [`within`] scaled by `s` (the `scale_q` output).
-pub fn scaled((want, tol): &(Vec<f64>, Vec<f64>), s: f64) -> (Vec<f64>, Vec<f64>) {
-    (
-        want.iter().map(|v| v * s).collect(),
-        tol.iter().map(|v| v * s).collect(),
-    )
+/// The case of normalised Gram matrix `a` and Q (`None`: Q = I) under `norm`
+/// ([`NS_NORMS`]): with a norm, a random Σu² (norms from 0.3 to 30) and
+/// s = 1 / (√Σu² + eps); the iteration gets `a`/s² when `scale_gram` (else `a`), and
+/// the definition takes that input times s² (in f64, rounded to f32 as the kernel's
+/// scaled load is), its Q' times s when `scale_q`.
+pub fn ns_case(
+    r: &mut Rng,
+    k: usize,
+    coeffs: (f64, f64, f64),
+    a: &[f32],
+    q: Option<&[f32]>,
+    norm: Option<(bool, bool)>,
+    eps: f64,
+) -> NsCase {
+    let Some((scale_gram, scale_q)) = norm else {
+        let (want_q, want_a) = ns_iteration_reference(k, coeffs, a, q);
+        return NsCase {
+            sum_sq: 1.0,
+            gram: a.to_vec(),
+            want_q,
+            want_a,
+        };
+    };
+    let size = 0.3 * 100f64.powf(r.uniform());
+    let sum_sq = (size * size) as f32;
+    let s = 1.0 / ((sum_sq as f64).sqrt() + eps);
+    let (gram, a_def) = if scale_gram {
+        let gram: Vec<f32> = a.iter().map(|v| (*v as f64 / (s * s)) as f32).collect();
+        let a_def = gram.iter().map(|v| (*v as f64 * s * s) as f32).collect();
+        (gram, a_def)
+    } else {
+        (a.to_vec(), a.to_vec())
+    };
+    let (want_q, want_a) = ns_iteration_reference(k, coeffs, &a_def, q);
+    let want_q = if scale_q {
+        (
+            want_q.0.iter().map(|v| v * s).collect(),
+            want_q.1.iter().map(|v| v * s).collect(),
+        )
+    } else {
+        want_q
+    };
+    NsCase {
+        sum_sq,
+        gram,
+        want_q,
+        want_a,
+    }
 }
 
 /// f64 definition of one Newton–Schulz iteration (`Backend::ns_iteration`) on f32
