@@ -15,6 +15,13 @@
 //!
 //! One job is in flight at a time; a nested call, or a call from a second thread
 //! while a job runs, executes its tasks inline on the calling thread.
+//!
+//! The job's generation, task count and next unclaimed task share one atomic word,
+//! so a claim is checked against the count of the job it claims from. (With the
+//! count in a word of its own, a helper that had read the last job's exhausted
+//! state and then the next job's larger count could claim a task of the next job
+//! before it was published, and run it twice, once uncounted: CI saw
+//! `panels_do_not_change_results` compare a product still being written.)
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::*};
@@ -32,13 +39,35 @@ struct Job<'a> {
     body: &'a (dyn Fn(usize) + Sync),
 }
 
+/// Most tasks in one job (the width of a [`State`] field); [`Pool::run`] splits
+/// larger calls into several jobs.
+const MAX_TASKS: usize = 0xFFFF;
+
+/// The shared job word: bits 63–32 the generation, 31–16 the task count, 15–0 the
+/// next unclaimed task (at most the count, so claiming never carries into it).
+#[derive(Clone, Copy)]
+struct State(u64);
+
+impl State {
+    fn new(gen: u64, tasks: usize) -> State {
+        State(gen << 32 | (tasks as u64) << 16)
+    }
+    fn gen(self) -> u64 {
+        self.0 >> 32
+    }
+    fn tasks(self) -> usize {
+        (self.0 >> 16 & 0xFFFF) as usize
+    }
+    fn next(self) -> usize {
+        (self.0 & 0xFFFF) as usize
+    }
+}
+
 struct Shared {
-    /// High 32 bits: the job's generation; low 32 bits: the next unclaimed task.
+    /// The current job's [`State`].
     state: AtomicU64,
     /// The current job (valid while a task of the current generation is unfinished).
     job: AtomicPtr<Job<'static>>,
-    /// Tasks of the current job.
-    tasks: AtomicUsize,
     /// Tasks of the current job finished by helpers so far.
     done: AtomicUsize,
     /// A job is in flight (held by its caller).
@@ -65,7 +94,6 @@ pub(crate) fn pool() -> &'static Pool {
         shared: Arc::new(Shared {
             state: AtomicU64::new(0),
             job: AtomicPtr::new(std::ptr::null_mut()),
-            tasks: AtomicUsize::new(0),
             done: AtomicUsize::new(0),
             busy: AtomicBool::new(false),
             parked: AtomicUsize::new(0),
@@ -84,6 +112,13 @@ impl Pool {
     /// which task is not fixed, so `body` must give the same result wherever it runs
     /// (every use here writes disjoint outputs).
     pub(crate) fn run(&self, threads: usize, tasks: usize, body: &(dyn Fn(usize) + Sync)) {
+        if tasks > MAX_TASKS {
+            for base in (0..tasks).step_by(MAX_TASKS) {
+                let n = MAX_TASKS.min(tasks - base);
+                self.run(threads, n, &|i| body(base + i));
+            }
+            return;
+        }
         let sh = &*self.shared;
         if threads <= 1 || tasks <= 1 || sh.busy.compare_exchange(false, true, Acquire, Relaxed).is_err() {
             (0..tasks).for_each(body);
@@ -96,12 +131,13 @@ impl Pool {
         // (so `job` and `body` stay alive) until every claimed task has finished.
         let ptr = &job as *const Job<'_> as *mut Job<'static>;
         sh.job.store(ptr, Relaxed);
-        sh.tasks.store(tasks, Relaxed);
         sh.done.store(0, Relaxed);
-        let gen = ((sh.state.load(Relaxed) >> 32) + 1) & 0xFFFF_FFFF;
-        // Publishes job, tasks and done (release) and is ordered before the
-        // `parked` check (SeqCst), pairing with `park`.
-        sh.state.store(gen << 32, SeqCst);
+        #[cfg(test)]
+        tests::race_window();
+        let gen = (State(sh.state.load(Relaxed)).gen() + 1) & 0xFFFF_FFFF;
+        // Publishes job and done (release) and is ordered before the `parked`
+        // check (SeqCst), pairing with `park`.
+        sh.state.store(State::new(gen, tasks).0, SeqCst);
         if sh.parked.load(SeqCst) > 0 {
             let _g = sh.lock.lock().unwrap_or_else(|e| e.into_inner());
             sh.wake.notify_all();
@@ -155,10 +191,13 @@ fn work(sh: &Shared, gen: u64) -> usize {
     let mut ran = 0;
     let mut s = sh.state.load(Acquire);
     loop {
-        let idx = (s & 0xFFFF_FFFF) as usize;
-        if s >> 32 != gen || idx >= sh.tasks.load(Relaxed) {
+        let st = State(s);
+        let idx = st.next();
+        if st.gen() != gen || idx >= st.tasks() {
             return ran;
         }
+        #[cfg(test)]
+        tests::race_window();
         match sh.state.compare_exchange_weak(s, s + 1, AcqRel, Acquire) {
             Ok(_) => {
                 // SAFETY: task `idx` of generation `gen` is claimed, so the caller of
@@ -177,12 +216,12 @@ fn work(sh: &Shared, gen: u64) -> usize {
 
 /// A helper thread: spin for the next generation, park after [`SPIN`] without one.
 fn helper(sh: &Shared) {
-    let mut seen = sh.state.load(Acquire) >> 32;
+    let mut seen = State(sh.state.load(Acquire)).gen();
     loop {
         let start = Instant::now();
         let mut spins = 0u32;
         let gen = loop {
-            let g = sh.state.load(Acquire) >> 32;
+            let g = State(sh.state.load(Acquire)).gen();
             if g != seen {
                 break g;
             }
@@ -205,7 +244,7 @@ fn park(sh: &Shared, seen: u64) -> u64 {
     let mut guard = sh.lock.lock().unwrap_or_else(|e| e.into_inner());
     sh.parked.fetch_add(1, SeqCst);
     loop {
-        let g = sh.state.load(SeqCst) >> 32;
+        let g = State(sh.state.load(SeqCst)).gen();
         if g != seen {
             sh.parked.fetch_sub(1, SeqCst);
             return g;
@@ -217,6 +256,66 @@ fn park(sh: &Shared, seen: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Set by a test that wants the pool's racy stretches widened.
+    static WIDEN: AtomicBool = AtomicBool::new(false);
+
+    /// A pause of a few µs, varying from call to call, at the points where the
+    /// pool's threads race (between reading the job word and claiming from it,
+    /// between writing a job and publishing it), while [`WIDEN`] is set.
+    pub(super) fn race_window() {
+        static CALLS: AtomicUsize = AtomicUsize::new(0);
+        if WIDEN.load(Relaxed) {
+            let c = CALLS.fetch_add(1, Relaxed).wrapping_mul(2_654_435_761) >> 7;
+            for _ in 0..c % 2000 {
+                std::hint::spin_loop();
+            }
+        }
+    }
+
+    /// Back-to-back jobs whose task counts grow and shrink, with the racy
+    /// stretches widened: every task runs exactly once, and `run` returns only
+    /// after the last has finished. (With the task count in a word of its own, a
+    /// helper claimed a task of the next job before it was published; this failed
+    /// in ~1.5% of jobs.)
+    #[test]
+    fn back_to_back_jobs_run_each_task_once_and_are_waited_for() {
+        WIDEN.store(true, Relaxed);
+        let mut bad = Vec::new();
+        for job in 0..20_000usize {
+            let tasks = 2 + job % 4;
+            let runs: Vec<AtomicUsize> = (0..tasks).map(|_| AtomicUsize::new(0)).collect();
+            pool().run(3, tasks, &|t| {
+                // Finish late enough for an early return to be seen.
+                for _ in 0..(t * 37 + job) % 300 {
+                    std::hint::spin_loop();
+                }
+                runs[t].fetch_add(1, Relaxed);
+            });
+            let counts: Vec<usize> = runs.iter().map(|r| r.load(Relaxed)).collect();
+            if counts.iter().any(|&c| c != 1) {
+                bad.push((job, counts));
+            }
+        }
+        WIDEN.store(false, Relaxed);
+        assert!(
+            bad.is_empty(),
+            "{} of 20000 jobs ran a task other than once, e.g. {:?}",
+            bad.len(),
+            &bad[..bad.len().min(3)]
+        );
+    }
+
+    /// A call with more tasks than one job holds runs as several jobs.
+    #[test]
+    fn more_tasks_than_one_job_holds_all_run_once() {
+        let tasks = MAX_TASKS * 2 + 7;
+        let runs: Vec<AtomicUsize> = (0..tasks).map(|_| AtomicUsize::new(0)).collect();
+        pool().run(2, tasks, &|t| {
+            runs[t].fetch_add(1, Relaxed);
+        });
+        assert!(runs.iter().all(|r| r.load(Relaxed) == 1));
+    }
 
     /// Every task runs exactly once, whatever the thread and task counts, including
     /// jobs arriving while helpers spin, after they park, and nested jobs.
