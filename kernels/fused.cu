@@ -335,8 +335,9 @@ extern "C" __global__ void layered_nudged_phase(
 // row, as src/ep/hopfield.rs's `settle` issues them: for l = 1 … L in order,
 //   f_l = W_{l+1}ᵀ s_{l+1} + W_l s_{l−1}  (p0 = W_1 x for l = 1; no feedback at l = L),
 //   s_l ← φ_l(f_l + b_l [− β·dc at l = L when nudged]), dc = ∂C/∂o at o = s_L;
-// the output is not swept when clamped != 0. rowres[row] gets the last sweep's
-// Σ_l ‖Δs_l‖² of the row (0 when sweeps = 0).
+// the output is not swept when clamped != 0. The sweeps start from s1..s4, or from
+// zero states when from_zero != 0 (a free phase; s1..s4 are then only written).
+// rowres[row] gets the last sweep's Σ_l ‖Δs_l‖² of the row (0 when sweeps = 0).
 //   depth, n1..n4, act1..act4, w2..w4, b1..b4, p0, labels, loss, eps as in
 //   layered_nudged_phase; nudge: 1 to add −β·dc at the output; s1..s4 (rows × n_l)
 //   read and written.
@@ -347,7 +348,7 @@ extern "C" __global__ void hopfield_settle_phase(
     const float* __restrict__ w2, const float* __restrict__ w3, const float* __restrict__ w4,
     const float* __restrict__ b1, const float* __restrict__ b2, const float* __restrict__ b3,
     const float* __restrict__ b4, const float* __restrict__ p0, const u32* __restrict__ labels,
-    u32 loss, float eps, float beta, u32 nudge, u32 clamped, u32 sweeps,
+    u32 loss, float eps, float beta, u32 nudge, u32 clamped, u32 sweeps, u32 from_zero,
     float* __restrict__ s1, float* __restrict__ s2, float* __restrict__ s3,
     float* __restrict__ s4, float* __restrict__ rowres) {
     __shared__ float sh_s[MEP_FUSED_UNITS];
@@ -366,7 +367,10 @@ extern "C" __global__ void hopfield_settle_phase(
     const u32* off = net.off;
     const u32 y = labels[row];
 
-    mep_fused_load(net, S, row, sh_s);
+    if (from_zero)
+        for (u32 i = tid; i < off[L]; i += nt) sh_s[i] = 0.0f;
+    else
+        mep_fused_load(net, S, row, sh_s);
     __syncthreads();
 
     for (u32 sweep = 0; sweep < sweeps; sweep++) {

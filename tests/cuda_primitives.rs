@@ -959,6 +959,13 @@ fn fused_hopfield_settle_matches_the_sweeps() {
             let net = Network::new(bk.clone(), arch.clone(), energy, seed).unwrap();
             let mut ws = Workspace::new(bk, arch, y.len()).unwrap();
             let rows = ws.load_host_batch(x, y).unwrap();
+            // Stale states (a previous batch's): the free phase starts from zero
+            // whatever they hold.
+            let mut r = Rng::new(seed ^ 0x57a1e);
+            for s in ws.s.iter_mut() {
+                let len = bk.download(s).unwrap().len();
+                bk.write(s, &randn(&mut r, len, 1.0)).unwrap();
+            }
             let (g, s) = estimate(bk, &net, cfg, &mut ws, rows);
             (g, s, ws.residuals().unwrap())
         }

@@ -668,8 +668,9 @@ pub struct LayeredPhase<'a, B: Backend> {
 }
 
 /// The operands of fused Hopfield settling ([`Backend::hopfield_settle_fused`]):
-/// `sweeps` Gauss–Seidel sweeps from the states in `net.s`, the output nudged by
-/// −β·∂C/∂o when `nudge` is `Some(β)`, or not swept at all when `clamped`.
+/// `sweeps` Gauss–Seidel sweeps from the states in `net.s` (from zero states when
+/// `from_zero`), the output nudged by −β·∂C/∂o when `nudge` is `Some(β)`, or not
+/// swept at all when `clamped`.
 pub struct HopfieldPhase<'a, B: Backend> {
     /// The network, the batch and the states s_l.
     pub net: PhaseNet<'a, B>,
@@ -679,6 +680,10 @@ pub struct HopfieldPhase<'a, B: Backend> {
     pub clamped: bool,
     /// Sweeps.
     pub sweeps: usize,
+    /// The sweeps start from s = 0 (a free phase) instead of the states in `net.s`,
+    /// which are then only written: exactly [`Backend::fill`] with 0 on every s_l
+    /// before the sweeps.
+    pub from_zero: bool,
     /// Per-row Σ‖Δs‖² of the last sweep (at least `rows` entries; written).
     pub rowres: &'a mut B::Buf,
 }

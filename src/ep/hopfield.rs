@@ -27,8 +27,10 @@ enum Output {
     Clamped,
 }
 
-/// `sweeps` settle sweeps from the current `ws.s`. The last sweep's state change
-/// Σ‖Δs‖² is added to `ws.resid[slot]` (the fixed-point residual of the phase).
+/// `sweeps` settle sweeps from the current `ws.s` (from zero states when
+/// `from_zero`). The last sweep's state change Σ‖Δs‖² is added to `ws.resid[slot]`
+/// (the fixed-point residual of the phase).
+#[allow(clippy::too_many_arguments)]
 fn settle<B: Backend>(
     net: &Network<B>,
     cfg_loss: crate::Loss,
@@ -36,13 +38,15 @@ fn settle<B: Backend>(
     ws: &mut Workspace<B>,
     rows: usize,
     sweeps: usize,
+    from_zero: bool,
     slot: usize,
 ) -> Result<()> {
     let bk = &net.backend;
     let blocks = &net.arch.blocks;
     let last = blocks.len() - 1;
-    // The backend may run all the sweeps as one fused operation, leaving each row's
-    // last-sweep Σ‖Δs‖² in ws.f; only their sum is then left to add.
+    // The backend may run all the sweeps as one fused operation (zeroing the states
+    // itself), leaving each row's last-sweep Σ‖Δs‖² in ws.f; only their sum is then
+    // left to add.
     if bk.hopfield_settle_fused(HopfieldPhase {
         net: PhaseNet {
             rows,
@@ -59,12 +63,18 @@ fn settle<B: Backend>(
         },
         clamped: matches!(output, Output::Clamped),
         sweeps,
+        from_zero,
         rowres: &mut ws.f,
     })? {
         if sweeps > 0 {
             ws.add_row_residuals(rows, slot, false)?;
         }
         return Ok(());
+    }
+    if from_zero {
+        for s in ws.s.iter_mut() {
+            bk.fill(s, 0.0)?;
+        }
     }
     for sweep in 0..sweeps {
         let final_sweep = sweep + 1 == sweeps;
@@ -115,12 +125,17 @@ fn settle<B: Backend>(
 /// Free phase: W_1 x once, states from zero, `free_steps` sweeps. Leaves the free
 /// equilibrium in `ws.s` (output in `ws.s[L−1]`).
 pub fn free_phase<B: Backend>(net: &Network<B>, ws: &mut Workspace<B>, rows: usize, free_steps: usize) -> Result<()> {
-    let bk = &net.backend;
     super::drive(net, 0, rows, &ws.x, 0.0, &mut ws.p[0])?;
-    for s in ws.s.iter_mut() {
-        bk.fill(s, 0.0)?;
-    }
-    settle(net, crate::Loss::CrossEntropy, Output::Free, ws, rows, free_steps, 1)
+    settle(
+        net,
+        crate::Loss::CrossEntropy,
+        Output::Free,
+        ws,
+        rows,
+        free_steps,
+        true,
+        1,
+    )
 }
 
 /// The estimate of the rule (see [`super::Nudging::phases`]), with
@@ -178,7 +193,7 @@ pub fn gradients<B: Backend>(
                 Output::Clamped
             }
         };
-        settle(net, cfg.loss, output, ws, rows, cfg.settle_steps, 0)?;
+        settle(net, cfg.loss, output, ws, rows, cfg.settle_steps, false, 0)?;
         pending = Some(term(coef, written));
     }
     pending.ok_or_else(|| {

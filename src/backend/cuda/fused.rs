@@ -253,10 +253,11 @@ impl Cuda {
             None => (0.0f32, 0u32),
         };
         let clamped = u32::from(ph.clamped);
+        let from_zero = u32::from(ph.from_zero);
         let f = self.kernel("hopfield_settle_phase")?;
         let mut lb = self.queue().stream.launch_builder(f);
         args.push_leading(&mut lb);
-        lb.arg(&beta).arg(&nudge).arg(&clamped).arg(&sweeps);
+        lb.arg(&beta).arg(&nudge).arg(&clamped).arg(&sweeps).arg(&from_zero);
         args.push_states(&mut lb);
         lb.arg(&mut *ph.rowres);
         // SAFETY: the argument list matches hopfield_settle_phase's signature in
