@@ -276,8 +276,9 @@ mod tests {
     /// Back-to-back jobs whose task counts grow and shrink, with the racy
     /// stretches widened: every task runs exactly once, and `run` returns only
     /// after the last has finished. (With the task count in a word of its own, a
-    /// helper claimed a task of the next job before it was published; this failed
-    /// in ~1.5% of jobs.)
+    /// helper claimed a task of the next job before it was published: this test
+    /// failed at once on that pool, a helper running a task index past its job's
+    /// count.)
     #[test]
     fn back_to_back_jobs_run_each_task_once_and_are_waited_for() {
         WIDEN.store(true, Relaxed);
