@@ -88,7 +88,7 @@ __device__ __forceinline__ MepFusedNet mep_fused_net(u32 depth, u32 n1, u32 n2, 
 }
 
 // sh[off[l] + j] ← g[l][row, j] for every block l and unit j (a thread per unit).
-__device__ __forceinline__ void mep_fused_load(const MepFusedNet& net, float* const* g, u64 row,
+__device__ __forceinline__ void mep_fused_load(const MepFusedNet& net, const float* const* g, u64 row,
                                                float* sh) {
     for (u32 l = 0; l < net.L; l++)
         for (u32 j = threadIdx.x; j < net.n[l]; j += blockDim.x)
@@ -335,12 +335,16 @@ extern "C" __global__ void layered_nudged_phase(
 // row, as src/ep/hopfield.rs's `settle` issues them: for l = 1 … L in order,
 //   f_l = W_{l+1}ᵀ s_{l+1} + W_l s_{l−1}  (p0 = W_1 x for l = 1; no feedback at l = L),
 //   s_l ← φ_l(f_l + b_l [− β·dc at l = L when nudged]), dc = ∂C/∂o at o = s_L;
-// the output is not swept when clamped != 0. The sweeps start from s1..s4, or from
-// zero states when from_zero != 0 (a free phase; s1..s4 are then only written).
+// the output is not swept when clamped != 0. The sweeps start from the states
+// in1..in4, or from zero states when from_zero != 0 (a free phase; in1..in4 unread);
+// the final states go to s1..s4. in_l may be s_l itself (settling in place: a block
+// reads its row before it writes it, and no other block touches that row) or other
+// buffers, so two phases can settle side by side from one free state, each into its
+// own states.
 // rowres[row] gets the last sweep's Σ_l ‖Δs_l‖² of the row (0 when sweeps = 0).
 //   depth, n1..n4, act1..act4, w2..w4, b1..b4, p0, labels, loss, eps as in
-//   layered_nudged_phase; nudge: 1 to add −β·dc at the output; s1..s4 (rows × n_l)
-//   read and written.
+//   layered_nudged_phase; nudge: 1 to add −β·dc at the output; in1..in4 (rows × n_l)
+//   read; s1..s4 (rows × n_l) written.
 // Launch: grid = rows blocks (one per row), block = MEP_FUSED_THREADS threads (1-D);
 // depth ≤ MEP_FUSED_MAX_DEPTH and Σ_l n_l ≤ MEP_FUSED_UNITS (see the top of the file).
 extern "C" __global__ void hopfield_settle_phase(
@@ -349,8 +353,8 @@ extern "C" __global__ void hopfield_settle_phase(
     const float* __restrict__ b1, const float* __restrict__ b2, const float* __restrict__ b3,
     const float* __restrict__ b4, const float* __restrict__ p0, const u32* __restrict__ labels,
     u32 loss, float eps, float beta, u32 nudge, u32 clamped, u32 sweeps, u32 from_zero,
-    float* __restrict__ s1, float* __restrict__ s2, float* __restrict__ s3,
-    float* __restrict__ s4, float* __restrict__ rowres) {
+    const float* in1, const float* in2, const float* in3, const float* in4, float* s1,
+    float* s2, float* s3, float* s4, float* __restrict__ rowres) {
     __shared__ float sh_s[MEP_FUSED_UNITS];
     __shared__ float sh_old[MEP_FUSED_UNITS];
     __shared__ float sh_q[MEP_FUSED_UNITS];
@@ -362,6 +366,7 @@ extern "C" __global__ void hopfield_settle_phase(
     const MepFusedNet net = mep_fused_net(depth, n1, n2, n3, n4, act1, act2, act3, act4, w2, w3, w4,
                                           b1, b2, b3, b4, p0);
     float* S[MEP_FUSED_MAX_DEPTH] = {s1, s2, s3, s4};
+    const float* IN[MEP_FUSED_MAX_DEPTH] = {in1, in2, in3, in4};
     const u32 L = net.L, last = net.last, nL = net.n[last];
     const u32* n = net.n;
     const u32* off = net.off;
@@ -370,7 +375,7 @@ extern "C" __global__ void hopfield_settle_phase(
     if (from_zero)
         for (u32 i = tid; i < off[L]; i += nt) sh_s[i] = 0.0f;
     else
-        mep_fused_load(net, S, row, sh_s);
+        mep_fused_load(net, IN, row, sh_s);
     __syncthreads();
 
     for (u32 sweep = 0; sweep < sweeps; sweep++) {

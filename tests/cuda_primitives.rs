@@ -907,12 +907,13 @@ fn fused_hopfield_settle_matches_the_sweeps() {
                 2 + r.below(60) as usize
             });
         }
+        // Every rule in turn (symmetric: its two nudged phases side by side when fused).
         let nudging = [
             Nudging::OneSided,
             Nudging::Symmetric,
             Nudging::Contrastive,
             Nudging::Negative,
-        ][r.below(4) as usize];
+        ][case % 4];
         let mut layers = vec![Layer::Flatten];
         for l in 0..depth {
             layers.push(Layer::Linear {
@@ -955,19 +956,19 @@ fn fused_hopfield_settle_matches_the_sweeps() {
             cfg: &GradConfig,
             x: &[f32],
             y: &[u32],
-        ) -> (Vec<Vec<f32>>, Vec<Vec<f32>>, [f64; 2]) {
+        ) -> (Vec<Vec<f32>>, Vec<Vec<f32>>, [f64; 2], Vec<f32>) {
             let net = Network::new(bk.clone(), arch.clone(), energy, seed).unwrap();
             let mut ws = Workspace::new(bk, arch, y.len()).unwrap();
             let rows = ws.load_host_batch(x, y).unwrap();
-            // Stale states (a previous batch's): the free phase starts from zero
-            // whatever they hold.
+            // Stale states (a previous batch's, in every buffer a phase may settle
+            // into): the free phase starts from zero whatever they hold.
             let mut r = Rng::new(seed ^ 0x57a1e);
-            for s in ws.s.iter_mut() {
+            for s in ws.s.iter_mut().chain(ws.s_free.iter_mut()).chain(ws.a_free.iter_mut()) {
                 let len = bk.download(s).unwrap().len();
                 bk.write(s, &randn(&mut r, len, 1.0)).unwrap();
             }
             let (g, s) = estimate(bk, &net, cfg, &mut ws, rows);
-            (g, s, ws.residuals().unwrap())
+            (g, s, ws.residuals().unwrap(), bk.download(&ws.stats).unwrap())
         }
         let want = run(&cpu, &arch, energy, seed, &cfg, &x, &y);
         gpu.set_fused(true);
@@ -1015,6 +1016,13 @@ fn fused_hopfield_settle_matches_the_sweeps() {
                     (g - w).abs()
                 );
             }
+            // The free output's summed loss and hits (the free state the nudged
+            // phases started from).
+            let (g, w) = (&got.3, &want.3);
+            assert!(
+                (g[0] - w[0]).abs() <= 1e-4 * w[0].abs() + 1e-4 && g[1] == w[1],
+                "{what}: {name} loss statistics {g:?} vs {w:?} (seed {seed})"
+            );
         }
     }
 }

@@ -36,6 +36,7 @@ use common::{emulator_counters, gpu};
 
 use common::{fresh_seed, labels, normals, rel_err};
 use mep::backend::cpu::Cpu;
+use mep::backend::cuda::Cuda;
 use mep::backend::{Backend, Scalar};
 use mep::data::mnist::{Dataset, Mnist};
 use mep::ep::{Energy, Mode, Nudging};
@@ -361,6 +362,75 @@ fn harness_runs_on_the_cpu() {
     compare_tiny_epoch(&cpu, &cpu, "harness_train_epoch");
 }
 
+/// Emulator counters are per process: a counting test measures in a child process
+/// of this test binary (`MEP_STEP_COUNT_CHILD` set), so tests running in parallel
+/// threads do not add to its counts. True in that child; in the parent, runs the
+/// child (which must succeed) and returns false, as it does off the emulator.
+fn in_counting_child(test: &str) -> bool {
+    const CHILD: &str = "MEP_STEP_COUNT_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        return true;
+    }
+    if gpu().is_none() || emulator_counters().is_none() {
+        eprintln!("not on the emulated GPU: no per-step counts");
+        return false;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture"])
+        .env(CHILD, "1")
+        .output()
+        .unwrap();
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the measuring child process failed");
+    false
+}
+
+/// Per-step emulator counts of training `arch` with `cfg` at batch `batch` (graphs
+/// on or off), in steady state: the difference between a 15-step and a 5-step
+/// `train_epoch` over 10 (so per-epoch costs cancel), after a 2-step warm-up (first
+/// allocations, the capture). Returns the lookup by counter name.
+fn per_step_counts(
+    gpu: &Cuda,
+    arch: &Arch,
+    energy: Energy,
+    cfg: OptimConfig,
+    batch: usize,
+    graphs: bool,
+) -> impl Fn(&str) -> f64 {
+    let names: Vec<String> = emulator_counters().unwrap().into_iter().map(|(n, _)| n).collect();
+    let mut net = Network::new(gpu.clone(), arch.clone(), energy, 1).unwrap();
+    let mut engine = Engine::new(cfg, &net, batch).unwrap();
+    // As the optimizer builder sets it on CUDA: divergence is checked when the host
+    // next reads (every `check_every` steps), not by a host read after every step.
+    engine.set_check_every_step(false);
+    engine.set_graphs(graphs);
+    let mut epoch = |steps: usize| {
+        let d = Dataset::synthetic(batch * steps, arch.inputs(), arch.outputs(), 3).unwrap();
+        let dd = DeviceData::upload(gpu, &d).unwrap();
+        let c0 = emulator_counters().unwrap();
+        train_epoch(
+            &mut engine,
+            &mut net,
+            &dd,
+            batch,
+            Shuffle::Seeded(5),
+            0,
+            0,
+            |_, _, _| {},
+        )
+        .unwrap();
+        let c1 = emulator_counters().unwrap();
+        c0.iter().zip(&c1).map(|((_, a), (_, b))| b - a).collect::<Vec<u64>>()
+    };
+    epoch(2);
+    let (short, long) = (epoch(5), epoch(15));
+    move |name: &str| {
+        let i = names.iter().position(|n| n == name).unwrap();
+        (long[i] as f64 - short[i] as f64) / 10.0
+    }
+}
+
 /// What one training step of the seed configuration (784–128–10, smep, batch 64)
 /// costs the host on the emulated GPU: the difference between a 15-step and a
 /// 5-step `train_epoch`, over 10 (so per-epoch costs cancel), in a process of its
@@ -369,55 +439,21 @@ fn harness_runs_on_the_cpu() {
 /// Also requires that no emulator check fired during the run.
 #[test]
 fn host_costs_per_step_of_the_seed_configuration() {
-    // The counters are per process: measure in a child process of this test binary,
-    // so tests running in parallel threads do not add to them.
-    const CHILD: &str = "MEP_STEP_COUNT_CHILD";
-    if std::env::var_os(CHILD).is_none() {
-        if gpu().is_none() || emulator_counters().is_none() {
-            eprintln!("not on the emulated GPU: no per-step counts");
-            return;
-        }
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "host_costs_per_step_of_the_seed_configuration",
-                "--exact",
-                "--nocapture",
-            ])
-            .env(CHILD, "1")
-            .output()
-            .unwrap();
-        print!("{}", String::from_utf8_lossy(&out.stdout));
-        eprint!("{}", String::from_utf8_lossy(&out.stderr));
-        assert!(out.status.success(), "the measuring child process failed");
+    if !in_counting_child("host_costs_per_step_of_the_seed_configuration") {
         return;
     }
     let gpu = gpu().unwrap();
     let before = emulator_counters().unwrap();
-    let names: Vec<String> = before.iter().map(|(n, _)| n.clone()).collect();
-    // Per-step counts of a configuration, with graphs on or off.
+    let arch = Arch::mlp(&[784, 128, 10], Activation::Relu).unwrap();
     let measure = |graphs: bool| {
-        let arch = Arch::mlp(&[784, 128, 10], Activation::Relu).unwrap();
-        let mut net = Network::new(gpu.clone(), arch, Energy::LayeredLeastSquares, 1).unwrap();
-        let mut engine = Engine::new(OptimConfig::smep(), &net, 64).unwrap();
-        // As the optimizer builder sets it on CUDA: divergence is checked when the host
-        // next reads (every `check_every` steps), not by a host read after every step.
-        engine.set_check_every_step(false);
-        engine.set_graphs(graphs);
-        let mut epoch = |steps: usize| {
-            let d = Dataset::synthetic(64 * steps, 784, 10, 3).unwrap();
-            let dd = DeviceData::upload(&gpu, &d).unwrap();
-            let c0 = emulator_counters().unwrap();
-            train_epoch(&mut engine, &mut net, &dd, 64, Shuffle::Seeded(5), 0, 0, |_, _, _| {}).unwrap();
-            let c1 = emulator_counters().unwrap();
-            c0.iter().zip(&c1).map(|((_, a), (_, b))| b - a).collect::<Vec<u64>>()
-        };
-        epoch(2); // warm-up: first-use allocations, the capture
-        let (short, long) = (epoch(5), epoch(15));
-        let names = names.clone();
-        move |name: &str| {
-            let i = names.iter().position(|n| n == name).unwrap();
-            (long[i] as f64 - short[i] as f64) / 10.0
-        }
+        per_step_counts(
+            &gpu,
+            &arch,
+            Energy::LayeredLeastSquares,
+            OptimConfig::smep(),
+            64,
+            graphs,
+        )
     };
     let eager = measure(false);
     let per_step = measure(true);
@@ -478,6 +514,45 @@ fn host_costs_per_step_of_the_seed_configuration() {
     }
 }
 
+/// The Hopfield energy's two nudged phases (symmetric nudging) run side by side from
+/// one fused free phase (BENCHMARKS §7i): its step's longest chain of dependent graph
+/// nodes is no longer than one-sided nudging's, whose single nudged phase follows the
+/// free phase. Run one after the other, with the free state copied aside and back,
+/// the symmetric chain was the longer by 6 nodes at the seed widths (24 against 18).
+#[test]
+fn hopfield_symmetric_phases_run_side_by_side() {
+    if !in_counting_child("hopfield_symmetric_phases_run_side_by_side") {
+        return;
+    }
+    let gpu = gpu().unwrap();
+    if gpu.branches() < 2 {
+        eprintln!("one lane (MEP_CUDA_BRANCHES=1): nothing runs side by side");
+        return;
+    }
+    let before = emulator_counters().unwrap();
+    let arch = Arch::mlp(&[40, 24, 6], Activation::Relu).unwrap();
+    let energy = Energy::Hopfield { free_steps: 4 };
+    let chain = |nudging: Nudging| {
+        let mut cfg = OptimConfig::smep();
+        cfg.grad.nudging = nudging;
+        cfg.grad.settle_steps = 3;
+        let counts = per_step_counts(&gpu, &arch, energy, cfg, 8, true);
+        (counts("graph_path_nodes"), counts("graph_nodes"))
+    };
+    let (one_sided, symmetric) = (chain(Nudging::OneSided), chain(Nudging::Symmetric));
+    println!("graph (longest chain, nodes) per step: one-sided {one_sided:?}, symmetric {symmetric:?}");
+    assert!(
+        symmetric.0 <= one_sided.0,
+        "symmetric nudging's chain ({symmetric:?}) is longer than one-sided's ({one_sided:?}): its phases no longer run side by side"
+    );
+    let errors = |c: &[(String, u64)]| c.iter().find(|(n, _)| n == "errors").map(|(_, v)| *v).unwrap();
+    assert_eq!(
+        errors(&emulator_counters().unwrap()),
+        errors(&before),
+        "emulator checks fired"
+    );
+}
+
 /// A captured step replays exactly what the eager step runs: the same kernels with
 /// the same arguments, the step scalars read on the device. Training with graphs and
 /// without must give bit-identical parameters and statistics, for configurations
@@ -489,7 +564,7 @@ fn graph_replays_match_eager_steps_bit_for_bit() {
     let Some(gpu) = gpu() else { return };
     let lanes = gpu.branches(); // as created (MEP_CUDA_BRANCHES, default 3)
     let seed = fresh_seed("graphs");
-    let cases: [(&str, Energy, OptimConfig, &[usize]); 3] = [
+    let cases: [(&str, Energy, OptimConfig, &[usize]); 4] = [
         (
             "smep layered",
             Energy::LayeredLeastSquares,
@@ -520,6 +595,17 @@ fn graph_replays_match_eager_steps_bit_for_bit() {
                 c
             },
             &[20, 12, 5],
+        ),
+        (
+            // Fused: the two nudged phases side by side from one free state.
+            "smep hopfield symmetric",
+            Energy::Hopfield { free_steps: 8 },
+            {
+                let mut c = OptimConfig::smep();
+                c.grad.nudging = Nudging::Symmetric;
+                c
+            },
+            &[20, 12, 8, 5],
         ),
     ];
     for (name, energy, cfg, widths) in cases {

@@ -634,7 +634,8 @@ pub struct PhaseNet<'a, B: Backend> {
     pub labels: &'a B::Labels,
     /// The cost C (of the nudge).
     pub loss: Loss,
-    /// States s_l (read and written).
+    /// States s_l (read and written; only written by a Hopfield settle that starts
+    /// elsewhere, see [`HopfieldStart`]).
     pub s: &'a mut [B::Buf],
 }
 
@@ -667,10 +668,23 @@ pub struct LayeredPhase<'a, B: Backend> {
     pub free: Option<&'a mut B::Buf>,
 }
 
+/// Where a fused Hopfield settle starts ([`HopfieldPhase::start`]).
+pub enum HopfieldStart<'a, B: Backend> {
+    /// From the states in `net.s`, settled in place.
+    Current,
+    /// From zero states (a free phase): exactly [`Backend::fill`] with 0 on every s_l
+    /// before the sweeps; `net.s` is only written.
+    Zero,
+    /// From these states (one buffer per block, `rows × n_l`, only read): exactly
+    /// [`Backend::copy`] of each into `net.s` before the sweeps. Two phases can so
+    /// settle from one free state at once, each into its own `net.s`.
+    From(&'a [B::Buf]),
+}
+
 /// The operands of fused Hopfield settling ([`Backend::hopfield_settle_fused`]):
-/// `sweeps` Gauss–Seidel sweeps from the states in `net.s` (from zero states when
-/// `from_zero`), the output nudged by −β·∂C/∂o when `nudge` is `Some(β)`, or not
-/// swept at all when `clamped`.
+/// `sweeps` Gauss–Seidel sweeps from `start`, leaving the final states in `net.s`,
+/// the output nudged by −β·∂C/∂o when `nudge` is `Some(β)`, or not swept at all when
+/// `clamped`.
 pub struct HopfieldPhase<'a, B: Backend> {
     /// The network, the batch and the states s_l.
     pub net: PhaseNet<'a, B>,
@@ -680,10 +694,8 @@ pub struct HopfieldPhase<'a, B: Backend> {
     pub clamped: bool,
     /// Sweeps.
     pub sweeps: usize,
-    /// The sweeps start from s = 0 (a free phase) instead of the states in `net.s`,
-    /// which are then only written: exactly [`Backend::fill`] with 0 on every s_l
-    /// before the sweeps.
-    pub from_zero: bool,
+    /// The states the sweeps start from.
+    pub start: HopfieldStart<'a, B>,
     /// Per-row Σ‖Δs‖² of the last sweep (at least `rows` entries; written).
     pub rowres: &'a mut B::Buf,
 }

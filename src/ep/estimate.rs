@@ -9,6 +9,7 @@
 //! update then starts as soon as ∂W₂ is done, and W₁'s chain (its ∂W, then Muon) does
 //! not wait for every other gradient first.
 
+use super::workspace::RowResiduals;
 use super::{Grads, Workspace};
 use crate::backend::Backend;
 use crate::nn::Arch;
@@ -38,9 +39,10 @@ pub struct FinalTerm {
     pub(crate) row_residuals: bool,
     /// A fused free phase left per-row loss statistics in `ws.rowstats` to sum.
     pub(crate) row_stats: bool,
-    /// Two fused nudged phases ran side by side (layered energy): the first one's
-    /// term, with this coefficient, is added first, from `ws.e_side` and
-    /// `ws.a_free` (and its per-row residuals from `ws.f_side` when `row_residuals`).
+    /// Two fused nudged phases ran side by side: the first one's term, with this
+    /// coefficient, is added first, from `ws.e_side` and `ws.a_free` (layered
+    /// energy) or from `ws.a_free` alone (Hopfield: its states), and its per-row
+    /// residuals from `ws.f_side` when `row_residuals`.
     pub(crate) side: Option<f64>,
 }
 
@@ -67,9 +69,9 @@ impl FinalTerm {
             if i >= 2 * depth {
                 return if self.row_residuals && i == 2 * depth {
                     if self.side.is_some() {
-                        ws.add_row_residuals(rows, 0, true)?;
+                        ws.add_row_residuals(rows, 0, RowResiduals::Side)?;
                     }
-                    ws.add_row_residuals(rows, 0, false)
+                    ws.add_row_residuals(rows, 0, RowResiduals::Last)
                 } else {
                     ws.add_row_stats(rows)
                 };
@@ -82,9 +84,13 @@ impl FinalTerm {
             };
             // The side phase's term first (as the phases ran), then this one's added.
             let (gw, gb) = &mut layers[l];
+            let side_u = match self.factors {
+                Factors::Errors => &ws.e_side[l],
+                Factors::States => &ws.a_free[l],
+            };
             let side = self
                 .side
-                .map(|c| (c, &ws.e_side[l], if l == 0 { &ws.x } else { &ws.a_free[l - 1] }));
+                .map(|c| (c, side_u, if l == 0 { &ws.x } else { &ws.a_free[l - 1] }));
             if i < depth {
                 let v = if l == 0 { &ws.x } else { &below[l - 1] };
                 let acc = match side {

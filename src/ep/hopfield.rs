@@ -11,8 +11,9 @@
 //! hence the default of 50 sweeps ([`super::DEFAULT_FREE_STEPS`]).
 
 use super::estimate::{Factors, FinalTerm};
+use super::workspace::RowResiduals;
 use super::{GradConfig, Grads, Phase, Workspace};
-use crate::backend::{Backend, HopfieldPhase, PhaseNet};
+use crate::backend::{Backend, HopfieldPhase, HopfieldStart};
 use crate::nn::Network;
 use crate::{Loss, MepError, Result};
 
@@ -48,26 +49,22 @@ fn settle<B: Backend>(
     // itself), leaving each row's last-sweep Σ‖Δs‖² in ws.f; only their sum is then
     // left to add.
     if bk.hopfield_settle_fused(HopfieldPhase {
-        net: PhaseNet {
-            rows,
-            blocks,
-            params: &net.params,
-            p0: &ws.p[0],
-            labels: &ws.y,
-            loss: cfg_loss,
-            s: &mut ws.s,
-        },
+        net: super::phase_net(net, rows, (&ws.p[0], &ws.y), cfg_loss, &mut ws.s),
         nudge: match output {
             Output::Nudge(beta) => Some(beta),
             _ => None,
         },
         clamped: matches!(output, Output::Clamped),
         sweeps,
-        from_zero,
+        start: if from_zero {
+            HopfieldStart::Zero
+        } else {
+            HopfieldStart::Current
+        },
         rowres: &mut ws.f,
     })? {
         if sweeps > 0 {
-            ws.add_row_residuals(rows, slot, false)?;
+            ws.add_row_residuals(rows, slot, RowResiduals::Last)?;
         }
         return Ok(());
     }
@@ -126,16 +123,89 @@ fn settle<B: Backend>(
 /// equilibrium in `ws.s` (output in `ws.s[L−1]`).
 pub fn free_phase<B: Backend>(net: &Network<B>, ws: &mut Workspace<B>, rows: usize, free_steps: usize) -> Result<()> {
     super::drive(net, 0, rows, &ws.x, 0.0, &mut ws.p[0])?;
-    settle(
-        net,
-        crate::Loss::CrossEntropy,
-        Output::Free,
-        ws,
-        rows,
-        free_steps,
-        true,
-        1,
-    )
+    settle_free(net, ws, rows, free_steps)
+}
+
+/// The free phase's sweeps from zero states, given W_1 x in `ws.p[0]`; the last
+/// sweep's residual goes to slot 1.
+fn settle_free<B: Backend>(net: &Network<B>, ws: &mut Workspace<B>, rows: usize, free_steps: usize) -> Result<()> {
+    settle(net, Loss::CrossEntropy, Output::Free, ws, rows, free_steps, true, 1)
+}
+
+/// One fused settle of `sweeps` sweeps from `start` into `s`, its per-row
+/// residuals into `rowres`, the output nudged at `nudge` (free when `None`); `Ok(false)`
+/// when the backend declines (nothing ran).
+fn fused_settle<B: Backend>(
+    net: &Network<B>,
+    loss: Loss,
+    (p0, labels): (&B::Buf, &B::Labels),
+    rows: usize,
+    (start, nudge, sweeps): (HopfieldStart<'_, B>, Option<f64>, usize),
+    s: &mut [B::Buf],
+    rowres: &mut B::Buf,
+) -> Result<bool> {
+    net.backend.hopfield_settle_fused(HopfieldPhase {
+        net: super::phase_net(net, rows, (p0, labels), loss, s),
+        nudge,
+        clamped: false,
+        sweeps,
+        start,
+        rowres,
+    })
+}
+
+/// Two nudged phases at signed strengths `betas` (symmetric nudging), fused, side by
+/// side ([`Backend::concurrently`]) from one fused free phase, with no copies of the
+/// free state: the free phase settles from zero into `ws.s_free` (per-row
+/// residuals in `ws.r[0]`); then four independent branches: the first phase from
+/// `ws.s_free` into `ws.a_free` (`ws.f_side`), the second from `ws.s_free` into
+/// `ws.s` (`ws.f`; where the phases run one after the other leave the last phase),
+/// the free output's loss statistics, and the free residuals' sum. The nudged
+/// phases' residuals are left for the estimate's term to add. `Ok(false)` when the
+/// backend declines the fused free phase: nothing ran, and the caller runs the
+/// phases one after the other.
+fn fused_phases_side_by_side<B: Backend>(
+    net: &Network<B>,
+    cfg: &GradConfig,
+    free_steps: usize,
+    betas: (f64, f64),
+    ws: &mut Workspace<B>,
+    rows: usize,
+) -> Result<bool> {
+    let bk = &net.backend;
+    let batch = (&ws.p[0], &ws.y);
+    let free = (HopfieldStart::Zero, None, free_steps);
+    if !fused_settle(net, cfg.loss, batch, rows, free, &mut ws.s_free, &mut ws.r[0])? {
+        return Ok(false);
+    }
+    let last = net.arch.depth() - 1;
+    let out = net.arch.outputs();
+    let mut taken = [false; 2];
+    bk.concurrently(4, &mut |i| {
+        let ws = &mut *ws;
+        let batch = (&ws.p[0], &ws.y);
+        match i {
+            0 | 1 => {
+                let (beta, s, rowres) = if i == 0 {
+                    (betas.0, &mut ws.a_free, &mut ws.f_side)
+                } else {
+                    (betas.1, &mut ws.s, &mut ws.f)
+                };
+                let phase = (HopfieldStart::From(&ws.s_free), Some(beta), cfg.settle_steps);
+                taken[i] = fused_settle(net, cfg.loss, batch, rows, phase, s, rowres)?;
+                Ok(())
+            }
+            2 => bk.cost_stats(rows, out, &ws.s_free[last], &ws.y, cfg.loss, &mut ws.stats),
+            _ => ws.add_row_residuals(rows, 1, RowResiduals::FreeSide),
+        }
+    })?;
+    if taken != [true, true] {
+        return Err(MepError::Shape(format!(
+            "{}: the fused Hopfield settle took the free phase but not both nudged phases",
+            bk.name()
+        )));
+    }
+    Ok(true)
 }
 
 /// The estimate of the rule (see [`super::Nudging::phases`]), with
@@ -143,6 +213,10 @@ pub fn free_phase<B: Backend>(net: &Network<B>, ws: &mut Workspace<B>, rows: usi
 /// One-sided: Ĝ = −(1/(βB)) Σ (s^β s^βᵀ − s^0 s^0ᵀ); symmetric:
 /// Ĝ = −(1/(2βB)) Σ (s^{+β} s^{+β}ᵀ − s^{−β} s^{−β}ᵀ). Every perturbed phase starts
 /// from the free state; a clamped one first sets the output state to o⋆ + t(y − o⋆).
+/// Two nudged phases (symmetric nudging) run side by side where the backend fuses
+/// the settle (both start from the free state in `ws.s_free`; the first ends in
+/// `ws.a_free`), else one after the other, the free state copied aside and restored
+/// between them.
 pub fn gradients<B: Backend>(
     net: &Network<B>,
     cfg: &GradConfig,
@@ -151,11 +225,6 @@ pub fn gradients<B: Backend>(
     rows: usize,
     grads: &mut Grads<B>,
 ) -> Result<FinalTerm> {
-    free_phase(net, ws, rows, free_steps)?;
-    let bk = &net.backend;
-    let last = net.arch.depth() - 1;
-    let out = net.arch.outputs();
-    bk.cost_stats(rows, out, &ws.s[last], &ws.y, cfg.loss, &mut ws.stats)?;
     let b = rows as f64;
     let term = |coef: f64, accumulate: bool| FinalTerm {
         factors: Factors::States,
@@ -167,6 +236,22 @@ pub fn gradients<B: Backend>(
         side: None,
     };
     let (free_coef, phases) = cfg.nudging.phases(cfg.beta);
+    super::drive(net, 0, rows, &ws.x, 0.0, &mut ws.p[0])?;
+    // With two nudged phases the backend may settle both at once from one free state.
+    if let [(Phase::Nudge(first), c1), (Phase::Nudge(second), c2)] = phases[..] {
+        if fused_phases_side_by_side(net, cfg, free_steps, (first, second), ws, rows)? {
+            return Ok(FinalTerm {
+                side: Some(-c1 / b),
+                row_residuals: cfg.settle_steps > 0,
+                ..term(c2, false)
+            });
+        }
+    }
+    settle_free(net, ws, rows, free_steps)?;
+    let bk = &net.backend;
+    let last = net.arch.depth() - 1;
+    let out = net.arch.outputs();
+    bk.cost_stats(rows, out, &ws.s[last], &ws.y, cfg.loss, &mut ws.stats)?;
     // Each term reads the state it was made for: the pending one is added before the
     // next phase changes the states.
     let mut pending: Option<FinalTerm> = None;

@@ -7,8 +7,9 @@
 //! ∇_{s_l}F = e_l − φ′_l(s_l) ⊙ W_{l+1}ᵀe_{l+1} (l < L), ∇_{s_L}F = e_L + β φ′_L(s_L) ⊙ ∂C/∂o.
 
 use super::estimate::{Factors, FinalTerm};
+use super::workspace::RowResiduals;
 use super::{GradConfig, Grads, Phase, Workspace};
-use crate::backend::{Backend, LayeredPhase, PhaseNet};
+use crate::backend::{Backend, LayeredPhase};
 use crate::nn::Network;
 use crate::{Loss, MepError, Result};
 
@@ -75,7 +76,7 @@ pub fn nudged_phase<B: Backend>(
     rows: usize,
 ) -> Result<()> {
     if settle_nudged(net, cfg, phase, ws, rows)? {
-        ws.add_row_residuals(rows, 0, false)?;
+        ws.add_row_residuals(rows, 0, RowResiduals::Last)?;
     }
     Ok(())
 }
@@ -163,15 +164,7 @@ fn launch_fused<B: Backend>(
     bufs: PhaseBufs<'_, B>,
 ) -> Result<bool> {
     net.backend.layered_nudged_fused(LayeredPhase {
-        net: PhaseNet {
-            rows,
-            blocks: &net.arch.blocks,
-            params: &net.params,
-            p0,
-            labels,
-            loss: cfg.loss,
-            s: bufs.s,
-        },
+        net: super::phase_net(net, rows, (p0, labels), cfg.loss, bufs.s),
         beta,
         omega: cfg.settle_lr,
         steps: cfg.settle_steps,

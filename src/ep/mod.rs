@@ -37,7 +37,7 @@ pub mod workspace;
 pub use estimate::FinalTerm;
 pub use workspace::{Grads, Workspace};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, PhaseNet};
 use crate::nn::Network;
 use crate::{Loss, MepError, Result};
 
@@ -259,6 +259,26 @@ pub(crate) fn feedback<B: Backend>(
     let w = &net.params[l + 1].w;
     net.backend
         .gemm(false, false, rows, up.inp, up.out, 1.0, upper, w, beta, out)
+}
+
+/// A fused phase's view of `net` ([`PhaseNet`]): `rows` samples of the batch
+/// `(p0, labels)` (p0 = W_1 x), cost `loss`, states `s`.
+pub(crate) fn phase_net<'a, B: Backend>(
+    net: &'a Network<B>,
+    rows: usize,
+    (p0, labels): (&'a B::Buf, &'a B::Labels),
+    loss: Loss,
+    s: &'a mut [B::Buf],
+) -> PhaseNet<'a, B> {
+    PhaseNet {
+        rows,
+        blocks: &net.arch.blocks,
+        params: &net.params,
+        p0,
+        labels,
+        loss,
+        s,
+    }
 }
 
 /// Computes the gradient estimate for the `rows` samples in `ws.x` / `ws.y` into

@@ -4,6 +4,18 @@ use crate::backend::Backend;
 use crate::nn::Arch;
 use crate::Result;
 
+/// Where a fused phase left its per-row residuals
+/// ([`Workspace::add_row_residuals`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RowResiduals {
+    /// `f`: a phase run alone, or the last of two side by side.
+    Last,
+    /// `f_side`: the first of two phases side by side.
+    Side,
+    /// `r[0]`: the Hopfield free phase before two phases side by side.
+    FreeSide,
+}
+
 /// Per-batch scratch space on the backend, sized for up to `rows_cap` samples.
 /// Index `l` holds block l+1's buffers (`rows × n_{l+1}`).
 pub struct Workspace<B: Backend> {
@@ -20,10 +32,12 @@ pub struct Workspace<B: Backend> {
     /// φ(s) for the layered energy (unused by Hopfield).
     pub a: Vec<B::Buf>,
     /// Free-phase copies of `s` (nudged phases restart from them). When two fused
-    /// nudged phases run side by side (each from its own free phase, no copies), the
-    /// first one's states.
+    /// nudged phases run side by side: the layered energy's first phase's states
+    /// (each phase runs its own free phase, no copies); the Hopfield energy's free
+    /// states (both phases start from them).
     pub s_free: Vec<B::Buf>,
-    /// Free-phase copies of `a` (or, side by side, the first phase's φ(s)).
+    /// Free-phase copies of `a` (or, side by side, the first phase's φ(s): with the
+    /// Hopfield energy, whose states are post-activations, its final states).
     pub a_free: Vec<B::Buf>,
     /// Side by side: the first phase's errors e_l.
     pub e_side: Vec<B::Buf>,
@@ -36,7 +50,8 @@ pub struct Workspace<B: Backend> {
     pub e: Vec<B::Buf>,
     /// GEMM outputs W_l φ(s_{l−1}); `p[0]` = W_1 x is constant during a phase.
     pub p: Vec<B::Buf>,
-    /// Scratch `rows × max_width` (feedback W_{l+1}ᵀ e_{l+1}, Hopfield drive).
+    /// Scratch `rows × max_width` (feedback W_{l+1}ᵀ e_{l+1}, Hopfield drive, a
+    /// fused phase's per-row residuals).
     pub f: B::Buf,
     /// ∂C/∂o, `rows × n_L`.
     pub dc: B::Buf,
@@ -45,7 +60,9 @@ pub struct Workspace<B: Backend> {
     /// Per-row [loss, correct] of a free phase run inside a fused nudged phase
     /// (`rows × 2`), summed into `stats` beside the estimate.
     pub rowstats: B::Buf,
-    /// Per-layer scratch for the settle residuals (`rows × n_l`).
+    /// Per-layer scratch for the settle residuals (`rows × n_l`; `r[0]` also takes a
+    /// fused Hopfield free phase's per-row residuals when the nudged phases that
+    /// follow run side by side).
     pub r: Vec<B::Buf>,
     /// Device-side running residuals: `[0]` Σ‖∇_s F‖² at the end of every nudged phase
     /// (layered) or Σ‖Δs‖² of the last nudged sweep (Hopfield); `[1]` Σ‖Δs‖² of the
@@ -109,11 +126,14 @@ impl<B: Backend> Workspace<B> {
         backend.gemm(false, true, 1, 1, n, 1.0, v, v, 1.0, acc)
     }
 
-    /// Adds the per-row residuals a fused phase left in `f` (its first `rows` entries;
-    /// `f_side` for the first of two phases side by side, when `side`) to
-    /// `resid[slot]`, and counts the rows.
-    pub(crate) fn add_row_residuals(&mut self, rows: usize, slot: usize, side: bool) -> Result<()> {
-        let f = if side { &self.f_side } else { &self.f };
+    /// Adds the per-row residuals a fused phase left in the first `rows` entries of
+    /// `from` to `resid[slot]`, and counts the rows.
+    pub(crate) fn add_row_residuals(&mut self, rows: usize, slot: usize, from: RowResiduals) -> Result<()> {
+        let f = match from {
+            RowResiduals::Last => &self.f,
+            RowResiduals::Side => &self.f_side,
+            RowResiduals::FreeSide => &self.r[0],
+        };
         self.backend.col_sum(rows, 1, 1.0, f, 1.0, &mut self.resid[slot])?;
         self.resid_rows[slot] += rows as u64;
         Ok(())

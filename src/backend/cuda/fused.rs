@@ -13,7 +13,7 @@
 //! how the two are compared (tests/cuda_primitives.rs, scripts/gpu-check.sh).
 
 use super::{check_len, dim32, elems, Cuda};
-use crate::backend::{Backend, HopfieldPhase, LayeredPhase, PhaseNet};
+use crate::backend::{Backend, HopfieldPhase, HopfieldStart, LayeredPhase, PhaseNet};
 use crate::nn::Block;
 use crate::{MepError, Result};
 use cudarc::driver::{CudaSlice, LaunchArgs, LaunchConfig, PushKernelArg};
@@ -253,16 +253,37 @@ impl Cuda {
             None => (0.0f32, 0u32),
         };
         let clamped = u32::from(ph.clamped);
-        let from_zero = u32::from(ph.from_zero);
+        // The states read first: net.s itself (in place), or other buffers; with
+        // from_zero, none (the slots then repeat net.s, unread).
+        let (from_zero, start) = match ph.start {
+            HopfieldStart::Zero => (1u32, args.s),
+            HopfieldStart::Current => (0, args.s),
+            HopfieldStart::From(bufs) => {
+                let depth = ph.net.blocks.len();
+                if bufs.len() != depth {
+                    return Err(MepError::Shape(format!(
+                        "{WHAT}: {} start states for {depth} blocks",
+                        bufs.len()
+                    )));
+                }
+                for (l, blk) in ph.net.blocks.iter().enumerate() {
+                    check_part(WHAT, "start states", bufs[l].len(), elems(WHAT, ph.net.rows, blk.out)?)?;
+                }
+                (0, self.slot_ptrs(bufs))
+            }
+        };
         let f = self.kernel("hopfield_settle_phase")?;
         let mut lb = self.queue().stream.launch_builder(f);
         args.push_leading(&mut lb);
         lb.arg(&beta).arg(&nudge).arg(&clamped).arg(&sweeps).arg(&from_zero);
+        for v in &start {
+            lb.arg(v);
+        }
         args.push_states(&mut lb);
         lb.arg(&mut *ph.rowres);
         // SAFETY: the argument list matches hopfield_settle_phase's signature in
         // kernels/fused.cu; every buffer was checked above to hold what the kernel
-        // reads or writes for `rows` rows of the given widths.
+        // reads or writes for `rows` rows of the given widths (the start states too).
         unsafe { lb.launch(row_blocks(args.grid)) }
             .map(|_| true)
             .map_err(|e| MepError::Cuda(format!("launching hopfield_settle_phase: {e:?}")))
