@@ -265,6 +265,8 @@ benches=(
     "mep-mnist cuda eager unfused, MEP_CUDA_GRAPHS=0 MEP_CUDA_FUSED=0 (seed)|--device cuda --data-dir $bundle/mnist --json"
     "mep-mnist cuda hopfield (seed widths)|--device cuda --energy hopfield --data-dir $bundle/mnist --json"
     "mep-mnist cuda hopfield unfused, MEP_CUDA_FUSED=0 (seed widths)|--device cuda --energy hopfield --data-dir $bundle/mnist --json"
+    "mep-mnist cuda hopfield symmetric, phases side by side (seed widths)|--device cuda --energy hopfield --nudging symmetric --data-dir $bundle/mnist --json"
+    "mep-mnist cuda hopfield symmetric unfused, MEP_CUDA_FUSED=0 (seed widths)|--device cuda --energy hopfield --nudging symmetric --data-dir $bundle/mnist --json"
     "mep-mnist cuda symmetric nudging, phases side by side (seed widths)|--device cuda --nudging symmetric --data-dir $bundle/mnist --json"
     "mep-mnist cuda symmetric nudging unfused, MEP_CUDA_FUSED=0 (seed widths)|--device cuda --nudging symmetric --data-dir $bundle/mnist --json"
     "mep-mnist cuda 128,128 (symmetric, phases side by side)|--device cuda --hidden 128,128 --data-dir $bundle/mnist --json"
@@ -274,6 +276,11 @@ benches=(
     "mep-mnist cuda 256,256 fused, MEP_CUDA_FUSED_MAX_COUPLINGS=131072 (symmetric)|--device cuda --hidden 256,256 --data-dir $bundle/mnist --json"
     "mep-mnist cuda 256,256 b1024 (symmetric)|--device cuda --hidden 256,256 --batch-size 1024 --data-dir $bundle/mnist --json"
     "mep-mnist cuda 256,256 b1024 fused, MEP_CUDA_FUSED_MAX_COUPLINGS=131072 (symmetric)|--device cuda --hidden 256,256 --batch-size 1024 --data-dir $bundle/mnist --json"
+    # The fused phase against the batch (a rows-aware limit): the sweep's fused rows at
+    # the same widths and batches are the other half of each comparison.
+    "mep-mnist cuda 128 b1024 unfused, MEP_CUDA_FUSED=0|--device cuda --hidden 128 --batch-size 1024 --data-dir $bundle/mnist --json"
+    "mep-mnist cuda 128 b4096 unfused, MEP_CUDA_FUSED=0|--device cuda --hidden 128 --batch-size 4096 --data-dir $bundle/mnist --json"
+    "mep-mnist cuda 1024 b4096 unfused, MEP_CUDA_FUSED=0|--device cuda --hidden 1024 --batch-size 4096 --data-dir $bundle/mnist --json"
     "mep-mnist cuda 4096,4096 b1024|--device cuda --hidden 4096,4096 --batch-size 1024 --epochs 1 --data-dir $bundle/mnist --json --gemm-rate"
     "mep-mnist cpu ${threads} threads (seed)|--device cpu --threads $threads --data-dir $bundle/mnist --json"
 )

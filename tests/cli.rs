@@ -111,6 +111,9 @@ fn bad_input_exits_non_zero_with_a_clear_message() {
     let Some(dir) = mnist_dir() else { return };
     let d = dir.to_str().unwrap();
     fails_with(&["--device", "cpu", "--data-dir", d, "--beta=-1"], "beta");
+    // A negative number is a value, checked against its range, not an unknown flag.
+    fails_with(&["--device", "cpu", "--data-dir", d, "--lr", "-1"], "`lr`: -1");
+    fails_with(&["--device", "cpu", "--data-dir", d, "--beta", "-0.5"], "`beta`: -0.5");
     fails_with(
         &[
             "--device",
@@ -126,6 +129,10 @@ fn bad_input_exits_non_zero_with_a_clear_message() {
     );
     fails_with(&["--device", "cpu", "--data-dir", d, "--batch-size", "0"], "batch_size");
     fails_with(&["--device", "cpu", "--data-dir", d, "--hidden", "12x"], "hidden");
+    // Empty entries are typos (only a lone empty value means no hidden layer).
+    for typo in ["128,,64", ",", "64,"] {
+        fails_with(&["--device", "cpu", "--data-dir", d, "--hidden", typo], "hidden");
+    }
     fails_with(
         &[
             "--device",

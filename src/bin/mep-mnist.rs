@@ -81,7 +81,9 @@ enum SpectralArg {
 
 /// Train an MLP on MNIST (or your own IDX data, or CIFAR-10: --dataset) with Equilibrium Propagation (defaults: the seed tutorial).
 #[derive(Parser, Debug)]
-#[command(name = "mep-mnist", version)]
+// Negative numbers are values (`--beta -1` reaches the range check, which says what
+// the range is) rather than unknown flags.
+#[command(name = "mep-mnist", version, allow_negative_numbers = true)]
 struct Args {
     /// Optimizer preset.
     #[arg(long, value_enum, default_value = "smep")]
@@ -289,10 +291,12 @@ fn check_conflicts(args: &Args) -> mep::Result<()> {
 }
 
 /// Parses `--hidden`: comma-separated positive widths; a lone empty value means none,
-/// but an empty entry among others (`128,,64`) is a typo, not silently dropped.
+/// but an empty entry among others (`128,,64`, `,`) is a typo, not silently dropped.
 fn parse_hidden(raw: &[String]) -> mep::Result<Vec<usize>> {
-    if raw.iter().all(|h| h.trim().is_empty()) {
-        return Ok(Vec::new());
+    if let [only] = raw {
+        if only.trim().is_empty() {
+            return Ok(Vec::new());
+        }
     }
     raw.iter()
         .map(|h| {
