@@ -39,11 +39,29 @@ pub struct FinalTerm {
     pub(crate) row_residuals: bool,
     /// A fused free phase left per-row loss statistics in `ws.rowstats` to sum.
     pub(crate) row_stats: bool,
-    /// Two fused nudged phases ran side by side: the first one's term, with this
-    /// coefficient, is added first, from `ws.e_side` and `ws.a_free` (layered
-    /// energy) or from `ws.a_free` alone (Hopfield: its states), and its per-row
-    /// residuals from `ws.f_side` when `row_residuals`.
-    pub(crate) side: Option<f64>,
+    /// A second term, added first (as the phases ran), from other buffers: the
+    /// phases ran side by side instead of one after the other.
+    pub(crate) side: Option<SideTerm>,
+}
+
+/// The other term of a [`FinalTerm`] whose phases ran side by side.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SideTerm {
+    /// Its coefficient (the rule's, over the batch size).
+    pub(crate) coef: f64,
+    /// Whose state it reads.
+    pub(crate) of: SideOf,
+}
+
+/// The state a [`SideTerm`] reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SideOf {
+    /// The first of two nudged phases: `ws.e_side` and `ws.a_free` (layered energy)
+    /// or `ws.a_free` alone (Hopfield: its states); its per-row residuals are in
+    /// `ws.f_side` (summed when `row_residuals`).
+    FirstPhase,
+    /// The free state in `ws.s_free` (Hopfield; the rule's free term).
+    Free,
 }
 
 impl FinalTerm {
@@ -68,7 +86,7 @@ impl FinalTerm {
         bk.concurrently(n, &mut |i| {
             if i >= 2 * depth {
                 return if self.row_residuals && i == 2 * depth {
-                    if self.side.is_some() {
+                    if self.side.is_some_and(|s| s.of == SideOf::FirstPhase) {
                         ws.add_row_residuals(rows, 0, RowResiduals::Side)?;
                     }
                     ws.add_row_residuals(rows, 0, RowResiduals::Last)
@@ -84,13 +102,14 @@ impl FinalTerm {
             };
             // The side phase's term first (as the phases ran), then this one's added.
             let (gw, gb) = &mut layers[l];
-            let side_u = match self.factors {
-                Factors::Errors => &ws.e_side[l],
-                Factors::States => &ws.a_free[l],
-            };
-            let side = self
-                .side
-                .map(|c| (c, side_u, if l == 0 { &ws.x } else { &ws.a_free[l - 1] }));
+            let side = self.side.map(|s| {
+                let (u, below) = match (self.factors, s.of) {
+                    (Factors::Errors, _) => (&ws.e_side, &ws.a_free),
+                    (Factors::States, SideOf::FirstPhase) => (&ws.a_free, &ws.a_free),
+                    (Factors::States, SideOf::Free) => (&ws.s_free, &ws.s_free),
+                };
+                (s.coef, &u[l], if l == 0 { &ws.x } else { &below[l - 1] })
+            });
             if i < depth {
                 let v = if l == 0 { &ws.x } else { &below[l - 1] };
                 let acc = match side {

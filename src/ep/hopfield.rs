@@ -10,7 +10,7 @@
 //! computed once per phase. The free phase contracts at roughly σ(W_L)² per sweep,
 //! hence the default of 50 sweeps ([`super::DEFAULT_FREE_STEPS`]).
 
-use super::estimate::{Factors, FinalTerm};
+use super::estimate::{Factors, FinalTerm, SideOf, SideTerm};
 use super::workspace::RowResiduals;
 use super::{GradConfig, Grads, Phase, Workspace};
 use crate::backend::{Backend, HopfieldPhase, HopfieldStart};
@@ -154,21 +154,22 @@ fn fused_settle<B: Backend>(
     })
 }
 
-/// Two nudged phases at signed strengths `betas` (symmetric nudging), fused, side by
-/// side ([`Backend::concurrently`]) from one fused free phase, with no copies of the
-/// free state: the free phase settles from zero into `ws.s_free` (per-row
-/// residuals in `ws.r[0]`); then four independent branches: the first phase from
-/// `ws.s_free` into `ws.a_free` (`ws.f_side`), the second from `ws.s_free` into
-/// `ws.s` (`ws.f`; where the phases run one after the other leave the last phase),
-/// the free output's loss statistics, and the free residuals' sum. The nudged
-/// phases' residuals are left for the estimate's term to add. `Ok(false)` when the
-/// backend declines the fused free phase: nothing ran, and the caller runs the
-/// phases one after the other.
-fn fused_phases_side_by_side<B: Backend>(
+/// The rule's nudged phases at signed strengths `betas` (one or two), fused, each
+/// from the state of one fused free phase, beside each other and beside the free
+/// phase's bookkeeping ([`Backend::concurrently`]), with no copies of the free state.
+/// The free phase settles from zero into `ws.s_free` (per-row residuals in
+/// `ws.r[0]`); then independent branches: with two phases, the first from
+/// `ws.s_free` into `ws.a_free` (residuals `ws.f_side`); the last from `ws.s_free`
+/// into `ws.s` (`ws.f`), where the phases run one after the other leave it; the free
+/// output's loss statistics; the free residuals' sum. The nudged phases' residuals
+/// are left for the estimate's term to add, and the free state stays in
+/// `ws.s_free` for a free term. `Ok(false)` when the backend declines the fused free
+/// phase: nothing ran, and the caller runs the phases one after the other.
+fn fused_from_one_free_state<B: Backend>(
     net: &Network<B>,
     cfg: &GradConfig,
     free_steps: usize,
-    betas: (f64, f64),
+    betas: &[f64],
     ws: &mut Workspace<B>,
     rows: usize,
 ) -> Result<bool> {
@@ -180,28 +181,29 @@ fn fused_phases_side_by_side<B: Backend>(
     }
     let last = net.arch.depth() - 1;
     let out = net.arch.outputs();
-    let mut taken = [false; 2];
-    bk.concurrently(4, &mut |i| {
+    let n = betas.len();
+    let mut taken = vec![false; n];
+    bk.concurrently(n + 2, &mut |i| {
         let ws = &mut *ws;
         let batch = (&ws.p[0], &ws.y);
-        match i {
-            0 | 1 => {
-                let (beta, s, rowres) = if i == 0 {
-                    (betas.0, &mut ws.a_free, &mut ws.f_side)
-                } else {
-                    (betas.1, &mut ws.s, &mut ws.f)
-                };
-                let phase = (HopfieldStart::From(&ws.s_free), Some(beta), cfg.settle_steps);
-                taken[i] = fused_settle(net, cfg.loss, batch, rows, phase, s, rowres)?;
-                Ok(())
-            }
-            2 => bk.cost_stats(rows, out, &ws.s_free[last], &ws.y, cfg.loss, &mut ws.stats),
-            _ => ws.add_row_residuals(rows, 1, RowResiduals::FreeSide),
+        if i < n {
+            let (s, rowres) = if i + 1 < n {
+                (&mut ws.a_free, &mut ws.f_side)
+            } else {
+                (&mut ws.s, &mut ws.f)
+            };
+            let phase = (HopfieldStart::From(&ws.s_free), Some(betas[i]), cfg.settle_steps);
+            taken[i] = fused_settle(net, cfg.loss, batch, rows, phase, s, rowres)?;
+            Ok(())
+        } else if i == n {
+            bk.cost_stats(rows, out, &ws.s_free[last], &ws.y, cfg.loss, &mut ws.stats)
+        } else {
+            ws.add_row_residuals(rows, 1, RowResiduals::FreeSide)
         }
     })?;
-    if taken != [true, true] {
+    if taken.iter().any(|t| !t) {
         return Err(MepError::Shape(format!(
-            "{}: the fused Hopfield settle took the free phase but not both nudged phases",
+            "{}: the fused Hopfield settle took the free phase but not every nudged phase",
             bk.name()
         )));
     }
@@ -213,10 +215,10 @@ fn fused_phases_side_by_side<B: Backend>(
 /// One-sided: Ĝ = −(1/(βB)) Σ (s^β s^βᵀ − s^0 s^0ᵀ); symmetric:
 /// Ĝ = −(1/(2βB)) Σ (s^{+β} s^{+β}ᵀ − s^{−β} s^{−β}ᵀ). Every perturbed phase starts
 /// from the free state; a clamped one first sets the output state to o⋆ + t(y − o⋆).
-/// Two nudged phases (symmetric nudging) run side by side where the backend fuses
-/// the settle (both start from the free state in `ws.s_free`; the first ends in
-/// `ws.a_free`), else one after the other, the free state copied aside and restored
-/// between them.
+/// Where the backend fuses the settle, nudged phases (one, or two for symmetric
+/// nudging) start from the free state in `ws.s_free` without copying it, two of them
+/// side by side (the first ends in `ws.a_free`); else they run one after the other,
+/// the free state copied aside and restored between two.
 pub fn gradients<B: Backend>(
     net: &Network<B>,
     cfg: &GradConfig,
@@ -237,15 +239,29 @@ pub fn gradients<B: Backend>(
     };
     let (free_coef, phases) = cfg.nudging.phases(cfg.beta);
     super::drive(net, 0, rows, &ws.x, 0.0, &mut ws.p[0])?;
-    // With two nudged phases the backend may settle both at once from one free state.
-    if let [(Phase::Nudge(first), c1), (Phase::Nudge(second), c2)] = phases[..] {
-        if fused_phases_side_by_side(net, cfg, free_steps, (first, second), ws, rows)? {
-            return Ok(FinalTerm {
-                side: Some(-c1 / b),
+    // Where the backend fuses the settle, the nudged phases start from one free state
+    // without copying it, beside each other and beside the free phase's statistics;
+    // the free term (one-sided and negative nudging) then reads that state too.
+    let side = |coef: f64, of: SideOf| SideTerm { coef: -coef / b, of };
+    let fused = match phases[..] {
+        [(Phase::Nudge(beta), coef)] => {
+            fused_from_one_free_state(net, cfg, free_steps, &[beta], ws, rows)?.then(|| FinalTerm {
+                side: (free_coef != 0.0).then(|| side(free_coef, SideOf::Free)),
+                row_residuals: cfg.settle_steps > 0,
+                ..term(coef, false)
+            })
+        }
+        [(Phase::Nudge(first), c1), (Phase::Nudge(second), c2)] if free_coef == 0.0 => {
+            fused_from_one_free_state(net, cfg, free_steps, &[first, second], ws, rows)?.then(|| FinalTerm {
+                side: Some(side(c1, SideOf::FirstPhase)),
                 row_residuals: cfg.settle_steps > 0,
                 ..term(c2, false)
-            });
+            })
         }
+        _ => None,
+    };
+    if let Some(t) = fused {
+        return Ok(t);
     }
     settle_free(net, ws, rows, free_steps)?;
     let bk = &net.backend;

@@ -6,7 +6,7 @@
 //! says why not gradient steps); its residual is ‖∇_s F‖ at the final state, with
 //! ∇_{s_l}F = e_l − φ′_l(s_l) ⊙ W_{l+1}ᵀe_{l+1} (l < L), ∇_{s_L}F = e_L + β φ′_L(s_L) ⊙ ∂C/∂o.
 
-use super::estimate::{Factors, FinalTerm};
+use super::estimate::{Factors, FinalTerm, SideOf, SideTerm};
 use super::workspace::RowResiduals;
 use super::{GradConfig, Grads, Phase, Workspace};
 use crate::backend::{Backend, LayeredPhase};
@@ -391,7 +391,10 @@ pub fn gradients<B: Backend>(
         }
         [(Phase::Nudge(first), c1), (Phase::Nudge(second), c2)] => {
             fused_phases_side_by_side(net, cfg, (first, second), ws, rows)?.then(|| FinalTerm {
-                side: Some(-c1 / b),
+                side: Some(SideTerm {
+                    coef: -c1 / b,
+                    of: SideOf::FirstPhase,
+                }),
                 ..term(c2, false, true, true)
             })
         }

@@ -12,7 +12,7 @@ pub(crate) enum RowResiduals {
     Last,
     /// `f_side`: the first of two phases side by side.
     Side,
-    /// `r[0]`: the Hopfield free phase before two phases side by side.
+    /// `r[0]`: a fused Hopfield free phase whose state the nudged phases start from.
     FreeSide,
 }
 
@@ -33,8 +33,8 @@ pub struct Workspace<B: Backend> {
     pub a: Vec<B::Buf>,
     /// Free-phase copies of `s` (nudged phases restart from them). When two fused
     /// nudged phases run side by side: the layered energy's first phase's states
-    /// (each phase runs its own free phase, no copies); the Hopfield energy's free
-    /// states (both phases start from them).
+    /// (each phase runs its own free phase, no copies). With the Hopfield energy's
+    /// fused settle, its free states (the nudged phases start from them).
     pub s_free: Vec<B::Buf>,
     /// Free-phase copies of `a` (or, side by side, the first phase's φ(s): with the
     /// Hopfield energy, whose states are post-activations, its final states).
@@ -61,8 +61,7 @@ pub struct Workspace<B: Backend> {
     /// (`rows × 2`), summed into `stats` beside the estimate.
     pub rowstats: B::Buf,
     /// Per-layer scratch for the settle residuals (`rows × n_l`; `r[0]` also takes a
-    /// fused Hopfield free phase's per-row residuals when the nudged phases that
-    /// follow run side by side).
+    /// fused Hopfield free phase's per-row residuals).
     pub r: Vec<B::Buf>,
     /// Device-side running residuals: `[0]` Σ‖∇_s F‖² at the end of every nudged phase
     /// (layered) or Σ‖Δs‖² of the last nudged sweep (Hopfield); `[1]` Σ‖Δs‖² of the
