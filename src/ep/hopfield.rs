@@ -173,6 +173,10 @@ fn fused_from_one_free_state<B: Backend>(
     ws: &mut Workspace<B>,
     rows: usize,
 ) -> Result<bool> {
+    let n = betas.len();
+    if !(1..=2).contains(&n) {
+        return Err(MepError::invalid("nudged phases", n, "one or two"));
+    }
     let bk = &net.backend;
     let batch = (&ws.p[0], &ws.y);
     let free = (HopfieldStart::Zero, None, free_steps);
@@ -181,8 +185,7 @@ fn fused_from_one_free_state<B: Backend>(
     }
     let last = net.arch.depth() - 1;
     let out = net.arch.outputs();
-    let n = betas.len();
-    let mut taken = vec![false; n];
+    let mut taken = [false; 2];
     bk.concurrently(n + 2, &mut |i| {
         let ws = &mut *ws;
         let batch = (&ws.p[0], &ws.y);
@@ -201,7 +204,7 @@ fn fused_from_one_free_state<B: Backend>(
             ws.add_row_residuals(rows, 1, RowResiduals::FreeSide)
         }
     })?;
-    if taken.iter().any(|t| !t) {
+    if taken[..n].iter().any(|t| !t) {
         return Err(MepError::Shape(format!(
             "{}: the fused Hopfield settle took the free phase but not every nudged phase",
             bk.name()
