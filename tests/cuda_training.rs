@@ -386,6 +386,16 @@ fn in_counting_child(test: &str) -> bool {
     false
 }
 
+/// The emulator's count of checks that fired (its `errors` counter).
+fn emulator_errors() -> u64 {
+    let counters = emulator_counters().unwrap();
+    counters
+        .into_iter()
+        .find(|(n, _)| n == "errors")
+        .map(|(_, v)| v)
+        .unwrap()
+}
+
 /// Per-step emulator counts of training `arch` with `cfg` at batch `batch` (graphs
 /// on or off), in steady state: the difference between a 15-step and a 5-step
 /// `train_epoch` over 10 (so per-epoch costs cancel), after a 2-step warm-up (first
@@ -443,7 +453,7 @@ fn host_costs_per_step_of_the_seed_configuration() {
         return;
     }
     let gpu = gpu().unwrap();
-    let before = emulator_counters().unwrap();
+    let errors_before = emulator_errors();
     let arch = Arch::mlp(&[784, 128, 10], Activation::Relu).unwrap();
     let measure = |graphs: bool| {
         per_step_counts(
@@ -476,10 +486,9 @@ fn host_costs_per_step_of_the_seed_configuration() {
     if let Ok(path) = std::env::var("MEP_EMU_STEP_COUNTS") {
         std::fs::write(path, format!("{json}\n")).unwrap();
     }
-    let errors = |c: &[(String, u64)]| c.iter().find(|(n, _)| n == "errors").map(|(_, v)| *v).unwrap();
     assert_eq!(
-        errors(&emulator_counters().unwrap()),
-        errors(&before),
+        emulator_errors(),
+        errors_before,
         "emulator checks fired during the seed-configuration epochs (see mep-emu: error lines)"
     );
     // Issue 7's targets: in steady state a step is one graph launch and one small copy
@@ -531,7 +540,7 @@ fn hopfield_symmetric_phases_run_side_by_side() {
         return;
     }
     let gpu = gpu().unwrap();
-    let before = emulator_counters().unwrap();
+    let errors_before = emulator_errors();
     let arch = Arch::mlp(&[40, 24, 6], Activation::Relu).unwrap();
     let energy = Energy::Hopfield { free_steps: 4 };
     let graph = |nudging: Nudging| {
@@ -554,12 +563,7 @@ fn hopfield_symmetric_phases_run_side_by_side() {
             "the Hopfield step's longest chain grew past 10 nodes (one-sided) or 12 (symmetric): one-sided {one_sided:?}, symmetric {symmetric:?}"
         );
     }
-    let errors = |c: &[(String, u64)]| c.iter().find(|(n, _)| n == "errors").map(|(_, v)| *v).unwrap();
-    assert_eq!(
-        errors(&emulator_counters().unwrap()),
-        errors(&before),
-        "emulator checks fired"
-    );
+    assert_eq!(emulator_errors(), errors_before, "emulator checks fired");
 }
 
 /// A captured step replays exactly what the eager step runs: the same kernels with

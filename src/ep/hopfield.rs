@@ -201,7 +201,7 @@ fn fused_from_one_free_state<B: Backend>(
         } else if i == n {
             bk.cost_stats(rows, out, &ws.s_free[last], &ws.y, cfg.loss, &mut ws.stats)
         } else {
-            ws.add_row_residuals(rows, 1, RowResiduals::FreeSide)
+            ws.add_row_residuals(rows, 1, RowResiduals::Free)
         }
     })?;
     if taken[..n].iter().any(|t| !t) {

@@ -13,7 +13,7 @@ pub(crate) enum RowResiduals {
     /// `f_side`: the first of two phases side by side.
     Side,
     /// `r[0]`: a fused Hopfield free phase whose state the nudged phases start from.
-    FreeSide,
+    Free,
 }
 
 /// Per-batch scratch space on the backend, sized for up to `rows_cap` samples.
@@ -131,7 +131,7 @@ impl<B: Backend> Workspace<B> {
         let f = match from {
             RowResiduals::Last => &self.f,
             RowResiduals::Side => &self.f_side,
-            RowResiduals::FreeSide => &self.r[0],
+            RowResiduals::Free => &self.r[0],
         };
         self.backend.col_sum(rows, 1, 1.0, f, 1.0, &mut self.resid[slot])?;
         self.resid_rows[slot] += rows as u64;
