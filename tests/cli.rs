@@ -108,6 +108,19 @@ fn bad_input_exits_non_zero_with_a_clear_message() {
         &["--device", "cpu", "--data-dir", "/nonexistent/mnist"],
         "scripts/fetch-mnist.sh",
     );
+    // Arguments are checked before the data loads: a missing data directory is not
+    // what a zero batch size reports.
+    fails_with(
+        &[
+            "--device",
+            "cpu",
+            "--data-dir",
+            "/nonexistent/mnist",
+            "--batch-size",
+            "0",
+        ],
+        "`batch-size`: 0",
+    );
     let Some(dir) = mnist_dir() else { return };
     let d = dir.to_str().unwrap();
     fails_with(&["--device", "cpu", "--data-dir", d, "--beta=-1"], "beta");
@@ -127,7 +140,6 @@ fn bad_input_exits_non_zero_with_a_clear_message() {
         ],
         "momentum",
     );
-    fails_with(&["--device", "cpu", "--data-dir", d, "--batch-size", "0"], "batch_size");
     fails_with(&["--device", "cpu", "--data-dir", d, "--hidden", "12x"], "hidden");
     // Empty entries are typos (only a lone empty value means no hidden layer).
     for typo in ["128,,64", ",", "64,"] {

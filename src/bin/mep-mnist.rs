@@ -284,6 +284,10 @@ fn check_conflicts(args: &Args) -> mep::Result<()> {
     if args.stop_after == Some(0) {
         return conflict("stop-after", "0".into(), "must be at least 1 epoch");
     }
+    if args.batch_size == 0 {
+        // Checked here, before the data set loads, not seconds later by the trainer.
+        return conflict("batch-size", "0".into(), "must be at least 1 sample per step");
+    }
     if args.train_subset == Some(0) {
         return conflict("train-subset", "0".into(), "must be at least 1 sample");
     }
