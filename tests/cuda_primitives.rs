@@ -897,7 +897,7 @@ fn fused_hopfield_settle_matches_the_sweeps() {
         Activation::Sigmoid,
         Activation::HardSigmoid,
     ];
-    for case in 0..10 {
+    for case in 0..2 * Nudging::ALL.len() {
         let depth = 1 + r.below(4) as usize;
         let mut widths = vec![3 + r.below(50) as usize];
         for l in 0..depth {
@@ -907,13 +907,9 @@ fn fused_hopfield_settle_matches_the_sweeps() {
                 2 + r.below(60) as usize
             });
         }
-        // Every rule in turn (symmetric: its two nudged phases side by side when fused).
-        let nudging = [
-            Nudging::OneSided,
-            Nudging::Symmetric,
-            Nudging::Contrastive,
-            Nudging::Negative,
-        ][case % 4];
+        // Every rule in turn, twice (symmetric and CCpL: their two phases side by side
+        // when fused; the clamped rules: the output set before the fused settle).
+        let nudging = Nudging::ALL[case % Nudging::ALL.len()];
         let mut layers = vec![Layer::Flatten];
         for l in 0..depth {
             layers.push(Layer::Linear {

@@ -523,20 +523,22 @@ fn host_costs_per_step_of_the_seed_configuration() {
     }
 }
 
-/// With the fused settle, the Hopfield energy's nudged phases start from the one free
-/// state without copies, side by side when there are two (symmetric nudging), beside
-/// the free phase's statistics (BENCHMARKS §7i). Per step, symmetric nudging's graph
-/// then holds exactly two nodes more than one-sided's (its second nudged settle and
-/// that settle's residual sum; the sequential path also copies the free state aside
-/// and back and adds a separate term: 4 more at these widths). With three lanes the
-/// longest chains are at most 10 nodes (one-sided) and 12 (symmetric: its four
-/// independent branches share three lanes), as measured when the phases first ran
-/// this way; one after the other the symmetric one was 20, and with the branches
-/// queued in order 12 and 14. A change that puts work back on the chain must say so
-/// here.
+/// With the fused settle, the Hopfield energy's perturbed phases start from the one
+/// free state without copies, side by side when there are two (symmetric nudging,
+/// CCpL), beside the free phase's statistics (BENCHMARKS §7i). Per step, symmetric
+/// nudging's graph then holds exactly two nodes more than one-sided's (its second
+/// nudged settle and that settle's residual sum; the sequential path also copies the
+/// free state aside and back and adds a separate term: 4 more at these widths). A
+/// clamped phase adds two nodes beside it (its output state made from the free one:
+/// the squared error's gradient, then an axpby), so CL holds two more than one-sided
+/// and CCpL four more than symmetric. With three lanes the longest chains are at most
+/// 10 nodes (one-sided), 12 (symmetric and CL) and 13 (CCpL), as measured when the
+/// phases first ran this way; one after the other symmetric was 20, CL 16 and CCpL
+/// 24, and with the branches queued in order one-sided and symmetric were 12 and 14.
+/// A change that puts work back on the chain must say so here.
 #[test]
-fn hopfield_symmetric_phases_run_side_by_side() {
-    if !in_counting_child("hopfield_symmetric_phases_run_side_by_side") {
+fn hopfield_perturbed_phases_run_side_by_side() {
+    if !in_counting_child("hopfield_perturbed_phases_run_side_by_side") {
         return;
     }
     let gpu = gpu().unwrap();
@@ -547,20 +549,31 @@ fn hopfield_symmetric_phases_run_side_by_side() {
         let mut cfg = OptimConfig::smep();
         cfg.grad.nudging = nudging;
         cfg.grad.settle_steps = 3;
+        if nudging.clamps() {
+            cfg.grad.loss = Loss::SquaredError;
+        }
         let counts = per_step_counts(&gpu, &arch, energy, cfg, 8, true);
         (counts("graph_nodes"), counts("graph_path_nodes"))
     };
     let (one_sided, symmetric) = (graph(Nudging::OneSided), graph(Nudging::Symmetric));
-    println!("graph (nodes, longest chain) per step: one-sided {one_sided:?}, symmetric {symmetric:?}");
+    let (contrastive, centered) = (graph(Nudging::Contrastive), graph(Nudging::CoupledCentered));
+    println!(
+        "graph (nodes, longest chain) per step: one-sided {one_sided:?}, symmetric {symmetric:?}, CL {contrastive:?}, CCpL {centered:?}"
+    );
     assert_eq!(
         symmetric.0,
         one_sided.0 + 2.0,
         "symmetric nudging's step is not one-sided's plus a nudged settle and its residual sum: one-sided {one_sided:?}, symmetric {symmetric:?}"
     );
+    assert_eq!(
+        (contrastive.0, centered.0),
+        (one_sided.0 + 2.0, symmetric.0 + 4.0),
+        "a clamped phase is not its nudged counterpart plus its output state's two nodes: one-sided {one_sided:?}, CL {contrastive:?}, symmetric {symmetric:?}, CCpL {centered:?}"
+    );
     if gpu.branches() == 3 {
         assert!(
-            one_sided.1 <= 10.0 && symmetric.1 <= 12.0,
-            "the Hopfield step's longest chain grew past 10 nodes (one-sided) or 12 (symmetric): one-sided {one_sided:?}, symmetric {symmetric:?}"
+            one_sided.1 <= 10.0 && symmetric.1 <= 12.0 && contrastive.1 <= 12.0 && centered.1 <= 13.0,
+            "the Hopfield step's longest chain grew past 10 nodes (one-sided), 12 (symmetric, CL) or 13 (CCpL): one-sided {one_sided:?}, symmetric {symmetric:?}, CL {contrastive:?}, CCpL {centered:?}"
         );
     }
     assert_eq!(emulator_errors(), errors_before, "emulator checks fired");
@@ -577,7 +590,7 @@ fn graph_replays_match_eager_steps_bit_for_bit() {
     let Some(gpu) = gpu() else { return };
     let lanes = gpu.branches(); // as created (MEP_CUDA_BRANCHES, default 3)
     let seed = fresh_seed("graphs");
-    let cases: [(&str, Energy, OptimConfig, &[usize]); 4] = [
+    let cases: [(&str, Energy, OptimConfig, &[usize]); 5] = [
         (
             "smep layered",
             Energy::LayeredLeastSquares,
@@ -616,6 +629,18 @@ fn graph_replays_match_eager_steps_bit_for_bit() {
             {
                 let mut c = OptimConfig::smep();
                 c.grad.nudging = Nudging::Symmetric;
+                c
+            },
+            &[20, 12, 8, 5],
+        ),
+        (
+            // Fused: two clamped phases side by side, each output made from the free one.
+            "smep hopfield CCpL",
+            Energy::Hopfield { free_steps: 8 },
+            {
+                let mut c = OptimConfig::smep();
+                c.grad.nudging = Nudging::CoupledCentered;
+                c.grad.loss = Loss::SquaredError;
                 c
             },
             &[20, 12, 8, 5],

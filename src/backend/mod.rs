@@ -675,9 +675,11 @@ pub enum HopfieldStart<'a, B: Backend> {
     /// From zero states (a free phase): exactly [`Backend::fill`] with 0 on every s_l
     /// before the sweeps; `net.s` is only written.
     Zero,
-    /// From these states (one buffer per block, `rows × n_l`, only read): exactly
-    /// [`Backend::copy`] of each into `net.s` before the sweeps. Two phases can so
-    /// settle from one free state at once, each into its own `net.s`.
+    /// From these states (one buffer for each of the first k ≤ L blocks, `rows × n_l`,
+    /// only read): exactly [`Backend::copy`] of each into `net.s` before the sweeps;
+    /// blocks past the k start from their current states in `net.s` (a clamped
+    /// output set by the caller). Two phases can so settle from one free state at
+    /// once, each into its own `net.s`.
     From(&'a [B::Buf]),
 }
 

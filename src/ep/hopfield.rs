@@ -48,21 +48,21 @@ fn settle<B: Backend>(
     // The backend may run all the sweeps as one fused operation (zeroing the states
     // itself), leaving each row's last-sweep Σ‖Δs‖² in ws.f; only their sum is then
     // left to add.
-    if bk.hopfield_settle_fused(HopfieldPhase {
-        net: super::phase_net(net, rows, (&ws.p[0], &ws.y), cfg_loss, &mut ws.s),
-        nudge: match output {
-            Output::Nudge(beta) => Some(beta),
-            _ => None,
-        },
-        clamped: matches!(output, Output::Clamped),
-        sweeps,
-        start: if from_zero {
-            HopfieldStart::Zero
-        } else {
-            HopfieldStart::Current
-        },
-        rowres: &mut ws.f,
-    })? {
+    let start = if from_zero {
+        HopfieldStart::Zero
+    } else {
+        HopfieldStart::Current
+    };
+    let batch = (&ws.p[0], &ws.y);
+    if fused_settle(
+        net,
+        cfg_loss,
+        batch,
+        rows,
+        (start, output, sweeps),
+        &mut ws.s,
+        &mut ws.f,
+    )? {
         if sweeps > 0 {
             ws.add_row_residuals(rows, slot, RowResiduals::Last)?;
         }
@@ -133,35 +133,40 @@ fn settle_free<B: Backend>(net: &Network<B>, ws: &mut Workspace<B>, rows: usize,
 }
 
 /// One fused settle of `sweeps` sweeps from `start` into `s`, its per-row
-/// residuals into `rowres`, the output nudged at `nudge` (free when `None`); `Ok(false)`
-/// when the backend declines (nothing ran).
+/// residuals into `rowres`, the output driven as `output` says; `Ok(false)` when the
+/// backend declines (nothing ran).
 fn fused_settle<B: Backend>(
     net: &Network<B>,
     loss: Loss,
     (p0, labels): (&B::Buf, &B::Labels),
     rows: usize,
-    (start, nudge, sweeps): (HopfieldStart<'_, B>, Option<f64>, usize),
+    (start, output, sweeps): (HopfieldStart<'_, B>, Output, usize),
     s: &mut [B::Buf],
     rowres: &mut B::Buf,
 ) -> Result<bool> {
     net.backend.hopfield_settle_fused(HopfieldPhase {
         net: super::phase_net(net, rows, (p0, labels), loss, s),
-        nudge,
-        clamped: false,
+        nudge: match output {
+            Output::Nudge(beta) => Some(beta),
+            Output::Free | Output::Clamped => None,
+        },
+        clamped: matches!(output, Output::Clamped),
         sweeps,
         start,
         rowres,
     })
 }
 
-/// The rule's nudged phases at signed strengths `betas` (one or two), fused, each
-/// from the state of one fused free phase, beside each other and beside the free
-/// phase's bookkeeping ([`Backend::concurrently`]), with no copies of the free state.
+/// The rule's perturbed phases (one or two, nudged or clamped), fused, each from the
+/// state of one fused free phase, beside each other and beside the free phase's
+/// bookkeeping ([`Backend::concurrently`]), with no copies of the free state.
 /// The free phase settles from zero into `ws.s_free` (per-row residuals in
 /// `ws.r[0]`); then independent branches: with two phases, the first from
 /// `ws.s_free` into `ws.a_free` (residuals `ws.f_side`); the last from `ws.s_free`
 /// into `ws.s` (`ws.f`), where the phases run one after the other leave it; the free
-/// output's loss statistics; the free residuals' sum. The nudged phases' residuals
+/// output's loss statistics; the free residuals' sum. A clamped phase first sets
+/// its own output state to o⋆ + t(y − o⋆) and settles the layers below from the
+/// free state. The phases' residuals
 /// are left for the estimate's term to add, and the free state stays in
 /// `ws.s_free` for a free term. `Ok(false)` when the backend declines the fused free
 /// phase: nothing ran, and the caller runs the phases one after the other.
@@ -169,17 +174,17 @@ fn fused_from_one_free_state<B: Backend>(
     net: &Network<B>,
     cfg: &GradConfig,
     free_steps: usize,
-    betas: &[f64],
+    phases: &[Phase],
     ws: &mut Workspace<B>,
     rows: usize,
 ) -> Result<bool> {
-    let n = betas.len();
+    let n = phases.len();
     if !(1..=2).contains(&n) {
-        return Err(MepError::invalid("nudged phases", n, "one or two"));
+        return Err(MepError::invalid("perturbed phases", n, "one or two"));
     }
     let bk = &net.backend;
     let batch = (&ws.p[0], &ws.y);
-    let free = (HopfieldStart::Zero, None, free_steps);
+    let free = (HopfieldStart::Zero, Output::Free, free_steps);
     if !fused_settle(net, cfg.loss, batch, rows, free, &mut ws.s_free, &mut ws.r[0])? {
         return Ok(false);
     }
@@ -195,8 +200,18 @@ fn fused_from_one_free_state<B: Backend>(
             } else {
                 (&mut ws.s, &mut ws.f)
             };
-            let phase = (HopfieldStart::From(&ws.s_free), Some(betas[i]), cfg.settle_steps);
-            taken[i] = fused_settle(net, cfg.loss, batch, rows, phase, s, rowres)?;
+            let (start, output) = match phases[i] {
+                Phase::Nudge(beta) => (HopfieldStart::From(&ws.s_free[..]), Output::Nudge(beta)),
+                Phase::Clamp(t) => {
+                    // This phase's output state o⋆ − t·(o⋆ − y), made in place (the
+                    // squared error's gradient o⋆ − y first); the layers below start
+                    // from the free state.
+                    bk.cost_grad(rows, out, &ws.s_free[last], &ws.y, Loss::SquaredError, &mut s[last])?;
+                    bk.axpby(1.0, &ws.s_free[last], -t, &mut s[last])?;
+                    (HopfieldStart::From(&ws.s_free[..last]), Output::Clamped)
+                }
+            };
+            taken[i] = fused_settle(net, cfg.loss, batch, rows, (start, output, cfg.settle_steps), s, rowres)?;
             Ok(())
         } else if i == n {
             bk.cost_stats(rows, out, &ws.s_free[last], &ws.y, cfg.loss, &mut ws.stats)
@@ -218,10 +233,11 @@ fn fused_from_one_free_state<B: Backend>(
 /// One-sided: Ĝ = −(1/(βB)) Σ (s^β s^βᵀ − s^0 s^0ᵀ); symmetric:
 /// Ĝ = −(1/(2βB)) Σ (s^{+β} s^{+β}ᵀ − s^{−β} s^{−β}ᵀ). Every perturbed phase starts
 /// from the free state; a clamped one first sets the output state to o⋆ + t(y − o⋆).
-/// Where the backend fuses the settle, nudged phases (one, or two for symmetric
-/// nudging) start from the free state in `ws.s_free` without copying it, two of them
-/// side by side (the first ends in `ws.a_free`); else they run one after the other,
-/// the free state copied aside and restored between two.
+/// Where the backend fuses the settle, the perturbed phases (one, or two for
+/// symmetric nudging and CCpL; nudged or clamped) start from the free state in
+/// `ws.s_free` without copying it, two of them side by side (the first ends in
+/// `ws.a_free`); else they run one after the other, the free state copied aside and
+/// restored between two.
 pub fn gradients<B: Backend>(
     net: &Network<B>,
     cfg: &GradConfig,
@@ -242,19 +258,18 @@ pub fn gradients<B: Backend>(
     };
     let (free_coef, phases) = cfg.nudging.phases(cfg.beta);
     super::drive(net, 0, rows, &ws.x, 0.0, &mut ws.p[0])?;
-    // Where the backend fuses the settle, the nudged phases start from one free state
-    // without copying it, beside each other and beside the free phase's statistics;
-    // the free term (one-sided and negative nudging) then reads that state too.
+    // Where the backend fuses the settle, the perturbed phases start from one free
+    // state without copying it, beside each other and beside the free phase's
+    // statistics; the free term (one-sided, negative, CL, PCpL, NCpL) then reads that
+    // state too.
     let side = |coef: f64, of: SideOf| SideTerm { coef: -coef / b, of };
     let fused = match phases[..] {
-        [(Phase::Nudge(beta), coef)] => {
-            fused_from_one_free_state(net, cfg, free_steps, &[beta], ws, rows)?.then(|| FinalTerm {
-                side: (free_coef != 0.0).then(|| side(free_coef, SideOf::Free)),
-                row_residuals: cfg.settle_steps > 0,
-                ..term(coef, false)
-            })
-        }
-        [(Phase::Nudge(first), c1), (Phase::Nudge(second), c2)] if free_coef == 0.0 => {
+        [(phase, coef)] => fused_from_one_free_state(net, cfg, free_steps, &[phase], ws, rows)?.then(|| FinalTerm {
+            side: (free_coef != 0.0).then(|| side(free_coef, SideOf::Free)),
+            row_residuals: cfg.settle_steps > 0,
+            ..term(coef, false)
+        }),
+        [(first, c1), (second, c2)] if free_coef == 0.0 => {
             fused_from_one_free_state(net, cfg, free_steps, &[first, second], ws, rows)?.then(|| FinalTerm {
                 side: Some(side(c1, SideOf::FirstPhase)),
                 row_residuals: cfg.settle_steps > 0,

@@ -260,16 +260,19 @@ impl Cuda {
             HopfieldStart::Current => (0, args.s),
             HopfieldStart::From(bufs) => {
                 let depth = ph.net.blocks.len();
-                if bufs.len() != depth {
+                if bufs.len() > depth {
                     return Err(MepError::Shape(format!(
                         "{WHAT}: {} start states for {depth} blocks",
                         bufs.len()
                     )));
                 }
-                for (l, blk) in ph.net.blocks.iter().enumerate() {
-                    check_part(WHAT, "start states", bufs[l].len(), elems(WHAT, ph.net.rows, blk.out)?)?;
+                let mut start = args.s;
+                for (l, (buf, blk)) in bufs.iter().zip(ph.net.blocks).enumerate() {
+                    check_part(WHAT, "start states", buf.len(), elems(WHAT, ph.net.rows, blk.out)?)?;
+                    start[l] = self.buf_id(buf) as u64;
                 }
-                (0, self.slot_ptrs(bufs))
+                // Blocks past the given states read their own (in_l = s_l: in place).
+                (0, start)
             }
         };
         let f = self.kernel("hopfield_settle_phase")?;
