@@ -202,6 +202,11 @@ __device__ __forceinline__ bool mep_fused_drive(const MepFusedNet& net, u32 l, u
 //   a_l = φ_l(s_l) (s and a are then only written), and writes its output's
 //   statistics to rowstats[2·row] = C(o, y) and rowstats[2·row + 1] = [argmax o = y]
 //   (as cost_stats per row; rowstats is unread and unwritten when free = 0).
+//   clamped: 0 for a nudged phase; else a clamped one (beta unused): first the
+//   output state s_L ← s_L − t·(s_L − onehot(y)) (t = clamp_t; the squared error's
+//   gradient, whatever `loss`), a_L = s_L, and its error e_L; the sweeps then keep
+//   s_L and e*_L = e_L, refreshing e_L after the layers below move, and the residual
+//   leaves the output out (as layered.rs's settle_nudged for Phase::Clamp).
 // Per sweep (as backward_errors then relax_forward):
 //   dc = ∂C/∂o at o = a_L;  e*_L = (−β·dc)·φ′_L(s_L);
 //   for l = L−1 … 1: r_l = W_{l+1}ᵀ e*_{l+1}; e*_l = φ′_l(s_l)·r_l (l ≥ 2);
@@ -220,7 +225,7 @@ extern "C" __global__ void layered_nudged_phase(
     float* __restrict__ a1, float* __restrict__ a2, float* __restrict__ a3,
     float* __restrict__ a4, float* __restrict__ e1, float* __restrict__ e2,
     float* __restrict__ e3, float* __restrict__ e4, float* __restrict__ rowres, u32 free,
-    float* __restrict__ rowstats) {
+    float* __restrict__ rowstats, u32 clamped, float clamp_t) {
     __shared__ float sh_s[MEP_FUSED_UNITS];
     __shared__ float sh_a[MEP_FUSED_UNITS];
     __shared__ float sh_e[MEP_FUSED_UNITS];
@@ -267,14 +272,35 @@ extern "C" __global__ void layered_nudged_phase(
         mep_fused_load(net, A, row, sh_a);
         __syncthreads();
     }
+    if (clamped) {
+        // ---- the clamped output o⋆ − t·(o⋆ − onehot(y)), then its error; the barrier
+        // first: thread 0 may still be reading the free output for its statistics ----
+        __syncthreads();
+        mep_fused_cost_grad(sh_a + off[last], nL, y, MEP_LOSS_SE, 0.0f, sh_dc, sh_red);
+        for (u32 k = tid; k < nL; k += nt) {
+            const float sv = -clamp_t * sh_dc[k] + sh_s[off[last] + k];
+            sh_s[off[last] + k] = sv;
+            sh_a[off[last] + k] = sv;
+        }
+        __syncthreads();
+        for (u32 j = mep_fused_first(last); j < nL; j += mep_fused_stride(last)) {
+            float p;
+            if (!mep_fused_drive(net, last, j, sh_a, row, &p)) continue;
+            sh_e[off[last] + j] = sh_s[off[last] + j] - (p + net.B[last][j]);
+        }
+        __syncthreads();
+    }
 
     for (u32 step = 0; step < steps; step++) {
-        // ---- backward: dc, e*_L, then r_l and e*_l downwards ----
-        mep_fused_cost_grad(sh_a + off[last], nL, y, loss, eps, sh_dc, sh_red);
-        for (u32 k = tid; k < nL; k += nt)
-            sh_e[off[last] + k] =
-                (-beta * sh_dc[k]) * mep_act_deriv(net.act[last], sh_s[off[last] + k]);
-        __syncthreads();
+        // ---- backward: dc, e*_L (a clamped output keeps its current error), then r_l
+        // and e*_l downwards ----
+        if (!clamped) {
+            mep_fused_cost_grad(sh_a + off[last], nL, y, loss, eps, sh_dc, sh_red);
+            for (u32 k = tid; k < nL; k += nt)
+                sh_e[off[last] + k] =
+                    (-beta * sh_dc[k]) * mep_act_deriv(net.act[last], sh_s[off[last] + k]);
+            __syncthreads();
+        }
         for (int l = (int)last - 1; l >= 0; l--) {
             for (u32 j = tid; j < n[l]; j += nt) {
                 float acc = mep_fused_feedback(net, l, j, sh_e + off[l + 1]);
@@ -292,6 +318,11 @@ extern "C" __global__ void layered_nudged_phase(
                 if (!mep_fused_drive(net, l, j, sh_a, row, &p)) continue;
                 float sv = sh_s[off[l] + j];
                 float e = sv - (p + net.B[l][j]);
+                if (l == last && clamped) {
+                    // The clamped output stays; its error follows the layer below.
+                    sh_e[off[l] + j] = e;
+                    continue;
+                }
                 float d = mep_act_deriv(net.act[l], sv);
                 float ns = sv - omega * (e + c * d * g[j]);
                 sh_s[off[l] + j] = ns;
@@ -311,11 +342,13 @@ extern "C" __global__ void layered_nudged_phase(
     // ---- the residual Σ_l ‖∇_{s_l}F‖² of the final state (as src/ep/layered.rs's
     // `residual`): e_L + β·(φ′_L(s_L)·dc) at the output, e_l − φ′_l(s_l)·(W_{l+1}ᵀe_{l+1})
     // below it ----
-    mep_fused_cost_grad(sh_a + off[last], nL, y, loss, eps, sh_dc, sh_red);
     float res = 0.0f;
-    for (u32 k = tid; k < nL; k += nt) {
-        float g = sh_e[off[last] + k] + beta * (sh_dc[k] * mep_act_deriv(net.act[last], sh_s[off[last] + k]));
-        res += g * g;
+    if (!clamped) {
+        mep_fused_cost_grad(sh_a + off[last], nL, y, loss, eps, sh_dc, sh_red);
+        for (u32 k = tid; k < nL; k += nt) {
+            float g = sh_e[off[last] + k] + beta * (sh_dc[k] * mep_act_deriv(net.act[last], sh_s[off[last] + k]));
+            res += g * g;
+        }
     }
     for (u32 l = 0; l < last; l++)
         for (u32 j = tid; j < n[l]; j += nt) {

@@ -671,7 +671,7 @@ fn fused_layered_phase_matches_the_sweeps() {
         Activation::Sigmoid,
         Activation::HardSigmoid,
     ];
-    for case in 0..12 {
+    for case in 0..14 {
         let depth = 1 + r.below(4) as usize;
         let mut widths = vec![3 + r.below(60) as usize];
         for l in 0..depth {
@@ -722,7 +722,7 @@ fn fused_layered_phase_matches_the_sweeps() {
             arch: &Arch,
             seed: u64,
             cfg: &GradConfig,
-            beta: f64,
+            phase: Phase,
             x: &[f32],
             y: &[u32],
         ) -> (Vec<[Vec<f32>; 3]>, f64) {
@@ -730,7 +730,7 @@ fn fused_layered_phase_matches_the_sweeps() {
             let mut ws = Workspace::new(bk, arch, y.len()).unwrap();
             let rows = ws.load_host_batch(x, y).unwrap();
             layered::forward(&net, &mut ws, rows).unwrap();
-            layered::nudged_phase(&net, cfg, Phase::Nudge(beta), &mut ws, rows).unwrap();
+            layered::nudged_phase(&net, cfg, phase, &mut ws, rows).unwrap();
             let state = (0..arch.depth())
                 .map(|l| {
                     let n = rows * arch.blocks()[l].out;
@@ -740,11 +740,18 @@ fn fused_layered_phase_matches_the_sweeps() {
                 .collect();
             (state, ws.residuals().unwrap()[0])
         }
-        let (want, want_res) = run(&cpu, &arch, seed, &cfg, beta, &x, &y);
+        // Every third case a clamped phase (the output set to o⋆ + t(y − o⋆), then
+        // kept) instead of a nudged one.
+        let phase = match case % 3 {
+            2 => Phase::Clamp([1.0, 0.5, -0.5][r.below(3) as usize]),
+            _ => Phase::Nudge(beta),
+        };
+        let what = format!("{what}, {phase:?}");
+        let (want, want_res) = run(&cpu, &arch, seed, &cfg, phase, &x, &y);
         gpu.set_fused(true);
-        let (fused, fused_res) = run(&gpu, &arch, seed, &cfg, beta, &x, &y);
+        let (fused, fused_res) = run(&gpu, &arch, seed, &cfg, phase, &x, &y);
         gpu.set_fused(false);
-        let (unfused, unfused_res) = run(&gpu, &arch, seed, &cfg, beta, &x, &y);
+        let (unfused, unfused_res) = run(&gpu, &arch, seed, &cfg, phase, &x, &y);
         gpu.set_fused(true);
         // The settle residual (RMS per row of ‖∇_s F‖ at the final state): the fused
         // kernel sums it per row, the unfused path with a GEMM over the batch.
@@ -799,8 +806,12 @@ fn fused_layered_phase_matches_the_sweeps() {
         // phases then run side by side, each with its own free phase): (gradients,
         // final states s_l, [Σ loss, hits], the free outputs' near ties, which
         // rounding may break either way, the settle residual).
+        // Every rule in turn (symmetric and CCpL: fused, their two phases side by side,
+        // each with its own free phase).
+        let nudging = Nudging::ALL[case % Nudging::ALL.len()];
         let cfg = GradConfig {
-            nudging: [Nudging::OneSided, Nudging::Symmetric][case % 2],
+            nudging,
+            loss: if nudging.clamps() { Loss::SquaredError } else { cfg.loss },
             ..cfg
         };
         let what = format!("{what}, {:?}", cfg.nudging);
@@ -836,7 +847,7 @@ fn fused_layered_phase_matches_the_sweeps() {
             gpu.set_fused(fused);
             let got = run_step(&gpu, &arch, seed, &cfg, &x, &y);
             let name = if fused {
-                "fused (with the free phase; symmetric: side by side)"
+                "fused (with the free phase; two phases side by side)"
             } else {
                 "unfused"
             };

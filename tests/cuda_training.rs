@@ -579,6 +579,40 @@ fn hopfield_perturbed_phases_run_side_by_side() {
     assert_eq!(emulator_errors(), errors_before, "emulator checks fired");
 }
 
+/// The layered energy's clamped rules run in the fused phase kernel as the nudged
+/// ones do (the clamp is the kernel's first act after the free phase), so per step a
+/// clamped rule's graph is its nudged counterpart's, node for node and on the longest
+/// chain: CL, PCpL and NCpL as one-sided nudging, CCpL as symmetric (two fused phases
+/// side by side). Unfused (the clamped phases' sweeps primitive by primitive) CL took
+/// 91 nodes with 83 on the chain and CCpL 175 / 165 (BENCHMARKS §7j).
+#[test]
+fn layered_clamped_phases_run_fused() {
+    if !in_counting_child("layered_clamped_phases_run_fused") {
+        return;
+    }
+    let gpu = gpu().unwrap();
+    let errors_before = emulator_errors();
+    let arch = Arch::mlp(&[40, 24, 6], Activation::Relu).unwrap();
+    let graph = |nudging: Nudging| {
+        let mut cfg = OptimConfig::smep();
+        cfg.grad.nudging = nudging;
+        cfg.grad.loss = Loss::SquaredError;
+        let counts = per_step_counts(&gpu, &arch, Energy::LayeredLeastSquares, cfg, 8, true);
+        (counts("graph_nodes"), counts("graph_path_nodes"))
+    };
+    let (one_sided, symmetric) = (graph(Nudging::OneSided), graph(Nudging::Symmetric));
+    let (contrastive, centered) = (graph(Nudging::Contrastive), graph(Nudging::CoupledCentered));
+    println!(
+        "graph (nodes, longest chain) per step: one-sided {one_sided:?}, symmetric {symmetric:?}, CL {contrastive:?}, CCpL {centered:?}"
+    );
+    assert_eq!(
+        (contrastive, centered),
+        (one_sided, symmetric),
+        "a clamped rule's step is not its nudged counterpart's graph: one-sided {one_sided:?}, CL {contrastive:?}, symmetric {symmetric:?}, CCpL {centered:?}"
+    );
+    assert_eq!(emulator_errors(), errors_before, "emulator checks fired");
+}
+
 /// A captured step replays exactly what the eager step runs: the same kernels with
 /// the same arguments, the step scalars read on the device. Training with graphs and
 /// without must give bit-identical parameters and statistics, for configurations

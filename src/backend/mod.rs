@@ -646,8 +646,14 @@ pub struct PhaseNet<'a, B: Backend> {
 pub struct LayeredPhase<'a, B: Backend> {
     /// The network, the batch and the states s_l.
     pub net: PhaseNet<'a, B>,
-    /// Signed nudging strength β.
+    /// Signed nudging strength β (unused when `clamp` is set).
     pub beta: f64,
+    /// `Some(t)`: a clamped phase instead of a nudged one, as
+    /// [`crate::ep::layered::nudged_phase`] runs [`crate::ep::Phase::Clamp`]: before the
+    /// sweeps, the output state s_L ← s_L − t·(a_L − onehot(y)) (the squared error's
+    /// gradient, whatever `net.loss`; after the free phase when `free` is set),
+    /// a_L = s_L; the sweeps then keep s_L, and the residual leaves the output out.
+    pub clamp: Option<f64>,
     /// Relaxation ω of each sweep.
     pub omega: f64,
     /// Sweeps.

@@ -91,6 +91,11 @@ fn settle_nudged<B: Backend>(
     ws: &mut Workspace<B>,
     rows: usize,
 ) -> Result<bool> {
+    // The backend may run the clamp or nudge, all the sweeps below, the final errors
+    // and the per-row residuals as one fused operation; it then reports so.
+    if fused_phase(net, cfg, phase, false, ws, rows)? {
+        return Ok(true);
+    }
     let bk = &net.backend;
     let last = net.arch.depth() - 1;
     let out = net.arch.blocks[last].out;
@@ -107,13 +112,6 @@ fn settle_nudged<B: Backend>(
             None
         }
     };
-    // The backend may run all the sweeps below, the final errors and the per-row
-    // residuals as one fused operation; it then reports so.
-    if let Some(beta) = beta {
-        if fused_phase(net, cfg, beta, false, ws, rows)? {
-            return Ok(true);
-        }
-    }
     for _ in 0..cfg.settle_steps {
         backward_errors(net, cfg, beta, ws, rows)?;
         relax_forward(net, cfg.settle_lr, beta, ws, rows)?;
@@ -123,14 +121,14 @@ fn settle_nudged<B: Backend>(
     Ok(false)
 }
 
-/// Asks the backend to run a nudged phase at strength `beta` as one fused operation
-/// ([`Backend::layered_nudged_fused`]), with `free`: the free phase too (the forward
-/// pass from `p[0]`, and each row's loss and hit into `ws.rowstats`). Leaves the
-/// per-row residuals in `ws.f`; false when the backend declined (nothing was run).
+/// Asks the backend to run a perturbed phase (nudged or clamped) as one fused
+/// operation ([`Backend::layered_nudged_fused`]), with `free`: the free phase too (the
+/// forward pass from `p[0]`, and each row's loss and hit into `ws.rowstats`). Leaves
+/// the per-row residuals in `ws.f`; false when the backend declined (nothing was run).
 fn fused_phase<B: Backend>(
     net: &Network<B>,
     cfg: &GradConfig,
-    beta: f64,
+    phase: Phase,
     free: bool,
     ws: &mut Workspace<B>,
     rows: usize,
@@ -142,7 +140,7 @@ fn fused_phase<B: Backend>(
         rowres: &mut ws.f,
         free: free.then_some(&mut ws.rowstats),
     };
-    launch_fused(net, cfg, beta, rows, (&ws.p[0], &ws.y), bufs)
+    launch_fused(net, cfg, phase, rows, (&ws.p[0], &ws.y), bufs)
 }
 
 /// The buffers a fused layered phase writes ([`LayeredPhase`]).
@@ -154,18 +152,23 @@ struct PhaseBufs<'a, B: Backend> {
     free: Option<&'a mut B::Buf>,
 }
 
-/// [`Backend::layered_nudged_fused`] at `beta` from `(p0, labels)` into `bufs`.
+/// [`Backend::layered_nudged_fused`] of `phase` from `(p0, labels)` into `bufs`.
 fn launch_fused<B: Backend>(
     net: &Network<B>,
     cfg: &GradConfig,
-    beta: f64,
+    phase: Phase,
     rows: usize,
     (p0, labels): (&B::Buf, &B::Labels),
     bufs: PhaseBufs<'_, B>,
 ) -> Result<bool> {
+    let (beta, clamp) = match phase {
+        Phase::Nudge(beta) => (beta, None),
+        Phase::Clamp(t) => (0.0, Some(t)),
+    };
     net.backend.layered_nudged_fused(LayeredPhase {
         net: super::phase_net(net, rows, (p0, labels), cfg.loss, bufs.s),
         beta,
+        clamp,
         omega: cfg.settle_lr,
         steps: cfg.settle_steps,
         a: bufs.a,
@@ -175,8 +178,8 @@ fn launch_fused<B: Backend>(
     })
 }
 
-/// Two fused nudged phases at `betas`, each from its own free phase (the forward
-/// pass inside the kernel), side by side ([`Backend::concurrently`]): the first into
+/// Two fused perturbed phases (nudged or clamped), each from its own free phase (the
+/// forward pass inside the kernel), side by side ([`Backend::concurrently`]): the first into
 /// `ws.s_free`, `a_free`, `e_side`, `f_side` with the free phase's per-row statistics
 /// in `ws.rowstats`; the second into `ws.s`, `a`, `e`, `f` (where the phases run one
 /// after the other leave the last phase) with its identical statistics in
@@ -185,7 +188,7 @@ fn launch_fused<B: Backend>(
 fn fused_phases_side_by_side<B: Backend>(
     net: &Network<B>,
     cfg: &GradConfig,
-    betas: (f64, f64),
+    phases: (Phase, Phase),
     ws: &mut Workspace<B>,
     rows: usize,
 ) -> Result<bool> {
@@ -193,7 +196,7 @@ fn fused_phases_side_by_side<B: Backend>(
     let mut taken = [false; 2];
     bk.concurrently(2, &mut |i| {
         let ws = &mut *ws;
-        let (beta, bufs) = if i == 0 {
+        let (phase, bufs) = if i == 0 {
             let bufs = PhaseBufs {
                 s: &mut ws.s_free,
                 a: &mut ws.a_free,
@@ -201,7 +204,7 @@ fn fused_phases_side_by_side<B: Backend>(
                 rowres: &mut ws.f_side,
                 free: Some(&mut ws.rowstats),
             };
-            (betas.0, bufs)
+            (phases.0, bufs)
         } else {
             let bufs = PhaseBufs {
                 s: &mut ws.s,
@@ -210,9 +213,9 @@ fn fused_phases_side_by_side<B: Backend>(
                 rowres: &mut ws.f,
                 free: Some(&mut ws.rowstats_spare),
             };
-            (betas.1, bufs)
+            (phases.1, bufs)
         };
-        taken[i] = launch_fused(net, cfg, beta, rows, (&ws.p[0], &ws.y), bufs)?;
+        taken[i] = launch_fused(net, cfg, phase, rows, (&ws.p[0], &ws.y), bufs)?;
         Ok(())
     })?;
     match taken {
@@ -381,15 +384,13 @@ pub fn gradients<B: Backend>(
         side: None,
     };
     super::drive(net, 0, rows, &ws.x, 0.0, &mut ws.p[0])?;
-    // The backend may run the free phase inside a fused nudged phase: the forward
-    // pass and each row's loss statistics, summed beside the estimate. With two
-    // nudged phases (symmetric nudging) each runs its own copy of the free phase, so
-    // the two are independent and run side by side.
+    // The backend may run the free phase inside a fused perturbed phase (nudged or
+    // clamped): the forward pass and each row's loss statistics, summed beside the
+    // estimate. With two phases (symmetric nudging, CCpL) each runs its own copy of
+    // the free phase, so the two are independent and run side by side.
     let fused = match phases[..] {
-        [(Phase::Nudge(beta), coef)] => {
-            fused_phase(net, cfg, beta, true, ws, rows)?.then(|| term(coef, false, true, true))
-        }
-        [(Phase::Nudge(first), c1), (Phase::Nudge(second), c2)] => {
+        [(phase, coef)] => fused_phase(net, cfg, phase, true, ws, rows)?.then(|| term(coef, false, true, true)),
+        [(first, c1), (second, c2)] => {
             fused_phases_side_by_side(net, cfg, (first, second), ws, rows)?.then(|| FinalTerm {
                 side: Some(SideTerm {
                     coef: -c1 / b,

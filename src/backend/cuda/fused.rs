@@ -231,6 +231,11 @@ impl Cuda {
             Some(stats) => lb.arg(stats),
             None => lb.arg(ph.net.p0),
         };
+        let (clamped, clamp_t) = match ph.clamp {
+            Some(t) => (1u32, t as f32),
+            None => (0u32, 0.0f32),
+        };
+        lb.arg(&clamped).arg(&clamp_t);
         // SAFETY: the argument list matches layered_nudged_phase's signature in
         // kernels/fused.cu; every buffer was checked above to hold what the kernel
         // reads or writes for `rows` rows of the given widths; rowstats is written
