@@ -36,6 +36,14 @@ fn write_quadrants(dir: &Path, images: &str, labels: &str, n: usize, rng: &mut R
 
 fn main() -> mep::Result<()> {
     let dir = std::env::args().nth(1).unwrap_or_else(|| "data/quadrants".into());
+    if dir.trim().is_empty() {
+        // An empty argument would write the files into the current directory.
+        return Err(MepError::invalid(
+            "DIR",
+            "\"\"",
+            "give the directory to write the data set to, e.g. data/quadrants (or no argument for that default)",
+        ));
+    }
     let dir = Path::new(&dir);
     std::fs::create_dir_all(dir).map_err(|e| MepError::io(dir, e))?;
     let mut rng = Rng::new(0);

@@ -202,6 +202,27 @@ pub fn save(
     dtype: Dtype,
 ) -> Result<()> {
     optimizer.check_model(model)?;
+    if run.batch_size == 0 {
+        return Err(MepError::invalid(
+            "batch_size",
+            0,
+            "a run's batches hold at least 1 sample",
+        ));
+    }
+    if run.train_samples == 0 {
+        return Err(MepError::invalid(
+            "train_samples",
+            0,
+            "a run trains on at least 1 sample",
+        ));
+    }
+    if data.classes < 2 || data.shape.is_empty() || data.shape.contains(&0) {
+        return Err(MepError::invalid(
+            "data",
+            format!("shape {} with {} classes", shape_text(&data.shape), data.classes),
+            "a data shape has positive dimensions and at least 2 classes (DataShape::of a data set)",
+        ));
+    }
     let state = optimizer.state()?;
     let meta: Vec<(String, String)> = [
         (STEPS, state.steps.to_string()),
@@ -240,16 +261,74 @@ fn parse<T: std::str::FromStr>(path: &Path, meta: &BTreeMap<String, String>, key
     }
 }
 
+/// [`parse`] of a count that must be at least `min`.
+fn parse_count(path: &Path, meta: &BTreeMap<String, String>, key: &str, min: usize) -> Result<Option<usize>> {
+    match parse::<usize>(path, meta, key)? {
+        Some(v) if v < min => Err(MepError::ModelFile {
+            path: path.into(),
+            reason: format!(
+                "metadata `{key}` is `{v}`, but it must be at least {min} (a damaged or altered checkpoint)"
+            ),
+        }),
+        other => Ok(other),
+    }
+}
+
+/// The metadata keys of a full checkpoint's run state and data shape.
+const RUN_KEYS: [&str; 4] = ["epochs_done", "shuffle", "batch_size", "train_samples"];
+const DATA_KEYS: [&str; 2] = ["data_shape", "classes"];
+
 fn info_of(path: &Path, meta: &BTreeMap<String, String>) -> Result<Info> {
-    let data = match (meta.get("data_shape"), parse::<usize>(path, meta, "classes")?) {
+    let bad = |reason: String| MepError::ModelFile {
+        path: path.into(),
+        reason,
+    };
+    // A file that records any of mep's checkpoint entries must be mep's, and whole.
+    let ours: Vec<&str> = RUN_KEYS
+        .iter()
+        .chain(&DATA_KEYS)
+        .chain(&[STEPS, CONFIG])
+        .copied()
+        .filter(|k| meta.contains_key(*k))
+        .collect();
+    if let Some(first) = ours.first() {
+        let format = meta.get("format").map(String::as_str);
+        if format != Some("mep") {
+            return Err(bad(format!(
+                "metadata `format` is {}, but the file records `{first}` as mep's checkpoints do: mep writes \
+                 `format` = `mep` (a damaged or altered checkpoint; save it again)",
+                format.map_or("missing".to_string(), |f| format!("`{f}`"))
+            )));
+        }
+    }
+    for group in [&RUN_KEYS[..], &DATA_KEYS[..], &[STEPS, CONFIG][..]] {
+        let present = group.iter().filter(|k| meta.contains_key(**k)).count();
+        if present > 0 && present < group.len() {
+            let missing: Vec<&str> = group.iter().copied().filter(|k| !meta.contains_key(*k)).collect();
+            return Err(bad(format!(
+                "metadata `{}` is missing, though the file records {}: a damaged or altered checkpoint",
+                missing.join("`, `"),
+                group
+                    .iter()
+                    .filter(|k| meta.contains_key(**k))
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    }
+    let data = match (meta.get("data_shape"), parse_count(path, meta, "classes", 2)?) {
         (Some(shape), Some(classes)) => {
             let shape = shape
                 .split(',')
                 .map(|d| d.trim().parse::<usize>())
                 .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|_| MepError::ModelFile {
-                    path: path.into(),
-                    reason: format!("metadata `data_shape` is `{shape}`, not a list of sizes"),
+                .ok()
+                .filter(|s| !s.is_empty() && !s.contains(&0))
+                .ok_or_else(|| {
+                    bad(format!(
+                        "metadata `data_shape` is `{shape}`, not a list of positive sizes"
+                    ))
                 })?;
             Some(DataShape { shape, classes })
         }
@@ -261,17 +340,14 @@ fn info_of(path: &Path, meta: &BTreeMap<String, String>) -> Result<Info> {
         Some(s) => Some(Shuffle::Seeded(
             s.strip_prefix("seeded:")
                 .and_then(|n| n.parse().ok())
-                .ok_or_else(|| MepError::ModelFile {
-                    path: path.into(),
-                    reason: format!("metadata `shuffle` is `{s}`, expected none or seeded:N"),
-                })?,
+                .ok_or_else(|| bad(format!("metadata `shuffle` is `{s}`, expected none or seeded:N")))?,
         )),
     };
     let run = match (
         parse::<u64>(path, meta, "epochs_done")?,
         shuffle,
-        parse::<usize>(path, meta, "batch_size")?,
-        parse::<usize>(path, meta, "train_samples")?,
+        parse_count(path, meta, "batch_size", 1)?,
+        parse_count(path, meta, "train_samples", 1)?,
     ) {
         (Some(epochs_done), Some(shuffle), Some(batch_size), Some(train_samples)) => Some(RunState {
             epochs_done,
@@ -281,6 +357,7 @@ fn info_of(path: &Path, meta: &BTreeMap<String, String>) -> Result<Info> {
         }),
         _ => None,
     };
+    parse::<u64>(path, meta, STEPS)?;
     Ok(Info {
         run,
         data,
@@ -311,36 +388,192 @@ pub fn load_model(path: impl AsRef<Path>, model: &mut Model, data: Option<&DataS
     if let (Some(saved), Some(data)) = (&info.data, data) {
         saved.check(data)?;
     }
-    model.load_weights(path)?;
+    model.load_weights(path).map_err(|e| in_file(path, e))?;
     Ok(info)
 }
 
-/// The fields where two `Debug` renderings of a configuration differ.
-fn config_difference(saved: &str, ours: &str) -> String {
-    let tokens = |s: &'_ str| -> Vec<String> {
-        s.split([',', '{', '}', '(', ')'])
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .map(String::from)
-            .collect()
-    };
-    let (a, b) = (tokens(saved), tokens(ours));
-    let mut diff = if a.len() == b.len() {
-        a.iter()
-            .zip(&b)
-            .filter(|(x, y)| x != y)
-            .map(|(x, y)| format!("`{x}` in the checkpoint, `{y}` now"))
-            .collect::<Vec<_>>()
-            .join("; ")
-    } else {
-        format!("the checkpoint's optimizer is `{saved}`, this one is `{ours}`")
-    };
-    if diff.contains("total_steps") {
-        diff.push_str(
-            " (the cosine schedule spans all epochs: resume with the --epochs of the run that saved the checkpoint)",
-        );
+/// `e` naming the checkpoint `path` when it does not already name a file: a model's
+/// refusal of a checkpoint's values (shapes, non-finite values) becomes a
+/// [`MepError::ModelFile`]; errors of other kinds (I/O, CUDA…) stay as they are.
+fn in_file(path: &Path, e: MepError) -> MepError {
+    match e {
+        MepError::Shape(_) | MepError::NonFinite(_) | MepError::InvalidArgument { .. } => MepError::ModelFile {
+            path: path.into(),
+            reason: e.to_string(),
+        },
+        other => other,
     }
-    diff
+}
+
+/// A value of a `Debug` rendering: its text and, for `Name { field: value, … }`,
+/// `Name(value, …)`, `[…]` and `(…)`, its parts (field names for structs).
+#[derive(Debug)]
+struct DebugValue<'a> {
+    text: &'a str,
+    head: &'a str,
+    open: Option<char>,
+    parts: Vec<(Option<&'a str>, DebugValue<'a>)>,
+}
+
+/// Parses a `Debug` rendering (as `{:?}` writes it); `None` when it is not one.
+fn parse_debug(s: &str) -> Option<DebugValue<'_>> {
+    fn skip_ws(s: &str, i: &mut usize) {
+        while s[*i..].starts_with(char::is_whitespace) {
+            *i += s[*i..].chars().next().map_or(1, char::len_utf8);
+        }
+    }
+    fn value<'a>(s: &'a str, i: &mut usize, depth: usize) -> Option<DebugValue<'a>> {
+        if depth > 64 {
+            return None;
+        }
+        skip_ws(s, i);
+        let start = *i;
+        if s[*i..].starts_with('"') {
+            let mut escaped = false;
+            for (k, c) in s[*i + 1..].char_indices() {
+                match c {
+                    _ if escaped => escaped = false,
+                    '\\' => escaped = true,
+                    '"' => {
+                        *i += k + 2;
+                        let text = &s[start..*i];
+                        return Some(DebugValue {
+                            text,
+                            head: text,
+                            open: None,
+                            parts: vec![],
+                        });
+                    }
+                    _ => {}
+                }
+            }
+            return None;
+        }
+        while let Some(c) = s[*i..].chars().next() {
+            if ",:{}()[]".contains(c) {
+                break;
+            }
+            *i += c.len_utf8();
+        }
+        let head = s[start..*i].trim();
+        skip_ws(s, i);
+        let open = s[*i..].chars().next().filter(|c| "{([".contains(*c));
+        let Some(open) = open else {
+            return (!head.is_empty()).then_some(DebugValue {
+                text: head,
+                head,
+                open: None,
+                parts: vec![],
+            });
+        };
+        let close = match open {
+            '{' => '}',
+            '(' => ')',
+            _ => ']',
+        };
+        *i += 1;
+        let mut parts = Vec::new();
+        loop {
+            skip_ws(s, i);
+            if s[*i..].starts_with(close) {
+                *i += 1;
+                break;
+            }
+            if s[*i..].starts_with("..") {
+                *i += 2;
+                continue;
+            }
+            let name = if open == '{' {
+                let colon = s[*i..].find(':')?;
+                let name = s[*i..*i + colon].trim();
+                *i += colon + 1;
+                Some(name)
+            } else {
+                None
+            };
+            parts.push((name, value(s, i, depth + 1)?));
+            skip_ws(s, i);
+            if s[*i..].starts_with(',') {
+                *i += 1;
+            } else if !s[*i..].starts_with(close) {
+                return None;
+            }
+        }
+        Some(DebugValue {
+            text: s[start..*i].trim(),
+            head,
+            open: Some(open),
+            parts,
+        })
+    }
+    let mut i = 0;
+    let v = value(s, &mut i, 0)?;
+    skip_ws(s, &mut i);
+    (i == s.len()).then_some(v)
+}
+
+/// The differing leaves of two parsed renderings, as `(field path, saved, ours)`.
+fn debug_diff<'a>(path: &str, a: &DebugValue<'a>, b: &DebugValue<'a>, out: &mut Vec<(String, &'a str, &'a str)>) {
+    if a.text == b.text {
+        return;
+    }
+    let same_shape = a.head == b.head
+        && a.open.is_some()
+        && a.open == b.open
+        && a.parts.len() == b.parts.len()
+        && a.parts.iter().zip(&b.parts).all(|(x, y)| x.0 == y.0);
+    if !same_shape {
+        out.push((path.to_string(), a.text, b.text));
+        return;
+    }
+    for (k, ((name, x), (_, y))) in a.parts.iter().zip(&b.parts).enumerate() {
+        let key = name.map_or_else(|| k.to_string(), str::to_string);
+        let sub = if path.is_empty() { key } else { format!("{path}.{key}") };
+        debug_diff(&sub, x, y, out);
+    }
+}
+
+/// The fields where two `Debug` renderings of a configuration differ, each with both
+/// values; `run` (the checkpoint's run) explains a different cosine schedule length.
+fn config_difference(saved: &str, ours: &str, run: Option<&RunState>) -> String {
+    let mut diffs = Vec::new();
+    match (parse_debug(saved), parse_debug(ours)) {
+        (Some(a), Some(b)) => debug_diff("", &a, &b, &mut diffs),
+        _ => diffs.push((String::new(), saved, ours)),
+    }
+    if diffs.is_empty() {
+        diffs.push((String::new(), saved, ours));
+    }
+    let mut text = diffs
+        .iter()
+        .map(|(field, a, b)| {
+            if field.is_empty() {
+                format!("the checkpoint's optimizer is `{a}`, this one is `{b}`")
+            } else {
+                format!("`{field}: {a}` in the checkpoint, `{field}: {b}` now")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    if let Some((_, a, _)) = diffs.iter().find(|(f, _, _)| f.ends_with("total_steps")) {
+        text.push_str(
+            " (the cosine schedule spans the whole run, epochs × steps per epoch, and a step per epoch is a batch: \
+             a different --epochs, --batch-size or --train-subset changes its length",
+        );
+        if let Some(run) = run {
+            let per_epoch = run.train_samples.div_ceil(run.batch_size.max(1)) as u64;
+            text.push_str(&format!(
+                "; the checkpoint's run had {} training samples in batches of {} ({per_epoch} steps per epoch)",
+                run.train_samples, run.batch_size
+            ));
+            if let Some(epochs) = a.parse::<u64>().ok().filter(|t| per_epoch > 0 && t % per_epoch == 0) {
+                let epochs = epochs / per_epoch;
+                text.push_str(&format!(" for {epochs} epoch{}", if epochs == 1 { "" } else { "s" }));
+            }
+        }
+        text.push_str(": resume with the settings of the run that saved the checkpoint)");
+    }
+    text
 }
 
 /// Continues a run from the checkpoint at `path`: loads the weights into `model` and
@@ -360,7 +593,40 @@ pub fn resume(
     optimizer: &mut Optimizer,
     data: &DataShape,
 ) -> Result<RunState> {
-    let path = path.as_ref();
+    resume_impl(path.as_ref(), model, optimizer, data, None)
+}
+
+/// [`resume`] for a run that goes on with `shuffle`, `batch_size` and `train_samples`:
+/// [`RunState::check_continues`] runs before the optimizer configurations are
+/// compared, so a different batch size or training set is named as such rather than
+/// as the different length of a cosine schedule it causes.
+///
+/// Errors: as [`resume`] and [`RunState::check_continues`], before anything is changed.
+pub fn resume_continuing(
+    path: impl AsRef<Path>,
+    model: &mut Model,
+    optimizer: &mut Optimizer,
+    data: &DataShape,
+    shuffle: Shuffle,
+    batch_size: usize,
+    train_samples: usize,
+) -> Result<RunState> {
+    resume_impl(
+        path.as_ref(),
+        model,
+        optimizer,
+        data,
+        Some((shuffle, batch_size, train_samples)),
+    )
+}
+
+fn resume_impl(
+    path: &Path,
+    model: &mut Model,
+    optimizer: &mut Optimizer,
+    data: &DataShape,
+    current: Option<(Shuffle, usize, usize)>,
+) -> Result<RunState> {
     let bad = |reason: String| MepError::ModelFile {
         path: path.into(),
         reason,
@@ -379,13 +645,16 @@ pub fn resume(
     if let Some(saved) = &info.data {
         saved.check(data)?;
     }
+    if let Some((shuffle, batch_size, train_samples)) = current {
+        run.check_continues(shuffle, batch_size, train_samples)?;
+    }
     let loaded = io::load_with(path, model.arch(), model.energy())?;
     let ours = format!("{:?}", optimizer.config());
     let saved = &meta[CONFIG];
     if *saved != ours {
         return Err(bad(format!(
             "the checkpoint's optimizer configuration differs: {}; build the optimizer as the saved run did",
-            config_difference(saved, &ours)
+            config_difference(saved, &ours, Some(&run))
         )));
     }
     let steps = parse::<u64>(path, &meta, STEPS)?.expect("resumable");
@@ -398,7 +667,7 @@ pub fn resume(
             .collect(),
     };
     let before = model.parameters()?;
-    model.set_parameters(&loaded.values)?;
+    model.set_parameters(&loaded.values).map_err(|e| in_file(path, e))?;
     if let Err(e) = optimizer.set_state(model, &state) {
         model.set_parameters(&before)?;
         return Err(bad(e.to_string()));

@@ -4,7 +4,11 @@
 use std::path::PathBuf;
 
 /// Everything that can go wrong in `mep`.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Debug` prints the same message as `Display` (as `anyhow` does), so that a
+/// `fn main() -> mep::Result<()>` ends with a readable `Error: …` line; match on the
+/// variants to inspect an error's fields.
+#[derive(thiserror::Error)]
 pub enum MepError {
     /// A hyper-parameter or argument is outside its valid range.
     #[error("invalid value for `{name}`: {value} ({fix})")]
@@ -100,6 +104,12 @@ pub enum MepError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl std::fmt::Debug for MepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 /// `Result` with [`MepError`].

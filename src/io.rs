@@ -151,25 +151,104 @@ pub fn remove_stale_temporaries(path: &Path) {
     }
 }
 
-/// Checks, before any work is done, that a save to `path` can succeed: the directory
-/// exists and accepts a new file, and `path` is not a directory. `mep-mnist --save`
-/// calls it before training so that a bad destination does not lose a trained model.
+/// `path` as an error message shows it: quoted when it is empty.
+fn shown(path: &Path) -> String {
+    if path.as_os_str().is_empty() {
+        "\"\"".into()
+    } else {
+        path.display().to_string()
+    }
+}
+
+/// The file a save to `path` writes: `path` itself, or, when `path` is a symbolic link
+/// (or a chain of them), the file the link points to (which may not exist yet), so
+/// that the save replaces the target's contents and keeps the link.
+///
+/// Errors: [`MepError::InvalidArgument`] (`save`) for an empty path, a path ending in
+/// a separator (a directory's), a directory, or an existing file that is not a regular
+/// file (a device, FIFO or socket: a save would replace it by a regular file);
+/// [`MepError::Io`] when the path cannot be examined.
+pub fn resolve_destination(path: &Path) -> Result<PathBuf> {
+    let file_fix = "give a file path such as model.safetensors";
+    if path.as_os_str().is_empty() {
+        return Err(MepError::invalid(
+            "save",
+            shown(path),
+            format!("the path is empty: {file_fix}"),
+        ));
+    }
+    let text = path.as_os_str().to_string_lossy();
+    if text.ends_with(std::path::is_separator)
+        || path.file_name().is_none()
+        || text == "."
+        || text.ends_with("/.")
+        || (std::path::MAIN_SEPARATOR != '/' && text.ends_with(&format!("{}.", std::path::MAIN_SEPARATOR)))
+    {
+        return Err(MepError::invalid(
+            "save",
+            shown(path),
+            format!("names a directory, not a file: {file_fix} (without a trailing separator)"),
+        ));
+    }
+    let mut dest = path.to_path_buf();
+    for _ in 0..40 {
+        let meta = match std::fs::symlink_metadata(&dest) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(dest),
+            Err(e) => return Err(MepError::io(&dest, e)),
+        };
+        let kind = meta.file_type();
+        if kind.is_symlink() {
+            let target = std::fs::read_link(&dest).map_err(|e| MepError::io(&dest, e))?;
+            dest = if target.is_absolute() {
+                target
+            } else {
+                parent_dir(&dest).join(target)
+            };
+            continue;
+        }
+        if kind.is_file() {
+            return Ok(dest);
+        }
+        let via = if dest == path {
+            String::new()
+        } else {
+            format!(" (the link's target {})", dest.display())
+        };
+        if kind.is_dir() {
+            return Err(MepError::invalid(
+                "save",
+                shown(path),
+                format!("is a directory{via}: {file_fix}"),
+            ));
+        }
+        return Err(MepError::invalid(
+            "save",
+            shown(path),
+            format!(
+                "exists{via} and is not a regular file (a device, FIFO or socket), which a save would replace: \
+                 give the path of a regular file"
+            ),
+        ));
+    }
+    Err(MepError::invalid(
+        "save",
+        shown(path),
+        "too many levels of symbolic links (a loop?): give the path of a regular file",
+    ))
+}
+
+/// Checks, before any work is done, that a save to `path` can succeed: the path is not
+/// empty and does not end in a separator, it (or the target of the symbolic link it
+/// is) is a regular file or does not exist yet, and its directory exists and accepts a
+/// new file. `mep-mnist --save` calls it before training so that a bad destination does
+/// not lose a trained model.
+///
+/// Errors: as [`resolve_destination`]; [`MepError::Io`] naming the directory when no
+/// file can be created in it.
 pub fn check_writable(path: &Path) -> Result<()> {
-    if path.is_dir() {
-        return Err(MepError::invalid(
-            "save",
-            path.display(),
-            "is a directory: give a file path such as model.safetensors",
-        ));
-    }
-    if path.file_name().is_none() {
-        return Err(MepError::invalid(
-            "save",
-            path.display(),
-            "give a file path such as model.safetensors",
-        ));
-    }
-    let (tmp, file) = create_temporary(path)?;
+    let dest = resolve_destination(path)?;
+    let (tmp, file) = create_temporary(&dest)?;
     drop(file);
     let _ = std::fs::remove_file(&tmp);
     Ok(())
@@ -211,9 +290,12 @@ fn create_temporary(path: &Path) -> Result<(PathBuf, std::fs::File)> {
 /// Writes `values` (per block: weights, bias) to `path` as `dtype`, atomically: a
 /// uniquely named temporary file in the same directory is written, synced and renamed
 /// over `path`, so `path` holds either its old contents or the complete new ones.
-/// Temporary files of earlier saves whose process died are removed.
+/// Temporary files of earlier saves whose process died are removed. When `path` is a
+/// symbolic link, its target is written (the link stays).
 ///
-/// Errors: [`MepError::NonFinite`] if a parameter is NaN or infinite (such a file could
+/// Errors: [`MepError::InvalidArgument`] (`save`) for a destination that cannot be a
+/// file (see [`resolve_destination`]: empty, a directory, a device…);
+/// [`MepError::NonFinite`] if a parameter is NaN or infinite (such a file could
 /// not be loaded back); F16 cannot hold values beyond ±65504: those are an error, not
 /// silently infinite; [`MepError::Shape`] if `values` does not fit `arch`.
 pub fn save(path: &Path, arch: &Arch, energy: Energy, values: &[(Vec<f64>, Vec<f64>)], dtype: Dtype) -> Result<()> {
@@ -247,6 +329,7 @@ pub fn save_with(
     extra_meta: &[(String, String)],
     extra: &[NamedTensor],
 ) -> Result<()> {
+    let dest = resolve_destination(path)?;
     for t in extra {
         if t.name.starts_with("layers.") || t.shape.iter().product::<usize>() != t.values.len() {
             return Err(MepError::Shape(format!(
@@ -350,18 +433,18 @@ pub fn save_with(
     while h.len() % 8 != 0 {
         h.push(b' ');
     }
-    remove_stale_temporaries(path);
-    let (tmp, mut f) = create_temporary(path)?;
+    remove_stale_temporaries(&dest);
+    let (tmp, mut f) = create_temporary(&dest)?;
     let mut write = || -> std::io::Result<()> {
         f.write_all(&(h.len() as u64).to_le_bytes())?;
         f.write_all(&h)?;
         f.write_all(&data)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, &dest)
     };
     write().map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
-        MepError::io(path, e)
+        MepError::io(&dest, e)
     })
 }
 
@@ -371,7 +454,8 @@ pub fn save_with(
 /// non-overlapping, covering the data exactly, no trailing bytes). A checkpoint written
 /// by `mep` records its model's architecture (widths and activations), biases and
 /// energy; one that differs from `arch`/`energy` is refused, naming the difference.
-/// Then every tensor's presence, dtype and shape is checked.
+/// Then every tensor's presence, dtype and shape is checked, and every value must be
+/// finite. Every error is a [`MepError::ModelFile`] (or [`MepError::Io`]) naming `path`.
 pub fn load(path: &Path, arch: &Arch, energy: Energy) -> Result<Vec<(Vec<f64>, Vec<f64>)>> {
     Ok(load_with(path, arch, energy)?.values)
 }
@@ -418,7 +502,15 @@ pub fn load_with(path: &Path, arch: &Arch, energy: Energy) -> Result<Loaded> {
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| bad(format!("not a valid safetensors file: {e:?}")))?;
     if let Some(meta) = meta.metadata() {
-        if meta.get("format").map(String::as_str) == Some("mep") {
+        let format = meta.get("format").map(String::as_str);
+        if format != Some("mep") && meta.contains_key("arch") {
+            return Err(bad(format!(
+                "metadata `format` is {}, but the file records an `arch` as mep's checkpoints do: a damaged or \
+                 altered checkpoint (mep writes `format` = `mep`); save the model again",
+                format.map_or("missing".to_string(), |f| format!("`{f}`"))
+            )));
+        }
+        if format == Some("mep") {
             for (key, ours) in model_metadata(arch, energy) {
                 // Older mep checkpoints lack `bias` and name the energy without its
                 // parameters: compare what is there.
@@ -460,7 +552,15 @@ pub fn load_with(path: &Path, arch: &Arch, energy: Energy) -> Result<Loaded> {
                 t.shape()
             )));
         }
-        Ok(t.data().chunks_exact(dtype.size()).map(|c| dtype.decode(c)).collect())
+        let values: Vec<f64> = t.data().chunks_exact(dtype.size()).map(|c| dtype.decode(c)).collect();
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(bad(format!(
+                "tensor `{name}` holds {} at index {i}: a checkpoint must hold finite values (the run that saved \
+                 it diverged, or the file is damaged); load an earlier checkpoint",
+                values[i]
+            )));
+        }
+        Ok(values)
     };
     let expected = 2 * arch.depth();
     let names = st.names();

@@ -70,12 +70,55 @@ fn write_png(path: &Path, rgb: &[u8], w: u32, h: u32) -> Result<()> {
     writer.finish().map_err(png_err)
 }
 
-/// `12000` → `12k`: short tick labels for sample counts.
+/// Refuses a `path` whose extension is not `.png` (in any case): the pictures of this
+/// module are PNG files, and a `.jpg` or extension-less name would hold PNG data under
+/// a misleading name. Call it before the work whose result is to be drawn.
+///
+/// Errors: [`MepError::InvalidArgument`] (`path`) naming the path.
+///
+/// ```
+/// use std::path::Path;
+/// assert!(mep::plot::check_png_path(Path::new("runs/curves.PNG")).is_ok());
+/// assert!(mep::plot::check_png_path(Path::new("curves.jpg")).is_err());
+/// ```
+pub fn check_png_path(path: &Path) -> Result<()> {
+    png_path("path", path)
+}
+
+fn png_path(name: &'static str, path: &Path) -> Result<()> {
+    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")) {
+        return Ok(());
+    }
+    let shown = if path.as_os_str().is_empty() {
+        "\"\"".to_string()
+    } else {
+        path.display().to_string()
+    };
+    Err(MepError::invalid(
+        name,
+        shown,
+        "pictures are written as PNG: give a file name ending in .png, e.g. curves.png",
+    ))
+}
+
+/// `v` with at most three decimals, trailing zeros (and point) removed.
+fn trimmed(v: f64) -> String {
+    let s = format!("{v:.3}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s == "-0" {
+        "0".into()
+    } else {
+        s.into()
+    }
+}
+
+/// `12000` → `12k`, `1500` → `1.5k`: short tick labels for sample counts, precise
+/// enough that the ticks of an axis (multiples of a round step) stay distinct.
 fn samples_label(v: f64) -> String {
     if v.abs() >= 1e6 {
-        format!("{:.1}M", v / 1e6)
+        format!("{}M", trimmed(v / 1e6))
     } else if v.abs() >= 1e3 {
-        format!("{}k", (v / 1e3).round())
+        format!("{}k", trimmed(v / 1e3))
     } else {
         format!("{v:.0}")
     }
@@ -87,10 +130,12 @@ fn samples_label(v: f64) -> String {
 /// (hollow circles) and the test evaluation after each epoch (red, filled circles).
 /// `title` heads the picture; `loss_name` labels the loss axis.
 ///
-/// Errors: [`MepError::InvalidArgument`] (`plot`) for no rows or a non-finite
-/// value; [`MepError::Io`] naming `path` when it cannot be written.
+/// Errors: [`MepError::InvalidArgument`] (`plot`) for a path not ending in `.png`
+/// ([`check_png_path`]), no rows or a non-finite value; [`MepError::Io`] naming `path`
+/// when it cannot be written.
 pub fn plot_curves(rows: &[MetricRow], title: &str, loss_name: &str, path: impl AsRef<Path>) -> Result<()> {
     let path = path.as_ref();
+    png_path("plot", path)?;
     if rows.is_empty() {
         return Err(MepError::invalid(
             "plot",
@@ -221,36 +266,32 @@ pub fn sample_png_size(side: usize) -> (u32, u32) {
     (s.max(160), s + SAMPLE_CAPTION)
 }
 
-/// Writes training image `index` of `data` (square greyscale images, e.g. MNIST's
+/// Writes image `index` of `data` (square greyscale images, e.g. MNIST's
 /// 28 × 28) as a PNG at `path`: each pixel a [`SAMPLE_SCALE`]-pixel square, grey
 /// levels stretched from the image's own minimum (black) to maximum (white), under
 /// a caption with the index and label. Returns the picture's size
 /// ([`sample_png_size`]).
 ///
-/// Errors: [`MepError::InvalidArgument`] (`show_sample`) for an index past the
-/// data set or non-square images; [`MepError::Io`] naming `path`.
+/// Errors: [`MepError::InvalidArgument`] (`path`) for a path not ending in `.png`;
+/// [`MepError::InvalidArgument`] (`index`) for an index past the data set or a data
+/// set whose samples are not square greyscale images; [`MepError::Io`] naming `path`.
 pub fn write_sample_png(data: &Dataset, index: usize, path: impl AsRef<Path>) -> Result<(u32, u32)> {
     let path = path.as_ref();
-    if index >= data.n {
-        return Err(MepError::invalid(
-            "show_sample",
-            index,
-            format!("the training set has {} samples: pick an index below that", data.n),
-        ));
-    }
+    png_path("path", path)?;
+    let img = data.sample(index)?;
     let side = (data.features as f64).sqrt().round() as usize;
     if side * side != data.features {
         return Err(MepError::invalid(
-            "show_sample",
+            "index",
             index,
             format!(
-                "only square greyscale images can be drawn; this data set has {} features per sample",
+                "only square greyscale images can be drawn; the data set's samples have shape {} ({} features)",
+                data.shape_text(),
                 data.features
             ),
         ));
     }
     font()?;
-    let img = data.sample(index);
     let lo = img.iter().cloned().fold(f32::INFINITY, f32::min);
     let hi = img.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
     let span = if hi > lo { hi - lo } else { 1.0 };
@@ -283,4 +324,45 @@ pub fn write_sample_png(data: &Dataset, index: usize, path: impl AsRef<Path>) ->
     }
     write_png(path, &buf, w, h)?;
     Ok((w, h))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tick_labels_of_round_steps_are_distinct() {
+        for max in [900.0, 2000.0, 2040.0, 6400.0, 60_000.0, 1_250_000.0, 3_000_000.0] {
+            for step in [
+                1.0, 2.0, 5.0, 10.0, 20.0, 25.0, 50.0, 100.0, 200.0, 250.0, 500.0, 1e3, 2e3, 5e3, 1e4, 1e5, 2e5, 5e5,
+            ] {
+                let ticks = (max / step) as usize;
+                if !(2..=50).contains(&ticks) {
+                    continue;
+                }
+                let labels: Vec<String> = (0..=ticks).map(|k| samples_label(k as f64 * step)).collect();
+                let mut unique = labels.clone();
+                unique.dedup();
+                assert_eq!(unique.len(), labels.len(), "max {max}, step {step}: {labels:?}");
+            }
+        }
+        assert_eq!(
+            [500.0, 1000.0, 1500.0, 2000.0, 12_000.0, 1_500_000.0, 0.0].map(samples_label),
+            ["500", "1k", "1.5k", "2k", "12k", "1.5M", "0"]
+        );
+    }
+
+    #[test]
+    fn only_png_paths_are_accepted() {
+        for ok in ["a.png", "dir/b.PNG", "c.Png"] {
+            assert!(check_png_path(Path::new(ok)).is_ok(), "{ok}");
+        }
+        for bad in ["p.jpg", "p", "p.png.txt", ""] {
+            let e = check_png_path(Path::new(bad)).unwrap_err().to_string();
+            assert!(
+                e.contains(".png") && e.contains(if bad.is_empty() { "\"\"" } else { bad }),
+                "{e}"
+            );
+        }
+    }
 }

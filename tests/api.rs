@@ -100,6 +100,16 @@ fn bad_networks_are_rejected() {
             .build(0),
         "free_steps",
     );
+    // A typo's count would look like a hang: refused, not run.
+    assert_invalid(
+        Sequential::new(&d)
+            .linear(4, 3)
+            .energy(Energy::Hopfield {
+                free_steps: 100_000_000_000,
+            })
+            .build(0),
+        "free_steps",
+    );
 }
 
 #[test]

@@ -293,8 +293,18 @@ fn dataset_idx_trains_on_your_own_files_and_says_what_it_loaded() {
 }
 
 /// `mep-mnist --device cpu --threads 1 --json --dataset idx --data-dir DIR --hidden 32
-/// --batch-size 16 ARGS…`: (success, stdout, stderr).
+/// --batch-size 16 ARGS…`: (success, stdout, stderr). `--hidden 32` only where ARGS
+/// give no --hidden, `--batch-size 16` only where they give none and train (not
+/// `--epochs 0`, which refuses training options).
 fn run_idx(dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let eval_only = args.windows(2).any(|w| w == ["--epochs", "0"]);
+    let mut defaults = Vec::new();
+    if !args.contains(&"--hidden") {
+        defaults.extend(["--hidden", "32"]);
+    }
+    if !args.contains(&"--batch-size") && !eval_only {
+        defaults.extend(["--batch-size", "16"]);
+    }
     let out = bin()
         .args([
             "--device",
@@ -307,7 +317,7 @@ fn run_idx(dir: &Path, args: &[&str]) -> (bool, String, String) {
             "--data-dir",
         ])
         .arg(dir)
-        .args(["--hidden", "32", "--batch-size", "16"])
+        .args(defaults)
         .args(args)
         .output()
         .unwrap();
@@ -368,8 +378,9 @@ fn save_resume_is_bit_identical_to_one_run_and_load_evaluates() {
             std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(),
             "{what}: checkpoints differ"
         );
-        // --load … --epochs 0 evaluates the saved model: the run's last test figures.
-        let eval = ok_idx(&dir, &cat(&common, &["--epochs", "0", "--load", b_s]));
+        // --load … --epochs 0 evaluates the saved model: the run's last test figures
+        // (the training options of `common` do not apply, and are refused).
+        let eval = ok_idx(&dir, &["--epochs", "0", "--load", b_s]);
         let e = line(&eval, 0);
         assert_eq!(
             (e["test_acc"].clone(), e["test_loss"].clone()),
@@ -389,7 +400,7 @@ fn resume_refuses_another_model_optimizer_seed_or_data_by_name() {
     ok_idx(&dir, &["--epochs", "1", "--save", ck_s]);
     for (args, names) in [
         (
-            vec!["--hidden", "16"],
+            vec!["--hidden", "32,16"],
             vec!["arch", "64-32(relu)-4", "64-32(relu)-16(relu)-4"],
         ),
         (vec!["--optimizer", "adam"], vec!["optimizer configuration", "Adam"]),
@@ -399,7 +410,6 @@ fn resume_refuses_another_model_optimizer_seed_or_data_by_name() {
         (vec!["--train-subset", "32"], vec!["`train-subset`", "64"]),
         (vec!["--load", ck_s], vec!["`load`"]),
     ] {
-        // (--hidden 16 after run_idx's --hidden 32 adds a layer: 32,16)
         let err = err_idx(&dir, &[&args[..], &["--epochs", "2", "--resume", ck_s]].concat());
         for n in names {
             assert!(err.contains(n), "{args:?}: {err} lacks {n}");
@@ -492,5 +502,165 @@ fn cpu_results_are_bit_identical_for_any_thread_count() {
     for threads in ["2", "3"] {
         assert_eq!(run(threads), one, "seed {seed}: {threads} threads differ from 1");
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// With `--epochs 0 --load PATH` (evaluation only) every training option is refused by
+/// name; the options that build the model, choose the data or the reported loss, and
+/// say where to run still apply.
+#[test]
+fn evaluate_only_refuses_training_options() {
+    let dir = temp_dir("eval-only");
+    write_quadrant_idx(&dir, 64, 16, 5);
+    let ck = dir.join("ck.safetensors");
+    let ck_s = ck.to_str().unwrap();
+    ok_idx(&dir, &["--epochs", "1", "--save", ck_s]);
+    let eval = ["--epochs", "0", "--load", ck_s];
+    for (args, name) in [
+        (vec!["--schedule", "cosine"], "`schedule`: cosine"),
+        (vec!["--lr", "0.1"], "`lr`: 0.1"),
+        (vec!["--optimizer", "adam"], "`optimizer`: adam"),
+        (vec!["--beta", "0.2"], "`beta`: 0.2"),
+        (vec!["--stop-after", "2"], "`stop-after`: 2"),
+        (vec!["--report-every", "5"], "`report-every`: 5"),
+        (vec!["--gemm-rate"], "`gemm-rate`"),
+        (vec!["--plot", "p.png"], "`plot`: p.png"),
+        (vec!["--metrics", "m.csv"], "`metrics`: m.csv"),
+        (vec!["--batch-size", "8"], "`batch-size`: 8"),
+        (vec!["--seed", "3"], "`seed`: 3"),
+        (vec!["--train-subset", "8"], "`train-subset`: 8"),
+        (vec!["--save-dtype", "bf16"], "`save-dtype`: bf16"),
+        (vec!["--mode", "backprop"], "`mode`: backprop"),
+    ] {
+        let err = err_idx(&dir, &[&eval[..], &args[..]].concat());
+        assert!(
+            err.contains(name) && err.contains("--epochs 0 only evaluates the loaded model"),
+            "{args:?}: {err}"
+        );
+    }
+    // What evaluation reads is accepted: the architecture, the reported loss, the data.
+    let (ok, stdout, stderr) = run_idx(
+        &dir,
+        &[
+            &eval[..],
+            &["--hidden", "32", "--activation", "relu", "--loss", "squared_error"],
+        ]
+        .concat(),
+    );
+    assert!(ok && stdout.contains("test_loss"), "{stderr}");
+    // The load notice counts in the singular.
+    assert!(stderr.contains("(trained 1 epoch)"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Options that only qualify another option are refused without it, and files
+/// written after training are checked before it starts.
+#[test]
+fn options_without_effect_and_unwritable_outputs_are_refused_up_front() {
+    let dir = temp_dir("no-effect");
+    write_quadrant_idx(&dir, 64, 16, 6);
+    let err = err_idx(&dir, &["--epochs", "3", "--stop-after", "1"]);
+    assert!(
+        err.contains("`stop-after`: 1") && err.contains("give --save PATH"),
+        "{err}"
+    );
+    let err = err_idx(&dir, &["--save-dtype", "bf16"]);
+    assert!(err.contains("`save-dtype`: bf16") && err.contains("--save"), "{err}");
+    let err = err_idx(&dir, &["--sample-out", "x.png"]);
+    assert!(
+        err.contains("`sample-out`: x.png") && err.contains("--show-sample"),
+        "{err}"
+    );
+    // The defaults given explicitly are no conflict.
+    ok_idx(
+        &dir,
+        &[
+            "--save-dtype",
+            "f32",
+            "--save",
+            dir.join("s.safetensors").to_str().unwrap(),
+        ],
+    );
+    // --plot and --metrics: checked before training (no epoch line printed).
+    let missing = dir.join("missing/out.png");
+    for flag in ["--plot", "--metrics"] {
+        for path in [missing.to_str().unwrap(), dir.to_str().unwrap()] {
+            let (ok, stdout, stderr) = run_idx(&dir, &[flag, path]);
+            assert!(!ok && stdout.is_empty(), "{flag} {path}: {stdout}");
+            assert!(stderr.contains(&format!("`{}`", &flag[2..])), "{flag} {path}: {stderr}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Out-of-range values are refused by name before anything runs: a thread count
+/// far above the cores, a zero or repeated --hidden, `-inf` written with a space.
+#[test]
+fn out_of_range_values_are_refused_by_name() {
+    let dir = temp_dir("range");
+    write_quadrant_idx(&dir, 32, 8, 7);
+    let d = dir.to_str().unwrap();
+    let base = ["--device", "cpu", "--dataset", "idx", "--data-dir", d];
+    let with = |extra: &[&'static str]| -> Vec<&str> { [&base[..], extra].concat() };
+    fails_with(&with(&["--threads", "100000"]), "`threads`: 100000 (at most ");
+    fails_with(&with(&["--hidden", "0"]), "`hidden`");
+    fails_with(&with(&["--hidden", "64,0"]), "`hidden`");
+    fails_with(&with(&["--hidden", "64", "--hidden", "32"]), "more than once");
+    fails_with(&with(&["--hidden", "", "--hidden", "5"]), "more than once");
+    for flag in ["--lr", "--beta", "--bias-lr", "--momentum", "--weight-decay", "--gamma"] {
+        // The range check answers, not clap's `unexpected argument '-i'` (the library
+        // spells some names with `_`: bias_lr).
+        fails_with(&with(&[flag, "-inf"]), "`: -inf (");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Messages count in the singular where there is one; a batch larger than the
+/// training set is said, not silently clipped; --help states each optimizer's lr.
+#[test]
+fn messages_say_what_happened_in_good_english() {
+    let dir = temp_dir("messages");
+    write_quadrant_idx(&dir, 4, 8, 8);
+    let err = err_idx(&dir, &["--train-subset", "5"]);
+    assert!(err.contains("the training set has only 4 samples"), "{err}");
+    let (ok, _, stderr) = run_idx(&dir, &["--train-subset", "1"]);
+    assert!(
+        ok && stderr.contains("--batch-size 16 exceeds the 1 training sample:"),
+        "{stderr}"
+    );
+    let out = bin().arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("0.05 for smep, 0.01 for sgd, 1e-3 for adam"), "{help}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A model whose outputs overflow has no test loss: evaluating it is an error that
+/// names the value, not `test loss inf` with exit status 0.
+#[test]
+fn a_non_finite_test_loss_is_an_error() {
+    let dir = temp_dir("non-finite");
+    write_quadrant_idx(&dir, 32, 8, 9);
+    let mut m = mep::Sequential::new(&mep::Device::Cpu)
+        .flatten()
+        .linear(64, 32)
+        .relu()
+        .linear(32, 4)
+        .build(0)
+        .unwrap();
+    let mut p = m.parameters().unwrap();
+    // Output weights of 1e38 over positive hidden activity: the logits overflow.
+    p[1].0.iter_mut().for_each(|w| *w = 1e38);
+    p[0].0.iter_mut().for_each(|w| *w = w.abs());
+    m.set_parameters(&p).unwrap();
+    let path = dir.join("huge.safetensors");
+    m.save(&path).unwrap();
+    let (ok, stdout, stderr) = run_idx(&dir, &["--epochs", "0", "--load", path.to_str().unwrap()]);
+    assert!(!ok, "must fail: {stdout}");
+    assert!(
+        stderr.contains("test loss")
+            && (stderr.contains("inf") || stderr.contains("NaN"))
+            && stderr.contains("diverged"),
+        "{stderr}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -179,7 +179,20 @@ fn curves_are_a_png_of_the_documented_size_with_both_series() {
             Path::new("/nonexistent-dir/x.png")
         ),
         Err(MepError::Io { .. })
-    ));
+    )); // A name that is not .png (any case) is refused, naming it; nothing is written.
+    for name in ["curves.jpg", "curves", "curves.png.bak"] {
+        let bad = tmp(name);
+        let e = plot_curves(&synthetic_rows(&mut rng, 1), "t", "loss", &bad).unwrap_err();
+        assert!(
+            matches!(e, MepError::InvalidArgument { name: "plot", .. })
+                && e.to_string().contains(&bad.display().to_string()),
+            "{e}"
+        );
+        assert!(!bad.exists());
+    }
+    let upper = tmp("CURVES.PNG");
+    plot_curves(&synthetic_rows(&mut rng, 1), "t", "loss", &upper).unwrap();
+    std::fs::remove_file(&upper).ok();
 }
 
 #[test]
@@ -198,7 +211,7 @@ fn a_sample_png_shows_the_image_pixel_for_pixel() {
     assert_eq!((w, h), size);
     assert_eq!(size, sample_png_size(side));
     // Each block's centre is the image's grey level, stretched min → 0, max → 255.
-    let img = data.sample(index);
+    let img = data.sample(index).unwrap();
     let lo = img.iter().cloned().fold(f32::INFINITY, f32::min);
     let hi = img.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
     let x0 = (w - side as u32 * SAMPLE_SCALE) / 2;
@@ -220,21 +233,31 @@ fn a_sample_png_shows_the_image_pixel_for_pixel() {
     assert!(caption_dark > 50, "caption has {caption_dark} dark pixels");
     std::fs::remove_file(&path).ok();
 
-    assert!(matches!(
-        write_sample_png(&data, n, &path),
-        Err(MepError::InvalidArgument {
-            name: "show_sample",
-            ..
-        })
-    ));
+    // Library-neutral messages: the index and the data set's size, no CLI wording.
+    match write_sample_png(&data, n, &path) {
+        Err(e @ MepError::InvalidArgument { name: "index", .. }) => {
+            let e = e.to_string();
+            assert!(
+                e.contains("5 samples") && !e.contains("show_sample") && !e.contains("training set"),
+                "{e}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
     let odd = Dataset::new(vec![0.0; 10], vec![0, 1], 5, 2).unwrap();
     assert!(matches!(
         write_sample_png(&odd, 0, &path),
-        Err(MepError::InvalidArgument {
-            name: "show_sample",
-            ..
-        })
+        Err(MepError::InvalidArgument { name: "index", .. })
     ));
+    // Only .png names.
+    let jpg = tmp("sample.jpg");
+    match write_sample_png(&data, 0, &jpg) {
+        Err(e @ MepError::InvalidArgument { name: "path", .. }) => {
+            assert!(e.to_string().contains(&jpg.display().to_string()), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!jpg.exists());
 }
 
 #[test]

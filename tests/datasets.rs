@@ -329,7 +329,7 @@ fn cifar10_binary_files_load_as_3x32x32_with_10_classes() {
             for j in [0, 1, 31, 32, 1023, 1024, 2048, 3071] {
                 let want = (rec[1 + j] as f64 / 255.0 - mean) / std;
                 assert!(
-                    (split.sample(i)[j] as f64 - want).abs() < 1e-4,
+                    (split.sample(i).unwrap()[j] as f64 - want).abs() < 1e-4,
                     "seed {seed}: record {i} pixel {j}"
                 );
             }
@@ -430,4 +430,70 @@ fn a_model_whose_sizes_differ_from_the_data_is_refused_naming_both() {
         );
         assert_eq!(m.parameters().unwrap(), before);
     }
+}
+
+#[test]
+fn label_ranges_read_as_inclusive_and_one_class_is_refused() {
+    let dir = TempDir::new("ranges");
+    let (img, lbl) = (dir.path(NAMES[0]), dir.path(NAMES[1]));
+    write_idx(&img, &[4, 2, 2], &[7; 16]).unwrap();
+    write_idx(&lbl, &[4], &[0, 1, 2, 1]).unwrap();
+    match Dataset::from_idx_files(&img, &lbl, 2, Normalization::MNIST).unwrap_err() {
+        MepError::CorruptData { path, reason } => {
+            assert_eq!(path, lbl);
+            assert!(reason.contains("labels 0–1") && !reason.contains("0..2"), "{reason}");
+        }
+        other => panic!("{other}"),
+    }
+    for classes in [0, 1] {
+        assert!(
+            matches!(
+                Dataset::from_idx_files(&img, &lbl, classes, Normalization::MNIST),
+                Err(MepError::InvalidArgument { name: "classes", .. })
+            ),
+            "{classes} classes"
+        );
+    }
+}
+
+#[test]
+fn cifar_messages_name_an_empty_file_and_the_label_range() {
+    let dir = TempDir::new("cifar-msg");
+    let empty = dir.path("data_batch_1.bin");
+    std::fs::write(&empty, b"").unwrap();
+    match Dataset::from_cifar10_files(std::slice::from_ref(&empty), Normalization::MNIST).unwrap_err() {
+        MepError::CorruptData { path, reason } => {
+            assert_eq!(path, empty);
+            assert!(
+                reason.contains("the file is empty") && !reason.contains("0 bytes"),
+                "{reason}"
+            );
+        }
+        other => panic!("{other}"),
+    }
+    let bad = dir.path("test_batch.bin");
+    let mut rec = vec![0u8; CIFAR_RECORD];
+    rec[0] = 10;
+    std::fs::write(&bad, &rec).unwrap();
+    let e = Dataset::from_cifar10_files(std::slice::from_ref(&bad), Normalization::MNIST)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("labels are 0–9") && !e.contains("0..10"), "{e}");
+}
+
+#[test]
+fn a_raw_file_next_to_its_gz_is_documented_as_preferred() {
+    // Both present: the raw file is read (documented on Mnist::load and DataSplits::load_idx).
+    let dir = TempDir::new("raw-and-gz");
+    let mut rng = Rng::new(3);
+    for (i, n) in [(0, 6), (2, 2)] {
+        write_idx(&dir.path(NAMES[i]), &[n, 2, 2], &bytes(&mut rng, n * 4)).unwrap();
+        write_idx(&dir.path(NAMES[i + 1]), &[n], &labels(&mut rng, n, 2)).unwrap();
+    }
+    // A broken .gz beside each raw file is ignored.
+    for name in NAMES {
+        std::fs::write(dir.path(&format!("{name}.gz")), b"not gzip").unwrap();
+    }
+    let d = DataSplits::load_idx(&dir.0, None).unwrap();
+    assert_eq!((d.train.len(), d.test.len()), (6, 2));
 }

@@ -179,3 +179,233 @@ fn smep_update_moves_weights_by_the_scaled_orthogonal_step() {
     let err = rel_err(&dw, &o);
     assert!(err < 1e-6, "ΔW vs −lr·scale·NS(G): rel err {err:.3e}");
 }
+
+// ---- Builder: options that would have no effect, and values that would hang. ----
+
+use mep::{adam, sgd, smep, Device, Loss, MepError, Nudging, Sequential};
+
+/// 20–16(relu)–4 (two weight layers) on the CPU with `energy`.
+fn two_layer(energy: Energy) -> mep::Model {
+    Sequential::new(&Device::Cpu)
+        .flatten()
+        .linear(20, 16)
+        .relu()
+        .linear(16, 4)
+        .energy(energy)
+        .build(3)
+        .unwrap()
+}
+
+/// 20–4: one weight layer, no hidden layer (so no coupling W_2 … W_L).
+fn one_layer(energy: Energy) -> mep::Model {
+    Sequential::new(&Device::Cpu)
+        .flatten()
+        .linear(20, 4)
+        .energy(energy)
+        .build(3)
+        .unwrap()
+}
+
+/// Asserts an `InvalidArgument` naming `name` whose message (value and fix) mentions
+/// every one of `mentions`.
+#[track_caller]
+fn refused<T>(r: mep::Result<T>, name: &str, mentions: &[&str]) {
+    match r {
+        Err(e @ MepError::InvalidArgument { .. }) => {
+            let MepError::InvalidArgument { name: n, .. } = &e else {
+                unreachable!()
+            };
+            assert_eq!(*n, name, "wrong option named: {e}");
+            let text = e.to_string();
+            assert!(text.contains(name), "the message must name `{name}`: {text}");
+            for m in mentions {
+                assert!(text.contains(m), "the message must mention {m:?}: {text}");
+            }
+        }
+        Err(e) => panic!("expected an InvalidArgument for `{name}`, got: {e}"),
+        Ok(_) => panic!("expected `{name}` to be refused, got Ok"),
+    }
+}
+
+#[test]
+fn beta_is_refused_with_contrastive_learning_only() {
+    let m = two_layer(Energy::LayeredLeastSquares);
+    let cl = || smep(&m).nudging(Nudging::Contrastive).loss(Loss::SquaredError);
+    refused(cl().beta(0.3).build(), "beta", &["contrastive", "coupled"]);
+    // Order does not matter.
+    refused(
+        smep(&m)
+            .beta(0.3)
+            .loss(Loss::SquaredError)
+            .nudging(Nudging::Contrastive)
+            .build(),
+        "beta",
+        &[],
+    );
+    // CL without an explicit β builds; every other rule uses β.
+    cl().build().unwrap();
+    for rule in Nudging::ALL.into_iter().filter(|&r| r != Nudging::Contrastive) {
+        let loss = if rule.clamps() {
+            Loss::SquaredError
+        } else {
+            Loss::CrossEntropy { label_smoothing: 0.0 }
+        };
+        smep(&m).nudging(rule).loss(loss).beta(0.3).build().unwrap();
+    }
+}
+
+#[test]
+fn a_spectral_constraint_covering_no_matrix_is_refused() {
+    let layered = one_layer(Energy::LayeredLeastSquares);
+    let hopfield = one_layer(Energy::HOPFIELD);
+    // Couplings W_2 … W_L: none with one weight layer.
+    for m in [&layered, &hopfield] {
+        refused(
+            smep(m).spectral_layers(SpectralLayers::Couplings).build(),
+            "spectral_layers",
+            &["depth 1", "Output", "Off"],
+        );
+        refused(
+            sgd(m).spectral_layers(SpectralLayers::Couplings).build(),
+            "spectral_layers",
+            &[],
+        );
+        for ok in [SpectralLayers::Output, SpectralLayers::All, SpectralLayers::Off] {
+            smep(m).spectral_layers(ok).build().unwrap();
+        }
+    }
+    // Auto is Couplings with the Hopfield energy: explicit, or through gamma.
+    refused(
+        smep(&hopfield).spectral_layers(SpectralLayers::Auto).build(),
+        "spectral_layers",
+        &[],
+    );
+    refused(smep(&hopfield).gamma(0.9).build(), "gamma", &["Output"]);
+    refused(sgd(&hopfield).gamma(0.9).build(), "gamma", &[]);
+    // Auto is the output layer with the layered energy: fine at depth 1.
+    smep(&layered).spectral_layers(SpectralLayers::Auto).build().unwrap();
+    sgd(&layered).gamma(0.9).build().unwrap();
+    // The default (Auto, not set by the user) never errors.
+    smep(&layered).build().unwrap();
+    smep(&hopfield).build().unwrap();
+    // With a hidden layer, Couplings covers W_2.
+    smep(&two_layer(Energy::HOPFIELD))
+        .spectral_layers(SpectralLayers::Couplings)
+        .build()
+        .unwrap();
+    smep(&two_layer(Energy::LayeredLeastSquares))
+        .spectral_layers(SpectralLayers::Couplings)
+        .build()
+        .unwrap();
+}
+
+#[test]
+fn nesterov_without_momentum_is_refused() {
+    let m = two_layer(Energy::LayeredLeastSquares);
+    refused(sgd(&m).momentum(0.0).nesterov(true).build(), "nesterov", &["momentum"]);
+    refused(sgd(&m).nesterov(true).momentum(0.0).build(), "nesterov", &[]);
+    refused(smep(&m).momentum(0.0).nesterov(true).build(), "nesterov", &[]);
+    sgd(&m).nesterov(true).build().unwrap();
+    sgd(&m).momentum(0.0).nesterov(false).build().unwrap();
+    // smep's default Nesterov is not the user's: momentum 0 alone is fine.
+    smep(&m).momentum(0.0).build().unwrap();
+}
+
+#[test]
+fn settle_lr_is_refused_with_the_hopfield_energy() {
+    let h = two_layer(Energy::HOPFIELD);
+    refused(smep(&h).settle_lr(0.3).build(), "settle_lr", &["Hopfield"]);
+    refused(
+        sgd(&h).nudging(Nudging::Symmetric).settle_lr(0.3).build(),
+        "settle_lr",
+        &[],
+    );
+    smep(&h).settle_steps(20).build().unwrap();
+    smep(&two_layer(Energy::LayeredLeastSquares))
+        .settle_lr(0.3)
+        .build()
+        .unwrap();
+}
+
+#[test]
+fn power_iters_is_refused_when_the_constraint_is_off() {
+    let m = two_layer(Energy::LayeredLeastSquares);
+    refused(sgd(&m).power_iters(5).build(), "power_iters", &["spectral"]);
+    refused(adam(&m).power_iters(5).build(), "power_iters", &[]);
+    refused(
+        smep(&m).power_iters(5).spectral_layers(SpectralLayers::Off).build(),
+        "power_iters",
+        &[],
+    );
+    // With a user-unset Auto that covers nothing (Hopfield, depth 1) it has no effect either.
+    refused(
+        smep(&one_layer(Energy::HOPFIELD)).power_iters(5).build(),
+        "power_iters",
+        &[],
+    );
+    smep(&m).power_iters(5).build().unwrap();
+    sgd(&m).gamma(0.9).power_iters(5).build().unwrap();
+}
+
+#[test]
+fn bias_lr_is_refused_on_a_model_without_biases() {
+    let no_bias = Sequential::new(&Device::Cpu)
+        .flatten()
+        .linear_no_bias(20, 16)
+        .relu()
+        .linear_no_bias(16, 4)
+        .build(0)
+        .unwrap();
+    for b in [smep(&no_bias), sgd(&no_bias), adam(&no_bias)] {
+        refused(b.bias_lr(1e-3).build(), "bias_lr", &["no biases"]);
+    }
+    smep(&no_bias).build().unwrap();
+    // One layer with a bias is enough.
+    let some_bias = Sequential::new(&Device::Cpu)
+        .flatten()
+        .linear_no_bias(20, 16)
+        .relu()
+        .linear(16, 4)
+        .build(0)
+        .unwrap();
+    smep(&some_bias).bias_lr(1e-3).build().unwrap();
+}
+
+#[test]
+fn counts_that_would_hang_are_refused() {
+    let m = two_layer(Energy::LayeredLeastSquares);
+    let h = two_layer(Energy::HOPFIELD);
+    refused(
+        smep(&m).settle_steps(100_000_000_000).build(),
+        "settle_steps",
+        &["10000"],
+    );
+    refused(smep(&h).settle_steps(10_001).build(), "settle_steps", &[]);
+    smep(&m).settle_steps(10_000).build().unwrap();
+    refused(smep(&m).power_iters(100_000_000_000).build(), "power_iters", &["1000"]);
+    refused(smep(&m).power_iters(1_001).build(), "power_iters", &[]);
+    smep(&m).power_iters(1_000).build().unwrap();
+    // The configuration is checked by the engine too.
+    let mut cfg = OptimConfig::smep();
+    cfg.grad.settle_steps = usize::MAX;
+    assert!(matches!(
+        cfg.validate(),
+        Err(MepError::InvalidArgument {
+            name: "settle_steps",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn learning_rates_that_are_zero_in_f32_are_refused() {
+    let m = two_layer(Energy::LayeredLeastSquares);
+    refused(smep(&m).lr(1e-300).build(), "lr", &["f32"]);
+    refused(sgd(&m).lr(1e-300).build(), "lr", &[]);
+    refused(smep(&m).lr(1e39).build(), "lr", &[]);
+    refused(smep(&m).bias_lr(1e-300).build(), "bias_lr", &["f32"]);
+    refused(adam(&m).bias_lr(1e-50).build(), "bias_lr", &[]);
+    // Tiny but positive in f32 is a valid (if useless) rate.
+    smep(&m).lr(1e-40).build().unwrap();
+    smep(&m).bias_lr(1e-40).build().unwrap();
+}

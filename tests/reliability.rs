@@ -529,3 +529,104 @@ fn lazy_divergence_checks_cover_every_step_and_restore_the_last_verified_paramet
     assert!(matches!(eng.step(&mut net, 32), Err(MepError::Diverged { .. })));
     assert_eq!(net.to_host().unwrap(), initial);
 }
+
+/// The message of `r`'s error, which must be an `InvalidArgument`.
+fn refusal(r: mep::Result<()>) -> String {
+    match r {
+        Err(e @ MepError::InvalidArgument { .. }) => e.to_string(),
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    }
+}
+
+#[test]
+fn save_destinations_that_are_not_files_are_refused_up_front() {
+    let dir = scratch("dest");
+    let m = small(1);
+    // A trailing separator names a directory, existing or not.
+    for p in [format!("{}/new/", dir.display()), format!("{}/", dir.display())] {
+        let e = refusal(mep::io::check_writable(std::path::Path::new(&p)));
+        assert!(e.contains(&p) && e.contains("directory"), "{e}");
+        let e = refusal(m.save(&p));
+        assert!(e.contains(&p), "{e}");
+    }
+    assert!(!dir.join("new").exists());
+    // An empty path.
+    let e = refusal(m.save(""));
+    assert!(e.contains("empty") && e.contains("\"\""), "{e}");
+    assert!(mep::io::check_writable(std::path::Path::new("")).is_err());
+    // A FIFO (like a device node) is not replaced by a regular file.
+    let fifo = dir.join("fifo");
+    if std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        let e = refusal(mep::io::check_writable(&fifo));
+        assert!(
+            e.contains("not a regular file") && e.contains(&fifo.display().to_string()),
+            "{e}"
+        );
+        let e = refusal(m.save(&fifo));
+        assert!(e.contains("not a regular file"), "{e}");
+        assert!(std::fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+use std::os::unix::fs::FileTypeExt;
+
+#[test]
+fn a_save_through_a_symbolic_link_writes_its_target_and_keeps_the_link() {
+    let dir = scratch("symlink");
+    std::fs::create_dir_all(dir.join("real")).unwrap();
+    let (a, b) = (small(1), small(2));
+    let target = dir.join("real/model.safetensors");
+    a.save(&target).unwrap();
+    let link = dir.join("latest.safetensors");
+    std::os::unix::fs::symlink("real/model.safetensors", &link).unwrap();
+    mep::io::check_writable(&link).unwrap();
+    b.save(&link).unwrap();
+    assert!(
+        std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(),
+        "the link was replaced"
+    );
+    let mut l = small(7);
+    l.load_weights(&target).unwrap();
+    assert_eq!(
+        l.parameters().unwrap(),
+        b.parameters().unwrap(),
+        "the target was not written"
+    );
+    // A dangling link: the save creates its target.
+    let dangling = dir.join("next.safetensors");
+    std::os::unix::fs::symlink(dir.join("real/next.safetensors"), &dangling).unwrap();
+    a.save(&dangling).unwrap();
+    assert!(std::fs::symlink_metadata(&dangling).unwrap().file_type().is_symlink());
+    l.load_weights(dir.join("real/next.safetensors")).unwrap();
+    assert_eq!(l.parameters().unwrap(), a.parameters().unwrap());
+    // A link to a directory is refused, naming the link.
+    let to_dir = dir.join("dir-link");
+    std::os::unix::fs::symlink(dir.join("real"), &to_dir).unwrap();
+    let e = refusal(mep::io::check_writable(&to_dir));
+    assert!(e.contains("dir-link") && e.contains("directory"), "{e}");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.join("real"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".mep-tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn mep_errors_debug_print_their_message() {
+    let e = MepError::MissingData {
+        path: "data/x".into(),
+        fix: mep::data::mnist::FETCH_FIX.into(),
+    };
+    assert_eq!(format!("{e:?}"), e.to_string());
+    assert!(!format!("{e:?}").contains("MissingData {"));
+    // The library's remedy is not only a CLI flag.
+    assert!(mep::data::mnist::FETCH_FIX.contains("directory that holds the files"));
+}

@@ -314,3 +314,190 @@ fn resume_is_bit_identical_on_cuda_too() {
     }
     std::fs::remove_file(&path).ok();
 }
+
+/// Rewrites the `__metadata__` of the safetensors file at `path` with `edit`.
+fn edit_metadata(path: &std::path::Path, edit: impl Fn(&mut serde_json::Map<String, serde_json::Value>)) {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    edit(header["__metadata__"].as_object_mut().unwrap());
+    let mut h = serde_json::to_vec(&header).unwrap();
+    while h.len() % 8 != 0 {
+        h.push(b' ');
+    }
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&h);
+    out.extend_from_slice(&bytes[8 + n..]);
+    std::fs::write(path, out).unwrap();
+}
+
+/// A one-epoch SMEP checkpoint of a 12-10-3 model on 48 samples, at `path`.
+fn saved_run(path: &std::path::Path, cosine: bool) -> (Dataset, RunState) {
+    let data = Dataset::synthetic(48, 12, 3, 5).unwrap();
+    let mut m = model(10, Energy::LayeredLeastSquares, 5);
+    let mut opt = optimizer(&m, Preset::Smep, cosine, &data);
+    epoch(&mut opt, &mut m, &data, Shuffle::Seeded(1), 0);
+    let run = RunState {
+        epochs_done: 1,
+        shuffle: Shuffle::Seeded(1),
+        batch_size: BATCH,
+        train_samples: data.len(),
+    };
+    checkpoint::save(path, &m, &opt, &run, &DataShape::of(&data), Dtype::F32).unwrap();
+    (data, run)
+}
+
+#[test]
+fn damaged_checkpoint_metadata_is_refused_naming_the_file_and_the_field() {
+    let path = tmp("metadata");
+    for (key, value) in [
+        ("format", "other"),
+        ("batch_size", "0"),
+        ("train_samples", "0"),
+        ("classes", "1"),
+        ("data_shape", "12,0"),
+    ] {
+        let (data, _) = saved_run(&path, false);
+        edit_metadata(&path, |meta| {
+            meta.insert(key.into(), value.into());
+        });
+        let e = checkpoint::info(&path).unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, MepError::ModelFile { .. }), "{text}");
+        assert!(
+            text.contains(&path.display().to_string()) && text.contains(&format!("`{key}`")),
+            "{key}={value}: {text}"
+        );
+        let mut m = model(10, Energy::LayeredLeastSquares, 0);
+        let mut o = optimizer(&m, Preset::Smep, false, &data);
+        let e = checkpoint::resume(&path, &mut m, &mut o, &DataShape::of(&data)).unwrap_err();
+        assert!(e.to_string().contains(&format!("`{key}`")), "{e}");
+    }
+    // An entry of the run state missing, the others there.
+    let (_, _) = saved_run(&path, false);
+    edit_metadata(&path, |meta| {
+        meta.remove("shuffle");
+    });
+    let e = checkpoint::info(&path).unwrap_err().to_string();
+    assert!(e.contains("`shuffle`") && e.contains("missing"), "{e}");
+    // A weights file whose `format` is not mep's but records mep's `arch`.
+    let (_, _) = saved_run(&path, false);
+    edit_metadata(&path, |meta| {
+        meta.insert("format".into(), "other".into());
+    });
+    let mut m = model(10, Energy::LayeredLeastSquares, 0);
+    let e = m.load_weights(&path).unwrap_err().to_string();
+    assert!(e.contains("`format`") && e.contains(&path.display().to_string()), "{e}");
+    std::fs::remove_file(&path).ok();
+}
+
+#[test]
+fn checkpoint_save_refuses_a_run_state_that_could_not_be_resumed() {
+    let data = Dataset::synthetic(48, 12, 3, 5).unwrap();
+    let m = model(10, Energy::LayeredLeastSquares, 5);
+    let opt = optimizer(&m, Preset::Smep, false, &data);
+    let path = tmp("bad-run");
+    for (batch_size, train_samples, name) in [(0, 48, "batch_size"), (16, 0, "train_samples")] {
+        let run = RunState {
+            epochs_done: 1,
+            shuffle: Shuffle::None,
+            batch_size,
+            train_samples,
+        };
+        match checkpoint::save(&path, &m, &opt, &run, &DataShape::of(&data), Dtype::F32) {
+            Err(MepError::InvalidArgument { name: got, .. }) => assert_eq!(got, name),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(!path.exists());
+}
+
+#[test]
+fn a_different_optimizer_is_reported_by_its_differing_fields_only() {
+    let path = tmp("config-diff");
+    let (data, run) = saved_run(&path, false);
+    let shape = DataShape::of(&data);
+    let mut m = model(10, Energy::LayeredLeastSquares, 0);
+    for (o, names) in [
+        (
+            mep::smep(&m).loss(mep::Loss::SquaredError).build().unwrap(),
+            vec!["grad.loss: CrossEntropy", "grad.loss: SquaredError"],
+        ),
+        (optimizer(&m, Preset::Adam, false, &data), vec!["matrix", "Adam"]),
+        (
+            optimizer(&m, Preset::Smep, true, &data),
+            vec!["schedule: Constant", "Cosine"],
+        ),
+    ] {
+        let mut o = o;
+        let r = reason(checkpoint::resume(&path, &mut m, &mut o, &shape).unwrap_err());
+        for n in names {
+            assert!(r.contains(n), "{r} lacks {n}");
+        }
+        assert!(!r.contains("OptimConfig"), "the whole configuration is dumped: {r}");
+        assert!(r.len() < 600, "{} bytes: {r}", r.len());
+    }
+
+    // A cosine run resumed with another batch size: the schedule's length differs, and
+    // the message names what sets it, with the saved run's numbers.
+    let (data, run2) = saved_run(&path, true);
+    assert_eq!(run2, run);
+    let mut o = mep::smep(&m)
+        .schedule(Schedule::Cosine {
+            total_steps: 2 * data.len().div_ceil(8) as u64,
+        })
+        .build()
+        .unwrap();
+    let r = reason(checkpoint::resume(&path, &mut m, &mut o, &shape).unwrap_err());
+    for n in [
+        "total_steps: 6",
+        "total_steps: 12",
+        "--batch-size",
+        "--train-subset",
+        "--epochs",
+        "batches of 16",
+        "for 2 epochs",
+    ] {
+        assert!(r.contains(n), "{r} lacks {n}");
+    }
+    // resume_continuing checks the run first, so the batch size itself is named.
+    let e =
+        checkpoint::resume_continuing(&path, &mut m, &mut o, &shape, Shuffle::Seeded(1), 8, data.len()).unwrap_err();
+    assert!(matches!(e, MepError::InvalidArgument { name: "batch-size", .. }), "{e}");
+    assert_eq!(o.steps(), 0);
+    // And with the same run and optimizer, it resumes.
+    let mut o = optimizer(&m, Preset::Smep, true, &data);
+    let got =
+        checkpoint::resume_continuing(&path, &mut m, &mut o, &shape, Shuffle::Seeded(1), BATCH, data.len()).unwrap();
+    assert_eq!(got, run);
+    std::fs::remove_file(&path).ok();
+}
+
+#[test]
+fn a_non_finite_weight_in_a_checkpoint_is_refused_naming_the_file() {
+    let path = tmp("nan-weight");
+    let (data, _) = saved_run(&path, false);
+    // Overwrite the first value of layers.1.weight with NaN.
+    let bytes = std::fs::read(&path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let start = header["layers.1.weight"]["data_offsets"][0].as_u64().unwrap() as usize + 8 + n;
+    let mut bytes = bytes;
+    bytes[start..start + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    let shown = path.display().to_string();
+    let mut m = model(10, Energy::LayeredLeastSquares, 0);
+    let e = m.load_weights(&path).unwrap_err().to_string();
+    assert!(
+        e.contains(&shown) && e.contains("NaN") && e.contains("layers.1.weight"),
+        "{e}"
+    );
+    let e = checkpoint::load_model(&path, &mut m, None).unwrap_err().to_string();
+    assert!(e.contains(&shown) && e.contains("NaN"), "{e}");
+    let mut o = optimizer(&m, Preset::Smep, false, &data);
+    let e = checkpoint::resume(&path, &mut m, &mut o, &DataShape::of(&data))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(&shown) && e.contains("NaN"), "{e}");
+    std::fs::remove_file(&path).ok();
+}

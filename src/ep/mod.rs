@@ -46,6 +46,10 @@ use crate::{Loss, MepError, Result};
 /// 30 trained (BENCHMARKS.md §3); 50 leaves a margin.
 pub const DEFAULT_FREE_STEPS: usize = 50;
 
+/// The most free-phase sweeps [`Energy::validate`] accepts (as the optimizer's
+/// `MAX_SETTLE_STEPS` for the nudged phases).
+pub const MAX_FREE_STEPS: usize = 10_000;
+
 /// The energy that defines a network's settling dynamics and its inference.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Energy {
@@ -75,6 +79,16 @@ impl Energy {
                     "free_steps",
                     free_steps,
                     "the Hopfield free phase needs at least 1 sweep",
+                ));
+            }
+            // A typo's count (1e11) would look like a hang, in training and inference.
+            if free_steps > MAX_FREE_STEPS {
+                return Err(MepError::invalid(
+                    "free_steps",
+                    free_steps,
+                    format!(
+                        "must be at most {MAX_FREE_STEPS} (the default is {DEFAULT_FREE_STEPS}; the free phase contracts in tens to hundreds of sweeps)"
+                    ),
                 ));
             }
         }

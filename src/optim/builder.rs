@@ -6,7 +6,7 @@ use super::engine::{Engine, StepStats};
 use crate::backend::cpu::Cpu;
 use crate::backend::cuda::Cuda;
 use crate::backend::{Backend, Scalar};
-use crate::ep::{Mode, Nudging};
+use crate::ep::{Energy, Mode, Nudging};
 use crate::model::{check_inputs, device_mismatch, with_net, AnyData, AnyNet, DeviceDataset, Model};
 use crate::nn::Network;
 use crate::train::{train_epoch, EpochReport};
@@ -36,52 +36,56 @@ pub struct OptimizerBuilder<'m> {
     gamma_set: bool,
     /// Whether `nudging` was set; if not, [`Nudging::default_for_depth`] picks it.
     nudging_set: bool,
+    /// Whether `beta` was set: an error at build with contrastive nudging (CL does
+    /// not use β).
+    beta_set: bool,
+    /// Whether `settle_lr` was set: an error at build with the Hopfield energy.
+    settle_lr_set: bool,
+    /// Whether the last `nesterov` call turned it on: an error at build when the
+    /// momentum ends up 0.
+    nesterov_on: bool,
+    /// Whether `power_iters` was set: an error at build if no matrix is constrained.
+    power_iters_set: bool,
+    /// Whether `spectral_layers` was set: an error at build if it selects no matrix
+    /// of this model.
+    spectral_layers_set: bool,
 }
 
 /// SMEP: spectral constraint + Muon + EP (the seed's optimizer), with the defaults
 /// of [`OptimConfig::smep`].
 pub fn smep(model: &Model) -> OptimizerBuilder<'_> {
-    OptimizerBuilder {
-        model,
-        preset: Preset::Smep,
-        cfg: OptimConfig::smep(),
-        bias_lr_set: false,
-        misapplied: None,
-        ep_only: None,
-        gamma_set: false,
-        nudging_set: false,
-    }
+    OptimizerBuilder::new(model, Preset::Smep, OptimConfig::smep())
 }
 
 /// Momentum SGD (for comparison), EP mode by default.
 pub fn sgd(model: &Model) -> OptimizerBuilder<'_> {
-    OptimizerBuilder {
-        model,
-        preset: Preset::Sgd,
-        cfg: OptimConfig::sgd(),
-        bias_lr_set: false,
-        misapplied: None,
-        ep_only: None,
-        gamma_set: false,
-        nudging_set: false,
-    }
+    OptimizerBuilder::new(model, Preset::Sgd, OptimConfig::sgd())
 }
 
 /// Adam (for comparison), EP mode by default.
 pub fn adam(model: &Model) -> OptimizerBuilder<'_> {
-    OptimizerBuilder {
-        model,
-        preset: Preset::Adam,
-        cfg: OptimConfig::adam(),
-        bias_lr_set: false,
-        misapplied: None,
-        ep_only: None,
-        gamma_set: false,
-        nudging_set: false,
-    }
+    OptimizerBuilder::new(model, Preset::Adam, OptimConfig::adam())
 }
 
 impl<'m> OptimizerBuilder<'m> {
+    fn new(model: &'m Model, preset: Preset, cfg: OptimConfig) -> Self {
+        OptimizerBuilder {
+            model,
+            preset,
+            cfg,
+            bias_lr_set: false,
+            misapplied: None,
+            ep_only: None,
+            gamma_set: false,
+            nudging_set: false,
+            beta_set: false,
+            settle_lr_set: false,
+            nesterov_on: false,
+            power_iters_set: false,
+            spectral_layers_set: false,
+        }
+    }
+
     fn only(mut self, option: &'static str, presets: &[Preset], which: &'static str) -> Self {
         if !presets.contains(&self.preset) && self.misapplied.is_none() {
             self.misapplied = Some((option, which));
@@ -100,13 +104,16 @@ impl<'m> OptimizerBuilder<'m> {
         self.cfg.lr = lr;
         self
     }
-    /// Nudging strength β.
+    /// Nudging strength β (η of the coupled rules). An error at build with
+    /// [`Nudging::Contrastive`], whose estimate does not use it.
     pub fn beta(mut self, beta: f64) -> Self {
         self.cfg.grad.beta = beta;
+        self.beta_set = true;
         self.ep_only.get_or_insert("beta");
         self
     }
-    /// Steps (layered) or sweeps (Hopfield) of each nudged phase.
+    /// Steps (layered) or sweeps (Hopfield) of each nudged phase, at most
+    /// [`super::config::MAX_SETTLE_STEPS`].
     pub fn settle_steps(mut self, n: usize) -> Self {
         self.cfg.grad.settle_steps = n;
         self.ep_only.get_or_insert("settle_steps");
@@ -114,9 +121,11 @@ impl<'m> OptimizerBuilder<'m> {
     }
     /// Relaxation ω of the layered energy's nudged-phase sweeps, in (0, 1]: each sweep
     /// moves the states the fraction ω of the way to the block solution
-    /// ([`crate::ep::layered::nudged_phase`]).
+    /// ([`crate::ep::layered::nudged_phase`]). An error at build with the Hopfield
+    /// energy, which does not use it.
     pub fn settle_lr(mut self, eta: f64) -> Self {
         self.cfg.grad.settle_lr = eta;
+        self.settle_lr_set = true;
         self.ep_only.get_or_insert("settle_lr");
         self
     }
@@ -144,7 +153,8 @@ impl<'m> OptimizerBuilder<'m> {
         }
         self.only("momentum", &[Preset::Smep, Preset::Sgd], "smep or sgd")
     }
-    /// Nesterov momentum on or off (smep, sgd).
+    /// Nesterov momentum on or off (smep, sgd). On is an error at build with
+    /// momentum 0, where it has no effect.
     pub fn nesterov(mut self, on: bool) -> Self {
         match &mut self.cfg.matrix {
             MatrixRule::Muon { nesterov, .. } | MatrixRule::Sgd { nesterov, .. } => *nesterov = on,
@@ -153,6 +163,7 @@ impl<'m> OptimizerBuilder<'m> {
         if let VectorRule::Sgd { nesterov, .. } = &mut self.cfg.vector {
             *nesterov = on;
         }
+        self.nesterov_on = on;
         self.only("nesterov", &[Preset::Smep, Preset::Sgd], "smep or sgd")
     }
     /// Newton–Schulz iterations (smep).
@@ -183,17 +194,21 @@ impl<'m> OptimizerBuilder<'m> {
         }
         self
     }
-    /// Which matrices the spectral constraint covers.
+    /// Which matrices the spectral constraint covers. An error at build if the
+    /// choice covers no matrix of the model (Couplings with a single weight layer).
     pub fn spectral_layers(mut self, layers: SpectralLayers) -> Self {
         self.cfg.spectral.layers = layers;
+        self.spectral_layers_set = true;
         self
     }
-    /// Power iterations per step for σ̂.
+    /// Power iterations per step for σ̂, at most [`super::config::MAX_POWER_ITERS`].
+    /// An error at build if the constraint is off or covers no matrix.
     pub fn power_iters(mut self, n: usize) -> Self {
         self.cfg.spectral.power_iters = n;
+        self.power_iters_set = true;
         self
     }
-    /// Learning rate of the biases.
+    /// Learning rate of the biases. An error at build on a model without biases.
     pub fn bias_lr(mut self, lr: f64) -> Self {
         match &mut self.cfg.vector {
             VectorRule::Adam { lr: l, .. } | VectorRule::Sgd { lr: l, .. } => *l = lr,
@@ -228,6 +243,82 @@ impl<'m> OptimizerBuilder<'m> {
         cfg
     }
 
+    /// Refuses an option that was set explicitly but has no effect with the rest of
+    /// the configuration `cfg` (this builder's [`OptimizerBuilder::config`]) on this
+    /// model.
+    fn check_effective(&self, cfg: &OptimConfig) -> Result<()> {
+        let arch = self.model.arch();
+        let depth = arch.depth();
+        let hopfield = matches!(self.model.energy(), Energy::Hopfield { .. });
+        if self.beta_set && cfg.grad.mode == Mode::Ep && cfg.grad.nudging == Nudging::Contrastive {
+            return Err(MepError::invalid(
+                "beta",
+                cfg.grad.beta,
+                "`beta` has no effect with contrastive learning (CL clamps the output to the target): drop it, or use a coupled rule (Nudging::CoupledPositive, CoupledNegative or CoupledCentered, where β is the clamping strength η)",
+            ));
+        }
+        if self.settle_lr_set && hopfield {
+            return Err(MepError::invalid(
+                "settle_lr",
+                cfg.grad.settle_lr,
+                "`settle_lr` is the relaxation of the layered energy's nudged phase; the Hopfield energy's sweeps do not use it: drop it (settle_steps sets the Hopfield nudged sweeps)",
+            ));
+        }
+        let momentum = match cfg.matrix {
+            MatrixRule::Muon { momentum, .. } | MatrixRule::Sgd { momentum, .. } => Some(momentum),
+            MatrixRule::Adam { .. } => None,
+        };
+        if self.nesterov_on && momentum == Some(0.0) {
+            return Err(MepError::invalid(
+                "nesterov",
+                true,
+                "Nesterov momentum has no effect with momentum 0: drop `nesterov`, or set a momentum in (0, 1)",
+            ));
+        }
+        let layers = cfg.spectral.layers;
+        let constrained = layers != SpectralLayers::Off
+            && (0..depth).any(|l| layers.bound(l, depth, hopfield, cfg.spectral.gamma).is_some());
+        if layers != SpectralLayers::Off && !constrained && (self.spectral_layers_set || self.gamma_set) {
+            // Only Couplings (or Auto, which is Couplings for the Hopfield energy) can
+            // select nothing: W_2 … W_L do not exist with a single weight layer.
+            let name = if self.spectral_layers_set {
+                "spectral_layers"
+            } else {
+                "gamma"
+            };
+            return Err(MepError::invalid(
+                name,
+                format!("SpectralLayers::{layers:?} on a model of depth {depth}"),
+                format!(
+                    "SpectralLayers::{layers:?} covers the couplings W_2 … W_L{}, and this {} model has {depth} weight layer (no hidden layer), so no matrix would be constrained: use SpectralLayers::Output or All, or SpectralLayers::Off{}",
+                    if layers == SpectralLayers::Auto { " (Auto with the Hopfield energy)" } else { "" },
+                    arch.describe(),
+                    if self.gamma_set { " (without gamma)" } else { "" },
+                ),
+            ));
+        }
+        if self.power_iters_set && !constrained {
+            return Err(MepError::invalid(
+                "power_iters",
+                cfg.spectral.power_iters,
+                "power iterations estimate σ(W) for the spectral constraint, which is off here (or covers no matrix of this model): drop `power_iters`, or turn the constraint on (gamma, spectral_layers)",
+            ));
+        }
+        if self.bias_lr_set && !arch.blocks().iter().any(|b| b.bias) {
+            return Err(MepError::invalid(
+                "bias_lr",
+                match cfg.vector {
+                    VectorRule::Adam { lr, .. } | VectorRule::Sgd { lr, .. } => lr,
+                },
+                format!(
+                    "this {} model has no biases (every layer is linear_no_bias): drop `bias_lr`",
+                    arch.describe()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Validates everything and allocates the optimizer state on the model's device.
     pub fn build(self) -> Result<Optimizer> {
         if let Some((option, which)) = self.misapplied {
@@ -254,6 +345,10 @@ impl<'m> OptimizerBuilder<'m> {
             ));
         }
         let cfg = self.config();
+        // Ranges first (a bad value is named as such), then options that are valid
+        // on their own but would have no effect on this model with these settings.
+        cfg.validate()?;
+        self.check_effective(&cfg)?;
         let mut engine = with_net!(&self.model.net, n => AnyEngine::from(Engine::new(cfg, n, 64)?));
         if let AnyEngine::Cuda(e) = &mut engine {
             // A host read per step would synchronise the GPU: check when the host next

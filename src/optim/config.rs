@@ -209,6 +209,39 @@ fn positive(name: &'static str, v: f64) -> Result<()> {
     Ok(())
 }
 
+/// A learning rate: positive and finite in f64 *and* once rounded to the parameters'
+/// f32 (1e-300 is positive in f64 but 0 in f32, and would train nothing; 1e39 is
+/// infinite in f32). Values that are tiny but positive in f32 are accepted.
+fn learning_rate(name: &'static str, v: f64) -> Result<()> {
+    positive(name, v)?;
+    let single = v as f32;
+    if !(single.is_finite() && single > 0.0) {
+        return Err(MepError::invalid(
+            name,
+            v,
+            format!(
+                "the parameters are f32, where this rate is {single}: use a value in [{:e}, {:e}]",
+                f32::from_bits(1),
+                f32::MAX
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The most settle steps (layered) or sweeps (Hopfield) per nudged phase. The
+/// nudged phase converges geometrically (15 steps is the default, and the β → 0
+/// ground-truth tests converge in 100–300); each step costs about as much as a
+/// forward pass, so 10 000 steps per phase is 600× the default step cost, far past
+/// any useful value, while a typo such as 1e11 would run for days and look hung.
+pub const MAX_SETTLE_STEPS: usize = 10_000;
+
+/// The most power iterations per step for σ̂. The iteration is warm-started from the
+/// previous step's vector, so the default 3 already tracks σ(W) to f32 accuracy; even
+/// a cold start converges in a few hundred iterations for any gap that matters, and
+/// each iteration is two matrix–vector products per constrained matrix per step.
+pub const MAX_POWER_ITERS: usize = 1_000;
+
 fn unit(name: &'static str, v: f64) -> Result<()> {
     if !(v.is_finite() && (0.0..1.0).contains(&v)) {
         return Err(MepError::invalid(name, v, "must be in [0, 1)"));
@@ -224,6 +257,13 @@ impl OptimConfig {
             positive("beta", g.beta)?;
             if g.settle_steps == 0 {
                 return Err(MepError::invalid("settle_steps", 0, "EP needs at least 1 settle step"));
+            }
+            if g.settle_steps > MAX_SETTLE_STEPS {
+                return Err(MepError::invalid(
+                    "settle_steps",
+                    g.settle_steps,
+                    format!("must be at most {MAX_SETTLE_STEPS} (the default is 15; the nudged phase converges in tens to hundreds of steps)"),
+                ));
             }
             positive("settle_lr", g.settle_lr)?;
             if g.settle_lr > 1.0 {
@@ -242,7 +282,7 @@ impl OptimConfig {
                 "clamping the output needs a target in the output's own space: use the squared-error loss (Loss::SquaredError, --loss squared_error) with CL and the coupled rules",
             ));
         }
-        positive("lr", self.lr)?;
+        learning_rate("lr", self.lr)?;
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
             return Err(MepError::invalid("weight_decay", self.weight_decay, "must be ≥ 0"));
         }
@@ -273,13 +313,13 @@ impl OptimConfig {
         }
         match self.vector {
             VectorRule::Adam { lr, beta1, beta2, eps } => {
-                positive("bias_lr", lr)?;
+                learning_rate("bias_lr", lr)?;
                 unit("adam_beta1", beta1)?;
                 unit("adam_beta2", beta2)?;
                 positive("adam_eps", eps)?;
             }
             VectorRule::Sgd { lr, momentum, .. } => {
-                positive("bias_lr", lr)?;
+                learning_rate("bias_lr", lr)?;
                 unit("momentum", momentum)?;
             }
         }
@@ -293,6 +333,15 @@ impl OptimConfig {
                 "power_iters",
                 0,
                 "the spectral constraint needs at least 1 power iteration per step",
+            ));
+        }
+        if self.spectral.power_iters > MAX_POWER_ITERS {
+            return Err(MepError::invalid(
+                "power_iters",
+                self.spectral.power_iters,
+                format!(
+                    "must be at most {MAX_POWER_ITERS} (the default is 3: the iteration is warm-started every step)"
+                ),
             ));
         }
         if let Schedule::Cosine { total_steps } = self.schedule {

@@ -301,9 +301,10 @@ impl<T: Scalar> Backend for Cpu<T> {
     type Graph = ();
 
     fn name(&self) -> String {
+        let threads = rayon::current_num_threads();
         format!(
-            "cpu ({} threads, {})",
-            rayon::current_num_threads(),
+            "cpu ({threads} thread{}, {})",
+            if threads == 1 { "" } else { "s" },
             std::any::type_name::<T>()
         )
     }
@@ -831,6 +832,7 @@ pub fn set_threads(n: usize) -> Result<()> {
     if n == 0 {
         return Err(MepError::invalid("threads", n, "must be at least 1"));
     }
+    pool::check_threads(n)?;
     rayon::ThreadPoolBuilder::new()
         .num_threads(n)
         .build_global()

@@ -34,6 +34,38 @@ use std::time::{Duration, Instant};
 /// (see BENCHMARKS.md §6 for the measurement).
 const SPIN: Duration = Duration::from_micros(200);
 
+/// Most threads per available core the CPU backend runs: oversubscription is allowed
+/// (it is slower, not wrong), but a pool of thousands of spinning helpers per core
+/// only looks hung.
+pub(crate) const MAX_THREADS_PER_CORE: usize = 8;
+
+/// The most threads the CPU backend runs: [`MAX_THREADS_PER_CORE`] × the available
+/// cores.
+pub(crate) fn max_threads() -> usize {
+    MAX_THREADS_PER_CORE * std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// Refuses a thread count of 0 or above [`max_threads`], naming the limit: for
+/// `set_threads` (src/backend/cpu/mod.rs) to call before it builds rayon's pool.
+pub(crate) fn check_threads(n: usize) -> crate::Result<()> {
+    let max = max_threads();
+    let cores = max / MAX_THREADS_PER_CORE;
+    if n == 0 {
+        return Err(crate::MepError::invalid("threads", n, "must be at least 1"));
+    }
+    if n > max {
+        return Err(crate::MepError::invalid(
+            "threads",
+            n,
+            format!(
+                "at most {max} ({MAX_THREADS_PER_CORE} × the {cores} available core{}): more threads only take turns on the same cores",
+                if cores == 1 { "" } else { "s" }
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The job being run: a task body called with task indices `0..tasks`.
 struct Job<'a> {
     body: &'a (dyn Fn(usize) + Sync),
@@ -163,6 +195,9 @@ impl Pool {
     }
 
     fn ensure_helpers(&self, want: usize) {
+        // A larger rayon pool (built outside `set_threads`) still gets at most
+        // `max_threads()` threads here: the caller runs the tasks nobody claims.
+        let want = want.min(max_threads() - 1);
         if self.spawned.load(Acquire) >= want {
             return;
         }
@@ -271,6 +306,30 @@ mod tests {
                 std::hint::spin_loop();
             }
         }
+    }
+
+    /// A thread count far above the cores is refused by name, and a pool asked for
+    /// one anyway (a rayon pool built elsewhere) spawns at most `max_threads() − 1`
+    /// helpers and still runs every task once.
+    #[test]
+    fn thread_counts_are_bounded_by_the_cores() {
+        let max = max_threads();
+        assert!(check_threads(max).is_ok() && check_threads(1).is_ok());
+        for n in [0, max + 1, 100_000] {
+            let err = check_threads(n).unwrap_err().to_string();
+            assert!(err.contains("`threads`") && err.contains(&n.to_string()), "{err}");
+        }
+        assert!(check_threads(max + 1)
+            .unwrap_err()
+            .to_string()
+            .contains(&format!("at most {max}")));
+        let runs: Vec<AtomicUsize> = (0..64).map(|_| AtomicUsize::new(0)).collect();
+        pool().run(100_000, runs.len(), &|t| {
+            runs[t].fetch_add(1, Relaxed);
+        });
+        assert!(runs.iter().all(|r| r.load(Relaxed) == 1));
+        let helpers = *pool().helpers.lock().unwrap();
+        assert!(helpers < max, "{helpers} helpers for at most {max} threads");
     }
 
     /// Back-to-back jobs whose task counts grow and shrink, with the racy
