@@ -441,6 +441,20 @@ fn per_step_counts(
     }
 }
 
+/// A step's graph on the emulated GPU, (nodes, longest chain), for smep with
+/// `nudging` (the squared error for the clamped rules), `settle_steps` sweeps and
+/// batch 8: [`per_step_counts`] with graphs.
+fn graph_per_step(gpu: &Cuda, arch: &Arch, energy: Energy, nudging: Nudging, settle_steps: usize) -> (f64, f64) {
+    let mut cfg = OptimConfig::smep();
+    cfg.grad.nudging = nudging;
+    cfg.grad.settle_steps = settle_steps;
+    if nudging.clamps() {
+        cfg.grad.loss = Loss::SquaredError;
+    }
+    let counts = per_step_counts(gpu, arch, energy, cfg, 8, true);
+    (counts("graph_nodes"), counts("graph_path_nodes"))
+}
+
 /// What one training step of the seed configuration (784–128–10, smep, batch 64)
 /// costs the host on the emulated GPU: the difference between a 15-step and a
 /// 5-step `train_epoch`, over 10 (so per-epoch costs cancel), in a process of its
@@ -545,16 +559,7 @@ fn hopfield_perturbed_phases_run_side_by_side() {
     let errors_before = emulator_errors();
     let arch = Arch::mlp(&[40, 24, 6], Activation::Relu).unwrap();
     let energy = Energy::Hopfield { free_steps: 4 };
-    let graph = |nudging: Nudging| {
-        let mut cfg = OptimConfig::smep();
-        cfg.grad.nudging = nudging;
-        cfg.grad.settle_steps = 3;
-        if nudging.clamps() {
-            cfg.grad.loss = Loss::SquaredError;
-        }
-        let counts = per_step_counts(&gpu, &arch, energy, cfg, 8, true);
-        (counts("graph_nodes"), counts("graph_path_nodes"))
-    };
+    let graph = |nudging: Nudging| graph_per_step(&gpu, &arch, energy, nudging, 3);
     let (one_sided, symmetric) = (graph(Nudging::OneSided), graph(Nudging::Symmetric));
     let (contrastive, centered) = (graph(Nudging::Contrastive), graph(Nudging::CoupledCentered));
     println!(
@@ -593,13 +598,8 @@ fn layered_clamped_phases_run_fused() {
     let gpu = gpu().unwrap();
     let errors_before = emulator_errors();
     let arch = Arch::mlp(&[40, 24, 6], Activation::Relu).unwrap();
-    let graph = |nudging: Nudging| {
-        let mut cfg = OptimConfig::smep();
-        cfg.grad.nudging = nudging;
-        cfg.grad.loss = Loss::SquaredError;
-        let counts = per_step_counts(&gpu, &arch, Energy::LayeredLeastSquares, cfg, 8, true);
-        (counts("graph_nodes"), counts("graph_path_nodes"))
-    };
+    let settle_steps = OptimConfig::smep().grad.settle_steps;
+    let graph = |nudging: Nudging| graph_per_step(&gpu, &arch, Energy::LayeredLeastSquares, nudging, settle_steps);
     let (one_sided, symmetric) = (graph(Nudging::OneSided), graph(Nudging::Symmetric));
     let (contrastive, centered) = (graph(Nudging::Contrastive), graph(Nudging::CoupledCentered));
     println!(
