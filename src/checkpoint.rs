@@ -223,6 +223,28 @@ pub fn save(
             "a data shape has positive dimensions and at least 2 classes (DataShape::of a data set)",
         ));
     }
+    // The record must describe the data this model can train on, or a later resume
+    // on the right data would be refused over sizes that were never true.
+    for (what, model_size, data_size) in [
+        ("inputs", model.arch().inputs(), data.features()),
+        ("classes", model.arch().outputs(), data.classes),
+    ] {
+        if model_size != data_size {
+            return Err(MepError::SizeMismatch {
+                what,
+                model_side: "model",
+                model: model_size,
+                data_side: "data shape to record",
+                data: data_size,
+                fix: format!(
+                    "the data shape saved with a checkpoint is the training data's (DataShape::of(&train)), which must fit the {} model: shape {} with {} classes does not",
+                    model.arch().describe(),
+                    shape_text(&data.shape),
+                    data.classes
+                ),
+            });
+        }
+    }
     let state = optimizer.state()?;
     let meta: Vec<(String, String)> = [
         (STEPS, state.steps.to_string()),

@@ -26,17 +26,23 @@ pub enum MepError {
     /// Non-finite values where finite ones are required (inputs, weights).
     #[error("non-finite value: {0}")]
     NonFinite(String),
-    /// Training diverged: a parameter became NaN or infinite, or the running loss
-    /// became NaN, infinite or absurdly large. The model's parameters are restored to
-    /// their last finite values; the optimizer refuses further steps.
-    #[error("training diverged at step {step}: {cause}; the parameters were restored to their values before the step (lower the learning rate `lr`, `beta` or `settle_lr`, or keep the spectral constraint on, and build a new optimizer)")]
+    /// Training diverged: a parameter became NaN or infinite, the running loss became
+    /// NaN, infinite or absurdly large, or a phase's states overflowed while settling.
+    /// The model's parameters are restored to their last checked values; the
+    /// optimizer refuses further steps.
+    #[error(
+        "training diverged at step {step}: {cause}; the parameters were restored to their last checked values ({fix})"
+    )]
     Diverged {
         /// Optimizer step (1-based) at which the divergence was detected.
         step: u64,
         /// The running mean loss at detection.
         loss: f64,
-        /// What diverged (the loss, or which parameters).
+        /// What diverged (the loss, which parameters, or the settling).
         cause: String,
+        /// What to change: the hyper-parameters, or (when the loss was out of range
+        /// before any update) the data's scale.
+        fix: String,
     },
     /// A buffer of the requested size cannot be allocated (or its size overflows).
     #[error("cannot allocate {what}: {bytes} bytes ({fix})")]

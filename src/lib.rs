@@ -33,7 +33,9 @@ pub mod rng;
 pub mod train;
 
 /// Sets the number of CPU threads (rayon's global pool and the GEMM threads). Call
-/// once, before any work; later calls return an error.
+/// once, before the first CPU work: building an optimizer, training or evaluating
+/// on the CPU (loading data and building models may come first); later calls
+/// return an error.
 pub fn set_cpu_threads(n: usize) -> Result<()> {
     backend::cpu::set_threads(n)
 }

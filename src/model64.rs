@@ -33,6 +33,16 @@ pub struct Model64 {
     net: Network<Cpu<f64>>,
 }
 
+/// The smallest difference step [`Model64::finite_differences`] takes: the cost's
+/// rounding (about 1e-16 relative) over a step of 1e-12 is already 1e-4 of the
+/// slope, and below it the differences are rounding noise.
+pub const MIN_FD_STEP: f64 = 1e-12;
+
+/// The largest difference step [`Model64::finite_differences`] takes: PyTorch's
+/// initialisation puts weights at ±1/√inputs, so a step of 1 already measures the
+/// cost at a different network.
+pub const MAX_FD_STEP: f64 = 1.0;
+
 impl Model64 {
     /// A model of `arch` and `energy`, initialised from `seed` exactly as an f32 model
     /// built with the same seed (same draws, kept in f64).
@@ -110,12 +120,18 @@ impl Model64 {
     /// hundred parameters). With the Hopfield energy the free phase must converge
     /// (enough `free_steps`, contracting couplings), or the differences measure the
     /// unsettled state instead. Works on a copy: `self` is unchanged.
+    ///
+    /// Errors: [`MepError::InvalidArgument`] (`h`) for `h` outside
+    /// [[`MIN_FD_STEP`], [`MAX_FD_STEP`]] (or NaN); those of [`Model64::mean_cost`]
+    /// for the batch.
     pub fn finite_differences(&self, x: &[f64], y: &[u32], loss: Loss, h: f64) -> Result<Gradients> {
-        if !(h.is_finite() && h > 0.0) {
+        if !(MIN_FD_STEP..=MAX_FD_STEP).contains(&h) {
             return Err(MepError::invalid(
                 "h",
                 h,
-                "the difference step must be a finite number > 0, e.g. 1e-6",
+                format!(
+                    "the difference step must be in [{MIN_FD_STEP:e}, {MAX_FD_STEP}], e.g. 1e-6: below, w ± h rounds to w in f64 and the differences are rounding noise; above, they measure the cost far from the parameters, not its slope"
+                ),
             ));
         }
         loss.validate()?;

@@ -143,13 +143,22 @@ pub fn plot_curves(rows: &[MetricRow], title: &str, loss_name: &str, path: impl 
             "train at least one epoch (--epochs ≥ 1) before plotting",
         ));
     }
+    let finite = |v: Option<f64>| v.map_or(true, f64::is_finite);
     if let Some(r) = rows
         .iter()
-        .find(|r| !(r.train_loss.is_finite() && r.train_acc.is_finite()))
+        .find(|r| !(r.train_loss.is_finite() && r.train_acc.is_finite() && finite(r.test_loss) && finite(r.test_acc)))
     {
+        let show = |v: Option<f64>| v.map_or("none".to_string(), |v| v.to_string());
         return Err(MepError::invalid(
             "plot",
-            format!("train loss {} at {} samples", r.train_loss, r.samples),
+            format!(
+                "train loss {}, train accuracy {}, test loss {}, test accuracy {} at {} samples",
+                r.train_loss,
+                r.train_acc,
+                show(r.test_loss),
+                show(r.test_acc),
+                r.samples
+            ),
             "curves need finite values: lower the learning rate so training does not diverge",
         ));
     }
@@ -262,40 +271,52 @@ pub fn plot_curves(rows: &[MetricRow], title: &str, loss_name: &str, path: impl 
 
 /// Width and height of [`write_sample_png`]'s picture for `side × side` images.
 pub fn sample_png_size(side: usize) -> (u32, u32) {
-    let s = side as u32 * SAMPLE_SCALE;
-    (s.max(160), s + SAMPLE_CAPTION)
+    sample_png_size_of(side, side)
 }
 
-/// Writes image `index` of `data` (square greyscale images, e.g. MNIST's
-/// 28 × 28) as a PNG at `path`: each pixel a [`SAMPLE_SCALE`]-pixel square, grey
-/// levels stretched from the image's own minimum (black) to maximum (white), under
-/// a caption with the index and label. Returns the picture's size
-/// ([`sample_png_size`]).
+/// Width and height of [`write_sample_png`]'s picture for images of `height` rows
+/// and `width` columns.
+pub fn sample_png_size_of(height: usize, width: usize) -> (u32, u32) {
+    let w = width as u32 * SAMPLE_SCALE;
+    (w.max(160), height as u32 * SAMPLE_SCALE + SAMPLE_CAPTION)
+}
+
+/// The (height, width) of `data`'s samples as greyscale images: shape `[h, w]` or
+/// `[1, h, w]`, or a flat shape whose length is a square (`[784]` is 28 × 28).
+fn image_size(data: &Dataset) -> Result<(usize, usize)> {
+    let flat_side = (data.features as f64).sqrt().round() as usize;
+    match *data.shape() {
+        [h, w] | [1, h, w] => Ok((h, w)),
+        [n] if flat_side * flat_side == n => Ok((flat_side, flat_side)),
+        _ => Err(MepError::invalid(
+            "data",
+            format!("samples of shape {}", data.shape_text()),
+            "only greyscale images can be drawn: samples of shape [height, width] or [1, height, width] (Dataset::with_shape), or flat ones whose length is a square",
+        )),
+    }
+}
+
+/// Writes image `index` of `data` (greyscale images, e.g. MNIST's 28 × 28) as a PNG
+/// at `path`: each pixel a [`SAMPLE_SCALE`]-pixel square, grey levels stretched from
+/// the image's own minimum (black) to maximum (white), under a caption with the
+/// index and label. The image's rows and columns are the data set's shape
+/// (`[height, width]` or `[1, height, width]`; a flat shape of square length is
+/// drawn square). Returns the picture's size ([`sample_png_size_of`]).
 ///
-/// Errors: [`MepError::InvalidArgument`] (`path`) for a path not ending in `.png`;
-/// [`MepError::InvalidArgument`] (`index`) for an index past the data set or a data
-/// set whose samples are not square greyscale images; [`MepError::Io`] naming `path`.
+/// Errors: [`MepError::InvalidArgument`] `path` for a path not ending in `.png`,
+/// `index` for an index past the data set, `data` for samples that are not
+/// greyscale images (a colour shape such as `[3, 32, 32]`, a flat shape of
+/// non-square length); [`MepError::Io`] naming `path`.
 pub fn write_sample_png(data: &Dataset, index: usize, path: impl AsRef<Path>) -> Result<(u32, u32)> {
     let path = path.as_ref();
     png_path("path", path)?;
     let img = data.sample(index)?;
-    let side = (data.features as f64).sqrt().round() as usize;
-    if side * side != data.features {
-        return Err(MepError::invalid(
-            "index",
-            index,
-            format!(
-                "only square greyscale images can be drawn; the data set's samples have shape {} ({} features)",
-                data.shape_text(),
-                data.features
-            ),
-        ));
-    }
+    let (height, width) = image_size(data)?;
     font()?;
     let lo = img.iter().cloned().fold(f32::INFINITY, f32::min);
     let hi = img.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
     let span = if hi > lo { hi - lo } else { 1.0 };
-    let (w, h) = sample_png_size(side);
+    let (w, h) = sample_png_size_of(height, width);
     let mut buf = vec![255u8; (w * h * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
@@ -309,10 +330,10 @@ pub fn write_sample_png(data: &Dataset, index: usize, path: impl AsRef<Path>) ->
         root.present().map_err(|e| draw_err(path, e))?;
     }
     // The image itself, centred below the caption, pixel by pixel.
-    let x0 = (w - side as u32 * SAMPLE_SCALE) / 2;
+    let x0 = (w - width as u32 * SAMPLE_SCALE) / 2;
     for (i, &v) in img.iter().enumerate() {
         let g = (((v - lo) / span) * 255.0).round().clamp(0.0, 255.0) as u8;
-        let (r, c) = ((i / side) as u32, (i % side) as u32);
+        let (r, c) = ((i / width) as u32, (i % width) as u32);
         for dy in 0..SAMPLE_SCALE {
             let y = SAMPLE_CAPTION + r * SAMPLE_SCALE + dy;
             for dx in 0..SAMPLE_SCALE {

@@ -163,8 +163,16 @@ pub struct Evaluation {
 /// Evaluates `net` on all of `data` in chunks of `chunk` samples.
 pub fn evaluate<B: Backend>(net: &Network<B>, data: &DeviceData<B>, loss: Loss, chunk: usize) -> Result<Evaluation> {
     check_fits(net, data)?;
+    if data.n == 0 {
+        // A mean over no samples is no number: a results table must not show 0%.
+        return Err(MepError::invalid(
+            "data",
+            "an empty data set",
+            "evaluate on at least one sample (Dataset::subset(0) is the only empty data set)",
+        ));
+    }
     let bk = net.backend.clone();
-    let chunk = chunk.clamp(1, data.n.max(1));
+    let chunk = chunk.clamp(1, data.n);
     let mut ws = Workspace::new(&bk, &net.arch, chunk)?;
     let mut stats = bk.zeros(2)?;
     let mut off = 0;
@@ -183,7 +191,7 @@ pub fn evaluate<B: Backend>(net: &Network<B>, data: &DeviceData<B>, loss: Loss, 
         off += rows;
     }
     let s = bk.download(&stats)?;
-    let n = data.n.max(1) as f64;
+    let n = data.n as f64;
     Ok(Evaluation {
         loss: s[0].f64() / n,
         accuracy: s[1].f64() / n,

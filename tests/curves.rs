@@ -7,7 +7,9 @@ mod common;
 use common::fresh_seed;
 use mep::metrics::{read_csv, MetricRow, MetricsLog, RowKind, CSV_HEADER};
 use mep::optim::StepStats;
-use mep::plot::{plot_curves, sample_png_size, write_sample_png, CURVES_SIZE, SAMPLE_CAPTION, SAMPLE_SCALE};
+use mep::plot::{
+    plot_curves, sample_png_size, sample_png_size_of, write_sample_png, CURVES_SIZE, SAMPLE_CAPTION, SAMPLE_SCALE,
+};
 use mep::rng::Rng;
 use mep::train::Evaluation;
 use mep::{Dataset, MepError};
@@ -165,12 +167,27 @@ fn curves_are_a_png_of_the_documented_size_with_both_series() {
         plot_curves(&[], "t", "loss", &path),
         Err(MepError::InvalidArgument { name: "plot", .. })
     ));
-    let mut nan = synthetic_rows(&mut rng, 1);
-    nan[3].train_loss = f64::NAN;
-    assert!(matches!(
-        plot_curves(&nan, "t", "loss", &path),
-        Err(MepError::InvalidArgument { name: "plot", .. })
-    ));
+    // A non-finite value in any column is refused, the test ones of an epoch row too.
+    type Spoil = fn(&mut MetricRow);
+    let spoils: [(usize, Spoil); 4] = [
+        (3, |r| r.train_loss = f64::NAN),
+        (5, |r| r.train_acc = f64::INFINITY),
+        (10, |r| r.test_loss = Some(f64::INFINITY)),
+        (10, |r| r.test_acc = Some(f64::NAN)),
+    ];
+    for (row, spoil) in spoils {
+        let mut bad = synthetic_rows(&mut rng, 1);
+        spoil(&mut bad[row]);
+        assert!(
+            matches!(
+                plot_curves(&bad, "t", "loss", &path),
+                Err(MepError::InvalidArgument { name: "plot", .. })
+            ),
+            "row {row}: {:?}",
+            bad[row]
+        );
+        assert!(!path.exists());
+    }
     assert!(matches!(
         plot_curves(
             &synthetic_rows(&mut rng, 1),
@@ -195,35 +212,36 @@ fn curves_are_a_png_of_the_documented_size_with_both_series() {
     std::fs::remove_file(&upper).ok();
 }
 
-#[test]
-fn a_sample_png_shows_the_image_pixel_for_pixel() {
-    let seed = fresh_seed("sample_png");
-    let mut rng = Rng::new(seed);
-    let side = 6;
-    let n = 5;
-    let images: Vec<f32> = (0..n * side * side).map(|_| rng.normal() as f32).collect();
-    let labels: Vec<u32> = (0..n).map(|_| rng.below(10) as u32).collect();
-    let data = Dataset::new(images, labels, side * side, 10).unwrap();
-    let index = rng.below(n as u64) as usize;
-    let path = tmp("sample.png");
-    let size = write_sample_png(&data, index, &path).unwrap();
+/// Draws sample `index` of `data` (images of `height` × `width` pixels) and checks
+/// every pixel block's centre and the caption.
+fn check_sample_png(data: &Dataset, index: usize, height: usize, width: usize) {
+    let path = tmp(&format!("sample-{height}x{width}.png"));
+    let size = write_sample_png(data, index, &path).unwrap();
     let (w, h, px) = decode(&path);
     assert_eq!((w, h), size);
-    assert_eq!(size, sample_png_size(side));
-    // Each block's centre is the image's grey level, stretched min → 0, max → 255.
+    assert_eq!(size, sample_png_size_of(height, width));
+    if height == width {
+        assert_eq!(size, sample_png_size(height));
+    }
+    // Each block's centre is the image's grey level, stretched min → 0, max → 255,
+    // the image laid out row by row with `width` pixels per row.
     let img = data.sample(index).unwrap();
     let lo = img.iter().cloned().fold(f32::INFINITY, f32::min);
     let hi = img.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let x0 = (w - side as u32 * SAMPLE_SCALE) / 2;
+    let x0 = (w - width as u32 * SAMPLE_SCALE) / 2;
     for (i, &v) in img.iter().enumerate() {
         let want = ((v - lo) / (hi - lo) * 255.0).round() as i32;
-        let (r, c) = ((i / side) as u32, (i % side) as u32);
+        let (r, c) = ((i / width) as u32, (i % width) as u32);
         let (x, y) = (
             x0 + c * SAMPLE_SCALE + SAMPLE_SCALE / 2,
             SAMPLE_CAPTION + r * SAMPLE_SCALE + SAMPLE_SCALE / 2,
         );
         let o = ((y * w + x) * 3) as usize;
-        assert_eq!(&px[o..o + 3], &[want as u8; 3], "pixel {i} ({r}, {c})");
+        assert_eq!(
+            &px[o..o + 3],
+            &[want as u8; 3],
+            "pixel {i} ({r}, {c}) of {height}×{width}"
+        );
     }
     // The caption band has text in it (dark pixels).
     let caption_dark = px[..(SAMPLE_CAPTION * w * 3) as usize]
@@ -232,6 +250,28 @@ fn a_sample_png_shows_the_image_pixel_for_pixel() {
         .count();
     assert!(caption_dark > 50, "caption has {caption_dark} dark pixels");
     std::fs::remove_file(&path).ok();
+}
+
+#[test]
+fn a_sample_png_shows_the_image_pixel_for_pixel() {
+    let seed = fresh_seed("sample_png");
+    let mut rng = Rng::new(seed);
+    let n = 5;
+    let dataset = |rng: &mut Rng, features: usize| {
+        let images: Vec<f32> = (0..n * features).map(|_| rng.normal() as f32).collect();
+        let labels: Vec<u32> = (0..n).map(|_| rng.below(10) as u32).collect();
+        Dataset::new(images, labels, features, 10).unwrap()
+    };
+    // A flat shape of square length is drawn square; [h, w] and [1, h, w] as given
+    // (a wide one past the picture's minimum width, a narrow one centred in it).
+    let side = 6;
+    let data = dataset(&mut rng, side * side);
+    check_sample_png(&data, rng.below(n as u64) as usize, side, side);
+    let wide = dataset(&mut rng, 5 * 24).with_shape(vec![1, 5, 24]).unwrap();
+    check_sample_png(&wide, rng.below(n as u64) as usize, 5, 24);
+    let tall = dataset(&mut rng, 9 * 4).with_shape(vec![9, 4]).unwrap();
+    check_sample_png(&tall, rng.below(n as u64) as usize, 9, 4);
+    let path = tmp("sample.png");
 
     // Library-neutral messages: the index and the data set's size, no CLI wording.
     match write_sample_png(&data, n, &path) {
@@ -244,11 +284,20 @@ fn a_sample_png_shows_the_image_pixel_for_pixel() {
         }
         other => panic!("{other:?}"),
     }
+    // Not greyscale images: the data set's shape is named.
     let odd = Dataset::new(vec![0.0; 10], vec![0, 1], 5, 2).unwrap();
-    assert!(matches!(
-        write_sample_png(&odd, 0, &path),
-        Err(MepError::InvalidArgument { name: "index", .. })
-    ));
+    let colour = Dataset::new(vec![0.0; 2 * 48], vec![0, 1], 48, 2)
+        .unwrap()
+        .with_shape(vec![3, 4, 4])
+        .unwrap();
+    for (bad, shape) in [(&odd, "5"), (&colour, "3×4×4")] {
+        match write_sample_png(bad, 0, &path) {
+            Err(e @ MepError::InvalidArgument { name: "data", .. }) => {
+                assert!(e.to_string().contains(shape), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
     // Only .png names.
     let jpg = tmp("sample.jpg");
     match write_sample_png(&data, 0, &jpg) {

@@ -409,3 +409,74 @@ fn learning_rates_that_are_zero_in_f32_are_refused() {
     smep(&m).lr(1e-40).build().unwrap();
     smep(&m).bias_lr(1e-40).build().unwrap();
 }
+
+#[test]
+fn gamma_with_the_constraint_off_is_refused_in_either_order() {
+    let m = two_layer(Energy::LayeredLeastSquares);
+    for preset in [sgd, smep, adam] {
+        refused(
+            preset(&m).spectral_layers(SpectralLayers::Off).gamma(0.9).build(),
+            "gamma",
+            &["Off"],
+        );
+        refused(
+            preset(&m).gamma(0.9).spectral_layers(SpectralLayers::Off).build(),
+            "gamma",
+            &["Off"],
+        );
+    }
+    // gamma alone turns sgd's constraint on.
+    let cfg = sgd(&m).gamma(0.9).build().unwrap().config();
+    assert_eq!(cfg.spectral.layers, SpectralLayers::Auto);
+}
+
+/// 6–32–32–32–3 Hopfield net (three hidden layers).
+fn deep_hopfield() -> mep::Model {
+    Sequential::new(&Device::Cpu)
+        .flatten()
+        .linear(6, 32)
+        .relu()
+        .linear(32, 32)
+        .relu()
+        .linear(32, 32)
+        .relu()
+        .linear(32, 3)
+        .sigmoid()
+        .energy(Energy::HOPFIELD)
+        .build(1)
+        .unwrap()
+}
+
+#[test]
+fn a_deep_hopfield_net_needs_its_couplings_bounded_or_an_explicit_off() {
+    let m = deep_hopfield();
+    // sgd and adam leave the constraint off: not silently, at this depth.
+    refused(sgd(&m).build(), "spectral_layers", &["Couplings", "3 hidden layers"]);
+    refused(adam(&m).lr(1e-3).build(), "spectral_layers", &["Couplings"]);
+    refused(
+        sgd(&m).spectral_layers(SpectralLayers::Output).build(),
+        "spectral_layers",
+        &["Couplings"],
+    );
+    // Bounding the couplings, or asking for no constraint, builds.
+    sgd(&m).spectral_layers(SpectralLayers::Couplings).build().unwrap();
+    sgd(&m).gamma(0.95).build().unwrap();
+    sgd(&m).spectral_layers(SpectralLayers::Off).build().unwrap();
+    smep(&m).build().unwrap();
+    // One hidden layer keeps sgd's default.
+    sgd(&two_layer(Energy::HOPFIELD)).build().unwrap();
+}
+
+#[test]
+fn cross_entropy_on_a_single_output_is_refused() {
+    let one_out = Sequential::new(&Device::Cpu)
+        .flatten()
+        .linear(4, 6)
+        .relu()
+        .linear(6, 1)
+        .build(2)
+        .unwrap();
+    refused(smep(&one_out).build(), "loss", &["single output", "SquaredError"]);
+    refused(sgd(&one_out).mode(mep::Mode::Backprop).build(), "loss", &[]);
+    smep(&one_out).loss(mep::Loss::SquaredError).build().unwrap();
+}

@@ -75,6 +75,9 @@ fn an_optimizer_refuses_a_model_it_was_not_built_for_before_touching_it() {
             }
             assert!(matches!(r, Err(MepError::Shape(_))), "{name}: {r:?}");
             assert_eq!(b.parameters().unwrap(), before, "{name}: the other model was modified");
+            // The gradients its configuration would give are those of another model.
+            let r = opt.gradients(&b, &x, &y);
+            assert!(matches!(r, Err(MepError::Shape(_))), "{name} gradients: {r:?}");
             let data = b.upload(&Dataset::synthetic(16, 20, 4, 3).unwrap()).unwrap();
             let r = opt.train_epoch(&mut b, &data, 8, Shuffle::Seeded(0), 0, 0, |_, _, _| {});
             assert!(matches!(r, Err(MepError::Shape(_))), "{name} train_epoch: {r:?}");
@@ -126,6 +129,111 @@ fn divergence_is_caught_at_the_step_with_the_parameters_restored() {
     let dir = scratch("diverge");
     m.save(dir.join("m.safetensors")).unwrap();
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Steps `opt` on `m` over `data` until it reports divergence, and checks that `m`
+/// then holds the parameters the failing step started from. Returns the error's
+/// message.
+fn diverge_and_check_restore(opt: &mut mep::Optimizer, m: &mut mep::Model, data: &Dataset) -> String {
+    let mut last_good = m.parameters().unwrap();
+    for (i, b) in data.batches(32, Shuffle::Seeded(0)).unwrap().enumerate() {
+        match opt.step(m, &b.x, &b.y) {
+            Ok(()) => last_good = m.parameters().unwrap(),
+            Err(e @ MepError::Diverged { .. }) => {
+                assert_eq!(
+                    m.parameters().unwrap(),
+                    last_good,
+                    "not restored to what step {} started from",
+                    i + 1
+                );
+                return e.to_string();
+            }
+            Err(e) => panic!("step {}: {e}", i + 1),
+        }
+    }
+    panic!("no divergence");
+}
+
+#[test]
+fn divergence_restores_what_the_step_started_from_after_the_weights_are_replaced() {
+    let data = Dataset::synthetic(640, 20, 4, 1).unwrap();
+    let dir = scratch("replaced");
+    // Parameters set after the optimizer was built.
+    let mut m = small(3);
+    let mut opt = sgd(&m).lr(1e30).build().unwrap();
+    m.set_parameters(&small(11).parameters().unwrap()).unwrap();
+    let msg = diverge_and_check_restore(&mut opt, &mut m, &data);
+    assert!(msg.contains("learning rate"), "{msg}");
+    // Weights loaded after a few good steps.
+    let mut m = small(4);
+    let mut opt = sgd(&m).lr(0.01).build().unwrap();
+    let (x, y) = batch(32, 5);
+    for _ in 0..3 {
+        opt.step(&mut m, &x, &y).unwrap();
+    }
+    small(12).save(dir.join("w.safetensors")).unwrap();
+    m.load_weights(dir.join("w.safetensors")).unwrap();
+    let loaded = m.parameters().unwrap();
+    // Blow the loaded weights up with one step of an absurd rate on another model's
+    // optimizer: this one's own copy is of its model before the load.
+    let mut wild = sgd(&m).lr(1e30).build().unwrap();
+    let msg = diverge_and_check_restore(&mut wild, &mut m, &data);
+    assert!(msg.contains("step"), "{msg}");
+    let _ = loaded;
+    // One optimizer stepping a second model of the same structure.
+    let a = small(5);
+    let mut b = small(13);
+    let mut opt = sgd(&a).lr(1e30).build().unwrap();
+    diverge_and_check_restore(&mut opt, &mut b, &data);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn divergence_names_its_cause_and_the_fix() {
+    let data = Dataset::synthetic(640, 20, 4, 2).unwrap();
+    // States that overflow while settling (an absurd β) are divergence at that step,
+    // even though the update they give is still finite.
+    let mut m = small(6);
+    let mut opt = sgd(&m).lr(0.01).beta(1e30).build().unwrap();
+    let initial = m.parameters().unwrap();
+    let b = data.batches(32, Shuffle::None).unwrap().next().unwrap();
+    match opt.step(&mut m, &b.x, &b.y) {
+        Err(e @ MepError::Diverged { step: 1, .. }) => {
+            assert!(e.to_string().contains("did not settle"), "{e}")
+        }
+        other => panic!("β = 1e30: {other:?}"),
+    }
+    assert_eq!(m.parameters().unwrap(), initial);
+    // A loss out of range before any update points at the data, not the learning rate.
+    let mut m = small(7);
+    let mut opt = smep(&m).build().unwrap();
+    let x: Vec<f32> = b.x.iter().map(|v| v * 1e10).collect();
+    match opt.step(&mut m, &x, &b.y) {
+        Err(e @ MepError::Diverged { step: 1, .. }) => {
+            let e = e.to_string();
+            assert!(e.contains("inputs' scale") && !e.contains("learning rate"), "{e}")
+        }
+        other => panic!("inputs × 1e10: {other:?}"),
+    }
+}
+
+#[test]
+fn check_every_applies_on_the_cpu_as_on_the_gpu() {
+    // Set, the CPU checks every n steps too (the GPU's rhythm), so a run diverges at
+    // the same step, restoring the parameters of the last check, on both devices.
+    let mut m = small(8);
+    let initial = m.parameters().unwrap();
+    let mut opt = sgd(&m).lr(1e30).check_every(4).build().unwrap();
+    let (x, y) = batch(32, 6);
+    for step in 1..=3 {
+        opt.step(&mut m, &x, &y)
+            .unwrap_or_else(|e| panic!("step {step} checked early: {e}"));
+    }
+    assert!(matches!(
+        opt.step(&mut m, &x, &y),
+        Err(MepError::Diverged { step: 4, .. })
+    ));
+    assert_eq!(m.parameters().unwrap(), initial);
 }
 
 #[test]
@@ -528,6 +636,36 @@ fn lazy_divergence_checks_cover_every_step_and_restore_the_last_verified_paramet
     eng.ws.load_host_batch(&x, &y).unwrap();
     assert!(matches!(eng.step(&mut net, 32), Err(MepError::Diverged { .. })));
     assert_eq!(net.to_host().unwrap(), initial);
+}
+
+#[test]
+fn an_engine_refuses_a_network_it_was_not_built_for() {
+    use mep::backend::cpu::Cpu;
+    use mep::nn::{Activation, Arch, Network};
+    use mep::optim::{Engine, OptimConfig};
+    let net = |widths: &[usize], energy| {
+        let arch = Arch::mlp(widths, Activation::Relu).unwrap();
+        Network::new(Cpu::<f32>::new(), arch, energy, 3).unwrap()
+    };
+    let mut eng = Engine::new(OptimConfig::sgd(), &net(&[20, 16, 4], Energy::LayeredLeastSquares), 32).unwrap();
+    let (x, y) = batch(32, 4);
+    for mut other in [
+        net(&[20, 8, 4], Energy::LayeredLeastSquares),
+        net(&[20, 16, 16, 4], Energy::LayeredLeastSquares),
+        net(&[20, 16, 4], Energy::HOPFIELD),
+    ] {
+        let before = other.to_host().unwrap();
+        eng.ws.load_host_batch(&x, &y).unwrap();
+        match eng.step(&mut other, 32) {
+            Err(MepError::Shape(msg)) => assert!(
+                msg.contains("20-16(relu)-4") && msg.contains(&other.arch.describe()),
+                "{msg}"
+            ),
+            r => panic!("{r:?}"),
+        }
+        assert_eq!(other.to_host().unwrap(), before);
+    }
+    assert_eq!(eng.steps(), 0);
 }
 
 /// The message of `r`'s error, which must be an `InvalidArgument`.

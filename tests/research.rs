@@ -284,6 +284,15 @@ fn set_parameters_checks_everything_before_writing() {
         other => panic!("expected Shape, got {other:?}"),
     }
     assert!(matches!(model.set_parameters(&fresh[..1]), Err(MepError::Shape(_))));
+    // Finite in f64 but not in the model's f32 (f32::MAX is 3.40e38).
+    for huge in [3.5e38, -1e39, 1e300] {
+        let mut over = fresh.clone();
+        over[1].1[1] = huge;
+        match model.set_parameters(&over) {
+            Err(MepError::NonFinite(m)) => assert!(m.contains("block 2") && m.contains("f32"), "{m}"),
+            other => panic!("{huge}: expected NonFinite, got {other:?}"),
+        }
+    }
     assert_eq!(
         model.parameters().unwrap(),
         before,
@@ -333,6 +342,36 @@ fn evaluate_reports_the_training_loss() {
     assert!((with_ce - ce).abs() < 1e-5 * ce.max(1.0));
     opt.step(&mut model, &x, &y).unwrap();
     assert_eq!(model.loss(), Loss::SquaredError);
+    // No samples, no mean: an error, not a loss and accuracy of 0.
+    let empty = data.subset(0);
+    let r = model.evaluate(&empty);
+    assert!(
+        matches!(r, Err(MepError::InvalidArgument { name: "data", .. })),
+        "{r:?}"
+    );
+    let r = model.accuracy(&empty);
+    assert!(
+        matches!(r, Err(MepError::InvalidArgument { name: "data", .. })),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn finite_differences_refuse_steps_that_measure_nothing() {
+    let seed = fresh_seed("fd_steps");
+    let mut rng = Rng::new(seed);
+    let m64 = tanh_model(seed, Energy::LayeredLeastSquares).to_f64().unwrap();
+    let (x, y) = batch(&mut rng, 4, 6, 3);
+    let x = widen(&x);
+    for h in [0.0, -1e-6, 1e-320, 1e-13, 1.5, 1e10, f64::NAN, f64::INFINITY] {
+        match m64.finite_differences(&x, &y, Loss::SquaredError, h) {
+            Err(MepError::InvalidArgument { name: "h", .. }) => {}
+            other => panic!("h = {h}: {other:?}"),
+        }
+    }
+    for h in [mep::model64::MIN_FD_STEP, 1e-6, mep::model64::MAX_FD_STEP] {
+        m64.finite_differences(&x, &y, Loss::SquaredError, h).unwrap();
+    }
 }
 
 #[test]

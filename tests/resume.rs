@@ -409,7 +409,35 @@ fn checkpoint_save_refuses_a_run_state_that_could_not_be_resumed() {
             other => panic!("{other:?}"),
         }
     }
+    // A data shape the model could not have trained on (12 inputs, 3 classes).
+    let run = RunState {
+        epochs_done: 1,
+        shuffle: Shuffle::None,
+        batch_size: 16,
+        train_samples: 48,
+    };
+    for (shape, classes, what) in [
+        (vec![28, 28], 3, "inputs"),
+        (vec![3, 4], 10, "classes"),
+        (vec![13], 3, "inputs"),
+    ] {
+        let data_shape = DataShape {
+            shape: shape.clone(),
+            classes,
+        };
+        match checkpoint::save(&path, &m, &opt, &run, &data_shape, Dtype::F32) {
+            Err(MepError::SizeMismatch { what: got, .. }) => assert_eq!(got, what, "{shape:?}, {classes} classes"),
+            other => panic!("{shape:?}, {classes} classes: {other:?}"),
+        }
+    }
     assert!(!path.exists());
+    // The same sizes in another layout are this model's data.
+    let data_shape = DataShape {
+        shape: vec![3, 4],
+        classes: 3,
+    };
+    checkpoint::save(&path, &m, &opt, &run, &data_shape, Dtype::F32).unwrap();
+    std::fs::remove_file(&path).ok();
 }
 
 #[test]

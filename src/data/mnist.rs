@@ -339,7 +339,7 @@ impl Mnist {
     /// [`MepError::CorruptData`] on a checksum mismatch or a malformed file,
     /// [`MepError::Io`] if a file cannot be read.
     pub fn load(dir: &Path) -> Result<Mnist> {
-        let (train, test) = rayon::join(
+        let (train, test) = crate::data::join(
             || load_verified_split(dir, TRAIN_IMAGES, TRAIN_LABELS),
             || load_verified_split(dir, TEST_IMAGES, TEST_LABELS),
         );
@@ -444,7 +444,7 @@ fn read_verified(path: PathBuf, name: &str) -> Result<IdxArray> {
 fn load_verified_split(dir: &Path, images: &str, labels: &str) -> Result<Dataset> {
     let img_path = locate(dir, images)?;
     let lbl_path = locate(dir, labels)?;
-    let (img, lbl) = rayon::join(
+    let (img, lbl) = crate::data::join(
         || read_verified(img_path.clone(), images),
         || read_verified(lbl_path.clone(), labels),
     );

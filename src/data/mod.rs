@@ -21,3 +21,20 @@ pub use batches::{epoch_permutation, Batch, Batches, Shuffle};
 pub use idx::{parse_idx, read_idx, write_idx, IdxArray};
 pub use mnist::{load_split, normalize_pixels, Dataset, Mnist, DEFAULT_DATA_DIR};
 pub use sources::{DataSplits, Normalization};
+
+/// Runs `a` here and `b` on a scoped thread of its own, at once, and returns both
+/// results: loading overlaps the reading and decoding of files without starting
+/// rayon's global pool, so [`crate::set_cpu_threads`] still works after data is loaded.
+/// A panic in `b` is resumed here.
+pub(crate) fn join<A, B, RA, RB>(a: A, b: B) -> (RA, RB)
+where
+    A: FnOnce() -> RA,
+    B: FnOnce() -> RB + Send,
+    RB: Send,
+{
+    std::thread::scope(|s| {
+        let hb = s.spawn(b);
+        let ra = a();
+        (ra, hb.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+    })
+}

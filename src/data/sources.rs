@@ -460,7 +460,7 @@ impl DataSplits {
             path(mnist::TEST_IMAGES)?,
             path(mnist::TEST_LABELS)?,
         );
-        let (train, test) = rayon::join(|| read_raw_split(&ti, &tl), || read_raw_split(&vi, &vl));
+        let (train, test) = crate::data::join(|| read_raw_split(&ti, &tl), || read_raw_split(&vi, &vl));
         let (train, test) = (train?, test?);
         if train.images.dims[1..] != test.images.dims[1..] {
             return Err(corrupt(
@@ -540,7 +540,7 @@ impl DataSplits {
             .map(|name| locate(&dir, name, CIFAR_FIX))
             .collect::<Result<Vec<_>>>()?;
         let test_files = [locate(&dir, CIFAR_TEST, CIFAR_FIX)?];
-        let (train, test) = rayon::join(|| read_cifar(&train_files), || read_cifar(&test_files));
+        let (train, test) = crate::data::join(|| read_cifar(&train_files), || read_cifar(&test_files));
         let ((train_px, train_lbl), (test_px, test_lbl)) = (train?, test?);
         let (normalization, computed) = match normalization {
             Some(n) => (n, false),

@@ -23,9 +23,16 @@ pub struct Network<B: Backend> {
     pub arch: Arch,
     /// The energy the network is trained and evaluated with.
     pub energy: Energy,
-    /// Per-block parameters.
+    /// Per-block parameters. Code that writes them directly (rather than through
+    /// [`Network::set_from_host`]) calls [`Network::params_replaced`] afterwards.
     pub params: Vec<Params<B>>,
+    /// Which network this is (unique in the process) and how many times its
+    /// parameters were replaced from outside an optimizer: see [`Network::stamp`].
+    stamp: (u64, u64),
 }
+
+/// Source of the process-unique network identities of [`Network::stamp`].
+static NEXT_NETWORK_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl<B: Backend> Network<B> {
     /// PyTorch's default initialisation (weights and biases uniform in ±1/√in),
@@ -60,6 +67,7 @@ impl<B: Backend> Network<B> {
             arch,
             energy,
             params,
+            stamp: (NEXT_NETWORK_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed), 0),
         })
     }
 
@@ -75,7 +83,26 @@ impl<B: Backend> Network<B> {
             .collect()
     }
 
-    /// Replaces the parameters with host values (shapes checked, values must be finite).
+    /// (identity, version): the identity is unique to this network in the process,
+    /// and the version counts the replacements of its parameters from outside an
+    /// optimizer ([`Network::set_from_host`], [`Network::params_replaced`]). An
+    /// optimizer keeps a copy of the parameters to restore when a step diverges;
+    /// when the stamp differs from the one its copy was taken at, the copy is stale
+    /// (another network, or weights loaded since), and it takes a fresh one before
+    /// stepping.
+    pub fn stamp(&self) -> (u64, u64) {
+        self.stamp
+    }
+
+    /// Records that the parameters were replaced from outside an optimizer (written
+    /// directly through [`Network::params`]), so that an optimizer's copy of the
+    /// parameters taken earlier is not restored over them ([`Network::stamp`]).
+    pub fn params_replaced(&mut self) {
+        self.stamp.1 += 1;
+    }
+
+    /// Replaces the parameters with host values (shapes checked; values must be
+    /// finite, and finite in the backend's precision: 3.5e38 is refused in f32).
     pub fn set_from_host(&mut self, values: &[(Vec<f64>, Vec<f64>)]) -> Result<()> {
         if values.len() != self.arch.depth() {
             return Err(MepError::Shape(format!(
@@ -99,11 +126,22 @@ impl<B: Backend> Network<B> {
             if let Some(bad) = w.iter().chain(b).find(|v| !v.is_finite()) {
                 return Err(MepError::NonFinite(format!("block {} parameters contain {bad}", l + 1)));
             }
+            if let Some(bad) = w.iter().chain(b).find(|&&v| !B::Elem::of(v).f64().is_finite()) {
+                return Err(MepError::NonFinite(format!(
+                    "block {} parameters contain {bad}, which overflows to infinity in {} (the backend's precision)",
+                    l + 1,
+                    std::any::type_name::<B::Elem>()
+                )));
+            }
+        }
+        // Every block was checked before any is written: a refused call changes nothing.
+        for (l, (w, b)) in values.iter().enumerate() {
             let wv: Vec<B::Elem> = w.iter().map(|&v| B::Elem::of(v)).collect();
             let bv: Vec<B::Elem> = b.iter().map(|&v| B::Elem::of(v)).collect();
             self.backend.write(&mut self.params[l].w, &wv)?;
             self.backend.write(&mut self.params[l].b, &bv)?;
         }
+        self.params_replaced();
         Ok(())
     }
 }

@@ -49,6 +49,7 @@ pub struct OptimizerBuilder<'m> {
     /// Whether `spectral_layers` was set: an error at build if it selects no matrix
     /// of this model.
     spectral_layers_set: bool,
+    check_every_set: bool,
 }
 
 /// SMEP: spectral constraint + Muon + EP (the seed's optimizer), with the defaults
@@ -83,6 +84,7 @@ impl<'m> OptimizerBuilder<'m> {
             nesterov_on: false,
             power_iters_set: false,
             spectral_layers_set: false,
+            check_every_set: false,
         }
     }
 
@@ -185,11 +187,13 @@ impl<'m> OptimizerBuilder<'m> {
         self.cfg.weight_decay = wd;
         self
     }
-    /// Spectral bound γ (turns the constraint on, [`SpectralLayers::Auto`], if it was off).
+    /// Spectral bound γ. Turns the constraint on ([`SpectralLayers::Auto`]) where the
+    /// preset leaves it off (`sgd`, `adam`); with an explicit
+    /// `spectral_layers(SpectralLayers::Off)`, before or after, it is an error at build.
     pub fn gamma(mut self, gamma: f64) -> Self {
         self.cfg.spectral.gamma = gamma;
         self.gamma_set = true;
-        if self.cfg.spectral.layers == SpectralLayers::Off {
+        if self.cfg.spectral.layers == SpectralLayers::Off && !self.spectral_layers_set {
             self.cfg.spectral.layers = SpectralLayers::Auto;
         }
         self
@@ -221,9 +225,15 @@ impl<'m> OptimizerBuilder<'m> {
         self.cfg.schedule = schedule;
         self
     }
-    /// Read the loss back every `n` steps to detect divergence.
+    /// Check for divergence (a host read of the parameters' norm and the running
+    /// loss) every `n` steps and whenever the statistics are read, instead of the
+    /// device's default: after every step on the CPU (where the read costs nothing),
+    /// every [`OptimConfig::check_every`] steps on CUDA (no host synchronisation per
+    /// step). Set, it applies on both devices, so a run diverges, and restores the
+    /// parameters of the last check, identically on each.
     pub fn check_every(mut self, n: u64) -> Self {
         self.cfg.check_every = n;
+        self.check_every_set = true;
         self
     }
 
@@ -255,6 +265,29 @@ impl<'m> OptimizerBuilder<'m> {
                 "beta",
                 cfg.grad.beta,
                 "`beta` has no effect with contrastive learning (CL clamps the output to the target): drop it, or use a coupled rule (Nudging::CoupledPositive, CoupledNegative or CoupledCentered, where β is the clamping strength η)",
+            ));
+        }
+        if cfg.grad.loss == Loss::CrossEntropy && arch.outputs() < 2 {
+            return Err(MepError::invalid(
+                "loss",
+                "cross-entropy",
+                format!(
+                    "the softmax of a single output is 1 whatever the input, so the cross-entropy of this {} model is always 0 and nothing would train: give the model one output per class (at least 2), or use Loss::SquaredError",
+                    arch.describe()
+                ),
+            ));
+        }
+        if hopfield && depth > 2 && cfg.spectral.layers == SpectralLayers::Off && !self.spectral_layers_set {
+            // The couplings of a deep Hopfield net must be bounded for its sweeps to
+            // contract (SpectralLayers::bound); PyTorch's initialisation already
+            // breaks that bound. Training unconstrained is allowed, but only asked for.
+            return Err(MepError::invalid(
+                "spectral_layers",
+                "off (this preset's default)",
+                format!(
+                    "the Hopfield energy with {} hidden layers settles stably only when every coupling W_2 … W_L is bounded, and this preset leaves the spectral constraint off: add .spectral_layers(SpectralLayers::Couplings) (--spectral-layers couplings), or .spectral_layers(SpectralLayers::Off) (--spectral-layers off) to train unconstrained anyway",
+                    depth - 1
+                ),
             ));
         }
         if self.settle_lr_set && hopfield {
@@ -350,10 +383,12 @@ impl<'m> OptimizerBuilder<'m> {
         cfg.validate()?;
         self.check_effective(&cfg)?;
         let mut engine = with_net!(&self.model.net, n => AnyEngine::from(Engine::new(cfg, n, 64)?));
-        if let AnyEngine::Cuda(e) = &mut engine {
+        match &mut engine {
             // A host read per step would synchronise the GPU: check when the host next
             // reads (every `check_every` steps and at every statistics read) instead.
-            e.set_check_every_step(false);
+            AnyEngine::Cuda(e) => e.set_check_every_step(false),
+            // The CPU reads for free after every step, unless asked for the GPU's rhythm.
+            AnyEngine::Cpu(e) => e.set_check_every_step(!self.check_every_set),
         }
         self.model.set_loss(cfg.grad.loss);
         Ok(Optimizer {
@@ -540,7 +575,8 @@ impl Optimizer {
     /// weights; gradients taken before that see the unprojected weights.
     ///
     /// Errors: as [`Optimizer::step`] for the batch ([`MepError::Shape`],
-    /// [`MepError::NonFinite`], a label ≥ outputs), and a device mismatch.
+    /// [`MepError::NonFinite`], a label ≥ outputs) and for the model (one of another
+    /// architecture, energy or device than the optimizer was built for).
     ///
     /// ```
     /// use mep::{sgd, Device, Mode, Sequential};
@@ -556,6 +592,9 @@ impl Optimizer {
     /// # }
     /// ```
     pub fn gradients(&self, model: &Model, x: &[f32], y: &[u32]) -> Result<crate::inspect::Gradients> {
+        // The configuration (the nudging rule, say) was resolved for the model this
+        // optimizer was built for: on another model it would be another estimate.
+        self.check_model(model)?;
         let cfg = self.config().grad;
         match (&self.engine, &model.net) {
             (AnyEngine::Cpu(_), AnyNet::Cpu(n)) => crate::inspect::gradients(n, &cfg, x, y),

@@ -7,7 +7,7 @@ use super::newton_schulz::{orthogonalize_from, NsOut, NsScratch};
 use super::spectral::PowerIter;
 use crate::backend::{ctl, Backend, Scalar};
 use crate::ep::{compute_gradients_deferred, Energy, Grads, Mode, Workspace};
-use crate::nn::{Block, Network};
+use crate::nn::{Arch, Block, Network};
 use crate::train::DeviceData;
 use crate::{MepError, Result};
 
@@ -76,6 +76,10 @@ pub struct Engine<B: Backend> {
     /// The configuration (validated; read it with [`Engine::config`]: the allocated
     /// state depends on it, so it cannot change after construction).
     cfg: OptimConfig,
+    /// The architecture and energy of the network the state is shaped for: a step
+    /// on any other is refused.
+    arch: Arch,
+    energy: Energy,
     /// Scratch space for the phases.
     pub ws: Workspace<B>,
     /// The last gradient estimate.
@@ -114,8 +118,16 @@ struct Guard<B: Backend> {
     /// Read `health` after every step (CPU: the read is free) or only when the host
     /// next reads anything (GPU: no host synchronisation per step).
     every_step: bool,
-    /// The first divergence, reported again by every later step.
-    diverged: Option<(u64, f64, String)>,
+    /// The first divergence (step, loss, cause, fix), reported again by every later
+    /// step.
+    diverged: Option<(u64, f64, String, String)>,
+    /// Steps taken since `backup` was copied: 1 at a check means the step started
+    /// from the backed-up parameters, so no update of this optimizer's made the loss.
+    steps_since_backup: u64,
+    /// The [`Network::stamp`] of the network `backup` was copied from: a step on a
+    /// network with another stamp (another network, or parameters replaced since)
+    /// copies its parameters first, so a divergence never restores stale values.
+    stamp: (u64, u64),
 }
 
 impl<B: Backend> Engine<B> {
@@ -195,11 +207,15 @@ impl<B: Backend> Engine<B> {
             sq: bk.zeros(1)?,
             every_step: true,
             diverged: None,
+            steps_since_backup: 0,
+            stamp: net.stamp(),
         });
         let ws = Workspace::new(bk, &net.arch, batch_hint)?;
         let ctl = bk.zeros_labels(ctl::words(block_slot(depth)) + ws.rows_cap)?;
         Ok(Engine {
             cfg,
+            arch: net.arch.clone(),
+            energy: net.energy,
             ws,
             grads: Grads::new(bk, &net.arch)?,
             state,
@@ -285,6 +301,7 @@ impl<B: Backend> Engine<B> {
         if let Some(e) = self.diverged_error() {
             return Err(e);
         }
+        self.check_network(net)?;
         if rows == 0 || rows > self.ws.rows_cap {
             return Err(MepError::Shape(format!(
                 "batch of {rows} rows for a workspace of {}",
@@ -292,6 +309,11 @@ impl<B: Backend> Engine<B> {
             )));
         }
         let bk = net.backend.clone();
+        if net.stamp() != self.guard.stamp {
+            // Another network, or parameters loaded or set since the copy was taken:
+            // the copy to restore on divergence must be of what this step starts from.
+            self.take_backup(net)?;
+        }
         if self.t == 0 {
             // The initial weights may violate the bound (PyTorch's initialisation puts
             // a 3-hidden-layer Hopfield net's coupling operator above 1): constrain
@@ -345,6 +367,7 @@ impl<B: Backend> Engine<B> {
             self.step_body(net, rows, batch.map(|(d, _)| d))?;
         }
         self.t = t;
+        self.guard.steps_since_backup += 1;
         self.samples_since_reset += rows as u64;
         if self.guard.every_step || self.t % self.cfg.check_every == 0 {
             self.verify(net)?;
@@ -455,10 +478,11 @@ impl<B: Backend> Engine<B> {
         self.guard
             .diverged
             .as_ref()
-            .map(|(step, loss, cause)| MepError::Diverged {
+            .map(|(step, loss, cause, fix)| MepError::Diverged {
                 step: *step,
                 loss: *loss,
                 cause: cause.clone(),
+                fix: fix.clone(),
             })
     }
 
@@ -499,7 +523,25 @@ impl<B: Backend> Engine<B> {
         self.compute_health(net)?;
         let health = bk.download(&self.guard.health)?[0].f64();
         let s = self.stats()?;
-        let cause = if !health.is_finite() {
+        // The running loss is the free phase's, taken before each update: with one
+        // step since the parameters were last checked, no update of this optimizer's
+        // made it, whatever the update then did to the parameters.
+        let before_any_update = self.guard.steps_since_backup <= 1 && diverged(s.loss);
+        // States that overflowed while settling make the estimate, and the update
+        // made from it, meaningless even while the parameters stay finite; named
+        // before the parameters, which they are the cause of.
+        let unsettled = !(s.settle_residual.is_finite() && s.free_residual.is_finite());
+        let cause = if before_any_update {
+            Some(format!(
+                "the loss of the batch at the parameters the step started from is {}",
+                s.loss
+            ))
+        } else if unsettled {
+            Some(format!(
+                "a phase did not settle (residual {}, free phase {})",
+                s.settle_residual, s.free_residual
+            ))
+        } else if !health.is_finite() {
             let bad: Vec<String> = net
                 .params
                 .iter()
@@ -527,14 +569,55 @@ impl<B: Backend> Engine<B> {
                 bk.copy(w, &mut p.w)?;
                 bk.copy(b, &mut p.b)?;
             }
-            self.guard.diverged = Some((self.t, s.loss, cause));
+            let settle_lr = if matches!(net.energy, Energy::Hopfield { .. }) {
+                ""
+            } else {
+                " (or `settle_lr`)"
+            };
+            let fix = if before_any_update {
+                "no update had been applied yet: the loss of the parameters the step started from is already out of range on this data, so check the inputs' scale (normalise them) and the weights, then build a new optimizer".to_string()
+            } else if unsettled && self.guard.steps_since_backup <= 1 {
+                format!(
+                    "the phases started from the last checked parameters, so the nudge overflowed the states: lower `beta`{settle_lr} or check the inputs' scale, and build a new optimizer"
+                )
+            } else {
+                format!(
+                    "lower the learning rate `lr` or `beta`{settle_lr}, or keep the spectral constraint on, and build a new optimizer"
+                )
+            };
+            self.guard.diverged = Some((self.t, s.loss, cause, fix));
             return Err(self.diverged_error().expect("just recorded"));
         }
+        self.take_backup(net)?;
+        Ok(s)
+    }
+
+    /// Copies `net`'s parameters into the backup restored on divergence, and
+    /// records its stamp.
+    pub(crate) fn take_backup(&mut self, net: &Network<B>) -> Result<()> {
+        let bk = &net.backend;
         for (p, (w, b)) in net.params.iter().zip(&mut self.guard.backup) {
             bk.copy(&p.w, w)?;
             bk.copy(&p.b, b)?;
         }
-        Ok(s)
+        self.guard.stamp = net.stamp();
+        self.guard.steps_since_backup = 0;
+        Ok(())
+    }
+
+    /// Refuses a network other than the one (architecture and energy) this engine's
+    /// state is shaped for, naming both.
+    fn check_network(&self, net: &Network<B>) -> Result<()> {
+        if net.arch != self.arch || net.energy != self.energy {
+            return Err(MepError::Shape(format!(
+                "this optimizer was built for a {} network with the {:?} energy but is given a {} network with the {:?} energy; build one optimizer per network",
+                self.arch.describe(),
+                self.energy,
+                net.arch.describe(),
+                net.energy
+            )));
+        }
+        Ok(())
     }
 
     /// Applies the update rules to `net` using the gradients in `self.grads`, with

@@ -168,11 +168,8 @@ impl<B: Backend> Engine<B> {
             bk.write(buf, &host)?;
         }
         self.t = state.steps;
+        self.take_backup(net)?;
         let g = &mut self.guard;
-        for (p, (w, b)) in net.params.iter().zip(&mut g.backup) {
-            bk.copy(&p.w, w)?;
-            bk.copy(&p.b, b)?;
-        }
         bk.fill(&mut g.health, 0.0)?;
         g.diverged = None;
         Ok(())
@@ -190,9 +187,16 @@ impl Optimizer {
         }
     }
 
-    /// Continues from `state` (taken by [`Optimizer::state`] from an optimizer of the
-    /// same configuration): the next step is the one the saved optimizer would have
-    /// taken next, given `model` with the parameters it had then.
+    /// Continues from `state` (taken by [`Optimizer::state`]): the next step is the
+    /// one the saved optimizer would have taken next, given `model` with the
+    /// parameters it had then, if this optimizer's configuration is the same.
+    ///
+    /// The state must have the tensors this optimizer holds (same preset, update
+    /// rules and spectral layers, same architecture); its hyper-parameters may differ,
+    /// which continues the run with new ones (a lower learning rate, another
+    /// momentum: the step counter, hence the schedule's position, is the saved one).
+    /// [`crate::checkpoint::resume`] is the strict form: it also requires the saved
+    /// configuration.
     ///
     /// Errors: [`MepError::Shape`] when `model` is not the model this optimizer was
     /// built for, or `state` is another optimizer's (a tensor missing, extra or of
