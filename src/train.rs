@@ -128,6 +128,14 @@ pub fn train_epoch<B: Backend>(
         return Err(MepError::invalid("batch_size", 0, "must be at least 1"));
     }
     check_fits(net, data)?;
+    if data.n == 0 {
+        // An epoch of no steps would report a loss and accuracy of no samples.
+        return Err(MepError::invalid(
+            "data",
+            "an empty data set",
+            "train on at least one sample (Dataset::subset(0) is the only empty data set)",
+        ));
+    }
     let bk = net.backend.clone();
     let perm = epoch_permutation(data.n, shuffle, epoch);
     engine.ws.ensure_rows(batch_size.min(data.n))?;
@@ -192,6 +200,15 @@ pub fn evaluate<B: Backend>(net: &Network<B>, data: &DeviceData<B>, loss: Loss, 
     }
     let s = bk.download(&stats)?;
     let n = data.n as f64;
+    if !s[0].f64().is_finite() {
+        // Finite inputs and parameters can still overflow f32 inside the network: a
+        // NaN or infinite mean is no result to report.
+        return Err(MepError::NonFinite(format!(
+            "the mean loss over {} samples is {}: the network's outputs overflowed f32 (check the inputs' scale and the parameters' size)",
+            data.n,
+            s[0].f64() / n
+        )));
+    }
     Ok(Evaluation {
         loss: s[0].f64() / n,
         accuracy: s[1].f64() / n,

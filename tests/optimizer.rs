@@ -480,3 +480,16 @@ fn cross_entropy_on_a_single_output_is_refused() {
     refused(sgd(&one_out).mode(mep::Mode::Backprop).build(), "loss", &[]);
     smep(&one_out).loss(mep::Loss::SquaredError).build().unwrap();
 }
+
+#[test]
+fn scales_that_vanish_or_overflow_in_f32_are_refused() {
+    let m = two_layer(Energy::LayeredLeastSquares);
+    refused(sgd(&m).beta(1e-50).build(), "beta", &["f32"]);
+    refused(sgd(&two_layer(Energy::HOPFIELD)).beta(1e39).build(), "beta", &[]);
+    refused(smep(&m).gamma(1e-50).build(), "gamma", &["f32"]);
+    refused(smep(&m).gamma(1e39).build(), "gamma", &[]);
+    refused(smep(&m).settle_lr(1e-50).build(), "settle_lr", &["f32"]);
+    // Small but normal in f32 is a valid (if unusual) value.
+    sgd(&m).beta(1e-30).build().unwrap();
+    smep(&m).gamma(1e-30).build().unwrap();
+}

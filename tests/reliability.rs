@@ -215,6 +215,40 @@ fn divergence_names_its_cause_and_the_fix() {
         }
         other => panic!("inputs × 1e10: {other:?}"),
     }
+    // Updates that blew the loss up, after good steps, point at the learning rate.
+    for lr in [1e3, 1e12] {
+        let mut m = small(9);
+        let mut opt = sgd(&m).lr(lr).build().unwrap();
+        let msg = diverge_and_check_restore(&mut opt, &mut m, &data);
+        assert!(
+            msg.contains("learning rate") && !msg.contains("inputs' scale"),
+            "lr {lr}: {msg}"
+        );
+    }
+}
+
+#[test]
+fn set_state_recovers_from_a_divergence() {
+    let mut m = small(10);
+    let mut opt = sgd(&m).build().unwrap();
+    let data = Dataset::synthetic(128, 20, 4, 3).unwrap();
+    let batches: Vec<_> = data.batches(32, Shuffle::None).unwrap().collect();
+    for b in &batches[..3] {
+        opt.step(&mut m, &b.x, &b.y).unwrap();
+    }
+    let saved = opt.state().unwrap();
+    let bad: Vec<f32> = batches[0].x.iter().map(|v| v * 1e9).collect();
+    assert!(matches!(
+        opt.step(&mut m, &bad, &batches[0].y),
+        Err(MepError::Diverged { .. })
+    ));
+    // Back to the saved state: the next good batch trains, and its statistics do not
+    // carry the bad batch's loss.
+    opt.set_state(&m, &saved).unwrap();
+    opt.step(&mut m, &batches[3].x, &batches[3].y).unwrap();
+    let s = opt.stats().unwrap();
+    assert_eq!(s.samples, 32);
+    assert!(s.loss < 10.0, "{s:?}");
 }
 
 #[test]
@@ -666,6 +700,16 @@ fn an_engine_refuses_a_network_it_was_not_built_for() {
         assert_eq!(other.to_host().unwrap(), before);
     }
     assert_eq!(eng.steps(), 0);
+    // Every entry point that takes a network checks it.
+    let mut other = net(&[20, 8, 4], Energy::LayeredLeastSquares);
+    let before = other.to_host().unwrap();
+    let state = eng.export_state().unwrap();
+    assert!(matches!(eng.apply_constraint(&mut other), Err(MepError::Shape(_))));
+    assert!(matches!(eng.apply_update(&mut other), Err(MepError::Shape(_))));
+    assert!(matches!(eng.verify(&mut other), Err(MepError::Shape(_))));
+    assert!(matches!(eng.checked_stats(&mut other), Err(MepError::Shape(_))));
+    assert!(matches!(eng.import_state(&other, &state), Err(MepError::Shape(_))));
+    assert_eq!(other.to_host().unwrap(), before);
 }
 
 /// The message of `r`'s error, which must be an `InvalidArgument`.

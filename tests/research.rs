@@ -354,6 +354,19 @@ fn evaluate_reports_the_training_loss() {
         matches!(r, Err(MepError::InvalidArgument { name: "data", .. })),
         "{r:?}"
     );
+    let empty = model.upload(&empty).unwrap();
+    let r = opt.train_epoch(&mut model, &empty, 8, mep::Shuffle::None, 0, 0, |_, _, _| {});
+    assert!(
+        matches!(r, Err(MepError::InvalidArgument { name: "data", .. })),
+        "{r:?}"
+    );
+    // Finite parameters whose outputs overflow f32: no NaN or infinite mean as a result.
+    let mut huge = model.parameters().unwrap();
+    huge.iter_mut()
+        .for_each(|(w, _)| w.iter_mut().for_each(|v| *v = f32::MAX as f64));
+    model.set_parameters(&huge).unwrap();
+    let r = model.evaluate(&data);
+    assert!(matches!(r, Err(MepError::NonFinite(_))), "{r:?}");
 }
 
 #[test]

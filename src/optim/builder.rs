@@ -226,7 +226,8 @@ impl<'m> OptimizerBuilder<'m> {
         self
     }
     /// Check for divergence (a host read of the parameters' norm and the running
-    /// loss) every `n` steps and whenever the statistics are read, instead of the
+    /// loss) every `n` steps and at `train_epoch`'s progress reads (not at
+    /// [`Optimizer::stats`], which only reads), instead of the
     /// device's default: after every step on the CPU (where the read costs nothing),
     /// every [`OptimConfig::check_every`] steps on CUDA (no host synchronisation per
     /// step). Set, it applies on both devices, so a run diverges, and restores the

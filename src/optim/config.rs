@@ -229,6 +229,26 @@ fn learning_rate(name: &'static str, v: f64) -> Result<()> {
     Ok(())
 }
 
+/// A scale the kernels use in f32 (β, γ, the relaxation ω): positive and finite in
+/// f64 and a normal number once rounded to f32, where β = 1e-50 is 0 (its estimate
+/// divides by it) and γ = 1e39 is infinite (a bound that bounds nothing).
+fn f32_scale(name: &'static str, v: f64) -> Result<()> {
+    positive(name, v)?;
+    let single = v as f32;
+    if !single.is_normal() {
+        return Err(MepError::invalid(
+            name,
+            v,
+            format!(
+                "the computation is in f32, where this value is {single}: use a value in [{:e}, {:e}]",
+                f32::MIN_POSITIVE,
+                f32::MAX
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The most settle steps (layered) or sweeps (Hopfield) per nudged phase. The
 /// nudged phase converges geometrically (15 steps is the default, and the β → 0
 /// ground-truth tests converge in 100–300); each step costs about as much as a
@@ -254,7 +274,7 @@ impl OptimConfig {
     pub fn validate(&self) -> Result<()> {
         let g = &self.grad;
         if g.mode == Mode::Ep {
-            positive("beta", g.beta)?;
+            f32_scale("beta", g.beta)?;
             if g.settle_steps == 0 {
                 return Err(MepError::invalid("settle_steps", 0, "EP needs at least 1 settle step"));
             }
@@ -265,7 +285,7 @@ impl OptimConfig {
                     format!("must be at most {MAX_SETTLE_STEPS} (the default is 15; the nudged phase converges in tens to hundreds of steps)"),
                 ));
             }
-            positive("settle_lr", g.settle_lr)?;
+            f32_scale("settle_lr", g.settle_lr)?;
             if g.settle_lr > 1.0 {
                 return Err(MepError::invalid(
                     "settle_lr",
@@ -324,7 +344,7 @@ impl OptimConfig {
             }
         }
         if self.spectral.layers != SpectralLayers::Off {
-            positive("gamma", self.spectral.gamma)?;
+            f32_scale("gamma", self.spectral.gamma)?;
         }
         // Checked even with the constraint off: a 0 would otherwise be accepted and
         // silently run as 1 once the constraint is turned on.

@@ -122,8 +122,12 @@ struct Guard<B: Backend> {
     /// step.
     diverged: Option<(u64, f64, String, String)>,
     /// Steps taken since `backup` was copied: 1 at a check means the step started
-    /// from the backed-up parameters, so no update of this optimizer's made the loss.
+    /// from the backed-up parameters.
     steps_since_backup: u64,
+    /// Whether `backup` holds parameters no update of this optimizer produced (the
+    /// network's as built, loaded or set): with one step since, a loss out of range
+    /// comes from them and the data, not from the learning rate.
+    backup_unupdated: bool,
     /// The [`Network::stamp`] of the network `backup` was copied from: a step on a
     /// network with another stamp (another network, or parameters replaced since)
     /// copies its parameters first, so a divergence never restores stale values.
@@ -208,6 +212,7 @@ impl<B: Backend> Engine<B> {
             every_step: true,
             diverged: None,
             steps_since_backup: 0,
+            backup_unupdated: true,
             stamp: net.stamp(),
         });
         let ws = Workspace::new(bk, &net.arch, batch_hint)?;
@@ -312,7 +317,7 @@ impl<B: Backend> Engine<B> {
         if net.stamp() != self.guard.stamp {
             // Another network, or parameters loaded or set since the copy was taken:
             // the copy to restore on divergence must be of what this step starts from.
-            self.take_backup(net)?;
+            self.take_backup(net, true)?;
         }
         if self.t == 0 {
             // The initial weights may violate the bound (PyTorch's initialisation puts
@@ -503,6 +508,7 @@ impl<B: Backend> Engine<B> {
     /// Applies the spectral constraint to every constrained matrix of `net` now (the
     /// optimizer also does this before its first step and after every update).
     pub fn apply_constraint(&mut self, net: &mut Network<B>) -> Result<()> {
+        self.check_network(net)?;
         let bk = net.backend.clone();
         for (st, p) in self.state.iter_mut().zip(net.params.iter_mut()) {
             if let Some((power, gamma)) = st.power.as_mut() {
@@ -519,14 +525,16 @@ impl<B: Backend> Engine<B> {
         if let Some(e) = self.diverged_error() {
             return Err(e);
         }
+        self.check_network(net)?;
         let bk = net.backend.clone();
         self.compute_health(net)?;
         let health = bk.download(&self.guard.health)?[0].f64();
         let s = self.stats()?;
         // The running loss is the free phase's, taken before each update: with one
-        // step since the parameters were last checked, no update of this optimizer's
-        // made it, whatever the update then did to the parameters.
-        let before_any_update = self.guard.steps_since_backup <= 1 && diverged(s.loss);
+        // step since parameters that no update of this optimizer made (as built,
+        // loaded or set), no update made it, whatever the update then did.
+        let first_from_outside = self.guard.backup_unupdated && self.guard.steps_since_backup <= 1;
+        let before_any_update = first_from_outside && diverged(s.loss);
         // States that overflowed while settling make the estimate, and the update
         // made from it, meaningless even while the parameters stay finite; named
         // before the parameters, which they are the cause of.
@@ -576,7 +584,7 @@ impl<B: Backend> Engine<B> {
             };
             let fix = if before_any_update {
                 "no update had been applied yet: the loss of the parameters the step started from is already out of range on this data, so check the inputs' scale (normalise them) and the weights, then build a new optimizer".to_string()
-            } else if unsettled && self.guard.steps_since_backup <= 1 {
+            } else if unsettled && first_from_outside {
                 format!(
                     "the phases started from the last checked parameters, so the nudge overflowed the states: lower `beta`{settle_lr} or check the inputs' scale, and build a new optimizer"
                 )
@@ -588,13 +596,14 @@ impl<B: Backend> Engine<B> {
             self.guard.diverged = Some((self.t, s.loss, cause, fix));
             return Err(self.diverged_error().expect("just recorded"));
         }
-        self.take_backup(net)?;
+        self.take_backup(net, false)?;
         Ok(s)
     }
 
     /// Copies `net`'s parameters into the backup restored on divergence, and
-    /// records its stamp.
-    pub(crate) fn take_backup(&mut self, net: &Network<B>) -> Result<()> {
+    /// records its stamp and whether an update of this optimizer made them
+    /// (`unupdated` false).
+    pub(crate) fn take_backup(&mut self, net: &Network<B>, unupdated: bool) -> Result<()> {
         let bk = &net.backend;
         for (p, (w, b)) in net.params.iter().zip(&mut self.guard.backup) {
             bk.copy(&p.w, w)?;
@@ -602,12 +611,13 @@ impl<B: Backend> Engine<B> {
         }
         self.guard.stamp = net.stamp();
         self.guard.steps_since_backup = 0;
+        self.guard.backup_unupdated = unupdated;
         Ok(())
     }
 
     /// Refuses a network other than the one (architecture and energy) this engine's
     /// state is shaped for, naming both.
-    fn check_network(&self, net: &Network<B>) -> Result<()> {
+    pub(crate) fn check_network(&self, net: &Network<B>) -> Result<()> {
         if net.arch != self.arch || net.energy != self.energy {
             return Err(MepError::Shape(format!(
                 "this optimizer was built for a {} network with the {:?} energy but is given a {} network with the {:?} energy; build one optimizer per network",
@@ -624,6 +634,7 @@ impl<B: Backend> Engine<B> {
     /// the learning rate and bias corrections of step max(1, [`Engine::steps`]),
     /// without counting a step ([`Engine::step`] does all of it).
     pub fn apply_update(&mut self, net: &mut Network<B>) -> Result<()> {
+        self.check_network(net)?;
         self.ctl_host.clear();
         ctl::encode(&self.step_scalars(net, self.t.max(1)), &mut self.ctl_host);
         net.backend.write_labels(&mut self.ctl, &self.ctl_host)?;

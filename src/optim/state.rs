@@ -127,11 +127,13 @@ impl<B: Backend> Engine<B> {
     /// configuration for the same architecture), takes `net`'s current parameters as
     /// the divergence guard's last good values, and clears a recorded divergence.
     ///
-    /// Errors, before anything is changed: [`MepError::Shape`] naming a tensor this
+    /// Errors, before anything is changed: [`MepError::Shape`] for a network other
+    /// than the one this engine was built for, or naming a tensor this
     /// optimizer needs that `state` lacks, one it has that this optimizer does not
     /// (another optimizer's state), or a tensor of another shape;
     /// [`MepError::NonFinite`] naming a NaN or infinite value.
     pub fn import_state(&mut self, net: &Network<B>, state: &OptimizerState) -> Result<()> {
+        self.check_network(net)?;
         let layout: Vec<(String, Vec<usize>)> = self.slots().into_iter().map(|(n, s, _)| (n, s)).collect();
         let slot_of = |name: &str| name.rsplit('.').next().unwrap_or(name).to_string();
         for (name, shape) in &layout {
@@ -168,7 +170,10 @@ impl<B: Backend> Engine<B> {
             bk.write(buf, &host)?;
         }
         self.t = state.steps;
-        self.take_backup(net)?;
+        // The run's bookkeeping restarts from the saved state: a divergence recorded
+        // since, and the running statistics that include its batches, are dropped.
+        self.take_backup(net, false)?;
+        self.reset_stats()?;
         let g = &mut self.guard;
         bk.fill(&mut g.health, 0.0)?;
         g.diverged = None;
