@@ -247,6 +247,15 @@ pub fn gradients<B: Backend, X: Copy + Into<f64>>(
         } else {
             vec![0.0; blk.out]
         };
+        if weight.iter().chain(&bias).any(|v| !v.is_finite()) {
+            // Finite inputs and parameters can still overflow f32 in the phases: a
+            // NaN estimate is no measurement to compare.
+            return Err(MepError::NonFinite(format!(
+                "the gradient estimate of block {} is not finite: the states overflowed {} (check the inputs' scale, the parameters' size and beta)",
+                l + 1,
+                std::any::type_name::<B::Elem>()
+            )));
+        }
         layers.push(LayerGradient {
             weight,
             bias,

@@ -367,6 +367,8 @@ fn evaluate_reports_the_training_loss() {
     model.set_parameters(&huge).unwrap();
     let r = model.evaluate(&data);
     assert!(matches!(r, Err(MepError::NonFinite(_))), "{r:?}");
+    let r = opt.gradients(&model, &x, &y);
+    assert!(matches!(r, Err(MepError::NonFinite(_))), "{r:?}");
 }
 
 #[test]
