@@ -478,6 +478,14 @@ fn cross_entropy_on_a_single_output_is_refused() {
         .unwrap();
     refused(smep(&one_out).build(), "loss", &["single output", "SquaredError"]);
     refused(sgd(&one_out).mode(mep::Mode::Backprop).build(), "loss", &[]);
+    // With label smoothing too: q = (1 − ε) + ε/1 is still 1.
+    refused(
+        smep(&one_out)
+            .loss(mep::Loss::CrossEntropy { label_smoothing: 0.1 })
+            .build(),
+        "loss",
+        &[],
+    );
     smep(&one_out).loss(mep::Loss::SquaredError).build().unwrap();
 }
 

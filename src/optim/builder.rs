@@ -268,7 +268,7 @@ impl<'m> OptimizerBuilder<'m> {
                 "`beta` has no effect with contrastive learning (CL clamps the output to the target): drop it, or use a coupled rule (Nudging::CoupledPositive, CoupledNegative or CoupledCentered, where β is the clamping strength η)",
             ));
         }
-        if cfg.grad.loss == Loss::CrossEntropy && arch.outputs() < 2 {
+        if matches!(cfg.grad.loss, Loss::CrossEntropy { .. }) && arch.outputs() < 2 {
             return Err(MepError::invalid(
                 "loss",
                 "cross-entropy",
