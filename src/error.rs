@@ -41,7 +41,9 @@ pub enum MepError {
         /// What diverged (the loss, which parameters, or the settling).
         cause: String,
         /// What to change: the hyper-parameters, or (when the loss was out of range
-        /// before any update) the data's scale.
+        /// before any update) the data's scale; it also names the inputs' RMS when
+        /// it is far from normalised data's (above
+        /// [`crate::optim::engine::INPUT_RMS_HINT`]).
         fix: String,
     },
     /// A buffer of the requested size cannot be allocated (or its size overflows).

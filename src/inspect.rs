@@ -183,12 +183,29 @@ fn workspace<B: Backend, X: Copy + Into<f64>>(
 /// Inference outputs for `x` (`rows × inputs`), `rows × outputs` row-major: the
 /// forward pass φ_L(s_L) for the layered energy, the free-phase output state s_L for
 /// the Hopfield energy (what [`Loss`] is applied to; before any softmax).
+///
+/// Errors: those of the input checks; [`MepError::NonFinite`] naming the sample when
+/// an output overflows the element type (inputs far from the training scale).
 pub fn outputs<B: Backend, X: Copy + Into<f64>>(net: &Network<B>, x: &[X]) -> Result<Vec<B::Elem>> {
     let (mut ws, rows) = workspace(net, x, None)?;
     crate::ep::inference(net, &mut ws, rows)?;
     let mut out = net.backend.download(crate::ep::output(net, &ws))?;
     // The buffer may be larger than this batch (capacity rounding): keep its rows.
-    out.truncate(rows * net.arch.outputs());
+    let classes = net.arch.outputs();
+    out.truncate(rows * classes);
+    // Finite inputs and parameters can still overflow the element type on the way
+    // (inputs far from the training data's scale): an infinite or NaN output is no
+    // prediction, so it is an error naming the sample and the inputs' size.
+    if let Some(i) = out.iter().position(|v| !v.f64().is_finite()) {
+        let largest = x.iter().map(|&v| v.into().abs()).fold(0.0, f64::max);
+        return Err(MepError::NonFinite(format!(
+            "output {} of sample {} (class {}): the network's outputs overflow {} for these inputs (largest |x| = {largest:.3e}); give inputs at the training data's scale (normalised, of order 1)",
+            out[i].f64(),
+            i / classes,
+            i % classes,
+            std::any::type_name::<B::Elem>()
+        )));
+    }
     Ok(out)
 }
 

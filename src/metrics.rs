@@ -77,6 +77,34 @@ pub struct MetricRow {
 pub const CSV_HEADER: &str = "kind,epoch,step,samples,train_loss,train_acc,test_loss,test_acc,seconds";
 
 impl MetricRow {
+    /// Why this row cannot be a record of training, if it cannot: a loss that is not
+    /// finite (a diverged run's), an accuracy outside [0, 1] (a percentage, say), or
+    /// a negative or non-finite time.
+    pub fn problem(&self) -> Option<String> {
+        let show = |v: Option<f64>| v.map_or("none".to_string(), |v| v.to_string());
+        let finite = |v: Option<f64>| v.map_or(true, f64::is_finite);
+        let fraction = |v: Option<f64>| v.map_or(true, |v| (0.0..=1.0).contains(&v));
+        let values = || {
+            format!(
+                "train loss {}, train accuracy {}, test loss {}, test accuracy {} at {} samples",
+                self.train_loss,
+                self.train_acc,
+                show(self.test_loss),
+                show(self.test_acc),
+                self.samples
+            )
+        };
+        if !(self.train_loss.is_finite() && finite(self.test_loss)) {
+            Some(format!("{}: a loss is not finite (a diverged run's)", values()))
+        } else if !(fraction(Some(self.train_acc)) && fraction(self.test_acc)) {
+            Some(format!("{}: accuracies are fractions in [0, 1]", values()))
+        } else if !(self.seconds.is_finite() && self.seconds >= 0.0) {
+            Some(format!("{} seconds: times are finite and not negative", self.seconds))
+        } else {
+            None
+        }
+    }
+
     /// The row as a CSV line (no newline); missing test values are empty fields.
     pub fn to_csv(&self) -> String {
         let opt = |v: Option<f64>| v.map(|v| format!("{v}")).unwrap_or_default();
@@ -150,7 +178,18 @@ impl MetricsLog {
     }
 
     /// Appends a row (and writes it to the CSV file, if any).
+    ///
+    /// Errors: [`MepError::InvalidArgument`] (`row`) for a row that cannot be a
+    /// record of training ([`MetricRow::problem`]: a non-finite loss, an accuracy
+    /// outside [0, 1]); nothing is recorded then, so the log stays plottable.
     pub fn push(&mut self, row: MetricRow) -> Result<()> {
+        if let Some(why) = row.problem() {
+            return Err(MepError::invalid(
+                "row",
+                why,
+                "record only finite losses and accuracies in [0, 1]; a diverged step reports MepError::Diverged instead of statistics",
+            ));
+        }
         self.write_line(&row.to_csv())?;
         self.rows.push(row);
         Ok(())
@@ -252,7 +291,7 @@ pub fn read_csv(path: impl AsRef<Path>) -> Result<Vec<MetricRow>> {
             "epoch" => RowKind::Epoch,
             other => return Err(bad(n, format!("kind `{other}` is neither step nor epoch"))),
         };
-        rows.push(MetricRow {
+        let row = MetricRow {
             kind,
             epoch: int(1)?,
             step: int(2)?,
@@ -262,7 +301,11 @@ pub fn read_csv(path: impl AsRef<Path>) -> Result<Vec<MetricRow>> {
             test_loss: opt(6)?,
             test_acc: opt(7)?,
             seconds: num(8)?,
-        });
+        };
+        if let Some(why) = row.problem() {
+            return Err(bad(n, why));
+        }
+        rows.push(row);
     }
     Ok(rows)
 }

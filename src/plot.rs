@@ -131,7 +131,9 @@ fn samples_label(v: f64) -> String {
 /// `title` heads the picture; `loss_name` labels the loss axis.
 ///
 /// Errors: [`MepError::InvalidArgument`] (`plot`) for a path not ending in `.png`
-/// ([`check_png_path`]), no rows or a non-finite value; [`MepError::Io`] naming `path`
+/// ([`check_png_path`]), no rows or a row that is no record of training
+/// ([`MetricRow::problem`]: a non-finite value, an accuracy outside [0, 1]);
+/// [`MepError::Io`] naming `path`
 /// when it cannot be written.
 pub fn plot_curves(rows: &[MetricRow], title: &str, loss_name: &str, path: impl AsRef<Path>) -> Result<()> {
     let path = path.as_ref();
@@ -143,23 +145,11 @@ pub fn plot_curves(rows: &[MetricRow], title: &str, loss_name: &str, path: impl 
             "train at least one epoch (--epochs ≥ 1) before plotting",
         ));
     }
-    let finite = |v: Option<f64>| v.map_or(true, f64::is_finite);
-    if let Some(r) = rows
-        .iter()
-        .find(|r| !(r.train_loss.is_finite() && r.train_acc.is_finite() && finite(r.test_loss) && finite(r.test_acc)))
-    {
-        let show = |v: Option<f64>| v.map_or("none".to_string(), |v| v.to_string());
+    if let Some(why) = rows.iter().find_map(MetricRow::problem) {
         return Err(MepError::invalid(
             "plot",
-            format!(
-                "train loss {}, train accuracy {}, test loss {}, test accuracy {} at {} samples",
-                r.train_loss,
-                r.train_acc,
-                show(r.test_loss),
-                show(r.test_acc),
-                r.samples
-            ),
-            "curves need finite values: lower the learning rate so training does not diverge",
+            why,
+            "curves need finite losses and accuracies in [0, 1]: lower the learning rate so training does not diverge",
         ));
     }
     font()?;
@@ -313,8 +303,9 @@ pub fn write_sample_png(data: &Dataset, index: usize, path: impl AsRef<Path>) ->
     let img = data.sample(index)?;
     let (height, width) = image_size(data)?;
     font()?;
-    let lo = img.iter().cloned().fold(f32::INFINITY, f32::min);
-    let hi = img.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    // In f64: the span of values near ±f32::MAX overflows f32 (every grey was 0).
+    let lo = img.iter().map(|&v| v as f64).fold(f64::INFINITY, f64::min);
+    let hi = img.iter().map(|&v| v as f64).fold(f64::NEG_INFINITY, f64::max);
     let span = if hi > lo { hi - lo } else { 1.0 };
     let (w, h) = sample_png_size_of(height, width);
     let mut buf = vec![255u8; (w * h * 3) as usize];
@@ -332,7 +323,7 @@ pub fn write_sample_png(data: &Dataset, index: usize, path: impl AsRef<Path>) ->
     // The image itself, centred below the caption, pixel by pixel.
     let x0 = (w - width as u32 * SAMPLE_SCALE) / 2;
     for (i, &v) in img.iter().enumerate() {
-        let g = (((v - lo) / span) * 255.0).round().clamp(0.0, 255.0) as u8;
+        let g = (((v as f64 - lo) / span) * 255.0).round().clamp(0.0, 255.0) as u8;
         let (r, c) = ((i / width) as u32, (i % width) as u32);
         for dy in 0..SAMPLE_SCALE {
             let y = SAMPLE_CAPTION + r * SAMPLE_SCALE + dy;

@@ -25,6 +25,9 @@ pub struct DeviceData<B: Backend> {
     pub features: usize,
     /// Classes.
     pub classes: usize,
+    /// Root mean square of the inputs (normalised data: about 1), named when training
+    /// on them diverges.
+    pub input_rms: f64,
     identity: B::Labels,
 }
 
@@ -34,9 +37,11 @@ impl<B: Backend> DeviceData<B> {
         // Fallible: a copy of a data set that does not fit is an error, not an abort.
         let mut x: Vec<B::Elem> =
             crate::error::try_filled(data.images.len(), B::Elem::of(0.0), "the data set's inputs")?;
-        x.iter_mut()
-            .zip(&data.images)
-            .for_each(|(d, &v)| *d = B::Elem::of(v as f64));
+        let mut sum_sq = 0.0f64;
+        x.iter_mut().zip(&data.images).for_each(|(d, &v)| {
+            sum_sq += v as f64 * v as f64;
+            *d = B::Elem::of(v as f64)
+        });
         let mut identity: Vec<u32> = crate::error::try_filled(data.n, 0, "the data set's index")?;
         identity.iter_mut().enumerate().for_each(|(i, d)| *d = i as u32);
         Ok(DeviceData {
@@ -45,6 +50,7 @@ impl<B: Backend> DeviceData<B> {
             n: data.n,
             features: data.features,
             classes: data.classes,
+            input_rms: (sum_sq / data.images.len().max(1) as f64).sqrt(),
             identity: bk.upload_labels(&identity)?,
         })
     }

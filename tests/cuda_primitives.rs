@@ -4,7 +4,7 @@
 //! Skips with a message when no GPU is usable; fails then when `MEP_REQUIRE_GPU=1`.
 
 mod common;
-use common::{chains, close, gpu, randn, rng};
+use common::{chains, close, close_to_scale, gpu, randn, rng};
 
 use mep::backend::cpu::Cpu;
 use mep::backend::cuda::Cuda;
@@ -231,8 +231,9 @@ fn elementwise_settle_kernels() {
         for c in [-1.0, 0.5] {
             let g = randn(&mut r, n, 1.0);
             let nan = vec![f32::NAN; n];
-            let (mut sc, mut ac, mut ec2) = (s.clone(), nan.clone(), nan.clone());
-            cpu.layered_settle(rows, cols, &p, &bias, &g, c, 0.2, act, &mut sc, &mut ac, &mut ec2)
+            // (The CPU's a is checked against f64 in cpu_primitives; the GPU's below.)
+            let (mut sc, mut a_cpu, mut ec2) = (s.clone(), nan.clone(), nan.clone());
+            cpu.layered_settle(rows, cols, &p, &bias, &g, c, 0.2, act, &mut sc, &mut a_cpu, &mut ec2)
                 .unwrap();
             close(&format!("layered_settle e (cpu) {name}"), seed, &ec2, &ec);
             let (mut sg, mut ag, mut eg) = (up(&s), up(&nan), up(&nan));
@@ -250,13 +251,29 @@ fn elementwise_settle_kernels() {
                 &mut eg,
             )
             .unwrap();
-            for (what, got, want) in [
-                ("s", gpu.download(&sg).unwrap(), &sc),
-                ("a", gpu.download(&ag).unwrap(), &ac),
-                ("e", gpu.download(&eg).unwrap(), &ec2),
-            ] {
-                close(&format!("layered_settle {what} {name} c={c}"), seed, &got, want);
-            }
+            // s against the terms its step sums, |s| + η(|e| + |c·φ′(s)·g|): f32 (and the
+            // GPU's fused multiply-adds) round relative to them, and on small shapes the
+            // new s can nearly cancel, where an error relative to the result would fail
+            // a correct kernel.
+            let mut d = vec![1.0; n];
+            cpu.act_grad_mul(rows, cols, &s, act, &mut d).unwrap();
+            let terms: Vec<f64> = (0..n)
+                .map(|i| {
+                    let (e, cdg) = (ec2[i] as f64, c * (d[i] * g[i]) as f64);
+                    (s[i] as f64).abs() + 0.2 * (e.abs() + cdg.abs())
+                })
+                .collect();
+            let s_gpu = gpu.download(&sg).unwrap();
+            close_to_scale(&format!("layered_settle s {name} c={c}"), seed, &s_gpu, &sc, &terms);
+            // a is the activation of the s the GPU stored (its own rounding is checked
+            // just above).
+            let (mut s_of_gpu, mut a_want) = (s_gpu.clone(), vec![0.0; n]);
+            cpu.bias_act(rows, cols, &mut s_of_gpu, &vec![0.0; cols], act, &mut a_want)
+                .unwrap();
+            let a_gpu = gpu.download(&ag).unwrap();
+            close(&format!("layered_settle a {name} c={c}"), seed, &a_gpu, &a_want);
+            let e_gpu = gpu.download(&eg).unwrap();
+            close(&format!("layered_settle e {name} c={c}"), seed, &e_gpu, &ec2);
         }
 
         // hopfield_settle, free and nudged
@@ -277,11 +294,20 @@ fn elementwise_settle_kernels() {
                 &mut sg,
             )
             .unwrap();
-            close(
+            // Against the terms of φ's argument, |drive| + |bias| + |β·dc| (every chain's
+            // slope is at most 1): the argument can nearly cancel on small shapes.
+            let terms: Vec<f64> = (0..n)
+                .map(|i| {
+                    let nudge = if nudged { 0.3 * dc[i].abs() } else { 0.0 };
+                    (drive[i].abs() + bias[i % cols].abs() + nudge) as f64
+                })
+                .collect();
+            close_to_scale(
                 &format!("hopfield_settle {name} nudged={nudged}"),
                 seed,
                 &gpu.download(&sg).unwrap(),
                 &sc,
+                &terms,
             );
         }
 
@@ -390,11 +416,20 @@ fn reductions_and_optimizer_kernels() {
             cpu.col_sum(rows, cols, 0.75, &x, beta, &mut yc).unwrap();
             let mut yg = gpu.upload(&y0).unwrap();
             gpu.col_sum(rows, cols, 0.75, &xg, beta, &mut yg).unwrap();
-            close(
+            // A column's sum can nearly cancel (and the GPU adds in another order):
+            // against the terms it sums, 0.75·Σ|x| + |β·y|.
+            let terms: Vec<f64> = (0..cols)
+                .map(|j| {
+                    let col: f64 = (0..rows).map(|i| x[i * cols + j].abs() as f64).sum();
+                    0.75 * col + if beta == 0.0 { 0.0 } else { (beta * y0[j] as f64).abs() }
+                })
+                .collect();
+            close_to_scale(
                 &format!("col_sum {rows}×{cols} β={beta}"),
                 seed,
                 &gpu.download(&yg).unwrap(),
                 &yc,
+                &terms,
             );
         }
 
@@ -433,14 +468,21 @@ fn reductions_and_optimizer_kernels() {
             cpu.axpby(1.5, &x, beta, &mut yc).unwrap();
             let mut yg = gpu.upload(&y0).unwrap();
             gpu.axpby(1.5, &xg, beta, &mut yg).unwrap();
-            close(&format!("axpby β={beta}"), seed, &gpu.download(&yg).unwrap(), &yc);
+            // Sums of two terms, which can nearly cancel: against |α·x| + |β·y|.
+            let terms = |y: &[f32]| -> Vec<f64> {
+                let by = |y: f32| if beta == 0.0 { 0.0 } else { (beta * y as f64).abs() };
+                x.iter().zip(y).map(|(x, y)| 1.5 * x.abs() as f64 + by(*y)).collect()
+            };
+            let yg = gpu.download(&yg).unwrap();
+            close_to_scale(&format!("axpby β={beta}"), seed, &yg, &yc, &terms(&y0));
             // lincomb into a NaN-filled third buffer.
             let z = randn(&mut r, x.len(), 1.0);
             let mut lc = vec![f32::NAN; x.len()];
             cpu.lincomb(1.5, &x, beta, &z, &mut lc).unwrap();
             let mut lg = gpu.upload(&vec![f32::NAN; x.len()]).unwrap();
             gpu.lincomb(1.5, &xg, beta, &gpu.upload(&z).unwrap(), &mut lg).unwrap();
-            close(&format!("lincomb β={beta}"), seed, &gpu.download(&lg).unwrap(), &lc);
+            let lg = gpu.download(&lg).unwrap();
+            close_to_scale(&format!("lincomb β={beta}"), seed, &lg, &lc, &terms(&z));
             // nesterov: the kernel against the CPU's axpby then lincomb.
             let (mut mc, mut uc) = (z.clone(), vec![f32::NAN; x.len()]);
             cpu.nesterov(0.9, &x, &mut mc, &mut uc).unwrap();

@@ -167,14 +167,22 @@ fn curves_are_a_png_of_the_documented_size_with_both_series() {
         plot_curves(&[], "t", "loss", &path),
         Err(MepError::InvalidArgument { name: "plot", .. })
     ));
-    // A non-finite value in any column is refused, the test ones of an epoch row too.
+    // A non-finite value in any column is refused, the test ones of an epoch row too,
+    // and so is an accuracy outside [0, 1] (a percentage) or a negative time. The
+    // same rows are refused by MetricsLog::push (leaving the log as it was) and by
+    // read_csv (naming the line).
     type Spoil = fn(&mut MetricRow);
-    let spoils: [(usize, Spoil); 4] = [
+    let spoils: [(usize, Spoil); 8] = [
         (3, |r| r.train_loss = f64::NAN),
         (5, |r| r.train_acc = f64::INFINITY),
         (10, |r| r.test_loss = Some(f64::INFINITY)),
         (10, |r| r.test_acc = Some(f64::NAN)),
+        (4, |r| r.train_acc = 7.0),
+        (10, |r| r.test_acc = Some(97.5)),
+        (10, |r| r.test_acc = Some(-0.01)),
+        (2, |r| r.seconds = -1.0),
     ];
+    let csv = tmp("spoiled.csv");
     for (row, spoil) in spoils {
         let mut bad = synthetic_rows(&mut rng, 1);
         spoil(&mut bad[row]);
@@ -187,7 +195,29 @@ fn curves_are_a_png_of_the_documented_size_with_both_series() {
             bad[row]
         );
         assert!(!path.exists());
+        let mut log = MetricsLog::new();
+        for r in &bad[..row] {
+            log.push(*r).unwrap();
+        }
+        assert!(
+            matches!(log.push(bad[row]), Err(MepError::InvalidArgument { name: "row", .. })),
+            "push {:?}",
+            bad[row]
+        );
+        assert_eq!(log.rows(), &bad[..row]);
+        let mut text = format!("{CSV_HEADER}\n");
+        for r in &bad {
+            text += &format!("{}\n", r.to_csv());
+        }
+        std::fs::write(&csv, text).unwrap();
+        match read_csv(&csv) {
+            Err(e @ MepError::CorruptData { .. }) => {
+                assert!(e.to_string().contains(&format!("line {}", row + 2)), "{e}")
+            }
+            other => panic!("read_csv of row {row} {:?}: {other:?}", bad[row]),
+        }
     }
+    std::fs::remove_file(&csv).ok();
     assert!(matches!(
         plot_curves(
             &synthetic_rows(&mut rng, 1),
@@ -226,11 +256,11 @@ fn check_sample_png(data: &Dataset, index: usize, height: usize, width: usize) {
     // Each block's centre is the image's grey level, stretched min → 0, max → 255,
     // the image laid out row by row with `width` pixels per row.
     let img = data.sample(index).unwrap();
-    let lo = img.iter().cloned().fold(f32::INFINITY, f32::min);
-    let hi = img.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let lo = img.iter().map(|&v| v as f64).fold(f64::INFINITY, f64::min);
+    let hi = img.iter().map(|&v| v as f64).fold(f64::NEG_INFINITY, f64::max);
     let x0 = (w - width as u32 * SAMPLE_SCALE) / 2;
     for (i, &v) in img.iter().enumerate() {
-        let want = ((v - lo) / (hi - lo) * 255.0).round() as i32;
+        let want = ((v as f64 - lo) / (hi - lo) * 255.0).round() as i32;
         let (r, c) = ((i / width) as u32, (i % width) as u32);
         let (x, y) = (
             x0 + c * SAMPLE_SCALE + SAMPLE_SCALE / 2,
@@ -271,6 +301,15 @@ fn a_sample_png_shows_the_image_pixel_for_pixel() {
     check_sample_png(&wide, rng.below(n as u64) as usize, 5, 24);
     let tall = dataset(&mut rng, 9 * 4).with_shape(vec![9, 4]).unwrap();
     check_sample_png(&tall, rng.below(n as u64) as usize, 9, 4);
+    // Values near ±f32::MAX, whose span overflows f32, are stretched as any others.
+    let huge = dataset(&mut rng, side * side);
+    let images: Vec<f32> = huge
+        .images()
+        .iter()
+        .map(|v| (v / 4.0).clamp(-1.0, 1.0) * 3e38)
+        .collect();
+    let huge = Dataset::new(images, huge.labels().to_vec(), side * side, 10).unwrap();
+    check_sample_png(&huge, rng.below(n as u64) as usize, side, side);
     let path = tmp("sample.png");
 
     // Library-neutral messages: the index and the data set's size, no CLI wording.

@@ -273,7 +273,15 @@ fn idx_files_that_disagree_or_are_malformed_are_errors_naming_the_file() {
 fn normalization_parses_and_refuses_bad_values() {
     let n: Normalization = "0.5, 0.25".parse().unwrap();
     assert_eq!((n.mean, n.std), (0.5, 0.25));
-    for bad in ["0.5", "a,b", "0.5,0", "0.5,-1", "nan,1", "0.1,inf"] {
+    // Scales whose normalised pixels would be far past any trainable size (a
+    // subnormal std, a mean of pixel bytes rather than fractions with a small std)
+    // are refused too; the limit's edge on both sides.
+    let edge = (1.0 / mep::data::MAX_NORMALISED) as f32;
+    assert!(Normalization::new(0.0, edge * 1.001).is_ok());
+    assert!(Normalization::new(0.0, edge * 0.999).is_err());
+    for bad in [
+        "0.5", "a,b", "0.5,0", "0.5,-1", "nan,1", "0.1,inf", "0,1e-40", "0,1e-7", "1e7,1",
+    ] {
         assert!(
             matches!(
                 bad.parse::<Normalization>(),

@@ -64,8 +64,18 @@ fn an_optimizer_refuses_a_model_it_was_not_built_for_before_touching_it() {
             .build(5)
             .unwrap()
     };
+    // Differs only in its output layer's bias: the message must tell the two apart.
+    let no_bias = || {
+        Sequential::new(&Device::Cpu)
+            .flatten()
+            .linear(20, 16)
+            .relu()
+            .linear_no_bias(16, 4)
+            .build(5)
+            .unwrap()
+    };
     for (name, mut opt) in [("smep", smep(&a).build().unwrap()), ("sgd", sgd(&a).build().unwrap())] {
-        for mut b in [deeper(), narrower(), small(9), hopfield()] {
+        for mut b in [deeper(), narrower(), small(9), hopfield(), no_bias()] {
             let before = b.parameters().unwrap();
             let r = opt.step(&mut b, &x, &y);
             if b.arch() == a.arch() && b.energy() == a.energy() {
@@ -74,6 +84,13 @@ fn an_optimizer_refuses_a_model_it_was_not_built_for_before_touching_it() {
                 continue;
             }
             assert!(matches!(r, Err(MepError::Shape(_))), "{name}: {r:?}");
+            if b.arch().blocks().iter().any(|blk| !blk.bias) {
+                let e = r.unwrap_err().to_string();
+                assert!(
+                    e.contains("given a 20-16(relu)-4 without a bias in block 2 model"),
+                    "{e}"
+                );
+            }
             assert_eq!(b.parameters().unwrap(), before, "{name}: the other model was modified");
             // The gradients its configuration would give are those of another model.
             let r = opt.gradients(&b, &x, &y);
@@ -811,4 +828,47 @@ fn mep_errors_debug_print_their_message() {
     assert!(!format!("{e:?}").contains("MissingData {"));
     // The library's remedy is not only a CLI flag.
     assert!(mep::data::mnist::FETCH_FIX.contains("directory that holds the files"));
+}
+
+#[test]
+fn divergence_on_badly_scaled_inputs_names_their_scale_for_both_energies() {
+    // Raw-scale inputs (RMS ≈ 300, as unnormalised pixels): for either energy a
+    // divergence's fix names the inputs' RMS, whatever cause was detected first (a
+    // Hopfield net's loss stays bounded, so only the states or parameters blow up).
+    // Normalised inputs with an absurd rate diverge without that hint.
+    let synthetic = Dataset::synthetic(512, 20, 4, 21).unwrap();
+    let scaled = |k: f32| {
+        let x: Vec<f32> = synthetic.images().iter().map(|v| v * k).collect();
+        Dataset::new(x, synthetic.labels().to_vec(), 20, 4).unwrap()
+    };
+    for energy in [Energy::LayeredLeastSquares, Energy::HOPFIELD] {
+        for (k, lr, hinted) in [(300.0, 0.05, true), (1.0, 1e12, false)] {
+            let mut m = Sequential::new(&Device::Cpu)
+                .flatten()
+                .linear(20, 16)
+                .relu()
+                .linear(16, 4)
+                .energy(energy)
+                .build(3)
+                .unwrap();
+            let data = m.upload(&scaled(k)).unwrap();
+            let mut opt = sgd(&m).lr(lr).build().unwrap();
+            let mut outcome = None;
+            for epoch in 0..5 {
+                match opt.train_epoch(&mut m, &data, 32, Shuffle::Seeded(1), epoch, 0, |_, _, _| {}) {
+                    Ok(_) => {}
+                    Err(e @ MepError::Diverged { .. }) => {
+                        outcome = Some(e.to_string());
+                        break;
+                    }
+                    Err(e) => panic!("{energy:?} ×{k}: {e}"),
+                }
+            }
+            let msg = outcome.unwrap_or_else(|| panic!("{energy:?} ×{k} lr {lr}: no divergence in 5 epochs"));
+            assert_eq!(msg.contains("RMS"), hinted, "{energy:?} ×{k} lr {lr}: {msg}");
+            if hinted {
+                assert!(msg.contains("Normalization"), "{msg}");
+            }
+        }
+    }
 }

@@ -244,6 +244,27 @@ fn logits_are_the_forward_pass() {
     let mut bad = x.clone();
     bad[3] = f32::NAN;
     assert!(matches!(model.logits(&bad), Err(MepError::NonFinite(_))));
+    // Finite inputs whose outputs overflow f32 (all-ones weights, inputs of 1e38:
+    // each first-layer sum is 5e38) are an error naming the sample, for logits and
+    // predict alike; the other samples' size does not matter.
+    let mut relu = Sequential::new(&Device::Cpu)
+        .flatten()
+        .linear(5, 8)
+        .relu()
+        .linear(8, 4)
+        .build(seed)
+        .unwrap();
+    relu.set_parameters(&[(vec![1.0; 40], vec![0.0; 8]), (vec![1.0; 32], vec![0.0; 4])])
+        .unwrap();
+    let mut x = vec![0.1f32; 15];
+    x[5..10].fill(1e38);
+    for r in [relu.logits(&x).map(|_| ()), relu.predict(&x).map(|_| ())] {
+        match r {
+            Err(MepError::NonFinite(m)) => assert!(m.contains("of sample 1") && m.contains("1.000e38"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(relu.predict(&x[..5]).unwrap(), vec![0]);
 }
 
 #[test]

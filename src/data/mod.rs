@@ -20,7 +20,7 @@ pub mod sources;
 pub use batches::{epoch_permutation, Batch, Batches, Shuffle};
 pub use idx::{parse_idx, read_idx, write_idx, IdxArray};
 pub use mnist::{load_split, normalize_pixels, Dataset, Mnist, DEFAULT_DATA_DIR};
-pub use sources::{DataSplits, Normalization};
+pub use sources::{DataSplits, Normalization, MAX_NORMALISED};
 
 /// Runs `a` here and `b` on a scoped thread of its own, at once, and returns both
 /// results: loading overlaps the reading and decoding of files without starting

@@ -41,6 +41,12 @@ pub struct Normalization {
     pub std: f32,
 }
 
+/// The largest size a normalised pixel, (x − mean)/std for x in [0, 1], may reach:
+/// a normalisation beyond it is refused by [`Normalization::new`]. Normalised inputs
+/// are of order 1; a million is far past any useful scale but still fits f32 with
+/// room for the network's products.
+pub const MAX_NORMALISED: f64 = 1e6;
+
 impl Normalization {
     /// MNIST's constants, (0.1307, 0.3081), as [`crate::Mnist::load`] applies them.
     pub const MNIST: Normalization = Normalization {
@@ -50,14 +56,27 @@ impl Normalization {
 
     /// A normalisation with the given mean and standard deviation.
     ///
-    /// Errors: [`MepError::InvalidArgument`] (`normalize`) unless `mean` is finite and
-    /// `std` finite and positive.
+    /// Errors: [`MepError::InvalidArgument`] (`normalize`) unless `mean` is finite,
+    /// `std` finite and positive, and the normalised pixels, (x − mean)/std for x in
+    /// [0, 1], stay within ±[`MAX_NORMALISED`] (a subnormal `std` such as 1e-40 would
+    /// turn every pixel into ±inf or a value no network trains on).
     pub fn new(mean: f32, std: f32) -> Result<Normalization> {
         if !(mean.is_finite() && std.is_finite() && std > 0.0) {
             return Err(MepError::invalid(
                 "normalize",
                 format!("{mean},{std}"),
                 "give MEAN,STD with a finite mean and a finite standard deviation > 0, e.g. 0.1307,0.3081",
+            ));
+        }
+        let (m, sd) = (mean as f64, std as f64);
+        let largest = m.abs().max((1.0 - m).abs()) / sd;
+        if largest > MAX_NORMALISED {
+            return Err(MepError::invalid(
+                "normalize",
+                format!("{mean},{std}"),
+                format!(
+                    "pixels in [0, 1] would become values up to {largest:.3e} in size (the limit is {MAX_NORMALISED:e}; normalised inputs are of order 1): give the pixels' mean and standard deviation as fractions of 255, e.g. 0.1307,0.3081"
+                ),
             ));
         }
         Ok(Normalization { mean, std })

@@ -191,7 +191,23 @@ impl Arch {
             .sum()
     }
 
-    /// E.g. `784-128(relu)-10`.
+    /// [`Arch::describe`], plus the blocks without a bias when there are any, e.g.
+    /// `784-128(relu)-10 without a bias in block 2`: what tells apart two structures
+    /// that differ only in their biases (the messages of a model mismatch use it).
+    pub fn describe_with_biases(&self) -> String {
+        let missing: Vec<String> = (self.blocks.iter().enumerate())
+            .filter(|(_, b)| !b.bias)
+            .map(|(l, _)| (l + 1).to_string())
+            .collect();
+        match missing.len() {
+            0 => self.describe(),
+            1 => format!("{} without a bias in block {}", self.describe(), missing[0]),
+            _ => format!("{} without biases in blocks {}", self.describe(), missing.join(", ")),
+        }
+    }
+
+    /// E.g. `784-128(relu)-10` (the checkpoint's `arch` entry; biases are recorded
+    /// apart, see [`Arch::describe_with_biases`]).
     pub fn describe(&self) -> String {
         let mut s = self.inputs().to_string();
         for b in &self.blocks {

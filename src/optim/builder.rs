@@ -461,6 +461,8 @@ fn host_step<B: Backend>(engine: &mut Engine<B>, net: &mut Network<B>, x: &[f32]
         ));
     }
     let xs: Vec<B::Elem> = x.iter().map(|&v| B::Elem::of(v as f64)).collect();
+    let sum_sq: f64 = x.iter().map(|&v| v as f64 * v as f64).sum();
+    engine.note_input_rms((sum_sq / x.len() as f64).sqrt());
     engine.ws.load_host_batch(&xs, y)?;
     engine.step(net, rows)
 }
@@ -520,8 +522,8 @@ impl Optimizer {
         if model.arch() != &self.arch {
             return Err(MepError::Shape(format!(
                 "this optimizer was built for a {} model but is given a {} model; build one optimizer per model (e.g. smep(&model).build())",
-                self.arch.describe(),
-                model.arch().describe()
+                self.arch.describe_with_biases(),
+                model.arch().describe_with_biases()
             )));
         }
         if model.energy() != self.energy {

@@ -132,6 +132,11 @@ struct Guard<B: Backend> {
     /// network with another stamp (another network, or parameters replaced since)
     /// copies its parameters first, so a divergence never restores stale values.
     stamp: (u64, u64),
+    /// The largest RMS of the inputs this optimizer has trained on (a data set's,
+    /// or a host batch's; 0 when unknown): named in a divergence's fix when it is
+    /// far from normalised data's ≈ 1, whatever the detected cause (a Hopfield net's
+    /// loss stays bounded on badly scaled data, so the loss test alone misses it).
+    input_rms: f64,
 }
 
 impl<B: Backend> Engine<B> {
@@ -214,6 +219,7 @@ impl<B: Backend> Engine<B> {
             steps_since_backup: 0,
             backup_unupdated: true,
             stamp: net.stamp(),
+            input_rms: 0.0,
         });
         let ws = Workspace::new(bk, &net.arch, batch_hint)?;
         let ctl = bk.zeros_labels(ctl::words(block_slot(depth)) + ws.rows_cap)?;
@@ -299,7 +305,16 @@ impl<B: Backend> Engine<B> {
                 data.n
             )));
         }
+        self.note_input_rms(data.input_rms);
         self.step_inner(net, indices.len(), Some((data, indices)))
+    }
+
+    /// Records the RMS of inputs about to be trained on (the host-batch path, whose
+    /// values the engine does not read back); see [`INPUT_RMS_HINT`].
+    pub(crate) fn note_input_rms(&mut self, rms: f64) {
+        if rms.is_finite() {
+            self.guard.input_rms = self.guard.input_rms.max(rms);
+        }
     }
 
     fn step_inner(&mut self, net: &mut Network<B>, rows: usize, batch: Option<(&DeviceData<B>, &[u32])>) -> Result<()> {
@@ -593,6 +608,14 @@ impl<B: Backend> Engine<B> {
                     "lower the learning rate `lr` or `beta`{settle_lr}, or keep the spectral constraint on, and build a new optimizer"
                 )
             };
+            let rms = self.guard.input_rms;
+            let fix = if rms > INPUT_RMS_HINT {
+                format!(
+                    "{fix}; the inputs trained on have an RMS of {rms:.4} where normalised data have about 1, a likely cause: normalise them (mep::Normalization) first"
+                )
+            } else {
+                fix
+            };
             self.guard.diverged = Some((self.t, s.loss, cause, fix));
             return Err(self.diverged_error().expect("just recorded"));
         }
@@ -621,9 +644,9 @@ impl<B: Backend> Engine<B> {
         if net.arch != self.arch || net.energy != self.energy {
             return Err(MepError::Shape(format!(
                 "this optimizer was built for a {} network with the {:?} energy but is given a {} network with the {:?} energy; build one optimizer per network",
-                self.arch.describe(),
+                self.arch.describe_with_biases(),
                 self.energy,
-                net.arch.describe(),
+                net.arch.describe_with_biases(),
                 net.energy
             )));
         }
@@ -688,6 +711,11 @@ impl<B: Backend> Engine<B> {
         self.verify(net)
     }
 }
+
+/// Inputs whose RMS is above this are named in a divergence's fix as a likely cause:
+/// normalised data (MNIST standardised, or pixels in [0, 1]) have an RMS of about
+/// 1, raw pixels (0–255) about 100.
+pub const INPUT_RMS_HINT: f64 = 10.0;
 
 /// Mean costs above this are divergence, not training: cross-entropy starts at ln K
 /// (2.3 for 10 classes) and an unstable settle (EP + SGD without the spectral

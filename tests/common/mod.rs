@@ -273,6 +273,30 @@ pub fn close(what: &str, seed: u64, got: &[f32], want: &[f32]) {
     );
 }
 
+/// ‖got − want‖ / ‖scale‖ ≤ the kernel tolerance, where `scale` holds the magnitudes of
+/// the terms each output sums: what f32 rounding is relative to when the sum nearly
+/// cancels (an error relative to the result would fail a correct kernel there).
+pub fn close_to_scale(what: &str, seed: u64, got: &[f32], want: &[f32], scale: &[f64]) {
+    assert_eq!(got.len(), want.len(), "{what} (seed {seed}): lengths");
+    assert_eq!(scale.len(), want.len(), "{what} (seed {seed}): scale length");
+    assert!(
+        got.iter().all(|v| v.is_finite()),
+        "{what} (seed {seed}): non-finite output"
+    );
+    let d: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(g, w)| (*g as f64 - *w as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let r = scale.iter().map(|v| v * v).sum::<f64>().sqrt().max(f64::MIN_POSITIVE);
+    let e = d / r;
+    assert!(
+        e <= KERNEL_TOL,
+        "{what} (seed {seed}): ‖Δ‖/‖Σ|terms|‖ = {e:e} > {KERNEL_TOL:e}\n got  {got:?}\n want {want:?}"
+    );
+}
+
 /// Identity, every single activation, every pair, and one triple.
 pub fn chains() -> Vec<ActChain> {
     use Activation::*;
