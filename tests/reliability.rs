@@ -8,11 +8,17 @@ use std::path::PathBuf;
 
 /// 20–16(relu)–4 on the CPU.
 fn small(seed: u64) -> mep::Model {
+    small_with(Energy::LayeredLeastSquares, seed)
+}
+
+/// 20–16(relu)–4 on the CPU with `energy`.
+fn small_with(energy: Energy, seed: u64) -> mep::Model {
     Sequential::new(&Device::Cpu)
         .flatten()
         .linear(20, 16)
         .relu()
         .linear(16, 4)
+        .energy(energy)
         .build(seed)
         .unwrap()
 }
@@ -54,16 +60,7 @@ fn an_optimizer_refuses_a_model_it_was_not_built_for_before_touching_it() {
             .build(5)
             .unwrap()
     };
-    let hopfield = || {
-        Sequential::new(&Device::Cpu)
-            .flatten()
-            .linear(20, 16)
-            .relu()
-            .linear(16, 4)
-            .energy(Energy::HOPFIELD)
-            .build(5)
-            .unwrap()
-    };
+    let hopfield = || small_with(Energy::HOPFIELD, 5);
     // Differs only in its output layer's bias: the message must tell the two apart.
     let no_bias = || {
         Sequential::new(&Device::Cpu)
@@ -843,14 +840,7 @@ fn divergence_on_badly_scaled_inputs_names_their_scale_for_both_energies() {
     };
     for energy in [Energy::LayeredLeastSquares, Energy::HOPFIELD] {
         for (k, lr, hinted) in [(300.0, 0.05, true), (1.0, 1e12, false)] {
-            let mut m = Sequential::new(&Device::Cpu)
-                .flatten()
-                .linear(20, 16)
-                .relu()
-                .linear(16, 4)
-                .energy(energy)
-                .build(3)
-                .unwrap();
+            let mut m = small_with(energy, 3);
             let data = m.upload(&scaled(k)).unwrap();
             let mut opt = sgd(&m).lr(lr).build().unwrap();
             let mut outcome = None;

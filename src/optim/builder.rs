@@ -395,8 +395,6 @@ impl<'m> OptimizerBuilder<'m> {
         Ok(Optimizer {
             engine,
             device: self.model.device(),
-            arch: self.model.arch().clone(),
-            energy: self.model.energy(),
         })
     }
 }
@@ -434,14 +432,11 @@ macro_rules! with_engine {
 /// A built optimizer. One [`Optimizer::step`] runs the free phase, the nudged
 /// phase(s) and the update (or, in Backprop mode, forward, backward and update).
 pub struct Optimizer {
+    /// The engine, which also keeps the structure and energy of the model this
+    /// optimizer was built for: its state (momentum, Adam moments, power-iteration
+    /// vectors, workspace) is shaped for them, so a step on any other model is
+    /// refused before anything is touched.
     pub(crate) engine: AnyEngine,
-    /// The structure of the model this optimizer was built for: its state (momentum,
-    /// Adam moments, power-iteration vectors, workspace) is shaped for it, so a step
-    /// on any other model is refused before anything is touched.
-    arch: crate::nn::Arch,
-    /// That model's energy (the gradient computation and a Backprop-mode check at
-    /// build depend on it).
-    energy: crate::ep::Energy,
     /// That model's device (its state lives there).
     device: crate::Device,
 }
@@ -519,17 +514,18 @@ impl Optimizer {
         if model.device() != self.device {
             return Err(device_mismatch());
         }
-        if model.arch() != &self.arch {
+        let (arch, energy) = with_engine!(&self.engine, e => (e.arch(), e.energy()));
+        if model.arch() != arch {
             return Err(MepError::Shape(format!(
                 "this optimizer was built for a {} model but is given a {} model; build one optimizer per model (e.g. smep(&model).build())",
-                self.arch.describe_with_biases(),
+                arch.describe_with_biases(),
                 model.arch().describe_with_biases()
             )));
         }
-        if model.energy() != self.energy {
+        if model.energy() != energy {
             return Err(MepError::Shape(format!(
                 "this optimizer was built for a model with the {:?} energy but is given one with {:?}; build one optimizer per model",
-                self.energy,
+                energy,
                 model.energy()
             )));
         }

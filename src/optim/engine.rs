@@ -269,6 +269,16 @@ impl<B: Backend> Engine<B> {
         self.guard.every_step = on;
     }
 
+    /// The architecture of the network this engine's state is shaped for.
+    pub fn arch(&self) -> &Arch {
+        &self.arch
+    }
+
+    /// The energy of the network this engine's state is shaped for.
+    pub fn energy(&self) -> Energy {
+        self.energy
+    }
+
     /// The configuration.
     pub fn config(&self) -> &OptimConfig {
         &self.cfg

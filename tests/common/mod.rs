@@ -258,42 +258,37 @@ pub fn randn(rng: &mut Rng, len: usize, scale: f64) -> Vec<f32> {
 /// Asserts ‖got − want‖/‖want‖ ≤ [`KERNEL_TOL`] (‖Δ‖ when want is all zeros).
 #[track_caller]
 pub fn close(what: &str, seed: u64, got: &[f32], want: &[f32]) {
-    assert_eq!(got.len(), want.len(), "{what} (seed {seed}): lengths");
-    let d: f64 = got
-        .iter()
-        .zip(want)
-        .map(|(g, w)| (*g as f64 - *w as f64).powi(2))
-        .sum::<f64>()
-        .sqrt();
-    let r: f64 = want.iter().map(|w| (*w as f64).powi(2)).sum::<f64>().sqrt();
-    let e = if r == 0.0 { d } else { d / r };
-    assert!(
-        e <= KERNEL_TOL,
-        "{what} (seed {seed}): ‖Δ‖/‖ref‖ = {e:e} > {KERNEL_TOL:e}\n got  {got:?}\n want {want:?}"
-    );
+    let r = norm(want.iter().map(|&w| w as f64));
+    within_norm(what, seed, got, want, if r == 0.0 { 1.0 } else { r }, "‖ref‖");
 }
 
-/// ‖got − want‖ / ‖scale‖ ≤ the kernel tolerance, where `scale` holds the magnitudes of
-/// the terms each output sums: what f32 rounding is relative to when the sum nearly
+/// ‖got − want‖ / ‖scale‖ ≤ [`KERNEL_TOL`], where `scale` holds the magnitudes of the
+/// terms each output sums: what f32 rounding is relative to when the sum nearly
 /// cancels (an error relative to the result would fail a correct kernel there).
+#[track_caller]
 pub fn close_to_scale(what: &str, seed: u64, got: &[f32], want: &[f32], scale: &[f64]) {
-    assert_eq!(got.len(), want.len(), "{what} (seed {seed}): lengths");
     assert_eq!(scale.len(), want.len(), "{what} (seed {seed}): scale length");
     assert!(
         got.iter().all(|v| v.is_finite()),
         "{what} (seed {seed}): non-finite output"
     );
-    let d: f64 = got
-        .iter()
-        .zip(want)
-        .map(|(g, w)| (*g as f64 - *w as f64).powi(2))
-        .sum::<f64>()
-        .sqrt();
-    let r = scale.iter().map(|v| v * v).sum::<f64>().sqrt().max(f64::MIN_POSITIVE);
-    let e = d / r;
+    let r = norm(scale.iter().copied()).max(f64::MIN_POSITIVE);
+    within_norm(what, seed, got, want, r, "‖Σ|terms|‖");
+}
+
+/// The Euclidean norm, in f64.
+fn norm(v: impl Iterator<Item = f64>) -> f64 {
+    v.map(|x| x * x).sum::<f64>().sqrt()
+}
+
+/// Asserts ‖got − want‖ / `denom` ≤ [`KERNEL_TOL`]; `denom_name` says what `denom` is.
+#[track_caller]
+fn within_norm(what: &str, seed: u64, got: &[f32], want: &[f32], denom: f64, denom_name: &str) {
+    assert_eq!(got.len(), want.len(), "{what} (seed {seed}): lengths");
+    let e = norm(got.iter().zip(want).map(|(g, w)| *g as f64 - *w as f64)) / denom;
     assert!(
         e <= KERNEL_TOL,
-        "{what} (seed {seed}): ‖Δ‖/‖Σ|terms|‖ = {e:e} > {KERNEL_TOL:e}\n got  {got:?}\n want {want:?}"
+        "{what} (seed {seed}): ‖Δ‖/{denom_name} = {e:e} > {KERNEL_TOL:e}\n got  {got:?}\n want {want:?}"
     );
 }
 
