@@ -42,6 +42,7 @@ use std::path::Path;
 
 use crate::data::mnist::Dataset;
 use crate::data::sources::shape_text;
+use crate::data::Normalization;
 use crate::io::{self, Dtype};
 use crate::optim::OptimizerState;
 use crate::{MepError, Model, Optimizer, Result, Shuffle};
@@ -71,12 +72,21 @@ impl RunState {
     /// `batch-size` or `train-subset`) with both values.
     pub fn check_continues(&self, shuffle: Shuffle, batch_size: usize, train_samples: usize) -> Result<()> {
         if shuffle != self.shuffle {
+            // In the user's words (the seed), not the metadata's spelling.
+            let said = |s: Shuffle| match s {
+                Shuffle::Seeded(seed) => format!("seed {seed}"),
+                Shuffle::None => "no shuffling".to_string(),
+            };
+            let value = match shuffle {
+                Shuffle::Seeded(seed) => seed.to_string(),
+                Shuffle::None => "none (no shuffling)".to_string(),
+            };
             return Err(MepError::invalid(
                 "seed",
-                shuffle_text(shuffle),
+                value,
                 format!(
                     "the checkpoint's run shuffled with {}: resume with the seed of the run that saved it (it orders every epoch's samples)",
-                    shuffle_text(self.shuffle)
+                    said(self.shuffle)
                 ),
             ));
         }
@@ -104,22 +114,36 @@ impl RunState {
     }
 }
 
-/// The shape of the data a model was trained on: one sample's shape and the classes.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The shape of the data a model was trained on: one sample's shape and the classes,
+/// and, when known, how its inputs were normalised.
+#[derive(Clone, Debug, PartialEq)]
 pub struct DataShape {
     /// One sample's shape (see [`Dataset::shape`]).
     pub shape: Vec<usize>,
     /// Number of classes.
     pub classes: usize,
+    /// The normalisation of the inputs (pixels scaled to [0, 1], then standardised),
+    /// when the data came from pixels through one ([`DataShape::of`] cannot tell:
+    /// set it with [`DataShape::with_normalization`]). A checkpoint records it, and
+    /// data normalised otherwise is refused, since the weights expect the inputs'
+    /// scale they were trained on.
+    pub normalization: Option<Normalization>,
 }
 
 impl DataShape {
-    /// The shape of `data`.
+    /// The shape of `data` (normalisation unknown).
     pub fn of(data: &Dataset) -> DataShape {
         DataShape {
             shape: data.shape().to_vec(),
             classes: data.classes(),
+            normalization: None,
         }
+    }
+
+    /// The same shape, recording that the inputs were normalised by `n`.
+    pub fn with_normalization(mut self, n: Normalization) -> DataShape {
+        self.normalization = Some(n);
+        self
     }
 
     /// Inputs per sample (the product of the shape).
@@ -128,7 +152,9 @@ impl DataShape {
     }
 
     /// Refuses `data` (this is a checkpoint's record) when its inputs or classes differ,
-    /// with a [`MepError::SizeMismatch`] naming both sizes and shapes.
+    /// with a [`MepError::SizeMismatch`] naming both sizes and shapes, or when both
+    /// record a normalisation and they differ, with a [`MepError::InvalidArgument`]
+    /// (`normalize`) naming the checkpoint's.
     pub fn check(&self, data: &DataShape) -> Result<()> {
         let fix = || {
             format!(
@@ -158,6 +184,18 @@ impl DataShape {
                 data: data.classes,
                 fix: fix(),
             });
+        }
+        if let (Some(saved), Some(now)) = (self.normalization, data.normalization) {
+            if saved != now {
+                return Err(MepError::invalid(
+                    "normalize",
+                    format!("{},{}", now.mean, now.std),
+                    format!(
+                        "the checkpoint's training data were normalised with mean {} and standard deviation {}, and its weights expect inputs on that scale: normalise these the same way (mep-mnist: --normalize {},{})",
+                        saved.mean, saved.std, saved.mean, saved.std
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -260,6 +298,10 @@ pub fn save(
         ("classes", data.classes.to_string()),
     ]
     .into_iter()
+    .chain(
+        data.normalization
+            .map(|n| ("normalization", format!("{},{}", n.mean, n.std))),
+    )
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     io::save_with(
@@ -352,7 +394,19 @@ fn info_of(path: &Path, meta: &BTreeMap<String, String>) -> Result<Info> {
                         "metadata `data_shape` is `{shape}`, not a list of positive sizes"
                     ))
                 })?;
-            Some(DataShape { shape, classes })
+            // f32's shortest round-trip text: read back, it is the same value.
+            let normalization = match meta.get("normalization") {
+                None => None,
+                Some(text) => Some(
+                    text.parse::<Normalization>()
+                        .map_err(|_| bad(format!("metadata `normalization` is `{text}`, not MEAN,STD")))?,
+                ),
+            };
+            Some(DataShape {
+                shape,
+                classes,
+                normalization,
+            })
         }
         _ => None,
     };

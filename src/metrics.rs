@@ -69,7 +69,8 @@ pub struct MetricRow {
     pub test_loss: Option<f64>,
     /// Test accuracy after the epoch (epoch rows only).
     pub test_acc: Option<f64>,
-    /// Wall seconds since the log was created.
+    /// Wall seconds since the run began (the log was created; a continued log carries
+    /// on from its earlier rows).
     pub seconds: f64,
 }
 
@@ -128,9 +129,12 @@ pub struct MetricsLog {
     rows: Vec<MetricRow>,
     csv: Option<(PathBuf, BufWriter<File>)>,
     start: Instant,
+    /// Seconds already on the clock when the log was created: a continued run's
+    /// rows carry on from the last kept row's time.
+    seconds_before: f64,
     /// The running statistics at the previous step row: (epoch, samples, loss sum,
     /// correct count), from which a step row's own window is differenced.
-    last: (u64, u64, f64, f64),
+    last: (u64, u64, f64, u64),
 }
 
 impl Default for MetricsLog {
@@ -146,7 +150,8 @@ impl MetricsLog {
             rows: Vec::new(),
             csv: None,
             start: Instant::now(),
-            last: (u64::MAX, 0, 0.0, 0.0),
+            seconds_before: 0.0,
+            last: (u64::MAX, 0, 0.0, 0),
         }
     }
 
@@ -161,6 +166,35 @@ impl MetricsLog {
         log.csv = Some((path, BufWriter::new(file)));
         log.write_line(CSV_HEADER)?;
         Ok(log)
+    }
+
+    /// A log continuing the CSV at `path` of a run resumed after `epochs_done`
+    /// epochs: its rows of those epochs are kept (in memory too, so that the curves
+    /// show the whole run) and rows of later epochs, written by an attempt that did
+    /// not finish them, are dropped; the file is rewritten with the kept rows and new
+    /// rows are appended, their times carrying on from the last kept row's. A path
+    /// with no file starts a new log, as [`MetricsLog::to_csv`].
+    ///
+    /// Errors: [`MepError::CorruptData`] naming the line when the file exists but is
+    /// not a metrics CSV (it is left as it was); [`MepError::Io`] naming the path.
+    pub fn continue_csv(path: impl AsRef<Path>, epochs_done: u64) -> Result<MetricsLog> {
+        let path = path.as_ref();
+        if !path.exists() {
+            return MetricsLog::to_csv(path);
+        }
+        let kept: Vec<MetricRow> = read_csv(path)?.into_iter().filter(|r| r.epoch <= epochs_done).collect();
+        let mut log = MetricsLog::to_csv(path)?;
+        for row in &kept {
+            log.push(*row)?;
+        }
+        log.seconds_before = kept.last().map_or(0.0, |r| r.seconds);
+        Ok(log)
+    }
+
+    /// Seconds since the run began (the log's creation, plus a continued run's
+    /// earlier time).
+    fn seconds(&self) -> f64 {
+        self.seconds_before + self.start.elapsed().as_secs_f64()
     }
 
     /// The rows so far, in order.
@@ -204,14 +238,15 @@ impl MetricsLog {
     /// shows the current loss rather than the epoch's average so far. A report with
     /// no new samples is skipped.
     pub fn record_progress(&mut self, epoch: u64, samples_before: u64, steps: u64, running: StepStats) -> Result<()> {
-        let (loss_sum, correct) = (
-            running.loss * running.samples as f64,
-            running.accuracy * running.samples as f64,
-        );
+        // The correct count as the integer it is (the accuracy is hits / samples):
+        // differenced as fractions, a window of all hits or none came out a rounding
+        // error outside [0, 1].
+        let loss_sum = running.loss * running.samples as f64;
+        let correct = (running.accuracy * running.samples as f64).round().max(0.0) as u64;
         let (e, n0, l0, c0) = if self.last.0 == epoch {
             self.last
         } else {
-            (epoch, 0, 0.0, 0.0)
+            (epoch, 0, 0.0, 0)
         };
         self.last = (e, running.samples, loss_sum, correct);
         let n = running.samples.saturating_sub(n0);
@@ -224,10 +259,10 @@ impl MetricsLog {
             step: steps,
             samples: samples_before + running.samples,
             train_loss: (loss_sum - l0) / n as f64,
-            train_acc: (correct - c0) / n as f64,
+            train_acc: correct.saturating_sub(c0).min(n) as f64 / n as f64,
             test_loss: None,
             test_acc: None,
-            seconds: self.start.elapsed().as_secs_f64(),
+            seconds: self.seconds(),
         })
     }
 
@@ -250,7 +285,7 @@ impl MetricsLog {
             train_acc: train.accuracy,
             test_loss: Some(test.loss),
             test_acc: Some(test.accuracy),
-            seconds: self.start.elapsed().as_secs_f64(),
+            seconds: self.seconds(),
         })
     }
 }

@@ -106,7 +106,37 @@ fn fails_with(args: &[&str], needle: &str) {
 fn bad_input_exits_non_zero_with_a_clear_message() {
     fails_with(
         &["--device", "cpu", "--data-dir", "/nonexistent/mnist"],
-        "scripts/fetch-mnist.sh",
+        "scripts/fetch-mnist.sh /nonexistent/mnist`",
+    );
+    // Hyper-parameters only the optimizer's builder refuses are refused before the
+    // data loads too (it is built on a stand-in first): a missing data directory
+    // does not hide them.
+    for (flags, name) in [
+        (&["--optimizer", "adam", "--momentum", "0.5"][..], "momentum"),
+        (&["--lr", "1e-50"][..], "lr"),
+        (&["--ns-steps", "0"][..], "ns"),
+        (&["--label-smoothing", "-0.1"][..], "smoothing"),
+        (&["--spectral-layers", "couplings", "--hidden", ""][..], "couplings"),
+    ] {
+        let args = [&["--device", "cpu", "--data-dir", "/nonexistent/mnist"][..], flags].concat();
+        let out = bin().args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(name) && !err.contains("not found"),
+            "{flags:?}: {err}"
+        );
+    }
+    // A checkpoint to resume that does not exist is named before the data loads.
+    fails_with(
+        &[
+            "--device",
+            "cpu",
+            "--data-dir",
+            "/nonexistent/mnist",
+            "--resume",
+            "/nonexistent/ck.safetensors",
+        ],
+        "nothing to resume",
     );
     // Arguments are checked before the data loads: a missing data directory is not
     // what a zero batch size reports.
@@ -391,6 +421,116 @@ fn save_resume_is_bit_identical_to_one_run_and_load_evaluates() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A run stopped and resumed with the same --metrics continues its CSV: the rows of
+/// the epochs the checkpoint holds are kept, rows an unfinished attempt wrote after
+/// them are dropped, and the result equals one uninterrupted run's rows (times
+/// aside). Batches of one sample reported every step make every window all right
+/// or all wrong (a rounding error outside [0, 1] there once ended a healthy run).
+/// Resuming a finished run evaluates, and --plot draws the kept rows.
+#[test]
+fn resumed_runs_continue_their_metrics_and_curves() {
+    let dir = temp_dir("metrics-resume");
+    let seed = fresh_seed();
+    write_quadrant_idx(&dir, 120, 40, seed);
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    let (ck, m, whole) = (path("ck.safetensors"), path("m.csv"), path("whole.csv"));
+    let common = [
+        "--batch-size",
+        "1",
+        "--report-every",
+        "1",
+        "--epochs",
+        "2",
+        "--seed",
+        "3",
+    ];
+    fn cat<'x>(a: &[&'x str], b: &[&'x str]) -> Vec<&'x str> {
+        [a, b].concat()
+    }
+    ok_idx(&dir, &cat(&common, &["--metrics", &whole]));
+    ok_idx(
+        &dir,
+        &cat(&common, &["--stop-after", "1", "--save", &ck, "--metrics", &m]),
+    );
+    let rows = |p: &str| mep::metrics::read_csv(p).unwrap();
+    let first = rows(&m);
+    assert!(first.iter().all(|r| r.epoch == 1) && first.len() == 121, "seed {seed}");
+    // An attempt at epoch 2 that wrote a row and died.
+    let mut text = std::fs::read_to_string(&m).unwrap();
+    text += "step,2,125,125,9,0,,,99999.000\n";
+    std::fs::write(&m, text).unwrap();
+    let (ok, stdout, stderr) = run_idx(
+        &dir,
+        &cat(
+            &common,
+            &[
+                "--resume",
+                &ck,
+                "--save",
+                &ck,
+                "--metrics",
+                &m,
+                "--plot",
+                &path("p.png"),
+            ],
+        ),
+    );
+    assert!(ok, "seed {seed}: {stderr}");
+    assert!(stdout.contains("\"epoch\":2"), "{stdout}");
+    let (resumed, want) = (rows(&m), rows(&whole));
+    assert_eq!(
+        &resumed[..first.len()],
+        &first[..],
+        "seed {seed}: the first epoch's rows are kept as they were"
+    );
+    assert_eq!(resumed.len(), want.len(), "seed {seed}");
+    for (r, w) in resumed.iter().zip(&want) {
+        let key = |r: &mep::metrics::MetricRow| {
+            (
+                r.kind,
+                r.epoch,
+                r.step,
+                r.samples,
+                r.train_loss,
+                r.train_acc,
+                r.test_loss,
+                r.test_acc,
+            )
+        };
+        assert_eq!(key(r), key(w), "seed {seed}");
+        assert!((0.0..=1.0).contains(&r.train_acc));
+    }
+    assert!(
+        resumed.windows(2).all(|w| w[0].seconds <= w[1].seconds),
+        "times carry on"
+    );
+    // The run is finished: resuming it again only evaluates, keeps the CSV, and
+    // draws the whole run's curves.
+    let before = std::fs::read(&m).unwrap();
+    let p2 = path("p2.png");
+    let (ok, stdout, stderr) = run_idx(
+        &dir,
+        &cat(
+            &common,
+            &["--resume", &ck, "--save", &ck, "--metrics", &m, "--plot", &p2],
+        ),
+    );
+    assert!(
+        ok && stdout.contains("test_acc") && stderr.contains("evaluating only"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(&m).unwrap(), before);
+    assert!(Path::new(&p2).is_file());
+    // Without --metrics there is nothing to draw: said, and the run still succeeds.
+    let (ok, _, stderr) = run_idx(&dir, &cat(&common, &["--resume", &ck, "--plot", &path("p3.png")]));
+    assert!(ok && stderr.contains("no curves to draw"), "{stderr}");
+    assert!(!dir.join("p3.png").exists());
+    // A missing checkpoint is named before the data loads.
+    let err = err_idx(&dir, &cat(&common, &["--resume", &path("nope.safetensors")]));
+    assert!(err.contains("`resume`") && err.contains("nothing to resume"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn resume_refuses_another_model_optimizer_seed_or_data_by_name() {
     let dir = temp_dir("resume-refuse");
@@ -406,7 +546,7 @@ fn resume_refuses_another_model_optimizer_seed_or_data_by_name() {
         (vec!["--optimizer", "adam"], vec!["optimizer configuration", "Adam"]),
         (vec!["--lr", "0.01"], vec!["lr: 0.05", "lr: 0.01"]),
         (vec!["--energy", "hopfield"], vec!["energy", "hopfield"]),
-        (vec!["--seed", "5"], vec!["`seed`", "seeded:0"]),
+        (vec!["--seed", "5"], vec!["`seed`: 5", "shuffled with seed 0"]),
         (vec!["--train-subset", "32"], vec!["`train-subset`", "64"]),
         (vec!["--load", ck_s], vec!["`load`"]),
     ] {
@@ -432,6 +572,20 @@ fn resume_refuses_another_model_optimizer_seed_or_data_by_name() {
         let err = err_idx(&other, &[&mode[..], &["--epochs", epochs]].concat());
         assert!(
             err.contains("checkpoint has 64 inputs but the data set has 36") && err.contains("8×8"),
+            "{mode:?}: {err}"
+        );
+    }
+    // The same data normalised otherwise: the weights expect the training scale, so
+    // both a resume and a load are refused, naming the checkpoint's normalisation
+    // (computed from these training pixels, as the run that saved it did).
+    for mode in [["--resume", ck_s], ["--load", ck_s]] {
+        let epochs = if mode[0] == "--load" { "0" } else { "2" };
+        let err = err_idx(
+            &dir,
+            &[&mode[..], &["--epochs", epochs, "--normalize", "0.9,0.05"]].concat(),
+        );
+        assert!(
+            err.contains("`normalize`: 0.9,0.05") && err.contains("normalised with mean"),
             "{mode:?}: {err}"
         );
     }

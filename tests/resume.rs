@@ -127,6 +127,55 @@ fn reason(e: MepError) -> String {
     }
 }
 
+/// A checkpoint records the normalisation of its training inputs (fresh values: the
+/// text must read back as the same f32s) and refuses data normalised otherwise, at
+/// resume and at load; data whose normalisation is not known is accepted.
+#[test]
+fn a_checkpoint_records_and_checks_the_inputs_normalisation() {
+    let seed = common::fresh_seed("resume-normalisation");
+    let mut rng = mep::rng::Rng::new(seed);
+    let data = Dataset::synthetic(48, 12, 3, seed).unwrap();
+    let norm = |rng: &mut mep::rng::Rng| {
+        mep::Normalization::new(rng.uniform_range(0.0, 1.0) as f32, rng.uniform_range(0.01, 1.0) as f32).unwrap()
+    };
+    let saved = norm(&mut rng);
+    let shape = DataShape::of(&data).with_normalization(saved);
+    let path = tmp("normalisation");
+    let mut m = model(10, Energy::LayeredLeastSquares, seed);
+    let mut opt = optimizer(&m, Preset::Smep, false, &data);
+    epoch(&mut opt, &mut m, &data, Shuffle::Seeded(1), 0);
+    let run = RunState {
+        epochs_done: 1,
+        shuffle: Shuffle::Seeded(1),
+        batch_size: BATCH,
+        train_samples: data.len(),
+    };
+    checkpoint::save(&path, &m, &opt, &run, &shape, Dtype::F32).unwrap();
+    let info = checkpoint::info(&path).unwrap();
+    assert_eq!(info.data.unwrap().normalization, Some(saved), "seed {seed}");
+    let other = DataShape::of(&data).with_normalization(norm(&mut rng));
+    let mut o = optimizer(&m, Preset::Smep, false, &data);
+    match checkpoint::resume(&path, &mut m, &mut o, &other) {
+        Err(e @ MepError::InvalidArgument { name: "normalize", .. }) => {
+            let want = format!(
+                "normalised with mean {} and standard deviation {}",
+                saved.mean, saved.std
+            );
+            assert!(e.to_string().contains(&want), "{e}")
+        }
+        r => panic!("seed {seed}: {r:?}"),
+    }
+    assert!(matches!(
+        checkpoint::load_model(&path, &mut m, Some(&other)),
+        Err(MepError::InvalidArgument { name: "normalize", .. })
+    ));
+    for fine in [shape.clone(), DataShape::of(&data)] {
+        let mut o = optimizer(&m, Preset::Smep, false, &data);
+        checkpoint::resume(&path, &mut m, &mut o, &fine).unwrap();
+    }
+    std::fs::remove_file(&path).ok();
+}
+
 #[test]
 fn a_checkpoint_refuses_another_model_optimizer_or_data_set_by_name() {
     let seed = common::fresh_seed("resume-mismatch");
@@ -182,6 +231,7 @@ fn a_checkpoint_refuses_another_model_optimizer_or_data_set_by_name() {
     let wide = DataShape {
         shape: vec![3, 4],
         classes: 5,
+        normalization: None,
     };
     match checkpoint::resume(&path, &mut same, &mut o, &wide).unwrap_err() {
         MepError::SizeMismatch { what, model, data, .. } => assert_eq!((what, model, data), ("classes", 3, 5)),
@@ -190,6 +240,7 @@ fn a_checkpoint_refuses_another_model_optimizer_or_data_set_by_name() {
     let narrow = DataShape {
         shape: vec![11],
         classes: 3,
+        normalization: None,
     };
     let e = checkpoint::load_model(&path, &mut same, Some(&narrow)).unwrap_err();
     assert!(
@@ -424,6 +475,7 @@ fn checkpoint_save_refuses_a_run_state_that_could_not_be_resumed() {
         let data_shape = DataShape {
             shape: shape.clone(),
             classes,
+            normalization: None,
         };
         match checkpoint::save(&path, &m, &opt, &run, &data_shape, Dtype::F32) {
             Err(MepError::SizeMismatch { what: got, .. }) => assert_eq!(got, what, "{shape:?}, {classes} classes"),
@@ -435,6 +487,7 @@ fn checkpoint_save_refuses_a_run_state_that_could_not_be_resumed() {
     let data_shape = DataShape {
         shape: vec![3, 4],
         classes: 3,
+        normalization: None,
     };
     checkpoint::save(&path, &m, &opt, &run, &data_shape, Dtype::F32).unwrap();
     std::fs::remove_file(&path).ok();

