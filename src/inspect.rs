@@ -199,7 +199,7 @@ pub fn outputs<B: Backend, X: Copy + Into<f64>>(net: &Network<B>, x: &[X]) -> Re
     if let Some(i) = out.iter().position(|v| !v.f64().is_finite()) {
         let largest = x.iter().map(|&v| v.into().abs()).fold(0.0, f64::max);
         return Err(MepError::NonFinite(format!(
-            "output {} of sample {} (class {}): the network's outputs overflow {} for these inputs (largest |x| = {largest:.3e}); give inputs at the training data's scale (normalised, of order 1)",
+            "output {} of sample {} (class {}): the network's outputs overflow {} (largest input |x| = {largest:.3e}): give inputs at the training data's scale (normalised, of order 1), and check the parameters' size",
             out[i].f64(),
             i / classes,
             i % classes,
@@ -224,7 +224,16 @@ pub fn mean_cost<B: Backend, X: Copy + Into<f64>>(net: &Network<B>, x: &[X], y: 
         loss,
         &mut stats,
     )?;
-    Ok(bk.download(&stats)?[0].f64() / rows as f64)
+    let cost = bk.download(&stats)?[0].f64() / rows as f64;
+    if !cost.is_finite() {
+        // As `evaluate` refuses it: a ground truth (finite differences) must not
+        // carry a NaN on silently.
+        return Err(MepError::NonFinite(format!(
+            "the mean cost over {rows} samples is {cost}: the outputs overflow {} (check the inputs' scale and the parameters' size)",
+            std::any::type_name::<B::Elem>()
+        )));
+    }
+    Ok(cost)
 }
 
 /// The gradient estimate of `cfg` (EP with its nudging rule, or Backprop) for the

@@ -124,6 +124,36 @@ impl MetricRow {
     }
 }
 
+/// Where a resumed run stands, as its checkpoint records it: what the rows of a
+/// metrics CSV it continues must agree with ([`MetricsLog::continue_csv`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunPoint {
+    /// Epochs done.
+    pub epochs: u64,
+    /// Optimizer steps taken.
+    pub steps: u64,
+    /// Training samples seen.
+    pub samples: u64,
+}
+
+/// What [`MetricsLog::continue_csv`] found in the file it continues.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Continued {
+    /// Whether there was a file (else a new one was started).
+    pub existed: bool,
+    /// Rows kept (those of the checkpoint's epochs).
+    pub kept: usize,
+    /// Rows dropped (of later epochs, from an attempt that did not finish them).
+    pub dropped: usize,
+    /// The first and last epoch of the dropped rows.
+    pub dropped_epochs: Option<(u64, u64)>,
+    /// Whether a last line cut off without its newline was dropped.
+    pub partial_line: bool,
+    /// The last epoch with an epoch row among the kept rows (0: none): below the
+    /// checkpoint's epochs, the curves have a gap.
+    pub last_epoch: u64,
+}
+
 /// Rows of one training run, in memory and optionally in a CSV file.
 pub struct MetricsLog {
     rows: Vec<MetricRow>,
@@ -168,27 +198,67 @@ impl MetricsLog {
         Ok(log)
     }
 
-    /// A log continuing the CSV at `path` of a run resumed after `epochs_done`
-    /// epochs: its rows of those epochs are kept (in memory too, so that the curves
-    /// show the whole run) and rows of later epochs, written by an attempt that did
-    /// not finish them, are dropped; the file is rewritten with the kept rows and new
-    /// rows are appended, their times carrying on from the last kept row's. A path
-    /// with no file starts a new log, as [`MetricsLog::to_csv`].
+    /// A log continuing the CSV at `path` of a run resumed at `at` (after
+    /// `at.epochs` epochs): its rows of those epochs are kept (in memory too, so that
+    /// the curves show the whole run) and rows of later epochs, written by an attempt
+    /// that did not finish them, are dropped, as is a last line cut off without its
+    /// newline; the file is rewritten with the kept rows and new rows are appended,
+    /// their times carrying on from the last kept row's. A path with no file starts a
+    /// new log, as [`MetricsLog::to_csv`]. The returned [`Continued`] says what was
+    /// kept and dropped, for the caller to report.
     ///
-    /// Errors: [`MepError::CorruptData`] naming the line when the file exists but is
-    /// not a metrics CSV (it is left as it was); [`MepError::Io`] naming the path.
-    pub fn continue_csv(path: impl AsRef<Path>, epochs_done: u64) -> Result<MetricsLog> {
+    /// Errors (the file is then left as it was): [`MepError::CorruptData`] naming
+    /// the line when the file is not a metrics CSV; [`MepError::InvalidArgument`]
+    /// (`metrics`) when its rows are another run's (a row of the checkpoint's epochs
+    /// past its step or sample count, or its last epoch's row elsewhere);
+    /// [`MepError::Io`] naming the path.
+    pub fn continue_csv(path: impl AsRef<Path>, at: RunPoint) -> Result<(MetricsLog, Continued)> {
         let path = path.as_ref();
         if !path.exists() {
-            return MetricsLog::to_csv(path);
+            return Ok((MetricsLog::to_csv(path)?, Continued::default()));
         }
-        let kept: Vec<MetricRow> = read_csv(path)?.into_iter().filter(|r| r.epoch <= epochs_done).collect();
+        let text = std::fs::read_to_string(path).map_err(|e| MepError::io(path, e))?;
+        // A last line without its newline is a row cut off by the failure that
+        // stopped the run (a full disk): not a row at all.
+        let (whole, partial_line) = match text.rfind('\n') {
+            Some(i) if !text[i + 1..].trim().is_empty() => (&text[..=i], true),
+            _ => (&text[..], false),
+        };
+        let rows = parse_csv(path, whole)?;
+        let last_epoch_row = rows.iter().rfind(|r| r.kind == RowKind::Epoch && r.epoch <= at.epochs);
+        // Rows of the checkpoint's epochs must be its run's: none past its step and
+        // sample counts, and its last epoch's row exactly at them.
+        let foreign = rows
+            .iter()
+            .filter(|r| r.epoch <= at.epochs)
+            .find(|r| r.step > at.steps || r.samples > at.samples)
+            .or(last_epoch_row.filter(|r| r.epoch == at.epochs && (r.step, r.samples) != (at.steps, at.samples)));
+        if let Some(r) = foreign {
+            return Err(MepError::invalid(
+                "metrics",
+                path.display(),
+                format!(
+                    "its row of epoch {} is at step {} after {} samples, but the checkpoint's run is at step {} after {} samples at epoch {}: the file holds another run's metrics; give another path (the file is left as it was)",
+                    r.epoch, r.step, r.samples, at.steps, at.samples, at.epochs
+                ),
+            ));
+        }
+        let last_epoch = last_epoch_row.map_or(0, |r| r.epoch);
+        let (kept, dropped): (Vec<MetricRow>, Vec<MetricRow>) = rows.into_iter().partition(|r| r.epoch <= at.epochs);
+        let report = Continued {
+            existed: true,
+            kept: kept.len(),
+            dropped: dropped.len(),
+            dropped_epochs: dropped.first().zip(dropped.last()).map(|(a, b)| (a.epoch, b.epoch)),
+            partial_line,
+            last_epoch,
+        };
         let mut log = MetricsLog::to_csv(path)?;
         for row in &kept {
             log.push(*row)?;
         }
         log.seconds_before = kept.last().map_or(0.0, |r| r.seconds);
-        Ok(log)
+        Ok((log, report))
     }
 
     /// Seconds since the run began (the log's creation, plus a continued run's
@@ -297,6 +367,13 @@ impl MetricsLog {
 pub fn read_csv(path: impl AsRef<Path>) -> Result<Vec<MetricRow>> {
     let path = path.as_ref();
     let text = std::fs::read_to_string(path).map_err(|e| MepError::io(path, e))?;
+    parse_csv(path, &text)
+}
+
+/// The rows of `text`, the contents of the metrics CSV at `path` (named in errors).
+/// Blank lines at the end (an editor's) are ignored.
+fn parse_csv(path: &Path, text: &str) -> Result<Vec<MetricRow>> {
+    let text = text.trim_end();
     let bad = |line: usize, why: String| MepError::CorruptData {
         path: path.to_path_buf(),
         reason: format!("line {line}: {why} (expected a metrics CSV written by mep-mnist --metrics)"),

@@ -309,7 +309,7 @@ fn dataset_idx_trains_on_your_own_files_and_says_what_it_loaded() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        out.status.success() && stderr.contains("mean 0.5000 and std 0.2500 (as given)"),
+        out.status.success() && stderr.contains("mean 0.5 and std 0.25 (as given)"),
         "{stderr}"
     );
     let out = bin().args(["--normalize", "0.5,0.25"]).output().unwrap();

@@ -418,3 +418,85 @@ fn mep_mnist_writes_metrics_curves_and_a_sample() {
         std::fs::remove_file(p).ok();
     }
 }
+
+/// `continue_csv` keeps the checkpoint's epochs' rows and drops later ones (and a
+/// last line cut off without its newline), saying so; refuses another run's rows,
+/// leaving the file as it was; a missing file starts a new log. `read_csv` accepts
+/// trailing blank lines.
+#[test]
+fn continuing_a_metrics_csv_keeps_the_checkpoints_rows_and_refuses_another_runs() {
+    use mep::metrics::{Continued, RunPoint};
+    let seed = fresh_seed("continue_csv");
+    let mut rng = Rng::new(seed);
+    let path = tmp("continue.csv");
+    let rows = synthetic_rows(&mut rng, 3); // 11 rows per epoch, 640 samples per step row
+    let write = |rows: &[MetricRow], tail: &str| {
+        let mut text = format!("{CSV_HEADER}\n");
+        for r in rows {
+            text += &format!("{}\n", r.to_csv());
+        }
+        text += tail;
+        std::fs::write(&path, text).unwrap();
+    };
+    let epoch_row = |e: u64| *rows.iter().find(|r| r.kind == RowKind::Epoch && r.epoch == e).unwrap();
+    let at = |e: u64| RunPoint {
+        epochs: e,
+        steps: epoch_row(e).step,
+        samples: epoch_row(e).samples,
+    };
+    // Rows of epochs 1–3 and a cut-off row; the checkpoint is at epoch 2.
+    write(&rows, "step,4,1,2,0.5");
+    let (log, found) = MetricsLog::continue_csv(&path, at(2)).unwrap();
+    assert_eq!(
+        found,
+        Continued {
+            existed: true,
+            kept: 22,
+            dropped: 11,
+            dropped_epochs: Some((3, 3)),
+            partial_line: true,
+            last_epoch: 2,
+        }
+    );
+    assert_eq!(log.rows(), &rows[..22]);
+    drop(log);
+    let back = read_csv(&path).unwrap();
+    assert_eq!(back.len(), 22);
+    // Another run's rows (its epoch-2 row elsewhere, or a row past the checkpoint's
+    // step count) are refused and the file is left alone.
+    for bad in [
+        RunPoint {
+            steps: at(2).steps + 1,
+            ..at(2)
+        },
+        RunPoint {
+            samples: at(2).samples - 1,
+            ..at(2)
+        },
+        RunPoint {
+            epochs: 2,
+            steps: at(1).steps,
+            samples: at(1).samples,
+        },
+    ] {
+        let before = std::fs::read(&path).unwrap();
+        match MetricsLog::continue_csv(&path, bad) {
+            Err(e @ MepError::InvalidArgument { name: "metrics", .. }) => {
+                assert!(e.to_string().contains("another run's"), "{e}")
+            }
+            other => panic!("{bad:?}: {:?}", other.map(|(_, f)| f)),
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+    }
+    // Rows stopping short of the checkpoint (a gap) are kept and reported.
+    write(&rows[..11], "\n\n");
+    assert_eq!(read_csv(&path).unwrap().len(), 11, "trailing blank lines");
+    let (_, found) = MetricsLog::continue_csv(&path, at(2)).unwrap();
+    assert_eq!((found.kept, found.last_epoch, found.partial_line), (11, 1, false));
+    // No file: a new log.
+    std::fs::remove_file(&path).unwrap();
+    let (log, found) = MetricsLog::continue_csv(&path, at(2)).unwrap();
+    assert!(!found.existed && log.rows().is_empty());
+    assert_eq!(std::fs::read_to_string(&path).unwrap().trim(), CSV_HEADER);
+    std::fs::remove_file(&path).ok();
+}

@@ -279,6 +279,12 @@ fn normalization_parses_and_refuses_bad_values() {
     let edge = (1.0 / mep::data::MAX_NORMALISED) as f32;
     assert!(Normalization::new(0.0, edge * 1.001).is_ok());
     assert!(Normalization::new(0.0, edge * 0.999).is_err());
+    // Its fields are public: a literal past the limit is refused where it is used.
+    let literal = Normalization { mean: 0.0, std: 1e-30 };
+    assert!(matches!(
+        Dataset::from_pixels(&[0, 255, 3, 4], vec![0, 1], vec![2], 2, literal),
+        Err(MepError::InvalidArgument { name: "normalize", .. })
+    ));
     for bad in [
         "0.5", "a,b", "0.5,0", "0.5,-1", "nan,1", "0.1,inf", "0,1e-40", "0,1e-7", "1e7,1",
     ] {

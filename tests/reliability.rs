@@ -84,7 +84,7 @@ fn an_optimizer_refuses_a_model_it_was_not_built_for_before_touching_it() {
             if b.arch().blocks().iter().any(|blk| !blk.bias) {
                 let e = r.unwrap_err().to_string();
                 assert!(
-                    e.contains("given a 20-16(relu)-4 without a bias in block 2 model"),
+                    e.contains("given one of structure 20-16(relu)-4 without a bias in block 2;"),
                     "{e}"
                 );
             }

@@ -265,6 +265,17 @@ fn logits_are_the_forward_pass() {
         }
     }
     assert_eq!(relu.predict(&x[..5]).unwrap(), vec![0]);
+    // The f64 copy's mean cost, a ground truth for finite differences, refuses an
+    // overflowed output too (it returned NaN).
+    let mut wild = relu.to_f64().unwrap();
+    wild.set_parameters(&[(vec![1e200; 40], vec![0.0; 8]), (vec![1e200; 32], vec![0.0; 4])])
+        .unwrap();
+    let x64: Vec<f64> = x[..5].iter().map(|&v| v as f64 * 1e10).collect();
+    assert!(matches!(wild.logits(&x64), Err(MepError::NonFinite(_))));
+    match wild.mean_cost(&x64, &[1], Loss::CrossEntropy { label_smoothing: 0.0 }) {
+        Err(MepError::NonFinite(m)) => assert!(m.contains("mean cost"), "{m}"),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]

@@ -456,20 +456,35 @@ fn build_optimizer(args: &Args, model: &mep::Model, train_len: usize) -> mep::Re
 }
 
 /// Builds the model and optimizer the flags describe on a stand-in of the data (its
-/// known input size, 784 for MNIST and 3072 for CIFAR-10, or 1 for IDX files not
-/// read yet; ten classes; one sample; on the CPU), so that a hyper-parameter the
-/// optimizer refuses is reported before the data loads, not after. Nothing the
-/// stand-in's sizes decide is checked here (the real build checks everything again):
-/// every refusal of the builders depends on the flags and the depth alone.
+/// known sizes: 784 inputs for MNIST, 3072 for CIFAR-10, ten classes; one sample; on
+/// the CPU), so that a hyper-parameter the optimizer refuses is reported before the
+/// data loads, not after; the real build checks everything again. IDX data's sizes
+/// are not known before it loads (a stand-in's would show in messages as if they
+/// were), and a stand-in of more than [`STAND_IN_MAX_PARAMS`] parameters would cost
+/// memory and time of its own: both are checked when the real model is built.
 fn check_configuration(args: &Args, hidden: &[usize]) -> mep::Result<()> {
     let inputs = match args.dataset {
         DatasetArg::Mnist => 784,
         DatasetArg::Cifar10 => 3 * 32 * 32,
-        DatasetArg::Idx => 1,
+        DatasetArg::Idx => return Ok(()),
     };
+    let widths: Vec<usize> = std::iter::once(inputs)
+        .chain(hidden.iter().copied())
+        .chain([10])
+        .collect();
+    let params = widths
+        .windows(2)
+        .try_fold(0usize, |n, w| n.checked_add(w[0].checked_mul(w[1])?.checked_add(w[1])?));
+    if !matches!(params, Some(n) if n <= STAND_IN_MAX_PARAMS) {
+        return Ok(());
+    }
     let model = build_model(&Device::Cpu, args, hidden, inputs, 10)?;
     build_optimizer(args, &model, 1).map(|_| ())
 }
+
+/// The largest stand-in [`check_configuration`] builds: 4 Mi parameters (16 MiB in
+/// f32, a few times that with the optimizer's state; tens of milliseconds).
+const STAND_IN_MAX_PARAMS: usize = 1 << 22;
 
 fn configure<'m>(args: &Args, train_len: usize, mut b: OptimizerBuilder<'m>) -> mep::Result<OptimizerBuilder<'m>> {
     if let ScheduleArg::Cosine = args.schedule {
@@ -638,6 +653,64 @@ fn evaluate_test(
 }
 
 /// A line on standard error, `mep-mnist: …` (never panics).
+/// Says what continuing the metrics CSV at `path` for a run resumed after `start`
+/// epochs kept and dropped, where that is not simply "all of it".
+fn report_continued(path: &std::path::Path, start: u64, found: &mep::metrics::Continued) {
+    let p = path.display();
+    if !found.existed && start > 0 {
+        notice(format_args!(
+            "note: {p} did not exist: its rows start at epoch {}",
+            start + 1
+        ));
+    }
+    if found.partial_line {
+        notice(format_args!(
+            "dropped the last line of {p}, a row cut off without its newline (the run that wrote it stopped mid-row)"
+        ));
+    }
+    if let Some((a, b)) = found.dropped_epochs {
+        let epochs = if a == b {
+            format!("epoch {a}")
+        } else {
+            format!("epochs {a}–{b}")
+        };
+        notice(format_args!(
+            "dropped {} of {epochs} from {p}: the checkpoint resumed is at epoch {start}",
+            plural(found.dropped as u64, "row")
+        ));
+    }
+    if found.existed && found.last_epoch < start {
+        notice(format_args!(
+            "note: {p} has epoch rows up to epoch {} only and the checkpoint is at epoch {start}: the curves have a gap",
+            found.last_epoch
+        ));
+    }
+}
+
+/// A checkpoint's refusal of this run's normalisation, in the flags' terms: `--dataset
+/// mnist` always uses MNIST's constants (so the fix is `--dataset idx --normalize`),
+/// and without `--normalize` the value refused was computed, not typed.
+fn explain_normalization(e: mep::MepError, args: &Args, shape: &mep::checkpoint::DataShape) -> mep::MepError {
+    let mep::MepError::InvalidArgument {
+        name: "normalize", fix, ..
+    } = &e
+    else {
+        return e;
+    };
+    let Some(now) = shape.normalization else { return e };
+    let how = match (args.dataset, args.normalize) {
+        (DatasetArg::Mnist, _) => "MNIST's constants, as --dataset mnist always uses",
+        (_, Some(_)) => "given by --normalize",
+        (_, None) => "computed from the training pixels",
+    };
+    let fix = match args.dataset {
+        // The checkpoint's own numbers, from the message's `--normalize M,S`.
+        DatasetArg::Mnist => fix.replace("(mep-mnist: --normalize", "(mep-mnist: --dataset idx --normalize"),
+        _ => fix.clone(),
+    };
+    mep::MepError::invalid("normalize", format!("{},{} ({how})", now.mean, now.std), fix)
+}
+
 /// Says that metrics could not be recorded and that training goes on without them.
 fn metrics_failed(e: &mep::MepError) {
     notice(format_args!(
@@ -739,6 +812,15 @@ fn run(args: Args) -> mep::Result<()> {
             ));
         }
     }
+    if let Some(path) = &args.load {
+        if !path.is_file() {
+            return Err(mep::MepError::invalid(
+                "load",
+                path.display(),
+                "no weights file there: check the path (--save PATH or Model::save writes one)",
+            ));
+        }
+    }
     let t_load = Instant::now();
     let mut data = load_data(&args)?;
     if let Some(n) = args.train_subset {
@@ -828,7 +910,8 @@ fn run(args: Args) -> mep::Result<()> {
     // Epochs behind the weights: a resumed run's, or those a loaded checkpoint records.
     let mut trained_before = None;
     if let Some(path) = &args.load {
-        let info = mep::checkpoint::load_model(path, &mut model, Some(&shape))?;
+        let info = mep::checkpoint::load_model(path, &mut model, Some(&shape))
+            .map_err(|e| explain_normalization(e, &args, &shape))?;
         trained_before = info.run.map(|r| r.epochs_done);
         notice(format_args!(
             "loaded the weights of {}{}",
@@ -850,7 +933,8 @@ fn run(args: Args) -> mep::Result<()> {
             shuffle,
             args.batch_size,
             train.len(),
-        )?;
+        )
+        .map_err(|e| explain_normalization(e, &args, &shape))?;
         start = run.epochs_done;
         trained_before = Some(start);
         notice(format_args!(
@@ -872,9 +956,28 @@ fn run(args: Args) -> mep::Result<()> {
     // A resumed run continues its metrics file (the rows of the epochs it has done
     // kept, so the CSV and the curves cover the whole run); a new run starts one.
     let mut log = match (&args.metrics, &args.resume) {
-        (Some(path), Some(_)) => mep::metrics::MetricsLog::continue_csv(path, start)?,
+        (Some(path), Some(_)) => {
+            let at = mep::metrics::RunPoint {
+                epochs: start,
+                steps: opt.steps(),
+                samples: start * train.len() as u64,
+            };
+            let (log, found) = mep::metrics::MetricsLog::continue_csv(path, at)?;
+            report_continued(path, start, &found);
+            log
+        }
         (Some(path), None) => mep::metrics::MetricsLog::to_csv(path)?,
-        (None, _) => mep::metrics::MetricsLog::new(),
+        (None, _) => {
+            if let (Some(plot), Some(_)) = (&args.plot, &args.resume) {
+                if start < args.epochs {
+                    notice(format_args!(
+                        "note: without --metrics, {} shows only the epochs of this invocation (give --metrics PATH, the same on every resume, to keep the whole run's curves)",
+                        plot.display()
+                    ));
+                }
+            }
+            mep::metrics::MetricsLog::new()
+        }
     };
     // The first failure to record metrics (a full disk, say): reported once, then
     // metrics stop and training goes on, so the epoch and its checkpoint are not
@@ -1043,7 +1146,7 @@ fn run(args: Args) -> mep::Result<()> {
             // A finished run resumed only evaluates: nothing new to draw, and the
             // picture it drew before is left as it is.
             notice(format_args!(
-                "no epoch ran, so there are no curves to draw: {} is left as it was (with --metrics, a resumed run's curves cover its earlier epochs too)",
+                "no epoch ran, so there are no curves to draw: {} is not drawn (with --metrics, a resumed run's curves cover its earlier epochs too)",
                 path.display()
             ));
         } else {

@@ -75,7 +75,7 @@ impl Normalization {
                 "normalize",
                 format!("{mean},{std}"),
                 format!(
-                    "pixels in [0, 1] would become values up to {largest:.3e} in size (the limit is {MAX_NORMALISED:e}; normalised inputs are of order 1): give the pixels' mean and standard deviation as fractions of 255, e.g. 0.1307,0.3081"
+                    "pixels in [0, 1] would become values up to {largest:.6e} in size (the limit is {MAX_NORMALISED:e}; normalised inputs are of order 1): give the pixels' mean and standard deviation as fractions of 255, e.g. 0.1307,0.3081"
                 ),
             ));
         }
@@ -115,6 +115,13 @@ impl Normalization {
             ));
         }
         Normalization::new(mean as f32, std as f32)
+    }
+
+    /// The checks of [`Normalization::new`], on a normalisation that may have been
+    /// written as a struct literal (its fields are public): the loaders that take
+    /// one call it.
+    pub fn validate(&self) -> Result<()> {
+        Normalization::new(self.mean, self.std).map(|_| ())
     }
 
     /// `(x/255 − mean)/std` for each byte (through a 256-entry table; for
@@ -295,6 +302,7 @@ fn check_labels(labels: &[u8], classes: usize, path: &Path, what: &str) -> Resul
 
 impl RawSplit {
     fn into_dataset(self, classes: usize, norm: Normalization) -> Result<Dataset> {
+        norm.validate()?;
         let shape = self.images.dims[1..].to_vec();
         let features = shape.iter().product();
         let images = norm.apply(&self.images.data);
@@ -387,6 +395,8 @@ impl Dataset {
         classes: usize,
         normalization: Normalization,
     ) -> Result<Dataset> {
+        // Its fields are public: one written as a literal is checked here.
+        normalization.validate()?;
         let features: usize = shape.iter().product();
         if features == 0 || labels.len().checked_mul(features) != Some(pixels.len()) {
             return Err(MepError::Shape(format!(
@@ -579,7 +589,7 @@ impl DataSplits {
     /// computed from the training split).
     pub fn summary(&self) -> String {
         format!(
-            "{}: {} training + {} test samples of shape {} ({} inputs), {} classes, normalised with mean {:.4} and std {:.4} ({})",
+            "{}: {} training + {} test samples of shape {} ({} inputs), {} classes, normalised with mean {} and std {} ({})",
             self.origin,
             self.train.len(),
             self.test.len(),

@@ -517,7 +517,7 @@ impl Optimizer {
         let (arch, energy) = with_engine!(&self.engine, e => (e.arch(), e.energy()));
         if model.arch() != arch {
             return Err(MepError::Shape(format!(
-                "this optimizer was built for a {} model but is given a {} model; build one optimizer per model (e.g. smep(&model).build())",
+                "this optimizer was built for a model of structure {} but is given one of structure {}; build one optimizer per model (e.g. smep(&model).build())",
                 arch.describe_with_biases(),
                 model.arch().describe_with_biases()
             )));

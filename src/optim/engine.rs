@@ -653,7 +653,7 @@ impl<B: Backend> Engine<B> {
     pub(crate) fn check_network(&self, net: &Network<B>) -> Result<()> {
         if net.arch != self.arch || net.energy != self.energy {
             return Err(MepError::Shape(format!(
-                "this optimizer was built for a {} network with the {:?} energy but is given a {} network with the {:?} energy; build one optimizer per network",
+                "this optimizer was built for a network of structure {} with the {:?} energy but is given one of structure {} with the {:?} energy; build one optimizer per network",
                 self.arch.describe_with_biases(),
                 self.energy,
                 net.arch.describe_with_biases(),
