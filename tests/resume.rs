@@ -127,6 +127,23 @@ fn reason(e: MepError) -> String {
     }
 }
 
+/// A 12–10–3 layered model trained one epoch with smep on `data`, saved as a
+/// resumable checkpoint at `path` with `shape`; returns the model and the run state
+/// saved.
+fn one_epoch_saved(path: &std::path::Path, data: &Dataset, shape: &DataShape, seed: u64) -> (Model, RunState) {
+    let mut m = model(10, Energy::LayeredLeastSquares, seed);
+    let mut opt = optimizer(&m, Preset::Smep, false, data);
+    epoch(&mut opt, &mut m, data, Shuffle::Seeded(1), 0);
+    let run = RunState {
+        epochs_done: 1,
+        shuffle: Shuffle::Seeded(1),
+        batch_size: BATCH,
+        train_samples: data.len(),
+    };
+    checkpoint::save(path, &m, &opt, &run, shape, Dtype::F32).unwrap();
+    (m, run)
+}
+
 /// A checkpoint records the normalisation of its training inputs (fresh values: the
 /// text must read back as the same f32s) and refuses data normalised otherwise, at
 /// resume and at load; data whose normalisation is not known is accepted.
@@ -141,16 +158,7 @@ fn a_checkpoint_records_and_checks_the_inputs_normalisation() {
     let saved = norm(&mut rng);
     let shape = DataShape::of(&data).with_normalization(saved);
     let path = tmp("normalisation");
-    let mut m = model(10, Energy::LayeredLeastSquares, seed);
-    let mut opt = optimizer(&m, Preset::Smep, false, &data);
-    epoch(&mut opt, &mut m, &data, Shuffle::Seeded(1), 0);
-    let run = RunState {
-        epochs_done: 1,
-        shuffle: Shuffle::Seeded(1),
-        batch_size: BATCH,
-        train_samples: data.len(),
-    };
-    checkpoint::save(&path, &m, &opt, &run, &shape, Dtype::F32).unwrap();
+    let (mut m, _) = one_epoch_saved(&path, &data, &shape, seed);
     let info = checkpoint::info(&path).unwrap();
     assert_eq!(info.data.unwrap().normalization, Some(saved), "seed {seed}");
     let other = DataShape::of(&data).with_normalization(norm(&mut rng));
@@ -183,16 +191,7 @@ fn a_checkpoint_refuses_another_model_optimizer_or_data_set_by_name() {
     let shape = DataShape::of(&data);
     let path = tmp("mismatch");
     let layered = Energy::LayeredLeastSquares;
-    let mut m = model(10, layered, seed);
-    let mut opt = optimizer(&m, Preset::Smep, false, &data);
-    epoch(&mut opt, &mut m, &data, Shuffle::Seeded(1), 0);
-    let run = RunState {
-        epochs_done: 1,
-        shuffle: Shuffle::Seeded(1),
-        batch_size: BATCH,
-        train_samples: data.len(),
-    };
-    checkpoint::save(&path, &m, &opt, &run, &shape, Dtype::F32).unwrap();
+    let (m, run) = one_epoch_saved(&path, &data, &shape, seed);
 
     // Another width: the architecture is named.
     let mut other = model(9, layered, 0);

@@ -802,23 +802,21 @@ fn run(args: Args) -> mep::Result<()> {
             "CIFAR-10's samples are colour images (3×32×32) and only greyscale images can be drawn: drop --show-sample",
         ));
     }
-    if let Some(path) = &args.resume {
-        // Before the data loads: a missing checkpoint is a typo or a first run.
-        if !path.is_file() {
-            return Err(mep::MepError::invalid(
-                "resume",
-                path.display(),
-                "no checkpoint there, so nothing to resume: check the path, or drop --resume to start the run (--save PATH writes the checkpoint a later --resume PATH continues)",
-            ));
-        }
-    }
-    if let Some(path) = &args.load {
-        if !path.is_file() {
-            return Err(mep::MepError::invalid(
-                "load",
-                path.display(),
-                "no weights file there: check the path (--save PATH or Model::save writes one)",
-            ));
+    // Before the data loads: a missing checkpoint is a typo or a first run.
+    for (name, path, fix) in [
+        (
+            "resume",
+            &args.resume,
+            "no checkpoint there, so nothing to resume: check the path, or drop --resume to start the run (--save PATH writes the checkpoint a later --resume PATH continues)",
+        ),
+        (
+            "load",
+            &args.load,
+            "no weights file there: check the path (--save PATH or Model::save writes one)",
+        ),
+    ] {
+        if let Some(path) = path.as_ref().filter(|p| !p.is_file()) {
+            return Err(mep::MepError::invalid(name, path.display(), fix));
         }
     }
     let t_load = Instant::now();
