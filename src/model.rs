@@ -293,17 +293,24 @@ pub(crate) fn device_mismatch() -> MepError {
 }
 
 /// Checks a host input batch: a whole number of rows, all finite.
-pub(crate) fn check_inputs(x: &[f32], inputs: usize) -> Result<()> {
+/// Checks that `x` holds whole rows of `inputs` finite values and returns their
+/// mean square (the inputs' RMS squared, which the divergence guard reports).
+///
+/// One pass: the f64 sum of squares is finite exactly when every value is (an f32's
+/// square is below 1e77), so only a failed check looks for the offending index.
+pub(crate) fn check_inputs(x: &[f32], inputs: usize) -> Result<f64> {
     if x.is_empty() || x.len() % inputs != 0 {
         return Err(MepError::Shape(format!(
             "input has {} values, not a positive multiple of the network's {inputs} inputs",
             x.len()
         )));
     }
-    if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+    let sum_sq: f64 = x.iter().map(|&v| v as f64 * v as f64).sum();
+    if !sum_sq.is_finite() {
+        let i = x.iter().position(|v| !v.is_finite()).unwrap_or(0);
         return Err(MepError::NonFinite(format!("input value {} at index {i}", x[i])));
     }
-    Ok(())
+    Ok(sum_sq / x.len() as f64)
 }
 
 /// Research access: raw outputs, parameters in memory, the loss evaluation reports,

@@ -120,9 +120,14 @@ fn bad_batches_are_rejected() {
     assert!(matches!(opt.step(&mut m, &x[..39], &[0, 1]), Err(MepError::Shape(_))));
     assert!(matches!(opt.step(&mut m, &x, &[0]), Err(MepError::Shape(_))));
     assert_invalid(opt.step(&mut m, &x, &[0, 4]), "target");
-    let mut bad = x.clone();
-    bad[7] = f32::NAN;
-    assert!(matches!(opt.step(&mut m, &bad, &[0, 1]), Err(MepError::NonFinite(_))));
+    for (at, v) in [(7, f32::NAN), (0, f32::INFINITY), (39, f32::NEG_INFINITY)] {
+        let mut bad = x.clone();
+        bad[at] = v;
+        match opt.step(&mut m, &bad, &[0, 1]) {
+            Err(MepError::NonFinite(msg)) => assert!(msg.contains(&format!("at index {at}")), "{msg}"),
+            other => panic!("{v} at {at}: {other:?}"),
+        }
+    }
     assert!(matches!(m.predict(&x[..30]), Err(MepError::Shape(_))));
     opt.step(&mut m, &x, &[0, 1]).unwrap();
 }

@@ -442,7 +442,7 @@ pub struct Optimizer {
 }
 
 fn host_step<B: Backend>(engine: &mut Engine<B>, net: &mut Network<B>, x: &[f32], y: &[u32]) -> Result<()> {
-    check_inputs(x, net.arch.inputs())?;
+    let mean_sq = check_inputs(x, net.arch.inputs())?;
     let rows = x.len() / net.arch.inputs();
     if y.len() != rows {
         return Err(MepError::Shape(format!("{rows} input rows but {} labels", y.len())));
@@ -456,8 +456,7 @@ fn host_step<B: Backend>(engine: &mut Engine<B>, net: &mut Network<B>, x: &[f32]
         ));
     }
     let xs: Vec<B::Elem> = x.iter().map(|&v| B::Elem::of(v as f64)).collect();
-    let sum_sq: f64 = x.iter().map(|&v| v as f64 * v as f64).sum();
-    engine.note_input_rms((sum_sq / x.len() as f64).sqrt());
+    engine.note_input_rms(mean_sq.sqrt());
     engine.ws.load_host_batch(&xs, y)?;
     engine.step(net, rows)
 }
