@@ -3,7 +3,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use mep::backend::cpu::Cpu;
-use mep::backend::Backend;
+use mep::backend::{Backend, NormRule};
 use mep::nn::ActChain;
 use mep::nn::Activation;
 use mep::optim::newton_schulz::{orthogonalize, NsScratch};
@@ -106,7 +106,7 @@ fn weight_passes(c: &mut Criterion) {
     g.bench_function("sum_sq", |b| b.iter(|| bk.sum_sq(&x, &mut norm).unwrap()));
     g.throughput(Throughput::Bytes(2 * bytes));
     g.bench_function("scale_by_inv_norm", |b| {
-        b.iter(|| bk.scale_by_inv_norm(&x, &norm, 1e-7, &mut y).unwrap())
+        b.iter(|| bk.scale_by_inv_norm(&x, &norm, NormRule::Eps(1e-7), &mut y).unwrap())
     });
     // A bound just below the norm: every call scales W, by 1 − 1e−6 (a few hundred
     // thousand calls shrink it by less than half, far from denormals).

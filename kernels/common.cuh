@@ -126,3 +126,13 @@ __device__ __forceinline__ float mep_block_sum_all(float v, float* sh) {
     __syncthreads();
     return r;
 }
+
+// 2^(−e) for a positive, finite s = m·2^e with m in [½, 1), e clamped to [−126, 126]
+// so that the factor is a normal float: s's inverse to within a factor of 2, exact.
+// NormRule::InversePowerOfTwo (src/backend/mod.rs, pow2_below_inv on the CPU).
+__device__ __forceinline__ float mep_pow2_below_inv(float s) {
+    int e;
+    frexpf(s, &e);
+    e = e < -126 ? -126 : (e > 126 ? 126 : e);
+    return ldexpf(1.0f, -e);
+}

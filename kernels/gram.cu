@@ -151,10 +151,12 @@ extern "C" __global__ void ns_orthogonalize(u32 rows, u32 cols, u32 steps, float
 // spectral_power: the spectral constraint's estimate of σ(W) and the constraint, as
 // src/optim/spectral.rs's `estimate` and `constrain` issue them, for a rows × cols
 // row-major W with k = min(rows, cols) ≤ MEP_GRAM_MAX:
-//   G = W·Wᵀ (rows ≤ cols) or Wᵀ·W (k × k);
+//   G = W·Wᵀ (rows ≤ cols) or Wᵀ·W (k × k), scaled by the power of two nearest below
+//     1/tr(G) (exact; none when tr G is 0 or not finite);
 //   `squarings` times: T = G·G, then G = T/(‖T‖_F + 1e−30) after squarings 1, 3, 5, …
 //     and the last, G = T after the others;
-//   max(iters, 1) times: h = uᵀG (u as a row), u = h/(‖h‖ + 1e−30);
+//   max(iters, 1) times: h = uᵀG (u as a row), u = h/‖h‖ (u kept when ‖h‖ is 0 or
+//     not finite);
 //   σ̂² = ‖uᵀW‖² (rows ≤ cols) or ‖W·u‖², written to norm[0];
 //   with clamp ≠ 0 and σ̂ > γ: W ← W·γ/σ̂.
 // u (k values) is read and written.
@@ -171,6 +173,18 @@ extern "C" __global__ void spectral_power(u32 rows, u32 cols, u32 squarings, u32
     const bool wide = rows <= cols;
     const u32 k = wide ? rows : cols, n = wide ? cols : rows, kk = k * k;
     mep_gram_fill(w, rows, cols, 1.0f, sG);  // G = W·Wᵀ or Wᵀ·W
+    {
+        // NormRule::InversePowerOfTwo with s = tr G = ‖W‖²: G brought to trace ~1,
+        // exactly.
+        float tr = 0.0f;
+        for (u32 i = tid; i < k; i += nt) tr += sG[i * k + i];
+        const float s = mep_block_sum_all(tr, sRed);
+        if (s > 0.0f && isfinite(s)) {
+            const float f = mep_pow2_below_inv(s);
+            for (u32 e = tid; e < kk; e += nt) sG[e] *= f;
+        }
+        __syncthreads();
+    }
     // H = G^(2^squarings), normalised as the GEMM loop does.
     for (u32 s = 0; s < squarings; s++) {
         float ss = 0.0f;
@@ -197,8 +211,12 @@ extern "C" __global__ void spectral_power(u32 rows, u32 cols, u32 squarings, u32
             sH[c] = acc;
             ss += acc * acc;
         }
-        const float inv = 1.0f / (sqrtf(mep_block_sum_all(ss, sRed)) + 1e-30f);
-        for (u32 c = tid; c < k; c += nt) sU[c] = sH[c] * inv;
+        // NormRule::OrKeep: a zero (or overflowed) h leaves u as it is.
+        const float s = mep_block_sum_all(ss, sRed);
+        if (s > 0.0f && isfinite(s)) {
+            const float inv = 1.0f / sqrtf(s);
+            for (u32 c = tid; c < k; c += nt) sU[c] = sH[c] * inv;
+        }
         __syncthreads();
     }
     for (u32 i = tid; i < k; i += nt) u[i] = sU[i];

@@ -37,11 +37,29 @@ extern "C" __global__ void fill(u64 n, float value, float* __restrict__ y) {
     MEP_GRID_STRIDE(i, n) { y[i] = value; }
 }
 
-// scale_by_inv_norm: y ← x / (√sumsq[0] + eps). Launch: 1-D grid-stride over n.
+// scale_by_inv_norm: y ← x·f with s = sumsq[0] and f by `rule` (NormRule in
+// src/backend/mod.rs):
+//   0: f = 1/(√s + eps);
+//   1: f = 2^(−e) with s = m·2^e, m in [½, 1), e clamped to [−126, 126] (exact);
+//      f = 1 when s is 0 or not finite;
+//   2: f = 1/√s, and y untouched when s is 0 or not finite.
+// Launch: 1-D grid-stride over n.
 extern "C" __global__ void scale_by_inv_norm(u64 n, const float* __restrict__ x,
                                              const float* __restrict__ sumsq, float eps,
-                                             float* __restrict__ y) {
-    float inv = 1.0f / (sqrtf(sumsq[0]) + eps);
+                                             u32 rule, float* __restrict__ y) {
+    const float s = sumsq[0];
+    const bool usable = s > 0.0f && isfinite(s);
+    float inv;
+    if (rule == 0) {
+        inv = 1.0f / (sqrtf(s) + eps);
+    } else if (!usable) {
+        if (rule == 2) return;
+        inv = 1.0f;
+    } else if (rule == 1) {
+        inv = mep_pow2_below_inv(s);
+    } else {
+        inv = 1.0f / sqrtf(s);
+    }
     MEP_GRID_STRIDE(i, n) { y[i] = x[i] * inv; }
 }
 

@@ -50,6 +50,8 @@ pub struct LayerGradient {
 /// let (a, b) = (g(vec![1.0, 0.0]), g(vec![1.0, 1.0]));
 /// assert!((a.cosine(&b).unwrap() - 0.5f64.sqrt()).abs() < 1e-12);
 /// assert_eq!(a.flatten(), vec![1.0, 0.0, 0.0]);
+/// // A zero gradient has no direction: its cosine with anything is NaN.
+/// assert!(a.cosine(&g(vec![0.0, 0.0])).unwrap().is_nan());
 /// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct Gradients {
@@ -100,7 +102,9 @@ impl Gradients {
     }
 
     /// Cosine of the angle between `self` and `other` over all values: 1 when they
-    /// point the same way. 0 when either is all zeros (no direction to compare).
+    /// point the same way. NaN when either is all zeros: the angle is undefined, and
+    /// NaN fails every comparison, so a zero estimate (e.g. a nudge lost in rounding)
+    /// never passes for an orthogonal or an aligned one.
     ///
     /// Errors: [`MepError::Shape`] when the two come from differently shaped models.
     pub fn cosine(&self, other: &Gradients) -> Result<f64> {
@@ -129,7 +133,7 @@ fn cosine(a: &[f64], b: &[f64]) -> f64 {
     let na = a.iter().map(|v| v * v).sum::<f64>().sqrt();
     let nb = b.iter().map(|v| v * v).sum::<f64>().sqrt();
     if na == 0.0 || nb == 0.0 {
-        0.0
+        f64::NAN
     } else {
         dot / (na * nb)
     }

@@ -13,7 +13,7 @@ mod common;
 
 use common::{fresh_seed, labels, normals, rel_err};
 use mep::backend::cpu::Cpu;
-use mep::backend::{Backend, Scalar};
+use mep::backend::{Backend, NormRule, Scalar};
 use mep::nn::{ActChain, Activation};
 use mep::rng::Rng;
 use mep::{Loss, MepError};
@@ -89,6 +89,58 @@ fn close_to_terms<T: Scalar>(what: &str, seed: u64, got: &[T], want: &[f64], sca
         "{what} ({}, seed {seed}): ‖Δ‖/‖Σ|terms|‖ = {e:e} > {t:e}",
         std::any::type_name::<T>()
     );
+}
+
+/// `scale_by_inv_norm`'s `InversePowerOfTwo` and `OrKeep` rules on `x` scaled to
+/// magnitudes from 1e-15 to 1e15 (whose fourth powers under- or overflow f32), and on
+/// a squared norm of 0, ∞ and NaN: the power of two f is exact (y = x·f bit for bit)
+/// with f·s in [½, 1); OrKeep is x/‖x‖, or leaves y untouched.
+fn norm_rules<T: Scalar>(cpu: &Cpu<T>, x: &[f64], seed: u64, r: &mut Rng) {
+    let n = x.len();
+    for decade in [-15, -7, -3, 0, 4, 9, 15] {
+        let c = 10f64.powi(decade) * (1.0 + r.uniform());
+        let xs = to::<T>(&x.iter().map(|v| v * c).collect::<Vec<_>>());
+        let mut s = to::<T>(&[0.0]);
+        cpu.sum_sq(&xs, &mut s).unwrap();
+        let what = format!("{n} values of magnitude 1e{decade} (seed {seed})");
+        // InversePowerOfTwo: one factor f = 2^k, exact, with f·s in [½, 1).
+        let mut y = to::<T>(&vec![f64::NAN; n]);
+        cpu.scale_by_inv_norm(&xs, &s, NormRule::InversePowerOfTwo, &mut y)
+            .unwrap();
+        let i = (0..n).find(|&i| xs[i] != T::zero()).unwrap();
+        let f = y[i].f64() / xs[i].f64();
+        assert_eq!(
+            f,
+            2f64.powi(f.log2().round() as i32),
+            "InversePowerOfTwo, {what}: factor {f}"
+        );
+        let m = f * s[0].f64();
+        assert!((0.5..1.0).contains(&m), "InversePowerOfTwo, {what}: f·s = {m}");
+        for (a, b) in xs.iter().zip(&y) {
+            assert!(
+                T::of(a.f64() * f) == *b,
+                "InversePowerOfTwo, {what}: {} · {f} gave {}",
+                a.f64(),
+                b.f64()
+            );
+        }
+        // OrKeep with a usable norm: x / ‖x‖.
+        let mut y = to::<T>(&vec![f64::NAN; n]);
+        cpu.scale_by_inv_norm(&xs, &s, NormRule::OrKeep, &mut y).unwrap();
+        let want: Vec<f64> = back(&xs).iter().map(|v| v / s[0].f64().sqrt()).collect();
+        close(&format!("OrKeep, {what}"), seed, &y, &want);
+    }
+    let xs = to::<T>(x);
+    for bad in [0.0, f64::INFINITY, f64::NAN] {
+        let before = to::<T>(&vec![7.0; n]);
+        let mut y = before.clone();
+        cpu.scale_by_inv_norm(&xs, &to(&[bad]), NormRule::OrKeep, &mut y)
+            .unwrap();
+        assert!(y == before, "OrKeep with s = {bad} changed y (seed {seed})");
+        cpu.scale_by_inv_norm(&xs, &to(&[bad]), NormRule::InversePowerOfTwo, &mut y)
+            .unwrap();
+        assert!(y == xs, "InversePowerOfTwo with s = {bad} is not y = x (seed {seed})");
+    }
 }
 
 /// Shapes around the parallel threshold (2^15 elements) and ragged rows.
@@ -476,13 +528,15 @@ fn reductions<T: Scalar>() {
         cpu.sum_sq(&to(&x), &mut out).unwrap();
         let want = x.iter().map(|v| v * v).sum::<f64>();
         close(&format!("sum_sq {n}"), seed, &out, &[want]);
-        // scale_by_inv_norm: y = x / (√s + eps)
+        // scale_by_inv_norm, NormRule::Eps: y = x / (√s + eps)
         let s = round::<T>(2.5 + r.uniform());
         let eps = 1e-3;
         let want: Vec<f64> = x.iter().map(|v| v / (s.sqrt() + eps)).collect();
         let mut y = to::<T>(&vec![f64::NAN; n]);
-        cpu.scale_by_inv_norm(&to(&x), &to(&[s]), eps, &mut y).unwrap();
+        cpu.scale_by_inv_norm(&to(&x), &to(&[s]), NormRule::Eps(eps), &mut y)
+            .unwrap();
         close(&format!("scale_by_inv_norm {n}"), seed, &y, &want);
+        norm_rules::<T>(&cpu, &x, seed, &mut r);
         // spectral_clamp: scales by γ/σ̂ only when σ̂ = √s > γ.
         for gamma in [0.5, 3.0] {
             let want: Vec<f64> = if s.sqrt() > gamma {
@@ -990,7 +1044,7 @@ fn short_buffers_are_shape_errors() {
     let c = cpu.clone();
     check(
         "scale_by_inv_norm y",
-        Box::new(move || c.scale_by_inv_norm(&full(), &vec![1.0], 1e-7, &mut short())),
+        Box::new(move || c.scale_by_inv_norm(&full(), &vec![1.0], NormRule::Eps(1e-7), &mut short())),
     );
     let c = cpu.clone();
     check(
@@ -1025,7 +1079,9 @@ fn empty_scalars_and_zero_sizes_do_not_panic() {
     let short: Vec<(&str, F)> = vec![
         (
             "scale_by_inv_norm with an empty sumsq",
-            Box::new(|| Cpu::<f32>::new().scale_by_inv_norm(&vec![1.0; 4], &vec![], 1e-7, &mut vec![0.0; 4])),
+            Box::new(|| {
+                Cpu::<f32>::new().scale_by_inv_norm(&vec![1.0; 4], &vec![], NormRule::Eps(1e-7), &mut vec![0.0; 4])
+            }),
         ),
         (
             "spectral_clamp with an empty sumsq",

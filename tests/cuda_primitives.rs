@@ -4,11 +4,11 @@
 //! Skips with a message when no GPU is usable; fails then when `MEP_REQUIRE_GPU=1`.
 
 mod common;
-use common::{chains, close, close_to_scale, gpu, randn, rng};
+use common::{chains, close, close_to_scale, gpu, randn, rel_err, rng};
 
 use mep::backend::cpu::Cpu;
 use mep::backend::cuda::Cuda;
-use mep::backend::Backend;
+use mep::backend::{Backend, NormRule};
 use mep::rng::Rng;
 use mep::Loss;
 
@@ -440,10 +440,30 @@ fn reductions_and_optimizer_kernels() {
         close("sum_sq", seed, &gpu.download(&qg).unwrap(), &qc);
 
         let mut yc = vec![0.0; x.len()];
-        cpu.scale_by_inv_norm(&x, &qc, 1e-7, &mut yc).unwrap();
+        cpu.scale_by_inv_norm(&x, &qc, NormRule::Eps(1e-7), &mut yc).unwrap();
         let mut yg = gpu.zeros(x.len()).unwrap();
-        gpu.scale_by_inv_norm(&xg, &qg, 1e-7, &mut yg).unwrap();
+        gpu.scale_by_inv_norm(&xg, &qg, NormRule::Eps(1e-7), &mut yg).unwrap();
         close("scale_by_inv_norm", seed, &gpu.download(&yg).unwrap(), &yc);
+        // The other rules, on a usable norm and on 0, ∞ and NaN: the kernel's power
+        // of two and its "keep" branch bit for bit the CPU's.
+        for s in [qc[0], 1e-30, 3e30, 0.0, f32::INFINITY, f32::NAN] {
+            for rule in [NormRule::InversePowerOfTwo, NormRule::OrKeep] {
+                let mut yc = vec![5.0f32; x.len()];
+                cpu.scale_by_inv_norm(&x, &vec![s], rule, &mut yc).unwrap();
+                let mut yg = gpu.upload(&vec![5.0f32; x.len()]).unwrap();
+                gpu.scale_by_inv_norm(&xg, &gpu.upload(&[s]).unwrap(), rule, &mut yg)
+                    .unwrap();
+                let got = gpu.download(&yg).unwrap();
+                if rule == NormRule::InversePowerOfTwo || !(s > 0.0 && s.is_finite()) {
+                    assert!(
+                        got == yc,
+                        "seed {seed}: scale_by_inv_norm {rule:?} with s = {s} differs from the CPU's"
+                    );
+                } else {
+                    close(&format!("scale_by_inv_norm {rule:?} s = {s}"), seed, &got, &yc);
+                }
+            }
+        }
 
         let sigma = (qc[0] as f64).sqrt();
         for gamma in [0.5 * sigma, 2.0 * sigma] {
@@ -1419,6 +1439,56 @@ fn fused_spectral_constraint_matches_the_gemm_iteration() {
                 }
                 gpu.write(&mut wg, &host).unwrap();
             }
+        }
+        gpu.set_fused(true);
+    }
+}
+
+/// The spectral constraint at magnitudes whose powers under- or overflow f32 (W·2^±40)
+/// and after a zero matrix, on the fused kernel and the GEMM path against the CPU: a
+/// zero W leaves the power-iteration vector as it was (bit for bit the CPU's), and the
+/// estimates and rescaled matrices that follow agree.
+#[test]
+fn the_spectral_constraint_holds_at_any_magnitude_on_both_paths() {
+    use mep::optim::spectral::PowerIter;
+    let Some(gpu) = gpu() else { return };
+    let cpu = Cpu::<f32>::new();
+    let (seed, mut r) = rng();
+    for case in 0..6 {
+        let k = if case == 5 { 33 } else { 1 + r.below(32) as usize };
+        let other = k + r.below(100) as usize;
+        let (rows, cols) = if case % 2 == 0 { (k, other) } else { (other, k) };
+        let start = 2000 + case as u64;
+        let scale = 2f32.powi([-40, 40, 0][case % 3]);
+        let w0: Vec<f32> = randn(&mut r, rows * cols, 0.3).into_iter().map(|v| v * scale).collect();
+        let zero = vec![0.0f32; rows * cols];
+        // The CPU: warm-up on W, a constrain on a zero matrix, a constrain on W again.
+        let mut pc = PowerIter::new(&cpu, &w0, rows, cols, start).unwrap();
+        let gamma = 0.5 * pc.sigma_sq(&cpu).unwrap().sqrt();
+        let u_warm = pc.vector_host(&cpu).unwrap();
+        pc.constrain(&cpu, &mut zero.clone(), gamma, 1).unwrap();
+        let mut wc = w0.clone();
+        pc.constrain(&cpu, &mut wc, gamma, 1).unwrap();
+        let want_sq = pc.sigma_sq(&cpu).unwrap();
+        for fused in [true, false] {
+            gpu.set_fused(fused);
+            let what = format!("case {case}: {rows}×{cols}, W·{scale:e}, fused {fused} (seed {seed})");
+            let mut wg = gpu.upload(&w0).unwrap();
+            let mut pg = PowerIter::new(&gpu, &wg, rows, cols, start).unwrap();
+            let u0 = pg.vector_host(&gpu).unwrap();
+            assert!(rel_err(&u0, &u_warm) < 1e-4, "{what}: warm-up vector against the CPU's");
+            let mut zg = gpu.upload(&zero).unwrap();
+            pg.constrain(&gpu, &mut zg, gamma, 1).unwrap();
+            assert_eq!(pg.sigma_sq(&gpu).unwrap(), 0.0, "{what}: σ̂² of a zero matrix");
+            let u1 = pg.vector_host(&gpu).unwrap();
+            assert_eq!(u1, u0, "{what}: a zero matrix moved the vector");
+            pg.constrain(&gpu, &mut wg, gamma, 1).unwrap();
+            let got_sq = pg.sigma_sq(&gpu).unwrap();
+            assert!(
+                (got_sq - want_sq).abs() <= 1e-4 * want_sq,
+                "{what}: σ̂² {got_sq} against the CPU's {want_sq}"
+            );
+            close(&what, seed, &gpu.download(&wg).unwrap(), &wc);
         }
         gpu.set_fused(true);
     }

@@ -8,7 +8,7 @@
 
 use mep::backend::cpu::Cpu;
 use mep::backend::cuda::host;
-use mep::backend::Backend;
+use mep::backend::{Backend, NormRule};
 use mep::nn::activation::ActChain;
 use mep::rng::Rng;
 use mep::Loss;
@@ -268,10 +268,27 @@ fn sum_sq_and_norm_scalings() {
     assert_eq!(qh2, qu, "seed {seed}: nesterov_sum_sq's sum differs from sum_sq's");
 
     let mut yc = vec![0.0; n];
-    cpu.scale_by_inv_norm(&x, &qc, 1e-7, &mut yc).unwrap();
+    cpu.scale_by_inv_norm(&x, &qc, NormRule::Eps(1e-7), &mut yc).unwrap();
     let mut yh = vec![f32::NAN; n];
-    host::scale_by_inv_norm(&x, &qc, 1e-7, &mut yh).unwrap();
+    host::scale_by_inv_norm(&x, &qc, NormRule::Eps(1e-7), &mut yh).unwrap();
     close("scale_by_inv_norm", seed, &yh, &yc);
+    // The other rules, on a usable norm and on 0, ∞ and NaN: the kernel's power of
+    // two and its "keep" branch bit for bit the CPU's.
+    for s in [qc[0], 1e-30, 3e30, 0.0, f32::INFINITY, f32::NAN] {
+        for rule in [NormRule::InversePowerOfTwo, NormRule::OrKeep] {
+            let (mut yc, mut yh) = (vec![5.0f32; n], vec![5.0f32; n]);
+            cpu.scale_by_inv_norm(&x, &vec![s], rule, &mut yc).unwrap();
+            host::scale_by_inv_norm(&x, &[s], rule, &mut yh).unwrap();
+            if rule == NormRule::InversePowerOfTwo || !(s > 0.0 && s.is_finite()) {
+                assert!(
+                    yh == yc,
+                    "seed {seed}: scale_by_inv_norm {rule:?} with s = {s} differs from the CPU's"
+                );
+            } else {
+                close(&format!("scale_by_inv_norm {rule:?} s = {s}"), seed, &yh, &yc);
+            }
+        }
+    }
 
     let sigma = (qc[0] as f64).sqrt();
     for gamma in [sigma * 0.5, sigma * 2.0] {

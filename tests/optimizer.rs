@@ -476,7 +476,7 @@ fn cross_entropy_on_a_single_output_is_refused() {
         .linear(6, 1)
         .build(2)
         .unwrap();
-    refused(smep(&one_out).build(), "loss", &["single output", "SquaredError"]);
+    refused(smep(&one_out).build(), "loss", &["single output", "2 outputs"]);
     refused(sgd(&one_out).mode(mep::Mode::Backprop).build(), "loss", &[]);
     // With label smoothing too: q = (1 − ε) + ε/1 is still 1.
     refused(
@@ -497,7 +497,232 @@ fn scales_that_vanish_or_overflow_in_f32_are_refused() {
     refused(smep(&m).gamma(1e-50).build(), "gamma", &["f32"]);
     refused(smep(&m).gamma(1e39).build(), "gamma", &[]);
     refused(smep(&m).settle_lr(1e-50).build(), "settle_lr", &["f32"]);
-    // Small but normal in f32 is a valid (if unusual) value.
-    sgd(&m).beta(1e-30).build().unwrap();
+    // Small but normal in f32 is a valid (if unusual) value for γ.
     smep(&m).gamma(1e-30).build().unwrap();
+}
+
+/// β below 8 ε of the network's precision is refused: in f32 (9.5e-7) the nudge is
+/// lost in the states' rounding and the estimate is noise (before, β = 1e-30 trained
+/// nothing, silently). Every rule that uses β, both energies; CL takes no β. Just
+/// above the floor the f32 estimate still points the right way, and an f64 model
+/// takes a far smaller β and is exact there.
+#[test]
+fn beta_below_the_precision_floor_is_refused() {
+    use mep::ep::{GradConfig, Mode, Nudging};
+    assert!((mep::optim::min_beta::<f32>() - 9.54e-7).abs() < 1e-9);
+    let seed = fresh_seed("beta_floor");
+    let mut rng = Rng::new(seed);
+    let x: Vec<f32> = normals(&mut rng, 8 * 20, 1.0).into_iter().map(|v| v as f32).collect();
+    let y = labels(&mut rng, 8, 4);
+    for energy in [Energy::LayeredLeastSquares, Energy::HOPFIELD] {
+        let m = two_layer(energy);
+        for rule in Nudging::ALL.into_iter().filter(|&r| r != Nudging::Contrastive) {
+            let loss = if rule.clamps() {
+                mep::Loss::SquaredError
+            } else {
+                mep::Loss::CrossEntropy
+            };
+            for beta in [1e-30, 1e-10, 5e-7] {
+                refused(
+                    sgd(&m).nudging(rule).loss(loss).beta(beta).build(),
+                    "beta",
+                    &["f32", "Model64"],
+                );
+            }
+            sgd(&m).nudging(rule).loss(loss).beta(1e-6).build().unwrap();
+        }
+    }
+    // Just above the floor (layered, PEP), the f32 estimate against f64's at a normal β.
+    let m = two_layer(Energy::LayeredLeastSquares);
+    let m64 = m.to_f64().unwrap();
+    let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+    let truth = {
+        let mut cfg = sgd(&m).mode(Mode::Backprop).build().unwrap().config().grad;
+        cfg.mode = Mode::Backprop;
+        m64.gradients(&cfg, &x64, &y).unwrap()
+    };
+    let near = sgd(&m).beta(2e-6).build().unwrap().gradients(&m, &x, &y).unwrap();
+    let c = near.cosine(&truth).unwrap();
+    assert!(
+        c > 0.95,
+        "seed {seed}: f32 estimate at β = 2e-6 has cosine {c} with the gradient"
+    );
+    // f64 goes far below: β = 1e-9 is exact to f64 rounding there, and its floor is 8 ε.
+    let mut cfg: GradConfig = sgd(&m).build().unwrap().config().grad;
+    cfg.beta = 1e-9;
+    let c = m64.gradients(&cfg, &x64, &y).unwrap().cosine(&truth).unwrap();
+    assert!(c > 0.99999, "seed {seed}: f64 estimate at β = 1e-9 has cosine {c}");
+    cfg.beta = 1e-15;
+    refused(m64.gradients(&cfg, &x64, &y), "beta", &["f64"]);
+}
+
+/// σ(W) by the f64 SVD.
+fn sigma_of(w: &[f64], rows: usize, cols: usize) -> f64 {
+    *singular_values(w, rows, cols).last().unwrap()
+}
+
+/// The spectral estimate at any magnitude: the Gram matrix is brought to norm ~1 by an
+/// exact power of two before it is squared, so W·2^m gives the same power-iteration
+/// vector bit for bit and σ̂² scaled by exactly 4^m, from 2^−40 to 2^40 (σ⁸ of the
+/// extremes under- and overflows f32: before the fix the estimate collapsed to 0 and
+/// the constraint stopped acting). In f32 and f64, wide and tall, on fresh matrices.
+#[test]
+fn the_spectral_estimate_is_exact_under_power_of_two_scaling() {
+    fn check<T: mep::backend::Scalar>(seed: u64) {
+        use mep::optim::spectral::PowerIter;
+        let mut rng = Rng::new(seed);
+        let bk = Cpu::<T>::new();
+        for case in 0..4 {
+            let k = 1 + rng.below(24) as usize;
+            let other = k + rng.below(60) as usize;
+            let (rows, cols) = if case % 2 == 0 { (k, other) } else { (other, k) };
+            let w = normals(&mut rng, rows * cols, 0.3);
+            let sigma = sigma_of(&w, rows, cols);
+            let scaled = |m: i32| -> Vec<T> { w.iter().map(|v| T::of(v * 2f64.powi(m))).collect() };
+            let base = PowerIter::new(&bk, &scaled(0), rows, cols, seed).unwrap();
+            let (u0, sq0) = (base.vector_host(&bk).unwrap(), base.sigma_sq(&bk).unwrap());
+            let what = format!("{rows}×{cols} (seed {seed}, {})", std::any::type_name::<T>());
+            assert!(
+                (sq0.sqrt() - sigma).abs() <= 0.01 * sigma,
+                "{what}: σ̂ {} against σ {sigma}",
+                sq0.sqrt()
+            );
+            for m in [-40, -24, -12, 12, 24, 40] {
+                let p = PowerIter::new(&bk, &scaled(m), rows, cols, seed).unwrap();
+                assert_eq!(
+                    p.vector_host(&bk).unwrap(),
+                    u0,
+                    "{what}: W·2^{m} moved the power-iteration vector"
+                );
+                let sq = p.sigma_sq(&bk).unwrap();
+                assert_eq!(sq, sq0 * 4f64.powi(m), "{what}: σ̂² of W·2^{m}");
+            }
+        }
+    }
+    check::<f32>(fresh_seed("spectral_scaling_f32"));
+    check::<f64>(fresh_seed("spectral_scaling_f64"));
+}
+
+/// A zero matrix (a zero-initialised layer, or one that decays to zero) leaves the
+/// power-iteration vector as it was: the constraint still acts on the matrices that
+/// follow. Before the fix the vector became 0 and σ̂ stayed 0 for good.
+#[test]
+fn a_zero_matrix_does_not_switch_the_spectral_constraint_off() {
+    use mep::optim::spectral::PowerIter;
+    let seed = fresh_seed("spectral_zero");
+    let mut rng = Rng::new(seed);
+    let bk = Cpu::<f32>::new();
+    for case in 0..4 {
+        let k = 1 + rng.below(16) as usize;
+        let other = k + rng.below(40) as usize;
+        let (rows, cols) = if case % 2 == 0 { (k, other) } else { (other, k) };
+        let what = format!("{rows}×{cols} (seed {seed})");
+        let zero = vec![0.0f32; rows * cols];
+        let mut p = PowerIter::new(&bk, &zero, rows, cols, seed).unwrap();
+        assert_eq!(p.sigma_sq(&bk).unwrap(), 0.0, "{what}: σ̂² of a zero matrix");
+        for step in 0..3 {
+            let w = normals(&mut rng, rows * cols, 1.0);
+            let sigma = sigma_of(&w, rows, cols);
+            let gamma = 0.5 * sigma;
+            let mut wb: Vec<f32> = w.iter().map(|&v| v as f32).collect();
+            p.constrain(&bk, &mut wb, gamma, 1).unwrap();
+            let after = sigma_of(&wb.iter().map(|&v| v as f64).collect::<Vec<_>>(), rows, cols);
+            assert!(
+                after <= 1.01 * gamma && after >= 0.99 * gamma,
+                "{what}, step {step}: σ {sigma:.4} → {after:.4}, γ {gamma:.4}"
+            );
+            // A zero matrix between two real ones.
+            let mut z = zero.clone();
+            p.constrain(&bk, &mut z, gamma, 1).unwrap();
+            assert!(z.iter().all(|&v| v == 0.0), "{what}: the zero matrix changed");
+        }
+    }
+}
+
+/// The public API, end to end: SMEP with the constraint on a zero-initialised output
+/// layer keeps σ(W) ≤ 1.01·γ after every step once the layer grows.
+#[test]
+fn a_zero_initialised_constrained_layer_is_bounded_after_every_step() {
+    use mep::optim::smep;
+    use mep::{Device, Sequential};
+    let seed = fresh_seed("spectral_zero_layer");
+    let mut rng = Rng::new(seed);
+    let mut model = Sequential::new(&Device::Cpu)
+        .linear(20, 16)
+        .relu()
+        .linear(16, 4)
+        .build(seed)
+        .unwrap();
+    let mut params = model.parameters().unwrap();
+    params[1].0.iter_mut().for_each(|v| *v = 0.0);
+    model.set_parameters(&params).unwrap();
+    let gamma = 0.5;
+    let mut opt = smep(&model)
+        .spectral_layers(SpectralLayers::Output)
+        .gamma(gamma)
+        .lr(0.2)
+        .build()
+        .unwrap();
+    let mut grown = false;
+    for step in 0..40 {
+        let x: Vec<f32> = normals(&mut rng, 32 * 20, 1.0).into_iter().map(|v| v as f32).collect();
+        let y = labels(&mut rng, 32, 4);
+        opt.step(&mut model, &x, &y).unwrap();
+        let sigma = sigma_of(&model.parameters().unwrap()[1].0, 4, 16);
+        assert!(
+            sigma <= 1.01 * gamma,
+            "step {step} (seed {seed}): σ(W₂) {sigma:.4} > 1.01·γ"
+        );
+        grown |= sigma > 0.9 * gamma;
+    }
+    assert!(
+        grown,
+        "seed {seed}: the layer never reached the bound; the test would not catch the defect"
+    );
+}
+
+/// A saved state whose power-iteration vector is zero (written by versions that let
+/// a zero matrix zero it) is imported without it: the engine keeps its own vector,
+/// and the constraint acts on the next step.
+#[test]
+fn a_saved_zero_power_vector_is_replaced_by_the_engines_own() {
+    let seed = fresh_seed("zero_power_u");
+    let mut rng = Rng::new(seed);
+    let mut net = mep::nn::Network::new(
+        Cpu::<f32>::new(),
+        mep::nn::Arch::mlp(&[20, 16, 5], Activation::Relu).unwrap(),
+        Energy::LayeredLeastSquares,
+        seed,
+    )
+    .unwrap();
+    let mut cfg = OptimConfig::smep();
+    cfg.spectral.gamma = 0.2;
+    cfg.spectral.layers = SpectralLayers::Output;
+    let rows = 16;
+    let mut eng = Engine::new(cfg, &net, rows).unwrap();
+    let mut state = eng.export_state().unwrap();
+    let u = state.tensors.iter_mut().find(|t| t.name.ends_with("power_u")).unwrap();
+    u.values.iter_mut().for_each(|v| *v = 0.0);
+    eng.import_state(&net, &state).unwrap();
+    for step in 0..5 {
+        let x: Vec<f32> = normals(&mut rng, rows * 20, 1.0)
+            .into_iter()
+            .map(|v| v as f32)
+            .collect();
+        let y = labels(&mut rng, rows, 5);
+        eng.ws.load_host_batch(&x, &y).unwrap();
+        eng.step(&mut net, rows).unwrap();
+        let (w, _) = &net.to_host().unwrap()[1];
+        let sigma = sigma_of(w, 5, 16);
+        assert!(
+            sigma <= 0.2 * 1.01,
+            "step {step} (seed {seed}): σ(W₂) {sigma:.4} > 1.01·γ"
+        );
+    }
+    let after = eng.export_state().unwrap();
+    let u = after.tensors.iter().find(|t| t.name.ends_with("power_u")).unwrap();
+    assert!(
+        u.values.iter().any(|&v| v != 0.0),
+        "seed {seed}: the vector stayed zero"
+    );
 }

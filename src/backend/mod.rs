@@ -349,9 +349,11 @@ pub trait Backend: Clone + Send + Sync + 'static {
 
     // ---- optimizer element-wise ---------------------------------------------------------
 
-    /// `y ← x / (√sumsq[0] + eps)`: Frobenius normalisation (Newton–Schulz input,
-    /// power-iteration vectors) with the norm read on the device.
-    fn scale_by_inv_norm(&self, x: &Self::Buf, sumsq: &Self::Buf, eps: f64, y: &mut Self::Buf) -> Result<()>;
+    /// `y ← x / ‖x‖` by `rule`, with `sumsq[0]` (the squared norm) read on the device:
+    /// the Newton–Schulz input, the spectral constraint's Gram matrices and
+    /// power-iteration vectors. See [`NormRule`] for the cases where the norm is 0 or
+    /// not finite.
+    fn scale_by_inv_norm(&self, x: &Self::Buf, sumsq: &Self::Buf, rule: NormRule, y: &mut Self::Buf) -> Result<()>;
     /// Spectral constraint: with `σ̂ = √sumsq[0]`, if σ̂ > γ then w ← w·γ/σ̂.
     fn spectral_clamp(&self, w: &mut Self::Buf, sumsq: &Self::Buf, gamma: f64) -> Result<()>;
     /// y ← α·x + β·y with α and β read from the [`ctl`] scalar slots `alpha_slot` and
@@ -546,6 +548,46 @@ pub trait Backend: Clone + Send + Sync + 'static {
             self.name()
         )))
     }
+}
+
+/// How [`Backend::scale_by_inv_norm`] turns `s = sumsq[0]`, a squared norm, into the
+/// factor applied to `x`. The rule's code (`NormRule::code`) is what the CUDA kernel
+/// `scale_by_inv_norm` (`kernels/optim.cu`) switches on.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum NormRule {
+    /// `y ← x / (√s + eps)`: `eps` keeps a zero `x` at zero.
+    Eps(f64),
+    /// `y ← x·2^(−e)`, where `s = m·2^e` with `m` in [½, 1) (`e` clamped to
+    /// [−126, 126]): `x` divided by `s` to within a factor of 2, by a power of two, so
+    /// exactly: whatever is computed from `y` scales back without rounding. With `s`
+    /// = ‖W‖² = tr(WWᵀ) it brings a Gram matrix of any magnitude to trace ~1, whose
+    /// powers neither underflow nor overflow. `y ← x` when `s` is 0 or not finite.
+    /// (Unlike the other rules, `s` here need not be `x`'s own squared norm.)
+    InversePowerOfTwo,
+    /// `y ← x / √s` when `s` is positive and finite; otherwise `y` keeps its value. A
+    /// power iteration keeps its last direction instead of collapsing to 0 (which
+    /// would never recover) when the matrix it iterates on is 0.
+    OrKeep,
+}
+
+impl NormRule {
+    /// The rule as the kernels take it: (code, eps) with code 0 = `Eps`,
+    /// 1 = `InversePowerOfTwo`, 2 = `OrKeep`.
+    pub fn code(self) -> (u32, f64) {
+        match self {
+            NormRule::Eps(eps) => (0, eps),
+            NormRule::InversePowerOfTwo => (1, 0.0),
+            NormRule::OrKeep => (2, 0.0),
+        }
+    }
+}
+
+/// `2^(−e)` for a positive, finite `s = m·2^e` with `m` in [½, 1) (C's `frexp`
+/// exponent, read from the bits), `e` clamped to [−126, 126] so that the factor is a
+/// normal f32 (as the kernel clamps it; below 2^−126 it is no longer exact).
+pub(crate) fn pow2_below_inv(s: f64) -> f64 {
+    let e = ((s.to_bits() >> 52) & 0x7ff) as i32 - 1022;
+    2f64.powi(-e.clamp(-126, 126))
 }
 
 /// One product of [`Backend::square_products`]: `out ← α·(x·y) + (β·z + γ·w)` for

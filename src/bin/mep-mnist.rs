@@ -164,7 +164,8 @@ struct Args {
     /// Seed (model initialisation and shuffling).
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// CPU threads (default: all cores).
+    /// CPU threads (default: all cores; on a machine whose cores are busy with other
+    /// work, 1 is faster: the threads wait for each other every few microseconds).
     #[arg(long)]
     threads: Option<usize>,
     /// auto, cpu, cuda or cuda:N.
@@ -1127,11 +1128,13 @@ fn run(args: Args) -> mep::Result<()> {
         }
     }
     if let Some(path) = &args.plot {
+        // The flags' own spellings (`smep ep`), not the Rust names.
+        let flag = |v: Option<clap::builder::PossibleValue>| v.map(|p| p.get_name().to_string()).unwrap_or_default();
         let title = format!(
-            "mep-mnist: {}, {:?} {:?} {}, batch {}, seed {}",
+            "mep-mnist: {}, {} {} {}, batch {}, seed {}",
             model.arch().describe(),
-            args.optimizer,
-            args.mode,
+            flag(args.optimizer.to_possible_value()),
+            flag(args.mode.to_possible_value()),
             model.energy().name(),
             args.batch_size,
             args.seed

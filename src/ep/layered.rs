@@ -64,6 +64,17 @@ fn forward_from_drive<B: Backend>(net: &Network<B>, ws: &mut Workspace<B>, rows:
 /// state), and the iteration converges at any depth. The default ω is chosen by
 /// measurement (BENCHMARKS.md §3).
 ///
+/// That analysis needs φ′ to be continuous. With a piecewise-linear activation (ReLU,
+/// the default, and hard sigmoid) φ′ jumps at the kink, so a unit whose state lies
+/// within the nudge's reach of it can switch φ′ from one sweep to the next: the
+/// iteration then ends in a small cycle, not at a fixed point (the fifth user trial,
+/// 10–32–32–4 ReLU, squared error, β = 0.5: the residual falls to about 0.03 in 3
+/// sweeps and stays there to 1000; with tanh it falls to 1.5e-7 by 30). The estimate
+/// then depends on the sweep count at the 1% level (cosine with the backprop
+/// gradient 0.995 ± 0.001), which training does not notice (the seed's 97.3% is with
+/// ReLU); studies of EP's bias against β or the settle count want a smooth
+/// activation (tanh, sigmoid).
+///
 /// A clamped phase ([`Phase::Clamp`]) fixes the output state at o⋆ + t(y − o⋆) first
 /// (the output layer has no activation, so its state is the output), and the sweeps
 /// then settle the layers below it: the output error e_L = s_L − W_L φ(s_{L−1}) − b_L is

@@ -273,7 +273,7 @@ impl<'m> OptimizerBuilder<'m> {
                 "loss",
                 "cross-entropy",
                 format!(
-                    "the softmax of a single output is 1 whatever the input, so the cross-entropy of this {} model is always 0 and nothing would train: give the model one output per class (at least 2), or use Loss::SquaredError",
+                    "the softmax of a single output is 1 whatever the input, so the cross-entropy of this {} model is always 0 and nothing would train: give the model one output per class (at least 2; labels run from 0 to outputs − 1, so a yes/no task needs 2 outputs)",
                     arch.describe()
                 ),
             ));

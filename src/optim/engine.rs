@@ -2,11 +2,11 @@
 //! for each parameter, then the spectral constraint. Written once over
 //! [`Backend`] primitives.
 
-use super::config::{MatrixRule, OptimConfig, SpectralLayers, VectorRule};
+use super::config::{min_beta, MatrixRule, OptimConfig, SpectralLayers, VectorRule};
 use super::newton_schulz::{orthogonalize_from, NsOut, NsScratch};
 use super::spectral::PowerIter;
 use crate::backend::{ctl, Backend, Scalar};
-use crate::ep::{compute_gradients_deferred, Energy, Grads, Mode, Workspace};
+use crate::ep::{compute_gradients_deferred, Energy, Grads, Mode, Nudging, Workspace};
 use crate::nn::{Arch, Block, Network};
 use crate::train::DeviceData;
 use crate::{MepError, Result};
@@ -65,6 +65,9 @@ pub struct StepStats {
     /// Settle residual at the end of the nudged phase(s), root-mean-square per sample:
     /// ‖∇_s F‖ for the layered energy, the state change of the last sweep ‖Δs‖ for
     /// the Hopfield energy (0 at equilibrium; 0 in Backprop mode, which settles nothing).
+    /// With a piecewise-linear activation (ReLU, hard sigmoid) the layered residual
+    /// has a floor, however many steps: units at the kink switch φ′ between sweeps
+    /// (see [`crate::ep::layered::nudged_phase`]).
     pub settle_residual: f64,
     /// The same for the Hopfield free phase (‖Δs‖ of its last sweep); 0 for the
     /// layered energy, whose free phase is the exact forward pass.
@@ -143,6 +146,25 @@ impl<B: Backend> Engine<B> {
     /// Validates `cfg` against the network and allocates the state.
     pub fn new(cfg: OptimConfig, net: &Network<B>, batch_hint: usize) -> Result<Self> {
         cfg.validate()?;
+        let g = &cfg.grad;
+        if g.mode == Mode::Ep && g.nudging != Nudging::Contrastive && g.beta < min_beta::<B::Elem>() {
+            let (precision, fix) = if min_beta::<B::Elem>() > 1e-10 {
+                (
+                    "f32",
+                    "use β ≥ 1e-4 in f32, or a Model64 (f64, floor 1.8e-15) for a smaller β",
+                )
+            } else {
+                ("f64", "use a larger β")
+            };
+            return Err(MepError::invalid(
+                "beta",
+                g.beta,
+                format!(
+                    "below {:.2e} (8 ε of {precision}, the precision this network computes in), the nudge is lost in the states' rounding and the EP estimate is noise (in f32, already 6% off in direction at β = 1e-6): {fix}",
+                    min_beta::<B::Elem>()
+                ),
+            ));
+        }
         if cfg.grad.mode == Mode::Backprop && net.energy != Energy::LayeredLeastSquares {
             return Err(MepError::invalid(
                 "mode",

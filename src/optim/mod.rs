@@ -9,6 +9,7 @@ pub mod spectral;
 
 pub use builder::{adam, sgd, smep, Optimizer, OptimizerBuilder};
 pub use config::{
-    MatrixRule, MuonScale, OptimConfig, Schedule, Spectral, SpectralLayers, VectorRule, DEFAULT_SETTLE_LR,
+    min_beta, MatrixRule, MuonScale, OptimConfig, Schedule, Spectral, SpectralLayers, VectorRule, BETA_FLOOR_EPSILONS,
+    DEFAULT_SETTLE_LR,
 };
 pub use engine::{Engine, OptimizerState, StepStats};

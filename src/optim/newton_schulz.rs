@@ -24,7 +24,7 @@
 //! The result goes to [`NsScratch::x`] or, for Muon's update, straight into the
 //! weights ([`NsOut::Update`], through [`Backend::gemm_ctl`]).
 
-use crate::backend::{Backend, NsIteration, NsNorm, Scalar, SquareProduct};
+use crate::backend::{Backend, NormRule, NsIteration, NsNorm, Scalar, SquareProduct};
 use crate::{MepError, Result};
 
 /// The eps of X₀ = U / (‖U‖_F + eps).
@@ -145,7 +145,7 @@ pub fn orthogonalize_from<B: Backend>(
     // normalised copy of U, one launch fewer on the chain. Otherwise X₀ = U/‖U‖.
     let fold_norm = steps > 0 && bk.folds_ns_norm(k);
     if !fold_norm {
-        bk.scale_by_inv_norm(u, &sc.norm, NORM_EPS, &mut sc.x0)?;
+        bk.scale_by_inv_norm(u, &sc.norm, NormRule::Eps(NORM_EPS), &mut sc.x0)?;
     }
     let x0 = if fold_norm { u } else { &sc.x0 };
     if wide {

@@ -14,7 +14,7 @@
 //! a device scalar: no host round trip. A backend may run the whole of it as one
 //! fused operation ([`Backend::spectral_power`]).
 
-use crate::backend::{Backend, Scalar};
+use crate::backend::{Backend, NormRule, Scalar};
 use crate::rng::Rng;
 use crate::Result;
 
@@ -71,23 +71,33 @@ impl<B: Backend> PowerIter<B> {
         } else {
             bk.gemm(true, false, k, k, rows, 1.0, w, w, 0.0, &mut self.gram)?;
         }
+        // G's magnitude first: G divided by tr G = ‖W‖² up to a factor of 2, by an exact
+        // power of two, so that the first squaring's sum of squares (σ⁸) neither
+        // underflows (σ below about 1e-5 in f32) nor overflows (σ above about 6e4),
+        // and the result is the same, bit for bit, as without it wherever neither
+        // happens. (‖W‖², not ‖G‖²: that one would underflow below σ ≈ 1e-10.)
+        bk.sum_sq(w, &mut self.norm)?;
+        bk.scale_by_inv_norm(&self.gram, &self.norm, NormRule::InversePowerOfTwo, &mut self.tmp)?;
+        std::mem::swap(&mut self.gram, &mut self.tmp);
         // H = G^1024 by squaring, normalised after squarings 1, 3, 5, … and the last:
-        // between normalisations entries grow by at most λ² (from G) or stay ≤ 1
-        // (from a normalised H), and shrink by at most 1/k², all well inside f32.
+        // between normalisations entries grow by at most λ² ≤ 1 or stay ≤ 1 (from a
+        // normalised H), and shrink by at most 1/k², all well inside f32.
         for j in 0..SQUARINGS {
             bk.gemm(false, false, k, k, k, 1.0, &self.gram, &self.gram, 0.0, &mut self.tmp)?;
             if j % 2 == 0 || j + 1 == SQUARINGS {
                 bk.sum_sq(&self.tmp, &mut self.norm)?;
-                bk.scale_by_inv_norm(&self.tmp, &self.norm, 1e-30, &mut self.gram)?;
+                bk.scale_by_inv_norm(&self.tmp, &self.norm, NormRule::Eps(1e-30), &mut self.gram)?;
             } else {
                 std::mem::swap(&mut self.gram, &mut self.tmp);
             }
         }
         for _ in 0..iters.max(1) {
-            // u ← Hu / ‖Hu‖ (H symmetric: Hu = uH as a row).
+            // u ← Hu / ‖Hu‖ (H symmetric: Hu = uH as a row). Where Hu is 0 (W is 0)
+            // u keeps its direction: a zero u would stay zero, and the constraint
+            // would never act again, even on a W that grows later.
             bk.gemm(false, false, 1, k, k, 1.0, &self.u, &self.gram, 0.0, &mut self.hu)?;
             bk.sum_sq(&self.hu, &mut self.norm)?;
-            bk.scale_by_inv_norm(&self.hu, &self.norm, 1e-30, &mut self.u)?;
+            bk.scale_by_inv_norm(&self.hu, &self.norm, NormRule::OrKeep, &mut self.u)?;
         }
         // σ̂² = ‖Wᵀu‖² (wide) or ‖Wu‖² (tall).
         if wide {
@@ -124,6 +134,13 @@ impl<B: Backend> PowerIter<B> {
     /// that step rescaled W. Reads the device (a synchronisation).
     pub fn sigma_sq(&self, bk: &B) -> Result<f64> {
         Ok(bk.download(&self.norm)?[0].f64())
+    }
+
+    /// The persistent vector u (length `min(rows, cols)`), the estimate of W's top
+    /// left (wide W) or right (tall W) singular vector. Reads the device (a
+    /// synchronisation).
+    pub fn vector_host(&self, bk: &B) -> Result<Vec<f64>> {
+        Ok(bk.download(&self.u)?.into_iter().map(|v| v.f64()).collect())
     }
 }
 

@@ -131,7 +131,9 @@ impl<B: Backend> Engine<B> {
     /// than the one this engine was built for, or naming a tensor this
     /// optimizer needs that `state` lacks, one it has that this optimizer does not
     /// (another optimizer's state), or a tensor of another shape;
-    /// [`MepError::NonFinite`] naming a NaN or infinite value.
+    /// [`MepError::NonFinite`] naming a NaN or infinite value. A power-iteration
+    /// vector that is all zeros (saved by an older version after a zero matrix) is
+    /// not taken: this engine keeps its own.
     pub fn import_state(&mut self, net: &Network<B>, state: &OptimizerState) -> Result<()> {
         self.check_network(net)?;
         let layout: Vec<(String, Vec<usize>)> = self.slots().into_iter().map(|(n, s, _)| (n, s)).collect();
@@ -166,6 +168,13 @@ impl<B: Backend> Engine<B> {
         let bk = self.ws.backend.clone();
         for (name, _, buf) in self.slots_mut() {
             let t = state.get(&name).expect("checked above");
+            // A zero power-iteration vector never moves again (Hu = 0). Versions that
+            // did not yet keep the vector on a zero matrix saved one after such a
+            // matrix, with the constraint no longer acting. This engine's own vector
+            // (warmed up on the same weights) takes its place.
+            if slot_of(&name) == "power_u" && t.values.iter().all(|&v| v == 0.0) {
+                continue;
+            }
             let host: Vec<B::Elem> = t.values.iter().map(|&v| B::Elem::of(v)).collect();
             bk.write(buf, &host)?;
         }

@@ -10,7 +10,7 @@ mod gemm;
 mod pool;
 mod simd;
 
-use super::{Backend, Scalar};
+use super::{pow2_below_inv, Backend, NormRule, Scalar};
 use crate::flops::GemmShape;
 use crate::nn::activation::ActChain;
 use crate::{Loss, MepError, Result};
@@ -759,10 +759,20 @@ impl<T: Scalar> Backend for Cpu<T> {
         Ok(())
     }
 
-    fn scale_by_inv_norm(&self, x: &Vec<T>, sumsq: &Vec<T>, eps: f64, y: &mut Vec<T>) -> Result<()> {
+    fn scale_by_inv_norm(&self, x: &Vec<T>, sumsq: &Vec<T>, rule: NormRule, y: &mut Vec<T>) -> Result<()> {
         check_len("scale_by_inv_norm y", y.len(), x.len())?;
         check_len("scale_by_inv_norm sumsq", sumsq.len(), 1)?;
-        let inv = T::one() / (sumsq[0].sqrt() + T::of(eps));
+        let s = sumsq[0];
+        let usable = s > T::zero() && s.f64().is_finite();
+        // In T's own arithmetic, as the kernel does in f32 (a power of two is exact in
+        // either).
+        let inv = match rule {
+            NormRule::Eps(eps) => T::one() / (s.sqrt() + T::of(eps)),
+            NormRule::InversePowerOfTwo if usable => T::of(pow2_below_inv(s.f64())),
+            NormRule::InversePowerOfTwo => T::one(),
+            NormRule::OrKeep if usable => T::one() / s.sqrt(),
+            NormRule::OrKeep => return Ok(()),
+        };
         map_with(&mut y[..x.len()], x, |v, xv| *v = xv * inv);
         Ok(())
     }

@@ -15,7 +15,7 @@
 
 use super::check_len;
 use super::shapes::{grid_1d, grid_rows, Shape, ROW_BLOCK};
-use crate::backend::ctl;
+use crate::backend::{ctl, NormRule};
 use crate::nn::activation::ActChain;
 use crate::{Loss, MepError, Result};
 use std::ffi::{c_char, c_void, CStr, CString};
@@ -437,11 +437,12 @@ pub fn fill(y: &mut [f32], value: f64) -> Result<()> {
 }
 
 /// [`crate::backend::Backend::scale_by_inv_norm`] with the `scale_by_inv_norm` kernel.
-pub fn scale_by_inv_norm(x: &[f32], sumsq: &[f32], eps: f64, y: &mut [f32]) -> Result<()> {
+pub fn scale_by_inv_norm(x: &[f32], sumsq: &[f32], rule: NormRule, y: &mut [f32]) -> Result<()> {
     check_len("scale_by_inv_norm y", y.len(), x.len())?;
     check_len("scale_by_inv_norm sumsq", sumsq.len(), 1)?;
+    let (code, eps) = rule.code();
     let (n64, e, xp, qp, yp) = (x.len() as u64, eps as f32, x.as_ptr(), sumsq.as_ptr(), y.as_mut_ptr());
-    launch!("scale_by_inv_norm", g1(x.len()), [n64, xp, qp, e, yp])
+    launch!("scale_by_inv_norm", g1(x.len()), [n64, xp, qp, e, code, yp])
 }
 
 /// [`crate::backend::Backend::spectral_clamp`] with the `spectral_clamp` kernel.

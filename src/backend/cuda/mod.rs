@@ -63,7 +63,7 @@ pub use self::graph::Graph;
 use self::libs::{check_libraries, versions};
 use self::nvrtc::no_panic;
 use self::shapes::Shape;
-use super::Backend;
+use super::{Backend, NormRule};
 use crate::nn::activation::ActChain;
 use crate::{Loss, MepError, Result};
 use cudarc::driver::sys::CUdevice_attribute;
@@ -719,10 +719,10 @@ impl Backend for Cuda {
         &self,
         x: &CudaSlice<f32>,
         sumsq: &CudaSlice<f32>,
-        eps: f64,
+        rule: NormRule,
         y: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        self.launch_scale_by_inv_norm(x, sumsq, eps, y)
+        self.launch_scale_by_inv_norm(x, sumsq, rule, y)
     }
 
     fn spectral_clamp(&self, w: &mut CudaSlice<f32>, sumsq: &CudaSlice<f32>, gamma: f64) -> Result<()> {

@@ -4,7 +4,7 @@
 //! grid-stride launch each.
 
 use super::{check_len, dim32, Cuda};
-use crate::backend::ctl;
+use crate::backend::{ctl, NormRule};
 use crate::Result;
 use cudarc::driver::CudaSlice;
 
@@ -72,7 +72,7 @@ impl Cuda {
         &self,
         x: &CudaSlice<f32>,
         sumsq: &CudaSlice<f32>,
-        eps: f64,
+        rule: NormRule,
         y: &mut CudaSlice<f32>,
     ) -> Result<()> {
         check_len("scale_by_inv_norm y", y.len(), x.len())?;
@@ -81,8 +81,14 @@ impl Cuda {
         if n == 0 {
             return Ok(());
         }
+        let (code, eps) = rule.code();
         let (n64, e) = (n as u64, eps as f32);
-        launch!(self, "scale_by_inv_norm", self.grid_1d(n), [&n64, x, sumsq, &e, y])
+        launch!(
+            self,
+            "scale_by_inv_norm",
+            self.grid_1d(n),
+            [&n64, x, sumsq, &e, &code, y]
+        )
     }
 
     /// `Backend::spectral_clamp`: the `spectral_clamp` kernel.
