@@ -40,9 +40,13 @@ const SPIN: Duration = Duration::from_micros(200);
 pub(crate) const MAX_THREADS_PER_CORE: usize = 8;
 
 /// The most threads the CPU backend runs: [`MAX_THREADS_PER_CORE`] × the available
-/// cores.
+/// cores, read once. (`available_parallelism` reads the cgroup's CPU quota files
+/// on every call: about 35 µs in a container, which [`Pool::run`] paid on every
+/// fork: a 2-task job cost 40 µs instead of well under one, and two threads ran
+/// the seed epoch 1.4× slower than one on a Zen 3 VM, BENCHMARKS.md §6c.)
 pub(crate) fn max_threads() -> usize {
-    MAX_THREADS_PER_CORE * std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    static CORES: OnceLock<usize> = OnceLock::new();
+    MAX_THREADS_PER_CORE * *CORES.get_or_init(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
 }
 
 /// Refuses a thread count of 0 or above [`max_threads`], naming the limit: for
