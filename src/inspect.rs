@@ -52,6 +52,8 @@ pub struct LayerGradient {
 /// assert_eq!(a.flatten(), vec![1.0, 0.0, 0.0]);
 /// // A zero gradient has no direction: its cosine with anything is NaN.
 /// assert!(a.cosine(&g(vec![0.0, 0.0])).unwrap().is_nan());
+/// // Values whose squares under- or overflow f64 still have one.
+/// assert!((g(vec![1e-200, 0.0]).cosine(&g(vec![1e200, 1e200])).unwrap() - 0.5f64.sqrt()).abs() < 1e-15);
 /// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct Gradients {
@@ -129,14 +131,19 @@ impl Gradients {
 }
 
 fn cosine(a: &[f64], b: &[f64]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    // Each side divided by its largest magnitude first, so that squares of values
+    // near 1e±200 neither underflow nor overflow (the cosine does not depend on it).
+    let unit = |v: &[f64]| -> Option<Vec<f64>> {
+        let m = v.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        (m > 0.0 && m.is_finite()).then(|| v.iter().map(|x| x / m).collect())
+    };
+    let (Some(a), Some(b)) = (unit(a), unit(b)) else {
+        return f64::NAN;
+    };
+    let dot: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
     let na = a.iter().map(|v| v * v).sum::<f64>().sqrt();
     let nb = b.iter().map(|v| v * v).sum::<f64>().sqrt();
-    if na == 0.0 || nb == 0.0 {
-        f64::NAN
-    } else {
-        dot / (na * nb)
-    }
+    dot / (na * nb)
 }
 
 /// Checks a host batch (`rows × inputs` values, finite; `rows` labels below the
@@ -215,7 +222,7 @@ pub fn outputs<B: Backend, X: Copy + Into<f64>>(net: &Network<B>, x: &[X]) -> Re
 
 /// Mean `loss` of the inference outputs for the batch `(x, y)`.
 pub fn mean_cost<B: Backend, X: Copy + Into<f64>>(net: &Network<B>, x: &[X], y: &[u32], loss: Loss) -> Result<f64> {
-    loss.validate()?;
+    loss.validate_for(&net.arch)?;
     let (mut ws, rows) = workspace(net, x, Some(y))?;
     crate::ep::inference(net, &mut ws, rows)?;
     let bk = &net.backend;

@@ -42,6 +42,25 @@ impl Loss {
         }
         Ok(())
     }
+
+    /// [`Loss::validate`], and refuses cross-entropy on a single output, where it is
+    /// 0 whatever the network does: every entry point that evaluates or trains a
+    /// network with a loss (the optimizer builder, [`crate::optim::Engine::new`],
+    /// the inspection functions) calls it.
+    pub(crate) fn validate_for(self, arch: &crate::nn::Arch) -> crate::Result<()> {
+        self.validate()?;
+        if matches!(self, Loss::CrossEntropy { .. }) && arch.outputs() < 2 {
+            return Err(crate::MepError::invalid(
+                "loss",
+                "cross-entropy",
+                format!(
+                    "the softmax of a single output is 1 whatever the input, so the cross-entropy of this {} model is always 0 and nothing would train: give the model one output per class (at least 2; labels run from 0 to outputs − 1, so a yes/no task needs 2 outputs)",
+                    arch.describe()
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl std::str::FromStr for Loss {

@@ -134,7 +134,7 @@ impl Model64 {
                 ),
             ));
         }
-        loss.validate()?;
+        loss.validate_for(&self.net.arch)?;
         let base = self.parameters()?;
         let mut scratch = Model64::new(self.net.arch.clone(), self.net.energy, 0)?;
         let mut values = base.clone();

@@ -4,7 +4,7 @@
 //! Skips with a message when no GPU is usable; fails then when `MEP_REQUIRE_GPU=1`.
 
 mod common;
-use common::{chains, close, close_to_scale, gpu, randn, rel_err, rng};
+use common::{chains, close, close_to_scale, gpu, norm_rules_match_the_cpu, randn, rel_err, rng};
 
 use mep::backend::cpu::Cpu;
 use mep::backend::cuda::Cuda;
@@ -444,26 +444,12 @@ fn reductions_and_optimizer_kernels() {
         let mut yg = gpu.zeros(x.len()).unwrap();
         gpu.scale_by_inv_norm(&xg, &qg, NormRule::Eps(1e-7), &mut yg).unwrap();
         close("scale_by_inv_norm", seed, &gpu.download(&yg).unwrap(), &yc);
-        // The other rules, on a usable norm and on 0, ∞ and NaN: the kernel's power
-        // of two and its "keep" branch bit for bit the CPU's.
-        for s in [qc[0], 1e-30, 3e30, 0.0, f32::INFINITY, f32::NAN] {
-            for rule in [NormRule::InversePowerOfTwo, NormRule::OrKeep] {
-                let mut yc = vec![5.0f32; x.len()];
-                cpu.scale_by_inv_norm(&x, &vec![s], rule, &mut yc).unwrap();
-                let mut yg = gpu.upload(&vec![5.0f32; x.len()]).unwrap();
-                gpu.scale_by_inv_norm(&xg, &gpu.upload(&[s]).unwrap(), rule, &mut yg)
-                    .unwrap();
-                let got = gpu.download(&yg).unwrap();
-                if rule == NormRule::InversePowerOfTwo || !(s > 0.0 && s.is_finite()) {
-                    assert!(
-                        got == yc,
-                        "seed {seed}: scale_by_inv_norm {rule:?} with s = {s} differs from the CPU's"
-                    );
-                } else {
-                    close(&format!("scale_by_inv_norm {rule:?} s = {s}"), seed, &got, &yc);
-                }
-            }
-        }
+        norm_rules_match_the_cpu(seed, &x, qc[0], |rule, s| {
+            let mut yg = gpu.upload(&vec![5.0f32; x.len()]).unwrap();
+            gpu.scale_by_inv_norm(&xg, &gpu.upload(&[s]).unwrap(), rule, &mut yg)
+                .unwrap();
+            gpu.download(&yg).unwrap()
+        });
 
         let sigma = (qc[0] as f64).sqrt();
         for gamma in [0.5 * sigma, 2.0 * sigma] {

@@ -14,7 +14,7 @@ use mep::rng::Rng;
 use mep::Loss;
 
 mod common;
-use common::{chains, close, randn, rng};
+use common::{chains, close, norm_rules_match_the_cpu, randn, rng};
 
 /// Up to 40×60: often beyond 3 blocks of 256, so the grid-stride loops iterate.
 fn shape(rng: &mut Rng) -> (usize, usize) {
@@ -272,23 +272,11 @@ fn sum_sq_and_norm_scalings() {
     let mut yh = vec![f32::NAN; n];
     host::scale_by_inv_norm(&x, &qc, NormRule::Eps(1e-7), &mut yh).unwrap();
     close("scale_by_inv_norm", seed, &yh, &yc);
-    // The other rules, on a usable norm and on 0, ∞ and NaN: the kernel's power of
-    // two and its "keep" branch bit for bit the CPU's.
-    for s in [qc[0], 1e-30, 3e30, 0.0, f32::INFINITY, f32::NAN] {
-        for rule in [NormRule::InversePowerOfTwo, NormRule::OrKeep] {
-            let (mut yc, mut yh) = (vec![5.0f32; n], vec![5.0f32; n]);
-            cpu.scale_by_inv_norm(&x, &vec![s], rule, &mut yc).unwrap();
-            host::scale_by_inv_norm(&x, &[s], rule, &mut yh).unwrap();
-            if rule == NormRule::InversePowerOfTwo || !(s > 0.0 && s.is_finite()) {
-                assert!(
-                    yh == yc,
-                    "seed {seed}: scale_by_inv_norm {rule:?} with s = {s} differs from the CPU's"
-                );
-            } else {
-                close(&format!("scale_by_inv_norm {rule:?} s = {s}"), seed, &yh, &yc);
-            }
-        }
-    }
+    norm_rules_match_the_cpu(seed, &x, qc[0], |rule, s| {
+        let mut yh = vec![5.0f32; n];
+        host::scale_by_inv_norm(&x, &[s], rule, &mut yh).unwrap();
+        yh
+    });
 
     let sigma = (qc[0] as f64).sqrt();
     for gamma in [sigma * 0.5, sigma * 2.0] {

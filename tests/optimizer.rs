@@ -98,35 +98,51 @@ fn newton_schulz_lands_in_the_quintic_band_and_matches_the_direct_form() {
     }
 }
 
-#[test]
-fn spectral_bound_holds_after_every_step() {
-    let seed = fresh_seed("spectral_bound");
-    let mut rng = Rng::new(seed);
-    let mut net = mep::nn::Network::new(
+type Net32 = mep::nn::Network<Cpu<f32>>;
+
+/// A ReLU network of `sizes` (20 inputs, 5 classes; layered energy) and an SMEP
+/// engine (the seed's lr) for batches of [`ROWS`], constraining `layers` to γ.
+fn constrained(sizes: &[usize], gamma: f64, layers: SpectralLayers, seed: u64) -> (Net32, Engine<Cpu<f32>>) {
+    let net = mep::nn::Network::new(
         Cpu::<f32>::new(),
-        mep::nn::Arch::mlp(&[20, 16, 12, 5], Activation::Relu).unwrap(),
+        mep::nn::Arch::mlp(sizes, Activation::Relu).unwrap(),
         Energy::LayeredLeastSquares,
         seed,
     )
     .unwrap();
     let mut cfg = OptimConfig::smep();
+    cfg.spectral.gamma = gamma;
+    cfg.spectral.layers = layers;
+    let eng = Engine::new(cfg, &net, ROWS).unwrap();
+    (net, eng)
+}
+
+const ROWS: usize = 16;
+
+/// One step on a fresh random batch; returns σ of each block's weights after it.
+fn step_and_sigmas(eng: &mut Engine<Cpu<f32>>, net: &mut Net32, rng: &mut Rng) -> Vec<f64> {
+    let x: Vec<f32> = normals(rng, ROWS * 20, 1.0).into_iter().map(|v| v as f32).collect();
+    let y = labels(rng, ROWS, 5);
+    eng.ws.load_host_batch(&x, &y).unwrap();
+    eng.step(net, ROWS).unwrap();
+    let blocks = net.arch.blocks().to_vec();
+    net.to_host()
+        .unwrap()
+        .iter()
+        .zip(blocks)
+        .map(|((w, _), blk)| *singular_values(w, blk.out, blk.inp).last().unwrap())
+        .collect()
+}
+
+#[test]
+fn spectral_bound_holds_after_every_step() {
+    let seed = fresh_seed("spectral_bound");
+    let mut rng = Rng::new(seed);
     // The seed's lr with a tight bound, so the constraint binds from the first step.
-    cfg.spectral.gamma = 0.3;
-    cfg.spectral.layers = SpectralLayers::All;
-    let rows = 16;
-    let mut eng = Engine::new(cfg, &net, rows).unwrap();
+    let (mut net, mut eng) = constrained(&[20, 16, 12, 5], 0.3, SpectralLayers::All, seed);
     let mut active = 0;
     for step in 0..40 {
-        let x: Vec<f32> = normals(&mut rng, rows * 20, 1.0)
-            .into_iter()
-            .map(|v| v as f32)
-            .collect();
-        let y = labels(&mut rng, rows, 5);
-        eng.ws.load_host_batch(&x, &y).unwrap();
-        eng.step(&mut net, rows).unwrap();
-        for (l, (w, _)) in net.to_host().unwrap().iter().enumerate() {
-            let blk = net.arch.blocks()[l];
-            let sigma = *singular_values(w, blk.out, blk.inp).last().unwrap();
+        for (l, sigma) in step_and_sigmas(&mut eng, &mut net, &mut rng).into_iter().enumerate() {
             assert!(
                 sigma <= 0.3 * 1.01,
                 "step {step}, block {}: σ = {sigma:.5} > 1.01·γ",
@@ -487,6 +503,21 @@ fn cross_entropy_on_a_single_output_is_refused() {
         &[],
     );
     smep(&one_out).loss(mep::Loss::SquaredError).build().unwrap();
+    // The f64 and inspection entry points refuse it too (they returned 0).
+    let m64 = one_out.to_f64().unwrap();
+    let (x, y) = (vec![0.3, -0.2, 0.1, 0.5], vec![0u32]);
+    let ce = mep::Loss::CrossEntropy { label_smoothing: 0.0 };
+    refused(m64.mean_cost(&x, &y, ce), "loss", &["single output"]);
+    refused(m64.finite_differences(&x, &y, ce, 1e-6), "loss", &["single output"]);
+    let mut grad = sgd(&two_layer(Energy::LayeredLeastSquares))
+        .build()
+        .unwrap()
+        .config()
+        .grad;
+    grad.loss = ce;
+    refused(m64.gradients(&grad, &x, &y), "loss", &["single output"]);
+    grad.mode = mep::Mode::Backprop;
+    refused(m64.gradients(&grad, &x, &y), "loss", &["single output"]);
 }
 
 #[test]
@@ -688,41 +719,25 @@ fn a_zero_initialised_constrained_layer_is_bounded_after_every_step() {
 fn a_saved_zero_power_vector_is_replaced_by_the_engines_own() {
     let seed = fresh_seed("zero_power_u");
     let mut rng = Rng::new(seed);
-    let mut net = mep::nn::Network::new(
-        Cpu::<f32>::new(),
-        mep::nn::Arch::mlp(&[20, 16, 5], Activation::Relu).unwrap(),
-        Energy::LayeredLeastSquares,
-        seed,
-    )
-    .unwrap();
-    let mut cfg = OptimConfig::smep();
-    cfg.spectral.gamma = 0.2;
-    cfg.spectral.layers = SpectralLayers::Output;
-    let rows = 16;
-    let mut eng = Engine::new(cfg, &net, rows).unwrap();
-    let mut state = eng.export_state().unwrap();
-    let u = state.tensors.iter_mut().find(|t| t.name.ends_with("power_u")).unwrap();
-    u.values.iter_mut().for_each(|v| *v = 0.0);
-    eng.import_state(&net, &state).unwrap();
-    for step in 0..5 {
-        let x: Vec<f32> = normals(&mut rng, rows * 20, 1.0)
-            .into_iter()
-            .map(|v| v as f32)
-            .collect();
-        let y = labels(&mut rng, rows, 5);
-        eng.ws.load_host_batch(&x, &y).unwrap();
-        eng.step(&mut net, rows).unwrap();
-        let (w, _) = &net.to_host().unwrap()[1];
-        let sigma = sigma_of(w, 5, 16);
+    // Zero, and so small that its square underflows f32 (Hu is 0 all the same).
+    for tiny in [0.0, 1e-45] {
+        let (mut net, mut eng) = constrained(&[20, 16, 5], 0.2, SpectralLayers::Output, seed);
+        let mut state = eng.export_state().unwrap();
+        let u = state.tensors.iter_mut().find(|t| t.name.ends_with("power_u")).unwrap();
+        u.values.iter_mut().for_each(|v| *v = tiny);
+        eng.import_state(&net, &state).unwrap();
+        for step in 0..5 {
+            let sigma = step_and_sigmas(&mut eng, &mut net, &mut rng)[1];
+            assert!(
+                sigma <= 0.2 * 1.01,
+                "u = {tiny:e}, step {step} (seed {seed}): σ(W₂) {sigma:.4} > 1.01·γ"
+            );
+        }
+        let after = eng.export_state().unwrap();
+        let u = after.tensors.iter().find(|t| t.name.ends_with("power_u")).unwrap();
         assert!(
-            sigma <= 0.2 * 1.01,
-            "step {step} (seed {seed}): σ(W₂) {sigma:.4} > 1.01·γ"
+            u.values.iter().any(|&v| v != 0.0),
+            "seed {seed}: the vector stayed zero"
         );
     }
-    let after = eng.export_state().unwrap();
-    let u = after.tensors.iter().find(|t| t.name.ends_with("power_u")).unwrap();
-    assert!(
-        u.values.iter().any(|&v| v != 0.0),
-        "seed {seed}: the vector stayed zero"
-    );
 }

@@ -325,6 +325,33 @@ fn set_parameters_checks_everything_before_writing() {
             other => panic!("{huge}: expected NonFinite, got {other:?}"),
         }
     }
+    // Weights that are finite in f32 but whose squared norm is not: the spectral
+    // constraint would see σ̂ = ∞ and scale the matrix to 0 (fifth trial's retry), so
+    // an optimizer constraining that layer is refused; just below the limit, or
+    // with the layer left unconstrained, it builds.
+    for (scale, refused) in [
+        (1e20, true),
+        (1e25, true),
+        (1e37, true),
+        (1e19 / 48f64.sqrt() * 0.99, false),
+    ] {
+        let mut probe = tanh_model(seed, Energy::LayeredLeastSquares);
+        let mut over = fresh.clone();
+        over[0].0.iter_mut().for_each(|v| *v = v.signum() * scale);
+        probe.set_parameters(&over).unwrap();
+        let r = mep::smep(&probe)
+            .spectral_layers(mep::optim::SpectralLayers::All)
+            .build();
+        match r {
+            Err(MepError::NonFinite(m)) if refused => assert!(m.contains("block 1") && m.contains("‖W‖²"), "{m}"),
+            Ok(_) if !refused => {}
+            other => panic!("weights of {scale:e}: got {:?}", other.err()),
+        }
+        mep::smep(&probe)
+            .spectral_layers(mep::optim::SpectralLayers::Output)
+            .build()
+            .unwrap();
+    }
     assert_eq!(
         model.parameters().unwrap(),
         before,

@@ -268,16 +268,7 @@ impl<'m> OptimizerBuilder<'m> {
                 "`beta` has no effect with contrastive learning (CL clamps the output to the target): drop it, or use a coupled rule (Nudging::CoupledPositive, CoupledNegative or CoupledCentered, where β is the clamping strength η)",
             ));
         }
-        if matches!(cfg.grad.loss, Loss::CrossEntropy { .. }) && arch.outputs() < 2 {
-            return Err(MepError::invalid(
-                "loss",
-                "cross-entropy",
-                format!(
-                    "the softmax of a single output is 1 whatever the input, so the cross-entropy of this {} model is always 0 and nothing would train: give the model one output per class (at least 2; labels run from 0 to outputs − 1, so a yes/no task needs 2 outputs)",
-                    arch.describe()
-                ),
-            ));
-        }
+        cfg.grad.loss.validate_for(arch)?;
         if hopfield && depth > 2 && cfg.spectral.layers == SpectralLayers::Off && !self.spectral_layers_set {
             // The couplings of a deep Hopfield net must be bounded for its sweeps to
             // contract (SpectralLayers::bound); PyTorch's initialisation already

@@ -142,16 +142,36 @@ struct Guard<B: Backend> {
     input_rms: f64,
 }
 
+/// Refuses a matrix the spectral constraint cannot estimate: one whose squared norm
+/// ‖W‖² overflows the backend's precision (weights near 1e19 in f32), where σ̂ is
+/// infinite and the rescaling W·γ/σ̂ would set W to 0. (Training itself never gets
+/// there: the divergence guard stops a run long before.)
+fn check_constrainable<B: Backend>(bk: &B, w: &B::Buf, l: usize) -> Result<()> {
+    let mut sq = bk.zeros(1)?;
+    bk.sum_sq(w, &mut sq)?;
+    let sq = bk.download(&sq)?[0].f64();
+    if !sq.is_finite() {
+        return Err(MepError::NonFinite(format!(
+            "block {} weights: their squared norm ‖W‖² overflows {} (the backend's precision), so the spectral constraint would see σ̂ = ∞ and scale the matrix to 0: give this constrained layer weights of norm below {:.1e} (or leave it out of spectral_layers)",
+            l + 1,
+            std::any::type_name::<B::Elem>(),
+            <B::Elem as num_traits::Float>::max_value().f64().sqrt()
+        )));
+    }
+    Ok(())
+}
+
 impl<B: Backend> Engine<B> {
     /// Validates `cfg` against the network and allocates the state.
     pub fn new(cfg: OptimConfig, net: &Network<B>, batch_hint: usize) -> Result<Self> {
         cfg.validate()?;
+        cfg.grad.loss.validate_for(&net.arch)?;
         let g = &cfg.grad;
         if g.mode == Mode::Ep && g.nudging != Nudging::Contrastive && g.beta < min_beta::<B::Elem>() {
             let (precision, fix) = if min_beta::<B::Elem>() > 1e-10 {
                 (
                     "f32",
-                    "use β ≥ 1e-4 in f32, or a Model64 (f64, floor 1.8e-15) for a smaller β",
+                    "already 6% off in direction at β = 1e-6 in f32: use β ≥ 1e-4, or a Model64 (f64, floor 1.8e-15) for a smaller β",
                 )
             } else {
                 ("f64", "use a larger β")
@@ -160,7 +180,7 @@ impl<B: Backend> Engine<B> {
                 "beta",
                 g.beta,
                 format!(
-                    "below {:.2e} (8 ε of {precision}, the precision this network computes in), the nudge is lost in the states' rounding and the EP estimate is noise (in f32, already 6% off in direction at β = 1e-6): {fix}",
+                    "below {:.2e} (8 ε of {precision}, the precision this network computes in), the nudge is lost in the states' rounding and the EP estimate is noise; {fix}",
                     min_beta::<B::Elem>()
                 ),
             ));
@@ -210,10 +230,13 @@ impl<B: Backend> Engine<B> {
             };
             let hopfield = matches!(net.energy, Energy::Hopfield { .. });
             let power = match cfg.spectral.layers.bound(l, depth, hopfield, cfg.spectral.gamma) {
-                Some(gamma) => Some((
-                    PowerIter::new(bk, &net.params[l].w, blk.out, blk.inp, 0x5EC7 + l as u64)?,
-                    gamma,
-                )),
+                Some(gamma) => {
+                    check_constrainable(bk, &net.params[l].w, l)?;
+                    Some((
+                        PowerIter::new(bk, &net.params[l].w, blk.out, blk.inp, 0x5EC7 + l as u64)?,
+                        gamma,
+                    ))
+                }
                 None => None,
             };
             state.push(BlockState {

@@ -132,8 +132,8 @@ impl<B: Backend> Engine<B> {
     /// optimizer needs that `state` lacks, one it has that this optimizer does not
     /// (another optimizer's state), or a tensor of another shape;
     /// [`MepError::NonFinite`] naming a NaN or infinite value. A power-iteration
-    /// vector that is all zeros (saved by an older version after a zero matrix) is
-    /// not taken: this engine keeps its own.
+    /// vector that is zero, or so small that its square underflows f32 (saved by an
+    /// older version after a zero matrix), is not taken: this engine keeps its own.
     pub fn import_state(&mut self, net: &Network<B>, state: &OptimizerState) -> Result<()> {
         self.check_network(net)?;
         let layout: Vec<(String, Vec<usize>)> = self.slots().into_iter().map(|(n, s, _)| (n, s)).collect();
@@ -172,7 +172,9 @@ impl<B: Backend> Engine<B> {
             // did not yet keep the vector on a zero matrix saved one after such a
             // matrix, with the constraint no longer acting. This engine's own vector
             // (warmed up on the same weights) takes its place.
-            if slot_of(&name) == "power_u" && t.values.iter().all(|&v| v == 0.0) {
+            // (A norm whose square is not a normal f32 counts as zero: its Hu underflows.)
+            let sq: f64 = t.values.iter().map(|v| v * v).sum();
+            if slot_of(&name) == "power_u" && sq < f32::MIN_POSITIVE as f64 {
                 continue;
             }
             let host: Vec<B::Elem> = t.values.iter().map(|&v| B::Elem::of(v)).collect();

@@ -4,7 +4,7 @@
 
 use mep::backend::cpu::Cpu;
 use mep::backend::cuda::Cuda;
-use mep::backend::Backend;
+use mep::backend::{Backend, NormRule};
 use mep::ep::{compute_gradients, Energy, GradConfig, Grads, Workspace};
 use mep::nn::activation::ActChain;
 use mep::nn::{Activation, Arch, Network};
@@ -455,5 +455,29 @@ pub fn within(what: &str, seed: u64, got: &[f32], (want, tol): &(Vec<f64>, Vec<f
             d <= *t,
             "{what}, entry {e}: got {g}, want {w} (|Δ| {d:e} > {t:e}; seed {seed})"
         );
+    }
+}
+
+/// `scale_by_inv_norm`'s `InversePowerOfTwo` and `OrKeep` rules on another backend
+/// against the CPU's, on `x` with a squared norm of `own` (x's own), 1e-30, 3e30, 0,
+/// ∞ and NaN: the power of two and the "keep" branch bit for bit, OrKeep's division
+/// to rounding. `run(rule, s)` runs the other backend with `sumsq = [s]` on a `y`
+/// filled with 5.0 and returns it.
+pub fn norm_rules_match_the_cpu(seed: u64, x: &[f32], own: f32, run: impl Fn(NormRule, f32) -> Vec<f32>) {
+    let cpu = Cpu::<f32>::new();
+    for s in [own, 1e-30, 3e30, 0.0, f32::INFINITY, f32::NAN] {
+        for rule in [NormRule::InversePowerOfTwo, NormRule::OrKeep] {
+            let mut want = vec![5.0f32; x.len()];
+            cpu.scale_by_inv_norm(&x.to_vec(), &vec![s], rule, &mut want).unwrap();
+            let got = run(rule, s);
+            if rule == NormRule::InversePowerOfTwo || !(s > 0.0 && s.is_finite()) {
+                assert!(
+                    got == want,
+                    "seed {seed}: scale_by_inv_norm {rule:?} with s = {s} differs from the CPU's"
+                );
+            } else {
+                close(&format!("scale_by_inv_norm {rule:?} s = {s}"), seed, &got, &want);
+            }
+        }
     }
 }
