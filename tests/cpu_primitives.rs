@@ -839,6 +839,15 @@ fn gather_rows_and_labels() {
         cpu.gather_labels(&ysrc, &idx, 0, 3, &mut small_y),
         Err(MepError::Shape(_))
     ));
+    // A range whose end overflows usize (start + count wrapped to a small bound).
+    assert!(matches!(
+        cpu.gather_rows(&src, row_len, &idx, usize::MAX - 1, 3, &mut dst),
+        Err(MepError::Shape(_))
+    ));
+    assert!(matches!(
+        cpu.gather_labels(&ysrc, &idx, usize::MAX - 1, 3, &mut yd),
+        Err(MepError::Shape(_))
+    ));
 }
 
 // ---- short buffers ---------------------------------------------------------------------------

@@ -10,7 +10,7 @@ use mep::backend::cpu::Cpu;
 use mep::backend::cuda::Cuda;
 use mep::backend::{Backend, NormRule};
 use mep::rng::Rng;
-use mep::Loss;
+use mep::{Loss, MepError};
 
 /// Shapes around the launch granularity (32-lane rows, 256-thread blocks, 8-row blocks).
 fn shape(r: &mut Rng) -> (usize, usize) {
@@ -600,6 +600,21 @@ fn gathers() {
         lc,
         "gather_batch labels (seed {seed})"
     );
+
+    // A range whose end overflows usize is a shape error in every gather, not a panic
+    // or a wrapped bound that lets the kernel read before the indices.
+    let far = usize::MAX - 1;
+    let overflow = [
+        gpu.gather_rows(&sg, row_len, &ig, far, count, &mut dg),
+        gpu.gather_labels(&lgs, &ig, far, count, &mut lg),
+        gpu.gather_batch(&sg, row_len, &lgs, &ig, far, count, &mut bx, &mut by),
+    ];
+    for (name, r) in ["gather_rows", "gather_labels", "gather_batch"].iter().zip(overflow) {
+        assert!(
+            matches!(r, Err(MepError::Shape(_))),
+            "{name} with start + count > usize::MAX: {r:?}"
+        );
+    }
 }
 
 #[test]

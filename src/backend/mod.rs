@@ -590,6 +590,15 @@ pub(crate) fn pow2_below_inv(s: f64) -> f64 {
     2f64.powi(-e.clamp(-126, 126))
 }
 
+/// The end `start + count` of a gather's index range, or a [`MepError::Shape`] naming
+/// the primitive when it overflows `usize` (the gathers' arguments come from callers of
+/// the public trait, not only from the batch iterator).
+pub(crate) fn gather_end(what: &str, start: usize, count: usize) -> Result<usize> {
+    start
+        .checked_add(count)
+        .ok_or_else(|| crate::MepError::Shape(format!("{what}: start {start} + count {count} overflows")))
+}
+
 /// One product of [`Backend::square_products`]: `out ← α·(x·y) + (β·z + γ·w)` for
 /// `k × k` row-major matrices (`out ← α·(x·y)` when `add` is `None`).
 pub struct SquareProduct<'a, B: Backend> {

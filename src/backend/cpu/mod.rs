@@ -10,7 +10,7 @@ mod gemm;
 mod pool;
 mod simd;
 
-use super::{pow2_below_inv, Backend, NormRule, Scalar};
+use super::{gather_end, pow2_below_inv, Backend, NormRule, Scalar};
 use crate::flops::GemmShape;
 use crate::nn::activation::ActChain;
 use crate::{Loss, MepError, Result};
@@ -369,8 +369,11 @@ impl<T: Scalar> Backend for Cpu<T> {
         dst: &mut Vec<T>,
     ) -> Result<()> {
         check_cols("gather_rows", row_len)?;
-        check_len("gather_rows idx", idx.len(), start + count)?;
-        check_len("gather_rows dst", dst.len(), count * row_len)?;
+        check_len("gather_rows idx", idx.len(), gather_end("gather_rows", start, count)?)?;
+        let n = count
+            .checked_mul(row_len)
+            .ok_or_else(|| MepError::Shape(format!("gather_rows: {count} rows of {row_len} overflow")))?;
+        check_len("gather_rows dst", dst.len(), n)?;
         let rows = src.len() / row_len.max(1);
         for (i, out) in dst.chunks_mut(row_len).take(count).enumerate() {
             let r = idx[start + i] as usize;
@@ -390,7 +393,11 @@ impl<T: Scalar> Backend for Cpu<T> {
         count: usize,
         dst: &mut Vec<u32>,
     ) -> Result<()> {
-        check_len("gather_labels idx", idx.len(), start + count)?;
+        check_len(
+            "gather_labels idx",
+            idx.len(),
+            gather_end("gather_labels", start, count)?,
+        )?;
         check_len("gather_labels dst", dst.len(), count)?;
         for i in 0..count {
             let r = idx[start + i] as usize;

@@ -2,6 +2,7 @@
 //! permutation (separately, or both in one launch), so an epoch's batches are drawn from a data set uploaded once.
 
 use super::{check_len, elems, Cuda};
+use crate::backend::gather_end;
 use crate::Result;
 use cudarc::driver::CudaSlice;
 
@@ -16,7 +17,7 @@ impl Cuda {
         count: usize,
         dst: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        check_len("gather_rows idx", idx.len(), start + count)?;
+        check_len("gather_rows idx", idx.len(), gather_end("gather_rows", start, count)?)?;
         let n = elems("gather_rows", count, row_len)?;
         check_len("gather_rows dst", dst.len(), n)?;
         if n == 0 {
@@ -50,7 +51,7 @@ impl Cuda {
             self.launch_gather_rows(x, row_len, idx, start, count, x_dst)?;
             return self.launch_gather_labels(y, idx, start, count, y_dst);
         }
-        check_len("gather_batch idx", idx.len(), start + count)?;
+        check_len("gather_batch idx", idx.len(), gather_end("gather_batch", start, count)?)?;
         let n = elems("gather_batch", count, row_len)?;
         check_len("gather_batch rows dst", x_dst.len(), n)?;
         check_len("gather_batch labels dst", y_dst.len(), count)?;
@@ -76,7 +77,11 @@ impl Cuda {
         count: usize,
         dst: &mut CudaSlice<u32>,
     ) -> Result<()> {
-        check_len("gather_labels idx", idx.len(), start + count)?;
+        check_len(
+            "gather_labels idx",
+            idx.len(),
+            gather_end("gather_labels", start, count)?,
+        )?;
         check_len("gather_labels dst", dst.len(), count)?;
         if count == 0 {
             return Ok(());

@@ -15,7 +15,7 @@
 
 use super::check_len;
 use super::shapes::{grid_1d, grid_rows, Shape, ROW_BLOCK};
-use crate::backend::{ctl, NormRule};
+use crate::backend::{ctl, gather_end, NormRule};
 use crate::nn::activation::ActChain;
 use crate::{Loss, MepError, Result};
 use std::ffi::{c_char, c_void, CStr, CString};
@@ -507,8 +507,12 @@ pub fn gather_rows(
     count: usize,
     dst: &mut [f32],
 ) -> Result<()> {
-    check_len("gather_rows idx", idx.len(), start + count)?;
-    check_len("gather_rows dst", dst.len(), count * row_len)?;
+    check_len("gather_rows idx", idx.len(), gather_end("gather_rows", start, count)?)?;
+    check_len(
+        "gather_rows dst",
+        dst.len(),
+        super::elems("gather_rows", count, row_len)?,
+    )?;
     let src_rows = (src.len() / row_len.max(1)) as u64;
     let (c64, rl, s64) = (count as u64, row_len as u64, start as u64);
     let (sp, ip, dp) = (src.as_ptr(), idx.as_ptr(), dst.as_mut_ptr());
@@ -517,7 +521,11 @@ pub fn gather_rows(
 
 /// [`crate::backend::Backend::gather_labels`] with the `gather_labels` kernel.
 pub fn gather_labels(src: &[u32], idx: &[u32], start: usize, count: usize, dst: &mut [u32]) -> Result<()> {
-    check_len("gather_labels idx", idx.len(), start + count)?;
+    check_len(
+        "gather_labels idx",
+        idx.len(),
+        gather_end("gather_labels", start, count)?,
+    )?;
     check_len("gather_labels dst", dst.len(), count)?;
     let (c64, len, s64) = (count as u64, src.len() as u64, start as u64);
     let (sp, ip, dp) = (src.as_ptr(), idx.as_ptr(), dst.as_mut_ptr());

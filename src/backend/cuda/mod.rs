@@ -182,10 +182,17 @@ impl Cuda {
         let sms = ctx
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .unwrap_or(16);
-        // Everything is queued on one stream, so cudarc's per-buffer events (which order
-        // work across streams) would only add a driver call to every launch; and graph
-        // capture needs a stream of its own (the legacy default stream cannot capture).
-        // SAFETY: no buffer of this context is ever used from a second stream.
+        // cudarc's per-buffer events order each buffer's uses (and its free) across
+        // streams, at a driver call or two per launch argument; they also get in the
+        // way of graph capture. Our cross-stream order is explicit instead.
+        // SAFETY: buffers are used from several streams only inside
+        // `Backend::concurrently`'s branches (lanes.rs), whose fork and join events order
+        // every branch after the work queued before the fork and before the work queued
+        // after the join; the branches touch disjoint buffers (the trait's contract).
+        // No buffer is allocated or dropped inside a branch (the engine, workspaces and
+        // scratch allocate when they are built, on lane 0), so a buffer's allocation,
+        // its uses and its free on its own stream are ordered by stream order and those
+        // events.
         unsafe { ctx.disable_event_tracking() };
         let max_blocks = (sms.max(1) as u32).saturating_mul(32);
         let lane_count = lanes::lanes_from_env()?;
