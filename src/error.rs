@@ -28,15 +28,17 @@ pub enum MepError {
     NonFinite(String),
     /// Training diverged: a parameter became NaN or infinite, the running loss became
     /// NaN, infinite or absurdly large, or a phase's states overflowed while settling.
-    /// The model's parameters are restored to their last checked values; the
-    /// optimizer refuses further steps.
+    /// The model's parameters are restored to the last ones whose checks passed
+    /// (loss included: see [`crate::optim::engine::Engine::step`]); the optimizer
+    /// refuses further steps.
     #[error(
-        "training diverged at step {step}: {cause}; the parameters were restored to their last checked values ({fix})"
+        "training diverged at step {step}: {cause}; the parameters were restored to the last ones whose checks passed ({fix})"
     )]
     Diverged {
         /// Optimizer step (1-based) at which the divergence was detected.
         step: u64,
-        /// The running mean loss at detection.
+        /// The mean loss of the batches since the previous check (with per-step
+        /// checks, the failing step's batch).
         loss: f64,
         /// What diverged (the loss, which parameters, or the settling).
         cause: String,

@@ -313,6 +313,32 @@ fn a_spectral_constraint_covering_no_matrix_is_refused() {
         .spectral_layers(SpectralLayers::Couplings)
         .build()
         .unwrap();
+    // A bound on the Hopfield couplings keeps the free phase contracting only below 1
+    // (the sixth user trial's γ = 5 left it unsettled, silently): γ ≥ 1 is refused
+    // wherever a coupling is bounded, accepted below 1 and on the layered energy,
+    // whose settling does not rest on it.
+    let deep = two_layer(Energy::HOPFIELD);
+    for gamma in [1.0, 5.0] {
+        refused(smep(&deep).gamma(gamma).build(), "gamma", &["below 1"]);
+        refused(
+            smep(&deep).spectral_layers(SpectralLayers::Output).gamma(gamma).build(),
+            "gamma",
+            &["below 1"],
+        );
+        smep(&two_layer(Energy::LayeredLeastSquares))
+            .gamma(gamma)
+            .build()
+            .unwrap();
+    }
+    smep(&deep).gamma(0.99).build().unwrap();
+    // sgd's γ when only spectral_layers turns the constraint on is smep's 0.95.
+    let cfg = sgd(&deep)
+        .spectral_layers(SpectralLayers::Couplings)
+        .build()
+        .unwrap()
+        .config();
+    assert_eq!(cfg.spectral.gamma, 0.95);
+    sgd(&deep).gamma(0.95).build().unwrap();
 }
 
 #[test]

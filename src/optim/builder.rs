@@ -322,6 +322,18 @@ impl<'m> OptimizerBuilder<'m> {
                 ),
             ));
         }
+        let couplings_bounded = hopfield && (1..depth).any(|l| layers.bound(l, depth, hopfield, 1.0).is_some());
+        if couplings_bounded && cfg.spectral.gamma >= 1.0 {
+            // SpectralLayers::bound makes the coupling operator's norm at most γ; the
+            // free phase contracts (the README's guarantee) only while it is below 1.
+            // The sixth user trial's γ = 5 left 784–64–64–10 unsettled (free residual
+            // 2.4) and trained on silently.
+            return Err(MepError::invalid(
+                "gamma",
+                cfg.spectral.gamma,
+                "with the Hopfield energy the spectral bound γ bounds the coupling operator's norm (each coupling W_2 … W_L by γ/(2cos(π/(L+1)))), and the free phase settles to its unique equilibrium only while that norm is below 1: use gamma below 1 (smep's default is 0.95)",
+            ));
+        }
         if self.power_iters_set && !constrained {
             return Err(MepError::invalid(
                 "power_iters",

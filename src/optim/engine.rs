@@ -106,9 +106,20 @@ pub struct Engine<B: Backend> {
 
 /// Divergence detection at the step (see [`Engine::step`]).
 struct Guard<B: Backend> {
-    /// The parameters as they were before the last unverified step(s): restored when
-    /// a divergence is detected.
+    /// The parameters at the last check (before the step(s) since): restored when a
+    /// parameter became non-finite. Their loss is measured by the next step, so the
+    /// check that accepted them could not judge it.
     backup: Vec<(B::Buf, B::Buf)>,
+    /// The parameters at the check before `backup`'s (the same as `backup` after a
+    /// copy from outside): restored when the loss itself diverged or a phase did not
+    /// settle, since those were measured at `backup`'s parameters (or later ones), and
+    /// the check at `backup` covered the loss of these.
+    earlier: Vec<(B::Buf, B::Buf)>,
+    /// The running loss sum and sample count at the last check: the loss checked is
+    /// that of the batches since (the step's own, with per-step checks), so neither a
+    /// long run of good batches dilutes a diverged one nor an old spike lingers.
+    checked_loss_sum: f64,
+    checked_samples: u64,
     /// Σ over the parameters of ‖p‖², computed when verifying: non-finite if any
     /// parameter is. A non-finite parameter stays non-finite under every update rule
     /// (NaN and ±∞ propagate through momentum, Newton–Schulz, Adam and the decayed
@@ -171,7 +182,7 @@ impl<B: Backend> Engine<B> {
             let (precision, fix) = if min_beta::<B::Elem>() > 1e-10 {
                 (
                     "f32",
-                    "already 6% off in direction at β = 1e-6 in f32: use β ≥ 1e-4, or a Model64 (f64, floor 1.8e-15) for a smaller β",
+                    "already 6% off in direction at β = 1e-6 in f32: use β ≥ 1e-4 (more in deep networks, whose first layers get a smaller share of the nudge), or a Model64 (f64, floor 1.8e-15) for a smaller β",
                 )
             } else {
                 ("f64", "use a larger β")
@@ -248,15 +259,21 @@ impl<B: Backend> Engine<B> {
                 power,
             });
         }
-        let mut backup = Vec::with_capacity(net.params.len());
-        for p in &net.params {
-            let (mut w, mut b) = (bk.zeros(bk.len(&p.w))?, bk.zeros(bk.len(&p.b))?);
-            bk.copy(&p.w, &mut w)?;
-            bk.copy(&p.b, &mut b)?;
-            backup.push((w, b));
-        }
+        let copy_params = || -> Result<Vec<(B::Buf, B::Buf)>> {
+            let mut out = Vec::with_capacity(net.params.len());
+            for p in &net.params {
+                let (mut w, mut b) = (bk.zeros(bk.len(&p.w))?, bk.zeros(bk.len(&p.b))?);
+                bk.copy(&p.w, &mut w)?;
+                bk.copy(&p.b, &mut b)?;
+                out.push((w, b));
+            }
+            Ok(out)
+        };
         let guard = Box::new(Guard {
-            backup,
+            backup: copy_params()?,
+            earlier: copy_params()?,
+            checked_loss_sum: 0.0,
+            checked_samples: 0,
             health: bk.zeros(1)?,
             sq: bk.zeros(1)?,
             every_step: true,
@@ -308,8 +325,8 @@ impl<B: Backend> Engine<B> {
     /// steps and whenever the statistics are read (for the GPU: no host
     /// synchronisation per step). Either way every step is covered (a non-finite
     /// parameter stays non-finite, see the guard), so no non-finite parameter goes
-    /// unnoticed; with lazy checks the parameters are restored to the last verified
-    /// ones.
+    /// unnoticed; with lazy checks the parameters are restored to those of the last
+    /// check, or of the one before it when the loss diverged (see [`Engine::step`]).
     pub fn set_check_every_step(&mut self, on: bool) {
         self.guard.every_step = on;
     }
@@ -338,13 +355,18 @@ impl<B: Backend> Engine<B> {
     /// gradients (free phase, nudged phase(s), estimate; or Backprop), then the update
     /// of every parameter, then the spectral constraint.
     ///
-    /// Divergence: the parameters' squared norm and the running loss are read after
-    /// every step (the default, see [`Engine::set_check_every_step`]), else every
-    /// `check_every` steps and whenever the statistics are read. A non-finite
-    /// parameter or a NaN, infinite or absurd (> [`DIVERGED_LOSS`]) loss is reported as
-    /// [`MepError::Diverged`], the parameters are restored to their last verified
-    /// values (with per-step checks: those before this step), and every later step
-    /// returns the same error without touching the network.
+    /// Divergence: the parameters' squared norm, the loss of the batches since the
+    /// last check and the settle residuals are read after every step (the default,
+    /// see [`Engine::set_check_every_step`]), else every `check_every` steps and
+    /// whenever the statistics are read. A non-finite parameter, a NaN, infinite or
+    /// absurd (> [`diverged_loss_limit`]) loss, or a phase whose states overflowed is
+    /// reported as [`MepError::Diverged`], the parameters are restored, and every
+    /// later step returns the same error without touching the network. What is
+    /// restored, with per-step checks: after a non-finite parameter, the parameters
+    /// this step started from; after a diverged loss or phase, those the previous
+    /// step started from, because a step measures the loss (and settles the phases)
+    /// at the parameters the previous step made. With lazy checks: the parameters of
+    /// the last check, or of the one before it.
     pub fn step(&mut self, net: &mut Network<B>, rows: usize) -> Result<()> {
         self.step_inner(net, rows, None)
     }
@@ -600,19 +622,28 @@ impl<B: Backend> Engine<B> {
         self.compute_health(net)?;
         let health = bk.download(&self.guard.health)?[0].f64();
         let s = self.stats()?;
-        // The running loss is the free phase's, taken before each update: with one
-        // step since parameters that no update of this optimizer made (as built,
-        // loaded or set), no update made it, whatever the update then did.
+        // The loss of the batches since the last check (the free phase's, taken
+        // before each update). With one step since parameters that no update of this
+        // optimizer made (as built, loaded or set), no update made it, whatever the
+        // update then did.
+        let sum = s.loss * s.samples as f64;
+        let window = s.samples.saturating_sub(self.guard.checked_samples);
+        let loss = if window > 0 {
+            (sum - self.guard.checked_loss_sum) / window as f64
+        } else {
+            0.0 // nothing new since the last check
+        };
+        let loss_limit = diverged_loss_limit(self.arch.outputs());
+        let loss_diverged = diverged(loss, self.arch.outputs());
         let first_from_outside = self.guard.backup_unupdated && self.guard.steps_since_backup <= 1;
-        let before_any_update = first_from_outside && diverged(s.loss);
+        let before_any_update = first_from_outside && loss_diverged;
         // States that overflowed while settling make the estimate, and the update
         // made from it, meaningless even while the parameters stay finite; named
         // before the parameters, which they are the cause of.
         let unsettled = !(s.settle_residual.is_finite() && s.free_residual.is_finite());
         let cause = if before_any_update {
             Some(format!(
-                "the loss of the batch at the parameters the step started from is {}",
-                s.loss
+                "the loss of the batch at the parameters the step started from is {loss} (divergence above {loss_limit:.0})"
             ))
         } else if unsettled {
             Some(format!(
@@ -637,13 +668,22 @@ impl<B: Backend> Engine<B> {
             } else {
                 format!("parameters of {} became NaN or infinite", bad.join(", "))
             })
-        } else if diverged(s.loss) {
-            Some(format!("the running loss is {}", s.loss))
+        } else if loss_diverged {
+            Some(format!(
+                "the loss of the batches since the last check is {loss} (divergence above {loss_limit:.0})"
+            ))
         } else {
             None
         };
         if let Some(cause) = cause {
-            for (p, (w, b)) in net.params.iter_mut().zip(&self.guard.backup) {
+            // A diverged loss or an unsettled phase was measured at `backup`'s
+            // parameters (or later ones): restore the ones checked before them.
+            let restore = if loss_diverged || unsettled {
+                &self.guard.earlier
+            } else {
+                &self.guard.backup
+            };
+            for (p, (w, b)) in net.params.iter_mut().zip(restore) {
                 bk.copy(w, &mut p.w)?;
                 bk.copy(b, &mut p.b)?;
             }
@@ -671,21 +711,35 @@ impl<B: Backend> Engine<B> {
             } else {
                 fix
             };
-            self.guard.diverged = Some((self.t, s.loss, cause, fix));
+            self.guard.diverged = Some((self.t, loss, cause, fix));
             return Err(self.diverged_error().expect("just recorded"));
         }
-        self.take_backup(net, false)?;
+        // Checked: the parameters the previous check accepted had their loss
+        // measured, so they become `earlier`, and the current ones `backup`.
+        let g = &mut *self.guard;
+        std::mem::swap(&mut g.backup, &mut g.earlier);
+        for (p, (w, b)) in net.params.iter().zip(&mut g.backup) {
+            bk.copy(&p.w, w)?;
+            bk.copy(&p.b, b)?;
+        }
+        (g.checked_loss_sum, g.checked_samples) = (sum, s.samples);
+        g.steps_since_backup = 0;
+        g.backup_unupdated = false;
         Ok(s)
     }
 
-    /// Copies `net`'s parameters into the backup restored on divergence, and
-    /// records its stamp and whether an update of this optimizer made them
-    /// (`unupdated` false).
+    /// Copies `net`'s parameters into both copies restored on divergence (a new
+    /// starting point: parameters from outside, or a restored state), and records
+    /// its stamp and whether an update of this optimizer made them (`unupdated`
+    /// false).
     pub(crate) fn take_backup(&mut self, net: &Network<B>, unupdated: bool) -> Result<()> {
         let bk = &net.backend;
-        for (p, (w, b)) in net.params.iter().zip(&mut self.guard.backup) {
-            bk.copy(&p.w, w)?;
-            bk.copy(&p.b, b)?;
+        let g = &mut *self.guard;
+        for copy in [&mut g.backup, &mut g.earlier] {
+            for (p, (w, b)) in net.params.iter().zip(copy.iter_mut()) {
+                bk.copy(&p.w, w)?;
+                bk.copy(&p.b, b)?;
+            }
         }
         self.guard.stamp = net.stamp();
         self.guard.steps_since_backup = 0;
@@ -755,6 +809,7 @@ impl<B: Backend> Engine<B> {
     /// Resets the running statistics.
     pub fn reset_stats(&mut self) -> Result<()> {
         self.samples_since_reset = 0;
+        (self.guard.checked_loss_sum, self.guard.checked_samples) = (0.0, 0);
         self.ws.reset_residuals()?;
         self.ws.backend.fill(&mut self.ws.stats, 0.0)
     }
@@ -772,14 +827,24 @@ impl<B: Backend> Engine<B> {
 /// 1, raw pixels (0–255) about 100.
 pub const INPUT_RMS_HINT: f64 = 10.0;
 
-/// Mean costs above this are divergence, not training: cross-entropy starts at ln K
-/// (2.3 for 10 classes) and an unstable settle (EP + SGD without the spectral
-/// constraint at lr ≥ 0.02, measured) reaches 1e16 while staying finite.
-pub const DIVERGED_LOSS: f64 = 1e6;
+/// Mean costs above this many times max(1, ln K) (K outputs) are divergence, not
+/// training: cross-entropy starts at ln K (2.3 for 10 classes), the squared error
+/// from a one-hot target at about ½ per output, and both fall from there; an unstable
+/// settle (EP + SGD without the spectral constraint at lr ≥ 0.02, measured) reaches
+/// 1e16 while staying finite, and SGD at lr 100 on a 3-class task 1.2e5 (the sixth
+/// user trial; an absolute limit of 1e6 let it train on).
+pub const DIVERGED_LOSS_FACTOR: f64 = 1e3;
 
-/// True when a running mean cost is NaN, infinite or above [`DIVERGED_LOSS`].
-pub fn diverged(loss: f64) -> bool {
-    !loss.is_finite() || loss > DIVERGED_LOSS
+/// The mean cost above which a network of `outputs` outputs has diverged:
+/// [`DIVERGED_LOSS_FACTOR`] × max(1, ln `outputs`) (2303 for 10 classes).
+pub fn diverged_loss_limit(outputs: usize) -> f64 {
+    DIVERGED_LOSS_FACTOR * (outputs.max(1) as f64).ln().max(1.0)
+}
+
+/// True when a mean cost of a network of `outputs` outputs is NaN, infinite or
+/// above [`diverged_loss_limit`].
+pub fn diverged(loss: f64, outputs: usize) -> bool {
+    !loss.is_finite() || loss > diverged_loss_limit(outputs)
 }
 
 /// `MEP_CUDA_GRAPHS=0` turns graph capture off (see [`Engine::set_graphs`]).
