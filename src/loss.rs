@@ -26,6 +26,17 @@ impl Loss {
         }
     }
 
+    /// The largest curvature ‖∂²C/∂o²‖ of the cost over all outputs: ½ for
+    /// cross-entropy (the softmax Hessian diag(p) − ppᵀ, whatever the smoothing; ½ when
+    /// two classes share the probability), 1 for squared error. What bounds the
+    /// nudged phases' β (`Engine::new`).
+    pub fn max_curvature(self) -> f64 {
+        match self {
+            Loss::CrossEntropy { .. } => 0.5,
+            Loss::SquaredError => 1.0,
+        }
+    }
+
     /// ε for cross-entropy, 0 otherwise.
     pub fn label_smoothing(self) -> f64 {
         match self {

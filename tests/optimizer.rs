@@ -767,3 +767,63 @@ fn a_saved_zero_power_vector_is_replaced_by_the_engines_own() {
         );
     }
 }
+
+/// β past what a nudged phase can settle is refused when the optimizer is built (the
+/// sixth user trial trained at β = 1e3 … 1e20 with residuals of 10 … 6e15): along the
+/// output, F = E ± βC has curvature 1 ± β·c·φ′² (c: ½ for cross-entropy, 1 for
+/// squared error; the 20–16–4 net's output has no activation, φ′ = 1). The −β phase
+/// needs it positive (β·c < 1, both energies); the layered sweeps, relaxed by ω, need
+/// ω(1 + β·c) < 2. Values just inside each bound build; the clamped rules, whose β
+/// is a clamping strength, and the Hopfield energy's +β phase are not bounded.
+#[test]
+fn beta_past_what_the_nudged_phases_can_settle_is_refused() {
+    let layered = two_layer(Energy::LayeredLeastSquares);
+    let hopfield = two_layer(Energy::HOPFIELD);
+    let ce = Loss::CrossEntropy { label_smoothing: 0.1 };
+    let se = Loss::SquaredError;
+    let build = |m: &mep::Model, loss: Loss, nudging: Nudging, beta: f64, omega: Option<f64>| {
+        let b = smep(m).loss(loss).nudging(nudging).beta(beta);
+        match omega {
+            Some(w) => b.settle_lr(w).build(),
+            None => b.build(),
+        }
+    };
+    // The layered +β phase at ω = 0.5: β < 3 (squared error), β < 6 (cross-entropy).
+    for (loss, edge) in [(se, 3.0), (ce, 6.0)] {
+        build(&layered, loss, Nudging::OneSided, edge * 0.99, None).unwrap();
+        refused(
+            build(&layered, loss, Nudging::OneSided, edge, None),
+            "beta",
+            &["settle_lr", "contract"],
+        );
+        // A smaller ω moves the bound: ω = 0.25 allows β < 7 (SE), 14 (CE).
+        build(&layered, loss, Nudging::OneSided, edge * 2.0, Some(0.25)).unwrap();
+    }
+    // A −β phase (NEP, CEP), either energy: β·c < 1.
+    for m in [&layered, &hopfield] {
+        for nudging in [Nudging::Negative, Nudging::Symmetric] {
+            for (loss, edge) in [(se, 1.0), (ce, 2.0)] {
+                build(m, loss, nudging, edge * 0.99, None).unwrap();
+                refused(build(m, loss, nudging, edge, None), "beta", &["convex", "OneSided"]);
+            }
+        }
+    }
+    // Not bounded: the Hopfield +β phase, the clamped rules' strength.
+    build(&hopfield, se, Nudging::OneSided, 1e3, None).unwrap();
+    smep(&layered)
+        .loss(se)
+        .nudging(Nudging::CoupledCentered)
+        .beta(5.0)
+        .build()
+        .unwrap();
+    // A sigmoid output's slope (¼) scales the bounds by 16.
+    let sig = Sequential::new(&Device::Cpu)
+        .linear(20, 16)
+        .relu()
+        .linear(16, 4)
+        .sigmoid()
+        .build(3)
+        .unwrap();
+    build(&sig, se, Nudging::Symmetric, 15.9, None).unwrap();
+    refused(build(&sig, se, Nudging::Symmetric, 16.0, None), "beta", &["0.25"]);
+}

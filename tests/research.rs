@@ -139,12 +139,17 @@ fn ep_estimates_follow_the_true_gradient_as_beta_shrinks() {
                 .unwrap();
             ep.gradients(&model, &x, &y).unwrap().cosine(&truth).unwrap()
         };
-        let (small, large) = (cos(0.05), cos(2.0));
-        eprintln!("{}: cosine {small:.6} at β = 0.05, {large:.6} at β = 2", nudging.name());
+        // 1.5: CEP with cross-entropy is refused from β = 2, where the −β phase's
+        // energy stops being convex for a sample split between two classes.
+        let (small, large) = (cos(0.05), cos(1.5));
+        eprintln!(
+            "{}: cosine {small:.6} at β = 0.05, {large:.6} at β = 1.5",
+            nudging.name()
+        );
         assert!(small > min_cos, "{}: cosine {small} at β = 0.05", nudging.name());
         assert!(
             !biased || small > large,
-            "{}: β = 2 ({large}) should be worse than β = 0.05 ({small})",
+            "{}: β = 1.5 ({large}) should be worse than β = 0.05 ({small})",
             nudging.name()
         );
     }

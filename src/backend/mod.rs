@@ -37,6 +37,11 @@ pub trait Scalar:
     fn of(x: f64) -> Self;
     /// Widens to `f64`.
     fn f64(self) -> f64;
+    /// tanh, branch-free in f32 (within 2 ulp: `cpu::fast_math`) so that the CPU
+    /// backend's element-wise loops vectorise; libm's in f64.
+    fn tanh_simd(self) -> Self;
+    /// The logistic sigmoid 1/(1 + e^{−x}), likewise.
+    fn sigmoid_simd(self) -> Self;
 }
 
 impl Scalar for f32 {
@@ -48,6 +53,14 @@ impl Scalar for f32 {
     fn f64(self) -> f64 {
         self as f64
     }
+    #[inline(always)]
+    fn tanh_simd(self) -> Self {
+        cpu::fast_math::tanh_f32(self)
+    }
+    #[inline(always)]
+    fn sigmoid_simd(self) -> Self {
+        cpu::fast_math::sigmoid_f32(self)
+    }
 }
 
 impl Scalar for f64 {
@@ -58,6 +71,14 @@ impl Scalar for f64 {
     #[inline]
     fn f64(self) -> f64 {
         self
+    }
+    #[inline]
+    fn tanh_simd(self) -> Self {
+        self.tanh()
+    }
+    #[inline]
+    fn sigmoid_simd(self) -> Self {
+        1.0 / (1.0 + (-self).exp())
     }
 }
 

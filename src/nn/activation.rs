@@ -45,6 +45,14 @@ impl Activation {
         }
     }
 
+    /// The largest slope sup f′: ¼ for the sigmoid, 1 for the others.
+    pub fn max_slope(self) -> f64 {
+        match self {
+            Activation::Sigmoid => 0.25,
+            _ => 1.0,
+        }
+    }
+
     /// f(x).
     #[inline]
     pub fn apply<T: Float>(self, x: T) -> T {
@@ -197,6 +205,12 @@ impl ActChain {
     #[inline]
     pub fn apply<T: Float>(self, x: T) -> T {
         self.activations().fold(x, |x, a| a.apply(x))
+    }
+
+    /// A bound on the chain's slope: the product of its activations' largest slopes
+    /// (1 for the empty chain).
+    pub fn max_slope(self) -> f64 {
+        self.activations().map(Activation::max_slope).product()
     }
 
     /// φ′(x) by the chain rule.
