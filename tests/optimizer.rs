@@ -331,6 +331,8 @@ fn a_spectral_constraint_covering_no_matrix_is_refused() {
             .unwrap();
     }
     smep(&deep).gamma(0.99).build().unwrap();
+    // As the network stores it: 1 − 1e-8 is 1 in f32.
+    refused(smep(&deep).gamma(1.0 - 1e-8).build(), "gamma", &["below 1"]);
     // sgd's γ when only spectral_layers turns the constraint on is smep's 0.95.
     let cfg = sgd(&deep)
         .spectral_layers(SpectralLayers::Couplings)
@@ -773,8 +775,9 @@ fn a_saved_zero_power_vector_is_replaced_by_the_engines_own() {
 /// output, F = E ± βC has curvature 1 ± β·c·φ′² (c: ½ for cross-entropy, 1 for
 /// squared error; the 20–16–4 net's output has no activation, φ′ = 1). The −β phase
 /// needs it positive (β·c < 1, both energies); the layered sweeps, relaxed by ω, need
-/// ω(1 + β·c) < 2. Values just inside each bound build; the clamped rules, whose β
-/// is a clamping strength, and the Hopfield energy's +β phase are not bounded.
+/// ω(1 + β·c) < 2; a Hopfield phase of either sign needs β·c·φ′ < 1 (its output's
+/// sweep is a fixed-point map of that slope). Values just inside each bound build;
+/// the clamped rules, whose β is a clamping strength, are not bounded.
 #[test]
 fn beta_past_what_the_nudged_phases_can_settle_is_refused() {
     let layered = two_layer(Energy::LayeredLeastSquares);
@@ -799,17 +802,36 @@ fn beta_past_what_the_nudged_phases_can_settle_is_refused() {
         // A smaller ω moves the bound: ω = 0.25 allows β < 7 (SE), 14 (CE).
         build(&layered, loss, Nudging::OneSided, edge * 2.0, Some(0.25)).unwrap();
     }
-    // A −β phase (NEP, CEP), either energy: β·c < 1.
-    for m in [&layered, &hopfield] {
-        for nudging in [Nudging::Negative, Nudging::Symmetric] {
-            for (loss, edge) in [(se, 1.0), (ce, 2.0)] {
-                build(m, loss, nudging, edge * 0.99, None).unwrap();
-                refused(build(m, loss, nudging, edge, None), "beta", &["convex", "OneSided"]);
-            }
+    // A layered −β phase (NEP, CEP): β·c < 1.
+    for nudging in [Nudging::Negative, Nudging::Symmetric] {
+        for (loss, edge) in [(se, 1.0), (ce, 2.0)] {
+            build(&layered, loss, nudging, edge * 0.99, None).unwrap();
+            refused(
+                build(&layered, loss, nudging, edge, None),
+                "beta",
+                &["convex", "one-sided"],
+            );
+            // As the network computes it: 1 − 1e-8 is 1 in f32.
+            refused(
+                build(&layered, loss, nudging, edge * (1.0 - 1e-8), None),
+                "beta",
+                &["convex"],
+            );
         }
     }
-    // Not bounded: the Hopfield +β phase, the clamped rules' strength.
-    build(&hopfield, se, Nudging::OneSided, 1e3, None).unwrap();
+    // Every Hopfield nudged phase, either sign (the seventh user trial: squared error,
+    // sigmoid output, residual 2.7 at β = 1.1 and 420 at 1.5): β·c·φ′ < 1.
+    for nudging in [Nudging::OneSided, Nudging::Negative, Nudging::Symmetric] {
+        for (loss, edge) in [(se, 1.0), (ce, 2.0)] {
+            build(&hopfield, loss, nudging, edge * 0.99, None).unwrap();
+            refused(
+                build(&hopfield, loss, nudging, edge, None),
+                "beta",
+                &["fixed-point", "below 1"],
+            );
+        }
+    }
+    // Not bounded: the clamped rules' strength.
     smep(&layered)
         .loss(se)
         .nudging(Nudging::CoupledCentered)
@@ -826,4 +848,19 @@ fn beta_past_what_the_nudged_phases_can_settle_is_refused() {
         .unwrap();
     build(&sig, se, Nudging::Symmetric, 15.9, None).unwrap();
     refused(build(&sig, se, Nudging::Symmetric, 16.0, None), "beta", &["0.25"]);
+    // The Hopfield output is the state after the sigmoid: its bound scales by 4.
+    let sig_hopfield = Sequential::new(&Device::Cpu)
+        .linear(20, 16)
+        .relu()
+        .linear(16, 4)
+        .sigmoid()
+        .energy(Energy::HOPFIELD)
+        .build(3)
+        .unwrap();
+    build(&sig_hopfield, se, Nudging::OneSided, 3.96, None).unwrap();
+    refused(
+        build(&sig_hopfield, se, Nudging::OneSided, 4.0, None),
+        "beta",
+        &["0.25"],
+    );
 }

@@ -259,18 +259,24 @@ fn divergence_restores_what_the_step_started_from_after_the_weights_are_replaced
 #[test]
 fn divergence_names_its_cause_and_the_fix() {
     let data = Dataset::synthetic(640, 20, 4, 2).unwrap();
-    // States that overflow while settling (an absurd β: the layered energy refuses it
-    // when the optimizer is built, the Hopfield energy's one-sided phase cannot) are
-    // divergence at that step, even though the update they give is still finite.
+    // States that overflow while settling are divergence at that step, even where the
+    // parameters are still finite (an absurd β, which the optimizer now refuses when
+    // built, used to be the way there): one step at lr 1e14 leaves finite couplings of
+    // order 1e13, whose Hopfield phases overflow at the next step. The parameters the
+    // unsettled phases were run at are the ones that step 1 made, so the restored ones
+    // are those step 1 started from.
     let mut m = small_with(Energy::HOPFIELD, 6);
-    let mut opt = sgd(&m).lr(0.01).beta(1e30).build().unwrap();
+    let mut opt = sgd(&m).lr(1e14).build().unwrap();
     let initial = m.parameters().unwrap();
-    let b = data.batches(32, Shuffle::None).unwrap().next().unwrap();
-    match opt.step(&mut m, &b.x, &b.y) {
-        Err(e @ MepError::Diverged { step: 1, .. }) => {
+    let mut batches = data.batches(32, Shuffle::None).unwrap();
+    let b = batches.next().unwrap();
+    opt.step(&mut m, &b.x, &b.y).unwrap();
+    let b2 = batches.next().unwrap();
+    match opt.step(&mut m, &b2.x, &b2.y) {
+        Err(e @ MepError::Diverged { step: 2, .. }) => {
             assert!(e.to_string().contains("did not settle"), "{e}")
         }
-        other => panic!("β = 1e30: {other:?}"),
+        other => panic!("lr 1e14: {other:?}"),
     }
     assert_eq!(m.parameters().unwrap(), initial);
     // A loss out of range before any update points at the data, not the learning rate.

@@ -323,7 +323,8 @@ impl<'m> OptimizerBuilder<'m> {
             ));
         }
         let couplings_bounded = hopfield && (1..depth).any(|l| layers.bound(l, depth, hopfield, 1.0).is_some());
-        if couplings_bounded && cfg.spectral.gamma >= 1.0 {
+        // As the network stores it: 0.99999999 is 1 in f32.
+        if couplings_bounded && (cfg.spectral.gamma as f32) >= 1.0 {
             // SpectralLayers::bound makes the coupling operator's norm at most γ; the
             // free phase contracts (the README's guarantee) only while it is below 1.
             // The sixth user trial's γ = 5 left 784–64–64–10 unsettled (free residual

@@ -153,21 +153,25 @@ struct Guard<B: Backend> {
     input_rms: f64,
 }
 
-/// Refuses a β for which a nudged phase cannot settle, whatever the weights. Along the
-/// output state, the nudged energy F = E + βC has curvature 1 + β·κ with κ up to
-/// c·φ′² (c = [`Loss::max_curvature`](crate::Loss::max_curvature), φ′ the output
-/// activation's largest slope, 1 for the identity output that squared error on the
-/// layered energy and the clamped rules use):
-/// - a phase at −β (NEP, CEP) has no equilibrium to settle to once β·c·φ′² ≥ 1 (F is
-///   not convex along the output), for either energy;
-/// - the layered energy's sweeps, relaxed by ω = `settle_lr`, contract only while
+/// Refuses a β for which a nudged phase cannot settle, whatever the weights. With c
+/// = [`Loss::max_curvature`](crate::Loss::max_curvature) and φ′ the output
+/// activation's largest slope:
+/// - Hopfield: the output's sweep s_L ← φ(… ∓ β·∂C/∂o(s_L)) is a fixed-point map of
+///   slope up to β·c·φ′ along the output (o = s_L), which settles only below 1, for
+///   either sign (the seventh user trial: squared error, sigmoid output, residual
+///   3.8e-6 at β = 0.5, 2.7 at 1.1 and 420 at 1.5, training to below chance);
+/// - layered, a phase at −β (NEP, CEP): F = E − β·C has curvature 1 − β·c·φ′² along
+///   the output (o = φ(s_L)), and no equilibrium once that is not positive;
+/// - layered, +β: the sweeps, relaxed by ω = `settle_lr`, contract only while
 ///   ω(1 + β·c·φ′²) < 2 (see [`crate::ep::layered::nudged_phase`]).
 ///
-/// For squared error through an identity output both bounds are reached exactly; for
-/// cross-entropy, whose curvature is ½ only where two classes share the probability,
-/// they are the worst case. The sixth user trial ran β = 1e3 … 1e20 unrefused: the
-/// residual stayed at 10 … 6e15 and the estimate's cosine with the gradient at
-/// 0.58 … 0.27, trained on silently.
+/// These are necessary conditions, from the output alone: the hidden layers add their
+/// share to the curvature (‖Σ J_l J_lᵀ‖ ≥ 1, which depends on the weights), so a β
+/// just inside a bound can still fail to settle (the seventh user trial, 8–16–3 tanh,
+/// squared error: one-sided settles at β = 2.6, not at 2.7, bound 3), which
+/// [`StepStats::settle_residual`] shows. What they refuse never settles (the sixth
+/// trial ran β = 1e3 … 1e20 with residuals of 10 … 6e15, silently). β is compared as
+/// the network computes it (`B::Elem`): 0.99999999 is 1 in f32.
 fn check_nudge_strength<B: Backend>(cfg: &OptimConfig, net: &Network<B>) -> Result<()> {
     let g = &cfg.grad;
     let (positive, negative) = match (g.mode, g.nudging) {
@@ -179,8 +183,8 @@ fn check_nudge_strength<B: Backend>(cfg: &OptimConfig, net: &Network<B>) -> Resu
     let Some(out) = net.arch.blocks.last() else {
         return Ok(());
     };
+    let beta = B::Elem::of(g.beta).f64();
     let (c, slope) = (g.loss.max_curvature(), out.act.max_slope());
-    let k = c * slope * slope;
     let terms = format!(
         "c = {c} the largest curvature of {}, φ′ ≤ {slope} the output activation's slope",
         match g.loss {
@@ -188,28 +192,44 @@ fn check_nudge_strength<B: Backend>(cfg: &OptimConfig, net: &Network<B>) -> Resu
             crate::Loss::SquaredError => "squared error",
         }
     );
-    if negative && g.beta * k >= 1.0 {
+    if matches!(net.energy, Energy::Hopfield { .. }) {
+        let k = c * slope;
+        if beta * k >= 1.0 {
+            return Err(MepError::invalid(
+                "beta",
+                g.beta,
+                format!(
+                    "the Hopfield output's nudged sweep s_L ← φ(… ∓ β·∂C/∂o) is a fixed-point map of slope up to β·c·φ′ ({terms}: here {:.3}), which settles only below 1: use beta below {:.4} (EP's estimate is biased by O(β): 0.01–1 is the usual range)",
+                    beta * k,
+                    1.0 / k
+                ),
+            ));
+        }
+        return Ok(());
+    }
+    let k = c * slope * slope;
+    if negative && beta * k >= 1.0 {
         return Err(MepError::invalid(
             "beta",
             g.beta,
             format!(
-                "the phase at −β (nudging {:?}) settles F = E − β·C, which is not convex along the output once β·c·φ′² ≥ 1 ({terms}: here {:.3}), so it has no equilibrium: use beta below {:.4}, or Nudging::OneSided",
+                "the phase at −β (nudging {:?}) settles F = E − β·C, which is not convex along the output once β·c·φ′² ≥ 1 ({terms}: here {:.3}), so it has no equilibrium: use beta below {:.4}, or Nudging::OneSided (--nudging one-sided)",
                 g.nudging,
-                g.beta * k,
+                beta * k,
                 1.0 / k
             ),
         ));
     }
     let omega = g.settle_lr;
-    if positive && net.energy == Energy::LayeredLeastSquares && omega * (1.0 + g.beta * k) >= 2.0 {
+    if positive && omega * (1.0 + beta * k) >= 2.0 {
         return Err(MepError::invalid(
             "beta",
             g.beta,
             format!(
-                "the layered energy's nudged sweeps contract only while ω(1 + β·c·φ′²) < 2 (ω = settle_lr = {omega}, {terms}: here {:.3}), so the phase cannot settle and its estimate means nothing: use beta below {:.4} (EP's estimate is biased by O(β): 0.01–1 is the usual range), or settle_lr below {:.3e}",
-                omega * (1.0 + g.beta * k),
+                "the layered energy's nudged sweeps contract only while ω(1 + β·c·φ′²) < 2 (ω = settle_lr = {omega}, {terms}: here {:.3}), so the phase cannot settle and its estimate means nothing: use beta below {:.4} (EP's estimate is biased by O(β): 0.01–1 is the usual range), or settle_lr (--settle-lr) below {:.3e}",
+                omega * (1.0 + beta * k),
                 (2.0 / omega - 1.0) / k,
-                2.0 / (1.0 + g.beta * k)
+                2.0 / (1.0 + beta * k)
             ),
         ));
     }
