@@ -26,6 +26,14 @@ impl Loss {
         }
     }
 
+    /// Human-readable: `cross-entropy` or `squared error`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Loss::CrossEntropy { .. } => "cross-entropy",
+            Loss::SquaredError => "squared error",
+        }
+    }
+
     /// The largest curvature ‖∂²C/∂o²‖ of the cost over all outputs: ½ for
     /// cross-entropy (the softmax Hessian diag(p) − ppᵀ, whatever the smoothing; ½ when
     /// two classes share the probability), 1 for squared error. What bounds the

@@ -153,6 +153,15 @@ struct Guard<B: Backend> {
     input_rms: f64,
 }
 
+/// Copies `net`'s parameters (W, b per block) into `copy`, one of the guard's.
+fn copy_into<B: Backend>(bk: &B, net: &Network<B>, copy: &mut [(B::Buf, B::Buf)]) -> Result<()> {
+    for (p, (w, b)) in net.params.iter().zip(copy.iter_mut()) {
+        bk.copy(&p.w, w)?;
+        bk.copy(&p.b, b)?;
+    }
+    Ok(())
+}
+
 /// Refuses a β for which a nudged phase cannot settle, whatever the weights. With c
 /// = [`Loss::max_curvature`](crate::Loss::max_curvature) and φ′ the output
 /// activation's largest slope:
@@ -187,10 +196,7 @@ fn check_nudge_strength<B: Backend>(cfg: &OptimConfig, net: &Network<B>) -> Resu
     let (c, slope) = (g.loss.max_curvature(), out.act.max_slope());
     let terms = format!(
         "c = {c} the largest curvature of {}, φ′ ≤ {slope} the output activation's slope",
-        match g.loss {
-            crate::Loss::CrossEntropy { .. } => "cross-entropy",
-            crate::Loss::SquaredError => "squared error",
-        }
+        g.loss.name()
     );
     if matches!(net.energy, Energy::Hopfield { .. }) {
         let k = c * slope;
@@ -346,11 +352,9 @@ impl<B: Backend> Engine<B> {
         let copy_params = || -> Result<Vec<(B::Buf, B::Buf)>> {
             let mut out = Vec::with_capacity(net.params.len());
             for p in &net.params {
-                let (mut w, mut b) = (bk.zeros(bk.len(&p.w))?, bk.zeros(bk.len(&p.b))?);
-                bk.copy(&p.w, &mut w)?;
-                bk.copy(&p.b, &mut b)?;
-                out.push((w, b));
+                out.push((bk.zeros(bk.len(&p.w))?, bk.zeros(bk.len(&p.b))?));
             }
+            copy_into(bk, net, &mut out)?;
             Ok(out)
         };
         let guard = Box::new(Guard {
@@ -802,10 +806,7 @@ impl<B: Backend> Engine<B> {
         // measured, so they become `earlier`, and the current ones `backup`.
         let g = &mut *self.guard;
         std::mem::swap(&mut g.backup, &mut g.earlier);
-        for (p, (w, b)) in net.params.iter().zip(&mut g.backup) {
-            bk.copy(&p.w, w)?;
-            bk.copy(&p.b, b)?;
-        }
+        copy_into(&bk, net, &mut g.backup)?;
         (g.checked_loss_sum, g.checked_samples) = (sum, s.samples);
         g.steps_since_backup = 0;
         g.backup_unupdated = false;
@@ -819,12 +820,8 @@ impl<B: Backend> Engine<B> {
     pub(crate) fn take_backup(&mut self, net: &Network<B>, unupdated: bool) -> Result<()> {
         let bk = &net.backend;
         let g = &mut *self.guard;
-        for copy in [&mut g.backup, &mut g.earlier] {
-            for (p, (w, b)) in net.params.iter().zip(copy.iter_mut()) {
-                bk.copy(&p.w, w)?;
-                bk.copy(&p.b, b)?;
-            }
-        }
+        copy_into(bk, net, &mut g.backup)?;
+        copy_into(bk, net, &mut g.earlier)?;
         self.guard.stamp = net.stamp();
         self.guard.steps_since_backup = 0;
         self.guard.backup_unupdated = unupdated;

@@ -14,7 +14,7 @@ mod setup;
 use args::*;
 use clap::{CommandFactory, FromArgMatches, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use mep::{Device, Loss, Shuffle};
+use mep::{Device, Shuffle};
 use report::*;
 use setup::*;
 use std::path::PathBuf;
@@ -346,10 +346,7 @@ fn run(args: Args) -> mep::Result<()> {
             args.batch_size,
             args.seed
         );
-        let loss_name = match model.loss() {
-            Loss::CrossEntropy { .. } => "cross-entropy",
-            Loss::SquaredError => "squared error",
-        };
+        let loss_name = model.loss().name();
         if log.rows().is_empty() {
             // A finished run resumed only evaluates: nothing new to draw, and the
             // picture it drew before is left as it is.
