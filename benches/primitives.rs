@@ -3,7 +3,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use mep::backend::cpu::Cpu;
-use mep::backend::{Backend, NormRule};
+use mep::backend::{Backend, LayerState, NormRule};
 use mep::nn::ActChain;
 use mep::nn::Activation;
 use mep::optim::newton_schulz::{orthogonalize, NsScratch};
@@ -59,27 +59,39 @@ fn newton_schulz(c: &mut Criterion) {
 fn elementwise(c: &mut Criterion) {
     let bk = Cpu::<f32>::new();
     let (rows, cols) = (64, 128);
-    let p = bk.upload(&random(rows * cols, 4)).unwrap();
+    let q = bk.upload(&random(rows * cols, 4)).unwrap();
     let f = bk.upload(&random(rows * cols, 5)).unwrap();
-    let s0 = bk.upload(&random(rows * cols, 6)).unwrap();
-    let bias = bk.upload(&random(cols, 7)).unwrap();
-    let mut s = s0.clone();
-    let mut a = bk.zeros(rows * cols).unwrap();
-    let mut e = bk.zeros(rows * cols).unwrap();
-    let relu = ActChain::single(Activation::Relu);
-    // Restart from the same state each time: repeated steps would drift the state.
-    // (The error is formed inside the step: this is what layered_error plus the old
-    // settle step did in two passes.)
-    c.bench_function("layered_settle 64x128 relu", |b| {
-        b.iter(|| {
-            s.copy_from_slice(&s0);
-            bk.layered_settle(rows, cols, &p, &bias, &f, -1.0, 0.5, relu, &mut s, &mut a, &mut e)
-                .unwrap()
-        })
-    });
+    let s_free = bk.upload(&random(rows * cols, 6)).unwrap();
+    let u0 = bk.zeros(rows * cols).unwrap();
+    let (mut u, mut s) = (u0.clone(), s_free.clone());
+    let (mut a, mut da, mut e) = (u0.clone(), u0.clone(), u0.clone());
+    for (name, act) in [
+        ("relu", Activation::Relu),
+        ("tanh", Activation::Tanh),
+        ("sigmoid", Activation::Sigmoid),
+    ] {
+        let act = ActChain::single(act);
+        // Restart from the same state each time: repeated steps would drift the state.
+        // (The error is formed inside the step: this is what layered_error plus the old
+        // settle step did in two passes.)
+        c.bench_function(&format!("layered_settle 64x128 {name}"), |b| {
+            b.iter(|| {
+                u.copy_from_slice(&u0);
+                let st = LayerState {
+                    u: &mut u,
+                    s: &mut s,
+                    a: &mut a,
+                    da: &mut da,
+                    e: &mut e,
+                };
+                bk.layered_settle(rows, cols, Some(&q), &f, -1.0, 0.5, act, &s_free, st)
+                    .unwrap()
+            })
+        });
+    }
     let mut out = bk.zeros(rows * cols).unwrap();
     c.bench_function("layered_error 64x128", |b| {
-        b.iter(|| bk.layered_error(rows, cols, &s, &f, &bias, &mut out).unwrap())
+        b.iter(|| bk.layered_error(rows, cols, &u, Some(&f), &mut out).unwrap())
     });
 }
 

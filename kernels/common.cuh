@@ -67,6 +67,48 @@ __device__ __forceinline__ float mep_act_deriv(u32 chain, float x) {
     return d;
 }
 
+// tanh(x + u) − tanh(x) without cancellation: tanh(u)·(1 − t²)/(1 + t·tanh(u)),
+// t = tanh(x); for |u| ≥ 1 the plain difference (large, or both sides saturated
+// where the identity's denominator can round to 0). As Activation::delta_by.
+__device__ __forceinline__ float mep_tanh_delta(float x, float u) {
+    if (fabsf(u) >= 1.0f) return tanhf(x + u) - tanhf(x);
+    float t = tanhf(x), tu = tanhf(u);
+    return tu * (1.0f - t * t) / (1.0f + t * tu);
+}
+
+// f(x + u) − f(x) for one activation, accurate relative to the difference itself
+// (the layered energy's perturbation form, src/ep/layered.rs): a·u on one linear
+// piece of slope a, 0 on one constant piece, across a kink k the linear side's
+// (x + u) − k, as (x − k) + u from the constant side; tanh's identity above;
+// sigmoid as ½ of tanh's at (x/2, u/2). As Activation::delta_by.
+__device__ __forceinline__ float mep_act1_delta(u32 code, float x, float u) {
+    float y = x + u;
+    switch (code) {
+    case 1:
+        if (x > 0.0f && y > 0.0f) return u;
+        if (x <= 0.0f && y <= 0.0f) return 0.0f;
+        return fmaxf(y, 0.0f) - fmaxf(x, 0.0f);
+    case 2: return 0.5f * mep_tanh_delta(0.5f * x, 0.5f * u);
+    case 3: return mep_tanh_delta(x, u);
+    default:
+        // Across the upper kink from above: (x − 1) + u, exact near the kink.
+        if (x >= 1.0f) return y >= 1.0f ? 0.0f : (y <= 0.0f ? -1.0f : (x - 1.0f) + u);
+        if (x <= 0.0f) return y <= 0.0f ? 0.0f : (y >= 1.0f ? 1.0f : y);
+        return y >= 1.0f ? 1.0f - x : (y <= 0.0f ? -x : u);
+    }
+}
+
+// φ(x + u) − φ(x) for a packed chain: each activation's deviation is carried to the
+// next beside its free value (ActChain::delta_by).
+__device__ __forceinline__ float mep_act_delta(u32 chain, float x, float u) {
+    for (; chain != 0; chain >>= 4) {
+        u32 c = chain & 15u;
+        u = mep_act1_delta(c, x, u);
+        x = mep_act1(c, x);
+    }
+    return u;
+}
+
 // Loss codes (Loss::code).
 #define MEP_LOSS_CE 0u
 #define MEP_LOSS_SE 1u

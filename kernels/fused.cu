@@ -188,31 +188,59 @@ __device__ __forceinline__ bool mep_fused_drive(const MepFusedNet& net, u32 l, u
     return true;
 }
 
+// The perturbation-form drive of unit j of block l into *q (src/ep/layered.rs):
+// 0 for block 1 (its input is clamped), else W_l Δa_{l−1} as mep_fused_drive forms
+// it from the deviations `da`. Returns whether this thread owns unit j.
+__device__ __forceinline__ bool mep_fused_delta_drive(const MepFusedNet& net, u32 l, u32 j,
+                                                      const float* da, u64 row, float* q) {
+    const bool own = mep_fused_drive(net, l, j, da, row, q);
+    if (l == 0) *q = 0.0f;
+    return own;
+}
+
+// The output o = φ_L(s⋆_L + u_L) of one row into o[k] (k < n_L, each thread its own
+// k ≡ threadIdx.x), from the free states `sf` and deviations `u` at off[L−1]; the
+// clamped output (clamped != 0) has no activation. No barrier.
+__device__ __forceinline__ void mep_fused_output(const MepFusedNet& net, const float* sf,
+                                                 const float* u, u32 clamped, float* o) {
+    const u32 b = net.off[net.last];
+    for (u32 k = threadIdx.x; k < net.n[net.last]; k += blockDim.x) {
+        const float sv = sf[b + k] + u[b + k];
+        o[k] = clamped ? sv : mep_act(net.act[net.last], sv);
+    }
+}
+
 // layered_nudged_phase: `steps` sweeps of the layered energy's nudged phase at
-// signed strength beta, then the errors of the final state, for every row.
+// signed strength beta, then the errors of the final state, for every row, in the
+// perturbation form of src/ep/layered.rs: the free state s⋆ stays, and the sweeps
+// move the deviation u = s − s⋆ and Δa = φ(s⋆ + u) − φ(s⋆) (mep_act_delta), so
+// the errors keep the digits that s⋆ + u would round away.
 //   depth L (1..4); n1..n4 the widths (n_{L+1}.. unused); act1..act4 the chains;
 //   w2, w3, w4: W_l (n_l × n_{l−1}, row-major; unused ones may alias w2);
 //   b1..b4: biases; p0: W_1 x (rows × n1, the clamped input's drive);
 //   labels, loss (MEP_LOSS_CE / MEP_LOSS_SE), eps (label smoothing);
-//   s1..s4, a1..a4 (rows × n_l): the state, read at the start and written at the end;
-//   e1..e4 (rows × n_l): the final errors e_l = s_l − W_l φ(s_{l−1}) − b_l;
+//   s1..s4 (rows × n_l): the free state s⋆ (read, when free = 0), then the final
+//   state s⋆ + u (written); a1..a4: its φ (written);
+//   e1..e4 (rows × n_l): the final errors e_l = u_l − W_l Δa_{l−1} (u_1 for l = 1);
 //   rowres (rows): the final state's Σ_l ‖∇_{s_l}F‖² of each row (below);
-//   free: 0 to start from the state in s1..s4, a1..a4; else the phase starts with the
+//   free: 0 to start from the free state in s1..s4; else the phase starts with the
 //   free phase, the forward pass s_l = W_l a_{l−1} + b_l (p0 + b_1 for l = 1),
-//   a_l = φ_l(s_l) (s and a are then only written), and writes its output's
-//   statistics to rowstats[2·row] = C(o, y) and rowstats[2·row + 1] = [argmax o = y]
-//   (as cost_stats per row; rowstats is unread and unwritten when free = 0).
+//   a_l = φ_l(s_l), and writes its output's statistics to rowstats[2·row] = C(o, y)
+//   and rowstats[2·row + 1] = [argmax o = y] (as cost_stats per row; rowstats is
+//   unread and unwritten when free = 0).
 //   clamped: 0 for a nudged phase; else a clamped one (beta unused): first the
-//   output state s_L ← s_L − t·(s_L − onehot(y)) (t = clamp_t; the squared error's
+//   output's deviation u_L = −t·(o⋆ − onehot(y)) (t = clamp_t; the squared error's
 //   gradient, whatever `loss`), a_L = s_L, and its error e_L; the sweeps then keep
-//   s_L and e*_L = e_L, refreshing e_L after the layers below move, and the residual
+//   u_L and e*_L = e_L, refreshing e_L after the layers below move, and the residual
 //   leaves the output out (as layered.rs's settle_nudged for Phase::Clamp).
-// Per sweep (as backward_errors then relax_forward):
-//   dc = ∂C/∂o at o = a_L;  e*_L = (−β·dc)·φ′_L(s_L);
+// Per sweep (as backward_errors then relax_forward), with s_l = s⋆_l + u_l:
+//   dc = ∂C/∂o at o = φ_L(s_L);  e*_L = (−β·dc)·φ′_L(s_L);
 //   for l = L−1 … 1: r_l = W_{l+1}ᵀ e*_{l+1}; e*_l = φ′_l(s_l)·r_l (l ≥ 2);
-//   for l = 1 … L: e_l = s_l − (W_l a_{l−1} + b_l) (p0 for l = 1);
-//     s_l ← s_l − ω·(e_l + c·φ′_l(s_l)·g_l), (c, g) = (−1, r_l) or (β, dc) at l = L;
-//     a_l = φ_l(s_l).
+//   for l = 1 … L: e_l = u_l − W_l Δa_{l−1} (u_1 for l = 1);
+//     u_l ← u_l − ω·(e_l + c·φ′_l(s_l)·g_l), (c, g) = (−1, r_l) or (β, dc) at l = L;
+//     Δa_l = φ_l(s⋆_l + u_l) − φ_l(s⋆_l).
+// Shared memory: s⋆, u, Δa (a⋆ during the free phase), e and r (whose slots at the
+// output, unused by r, hold o and then dc in place).
 // Launch: grid = rows blocks (one per row), block = MEP_FUSED_THREADS threads (1-D);
 // depth ≤ MEP_FUSED_MAX_DEPTH and Σ_l n_l ≤ MEP_FUSED_UNITS (see the top of the file).
 extern "C" __global__ void layered_nudged_phase(
@@ -227,10 +255,10 @@ extern "C" __global__ void layered_nudged_phase(
     float* __restrict__ e3, float* __restrict__ e4, float* __restrict__ rowres, u32 free,
     float* __restrict__ rowstats, u32 clamped, float clamp_t) {
     __shared__ float sh_s[MEP_FUSED_UNITS];
-    __shared__ float sh_a[MEP_FUSED_UNITS];
+    __shared__ float sh_u[MEP_FUSED_UNITS];
+    __shared__ float sh_da[MEP_FUSED_UNITS];
     __shared__ float sh_e[MEP_FUSED_UNITS];
     __shared__ float sh_r[MEP_FUSED_UNITS];
-    __shared__ float sh_dc[MEP_FUSED_UNITS];
     __shared__ float sh_red[MEP_FUSED_THREADS];
 
     const u64 row = blockIdx.x;
@@ -244,20 +272,22 @@ extern "C" __global__ void layered_nudged_phase(
     const u32* n = net.n;
     const u32* off = net.off;
     const u32 y = labels[row];
+    float* const dc = sh_r + off[last];  // o, then ∂C/∂o (r has no output slot)
 
     if (free) {
-        // ---- the free phase: the forward pass, then its output's statistics ----
+        // ---- the free phase: the forward pass (a⋆ in sh_da), then its output's
+        // statistics ----
         for (u32 l = 0; l < L; l++) {
             for (u32 j = mep_fused_first(l); j < n[l]; j += mep_fused_stride(l)) {
                 float p;
-                if (!mep_fused_drive(net, l, j, sh_a, row, &p)) continue;
+                if (!mep_fused_drive(net, l, j, sh_da, row, &p)) continue;
                 const float sv = p + net.B[l][j];
                 sh_s[off[l] + j] = sv;
-                sh_a[off[l] + j] = mep_act(net.act[l], sv);
+                sh_da[off[l] + j] = mep_act(net.act[l], sv);
             }
             __syncthreads();
         }
-        const float* o = sh_a + off[last];
+        const float* o = sh_da + off[last];
         const float cost = mep_fused_cost(o, nL, y, loss, eps, sh_red);
         if (tid == 0) {
             // The first index of the maximum, as cost_stats' argmax.
@@ -267,26 +297,24 @@ extern "C" __global__ void layered_nudged_phase(
             rowstats[2 * row] = cost;
             rowstats[2 * row + 1] = arg == y ? 1.0f : 0.0f;
         }
+        // Thread 0 may still be reading the free output.
+        __syncthreads();
     } else {
         mep_fused_load(net, S, row, sh_s);
-        mep_fused_load(net, A, row, sh_a);
-        __syncthreads();
     }
+    for (u32 k = tid; k < off[L]; k += nt) sh_u[k] = 0.0f, sh_da[k] = 0.0f;
+    __syncthreads();
     if (clamped) {
-        // ---- the clamped output o⋆ − t·(o⋆ − onehot(y)), then its error; the barrier
-        // first: thread 0 may still be reading the free output for its statistics ----
-        __syncthreads();
-        mep_fused_cost_grad(sh_a + off[last], nL, y, MEP_LOSS_SE, 0.0f, sh_dc, sh_red);
-        for (u32 k = tid; k < nL; k += nt) {
-            const float sv = -clamp_t * sh_dc[k] + sh_s[off[last] + k];
-            sh_s[off[last] + k] = sv;
-            sh_a[off[last] + k] = sv;
-        }
+        // ---- the clamped output's deviation u_L = −t·(o⋆ − onehot(y)), then its error
+        // (dc in place over o: each thread its own k) ----
+        mep_fused_output(net, sh_s, sh_u, 0u, dc);
+        mep_fused_cost_grad(dc, nL, y, MEP_LOSS_SE, 0.0f, dc, sh_red);
+        for (u32 k = tid; k < nL; k += nt) sh_u[off[last] + k] = -clamp_t * dc[k];
         __syncthreads();
         for (u32 j = mep_fused_first(last); j < nL; j += mep_fused_stride(last)) {
-            float p;
-            if (!mep_fused_drive(net, last, j, sh_a, row, &p)) continue;
-            sh_e[off[last] + j] = sh_s[off[last] + j] - (p + net.B[last][j]);
+            float q;
+            if (!mep_fused_delta_drive(net, last, j, sh_da, row, &q)) continue;
+            sh_e[off[last] + j] = sh_u[off[last] + j] - q;
         }
         __syncthreads();
     }
@@ -295,38 +323,40 @@ extern "C" __global__ void layered_nudged_phase(
         // ---- backward: dc, e*_L (a clamped output keeps its current error), then r_l
         // and e*_l downwards ----
         if (!clamped) {
-            mep_fused_cost_grad(sh_a + off[last], nL, y, loss, eps, sh_dc, sh_red);
+            mep_fused_output(net, sh_s, sh_u, 0u, dc);
+            mep_fused_cost_grad(dc, nL, y, loss, eps, dc, sh_red);
             for (u32 k = tid; k < nL; k += nt)
-                sh_e[off[last] + k] =
-                    (-beta * sh_dc[k]) * mep_act_deriv(net.act[last], sh_s[off[last] + k]);
+                sh_e[off[last] + k] = (-beta * dc[k]) *
+                                      mep_act_deriv(net.act[last], sh_s[off[last] + k] + sh_u[off[last] + k]);
             __syncthreads();
         }
         for (int l = (int)last - 1; l >= 0; l--) {
             for (u32 j = tid; j < n[l]; j += nt) {
                 float acc = mep_fused_feedback(net, l, j, sh_e + off[l + 1]);
                 sh_r[off[l] + j] = acc;
-                if (l > 0) sh_e[off[l] + j] = acc * mep_act_deriv(net.act[l], sh_s[off[l] + j]);
+                if (l > 0)
+                    sh_e[off[l] + j] = acc * mep_act_deriv(net.act[l], sh_s[off[l] + j] + sh_u[off[l] + j]);
             }
             __syncthreads();
         }
-        // ---- forward: errors and relaxed states, layer by layer ----
+        // ---- forward: errors and relaxed deviations, layer by layer ----
         for (u32 l = 0; l < L; l++) {
-            const float* g = l == last ? sh_dc : sh_r + off[l];
+            const float* g = l == last ? dc : sh_r + off[l];
             const float c = l == last ? beta : -1.0f;
             for (u32 j = mep_fused_first(l); j < n[l]; j += mep_fused_stride(l)) {
-                float p;
-                if (!mep_fused_drive(net, l, j, sh_a, row, &p)) continue;
-                float sv = sh_s[off[l] + j];
-                float e = sv - (p + net.B[l][j]);
+                float q;
+                if (!mep_fused_delta_drive(net, l, j, sh_da, row, &q)) continue;
+                const float sf = sh_s[off[l] + j], uv = sh_u[off[l] + j];
+                const float e = uv - q;
                 if (l == last && clamped) {
                     // The clamped output stays; its error follows the layer below.
                     sh_e[off[l] + j] = e;
                     continue;
                 }
-                float d = mep_act_deriv(net.act[l], sv);
-                float ns = sv - omega * (e + c * d * g[j]);
-                sh_s[off[l] + j] = ns;
-                sh_a[off[l] + j] = mep_act(net.act[l], ns);
+                const float d = mep_act_deriv(net.act[l], sf + uv);
+                const float nu = uv - omega * (e + c * d * g[j]);
+                sh_u[off[l] + j] = nu;
+                sh_da[off[l] + j] = mep_act_delta(net.act[l], sf, nu);
             }
             __syncthreads();
         }
@@ -334,9 +364,9 @@ extern "C" __global__ void layered_nudged_phase(
     // ---- the final state's errors ----
     for (u32 l = 0; l < L; l++)
         for (u32 j = mep_fused_first(l); j < n[l]; j += mep_fused_stride(l)) {
-            float p;
-            if (!mep_fused_drive(net, l, j, sh_a, row, &p)) continue;
-            sh_e[off[l] + j] = sh_s[off[l] + j] - (p + net.B[l][j]);
+            float q;
+            if (!mep_fused_delta_drive(net, l, j, sh_da, row, &q)) continue;
+            sh_e[off[l] + j] = sh_u[off[l] + j] - q;
         }
     __syncthreads();
     // ---- the residual Σ_l ‖∇_{s_l}F‖² of the final state (as src/ep/layered.rs's
@@ -344,24 +374,32 @@ extern "C" __global__ void layered_nudged_phase(
     // below it ----
     float res = 0.0f;
     if (!clamped) {
-        mep_fused_cost_grad(sh_a + off[last], nL, y, loss, eps, sh_dc, sh_red);
+        mep_fused_output(net, sh_s, sh_u, 0u, dc);
+        mep_fused_cost_grad(dc, nL, y, loss, eps, dc, sh_red);
         for (u32 k = tid; k < nL; k += nt) {
-            float g = sh_e[off[last] + k] + beta * (sh_dc[k] * mep_act_deriv(net.act[last], sh_s[off[last] + k]));
+            const float sv = sh_s[off[last] + k] + sh_u[off[last] + k];
+            float g = sh_e[off[last] + k] + beta * (dc[k] * mep_act_deriv(net.act[last], sv));
             res += g * g;
         }
     }
     for (u32 l = 0; l < last; l++)
         for (u32 j = tid; j < n[l]; j += nt) {
-            float r = mep_fused_feedback(net, l, j, sh_e + off[l + 1]) * mep_act_deriv(net.act[l], sh_s[off[l] + j]);
+            const float sv = sh_s[off[l] + j] + sh_u[off[l] + j];
+            float r = mep_fused_feedback(net, l, j, sh_e + off[l + 1]) * mep_act_deriv(net.act[l], sv);
             float g = sh_e[off[l] + j] - r;
             res += g * g;
         }
     res = mep_block_sum_all(res, sh_red);
     if (tid == 0) rowres[row] = res;
-    // ---- everything back to global memory ----
+    // ---- everything back to global memory: e, s = s⋆ + u, a = φ(s) (s itself at a
+    // clamped output) ----
     mep_fused_store(net, sh_e, row, E);
-    mep_fused_store(net, sh_s, row, S);
-    mep_fused_store(net, sh_a, row, A);
+    for (u32 l = 0; l < L; l++)
+        for (u32 j = tid; j < n[l]; j += nt) {
+            const float sv = sh_s[off[l] + j] + sh_u[off[l] + j];
+            S[l][row * n[l] + j] = sv;
+            A[l][row * n[l] + j] = (l == last && clamped) ? sv : mep_act(net.act[l], sv);
+        }
 }
 
 // hopfield_settle_phase: `sweeps` Gauss–Seidel sweeps of the Hopfield energy for every

@@ -16,32 +16,37 @@ extern "C" __global__ void bias_act(u64 n, u32 cols, const float* src, float* z,
     }
 }
 
-// layered_error: e ← s − (p + bias[col]) (layered energy error, p = W φ(s_{l−1})).
-// p + bias is rounded exactly as the forward pass rounded s, so e is exactly 0 at
-// the free equilibrium. Launch: 1-D grid-stride over n = rows·cols.
-extern "C" __global__ void layered_error(u64 n, u32 cols, const float* __restrict__ s,
-                                         const float* __restrict__ p,
-                                         const float* __restrict__ bias,
-                                         float* __restrict__ e) {
-    MEP_GRID_STRIDE(i, n) { e[i] = s[i] - (p[i] + bias[i % cols]); }
+// layered_error: e ← u − q, the layered energy's error in perturbation form
+// (src/ep/layered.rs): u = s − s⋆ the deviation from the free state, q = W Δa_{l−1}
+// the drive's; has_q = 0 for the first layer (clamped input): e ← u, q unread.
+// Launch: 1-D grid-stride over n = rows·cols.
+extern "C" __global__ void layered_error(u64 n, const float* __restrict__ u, const float* q,
+                                         u32 has_q, float* __restrict__ e) {
+    MEP_GRID_STRIDE(i, n) { e[i] = has_q ? u[i] - q[i] : u[i]; }
 }
 
-// layered_settle: at the current state, e ← s − (p + bias[col]) (as layered_error
-// rounds it; written out), then s ← s − η·(e + c·φ′(s)·g); a ← φ(s) (φ′ at the old s).
-// Launch: 1-D grid-stride over n = rows·cols.
-extern "C" __global__ void layered_settle(u64 n, u32 cols, const float* __restrict__ p,
-                                          const float* __restrict__ bias,
+// layered_settle: one perturbation-form settle step at the current state:
+// e ← u − q (as layered_error; written out), u ← u − η·(e + c·φ′(s)·g) (φ′ at the
+// old s), s ← s⋆ + u, a ← φ(s), Δa ← φ(s⋆ + u) − φ(s⋆) (mep_act_delta), with
+// s⋆ = s_free. Launch: 1-D grid-stride over n = rows·cols.
+extern "C" __global__ void layered_settle(u64 n, const float* q, u32 has_q,
                                           const float* __restrict__ g, float c, float eta,
-                                          u32 chain, float* __restrict__ s,
-                                          float* __restrict__ a, float* __restrict__ e) {
+                                          u32 chain, const float* __restrict__ s_free,
+                                          float* __restrict__ u, float* __restrict__ s,
+                                          float* __restrict__ a, float* __restrict__ da,
+                                          float* __restrict__ e) {
     MEP_GRID_STRIDE(i, n) {
-        float sv = s[i];
-        float ev = sv - (p[i] + bias[i % cols]);
+        float uv = u[i];
+        float ev = has_q ? uv - q[i] : uv;
         e[i] = ev;
-        float d = mep_act_deriv(chain, sv);
-        float ns = sv - eta * (ev + c * d * g[i]);
+        float d = mep_act_deriv(chain, s[i]);
+        float nu = uv - eta * (ev + c * d * g[i]);
+        u[i] = nu;
+        float sf = s_free[i];
+        float ns = sf + nu;
         s[i] = ns;
         a[i] = mep_act(chain, ns);
+        da[i] = mep_act_delta(chain, sf, nu);
     }
 }
 

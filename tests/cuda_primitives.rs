@@ -4,11 +4,11 @@
 //! Skips with a message when no GPU is usable; fails then when `MEP_REQUIRE_GPU=1`.
 
 mod common;
-use common::{chains, close, close_to_scale, gpu, norm_rules_match_the_cpu, randn, rel_err, rng};
+use common::{chains, close, close_delta, close_to_scale, gpu, norm_rules_match_the_cpu, randn, rel_err, rng};
 
 use mep::backend::cpu::Cpu;
 use mep::backend::cuda::Cuda;
-use mep::backend::{Backend, NormRule};
+use mep::backend::{Backend, LayerState, NormRule};
 use mep::rng::Rng;
 use mep::{Loss, MepError};
 
@@ -217,63 +217,92 @@ fn elementwise_settle_kernels() {
             &z0,
         );
 
-        // layered_error
-        let (s, p) = (randn(&mut r, n, 1.0), randn(&mut r, n, 1.0));
-        let mut ec = vec![0.0; n];
-        cpu.layered_error(rows, cols, &s, &p, &bias, &mut ec).unwrap();
-        let mut eg = gpu.zeros(n).unwrap();
-        gpu.layered_error(rows, cols, &up(&s), &up(&p), &up(&bias), &mut eg)
-            .unwrap();
-        close("layered_error", seed, &gpu.download(&eg).unwrap(), &ec);
+        // layered_error (perturbation form): e ← u − q, or u (no q); exact in f32.
+        let (u, q) = (randn(&mut r, n, 1e-3), randn(&mut r, n, 1e-3));
+        for q in [Some(&q), None] {
+            let mut ec = vec![0.0; n];
+            cpu.layered_error(rows, cols, &u, q, &mut ec).unwrap();
+            let mut eg = gpu.zeros(n).unwrap();
+            let qg = q.map(&up);
+            gpu.layered_error(rows, cols, &up(&u), qg.as_ref(), &mut eg).unwrap();
+            assert_eq!(
+                gpu.download(&eg).unwrap(),
+                ec,
+                "layered_error q={} (seed {seed})",
+                q.is_some()
+            );
+        }
 
-        // layered_settle, hidden (c = −1) and output (c = β): the error from (p, bias),
-        // then the step; the outputs start as NaN garbage.
-        for c in [-1.0, 0.5] {
+        // layered_settle, hidden (c = −1, with q) and output (c = β, the first layer's
+        // form without q): the error u − q, the step on u, s = s⋆ + u, a = φ(s) and Δa;
+        // the outputs start as NaN garbage.
+        let s_free = randn(&mut r, n, 2.0);
+        let s: Vec<f32> = (0..n).map(|i| s_free[i] + u[i]).collect();
+        for (c, with_q) in [(-1.0, true), (0.5, false)] {
             let g = randn(&mut r, n, 1.0);
             let nan = vec![f32::NAN; n];
-            // (The CPU's a is checked against f64 in cpu_primitives; the GPU's below.)
-            let (mut sc, mut a_cpu, mut ec2) = (s.clone(), nan.clone(), nan.clone());
-            cpu.layered_settle(rows, cols, &p, &bias, &g, c, 0.2, act, &mut sc, &mut a_cpu, &mut ec2)
+            let q_arg = with_q.then_some(&q);
+            // (The CPU's a and Δa are checked against f64 in cpu_primitives; the GPU's
+            // against the CPU's below.)
+            let (mut uc, mut sc) = (u.clone(), s.clone());
+            let (mut ac, mut dc, mut ec) = (nan.clone(), nan.clone(), nan.clone());
+            let st = LayerState {
+                u: &mut uc,
+                s: &mut sc,
+                a: &mut ac,
+                da: &mut dc,
+                e: &mut ec,
+            };
+            cpu.layered_settle(rows, cols, q_arg, &g, c, 0.2, act, &s_free, st)
                 .unwrap();
-            close(&format!("layered_settle e (cpu) {name}"), seed, &ec2, &ec);
-            let (mut sg, mut ag, mut eg) = (up(&s), up(&nan), up(&nan));
-            gpu.layered_settle(
-                rows,
-                cols,
-                &up(&p),
-                &up(&bias),
-                &up(&g),
-                c,
-                0.2,
-                act,
-                &mut sg,
-                &mut ag,
-                &mut eg,
-            )
-            .unwrap();
-            // s against the terms its step sums, |s| + η(|e| + |c·φ′(s)·g|): f32 (and the
-            // GPU's fused multiply-adds) round relative to them, and on small shapes the
-            // new s can nearly cancel, where an error relative to the result would fail
-            // a correct kernel.
+            let (mut ug, mut sg) = (up(&u), up(&s));
+            let (mut ag, mut dg, mut eg) = (up(&nan), up(&nan), up(&nan));
+            let st = LayerState {
+                u: &mut ug,
+                s: &mut sg,
+                a: &mut ag,
+                da: &mut dg,
+                e: &mut eg,
+            };
+            let qg = q_arg.map(&up);
+            gpu.layered_settle(rows, cols, qg.as_ref(), &up(&g), c, 0.2, act, &up(&s_free), st)
+                .unwrap();
+            let what = format!("layered_settle {name} c={c} q={with_q}");
+            assert_eq!(gpu.download(&eg).unwrap(), ec, "{what} e (seed {seed})");
+            // u against the terms its step sums, |u| + η(|e| + |c·φ′(s)·g|): f32 (and
+            // the GPU's fused multiply-adds) round relative to them.
             let mut d = vec![1.0; n];
             cpu.act_grad_mul(rows, cols, &s, act, &mut d).unwrap();
             let terms: Vec<f64> = (0..n)
                 .map(|i| {
-                    let (e, cdg) = (ec2[i] as f64, c * (d[i] * g[i]) as f64);
-                    (s[i] as f64).abs() + 0.2 * (e.abs() + cdg.abs())
+                    let (e, cdg) = (ec[i] as f64, c * (d[i] * g[i]) as f64);
+                    (u[i] as f64).abs() + 0.2 * (e.abs() + cdg.abs())
                 })
                 .collect();
+            let u_gpu = gpu.download(&ug).unwrap();
+            close_to_scale(&format!("{what} u"), seed, &u_gpu, &uc, &terms);
+            // s, a and Δa of the u the GPU stored (its own rounding is checked above).
             let s_gpu = gpu.download(&sg).unwrap();
-            close_to_scale(&format!("layered_settle s {name} c={c}"), seed, &s_gpu, &sc, &terms);
-            // a is the activation of the s the GPU stored (its own rounding is checked
-            // just above).
+            let s_want: Vec<f32> = (0..n).map(|i| s_free[i] + u_gpu[i]).collect();
+            assert_eq!(s_gpu, s_want, "{what} s: not s⋆ + u (seed {seed})");
             let (mut s_of_gpu, mut a_want) = (s_gpu.clone(), vec![0.0; n]);
             cpu.bias_act(rows, cols, &mut s_of_gpu, &vec![0.0; cols], act, &mut a_want)
                 .unwrap();
-            let a_gpu = gpu.download(&ag).unwrap();
-            close(&format!("layered_settle a {name} c={c}"), seed, &a_gpu, &a_want);
-            let e_gpu = gpu.download(&eg).unwrap();
-            close(&format!("layered_settle e {name} c={c}"), seed, &e_gpu, &ec2);
+            close(&format!("{what} a"), seed, &gpu.download(&ag).unwrap(), &a_want);
+            let (mut u2, mut s2, mut a2, mut d2, mut e2) =
+                (vec![0.0; n], s_gpu.clone(), vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+            // Δa of the GPU's u on the CPU: a step with η = 0 from it.
+            u2.copy_from_slice(&u_gpu);
+            let st = LayerState {
+                u: &mut u2,
+                s: &mut s2,
+                a: &mut a2,
+                da: &mut d2,
+                e: &mut e2,
+            };
+            cpu.layered_settle(rows, cols, None, &g, c, 0.0, act, &s_free, st)
+                .unwrap();
+            close_delta(&format!("{what} Δa"), seed, &gpu.download(&dg).unwrap(), &d2, &u_gpu);
         }
 
         // hopfield_settle, free and nudged

@@ -8,13 +8,13 @@
 
 use mep::backend::cpu::Cpu;
 use mep::backend::cuda::host;
-use mep::backend::{Backend, NormRule};
+use mep::backend::{Backend, LayerState, NormRule};
 use mep::nn::activation::ActChain;
 use mep::rng::Rng;
 use mep::Loss;
 
 mod common;
-use common::{chains, close, norm_rules_match_the_cpu, randn, rng};
+use common::{chains, close, close_delta, norm_rules_match_the_cpu, randn, rng};
 
 /// Up to 40×60: often beyond 3 blocks of 256, so the grid-stride loops iterate.
 fn shape(rng: &mut Rng) -> (usize, usize) {
@@ -58,37 +58,55 @@ fn layered_error() {
     let cpu = Cpu::<f32>::new();
     let (seed, mut r) = rng();
     let (rows, cols) = shape(&mut r);
-    let (s, p, bias) = (
-        randn(&mut r, rows * cols, 1.0),
-        randn(&mut r, rows * cols, 1.0),
-        randn(&mut r, cols, 1.0),
-    );
-    let mut ec = vec![0.0; rows * cols];
-    cpu.layered_error(rows, cols, &s, &p, &bias, &mut ec).unwrap();
-    let mut eh = vec![f32::NAN; rows * cols];
-    host::layered_error(rows, cols, &s, &p, &bias, &mut eh).unwrap();
-    close("layered_error", seed, &eh, &ec);
+    let (u, q) = (randn(&mut r, rows * cols, 1e-3), randn(&mut r, rows * cols, 1e-3));
+    for q in [Some(&q), None] {
+        let mut ec = vec![0.0; rows * cols];
+        cpu.layered_error(rows, cols, &u, q, &mut ec).unwrap();
+        let mut eh = vec![f32::NAN; rows * cols];
+        host::layered_error(rows, cols, &u, q.map(|q| &q[..]), &mut eh).unwrap();
+        assert_eq!(eh, ec, "layered_error q={} (seed {seed})", q.is_some());
+    }
 }
 
 #[test]
 fn layered_settle() {
     let cpu = Cpu::<f32>::new();
     for act in chains() {
-        for c in [-1.0, 0.7] {
+        for (c, with_q) in [(-1.0, true), (0.7, false)] {
             let (seed, mut r) = rng();
             let (rows, cols) = shape(&mut r);
             let n = rows * cols;
-            let (p, g, s0) = (randn(&mut r, n, 1.0), randn(&mut r, n, 1.0), randn(&mut r, n, 2.0));
-            let bias = randn(&mut r, cols, 1.0);
+            let (q, g, u0) = (randn(&mut r, n, 1e-3), randn(&mut r, n, 1.0), randn(&mut r, n, 1e-3));
+            let s_free = randn(&mut r, n, 2.0);
+            let s0: Vec<f32> = (0..n).map(|i| s_free[i] + u0[i]).collect();
             let eta = r.uniform_range(0.05, 0.5);
-            let (mut sc, mut ac, mut ec) = (s0.clone(), vec![0.0; n], vec![0.0; n]);
-            cpu.layered_settle(rows, cols, &p, &bias, &g, c, eta, act, &mut sc, &mut ac, &mut ec)
-                .unwrap();
-            let (mut sh, mut ah, mut eh) = (s0, vec![f32::NAN; n], vec![f32::NAN; n]);
-            host::layered_settle(rows, cols, &p, &bias, &g, c, eta, act, &mut sh, &mut ah, &mut eh).unwrap();
-            close(&format!("layered_settle s {} c={c}", act.describe()), seed, &sh, &sc);
-            close(&format!("layered_settle a {} c={c}", act.describe()), seed, &ah, &ac);
-            close(&format!("layered_settle e {} c={c}", act.describe()), seed, &eh, &ec);
+            let q = with_q.then_some(&q);
+            let (mut uc, mut sc) = (u0.clone(), s0.clone());
+            let (mut ac, mut dc, mut ec) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+            let st = LayerState {
+                u: &mut uc,
+                s: &mut sc,
+                a: &mut ac,
+                da: &mut dc,
+                e: &mut ec,
+            };
+            cpu.layered_settle(rows, cols, q, &g, c, eta, act, &s_free, st).unwrap();
+            let (mut uh, mut sh) = (u0, s0);
+            let (mut ah, mut dh, mut eh) = (vec![f32::NAN; n], vec![f32::NAN; n], vec![f32::NAN; n]);
+            let st = host::HostLayerState {
+                u: &mut uh,
+                s: &mut sh,
+                a: &mut ah,
+                da: &mut dh,
+                e: &mut eh,
+            };
+            host::layered_settle(rows, cols, q.map(|q| &q[..]), &g, c, eta, act, &s_free, st).unwrap();
+            let what = format!("layered_settle {} c={c} q={with_q}", act.describe());
+            assert_eq!(eh, ec, "{what} e (seed {seed})");
+            close(&format!("{what} u"), seed, &uh, &uc);
+            close(&format!("{what} s"), seed, &sh, &sc);
+            close(&format!("{what} a"), seed, &ah, &ac);
+            close_delta(&format!("{what} Δa"), seed, &dh, &dc, &uc);
         }
     }
 }

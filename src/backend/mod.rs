@@ -272,36 +272,38 @@ pub trait Backend: Clone + Send + Sync + 'static {
         self.copy(p, z)?;
         self.bias_act(rows, cols, z, bias, act, a)
     }
-    /// Layered-energy error: e ← s − (p + bias) (bias broadcast over rows), where p is
-    /// the GEMM output W φ(s_{l−1}).
+    /// Layered-energy error in perturbation form (see [`crate::ep::layered`]):
+    /// e ← u − q, where u = s − s⋆ is the layer's deviation from the free state and
+    /// q = W_l Δa_{l−1} the drive's, Δa_{l−1} = φ(s⋆_{l−1} + u_{l−1}) − φ(s⋆_{l−1});
+    /// `q = None` for the first layer, whose input is clamped (e = u). It equals
+    /// s − W_l φ(s_{l−1}) − b_l because the free state has e = 0, with the
+    /// deviation's digits kept.
     fn layered_error(
         &self,
         rows: usize,
         cols: usize,
-        s: &Self::Buf,
-        p: &Self::Buf,
-        bias: &Self::Buf,
+        u: &Self::Buf,
+        q: Option<&Self::Buf>,
         e: &mut Self::Buf,
     ) -> Result<()>;
-    /// Fused layered settle step at the current state: the error
-    /// e ← s − (p + bias) exactly as [`Backend::layered_error`] forms it (written to
-    /// `e`), then s ← s − η·(e + c·φ′(s) ⊙ g) and a ← φ(s) (φ′ at the old s).
-    /// Hidden layers pass g = Wᵀe_{l+1} and c = −1; the output layer passes
+    /// Fused layered settle step in perturbation form at the current state: the error
+    /// e ← u − q exactly as [`Backend::layered_error`] forms it (written to `st.e`),
+    /// then u ← u − η·(e + c·φ′(s) ⊙ g) (φ′ at the old s), s ← s⋆ + u, a ← φ(s) and
+    /// Δa ← φ(s⋆ + u) − φ(s⋆) as [`ActChain::delta_by`] forms it, with s⋆ =
+    /// `s_free`. Hidden layers pass g = Wᵀe*_{l+1} and c = −1; the output layer passes
     /// g = ∂C/∂o and c = β.
     #[allow(clippy::too_many_arguments)]
     fn layered_settle(
         &self,
         rows: usize,
         cols: usize,
-        p: &Self::Buf,
-        bias: &Self::Buf,
+        q: Option<&Self::Buf>,
         g: &Self::Buf,
         c: f64,
         eta: f64,
         act: ActChain,
-        s: &mut Self::Buf,
-        a: &mut Self::Buf,
-        e: &mut Self::Buf,
+        s_free: &Self::Buf,
+        st: LayerState<'_, Self>,
     ) -> Result<()>;
     /// Fused Hopfield settle: s ← φ(drive + bias − β·dc), where drive holds the GEMM
     /// outputs W_l s_{l−1} + W_{l+1}ᵀ s_{l+1} and `nudge` = Some((dc, β)) adds the
@@ -711,10 +713,26 @@ pub struct PhaseNet<'a, B: Backend> {
     pub s: &'a mut [B::Buf],
 }
 
+/// One layer's state in a perturbation-form layered settle step
+/// ([`Backend::layered_settle`]); every buffer is rows × cols.
+pub struct LayerState<'a, B: Backend> {
+    /// The deviation u = s − s⋆ from the free state (read and written).
+    pub u: &'a mut B::Buf,
+    /// The state s = s⋆ + u (written).
+    pub s: &'a mut B::Buf,
+    /// a = φ(s) (written).
+    pub a: &'a mut B::Buf,
+    /// Δa = φ(s⋆ + u) − φ(s⋆), accurate relative to itself (written).
+    pub da: &'a mut B::Buf,
+    /// The error e = u − q at the state before the step (written).
+    pub e: &'a mut B::Buf,
+}
+
 /// The operands of a fused layered nudged phase ([`Backend::layered_nudged_fused`]):
-/// `steps` sweeps at signed strength `beta` with relaxation `omega`, from the state in
-/// `net.s`, `a`, leaving the final state there and its errors
-/// e_l = s_l − W_l φ(s_{l−1}) − b_l in `e`.
+/// `steps` sweeps at signed strength `beta` with relaxation `omega`, from the free
+/// state in `net.s`, leaving the final state there (and its φ in `a`) and its errors
+/// in `e`, all in the perturbation form of [`crate::ep::layered`]: the sweeps move
+/// u = s − s⋆ and Δa, and e_l = u_l − W_l Δa_{l−1}.
 pub struct LayeredPhase<'a, B: Backend> {
     /// The network, the batch and the states s_l.
     pub net: PhaseNet<'a, B>,
@@ -730,7 +748,7 @@ pub struct LayeredPhase<'a, B: Backend> {
     pub omega: f64,
     /// Sweeps.
     pub steps: usize,
-    /// Activations a_l = φ_l(s_l) (read and written).
+    /// Activations a_l = φ_l(s_l) of the final state (written).
     pub a: &'a mut [B::Buf],
     /// Errors of the final state (written).
     pub e: &'a mut [B::Buf],

@@ -48,6 +48,11 @@ pub struct Workspace<B: Backend> {
     pub rowstats_spare: B::Buf,
     /// Layered errors e_l, or backprop deltas.
     pub e: Vec<B::Buf>,
+    /// Layered nudged phases: each state's deviation u = s − s⋆ from the free state,
+    /// kept apart so the EP estimate keeps its digits ([`crate::ep::layered`]).
+    pub u: Vec<B::Buf>,
+    /// Layered nudged phases: Δa = φ(s⋆ + u) − φ(s⋆), likewise.
+    pub da: Vec<B::Buf>,
     /// GEMM outputs W_l φ(s_{l−1}); `p[0]` = W_1 x is constant during a phase.
     pub p: Vec<B::Buf>,
     /// Scratch `rows × max_width` (feedback W_{l+1}ᵀ e_{l+1}, Hopfield drive, a
@@ -95,6 +100,8 @@ impl<B: Backend> Workspace<B> {
             f_side: b.zeros(rows_cap)?,
             rowstats_spare: b.zeros(rows_cap * 2)?,
             e: bufs(b, arch, rows_cap)?,
+            u: bufs(b, arch, rows_cap)?,
+            da: bufs(b, arch, rows_cap)?,
             p: bufs(b, arch, rows_cap)?,
             f: b.zeros(rows_cap * arch.max_width())?,
             dc: b.zeros(rows_cap * arch.outputs())?,

@@ -53,6 +53,82 @@ impl Activation {
         }
     }
 
+    /// f(x + u) − f(x), accurate to a few ulps of the difference itself rather than of
+    /// f(x): the perturbation form of the layered nudged phase
+    /// ([`crate::ep::layered::nudged_phase`]) carries a state as its free value x and
+    /// a small deviation u, and f(x + u) − f(x) formed by subtraction would keep only
+    /// u/ε·|f(x)| of the deviation's digits. `tanh` is the tanh to use (libm's or the
+    /// CPU backend's vectorised one); `kernels/common.cuh` (`mep_act1_delta`) has the
+    /// same cases.
+    ///
+    /// - Piecewise-linear activations: a·u when x and x + u lie on one linear piece of
+    ///   slope a, 0 on one constant piece, and across a kink k the distance of the
+    ///   linear side from it, (x + u) − k, formed as (x − k) + u when x is on the
+    ///   constant side (x − k is exact near the kink, x + u is not).
+    /// - tanh: tanh(x + u) − tanh(x) = tanh(u)·(1 − t²)/(1 + t·tanh(u)), t = tanh(x),
+    ///   an identity with no cancellation; for |u| ≥ 1, where the difference is large
+    ///   (or both sides saturate and the identity's denominator can round to 0), the
+    ///   plain difference.
+    /// - sigmoid: σ(x) = ½(1 + tanh(x/2)), so ½ of tanh's form at (x/2, u/2).
+    #[inline]
+    pub fn delta_by<T: Float>(self, x: T, u: T, tanh: impl Fn(T) -> T) -> T {
+        let (zero, one) = (T::zero(), T::one());
+        let y = x + u;
+        let tanh_delta = |x: T, u: T| {
+            if u.abs() >= one {
+                tanh(x + u) - tanh(x)
+            } else {
+                let (t, tu) = (tanh(x), tanh(u));
+                tu * (one - t * t) / (one + t * tu)
+            }
+        };
+        match self {
+            Activation::Identity => u,
+            Activation::Relu => {
+                if x > zero && y > zero {
+                    u
+                } else if x <= zero && y <= zero {
+                    zero
+                } else {
+                    y.max(zero) - x.max(zero)
+                }
+            }
+            Activation::HardSigmoid => {
+                let (lo, hi) = (|v: T| v <= zero, |v: T| v >= one);
+                if hi(x) {
+                    // From the upper piece: y − 1 = (x − 1) + u, x − 1 exact near the
+                    // kink (where x + u would round at ε·1, not at ε·|y − 1|).
+                    if hi(y) {
+                        zero
+                    } else if lo(y) {
+                        -one
+                    } else {
+                        (x - one) + u
+                    }
+                } else if lo(x) {
+                    if lo(y) {
+                        zero
+                    } else if hi(y) {
+                        one
+                    } else {
+                        y
+                    }
+                } else if hi(y) {
+                    one - x
+                } else if lo(y) {
+                    -x
+                } else {
+                    u
+                }
+            }
+            Activation::Tanh => tanh_delta(x, u),
+            Activation::Sigmoid => {
+                let half = T::from(0.5).unwrap_or_else(|| one / (one + one));
+                half * tanh_delta(half * x, half * u)
+            }
+        }
+    }
+
     /// f(x).
     #[inline]
     pub fn apply<T: Float>(self, x: T) -> T {
@@ -229,6 +305,25 @@ impl ActChain {
             v = a.apply(v);
         }
         (v, d)
+    }
+
+    /// φ(x + u) − φ(x) through the chain, accurate relative to itself
+    /// ([`Activation::delta_by`]): each activation's deviation is carried to the next
+    /// beside its free value.
+    #[inline]
+    pub fn delta_by<T: Float>(self, x: T, u: T, tanh: impl Fn(T) -> T + Copy) -> T {
+        let (mut v, mut d) = (x, u);
+        for a in self.activations() {
+            d = a.delta_by(v, d, tanh);
+            v = a.apply(v);
+        }
+        d
+    }
+
+    /// [`ActChain::delta_by`] with libm's tanh.
+    #[inline]
+    pub fn delta<T: Float>(self, x: T, u: T) -> T {
+        self.delta_by(x, u, T::tanh)
     }
 
     /// Human-readable, e.g. `relu` or `relu∘tanh` or `identity`.

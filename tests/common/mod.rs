@@ -276,6 +276,21 @@ pub fn close_to_scale(what: &str, seed: u64, got: &[f32], want: &[f32], scale: &
     within_norm(what, seed, got, want, r, "‖Σ|terms|‖");
 }
 
+/// Δa = φ(s⋆ + u) − φ(s⋆) against another backend's, element by element, within
+/// 64 ε of |Δa| + |u|: the deviations are accurate relative to themselves (not to
+/// φ(s⋆), which is what a subtraction would give and this would fail).
+#[track_caller]
+pub fn close_delta(what: &str, seed: u64, got: &[f32], want: &[f32], u: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what} (seed {seed}): lengths");
+    for (i, ((&g, &w), &uv)) in got.iter().zip(want).zip(u).enumerate() {
+        let bound = 64.0 * f32::EPSILON as f64 * ((w as f64).abs() + (uv as f64).abs());
+        assert!(
+            (g as f64 - w as f64).abs() <= bound,
+            "{what} (seed {seed}), entry {i}: got {g:e}, want {w:e} (±{bound:e}, u = {uv:e})"
+        );
+    }
+}
+
 /// The Euclidean norm, in f64.
 fn norm(v: impl Iterator<Item = f64>) -> f64 {
     v.map(|x| x * x).sum::<f64>().sqrt()

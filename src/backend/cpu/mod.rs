@@ -11,7 +11,7 @@ mod gemm;
 mod pool;
 mod simd;
 
-use super::{gather_end, pow2_below_inv, Backend, NormRule, Scalar};
+use super::{gather_end, pow2_below_inv, Backend, LayerState, NormRule, Scalar};
 use crate::flops::GemmShape;
 use crate::nn::activation::ActChain;
 use crate::{Loss, MepError, Result};
@@ -190,26 +190,15 @@ fn map_rows2<T: Send, F: Fn(usize, &mut [T], &mut [T]) + Sync + Send>(y: &mut [T
     });
 }
 
-/// [`map_rows`] over three matrices of the same shape at once.
+/// [`map_rows`] over five matrices of the same shape at once.
 #[inline]
-fn map_rows3<T: Send, F: Fn(usize, &mut [T], &mut [T], &mut [T]) + Sync + Send>(
-    y: &mut [T],
-    z: &mut [T],
-    w: &mut [T],
-    cols: usize,
-    f: F,
-) {
-    let (dy, dz, dw) = (Disjoint::new(y), Disjoint::new(z), Disjoint::new(w));
-    par_ranges(dy.len.min(dz.len).min(dw.len) / cols, cols, |lo, hi| {
-        // SAFETY: disjoint row ranges of three distinct matrices.
-        let (py, pz, pw) = unsafe {
-            (
-                dy.part(lo * cols, hi * cols),
-                dz.part(lo * cols, hi * cols),
-                dw.part(lo * cols, hi * cols),
-            )
-        };
-        simd::rows3(py, pz, pw, cols, lo, &f);
+fn map_rows5<T: Send, F: Fn(usize, [&mut [T]; 5]) + Sync + Send>(m: [&mut [T]; 5], cols: usize, f: F) {
+    let d = m.map(Disjoint::new);
+    let rows = d.iter().map(|p| p.len).min().unwrap_or(0) / cols;
+    par_ranges(rows, cols, |lo, hi| {
+        // SAFETY: disjoint row ranges of five distinct matrices.
+        let parts = std::array::from_fn(|k| unsafe { d[k].part(lo * cols, hi * cols) });
+        simd::rows5(parts, cols, lo, &f);
     });
 }
 
@@ -512,29 +501,23 @@ impl<T: Scalar> Backend for Cpu<T> {
         Ok(())
     }
 
-    fn layered_error(
-        &self,
-        rows: usize,
-        cols: usize,
-        s: &Vec<T>,
-        p: &Vec<T>,
-        bias: &Vec<T>,
-        e: &mut Vec<T>,
-    ) -> Result<()> {
+    fn layered_error(&self, rows: usize, cols: usize, u: &Vec<T>, q: Option<&Vec<T>>, e: &mut Vec<T>) -> Result<()> {
         check_cols("layered_error", cols)?;
         let n = rows * cols;
-        check_len("layered_error s", s.len(), n)?;
-        check_len("layered_error p", p.len(), n)?;
+        check_len("layered_error u", u.len(), n)?;
         check_len("layered_error e", e.len(), n)?;
-        check_len("layered_error bias", bias.len(), cols)?;
-        let bias = &bias[..cols];
-        map_rows(&mut e[..n], cols, |r, er| {
-            let (sr, pr) = (&s[r * cols..(r + 1) * cols], &p[r * cols..(r + 1) * cols]);
-            for (((ev, &sv), &pv), &b) in er.iter_mut().zip(sr).zip(pr).zip(bias) {
-                // p + b rounds exactly as the forward pass rounded s: e = 0 at the free state.
-                *ev = sv - (pv + b);
+        match q {
+            Some(q) => {
+                check_len("layered_error q", q.len(), n)?;
+                map_rows(&mut e[..n], cols, |r, er| {
+                    let (ur, qr) = (&u[r * cols..(r + 1) * cols], &q[r * cols..(r + 1) * cols]);
+                    for ((ev, &uv), &qv) in er.iter_mut().zip(ur).zip(qr) {
+                        *ev = uv - qv;
+                    }
+                });
             }
-        });
+            None => e[..n].copy_from_slice(&u[..n]),
+        }
         Ok(())
     }
 
@@ -542,43 +525,55 @@ impl<T: Scalar> Backend for Cpu<T> {
         &self,
         rows: usize,
         cols: usize,
-        p: &Vec<T>,
-        bias: &Vec<T>,
+        q: Option<&Vec<T>>,
         g: &Vec<T>,
         c: f64,
         eta: f64,
         act: ActChain,
-        s: &mut Vec<T>,
-        a: &mut Vec<T>,
-        e: &mut Vec<T>,
+        s_free: &Vec<T>,
+        st: LayerState<'_, Self>,
     ) -> Result<()> {
         check_cols("layered_settle", cols)?;
         let n = rows * cols;
         for (what, len) in [
-            ("layered_settle p", p.len()),
             ("layered_settle g", g.len()),
-            ("layered_settle s", s.len()),
-            ("layered_settle a", a.len()),
-            ("layered_settle e", e.len()),
+            ("layered_settle s_free", s_free.len()),
+            ("layered_settle u", st.u.len()),
+            ("layered_settle s", st.s.len()),
+            ("layered_settle a", st.a.len()),
+            ("layered_settle da", st.da.len()),
+            ("layered_settle e", st.e.len()),
         ] {
             check_len(what, len, n)?;
         }
-        check_len("layered_settle bias", bias.len(), cols)?;
-        let (c, eta) = (T::of(c), T::of(eta));
-        let (p, g, bias) = (&p[..n], &g[..n], &bias[..cols]);
+        if let Some(q) = q {
+            check_len("layered_settle q", q.len(), n)?;
+        }
+        let (c, eta, zero) = (T::of(c), T::of(eta), T::zero());
+        let (g, s_free) = (&g[..n], &s_free[..n]);
+        let bufs = [
+            &mut st.u[..n],
+            &mut st.s[..n],
+            &mut st.a[..n],
+            &mut st.da[..n],
+            &mut st.e[..n],
+        ];
         with_act!(T, act, |vd| {
-            map_rows3(&mut s[..n], &mut a[..n], &mut e[..n], cols, |i, sc, ac, ec| {
+            map_rows5(bufs, cols, |i, [ur, sr, ar, dr, er]| {
                 let off = i * cols;
-                let (pr, gr) = (&p[off..off + cols], &g[off..off + cols]);
-                let outs = sc.iter_mut().zip(ac.iter_mut()).zip(ec.iter_mut());
-                for ((((sv, av), ev), (&pv, &b)), &gv) in outs.zip(pr.iter().zip(bias)).zip(gr) {
+                let (gr, fr) = (&g[off..off + cols], &s_free[off..off + cols]);
+                let qr = q.map(|q| &q[off..off + cols]);
+                for j in 0..cols {
                     // The error exactly as layered_error forms it.
-                    let err = *sv - (pv + b);
-                    *ev = err;
-                    let d = vd(*sv).1;
-                    let ns = *sv - eta * (err + c * d * gv);
-                    *sv = ns;
-                    *av = vd(ns).0;
+                    let err = ur[j] - qr.map_or(zero, |q| q[j]);
+                    er[j] = err;
+                    let d = vd(sr[j]).1;
+                    let nu = ur[j] - eta * (err + c * d * gr[j]);
+                    ur[j] = nu;
+                    let ns = fr[j] + nu;
+                    sr[j] = ns;
+                    ar[j] = vd(ns).0;
+                    dr[j] = act.delta_by(fr[j], nu, T::tanh_simd);
                 }
             })
         });

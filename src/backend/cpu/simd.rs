@@ -88,10 +88,13 @@ versions! {
 }
 
 versions! {
-    /// `f(first + r, row r of y, row r of z, row r of w)` over three matrices of one shape.
-    fn rows3<T, F>(y: &mut [T], z: &mut [T], w: &mut [T], cols: usize, first: usize, f: &F) where { F: Fn(usize, &mut [T], &mut [T], &mut [T]) } {
-        for (j, ((ry, rz), rw)) in y.chunks_mut(cols).zip(z.chunks_mut(cols)).zip(w.chunks_mut(cols)).enumerate() {
-            f(first + j, ry, rz, rw);
+    /// `f(first + r, rows r of the five matrices)` over five matrices of one shape.
+    fn rows5<T, F>(m: [&mut [T]; 5], cols: usize, first: usize, f: &F) where { F: Fn(usize, [&mut [T]; 5]) } {
+        let [m0, m1, m2, m3, m4] = m;
+        let rows = m0.chunks_mut(cols).zip(m1.chunks_mut(cols)).zip(m2.chunks_mut(cols));
+        let rows = rows.zip(m3.chunks_mut(cols)).zip(m4.chunks_mut(cols));
+        for (j, ((((r0, r1), r2), r3), r4)) in rows.enumerate() {
+            f(first + j, [r0, r1, r2, r3, r4]);
         }
     }
 }

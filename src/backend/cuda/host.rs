@@ -214,15 +214,30 @@ pub fn bias_act_from(
 }
 
 /// [`crate::backend::Backend::layered_error`] with the `layered_error` kernel.
-pub fn layered_error(rows: usize, cols: usize, s: &[f32], p: &[f32], bias: &[f32], e: &mut [f32]) -> Result<()> {
+pub fn layered_error(rows: usize, cols: usize, u: &[f32], q: Option<&[f32]>, e: &mut [f32]) -> Result<()> {
     let n = rows * cols;
-    check_len("layered_error s", s.len(), n)?;
-    check_len("layered_error p", p.len(), n)?;
+    check_len("layered_error u", u.len(), n)?;
     check_len("layered_error e", e.len(), n)?;
-    check_len("layered_error bias", bias.len(), cols)?;
-    let (n64, c) = (n as u64, dim32(cols)?);
-    let (sp, pp, bp, ep) = (s.as_ptr(), p.as_ptr(), bias.as_ptr(), e.as_mut_ptr());
-    launch!("layered_error", g1(n), [n64, c, sp, pp, bp, ep])
+    if let Some(q) = q {
+        check_len("layered_error q", q.len(), n)?;
+    }
+    let (n64, has_q) = (n as u64, q.is_some() as u32);
+    let (up, qp, ep) = (u.as_ptr(), q.unwrap_or(u).as_ptr(), e.as_mut_ptr());
+    launch!("layered_error", g1(n), [n64, up, qp, has_q, ep])
+}
+
+/// The buffers [`layered_settle`] updates, as [`crate::backend::LayerState`].
+pub struct HostLayerState<'a> {
+    /// Deviation u = s − s⋆ (read and written).
+    pub u: &'a mut [f32],
+    /// s = s⋆ + u (written).
+    pub s: &'a mut [f32],
+    /// a = φ(s) (written).
+    pub a: &'a mut [f32],
+    /// Δa = φ(s⋆ + u) − φ(s⋆) (written).
+    pub da: &'a mut [f32],
+    /// The error before the step (written).
+    pub e: &'a mut [f32],
 }
 
 /// [`crate::backend::Backend::layered_settle`] with the `layered_settle` kernel.
@@ -230,34 +245,42 @@ pub fn layered_error(rows: usize, cols: usize, s: &[f32], p: &[f32], bias: &[f32
 pub fn layered_settle(
     rows: usize,
     cols: usize,
-    p: &[f32],
-    bias: &[f32],
+    q: Option<&[f32]>,
     g: &[f32],
     c: f64,
     eta: f64,
     act: ActChain,
-    s: &mut [f32],
-    a: &mut [f32],
-    e: &mut [f32],
+    s_free: &[f32],
+    st: HostLayerState<'_>,
 ) -> Result<()> {
     let n = rows * cols;
     for (what, len) in [
-        ("p", p.len()),
         ("g", g.len()),
-        ("s", s.len()),
-        ("a", a.len()),
-        ("e", e.len()),
+        ("s_free", s_free.len()),
+        ("u", st.u.len()),
+        ("s", st.s.len()),
+        ("a", st.a.len()),
+        ("da", st.da.len()),
+        ("e", st.e.len()),
     ] {
         check_len(&format!("layered_settle {what}"), len, n)?;
     }
-    check_len("layered_settle bias", bias.len(), cols)?;
-    let (n64, k, c32, eta32, chain) = (n as u64, dim32(cols)?, c as f32, eta as f32, act.code());
-    let (pp, bp, gp) = (p.as_ptr(), bias.as_ptr(), g.as_ptr());
-    let (sp, ap, ep) = (s.as_mut_ptr(), a.as_mut_ptr(), e.as_mut_ptr());
+    if let Some(q) = q {
+        check_len("layered_settle q", q.len(), n)?;
+    }
+    let (n64, has_q, c32, eta32, chain) = (n as u64, q.is_some() as u32, c as f32, eta as f32, act.code());
+    let (qp, gp, fp) = (q.unwrap_or(g).as_ptr(), g.as_ptr(), s_free.as_ptr());
+    let (up, sp, ap, dp, ep) = (
+        st.u.as_mut_ptr(),
+        st.s.as_mut_ptr(),
+        st.a.as_mut_ptr(),
+        st.da.as_mut_ptr(),
+        st.e.as_mut_ptr(),
+    );
     launch!(
         "layered_settle",
         g1(n),
-        [n64, k, pp, bp, gp, c32, eta32, chain, sp, ap, ep]
+        [n64, qp, has_q, gp, c32, eta32, chain, fp, up, sp, ap, dp, ep]
     )
 }
 

@@ -599,29 +599,26 @@ impl Backend for Cuda {
         &self,
         rows: usize,
         cols: usize,
-        s: &CudaSlice<f32>,
-        p: &CudaSlice<f32>,
-        bias: &CudaSlice<f32>,
+        u: &CudaSlice<f32>,
+        q: Option<&CudaSlice<f32>>,
         e: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        self.launch_layered_error(rows, cols, s, p, bias, e)
+        self.launch_layered_error(rows, cols, u, q, e)
     }
 
     fn layered_settle(
         &self,
         rows: usize,
         cols: usize,
-        p: &CudaSlice<f32>,
-        bias: &CudaSlice<f32>,
+        q: Option<&CudaSlice<f32>>,
         g: &CudaSlice<f32>,
         c: f64,
         eta: f64,
         act: ActChain,
-        s: &mut CudaSlice<f32>,
-        a: &mut CudaSlice<f32>,
-        e: &mut CudaSlice<f32>,
+        s_free: &CudaSlice<f32>,
+        st: crate::backend::LayerState<'_, Self>,
     ) -> Result<()> {
-        self.launch_layered_settle(rows, cols, p, bias, g, c, eta, act, s, a, e)
+        self.launch_layered_settle(rows, cols, q, g, c, eta, act, s_free, st)
     }
 
     fn hopfield_settle(

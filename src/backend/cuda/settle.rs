@@ -2,6 +2,7 @@
 //! (`kernels/settle.cu`): one 1-D grid-stride launch each.
 
 use super::{check_len, dim32, elems, Cuda};
+use crate::backend::LayerState;
 use crate::nn::activation::ActChain;
 use crate::Result;
 use cudarc::driver::CudaSlice;
@@ -46,21 +47,23 @@ impl Cuda {
         &self,
         rows: usize,
         cols: usize,
-        s: &CudaSlice<f32>,
-        p: &CudaSlice<f32>,
-        bias: &CudaSlice<f32>,
+        u: &CudaSlice<f32>,
+        q: Option<&CudaSlice<f32>>,
         e: &mut CudaSlice<f32>,
     ) -> Result<()> {
         let n = elems("layered_error", rows, cols)?;
-        check_len("layered_error s", s.len(), n)?;
-        check_len("layered_error p", p.len(), n)?;
+        check_len("layered_error u", u.len(), n)?;
         check_len("layered_error e", e.len(), n)?;
-        check_len("layered_error bias", bias.len(), cols)?;
+        if let Some(q) = q {
+            check_len("layered_error q", q.len(), n)?;
+        }
         if n == 0 {
             return Ok(());
         }
-        let (n64, cols32) = (n as u64, dim32("layered_error cols", cols)?);
-        launch!(self, "layered_error", self.grid_1d(n), [&n64, &cols32, s, p, bias, e])
+        // q by address (u stands in, unread, when there is none).
+        let q_ptr = crate::backend::Backend::buf_id(self, q.unwrap_or(u)) as u64;
+        let (n64, has_q) = (n as u64, q.is_some() as u32);
+        launch!(self, "layered_error", self.grid_1d(n), [&n64, u, &q_ptr, &has_q, e])
     }
 
     /// `Backend::layered_settle`: the `layered_settle` kernel.
@@ -69,37 +72,40 @@ impl Cuda {
         &self,
         rows: usize,
         cols: usize,
-        p: &CudaSlice<f32>,
-        bias: &CudaSlice<f32>,
+        q: Option<&CudaSlice<f32>>,
         g: &CudaSlice<f32>,
         c: f64,
         eta: f64,
         act: ActChain,
-        s: &mut CudaSlice<f32>,
-        a: &mut CudaSlice<f32>,
-        e: &mut CudaSlice<f32>,
+        s_free: &CudaSlice<f32>,
+        st: LayerState<'_, Self>,
     ) -> Result<()> {
         let n = elems("layered_settle", rows, cols)?;
         for (what, len) in [
-            ("p", p.len()),
             ("g", g.len()),
-            ("s", s.len()),
-            ("a", a.len()),
-            ("e", e.len()),
+            ("s_free", s_free.len()),
+            ("u", st.u.len()),
+            ("s", st.s.len()),
+            ("a", st.a.len()),
+            ("da", st.da.len()),
+            ("e", st.e.len()),
         ] {
             check_len(&format!("layered_settle {what}"), len, n)?;
         }
-        check_len("layered_settle bias", bias.len(), cols)?;
+        if let Some(q) = q {
+            check_len("layered_settle q", q.len(), n)?;
+        }
         if n == 0 {
             return Ok(());
         }
-        let cols32 = dim32("layered_settle cols", cols)?;
-        let (n64, c32, eta32, chain) = (n as u64, c as f32, eta as f32, act.code());
+        let q_ptr = crate::backend::Backend::buf_id(self, q.unwrap_or(g)) as u64;
+        let (n64, has_q, c32, eta32, chain) = (n as u64, q.is_some() as u32, c as f32, eta as f32, act.code());
+        let LayerState { u, s, a, da, e } = st;
         launch!(
             self,
             "layered_settle",
             self.grid_1d(n),
-            [&n64, &cols32, p, bias, g, &c32, &eta32, &chain, s, a, e]
+            [&n64, &q_ptr, &has_q, g, &c32, &eta32, &chain, s_free, u, s, a, da, e]
         )
     }
 
