@@ -4,9 +4,11 @@
 // launch, for networks whose coupled layers are small (the seed's output layer: W_2
 // is 10×128).
 //
-// Each block settles one sample (row): its states s_l, a_l = φ_l(s_l), errors e_l,
-// feedbacks r_l and the cost gradient dc live in shared memory for all `steps`
-// sweeps, and the couplings W_2 … W_L are read from global memory (they stay in L1).
+// Each block settles one sample (row): its states (for the layered energy: the free
+// state s⋆ and the deviations u = s − s⋆, Δa, as src/ep/layered.rs's perturbation
+// form), errors e_l, feedbacks r_l and the cost gradient dc live in shared memory for
+// all `steps` sweeps, and the couplings W_2 … W_L are read from global memory (they
+// stay in L1).
 // The arithmetic is the one src/ep/layered.rs (nudged_phase: backward_errors,
 // relax_forward, then errors) and src/ep/hopfield.rs (settle) issue primitive by
 // primitive, operation for operation; only the order of the sums inside the

@@ -678,7 +678,9 @@ fn elementwise<T: Scalar>() {
                     .collect();
 
                 let nan = to::<T>(&vec![f64::NAN; n]);
-                let (mut ut, mut st, mut at) = (to::<T>(&u), to::<T>(&s_old), nan.clone());
+                // a = φ(s) on entry, as the phase keeps it (the step may read φ′ off it).
+                let a_old: Vec<f64> = s_old.iter().map(|&v| phi(v).0).collect();
+                let (mut ut, mut st, mut at) = (to::<T>(&u), to::<T>(&s_old), to::<T>(&a_old));
                 let (mut dt, mut et) = (nan.clone(), nan);
                 let qt = to::<T>(&q);
                 let state = LayerState {

@@ -245,7 +245,12 @@ fn elementwise_settle_kernels() {
             // (The CPU's a and Δa are checked against f64 in cpu_primitives; the GPU's
             // against the CPU's below.)
             let (mut uc, mut sc) = (u.clone(), s.clone());
-            let (mut ac, mut dc, mut ec) = (nan.clone(), nan.clone(), nan.clone());
+            // a = φ(s) on entry, as the phase keeps it (the CPU reads φ′ off it; the
+            // GPU's starts as NaN garbage, so it must not).
+            let mut a0 = s.clone();
+            cpu.bias_act(rows, cols, &mut s.clone(), &vec![0.0; cols], act, &mut a0)
+                .unwrap();
+            let (mut ac, mut dc, mut ec) = (a0, nan.clone(), nan.clone());
             let st = LayerState {
                 u: &mut uc,
                 s: &mut sc,

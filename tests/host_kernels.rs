@@ -82,7 +82,11 @@ fn layered_settle() {
             let eta = r.uniform_range(0.05, 0.5);
             let q = with_q.then_some(&q);
             let (mut uc, mut sc) = (u0.clone(), s0.clone());
-            let (mut ac, mut dc, mut ec) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+            // a = φ(s) on entry, as the phase keeps it (the CPU reads φ′ off it).
+            let mut a0 = s0.clone();
+            cpu.bias_act(rows, cols, &mut a0.clone(), &vec![0.0; cols], act, &mut a0)
+                .unwrap();
+            let (mut ac, mut dc, mut ec) = (a0, vec![0.0; n], vec![0.0; n]);
             let st = LayerState {
                 u: &mut uc,
                 s: &mut sc,

@@ -286,7 +286,9 @@ pub trait Backend: Clone + Send + Sync + 'static {
         q: Option<&Self::Buf>,
         e: &mut Self::Buf,
     ) -> Result<()>;
-    /// Fused layered settle step in perturbation form at the current state: the error
+    /// Fused layered settle step in perturbation form at the current state, with
+    /// `st.s` = s⋆ + u and `st.a` = φ(st.s) on entry (a backend may read φ′ off a,
+    /// where that is φ′ bit for bit): the error
     /// e ← u − q exactly as [`Backend::layered_error`] forms it (written to `st.e`),
     /// then u ← u − η·(e + c·φ′(s) ⊙ g) (φ′ at the old s), s ← s⋆ + u, a ← φ(s) and
     /// Δa ← φ(s⋆ + u) − φ(s⋆) as [`ActChain::delta_by`] forms it, with s⋆ =
@@ -720,7 +722,7 @@ pub struct LayerState<'a, B: Backend> {
     pub u: &'a mut B::Buf,
     /// The state s = s⋆ + u (written).
     pub s: &'a mut B::Buf,
-    /// a = φ(s) (written).
+    /// a = φ(s) (read: φ(s) of the state on entry; written).
     pub a: &'a mut B::Buf,
     /// Δa = φ(s⋆ + u) − φ(s⋆), accurate relative to itself (written).
     pub da: &'a mut B::Buf,

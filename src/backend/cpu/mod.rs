@@ -202,24 +202,48 @@ fn map_rows5<T: Send, F: Fn(usize, [&mut [T]; 5]) + Sync + Send>(m: [&mut [T]; 5
     });
 }
 
-/// Expands `$body` with `$vd` bound to a closure `x -> (φ(x), φ′(x))` that is
-/// monomorphised for the common single activations (so the loops vectorise) and falls
-/// back to the generic chain otherwise.
+/// Expands `$body` with `$vd` bound to a closure `x -> (φ(x), φ′(x))` and, in the
+/// three-name form, `$dl` to a closure `(x, u, φ(x + u)) -> φ(x + u) − φ(x)` formed
+/// without cancellation ([`ActChain::delta_by`]) and `$dd` to `(x, φ(x)) -> φ′(x)`,
+/// which a single activation reads off φ(x) (bit for bit the φ′ of `$vd`: tanh's
+/// 1 − t², the sigmoid's σ(1 − σ), the kinks' tests on φ(x)) and a chain computes
+/// from x; all monomorphised for the common single activations (so the loops
+/// vectorise), falling back to the generic chain otherwise.
 // The closures are `move`: they capture `zero`, `one` and `act` by value, which lets
 // LLVM vectorise the loops that call them (by reference it kept a scalar, branchy loop
 // on an Intel Xeon: ~40 µs per 64×128 ReLU settle call instead of ~10; issue 11).
+// The deltas of tanh and the sigmoid compute both of `delta_by`'s cases and select,
+// so that they stay branch-free; the plain difference reuses φ(x + u), which the
+// settle step computes anyway.
 macro_rules! with_act {
-    ($T:ty, $act:expr, |$vd:ident| $body:expr) => {{
+    ($T:ty, $act:expr, |$vd:ident| $body:expr) => {
+        with_act!($T, $act, |$vd, _delta_unused, _slope_unused| $body)
+    };
+    ($T:ty, $act:expr, |$vd:ident, $dl:ident, $dd:ident| $body:expr) => {{
         use crate::nn::activation::Activation as A;
         let act: ActChain = $act;
         let (zero, one) = (<$T>::zero(), <$T>::one());
+        let half = <$T>::of(0.5);
+        // tanh(x + u) − tanh(x) from t = tanh(x), tanh(u) and tanh(x + u).
+        let tanh_delta = move |t: $T, tu: $T, ty: $T, u: $T| {
+            let formula = tu * (one - t * t) / (one + t * tu);
+            if u.abs() >= one {
+                ty - t
+            } else {
+                formula
+            }
+        };
         if act.is_empty() {
             let $vd = move |x: $T| (x, one);
+            let $dl = move |_x: $T, u: $T, _fy: $T| u;
+            let $dd = move |_x: $T, _a: $T| one;
             $body
         } else {
             match act.as_single() {
                 Some(A::Relu) => {
                     let $vd = move |x: $T| if x > zero { (x, one) } else { (zero, zero) };
+                    let $dl = move |x: $T, u: $T, _fy: $T| A::Relu.delta_by(x, u, <$T>::tanh_simd);
+                    let $dd = move |_x: $T, a: $T| if a > zero { one } else { zero };
                     $body
                 }
                 Some(A::HardSigmoid) => {
@@ -230,6 +254,8 @@ macro_rules! with_act {
                             (x.max(zero).min(one), zero)
                         }
                     };
+                    let $dl = move |x: $T, u: $T, _fy: $T| A::HardSigmoid.delta_by(x, u, <$T>::tanh_simd);
+                    let $dd = move |_x: $T, a: $T| if a > zero && a < one { one } else { zero };
                     $body
                 }
                 // Branch-free in f32 (fast_math.rs): libm's scalar calls kept these
@@ -239,6 +265,8 @@ macro_rules! with_act {
                         let t = x.tanh_simd();
                         (t, one - t * t)
                     };
+                    let $dl = move |x: $T, u: $T, fy: $T| tanh_delta(x.tanh_simd(), u.tanh_simd(), fy, u);
+                    let $dd = move |_x: $T, a: $T| one - a * a;
                     $body
                 }
                 Some(A::Sigmoid) => {
@@ -246,10 +274,19 @@ macro_rules! with_act {
                         let s = x.sigmoid_simd();
                         (s, s * (one - s))
                     };
+                    // σ(v) = ½(1 + tanh(v/2)): ½ of tanh's delta at (x/2, u/2).
+                    let $dl = move |x: $T, u: $T, fy: $T| {
+                        let t = (half * x).tanh_simd();
+                        let ty = fy + fy - one;
+                        half * tanh_delta(t, (half * u).tanh_simd(), ty, half * u)
+                    };
+                    let $dd = move |_x: $T, a: $T| a * (one - a);
                     $body
                 }
                 _ => {
                     let $vd = move |x: $T| act.value_and_derivative(x);
+                    let $dl = move |x: $T, u: $T, _fy: $T| act.delta_by(x, u, <$T>::tanh_simd);
+                    let $dd = move |x: $T, _a: $T| act.value_and_derivative(x).1;
                     $body
                 }
             }
@@ -549,8 +586,8 @@ impl<T: Scalar> Backend for Cpu<T> {
         if let Some(q) = q {
             check_len("layered_settle q", q.len(), n)?;
         }
-        let (c, eta, zero) = (T::of(c), T::of(eta), T::zero());
-        let (g, s_free) = (&g[..n], &s_free[..n]);
+        let (c, eta) = (T::of(c), T::of(eta));
+        let (g, s_free, q) = (&g[..n], &s_free[..n], q.map(|q| &q[..n]));
         let bufs = [
             &mut st.u[..n],
             &mut st.s[..n],
@@ -558,22 +595,44 @@ impl<T: Scalar> Backend for Cpu<T> {
             &mut st.da[..n],
             &mut st.e[..n],
         ];
-        with_act!(T, act, |vd| {
+        with_act!(T, act, |vd, dl, dd| {
             map_rows5(bufs, cols, |i, [ur, sr, ar, dr, er]| {
                 let off = i * cols;
                 let (gr, fr) = (&g[off..off + cols], &s_free[off..off + cols]);
-                let qr = q.map(|q| &q[off..off + cols]);
-                for j in 0..cols {
-                    // The error exactly as layered_error forms it.
-                    let err = ur[j] - qr.map_or(zero, |q| q[j]);
-                    er[j] = err;
-                    let d = vd(sr[j]).1;
-                    let nu = ur[j] - eta * (err + c * d * gr[j]);
-                    ur[j] = nu;
-                    let ns = fr[j] + nu;
-                    sr[j] = ns;
-                    ar[j] = vd(ns).0;
-                    dr[j] = act.delta_by(fr[j], nu, T::tanh_simd);
+                // One element: the error (exactly as layered_error forms it), the step
+                // with φ′ at the old s, then s, a and Δa of the new deviation.
+                let step = |uv: &mut T, sv: &mut T, av: &mut T, dv: &mut T, ev: &mut T, err: T, gv: T, fv: T| {
+                    *ev = err;
+                    // φ′ at the old s, off a = φ(s) where one activation allows.
+                    let nu = *uv - eta * (err + c * dd(*sv, *av) * gv);
+                    *uv = nu;
+                    let ns = fv + nu;
+                    *sv = ns;
+                    let fy = vd(ns).0;
+                    *av = fy;
+                    *dv = dl(fv, nu, fy);
+                };
+                let outs = ur
+                    .iter_mut()
+                    .zip(sr.iter_mut())
+                    .zip(ar.iter_mut())
+                    .zip(dr.iter_mut())
+                    .zip(er.iter_mut());
+                // Two loops rather than an Option per element, so that both vectorise.
+                match q {
+                    Some(q) => {
+                        let ins = q[off..off + cols].iter().zip(gr).zip(fr);
+                        for (((((uv, sv), av), dv), ev), ((&qv, &gv), &fv)) in outs.zip(ins) {
+                            let err = *uv - qv;
+                            step(uv, sv, av, dv, ev, err, gv, fv);
+                        }
+                    }
+                    None => {
+                        for (((((uv, sv), av), dv), ev), (&gv, &fv)) in outs.zip(gr.iter().zip(fr)) {
+                            let err = *uv;
+                            step(uv, sv, av, dv, ev, err, gv, fv);
+                        }
+                    }
                 }
             })
         });
