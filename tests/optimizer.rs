@@ -560,41 +560,67 @@ fn scales_that_vanish_or_overflow_in_f32_are_refused() {
     smep(&m).gamma(1e-30).build().unwrap();
 }
 
-/// β below 8 ε of the network's precision is refused: in f32 (9.5e-7) the nudge is
-/// lost in the states' rounding and the estimate is noise (before, β = 1e-30 trained
-/// nothing, silently). Every rule that uses β, both energies; CL takes no β. Just
-/// above the floor the f32 estimate still points the right way, and an f64 model
-/// takes a far smaller β and is exact there.
+/// β below the energy's precision floor is refused. Hopfield: 8 ε of the network's
+/// precision (9.5e-7 in f32), where the nudge is lost in the states' rounding and the
+/// estimate is noise (before, β = 1e-30 trained nothing, silently). Layered: the
+/// smallest normal number over ε (9.9e-32 in f32), where the deviations its nudged
+/// phase carries leave the normal range; above it, at β = 1e-10 and 1e-25, its f32
+/// estimate is the backprop gradient. Every rule that uses β; CL takes no β. Just
+/// above the Hopfield floor the f32 estimate still points the right way, and an f64
+/// model takes a far smaller β and is exact there.
 #[test]
 fn beta_below_the_precision_floor_is_refused() {
     use mep::ep::{GradConfig, Mode, Nudging};
     assert!((mep::optim::min_beta::<f32>() - 9.54e-7).abs() < 1e-9);
+    let layered_floor = mep::optim::min_beta_for::<f32>(Energy::LayeredLeastSquares);
+    assert!((layered_floor / 9.86e-32 - 1.0).abs() < 1e-2, "{layered_floor:e}");
     let seed = fresh_seed("beta_floor");
     let mut rng = Rng::new(seed);
     let x: Vec<f32> = normals(&mut rng, 8 * 20, 1.0).into_iter().map(|v| v as f32).collect();
     let y = labels(&mut rng, 8, 4);
+    let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
     for energy in [Energy::LayeredLeastSquares, Energy::HOPFIELD] {
         let m = two_layer(energy);
+        let (refused_betas, accepted_betas): (&[f64], &[f64]) = match energy {
+            Energy::LayeredLeastSquares => (&[1e-33, 5e-32], &[1e-25, 1e-10]),
+            _ => (&[1e-30, 1e-10, 5e-7], &[1e-6]),
+        };
         for rule in Nudging::ALL.into_iter().filter(|&r| r != Nudging::Contrastive) {
             let loss = if rule.clamps() {
                 mep::Loss::SquaredError
             } else {
                 mep::Loss::CrossEntropy
             };
-            for beta in [1e-30, 1e-10, 5e-7] {
-                refused(
-                    sgd(&m).nudging(rule).loss(loss).beta(beta).build(),
-                    "beta",
-                    &["f32", "Model64"],
+            for &beta in refused_betas {
+                let needles: &[&str] = match energy {
+                    Energy::LayeredLeastSquares => &["f32", "normal"],
+                    _ => &["f32", "Model64"],
+                };
+                refused(sgd(&m).nudging(rule).loss(loss).beta(beta).build(), "beta", needles);
+            }
+            for &beta in accepted_betas {
+                sgd(&m).nudging(rule).loss(loss).beta(beta).build().unwrap();
+            }
+        }
+        if energy == Energy::LayeredLeastSquares {
+            // Far below the Hopfield floor, the layered f32 estimate is the gradient.
+            let mut cfg = sgd(&m).mode(Mode::Backprop).build().unwrap().config().grad;
+            cfg.mode = Mode::Backprop;
+            let truth = m.to_f64().unwrap().gradients(&cfg, &x64, &y).unwrap();
+            for beta in [1e-10, 1e-25] {
+                let g = sgd(&m).beta(beta).build().unwrap().gradients(&m, &x, &y).unwrap();
+                let c = g.cosine(&truth).unwrap();
+                assert!(
+                    c > 0.99999,
+                    "seed {seed}: layered f32 estimate at β = {beta:e} has cosine {c}"
                 );
             }
-            sgd(&m).nudging(rule).loss(loss).beta(1e-6).build().unwrap();
         }
     }
-    // Just above the floor (layered, PEP), the f32 estimate against f64's at a normal β.
+    // Just above the Hopfield floor (layered, PEP), the f32 estimate against f64's at a
+    // normal β.
     let m = two_layer(Energy::LayeredLeastSquares);
     let m64 = m.to_f64().unwrap();
-    let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
     let truth = {
         let mut cfg = sgd(&m).mode(Mode::Backprop).build().unwrap().config().grad;
         cfg.mode = Mode::Backprop;
@@ -606,13 +632,15 @@ fn beta_below_the_precision_floor_is_refused() {
         c > 0.95,
         "seed {seed}: f32 estimate at β = 2e-6 has cosine {c} with the gradient"
     );
-    // f64 goes far below: β = 1e-9 is exact to f64 rounding there, and its floor is 8 ε.
+    // f64 goes far below: β = 1e-9 is exact to f64 rounding there; the Hopfield
+    // energy's f64 floor is 8 ε.
     let mut cfg: GradConfig = sgd(&m).build().unwrap().config().grad;
     cfg.beta = 1e-9;
     let c = m64.gradients(&cfg, &x64, &y).unwrap().cosine(&truth).unwrap();
     assert!(c > 0.99999, "seed {seed}: f64 estimate at β = 1e-9 has cosine {c}");
+    let h64 = two_layer(Energy::HOPFIELD).to_f64().unwrap();
     cfg.beta = 1e-15;
-    refused(m64.gradients(&cfg, &x64, &y), "beta", &["f64"]);
+    refused(h64.gradients(&cfg, &x64, &y), "beta", &["f64"]);
 }
 
 /// σ(W) by the f64 SVD.

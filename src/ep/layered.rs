@@ -21,8 +21,10 @@
 //! relative precision. Measured on a 10–16×7–4 sigmoid net, symmetric nudging:
 //! layer 1's cosine with the backprop gradient was 0.85 at β = 0.1, 0.34 at 0.01 and
 //! undefined at 1e-4 (an estimate of exactly 0) with the states rounded, and is
-//! 1.0000 in every layer from β = 0.1 to 1e-5 in this form, as in f64
-//! (`tests/research.rs`, `f32_layered_estimates_keep_every_layer_at_depth`).
+//! 1.0000 in every layer from β = 0.1 to 1e-30 in this form, as in f64
+//! (`tests/research.rs`, `f32_layered_estimates_keep_every_layer_at_depth`), which
+//! is why this energy's β floor is the deviations' range, not the states' rounding
+//! ([`crate::optim::min_beta_for`]).
 
 use super::estimate::{Factors, FinalTerm, SideOf, SideTerm};
 use super::workspace::RowResiduals;

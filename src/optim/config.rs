@@ -262,14 +262,16 @@ pub const MAX_SETTLE_STEPS: usize = 10_000;
 /// each iteration is two matrix–vector products per constrained matrix per step.
 pub const MAX_POWER_ITERS: usize = 1_000;
 
-/// The smallest β, in units of the network's machine epsilon ε (f32: 1.2e-7; f64:
-/// 2.2e-16): [`min_beta`]. A nudge of β·∂C moves states of size ~1 by about β, and
+/// The smallest β of the Hopfield energy, in units of the network's machine epsilon ε
+/// (f32: 1.2e-7; f64: 2.2e-16): [`min_beta`]. (The layered energy's floor is far lower:
+/// [`min_beta_for`].) A nudge of β·∂C moves states of size ~1 by about β, and
 /// each settle step rounds them by ε, so the EP estimate (the states' difference
 /// over β) carries a relative error of order ε/β. Measured in f32 on a 6–16–3 net
-/// (cosine of the estimate with the true gradient; layered | Hopfield, PEP): 1.0000 |
-/// 0.9992 at β = 1e-5, 0.994 | 0.94 at 1e-6, 0.82 | 0.44 at 1e-7, 0.31 | 0.03 at
-/// 1e-8, and an estimate of exactly 0 (layered) or of noise 1000× too large
-/// (Hopfield) from 1e-10: a run with such a β trained nothing, silently. The floor,
+/// (cosine of the estimate with the true gradient; layered | Hopfield, PEP; the
+/// layered figures from before its perturbation form): 1.0000 | 0.9992 at β = 1e-5,
+/// 0.994 | 0.94 at 1e-6, 0.82 | 0.44 at 1e-7, 0.31 | 0.03 at 1e-8, and an estimate of
+/// exactly 0 (layered) or of noise 1000× too large (Hopfield) from 1e-10: a run with
+/// such a β trained nothing, silently. The floor,
 /// 8ε (9.5e-7 in f32), refuses the β whose estimates are noise everywhere, and
 /// [`crate::Model64`] (f64) takes β down to 1.8e-15.
 ///
@@ -286,12 +288,31 @@ pub const MAX_POWER_ITERS: usize = 1_000;
 /// energy's nudged phase moves the deviations from the free state instead of the
 /// states ([`crate::ep::layered`], "The perturbation form"), so its f32 estimate
 /// keeps every layer's digits at any depth (cosine 1.0000 with f64 in all 8 layers
-/// of a 10–16×7–4 sigmoid net from β = 0.1 to 1e-4).
+/// of a 10–16×7–4 sigmoid net from β = 0.1 to 1e-30).
 pub const BETA_FLOOR_EPSILONS: f64 = 8.0;
 
-/// The smallest β a network computing in `T` is given: [`BETA_FLOOR_EPSILONS`]·ε.
+/// The smallest β a Hopfield network computing in `T` is given:
+/// [`BETA_FLOOR_EPSILONS`]·ε (the floor of [`min_beta_for`] with that energy).
 pub fn min_beta<T: crate::backend::Scalar>() -> f64 {
     BETA_FLOOR_EPSILONS * T::epsilon().f64()
+}
+
+/// The smallest β a network with `energy` computing in `T` is given.
+///
+/// - Hopfield: [`min_beta`], 8 ε (9.5e-7 in f32): its estimate is the difference of
+///   settled states, whose rounding the nudge must exceed ([`BETA_FLOOR_EPSILONS`]).
+/// - Layered: the smallest normal number over ε (9.9e-32 in f32, 1.0e-292 in f64).
+///   Its nudged phase carries the deviations from the free state apart from the
+///   states ([`crate::ep::layered`], "The perturbation form"), so no rounding of the
+///   states bounds β; what does is the deviations' range: of order β·‖∂C/∂s_l‖, they
+///   keep their relative digits while they are normal numbers. Measured in f32 on a
+///   10–16×7–4 net (sigmoid, tanh and ReLU; CEP and PEP; cosine per layer with the
+///   backprop gradient): 1.0000 in all 8 layers at every β from 1e-6 to 1e-30.
+pub fn min_beta_for<T: crate::backend::Scalar>(energy: crate::ep::Energy) -> f64 {
+    match energy {
+        crate::ep::Energy::LayeredLeastSquares => T::min_positive_value().f64() / T::epsilon().f64(),
+        crate::ep::Energy::Hopfield { .. } => min_beta::<T>(),
+    }
 }
 
 fn unit(name: &'static str, v: f64) -> Result<()> {

@@ -2,7 +2,7 @@
 //! for each parameter, then the spectral constraint. Written once over
 //! [`Backend`] primitives.
 
-use super::config::{min_beta, MatrixRule, OptimConfig, SpectralLayers, VectorRule};
+use super::config::{min_beta_for, MatrixRule, OptimConfig, SpectralLayers, VectorRule};
 use super::newton_schulz::NsScratch;
 use super::spectral::PowerIter;
 use crate::backend::{ctl, Backend, Scalar};
@@ -267,23 +267,24 @@ impl<B: Backend> Engine<B> {
         cfg.validate()?;
         cfg.grad.loss.validate_for(&net.arch)?;
         let g = &cfg.grad;
-        if g.mode == Mode::Ep && g.nudging != Nudging::Contrastive && g.beta < min_beta::<B::Elem>() {
-            let (precision, fix) = if min_beta::<B::Elem>() > 1e-10 {
-                (
-                    "f32",
-                    "already 6% off in direction at β = 1e-6 in f32: use β ≥ 1e-4 (more in deep networks, whose first layers get a smaller share of the nudge), or a Model64 (f64, floor 1.8e-15) for a smaller β",
-                )
-            } else {
-                ("f64", "use a larger β")
-            };
-            return Err(MepError::invalid(
-                "beta",
-                g.beta,
-                format!(
-                    "below {:.2e} (8 ε of {precision}, the precision this network computes in), the nudge is lost in the states' rounding and the EP estimate is noise; {fix}",
-                    min_beta::<B::Elem>()
+        let floor = min_beta_for::<B::Elem>(net.energy);
+        if g.mode == Mode::Ep && g.nudging != Nudging::Contrastive && g.beta < floor {
+            let f32_net = <B::Elem as num_traits::Float>::epsilon().f64() > 1e-10;
+            let precision = if f32_net { "f32" } else { "f64" };
+            let why = match net.energy {
+                Energy::Hopfield { .. } => {
+                    let fix = if f32_net {
+                        "already 6% off in direction at β = 1e-6 in f32: use β ≥ 1e-4 (more in deep networks, whose first layers get a smaller share of the nudge), a Model64 (f64, floor 1.8e-15), or the layered energy (floor 9.9e-32 in f32) for a smaller β"
+                    } else {
+                        "use a larger β"
+                    };
+                    format!("below {floor:.2e} (8 ε of {precision}, the precision this network computes in), the nudge is lost in the states' rounding and the Hopfield energy's EP estimate is noise; {fix}")
+                }
+                Energy::LayeredLeastSquares => format!(
+                    "below {floor:.2e} (the smallest normal {precision} over ε), the layered energy's nudged deviations leave {precision}'s normal range and lose their digits; use a larger β (the estimate is exact to {precision} rounding down to this floor)"
                 ),
-            ));
+            };
+            return Err(MepError::invalid("beta", g.beta, why));
         }
         check_nudge_strength(&cfg, net)?;
         if cfg.grad.mode == Mode::Backprop && net.energy != Energy::LayeredLeastSquares {

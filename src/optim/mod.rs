@@ -9,7 +9,7 @@ pub mod spectral;
 
 pub use builder::{adam, sgd, smep, Optimizer, OptimizerBuilder};
 pub use config::{
-    min_beta, MatrixRule, MuonScale, OptimConfig, Schedule, Spectral, SpectralLayers, VectorRule, BETA_FLOOR_EPSILONS,
-    DEFAULT_SETTLE_LR,
+    min_beta, min_beta_for, MatrixRule, MuonScale, OptimConfig, Schedule, Spectral, SpectralLayers, VectorRule,
+    BETA_FLOOR_EPSILONS, DEFAULT_SETTLE_LR,
 };
 pub use engine::{Engine, OptimizerState, StepStats};
